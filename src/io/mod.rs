@@ -1,0 +1,4 @@
+//! Files in and out: NIfTI volumes, JSON reports, atomic writes.
+
+pub mod atomic;
+pub mod nifti;
