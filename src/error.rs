@@ -39,13 +39,16 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    /// An I/O failure on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
     }
-    pub(crate) fn image(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+    /// A malformed image file.
+    pub fn image(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         Error::InvalidImage { path: path.into(), reason: reason.into() }
     }
-    pub(crate) fn arg(msg: impl Into<String>) -> Self {
+    /// An invalid caller argument.
+    pub fn arg(msg: impl Into<String>) -> Self {
         Error::InvalidArgument(msg.into())
     }
 }

@@ -132,7 +132,7 @@ fn check_finite(data: &Array3<f32>) -> Result<()> {
 }
 
 /// A CT intensity window (level and width in HU), mapping `[L - W/2, L + W/2]` to `[0, 1]`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Window {
     pub level: f32,
     pub width: f32,

@@ -1,0 +1,349 @@
+//! `ichseg`: the command-line face of libichseg (segment, eval, inspect, demo).
+
+mod demo;
+
+use clap::{Args, Parser, Subcommand};
+use ichseg::io::{nifti, report};
+use ichseg::model::OnnxModel;
+use ichseg::segment::SegmenterConfig;
+use ichseg::{Device, Engine, EngineOptions, Error, Progress, Result, Segmenter, SegmenterOptions, Window};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "ichseg", version, about = "Intracerebral-hemorrhage segmentation of head CT (libichseg)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Segment a CT volume with a U-Net: mask, optional probabilities, JSON report.
+    Segment(SegmentArgs),
+    /// Score predicted masks against ground truth (IoU, mIoU, Dice, CL/ML/FPL).
+    Eval(EvalArgs),
+    /// Show a model's inputs, outputs, ichseg.* metadata and candidate CAM taps.
+    Inspect(InspectArgs),
+    /// Run the main job on the shipped sample data and models.
+    Demo(DemoArgs),
+}
+
+/// Settings shared by every command that runs a network.
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// Worker threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: Device,
+    /// Hide the progress bar and the summary.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// Model settings; each overrides the model's ichseg.* metadata, which overrides the defaults.
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// Bleed probability at or above which a voxel is hemorrhage.
+    #[arg(long, default_value_t = 0.5)]
+    threshold: f32,
+    /// Slices per network run.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// CT window LEVEL,WIDTH in HU [default: metadata, else 50,130].
+    #[arg(long, value_parser = parse_window)]
+    window: Option<Window>,
+    /// Network input ROWSxCOLS [default: model shape or metadata, else 384x384].
+    #[arg(long, value_parser = parse_size)]
+    input_size: Option<(usize, usize)>,
+    /// Input channels, 1 or 3 [default: model shape or metadata, else 1].
+    #[arg(long)]
+    channels: Option<usize>,
+    /// MEAN,STD normalisation after windowing [default: metadata, else none].
+    #[arg(long, value_parser = parse_pair)]
+    normalize: Option<(f32, f32)>,
+    /// Logit index of the bleed class [default: metadata, else 1].
+    #[arg(long)]
+    bleed_index: Option<usize>,
+}
+
+impl ModelArgs {
+    fn options(&self) -> SegmenterOptions {
+        SegmenterOptions {
+            threshold: self.threshold,
+            batch: self.batch,
+            window: self.window,
+            input_size: self.input_size,
+            channels: self.channels,
+            normalize: self.normalize,
+            bleed_index: self.bleed_index,
+        }
+    }
+}
+
+#[derive(Args)]
+struct SegmentArgs {
+    /// CT volume (.nii or .nii.gz), values in HU after scl_slope/scl_inter.
+    input: PathBuf,
+    /// U-Net ONNX model.
+    #[arg(long, short)]
+    model: PathBuf,
+    /// Output mask (uint8 NIfTI, same geometry as the input).
+    #[arg(long, short)]
+    output: PathBuf,
+    /// Also write the bleed probability (float32 NIfTI).
+    #[arg(long)]
+    prob: Option<PathBuf>,
+    /// Also write a JSON report (lesions, volumes, model, device, timings).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    #[command(flatten)]
+    model_args: ModelArgs,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Predicted mask; repeat, paired in order with --gt.
+    #[arg(long, required = true)]
+    pred: Vec<PathBuf>,
+    /// Ground-truth mask; repeat, paired in order with --pred.
+    #[arg(long, required = true)]
+    gt: Vec<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    model: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Folder for the demo's outputs.
+    #[arg(long, short, default_value = "demo-out")]
+    out: PathBuf,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Segment(a) => segment(&a),
+        Command::Eval(a) => eval(&a),
+        Command::Inspect(a) => inspect(&a),
+        Command::Demo(a) => demo::run(&a.out, &a.run),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ichseg: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn engine(run: &RunArgs) -> Result<Engine> {
+    Engine::new(&EngineOptions { threads: run.threads, device: run.device })
+}
+
+/// A progress bar on stderr, drawn only when stderr is a terminal and not `--quiet`.
+fn progress_bar(quiet: bool, label: &str) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
+    }
+    let bar = ProgressBar::new(0);
+    if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} slices ({elapsed}, eta {eta})") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(label.to_string());
+    bar
+}
+
+/// What one `segment` run produced, for the summary and the demo.
+struct SegmentOutcome {
+    result: ichseg::Segmentation,
+    report: report::SegmentationReport,
+}
+
+fn run_segmentation(
+    input: &Path,
+    model_path: &Path,
+    model_args: &ModelArgs,
+    run: &RunArgs,
+    outputs: (&Path, Option<&Path>, Option<&Path>),
+) -> Result<SegmentOutcome> {
+    let (mask_path, prob_path, report_path) = outputs;
+    let image = nifti::read(input)?;
+    let t_load = Instant::now();
+    let segmenter = Segmenter::new(&engine(run)?, OnnxModel::load(model_path)?, &model_args.options())?;
+    let load_s = t_load.elapsed().as_secs_f64();
+    let bar = progress_bar(run.quiet, "segmenting");
+    let result = segmenter.segment_with_progress(&image.volume, &mut |p: Progress| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.done as u64);
+        true
+    })?;
+    bar.finish_and_clear();
+    nifti::write_mask(mask_path, &image.header, &result.mask)?;
+    if let Some(p) = prob_path {
+        nifti::write_f32(p, &image.header, &result.probability)?;
+    }
+    let report = report::SegmentationReport::new(&input.display().to_string(), &image.volume, &segmenter, &result, load_s);
+    if let Some(r) = report_path {
+        report::write_json(r, &report)?;
+    }
+    Ok(SegmentOutcome { result, report })
+}
+
+fn segment(a: &SegmentArgs) -> Result<()> {
+    let outcome = run_segmentation(
+        &a.input,
+        &a.model,
+        &a.model_args,
+        &a.run,
+        (&a.output, a.prob.as_deref(), a.report.as_deref()),
+    )?;
+    if !a.run.quiet {
+        print_summary(&outcome.report);
+    }
+    Ok(())
+}
+
+fn print_summary(r: &report::SegmentationReport) {
+    let c: &SegmenterConfig = &r.model.config;
+    println!("input     {} ({}x{}x{} voxels, {:.3}x{:.3}x{:.3} mm)", r.input, r.dims[0], r.dims[1], r.dims[2], r.spacing_mm[0], r.spacing_mm[1], r.spacing_mm[2]);
+    println!("model     {} (input {}x{}x{}, window {}/{}, threshold {})", r.model.name, c.channels, c.input_rows, c.input_cols, c.window_level, c.window_width, c.threshold);
+    println!("device    {} x{} threads ({})", r.device, r.threads, r.device_note);
+    println!("lesions   {}  total {:.2} mL", r.lesion_count, r.total_volume_ml);
+    for l in &r.lesions {
+        println!(
+            "  #{:<3} {:>8.2} mL {:>8} voxels  slices {}-{}  centroid ({:.1}, {:.1}, {:.1}) mm",
+            l.id, l.volume_ml, l.voxels, l.first_slice, l.last_slice, l.centroid_world_mm[0], l.centroid_world_mm[1], l.centroid_world_mm[2]
+        );
+    }
+    let t = &r.timings;
+    println!("time      load {:.2} s, preprocess {:.2} s, inference {:.2} s, postprocess {:.2} s, total {:.2} s", t.load_s, t.segment.preprocess_s, t.segment.inference_s, t.segment.postprocess_s, t.segment.total_s);
+}
+
+fn eval(a: &EvalArgs) -> Result<()> {
+    if a.pred.len() != a.gt.len() {
+        return Err(Error::arg(format!("{} --pred but {} --gt: give them in pairs", a.pred.len(), a.gt.len())));
+    }
+    let mut masks = Vec::new();
+    for (p, g) in a.pred.iter().zip(&a.gt) {
+        let (ph, pm) = nifti::read_mask(p)?;
+        let (gh, gm) = nifti::read_mask(g)?;
+        if let Some(why) = ph.geometry_mismatch(&gh) {
+            return Err(Error::arg(format!("{} and {} do not share a geometry: {why}", p.display(), g.display())));
+        }
+        masks.push((pm, gm));
+    }
+    let views: Vec<_> = masks.iter().map(|(p, g)| (p.view(), g.view())).collect();
+    let evaluation = ichseg::metrics::evaluate(&views)?;
+    if a.json {
+        let per_volume: Vec<_> = a
+            .pred
+            .iter()
+            .zip(&a.gt)
+            .zip(&evaluation.per_volume)
+            .map(|((p, g), s)| serde_json::json!({"pred": p, "gt": g, "scores": s}))
+            .collect();
+        let out = serde_json::json!({"overall": evaluation.overall, "per_volume": per_volume});
+        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| Error::arg(e.to_string()))?);
+        return Ok(());
+    }
+    let pct = |v: Option<f64>| v.map_or("    n/a".to_string(), |v| format!("{:>7.2}", 100.0 * v));
+    println!("{:<32} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}", "volume", "IoU_bg", "IoU_h", "mIoU", "Dice", "CL", "ML", "FPL");
+    let row = |name: &str, s: &ichseg::metrics::Scores| {
+        println!(
+            "{:<32} {} {} {} {} {} {} {}",
+            name,
+            pct(Some(s.iou_background)),
+            pct(Some(s.iou_hemorrhage)),
+            pct(Some(s.miou)),
+            pct(Some(s.dice)),
+            pct(s.cl),
+            pct(s.ml),
+            pct(s.fpl)
+        )
+    };
+    for (p, s) in a.pred.iter().zip(&evaluation.per_volume) {
+        row(&p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), s);
+    }
+    row(&format!("ALL ({} volumes)", a.pred.len()), &evaluation.overall);
+    println!("(percent; dataset-level IoU over all slices; CL/ML/FPL from 2D 8-connected sites, n/a when undefined)");
+    Ok(())
+}
+
+fn inspect(a: &InspectArgs) -> Result<()> {
+    let model = OnnxModel::load(&a.model)?;
+    let is_classifier = model.metadata.kind == Some(ichseg::ModelKind::Classifier)
+        || model.outputs.first().and_then(|o| o.shape.as_ref()).is_some_and(|s| s.len() == 2);
+    let input = model.inputs.first();
+    let channels = input.and_then(|i| i.fixed_dim(1)).or(model.metadata.channels).unwrap_or(1);
+    let (rows, cols) = match (input.and_then(|i| i.fixed_dim(2)), input.and_then(|i| i.fixed_dim(3))) {
+        (Some(r), Some(c)) => (r, c),
+        _ => model.metadata.input_size.unwrap_or(ichseg::segment::DEFAULT_INPUT_SIZE),
+    };
+    let taps = if is_classifier { model.tap_candidates(channels, rows, cols)? } else { vec![] };
+    if a.json {
+        let out = serde_json::json!({
+            "name": model.name, "producer": model.producer, "opset": model.opset,
+            "inputs": model.inputs, "outputs": model.outputs, "metadata": model.metadata.raw,
+            "classifier": is_classifier, "tap_candidates": taps, "tap_input": [1, channels, rows, cols],
+        });
+        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| Error::arg(e.to_string()))?);
+        return Ok(());
+    }
+    println!("model     {} (producer {}, opset {})", model.name, model.producer, model.opset.map_or("?".into(), |o| o.to_string()));
+    for (what, list) in [("input ", &model.inputs), ("output", &model.outputs)] {
+        for t in list.iter() {
+            println!("{what}    {:<40} {:<8} {}", t.name, t.elem_type, t.shape_text());
+        }
+    }
+    if model.metadata.raw.is_empty() {
+        println!("metadata  (no ichseg.* keys: defaults apply, see `ichseg segment --help`)");
+    }
+    for (k, v) in &model.metadata.raw {
+        println!("metadata  {k} = {v}");
+    }
+    if is_classifier {
+        println!("candidate taps for a [1, {channels}, {rows}, {cols}] input (tensor, op, shape, stride):");
+        for t in &taps {
+            println!("  {:<56} {:<12} {:?} x{}", t.tensor, t.op, t.shape, t.stride);
+        }
+    }
+    Ok(())
+}
+
+fn parse_pair(s: &str) -> std::result::Result<(f32, f32), String> {
+    let (a, b) = s.split_once(',').ok_or("expected two numbers A,B")?;
+    let a: f32 = a.trim().parse().map_err(|_| format!("{a:?} is not a number"))?;
+    let b: f32 = b.trim().parse().map_err(|_| format!("{b:?} is not a number"))?;
+    Ok((a, b))
+}
+
+fn parse_window(s: &str) -> std::result::Result<Window, String> {
+    let (level, width) = parse_pair(s)?;
+    Ok(Window { level, width })
+}
+
+fn parse_size(s: &str) -> std::result::Result<(usize, usize), String> {
+    let (r, c) = s.split_once('x').ok_or("expected ROWSxCOLS such as 384x384")?;
+    let r = r.trim().parse().map_err(|_| format!("{r:?} is not a size"))?;
+    let c = c.trim().parse().map_err(|_| format!("{c:?} is not a size"))?;
+    Ok((r, c))
+}

@@ -1,0 +1,378 @@
+//! Job 2 of METHOD.md: a CT volume and a U-Net in, hemorrhage mask, probabilities and lesions out.
+
+use crate::error::{Error, Result};
+use crate::lesions::{find_lesions, total_volume_ml, Lesion};
+use crate::model::runtime::Engine;
+use crate::model::{ModelKind, OnnxModel};
+use crate::preprocess::{resize_bilinear_into, window_and_resize};
+use crate::volume::{Volume, Window};
+use ndarray::{s, Array3, Axis};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tract_onnx::prelude::*;
+
+/// Input size used when neither the model's shape, its metadata nor the caller fixes one
+/// (the paper's 384x384).
+pub const DEFAULT_INPUT_SIZE: (usize, usize) = (384, 384);
+/// Largest slice batch accepted; bigger batches only cost memory on the CPU.
+pub const MAX_BATCH: usize = 256;
+
+/// Caller choices for segmentation. `None` fields fall back to the model's metadata
+/// (METHOD.md section 8), then to the documented defaults.
+#[derive(Debug, Clone)]
+pub struct SegmenterOptions {
+    /// Bleed probability at or above which a voxel is hemorrhage (default 0.5).
+    pub threshold: f32,
+    /// Slices per network run (default 1: measured fastest per slice on tract's CPU engine).
+    pub batch: usize,
+    /// Default: metadata, else level 50 / width 130 HU.
+    pub window: Option<Window>,
+    /// `(rows, cols)`; default: the model's fixed input shape, metadata, else 384x384.
+    pub input_size: Option<(usize, usize)>,
+    /// 1 or 3; default: the model's fixed input shape, metadata, else 1.
+    pub channels: Option<usize>,
+    /// `(mean, std)` after windowing; default: metadata, else none.
+    pub normalize: Option<(f32, f32)>,
+    /// Logit index of the bleed class for softmax outputs; default: metadata, else 1.
+    pub bleed_index: Option<usize>,
+}
+
+impl Default for SegmenterOptions {
+    fn default() -> Self {
+        SegmenterOptions {
+            threshold: 0.5,
+            batch: 1,
+            window: None,
+            input_size: None,
+            channels: None,
+            normalize: None,
+            bleed_index: None,
+        }
+    }
+}
+
+/// How the network's output becomes a bleed probability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputActivation {
+    /// One logit per pixel.
+    Sigmoid,
+    /// `classes` logits per pixel; the bleed class is `bleed_index`.
+    Softmax { classes: usize, bleed_index: usize },
+}
+
+/// The settings a segmenter actually uses, after metadata and defaults were resolved.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SegmenterConfig {
+    pub threshold: f32,
+    pub batch: usize,
+    pub window_level: f32,
+    pub window_width: f32,
+    pub input_rows: usize,
+    pub input_cols: usize,
+    pub channels: usize,
+    pub normalize: Option<(f32, f32)>,
+    pub activation: OutputActivation,
+}
+
+/// Wall-clock seconds spent in each stage of one [`Segmenter::segment`] call.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Timings {
+    pub preprocess_s: f64,
+    pub inference_s: f64,
+    pub postprocess_s: f64,
+    pub total_s: f64,
+}
+
+/// The result of segmenting one volume; arrays have the volume's `[nz, ny, nx]` shape.
+#[derive(Debug, Clone)]
+pub struct Segmentation {
+    /// 1 = hemorrhage, 0 = background.
+    pub mask: Array3<u8>,
+    /// Bleed probability in `[0, 1]`.
+    pub probability: Array3<f32>,
+    /// 3D connected components (26-connectivity), largest first.
+    pub lesions: Vec<Lesion>,
+    pub total_volume_ml: f64,
+    pub timings: Timings,
+}
+
+/// Progress of a long call: `done` of `total` slices finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub done: usize,
+    pub total: usize,
+}
+
+/// Runs a U-Net slice by slice over CT volumes.
+///
+/// Safe to share between threads: concurrent calls run concurrently on the engine's pool.
+///
+/// ```no_run
+/// use ichseg::{Engine, EngineOptions, OnnxModel, Segmenter, SegmenterOptions, Volume};
+/// # fn main() -> ichseg::Result<()> {
+/// let engine = Engine::new(&EngineOptions::default())?;
+/// let model = OnnxModel::load("models/unet.onnx".as_ref())?;
+/// let segmenter = Segmenter::new(&engine, model, &SegmenterOptions::default())?;
+/// let scan = ichseg::io::nifti::read("scan.nii.gz".as_ref())?;
+/// let result = segmenter.segment(&scan.volume)?;
+/// println!("{} lesion(s), {:.2} mL", result.lesions.len(), result.total_volume_ml);
+/// # Ok(()) }
+/// ```
+pub struct Segmenter {
+    engine: Engine,
+    model: OnnxModel,
+    config: SegmenterConfig,
+    /// The model's batch size when the file fixes it (short batches are then zero-padded).
+    fixed_batch: Option<usize>,
+    plans: Mutex<HashMap<usize, Arc<TypedRunnableModel>>>,
+}
+
+impl std::fmt::Debug for Segmenter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segmenter").field("model", &self.model.name).field("config", &self.config).finish()
+    }
+}
+
+impl Segmenter {
+    /// Checks that `model` is a usable U-Net, resolves the settings and builds its tract plan.
+    pub fn new(engine: &Engine, model: OnnxModel, options: &SegmenterOptions) -> Result<Self> {
+        if model.metadata.kind == Some(ModelKind::Classifier) {
+            return Err(Error::InvalidModel(format!(
+                "{} is a classifier (ichseg.kind = classifier); segmentation needs a U-Net",
+                model.name
+            )));
+        }
+        if model.inputs.len() != 1 {
+            return Err(Error::InvalidModel(format!(
+                "{} has {} inputs; a segmenter takes exactly one image input [N, C, H, W]",
+                model.name,
+                model.inputs.len()
+            )));
+        }
+        let input = &model.inputs[0];
+        let rank = input.shape.as_ref().map(|s| s.len());
+        if rank != Some(4) {
+            return Err(Error::InvalidModel(format!(
+                "{}: input {:?} has shape {}; a segmenter input must be [N, C, H, W] (rank 4)",
+                model.name,
+                input.name,
+                input.shape_text()
+            )));
+        }
+        let pick = |what: &str, file: Option<usize>, option: Option<usize>, meta: Option<usize>, default: usize| {
+            match (file, option.or(meta)) {
+                (Some(f), Some(o)) if f != o => Err(Error::InvalidModel(format!(
+                    "{}: {what} {o} was requested but the model input is fixed at {f}",
+                    model.name
+                ))),
+                (Some(f), _) => Ok(f),
+                (None, Some(o)) => Ok(o),
+                (None, None) => Ok(default),
+            }
+        };
+        let meta = &model.metadata;
+        let channels = pick("channels", input.fixed_dim(1), options.channels, meta.channels, 1)?;
+        if channels != 1 && channels != 3 {
+            return Err(Error::InvalidModel(format!("{}: {channels} input channels; expected 1 or 3", model.name)));
+        }
+        let size = options.input_size.or(meta.input_size);
+        let rows = pick("input rows", input.fixed_dim(2), size.map(|s| s.0), None, DEFAULT_INPUT_SIZE.0)?;
+        let cols = pick("input columns", input.fixed_dim(3), size.map(|s| s.1), None, DEFAULT_INPUT_SIZE.1)?;
+        if !(options.threshold.is_finite() && (0.0..=1.0).contains(&options.threshold)) {
+            return Err(Error::arg(format!("threshold must lie in [0, 1], got {}", options.threshold)));
+        }
+        if options.batch == 0 || options.batch > MAX_BATCH {
+            return Err(Error::arg(format!("batch must be 1..={MAX_BATCH}, got {}", options.batch)));
+        }
+        let window = options.window.or(meta.window).unwrap_or_default();
+        if !(window.width > 0.0 && window.width.is_finite() && window.level.is_finite()) {
+            return Err(Error::arg(format!("window width must be positive, got {}", window.width)));
+        }
+        let normalize = options.normalize.or(meta.normalize);
+        if let Some((m, sd)) = normalize {
+            if !(m.is_finite() && sd.is_finite() && sd > 0.0) {
+                return Err(Error::arg(format!("normalisation needs a finite mean and a positive std, got {m}, {sd}")));
+            }
+        }
+        let fixed_batch = input.fixed_dim(0);
+        let mut seg = Segmenter {
+            engine: engine.clone(),
+            config: SegmenterConfig {
+                threshold: options.threshold,
+                batch: fixed_batch.unwrap_or(options.batch),
+                window_level: window.level,
+                window_width: window.width,
+                input_rows: rows,
+                input_cols: cols,
+                channels,
+                normalize,
+                activation: OutputActivation::Sigmoid, // settled below from the plan's output shape
+            },
+            fixed_batch,
+            plans: Mutex::new(HashMap::new()),
+            model,
+        };
+        let plan = seg.plan(seg.config.batch)?;
+        seg.config.activation = seg.activation_of(&plan, options.bleed_index)?;
+        Ok(seg)
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &SegmenterConfig {
+        &self.config
+    }
+    /// The model this segmenter runs.
+    pub fn model(&self) -> &OnnxModel {
+        &self.model
+    }
+    /// The engine (device, threads) it runs on.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Segments a volume.
+    pub fn segment(&self, volume: &Volume) -> Result<Segmentation> {
+        self.segment_with_progress(volume, &mut |_| true)
+    }
+
+    /// Segments a volume, reporting progress after each batch of slices; the callback returns
+    /// `false` to cancel, which ends the call with [`Error::Cancelled`].
+    pub fn segment_with_progress(
+        &self,
+        volume: &Volume,
+        progress: &mut dyn FnMut(Progress) -> bool,
+    ) -> Result<Segmentation> {
+        let started = Instant::now();
+        let mut timings = Timings::default();
+        let [_, _, nz] = volume.dims();
+        let mut probability = Array3::<f32>::zeros(volume.data().dim());
+        let batch = self.config.batch;
+        let mut first = 0;
+        while first < nz {
+            let count = batch.min(nz - first);
+            let t0 = Instant::now();
+            let input = self.input_batch(volume, first, count)?;
+            timings.preprocess_s += t0.elapsed().as_secs_f64();
+            let t1 = Instant::now();
+            let run_batch = if self.fixed_batch.is_some() { batch } else { count };
+            let outputs = self.engine.run(&self.plan(run_batch)?, tvec!(input.into_tvalue()))?;
+            timings.inference_s += t1.elapsed().as_secs_f64();
+            let t2 = Instant::now();
+            let logits = outputs[0]
+                .to_plain_array_view::<f32>()
+                .map_err(|e| Error::Inference(format!("output is not float32: {e}")))?;
+            for i in 0..count {
+                let p = self.bleed_probability(logits.index_axis(Axis(0), i))?;
+                resize_bilinear_into(p.view(), probability.index_axis_mut(Axis(0), first + i));
+            }
+            timings.postprocess_s += t2.elapsed().as_secs_f64();
+            first += count;
+            if !progress(Progress { done: first, total: nz }) {
+                return Err(Error::Cancelled);
+            }
+        }
+        let t3 = Instant::now();
+        let threshold = self.config.threshold;
+        let mask = probability.mapv(|p| u8::from(p >= threshold));
+        let lesions = find_lesions(mask.view(), volume.spacing(), &volume.affine());
+        let total_volume_ml = total_volume_ml(&lesions);
+        timings.postprocess_s += t3.elapsed().as_secs_f64();
+        timings.total_s = started.elapsed().as_secs_f64();
+        Ok(Segmentation { mask, probability, lesions, total_volume_ml, timings })
+    }
+
+    /// Windowed, resized, normalised slices `first..first+count` as an `[B, C, H, W]` tensor
+    /// (zero-padded up to the model's fixed batch).
+    fn input_batch(&self, volume: &Volume, first: usize, count: usize) -> Result<Tensor> {
+        let c = &self.config;
+        let b = if self.fixed_batch.is_some() { c.batch } else { count };
+        let window = Window { level: c.window_level, width: c.window_width };
+        let mut input = ndarray::Array4::<f32>::zeros((b, c.channels, c.input_rows, c.input_cols));
+        for i in 0..count {
+            let mut img = window_and_resize(volume.slice(first + i), window, c.input_rows, c.input_cols);
+            if let Some((mean, std)) = c.normalize {
+                img.mapv_inplace(|v| (v - mean) / std);
+            }
+            for ch in 0..c.channels {
+                input.slice_mut(s![i, ch, .., ..]).assign(&img);
+            }
+        }
+        Ok(input.into())
+    }
+
+    /// Per-pixel bleed probability from one slice's `[K, H, W]` logits.
+    fn bleed_probability(&self, logits: ndarray::ArrayViewD<f32>) -> Result<ndarray::Array2<f32>> {
+        let logits = logits
+            .into_dimensionality::<ndarray::Ix3>()
+            .map_err(|_| Error::Inference("network output is not [N, K, H, W]".into()))?;
+        Ok(match self.config.activation {
+            OutputActivation::Sigmoid => logits.index_axis(Axis(0), 0).mapv(|l| 1.0 / (1.0 + (-l).exp())),
+            OutputActivation::Softmax { bleed_index, .. } => {
+                let bleed = logits.index_axis(Axis(0), bleed_index);
+                // p_b = 1 / sum_k exp(l_k - l_b): stable without a separate max pass
+                let mut denom = ndarray::Array2::<f32>::zeros(bleed.dim());
+                for k in logits.axis_iter(Axis(0)) {
+                    ndarray::Zip::from(&mut denom).and(&k).and(&bleed).for_each(|d, &lk, &lb| *d += (lk - lb).exp());
+                }
+                denom.mapv(|d| 1.0 / d)
+            }
+        })
+    }
+
+    /// The optimised tract plan for a batch size, built once and cached.
+    fn plan(&self, batch: usize) -> Result<Arc<TypedRunnableModel>> {
+        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = plans.get(&batch) {
+            return Ok(p.clone());
+        }
+        let c = &self.config;
+        let fact = f32::fact([batch, c.channels, c.input_rows, c.input_cols]);
+        let plan = self
+            .model
+            .graph
+            .clone()
+            .with_input_fact(0, fact.into())
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .map_err(|e| {
+                Error::InvalidModel(format!(
+                    "{}: cannot build a plan for input [{batch}, {}, {}, {}]: {e:#}",
+                    self.model.name, c.channels, c.input_rows, c.input_cols
+                ))
+            })?;
+        plans.insert(batch, plan.clone());
+        Ok(plan)
+    }
+
+    fn activation_of(&self, plan: &Arc<TypedRunnableModel>, bleed_option: Option<usize>) -> Result<OutputActivation> {
+        let name = &self.model.name;
+        let outlet = plan.model().output_outlets().map_err(|e| Error::InvalidModel(e.to_string()))?[0];
+        let fact = plan.model().outlet_fact(outlet).map_err(|e| Error::InvalidModel(e.to_string()))?;
+        let shape: Vec<usize> = fact.shape.as_concrete().map(|s| s.to_vec()).unwrap_or_default();
+        if shape.len() != 4 || fact.datum_type != f32::datum_type() {
+            return Err(Error::InvalidModel(format!(
+                "{name}: first output is {:?} {:?}; a segmenter must output float32 logits [N, K, H, W]",
+                fact.datum_type, fact.shape
+            )));
+        }
+        let classes = shape[1];
+        let bleed_index = bleed_option.or(self.model.metadata.bleed_index);
+        if classes == 1 {
+            return match bleed_index {
+                Some(b) if b != 0 => Err(Error::InvalidModel(format!(
+                    "{name}: bleed index {b} requested but the model outputs a single (sigmoid) logit"
+                ))),
+                _ => Ok(OutputActivation::Sigmoid),
+            };
+        }
+        let bleed_index = bleed_index.unwrap_or(1);
+        if bleed_index >= classes {
+            return Err(Error::InvalidModel(format!(
+                "{name}: bleed index {bleed_index} is out of range for {classes} output classes"
+            )));
+        }
+        Ok(OutputActivation::Softmax { classes, bleed_index })
+    }
+}
