@@ -256,13 +256,9 @@ impl Segmenter {
             let input = self.input_batch(volume, first, count)?;
             timings.preprocess_s += t0.elapsed().as_secs_f64();
             let t1 = Instant::now();
-            let run_batch = if self.fixed_batch.is_some() { batch } else { count };
-            let outputs = self.engine.run(&self.plan(run_batch)?, tvec!(input.into_tvalue()))?;
+            let logits = self.run_network(input)?;
             timings.inference_s += t1.elapsed().as_secs_f64();
             let t2 = Instant::now();
-            let logits = outputs[0]
-                .to_plain_array_view::<f32>()
-                .map_err(|e| Error::Inference(format!("output is not float32: {e}")))?;
             for i in 0..count {
                 let p = self.bleed_probability(logits.index_axis(Axis(0), i))?;
                 resize_bilinear_into(p.view(), probability.index_axis_mut(Axis(0), first + i));
@@ -283,9 +279,31 @@ impl Segmenter {
         Ok(Segmentation { mask, probability, lesions, total_volume_ml, timings })
     }
 
+    /// Runs the network alone on a preprocessed `[B, C, H, W]` batch and returns its first
+    /// output (the logits, `[B, K, H', W']`). `B` must equal the model's batch size when the
+    /// file fixes one; C, H and W must match [`Segmenter::config`].
+    pub fn run_network(&self, input: ndarray::Array4<f32>) -> Result<ndarray::ArrayD<f32>> {
+        let c = &self.config;
+        let (b, ch, h, w) = input.dim();
+        if (ch, h, w) != (c.channels, c.input_rows, c.input_cols) || b == 0 || self.fixed_batch.is_some_and(|f| f != b) {
+            return Err(Error::arg(format!(
+                "network input is [{b}, {ch}, {h}, {w}]; this model takes [{}, {}, {}, {}]",
+                self.fixed_batch.map_or("B".to_string(), |f| f.to_string()),
+                c.channels,
+                c.input_rows,
+                c.input_cols
+            )));
+        }
+        let outputs = self.engine.run(&self.plan(b)?, tvec!(Tensor::from(input).into_tvalue()))?;
+        let logits = outputs[0]
+            .to_plain_array_view::<f32>()
+            .map_err(|e| Error::Inference(format!("output is not float32: {e}")))?;
+        Ok(logits.to_owned())
+    }
+
     /// Windowed, resized, normalised slices `first..first+count` as an `[B, C, H, W]` tensor
     /// (zero-padded up to the model's fixed batch).
-    fn input_batch(&self, volume: &Volume, first: usize, count: usize) -> Result<Tensor> {
+    fn input_batch(&self, volume: &Volume, first: usize, count: usize) -> Result<ndarray::Array4<f32>> {
         let c = &self.config;
         let b = if self.fixed_batch.is_some() { c.batch } else { count };
         let window = Window { level: c.window_level, width: c.window_width };
@@ -299,7 +317,7 @@ impl Segmenter {
                 input.slice_mut(s![i, ch, .., ..]).assign(&img);
             }
         }
-        Ok(input.into())
+        Ok(input)
     }
 
     /// Per-pixel bleed probability from one slice's `[K, H, W]` logits.

@@ -1,0 +1,161 @@
+//! The `ichseg` command line end to end: outputs, reports, and bad input that must fail with a
+//! specific message and leave no output file behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+fn unet(name: &str) -> PathBuf {
+    root().join("tests/fixtures/unet").join(name)
+}
+fn nifti_fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures/nifti").join(name)
+}
+fn ichseg(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ichseg")).args(args).output().expect("run ichseg")
+}
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn segment_writes_mask_probability_and_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mask, prob, report) = (dir.path().join("m.nii.gz"), dir.path().join("p.nii"), dir.path().join("r.json"));
+    let ct = unet("ct_small.nii.gz");
+    let out = ichseg(&[
+        "segment", "--model", p(&unet("unet_transpose.onnx")), p(&ct), "-o", p(&mask), "--prob", p(&prob),
+        "--report", p(&report), "--threads", "2", "--quiet",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout.is_empty(), "--quiet prints nothing");
+    let input = ichseg::io::nifti::read(&ct).unwrap();
+    let (mh, m) = ichseg::io::nifti::read_mask(&mask).unwrap();
+    assert!(mh.same_geometry(&input.header));
+    assert_eq!(mh.datatype(), 2, "uint8 mask");
+    assert_eq!(m.iter().filter(|&&v| v == 1).count(), 610);
+    let prob_img = ichseg::io::nifti::read(&prob).unwrap();
+    assert!(prob_img.header.same_geometry(&input.header));
+    assert_eq!(prob_img.header.datatype(), 16, "float32 probabilities");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["lesion_count"], 3);
+    assert_eq!(r["lesions"][0]["voxels"], 408);
+    assert_eq!(r["device"], "cpu");
+    assert_eq!(r["threads"], 2);
+    for k in ["load_s", "preprocess_s", "inference_s", "postprocess_s", "total_s"] {
+        assert!(r["timings"][k].as_f64().unwrap() >= 0.0, "{k}");
+    }
+    let total = r["total_volume_ml"].as_f64().unwrap();
+    assert!((total - 610.0 * 0.45f32 as f64 * 0.45f32 as f64 * 5.0 / 1000.0).abs() < 1e-6, "{total}");
+}
+
+/// Runs `segment` expecting failure; checks the message and that no file appeared in the folder.
+fn segment_fails(model: &Path, input: &Path, extra: &[&str], expect: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mask = dir.path().join("mask.nii.gz");
+    let report = dir.path().join("report.json");
+    let mut args = vec!["segment", "--model", p(model), p(input), "-o", p(&mask), "--report", p(&report), "--quiet"];
+    args.extend_from_slice(extra);
+    let out = ichseg(&args);
+    assert!(!out.status.success(), "expected failure for {}", input.display());
+    let err = stderr(&out);
+    assert!(err.contains(expect), "expected {expect:?} in: {err}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "files left behind: {left:?}");
+}
+
+#[test]
+fn bad_volumes_fail_cleanly() {
+    let model = unet("unet_transpose.onnx");
+    for (file, expect) in [
+        ("bad/truncated.nii", "truncated"),
+        ("bad/truncated.nii.gz", "truncated"),
+        ("bad/truncated_header.nii", "header"),
+        ("bad/garbage.nii", "magic"),
+        ("bad/wrong_magic.nii", "magic"),
+        ("bad/zero_dim.nii", "dimension"),
+        ("bad/absurd_dims.nii", "exceed"),
+        ("bad/true_4d.nii", "4D volumes"),
+        ("bad/nan_voxel.nii", "non-finite"),
+        ("bad/pair.hdr", "not supported"),
+        ("bad/nifti2.nii", "NIfTI-2"),
+    ] {
+        segment_fails(&model, &nifti_fixture(file), &[], expect);
+    }
+    segment_fails(&model, Path::new("/no/such/scan.nii.gz"), &[], "/no/such/scan.nii.gz");
+}
+
+#[test]
+fn bad_models_and_options_fail_cleanly() {
+    let ct = unet("ct_small.nii.gz");
+    segment_fails(&unet("not_a_model.onnx"), &ct, &[], "not a valid ONNX file");
+    segment_fails(&unet("unet_badrank.onnx"), &ct, &[], "rank 4");
+    segment_fails(&unet("unet_transpose.onnx"), &ct, &["--device", "cuda"], "not available in this build");
+    segment_fails(&unet("unet_transpose.onnx"), &ct, &["--threshold", "2"], "threshold");
+}
+
+#[test]
+fn unwritable_output_fails_and_writes_nothing() {
+    let out = ichseg(&[
+        "segment", "--model", p(&unet("unet_transpose.onnx")), p(&unet("ct_small.nii.gz")), "-o",
+        "/nonexistent-dir/mask.nii.gz", "--quiet",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("/nonexistent-dir/mask.nii.gz"), "{}", stderr(&out));
+}
+
+#[test]
+fn eval_scores_and_rejects_mismatched_geometry() {
+    let dir = tempfile::tempdir().unwrap();
+    let mask = dir.path().join("m.nii.gz");
+    let ct = unet("ct_small.nii.gz");
+    let seg = ichseg(&["segment", "--model", p(&unet("unet_transpose.onnx")), p(&ct), "-o", p(&mask), "--quiet"]);
+    assert!(seg.status.success(), "{}", stderr(&seg));
+    // a mask against itself scores perfectly
+    let out = ichseg(&["eval", "--pred", p(&mask), "--gt", p(&mask), "--pred", p(&mask), "--gt", p(&mask), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["overall"]["miou"], 1.0);
+    assert_eq!(v["overall"]["cl"], 1.0);
+    assert_eq!(v["per_volume"].as_array().unwrap().len(), 2);
+    let table = ichseg(&["eval", "--pred", p(&mask), "--gt", p(&mask)]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("mIoU"));
+    // different geometry
+    let other = nifti_fixture("good/labels.nii.gz");
+    let out = ichseg(&["eval", "--pred", p(&mask), "--gt", p(&other)]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("do not share a geometry"), "{}", stderr(&out));
+    let out = ichseg(&["eval", "--pred", p(&mask), "--pred", p(&mask), "--gt", p(&mask)]);
+    assert!(stderr(&out).contains("give them in pairs"));
+}
+
+#[test]
+fn inspect_prints_model_description() {
+    let out = ichseg(&["inspect", p(&unet("unet_transpose.onnx"))]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("[N, 1, 64, 64]") && text.contains("ichseg.window = 50,130"), "{text}");
+    let out = ichseg(&["inspect", "--json", p(&unet("unet_nometa.onnx"))]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["inputs"][0]["shape"], serde_json::json!(["N", 1, 64, 64]));
+    assert!(v["metadata"].as_object().unwrap().is_empty());
+    let out = ichseg(&["inspect", p(&unet("not_a_model.onnx"))]);
+    assert!(stderr(&out).contains("not a valid ONNX file"));
+}
+
+#[test]
+fn demo_runs_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ichseg(&["demo", "--out", p(dir.path()), "--threads", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("lesions"), "{text}");
+    for f in ["mask.nii.gz", "prob.nii.gz", "report.json"] {
+        assert!(dir.path().join(f).is_file(), "{f}");
+    }
+}
