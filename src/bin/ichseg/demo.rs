@@ -1,7 +1,7 @@
 //! `ichseg demo`: the main job on the shipped sample, with a plain fallback until trained
 //! models ship (issue 3): the test-fixture U-Net and a generated phantom volume.
 
-use super::{run_segmentation, ModelArgs, RunArgs};
+use super::{run_segmentation, RunArgs};
 use ichseg::io::nifti;
 use ichseg::{Error, Result, Volume};
 use ndarray::Array3;
@@ -33,16 +33,8 @@ pub fn run(out: &Path, run: &RunArgs) -> Result<()> {
     let mask = out.join("mask.nii.gz");
     let prob = out.join("prob.nii.gz");
     let report = out.join("report.json");
-    let model_args = ModelArgs {
-        threshold: 0.5,
-        batch: 1,
-        window: None,
-        input_size: None,
-        channels: None,
-        normalize: None,
-        bleed_index: None,
-    };
-    let outcome = run_segmentation(&inputs.volume, &inputs.model, &model_args, run, (&mask, Some(&prob), Some(&report)))?;
+    let options = ichseg::SegmenterOptions::default();
+    let outcome = run_segmentation(&inputs.volume, &inputs.model, &options, run, (&mask, Some(&prob), Some(&report)))?;
     super::print_summary(&outcome.report);
     if let Some(gt) = &inputs.ground_truth {
         let (_, truth) = nifti::read_mask(gt)?;

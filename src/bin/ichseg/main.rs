@@ -181,14 +181,14 @@ struct SegmentOutcome {
 fn run_segmentation(
     input: &Path,
     model_path: &Path,
-    model_args: &ModelArgs,
+    options: &SegmenterOptions,
     run: &RunArgs,
     outputs: (&Path, Option<&Path>, Option<&Path>),
 ) -> Result<SegmentOutcome> {
     let (mask_path, prob_path, report_path) = outputs;
     let image = nifti::read(input)?;
     let t_load = Instant::now();
-    let segmenter = Segmenter::new(&engine(run)?, OnnxModel::load(model_path)?, &model_args.options())?;
+    let segmenter = Segmenter::new(&engine(run)?, OnnxModel::load(model_path)?, options)?;
     let load_s = t_load.elapsed().as_secs_f64();
     let bar = progress_bar(run.quiet, "segmenting");
     let result = segmenter.segment_with_progress(&image.volume, &mut |p: Progress| {
@@ -212,7 +212,7 @@ fn segment(a: &SegmentArgs) -> Result<()> {
     let outcome = run_segmentation(
         &a.input,
         &a.model,
-        &a.model_args,
+        &a.model_args.options(),
         &a.run,
         (&a.output, a.prob.as_deref(), a.report.as_deref()),
     )?;
