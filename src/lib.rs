@@ -1,22 +1,41 @@
 //! # libichseg
 //!
-//! Weakly supervised intracerebral-hemorrhage (ICH) segmentation for C/C++ medical software.
-//! See the README for the overview and `include/ichseg.h` for the C ABI.
+//! Intracerebral-hemorrhage (ICH) segmentation of head CT for C/C++ medical software: ONNX
+//! U-Nets (and, per the roadmap, weakly supervised pseudo-labelling) on tract's CPU engine,
+//! behind a stable C ABI (`include/ichseg.h`, module [`capi`]).
+//!
+//! Data flows one way: a [`Volume`] in Hounsfield units (from [`io::nifti`] or a caller buffer)
+//! is windowed and resized slice by slice ([`preprocess`]), run through a network on an
+//! [`Engine`] ([`model`]), mapped back to the native grid, thresholded, and split into
+//! [`Lesion`]s ([`lesions`]); [`metrics`] scores masks as the paper does.
+//!
+//! ```
+//! use ichseg::{Engine, EngineOptions, OnnxModel, Segmenter, SegmenterOptions};
+//! # fn main() -> ichseg::Result<()> {
+//! let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+//! let engine = Engine::new(&EngineOptions { threads: 1, ..Default::default() })?;
+//! let model = OnnxModel::load(&root.join("tests/fixtures/unet/unet_transpose.onnx"))?;
+//! let segmenter = Segmenter::new(&engine, model, &SegmenterOptions::default())?;
+//! let scan = ichseg::io::nifti::read(&root.join("tests/fixtures/unet/ct_small.nii.gz"))?;
+//! let result = segmenter.segment(&scan.volume)?;
+//! assert_eq!(result.mask.dim(), scan.volume.data().dim());
+//! println!("{} lesion(s), {:.2} mL", result.lesions.len(), result.total_volume_ml);
+//! # Ok(()) }
+//! ```
 
 pub mod capi;
 pub mod error;
 pub mod io;
-pub mod volume;
-
-pub use error::{Error, Result};
-pub use volume::{Volume, Window};
 pub mod lesions;
 pub mod metrics;
 pub mod model;
 pub mod preprocess;
 pub mod segment;
+pub mod volume;
 
+pub use error::{Error, Result};
 pub use lesions::Lesion;
 pub use model::runtime::{Device, Engine, EngineOptions};
 pub use model::{ModelKind, ModelMetadata, OnnxModel};
 pub use segment::{Progress, Segmentation, Segmenter, SegmenterOptions};
+pub use volume::{Volume, Window};

@@ -1,0 +1,71 @@
+//! The C ABI, version 1: the `extern "C"` surface of libichseg and nothing else.
+//!
+//! `include/ichseg.h` is generated from these files by cbindgen (config in `cbindgen.toml`);
+//! `tests/c_abi.rs` fails when the committed header is stale and rewrites it when run with
+//! `ICHSEG_UPDATE_HEADER=1`. The doc comments here are the header's comments, so they are
+//! written for C programmers.
+//!
+//! How the files divide the work:
+//! - `boundary.rs`: the one panic boundary every exported function runs inside, the
+//!   thread-local last-error message, and the helpers that check pointer arguments and read
+//!   caller structs that start with `struct_size`;
+//! - `status.rs`: `IchsegStatus` and the one mapping from [`crate::Error`] to it;
+//! - `engine.rs`, `model.rs`, `segment.rs`, `result.rs`: one opaque handle (or one call) each.
+//!
+//! Rules kept throughout: every exported function body sits inside `boundary::boundary`;
+//! every failure sets the last-error message; arguments are all validated before any caller
+//! buffer is written; handle out-parameters are set to NULL on failure; no `unwrap`/`expect`.
+
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod boundary;
+mod engine;
+mod model;
+mod result;
+mod segment;
+mod status;
+
+pub use boundary::ichseg_last_error_message;
+pub use engine::*;
+pub use model::*;
+pub use result::*;
+pub use segment::*;
+pub use status::*;
+
+use std::ffi::c_char;
+
+/// Version of the C ABI described by this header. `ichseg_abi_version()` returns the
+/// version of the library actually loaded; compare the two at start-up.
+pub const ICHSEG_ABI_VERSION: u32 = 1;
+
+/// The C ABI version of the loaded library (1 for this header; see ICHSEG_ABI_VERSION).
+///
+/// Thread-safe; never fails.
+#[no_mangle]
+pub extern "C" fn ichseg_abi_version() -> u32 {
+    boundary::boundary("ichseg_abi_version", || ICHSEG_ABI_VERSION)
+}
+
+/// The library version ("0.1.0"-style), as a NUL-terminated string.
+///
+/// The string is static: never free it. Thread-safe; never fails.
+#[no_mangle]
+pub extern "C" fn ichseg_version_string() -> *const c_char {
+    boundary::boundary("ichseg_version_string", || VERSION.as_ptr())
+}
+
+static VERSION: &std::ffi::CStr =
+    match std::ffi::CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+        Ok(v) => v,
+        Err(_) => panic!("the crate version contains a NUL byte"),
+    };
+
+// Threading promises of the header, checked at compile time: engines and models may be used
+// from several threads at once, results may be read from several threads at once.
+const fn assert_send_sync<T: Send + Sync>() {}
+const _: () = assert_send_sync::<std::sync::Arc<crate::Segmenter>>();
+const _: () = assert_send_sync::<crate::Engine>();
+const _: () = assert_send_sync::<IchsegEngine>();
+const _: () = assert_send_sync::<IchsegModel>();
+const _: () = assert_send_sync::<IchsegResult>();

@@ -1,0 +1,187 @@
+//! The C ABI as C programs see it.
+//!
+//! - `header_is_up_to_date`: regenerates `include/ichseg.h` in memory with cbindgen and fails
+//!   when the committed file differs; `ICHSEG_UPDATE_HEADER=1 cargo test --test c_abi header_is_up_to_date`
+//!   rewrites it.
+//! - `c_program_passes`: compiles `tests/c/test_capi.c` (C99, warnings as errors) with the
+//!   system `cc` against the header, links it to the shared library, runs it and requires
+//!   exit status 0. Skipped, saying so, only when no `cc` is installed.
+//! - `header_compiles_as_cpp`: the header also compiles as C++17 with warnings as errors
+//!   (C++ viewers include it directly; skipped when `c++` is missing).
+//! - `only_ichseg_symbols_are_exported`: the shared library's dynamic symbol table defines
+//!   symbols named `ichseg_*` only (skipped when `nm` is missing).
+//!
+//! Where the shared library comes from: `Cargo.toml` builds the library as
+//! `crate-type = ["rlib", "cdylib", "staticlib"]`, and cargo compiles all of a library's crate
+//! types in the one rustc run that the integration tests depend on. So `cargo test` always
+//! leaves a fresh `libichseg.so` in the directory of the test executables,
+//! `<target>/<profile>/deps/` (checked: touching src/capi rebuilds it there). It does *not*
+//! refresh the copy in `<target>/<profile>/`, which only `cargo build` updates and which may be
+//! stale, so the test links the one next to its own executable (found through
+//! `current_exe`, so `--release`, `--target`, `CARGO_TARGET_DIR` and a separate build
+//! directory all work). It never runs cargo itself: the outer `cargo test` holds the build
+//! lock, and a nested build would only wait on it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The header cbindgen makes from src/capi/ with cbindgen.toml.
+fn generate_header() -> String {
+    let config = cbindgen::Config::from_file(root().join("cbindgen.toml")).expect("cbindgen.toml parses");
+    let bindings = cbindgen::Builder::new()
+        .with_config(config)
+        .with_src(root().join("src/capi/mod.rs"))
+        .generate()
+        .expect("cbindgen generates the header from src/capi");
+    let mut out = Vec::new();
+    bindings.write(&mut out);
+    String::from_utf8(out).expect("the header is UTF-8")
+}
+
+#[test]
+fn header_is_up_to_date() {
+    let fresh = generate_header();
+    let path = root().join("include/ichseg.h");
+    if std::env::var_os("ICHSEG_UPDATE_HEADER").is_some_and(|v| v != "0") {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &fresh).unwrap();
+        eprintln!("wrote {}", path.display());
+        return;
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    if committed != fresh {
+        let first_diff = committed
+            .lines()
+            .zip(fresh.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or_else(|| committed.lines().count().min(fresh.lines().count()));
+        panic!(
+            "include/ichseg.h is stale: it differs from what cbindgen generates from src/capi/ \
+             (first difference at line {}: committed {:?}, generated {:?}).\n\
+             Regenerate it with: ICHSEG_UPDATE_HEADER=1 cargo test --test c_abi header_is_up_to_date",
+            first_diff + 1,
+            committed.lines().nth(first_diff).unwrap_or("<end of file>"),
+            fresh.lines().nth(first_diff).unwrap_or("<end of file>"),
+        );
+    }
+    // Every prototype (cbindgen writes each on one line at column 0) is an ichseg_* function.
+    let prototypes: Vec<&str> = fresh
+        .lines()
+        .filter(|l| l.ends_with(");") && !l.starts_with(' ') && !l.starts_with("typedef"))
+        .filter_map(|l| l.split('(').next()?.split_whitespace().last())
+        .map(|name| name.trim_start_matches('*'))
+        .collect();
+    assert!(prototypes.contains(&"ichseg_segment"), "no ichseg_segment prototype found in the header");
+    for name in prototypes {
+        assert!(name.starts_with("ichseg_"), "the header declares {name}, which lacks the ichseg_ prefix");
+    }
+}
+
+/// The shared library built with this test: next to the test executable in `<profile>/deps/`
+/// (see the module docs), else the copy `cargo build` puts in `<profile>/`.
+fn shared_library() -> PathBuf {
+    let name = format!("{}ichseg{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX);
+    let exe = std::env::current_exe().expect("the test knows its executable");
+    let deps = exe.parent().expect("the test executable is in a directory");
+    let candidates = [deps.join(&name), deps.parent().unwrap_or(deps).join(&name)];
+    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
+        panic!(
+            "{name} is in neither {} nor {}: cargo should have built the cdylib with the library \
+             (crate-type in Cargo.toml); try `cargo build --lib`",
+            candidates[0].display(),
+            candidates[1].display()
+        )
+    })
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool).arg("--version").output().is_ok()
+}
+
+#[test]
+fn c_program_passes() {
+    if !have("cc") {
+        eprintln!("SKIPPED c_program_passes: no C compiler `cc` on PATH (install gcc or clang to run the C ABI test)");
+        return;
+    }
+    let lib = shared_library();
+    let lib_dir = lib.parent().unwrap();
+    println!("linking {}", lib.display());
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("test_capi");
+    // Same flags as tests/c/run_valgrind.sh.
+    let status = Command::new("cc")
+        .args(["-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-g", "-O1", "-pthread"])
+        .arg("-I")
+        .arg(root().join("include"))
+        .arg(root().join("tests/c/test_capi.c"))
+        .arg("-o")
+        .arg(&exe)
+        .arg(format!("-L{}", lib_dir.display()))
+        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+        .args(["-lichseg", "-lm"])
+        .status()
+        .expect("cc runs");
+    assert!(status.success(), "compiling tests/c/test_capi.c failed ({status})");
+
+    // The NIfTI fixture, decompressed: the C program reads its header and int16 voxels the
+    // way a viewer would hand its own buffer to the library.
+    let nii = tmp.path().join("ct_small.nii");
+    let gz = std::fs::File::open(root().join("tests/fixtures/unet/ct_small.nii.gz")).unwrap();
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz), &mut raw).unwrap();
+    std::fs::write(&nii, raw).unwrap();
+
+    let output = Command::new(&exe)
+        .arg(root().join("tests/fixtures/unet"))
+        .arg(&nii)
+        .env("LD_LIBRARY_PATH", lib_dir)
+        .output()
+        .expect("the compiled C test runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(output.status.success(), "tests/c/test_capi.c failed ({}):\n{stderr}", output.status);
+    assert!(stdout.contains("all C ABI checks passed"), "the C test ended early:\n{stdout}");
+}
+
+#[test]
+fn header_compiles_as_cpp() {
+    if !have("c++") {
+        eprintln!("SKIPPED header_compiles_as_cpp: no `c++` on PATH");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("include_header.cpp");
+    std::fs::write(&src, "#include \"ichseg.h\"\nint main() {\n  IchsegEngineOptions o;\n  ichseg_engine_options_init(&o);\n  return static_cast<int>(o.threads);\n}\n").unwrap();
+    let status = Command::new("c++")
+        .args(["-std=c++17", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-fsyntax-only"])
+        .arg("-I")
+        .arg(root().join("include"))
+        .arg(&src)
+        .status()
+        .expect("c++ runs");
+    assert!(status.success(), "include/ichseg.h does not compile as C++17 ({status})");
+}
+
+#[test]
+fn only_ichseg_symbols_are_exported() {
+    if !have("nm") {
+        eprintln!("SKIPPED only_ichseg_symbols_are_exported: no `nm` on PATH");
+        return;
+    }
+    let lib = shared_library();
+    let output = Command::new("nm").args(["-D", "--defined-only"]).arg(&lib).output().expect("nm runs");
+    assert!(output.status.success(), "nm -D {} failed", lib.display());
+    let symbols = String::from_utf8_lossy(&output.stdout);
+    // Every defined dynamic symbol (functions, data, anything) must carry the prefix.
+    let names: Vec<&str> = symbols.lines().filter_map(|l| l.split_whitespace().last()).collect();
+    let foreign: Vec<&&str> = names.iter().filter(|n| !n.starts_with("ichseg_")).collect();
+    assert!(names.contains(&"ichseg_segment"), "ichseg_segment is not exported:\n{symbols}");
+    assert!(foreign.is_empty(), "{} exports symbols outside the ichseg_ prefix: {foreign:?}", lib.display());
+}
