@@ -24,7 +24,7 @@ fn main() -> TractResult<()> {
     let mut per_node: HashMap<String, f64> = HashMap::new();
     let mut total = 0.0;
     multithread_tract_scope(executor, || -> TractResult<()> {
-        let mut state = SimpleState::new(&plan)?;
+        let mut state = tract_onnx::tract_core::plan::SimpleState::new(&plan)?;
         state.run(tvec!(input.clone().into_tvalue()))?; // warm-up
         for _ in 0..runs {
             let start = Instant::now();

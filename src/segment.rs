@@ -347,13 +347,10 @@ impl Segmenter {
         }
         let c = &self.config;
         let fact = f32::fact([batch, c.channels, c.input_rows, c.input_cols]);
-        let plan = self
-            .model
-            .graph
-            .clone()
-            .with_input_fact(0, fact.into())
-            .and_then(|m| m.into_optimized())
-            .and_then(|m| m.into_runnable())
+        let plan = crate::model::runtime::plan_knobs()
+            .enter(|| {
+                self.model.graph.clone().with_input_fact(0, fact.into())?.into_optimized()?.into_runnable()
+            })
             .map_err(|e| {
                 Error::InvalidModel(format!(
                     "{}: cannot build a plan for input [{batch}, {}, {}, {}]: {e:#}",

@@ -4,6 +4,7 @@ use crate::error::{Error, Result};
 use std::sync::Arc;
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::tract_data::knobs::KnobScope;
 
 /// The compute device a caller asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -102,9 +103,26 @@ impl Engine {
     }
 }
 
+/// tract settings for the plans we build, measured on U-Nets (docs/BENCHMARKS.md): its direct
+/// spatial convolution runs 3x3 convolutions at about half the speed of im2col + matrix
+/// product on x86-64 (base-64 U-Net at 384x384, 2 threads: 2.19 s -> 2.01 s per slice), so it is
+/// turned off. A `TRACT_DISABLE_DIRECT_SPATIAL` environment variable still wins, for experiments.
+pub(crate) fn plan_knobs() -> KnobScope {
+    const DIRECT: &str = "TRACT_DISABLE_DIRECT_SPATIAL";
+    let values: Vec<(&str, &str)> = if std::env::var_os(DIRECT).is_some() { vec![] } else { vec![(DIRECT, "true")] };
+    // the knob name and value are fixed and valid in the pinned tract version
+    KnobScope::new(values).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plan_knobs_are_known_to_tract() {
+        let scope = KnobScope::new([("TRACT_DISABLE_DIRECT_SPATIAL", "true")]);
+        assert!(scope.is_ok(), "tract no longer knows this knob: {:?}", scope.err());
+    }
 
     #[test]
     fn device_parsing() {
