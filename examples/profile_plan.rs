@@ -1,5 +1,6 @@
-//! Where tract spends a U-Net's time: times every node of the optimised plan, as
-//! `Segmenter` builds it, and prints the totals per op kind and the slowest nodes.
+//! Where tract spends a U-Net's time: times every node of the plan libichseg runs
+//! (`OnnxModel::plan`, as `Segmenter` builds it), and prints the totals per op kind and the
+//! slowest nodes.
 //!
 //! cargo run --release --example profile_plan -- MODEL.onnx [ROWS COLS CHANNELS BATCH THREADS RUNS]
 
@@ -7,17 +8,15 @@ use std::collections::HashMap;
 use std::time::Instant;
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::format_err;
 
 fn main() -> TractResult<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize, default: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(default);
-    let path = args.first().ok_or_else(|| tract_onnx::tract_core::internal::format_err!("usage: profile_plan MODEL.onnx [ROWS COLS CHANNELS BATCH THREADS RUNS]"))?;
+    let path = args.first().ok_or_else(|| format_err!("usage: profile_plan MODEL.onnx [ROWS COLS CHANNELS BATCH THREADS RUNS]"))?;
     let (rows, cols, channels, batch, threads, runs) = (num(1, 384), num(2, 384), num(3, 1), num(4, 1), num(5, 2), num(6, 3));
-    let plan = tract_onnx::onnx()
-        .model_for_path(path)?
-        .with_input_fact(0, f32::fact([batch, channels, rows, cols]).into())?
-        .into_optimized()?
-        .into_runnable()?;
+    let model = ichseg::OnnxModel::load(path.as_ref()).map_err(|e| format_err!("{e}"))?;
+    let plan = model.plan([batch, channels, rows, cols]).map_err(|e| format_err!("{e}"))?;
     let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
     let input: Tensor = tract_ndarray::Array4::<f32>::from_elem((batch, channels, rows, cols), 0.5).into();
     let mut per_op: HashMap<String, f64> = HashMap::new();

@@ -30,6 +30,7 @@ pub mod lesions;
 pub mod metrics;
 pub mod model;
 pub mod preprocess;
+pub mod sca;
 pub mod segment;
 pub mod volume;
 

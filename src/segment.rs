@@ -346,17 +346,7 @@ impl Segmenter {
             return Ok(p.clone());
         }
         let c = &self.config;
-        let fact = f32::fact([batch, c.channels, c.input_rows, c.input_cols]);
-        let plan = crate::model::runtime::plan_knobs()
-            .enter(|| {
-                self.model.graph.clone().with_input_fact(0, fact.into())?.into_optimized()?.into_runnable()
-            })
-            .map_err(|e| {
-                Error::InvalidModel(format!(
-                    "{}: cannot build a plan for input [{batch}, {}, {}, {}]: {e:#}",
-                    self.model.name, c.channels, c.input_rows, c.input_cols
-                ))
-            })?;
+        let plan = self.model.plan([batch, c.channels, c.input_rows, c.input_cols])?;
         plans.insert(batch, plan.clone());
         Ok(plan)
     }

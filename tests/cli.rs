@@ -159,3 +159,22 @@ fn demo_runs_end_to_end() {
         assert!(dir.path().join(f).is_file(), "{f}");
     }
 }
+
+#[test]
+fn inspect_lists_classifier_taps_with_strides() {
+    let model = root().join("tests/fixtures/classifier/tiny_classifier.onnx");
+    let out = ichseg(&["inspect", "--json", p(&model)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["classifier"], true);
+    let taps = v["tap_candidates"].as_array().unwrap();
+    let find = |name: &str| taps.iter().find(|t| t["tensor"] == name).unwrap_or_else(|| panic!("{name} in {taps:?}"));
+    assert_eq!(find("/layer1/relu_1/Relu_output_0")["stride"], 4);
+    assert_eq!(find("/layer1/relu_1/Relu_output_0")["shape"], serde_json::json!([1, 4, 16, 16]));
+    assert_eq!(find("/layer2/relu_1/Relu_output_0")["stride"], 8);
+    let text = ichseg(&["inspect", p(&model)]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("candidate taps for a [1, 3, 64, 64] input"));
+    // a classifier is not a segmenter
+    let ct = unet("ct_small.nii.gz");
+    segment_fails(&model, &ct, &[], "is a classifier");
+}

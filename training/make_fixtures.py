@@ -11,7 +11,7 @@ import importlib
 import pathlib
 import sys
 
-PARTS = ["nifti", "unet", "metrics"]
+PARTS = ["nifti", "unet", "metrics", "classifier"]
 
 
 def run() -> None:

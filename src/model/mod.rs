@@ -2,6 +2,7 @@
 
 pub mod metadata;
 pub mod runtime;
+mod zero_pad;
 
 use crate::error::{Error, Result};
 pub use metadata::{ModelKind, ModelMetadata};
@@ -133,6 +134,18 @@ impl OnnxModel {
                 .filter_map(|n| Some((n.op_type.clone(), n.output.first()?.clone())))
                 .collect(),
         })
+    }
+
+    /// The optimised tract plan libichseg runs for one f32 input of `shape`: tract's optimiser
+    /// with our knobs ([`runtime::plan_knobs`]), then our faster zero padding.
+    pub fn plan(&self, shape: [usize; 4]) -> Result<std::sync::Arc<TypedRunnableModel>> {
+        runtime::plan_knobs()
+            .enter(|| {
+                let mut typed = self.graph.clone().with_input_fact(0, f32::fact(shape).into())?.into_optimized()?;
+                zero_pad::replace_pads(&mut typed)?;
+                typed.into_runnable()
+            })
+            .map_err(|e| Error::InvalidModel(format!("{}: cannot build a plan for input {shape:?}: {e:#}", self.name)))
     }
 
     /// Rank-4 outputs of activation, residual, concatenation and pooling nodes, with their

@@ -31,12 +31,16 @@ if ! command -v cc >/dev/null 2>&1; then
     exit 1
 fi
 
+# `cargo test --no-run` builds the cdylib into target/<profile>/deps with the same features as
+# the test run before it, so nothing is rebuilt; `cargo build --lib` would (no dev-dependencies,
+# different feature unification) and recompile tract.
 if [ "$profile" = release ]; then
-    cargo build --lib --release
+    cargo test --release --no-run --test c_abi
+    libdir="${CARGO_TARGET_DIR:-$root/target}/release/deps"
 else
-    cargo build --lib
+    cargo test --no-run --test c_abi
+    libdir="${CARGO_TARGET_DIR:-$root/target}/debug/deps"
 fi
-libdir="${CARGO_TARGET_DIR:-$root/target}/$profile"
 [ -f "$libdir/libichseg.so" ] || { echo "run_valgrind.sh: $libdir/libichseg.so was not built" >&2; exit 1; }
 
 tmp="$(mktemp -d)"

@@ -1,0 +1,191 @@
+"""Tests of the synthetic head-CT phantom generator (numpy, scipy, nibabel only)."""
+import csv
+import gzip
+import hashlib
+import pathlib
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from ichseg_training import phantom as P
+
+BCIHM_COLUMNS = ["PatientNumber", "SliceNumber", "Intraventricular", "Intraparenchymal",
+                 "Subarachnoid", "Epidural", "Subdural", "No_Hemorrhage", "Fracture_Yes_No"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("phantoms")
+    P.write_dataset(out, count=3, seed=11, size=96)
+    return out
+
+
+@pytest.fixture(scope="module")
+def bleeding_volume():
+    """A 256^2 volume with hemorrhage (first bleeding index of seed 0)."""
+    for i in range(20):
+        rng = np.random.default_rng([0, i, 0x1C45E6])
+        nz = int(rng.integers(24, 37))
+        if P._draw_params(rng, 256, nz)["sites"]:
+            ph = P.generate(i, 0, size=256)
+            if ph.mask.any():
+                return ph
+    pytest.fail("no bleeding volume among the first 20")
+
+
+def test_deterministic_bytes(tmp_path):
+    a = P.generate(5, 3, size=64)
+    b = P.generate(5, 3, size=64)
+    assert a.hu.tobytes() == b.hu.tobytes()
+    assert a.mask.tobytes() == b.mask.tobytes()
+    assert np.array_equal(a.labels, b.labels)
+    c = P.generate(5, 4, size=64)
+    assert a.hu.shape != c.hu.shape or a.hu.tobytes() != c.hu.tobytes()
+    # the files on disk too
+    digests = []
+    for run in ("r1", "r2"):
+        P.write_dataset(tmp_path / run, count=1, seed=3, size=64, first=5)
+        digests.append([hashlib.sha256(f.read_bytes()).hexdigest()
+                        for f in sorted((tmp_path / run).rglob("*")) if f.is_file()])
+    assert digests[0] == digests[1]
+
+
+def test_csv_columns_and_rows(dataset):
+    with open(dataset / "hemorrhage_diagnosis_raw_ct.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == BCIHM_COLUMNS
+    body = [[int(x) for x in r] for r in rows[1:]]
+    for pid in (1, 2, 3):
+        mine = [r for r in body if r[0] == pid]
+        img = nib.load(dataset / "ct_scans" / f"{pid:03d}.nii.gz")
+        assert [r[1] for r in mine] == list(range(1, img.shape[2] + 1))  # 1-based, one per slice
+        mask = np.asarray(nib.load(dataset / "masks" / f"{pid:03d}.nii.gz").dataobj)
+        for r in mine:
+            assert all(v in (0, 1) for v in r[2:])
+            bleeding = any(r[2:7])
+            assert r[7] == int(not bleeding)
+            assert bleeding == bool(mask[:, :, r[1] - 1].any())
+
+
+def test_nifti_geometry(dataset):
+    for pid in (1, 2, 3):
+        ct = nib.load(dataset / "ct_scans" / f"{pid:03d}.nii.gz")
+        m = nib.load(dataset / "masks" / f"{pid:03d}.nii.gz")
+        h = ct.header
+        assert h.get_data_dtype() == np.int16
+        raw_hdr = nib.Nifti1Header.from_fileobj(gzip.open(dataset / "ct_scans" / f"{pid:03d}.nii.gz"))
+        assert float(raw_hdr["scl_slope"]) == 1.0 and float(raw_hdr["scl_inter"]) == -1024.0
+        assert ct.dataobj.slope == 1.0 and ct.dataobj.inter == -1024.0
+        zooms = h.get_zooms()
+        assert zooms[0] == pytest.approx(zooms[1])
+        assert zooms[2] == pytest.approx(5.0)
+        assert 0.40 * 512 / 96 - 1e-4 <= zooms[0] <= 0.50 * 512 / 96 + 1e-4
+        assert 24 <= ct.shape[2] <= 36 and ct.shape[:2] == (96, 96)
+        assert int(h["sform_code"]) == 1 and int(h["qform_code"]) == 1
+        assert np.allclose(ct.affine, ct.get_qform(), atol=1e-4)
+        assert np.allclose(np.abs(np.diag(ct.affine)[:3]), zooms[:3], atol=1e-5)
+        assert m.shape == ct.shape and np.allclose(m.affine, ct.affine)
+        assert m.get_data_dtype() == np.uint8
+        raw = np.asarray(ct.dataobj.get_unscaled())
+        hu = ct.get_fdata()
+        assert np.array_equal(hu, raw.astype(np.float64) - 1024.0)
+        assert hu.min() >= -1024 and hu.max() <= 3071
+        assert set(np.unique(np.asarray(m.dataobj))) <= {0, 1}
+
+
+def test_nifti_round_trip(tmp_path):
+    ph = P.generate(2, 9, size=64)
+    P.save_nifti(ph, tmp_path / "c.nii.gz", tmp_path / "m.nii.gz")
+    assert np.array_equal(nib.load(tmp_path / "c.nii.gz").get_fdata().astype(np.int16), ph.hu)
+    assert np.array_equal(np.asarray(nib.load(tmp_path / "m.nii.gz").dataobj), ph.mask)
+
+
+def test_mask_label_consistency(bleeding_volume):
+    ph = bleeding_volume
+    assert ph.mask.dtype == np.uint8 and ph.hu.dtype == np.int16
+    assert np.array_equal(ph.mask, (ph.subtype_map > 0).astype(np.uint8))
+    for k in range(ph.hu.shape[2]):
+        present = set(np.unique(ph.subtype_map[:, :, k])) - {0}
+        assert {i + 1 for i in range(5) if ph.labels[k, i]} == present
+        assert ph.labels[k].any() == ph.mask[:, :, k].any()
+    rows = ph.csv_rows(7)
+    assert [r[1] for r in rows] == list(range(1, ph.hu.shape[2] + 1))
+    for r, lab in zip(rows, ph.labels):
+        assert r[2:7] == [int(x) for x in lab] and r[7] == int(not lab.any())
+    # bleeding spans a realistic number of slices per site (1-8), tapering (not a cylinder)
+    n_bleeding = int(ph.labels.any(axis=1).sum())
+    assert 1 <= n_bleeding <= 8 * len(ph.params["sites"])
+
+
+def _core(mask, it):
+    return ndimage.binary_erosion(mask, iterations=it) if it else mask
+
+
+def test_hu_ranges_per_tissue(bleeding_volume):
+    ph = bleeding_volume
+    hu, tis = ph.hu.astype(np.float64), ph.tissue
+    it = 2  # erode (in plane) past blur and partial volume
+    core = lambda code: np.stack([_core(tis[:, :, k] == code, it) for k in range(tis.shape[2])], -1)
+
+    def med(code):
+        m = core(code)
+        assert m.sum() > 50, P.__name__ + f": too few voxels of tissue {code}"
+        return float(np.median(hu[m]))
+
+    assert 20.0 <= med(P.WM) <= 32.0
+    assert 32.0 <= med(P.GM) <= 48.0
+    assert med(P.GM) > med(P.WM) + 4.0
+    assert -3.0 <= med(P.CSF) <= 18.0
+    assert med(P.BONE) >= 600.0
+    assert med(P.AIR) <= -900.0
+    bone = hu[core(P.BONE)]
+    assert np.percentile(bone, 95) <= 2000.0
+    blood = med(P.BLOOD)
+    assert 40.0 <= blood <= 95.0 and blood > med(P.WM) + 15.0
+    # noise: standard deviation inside large white-matter areas 3-8 HU (+ texture)
+    nz = tis.shape[2]
+    sds = []
+    for k in range(nz // 3, 2 * nz // 3):
+        wm = _core(tis[:, :, k] == P.WM, 4)
+        if wm.sum() > 200:
+            sds.append(float(np.std(hu[:, :, k][wm])))
+    assert sds and 2.5 <= float(np.median(sds)) <= 10.0, sds
+    # outside the head
+    assert np.median(hu[0:3, 0:3, :]) <= -950.0
+
+
+def test_calcifications_and_skull_base_present():
+    found_calc = found_sinus = False
+    for i in range(4):
+        ph = P.generate(i, 1, size=128)
+        found_calc |= bool((ph.tissue == P.CALC).any())
+        low = ph.tissue[:, :, : ph.hu.shape[2] // 3]
+        found_sinus |= bool(((low == P.AIR) & (ph.hu[:, :, : ph.hu.shape[2] // 3] < -500)).any())
+    assert found_calc and found_sinus
+
+
+def test_bleed_fraction_about_half():
+    flags = []
+    kinds = set()
+    for i in range(20):
+        ph = P.generate(i, 2024, size=64, slices_min=24, slices_max=28)
+        flags.append(bool(ph.mask.any()))
+        kinds |= {int(c) for c in np.unique(ph.subtype_map)} - {0}
+    frac = float(np.mean(flags))
+    assert 0.25 <= frac <= 0.75, frac
+    assert len(kinds) >= 3  # several subtypes occur
+
+
+def test_cli(tmp_path):
+    script = pathlib.Path(P.__file__)
+    out = tmp_path / "cli"
+    subprocess.run([sys.executable, str(script), "--out", str(out), "--count", "2", "--seed", "5",
+                    "--size", "48", "--slices-min", "24", "--slices-max", "25"], check=True,
+                   capture_output=True)
+    assert sorted(p.name for p in (out / "ct_scans").iterdir()) == ["001.nii.gz", "002.nii.gz"]
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["001.nii.gz", "002.nii.gz"]
+    assert (out / "hemorrhage_diagnosis_raw_ct.csv").exists()
