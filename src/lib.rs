@@ -24,6 +24,7 @@
 //! ```
 
 pub mod capi;
+pub mod crf;
 pub mod error;
 pub mod io;
 pub mod lesions;
