@@ -2,7 +2,6 @@
 
 pub mod metadata;
 pub mod runtime;
-mod zero_pad;
 
 use crate::error::{Error, Result};
 pub use metadata::{ModelKind, ModelMetadata};
@@ -137,13 +136,11 @@ impl OnnxModel {
     }
 
     /// The optimised tract plan libichseg runs for one f32 input of `shape`: tract's optimiser
-    /// with our knobs ([`runtime::plan_knobs`]), then our faster zero padding.
+    /// with our knobs ([`runtime::plan_knobs`]).
     pub fn plan(&self, shape: [usize; 4]) -> Result<std::sync::Arc<TypedRunnableModel>> {
         runtime::plan_knobs()
             .enter(|| {
-                let mut typed = self.graph.clone().with_input_fact(0, f32::fact(shape).into())?.into_optimized()?;
-                zero_pad::replace_pads(&mut typed)?;
-                typed.into_runnable()
+                self.graph.clone().with_input_fact(0, f32::fact(shape).into())?.into_optimized()?.into_runnable()
             })
             .map_err(|e| Error::InvalidModel(format!("{}: cannot build a plan for input {shape:?}: {e:#}", self.name)))
     }
