@@ -7,7 +7,8 @@ use ichseg::{Error, Result, Volume};
 use ndarray::Array3;
 use std::path::{Path, PathBuf};
 
-/// Untrained 64x64 U-Net from tests/fixtures (Conv, BN, ReLU, MaxPool, ConvTranspose, Concat).
+/// The 64x64 test-fixture U-Net (Conv, BN, ReLU, MaxPool, ConvTranspose, Concat), fitted for a
+/// few steps to bright blobs on one toy volume: a stand-in, not a hemorrhage model.
 const FIXTURE_UNET: &[u8] = include_bytes!("../../../tests/fixtures/unet/unet_transpose.onnx");
 
 struct DemoInputs {
@@ -25,8 +26,9 @@ pub fn run(out: &Path, run: &RunArgs) -> Result<()> {
     };
     if !inputs.trained {
         println!("NOTE: no trained models are shipped yet (models/unet.onnx, models/samples/: issue 3).");
-        println!("      This demo runs the UNTRAINED test-fixture U-Net on a generated phantom volume:");
-        println!("      it exercises the whole pipeline, but the mask and scores mean nothing clinically.\n");
+        println!("      This demo runs the 64x64 test-fixture U-Net (fitted for a few steps to bright blobs on");
+        println!("      one toy volume, not a hemorrhage model) on a crude generated volume: it exercises the");
+        println!("      whole pipeline, but neither the mask nor the scores mean anything clinically.\n");
     }
     println!("model     {}", inputs.model.display());
     println!("volume    {}", inputs.volume.display());
@@ -65,7 +67,7 @@ fn shipped_inputs() -> Option<DemoInputs> {
 }
 
 fn fallback_inputs(out: &Path) -> Result<DemoInputs> {
-    let model = out.join("fixture_unet_untrained.onnx");
+    let model = out.join("fixture_unet_toy.onnx");
     ichseg::io::atomic::write_atomic(&model, |w| w.write_all(FIXTURE_UNET).map_err(|e| Error::io(&model, e)))?;
     let (volume, truth) = phantom();
     let header = nifti::header_for(&volume);
