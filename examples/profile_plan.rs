@@ -13,8 +13,11 @@ use tract_onnx::tract_core::internal::format_err;
 fn main() -> TractResult<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize, default: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(default);
-    let path = args.first().ok_or_else(|| format_err!("usage: profile_plan MODEL.onnx [ROWS COLS CHANNELS BATCH THREADS RUNS]"))?;
-    let (rows, cols, channels, batch, threads, runs) = (num(1, 384), num(2, 384), num(3, 1), num(4, 1), num(5, 2), num(6, 3));
+    let path = args
+        .first()
+        .ok_or_else(|| format_err!("usage: profile_plan MODEL.onnx [ROWS COLS CHANNELS BATCH THREADS RUNS]"))?;
+    let (rows, cols, channels, batch, threads, runs) =
+        (num(1, 384), num(2, 384), num(3, 1), num(4, 1), num(5, 2), num(6, 3));
     let model = ichseg::OnnxModel::load(path.as_ref()).map_err(|e| format_err!("{e}"))?;
     let plan = model.plan([batch, channels, rows, cols]).map_err(|e| format_err!("{e}"))?;
     let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };

@@ -81,12 +81,8 @@ mod tests {
         // torch.nn.functional.interpolate(torch.tensor([[[[1.,2.],[3.,4.]]]]), size=(4,4),
         //   mode="bilinear", align_corners=False)
         let a = array![[1.0f32, 2.0], [3.0, 4.0]];
-        let expected = array![
-            [1.0f32, 1.25, 1.75, 2.0],
-            [1.5, 1.75, 2.25, 2.5],
-            [2.5, 2.75, 3.25, 3.5],
-            [3.0, 3.25, 3.75, 4.0]
-        ];
+        let expected =
+            array![[1.0f32, 1.25, 1.75, 2.0], [1.5, 1.75, 2.25, 2.5], [2.5, 2.75, 3.25, 3.5], [3.0, 3.25, 3.75, 4.0]];
         let out = resize_bilinear(a.view(), 4, 4);
         for (o, e) in out.iter().zip(expected.iter()) {
             assert!((o - e).abs() < 1e-6, "{out:?}");

@@ -161,16 +161,17 @@ impl Segmenter {
                 input.shape_text()
             )));
         }
-        let pick = |what: &str, file: Option<usize>, option: Option<usize>, meta: Option<usize>, default: usize| {
-            match (file, option.or(meta)) {
-                (Some(f), Some(o)) if f != o => Err(Error::InvalidModel(format!(
-                    "{}: {what} {o} was requested but the model input is fixed at {f}",
-                    model.name
-                ))),
-                (Some(f), _) => Ok(f),
-                (None, Some(o)) => Ok(o),
-                (None, None) => Ok(default),
-            }
+        let pick = |what: &str, file: Option<usize>, option: Option<usize>, meta: Option<usize>, default: usize| match (
+            file,
+            option.or(meta),
+        ) {
+            (Some(f), Some(o)) if f != o => Err(Error::InvalidModel(format!(
+                "{}: {what} {o} was requested but the model input is fixed at {f}",
+                model.name
+            ))),
+            (Some(f), _) => Ok(f),
+            (None, Some(o)) => Ok(o),
+            (None, None) => Ok(default),
         };
         let meta = &model.metadata;
         let channels = pick("channels", input.fixed_dim(1), options.channels, meta.channels, 1)?;
@@ -285,7 +286,8 @@ impl Segmenter {
     pub fn run_network(&self, input: ndarray::Array4<f32>) -> Result<ndarray::ArrayD<f32>> {
         let c = &self.config;
         let (b, ch, h, w) = input.dim();
-        if (ch, h, w) != (c.channels, c.input_rows, c.input_cols) || b == 0 || self.fixed_batch.is_some_and(|f| f != b) {
+        if (ch, h, w) != (c.channels, c.input_rows, c.input_cols) || b == 0 || self.fixed_batch.is_some_and(|f| f != b)
+        {
             return Err(Error::arg(format!(
                 "network input is [{b}, {ch}, {h}, {w}]; this model takes [{}, {}, {}, {}]",
                 self.fixed_batch.map_or("B".to_string(), |f| f.to_string()),

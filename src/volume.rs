@@ -39,8 +39,8 @@ impl Volume {
                 values.len()
             )));
         }
-        let data = Array3::from_shape_vec((dims[2], dims[1], dims[0]), values)
-            .map_err(|e| Error::arg(e.to_string()))?;
+        let data =
+            Array3::from_shape_vec((dims[2], dims[1], dims[0]), values).map_err(|e| Error::arg(e.to_string()))?;
         Self::from_array(data, spacing, None)
     }
 
@@ -107,15 +107,12 @@ pub fn checked_voxel_count(dims: [usize; 3]) -> Result<usize> {
     if dims.contains(&0) {
         return Err(Error::arg(format!("volume dimensions must be non-zero, got {}x{}x{}", dims[0], dims[1], dims[2])));
     }
-    dims.iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .filter(|&n| n <= MAX_VOXELS)
-        .ok_or_else(|| {
-            Error::arg(format!(
-                "volume dimensions {}x{}x{} exceed the limit of {MAX_VOXELS} voxels",
-                dims[0], dims[1], dims[2]
-            ))
-        })
+    dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).filter(|&n| n <= MAX_VOXELS).ok_or_else(|| {
+        Error::arg(format!(
+            "volume dimensions {}x{}x{} exceed the limit of {MAX_VOXELS} voxels",
+            dims[0], dims[1], dims[2]
+        ))
+    })
 }
 
 fn scaling_affine(s: [f64; 3]) -> [[f64; 4]; 4] {

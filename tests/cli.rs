@@ -29,8 +29,19 @@ fn segment_writes_mask_probability_and_report() {
     let (mask, prob, report) = (dir.path().join("m.nii.gz"), dir.path().join("p.nii"), dir.path().join("r.json"));
     let ct = unet("ct_small.nii.gz");
     let out = ichseg(&[
-        "segment", "--model", p(&unet("unet_transpose.onnx")), p(&ct), "-o", p(&mask), "--prob", p(&prob),
-        "--report", p(&report), "--threads", "2", "--quiet",
+        "segment",
+        "--model",
+        p(&unet("unet_transpose.onnx")),
+        p(&ct),
+        "-o",
+        p(&mask),
+        "--prob",
+        p(&prob),
+        "--report",
+        p(&report),
+        "--threads",
+        "2",
+        "--quiet",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(out.stdout.is_empty(), "--quiet prints nothing");
@@ -102,8 +113,13 @@ fn bad_models_and_options_fail_cleanly() {
 #[test]
 fn unwritable_output_fails_and_writes_nothing() {
     let out = ichseg(&[
-        "segment", "--model", p(&unet("unet_transpose.onnx")), p(&unet("ct_small.nii.gz")), "-o",
-        "/nonexistent-dir/mask.nii.gz", "--quiet",
+        "segment",
+        "--model",
+        p(&unet("unet_transpose.onnx")),
+        p(&unet("ct_small.nii.gz")),
+        "-o",
+        "/nonexistent-dir/mask.nii.gz",
+        "--quiet",
     ]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("/nonexistent-dir/mask.nii.gz"), "{}", stderr(&out));

@@ -57,7 +57,8 @@ fn assert_matrix_close(what: &str, got: [[f64; 4]; 4], want: [[f64; 4]; 4]) {
 #[test]
 fn reads_every_fixture_like_nibabel() {
     for (name, json, files) in good_cases() {
-        let shape: Vec<usize> = json["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let shape: Vec<usize> =
+            json["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
         let want = f64s(&json["values"]);
         for path in &files {
             let what = format!("{name} ({})", path.file_name().unwrap().to_string_lossy());

@@ -11,7 +11,11 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn f32s(name: &str) -> Vec<f32> {
-    std::fs::read(fixture(name)).unwrap().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    std::fs::read(fixture(name))
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 fn json(name: &str) -> serde_json::Value {
@@ -147,7 +151,8 @@ fn bad_models_and_options_give_specific_errors() {
     assert!(load_error("missing.onnx", &d).contains("missing.onnx"));
     let ch = load_error("unet_transpose.onnx", &SegmenterOptions { channels: Some(3), ..Default::default() });
     assert!(ch.contains("channels 3 was requested but the model input is fixed at 1"), "{ch}");
-    let size = load_error("unet_transpose.onnx", &SegmenterOptions { input_size: Some((32, 32)), ..Default::default() });
+    let size =
+        load_error("unet_transpose.onnx", &SegmenterOptions { input_size: Some((32, 32)), ..Default::default() });
     assert!(size.contains("fixed at 64"), "{size}");
     let bleed = load_error("unet_transpose.onnx", &SegmenterOptions { bleed_index: Some(2), ..Default::default() });
     assert!(bleed.contains("bleed index 2 is out of range for 2 output classes"), "{bleed}");

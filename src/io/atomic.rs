@@ -15,9 +15,8 @@ where
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::arg(format!("output path {} has no file name", path.display())))?;
+    let name =
+        path.file_name().ok_or_else(|| Error::arg(format!("output path {} has no file name", path.display())))?;
     let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let file = File::create(&tmp).map_err(|e| Error::io(path, e))?;

@@ -418,11 +418,9 @@ impl NiftiHeader {
         match magic {
             b"n+1\0" => {}
             b"ni1\0" => {
-                return Err(bad(
-                    "this is the header of a .hdr/.img pair (magic \"ni1\"); .hdr/.img pairs are not \
+                return Err(bad("this is the header of a .hdr/.img pair (magic \"ni1\"); .hdr/.img pairs are not \
                      supported, convert to a single .nii or .nii.gz file"
-                        .into(),
-                ))
+                    .into()))
             }
             _ => {
                 return Err(bad(format!(
@@ -462,10 +460,7 @@ impl NiftiHeader {
             }
         }
         if ndim >= 4 && dim[4] > 1 {
-            return Err(bad(format!(
-                "4D volumes ({} time points) are not supported; pass one 3D volume",
-                dim[4]
-            )));
+            return Err(bad(format!("4D volumes ({} time points) are not supported; pass one 3D volume", dim[4])));
         }
         for (i, &d) in dim.iter().enumerate().take(ndim as usize + 1).skip(4) {
             if d != 1 {
@@ -713,8 +708,7 @@ fn load(path: &Path) -> Result<(NiftiHeader, Vec<u8>)> {
 fn decode<R: BufRead>(mut reader: R, name: &Path) -> Result<(NiftiHeader, Vec<u8>)> {
     let start = reader.fill_buf().map_err(|e| read_error(name, e))?;
     let gzipped = start.starts_with(&[0x1f, 0x8b]);
-    let mut stream: Box<dyn Read + '_> =
-        if gzipped { Box::new(MultiGzDecoder::new(reader)) } else { Box::new(reader) };
+    let mut stream: Box<dyn Read + '_> = if gzipped { Box::new(MultiGzDecoder::new(reader)) } else { Box::new(reader) };
 
     let mut head = Vec::with_capacity(HEADER_SIZE);
     (&mut stream).take(HEADER_SIZE as u64).read_to_end(&mut head).map_err(|e| read_error(name, e))?;
@@ -899,8 +893,8 @@ mod tests {
 
     fn volume(dims: [usize; 3], spacing: [f64; 3], affine: Option<[[f64; 4]; 4]>) -> Volume {
         let n = dims.iter().product::<usize>();
-        let data = Array3::from_shape_vec((dims[2], dims[1], dims[0]), (0..n).map(|i| i as f32 - 7.5).collect())
-            .unwrap();
+        let data =
+            Array3::from_shape_vec((dims[2], dims[1], dims[0]), (0..n).map(|i| i as f32 - 7.5).collect()).unwrap();
         Volume::from_array(data, spacing, affine).unwrap()
     }
 
@@ -961,7 +955,10 @@ mod tests {
                     let q = h.qform();
                     for r in 0..3 {
                         for k in 0..4 {
-                            assert!((q[r][k] - a[r][k]).abs() < 1e-5, "axis {axis} deg {deg} flip {flip}: {q:?} vs {a:?}");
+                            assert!(
+                                (q[r][k] - a[r][k]).abs() < 1e-5,
+                                "axis {axis} deg {deg} flip {flip}: {q:?} vs {a:?}"
+                            );
                         }
                     }
                 }

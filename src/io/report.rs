@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 use crate::io::atomic::write_atomic;
 use crate::lesions::Lesion;
-use crate::segment::{SegmenterConfig, Segmentation, Segmenter, Timings};
+use crate::segment::{Segmentation, Segmenter, SegmenterConfig, Timings};
 use crate::volume::Volume;
 use std::path::Path;
 

@@ -83,7 +83,8 @@ impl ModelMetadata {
                 "bleed_index" => m.bleed_index = Some(value.parse().map_err(|_| bad("a logit index such as 1"))?),
                 "taps" => {
                     for pair in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                        let (n, t) = pair.split_once('=').ok_or_else(|| bad("name=tensor pairs separated by commas"))?;
+                        let (n, t) =
+                            pair.split_once('=').ok_or_else(|| bad("name=tensor pairs separated by commas"))?;
                         m.taps.push((n.trim().to_string(), t.trim().to_string()));
                     }
                 }

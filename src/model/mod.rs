@@ -113,8 +113,7 @@ impl OnnxModel {
         let inputs: Vec<TensorInfo> =
             g.input.iter().filter(|i| !initializers.contains(i.name.as_str())).map(tensor_info).collect();
         let outputs = g.output.iter().map(tensor_info).collect();
-        let metadata =
-            ModelMetadata::parse(proto.metadata_props.iter().map(|p| (p.key.as_str(), p.value.as_str())))?;
+        let metadata = ModelMetadata::parse(proto.metadata_props.iter().map(|p| (p.key.as_str(), p.value.as_str())))?;
         let opset = proto.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map(|o| o.version);
         let graph = onnx
             .model_for_proto_model(&proto)
@@ -127,11 +126,7 @@ impl OnnxModel {
             outputs,
             opset,
             producer: format!("{} {}", proto.producer_name, proto.producer_version).trim().to_string(),
-            nodes: g
-                .node
-                .iter()
-                .filter_map(|n| Some((n.op_type.clone(), n.output.first()?.clone())))
-                .collect(),
+            nodes: g.node.iter().filter_map(|n| Some((n.op_type.clone(), n.output.first()?.clone()))).collect(),
         })
     }
 
@@ -139,9 +134,7 @@ impl OnnxModel {
     /// with our knobs ([`runtime::plan_knobs`]).
     pub fn plan(&self, shape: [usize; 4]) -> Result<std::sync::Arc<TypedRunnableModel>> {
         runtime::plan_knobs()
-            .enter(|| {
-                self.graph.clone().with_input_fact(0, f32::fact(shape).into())?.into_optimized()?.into_runnable()
-            })
+            .enter(|| self.graph.clone().with_input_fact(0, f32::fact(shape).into())?.into_optimized()?.into_runnable())
             .map_err(|e| Error::InvalidModel(format!("{}: cannot build a plan for input {shape:?}: {e:#}", self.name)))
     }
 
@@ -183,8 +176,8 @@ impl OnnxModel {
 }
 
 fn tensor_info(v: &pb::ValueInfoProto) -> TensorInfo {
-    use pb::type_proto::Value;
     use pb::tensor_shape_proto::dimension::Value as D;
+    use pb::type_proto::Value;
     let tensor = v.r#type.as_ref().and_then(|t| t.value.as_ref()).map(|Value::TensorType(t)| t);
     let elem_type = tensor
         .and_then(|t| pb::tensor_proto::DataType::try_from(t.elem_type).ok())

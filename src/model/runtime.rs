@@ -65,11 +65,13 @@ impl Engine {
         };
         let device_note = match options.device {
             Device::Cpu => "CPU requested".to_string(),
-            Device::Auto => "CUDA not available in this build (built without the `cuda` feature); using the CPU".to_string(),
+            Device::Auto => {
+                "CUDA not available in this build (built without the `cuda` feature); using the CPU".to_string()
+            }
             Device::Cuda(n) => {
                 return Err(Error::Unsupported(format!(
-                    "CUDA device {n} requested, but CUDA is not available in this build (built without the `cuda` feature)"
-                )))
+                "CUDA device {n} requested, but CUDA is not available in this build (built without the `cuda` feature)"
+            )))
             }
         };
         // rayon refuses to build pools only when the OS refuses threads; report that, do not panic.
@@ -99,7 +101,8 @@ impl Engine {
 
     /// Runs a plan on this engine's thread pool.
     pub(crate) fn run(&self, plan: &Arc<TypedRunnableModel>, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
-        multithread_tract_scope(self.executor.clone(), || plan.run(inputs)).map_err(|e| Error::Inference(format!("{e:#}")))
+        multithread_tract_scope(self.executor.clone(), || plan.run(inputs))
+            .map_err(|e| Error::Inference(format!("{e:#}")))
     }
 }
 

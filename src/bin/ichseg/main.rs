@@ -201,7 +201,8 @@ fn run_segmentation(
     if let Some(p) = prob_path {
         nifti::write_f32(p, &image.header, &result.probability)?;
     }
-    let report = report::SegmentationReport::new(&input.display().to_string(), &image.volume, &segmenter, &result, load_s);
+    let report =
+        report::SegmentationReport::new(&input.display().to_string(), &image.volume, &segmenter, &result, load_s);
     if let Some(r) = report_path {
         report::write_json(r, &report)?;
     }
@@ -224,18 +225,34 @@ fn segment(a: &SegmentArgs) -> Result<()> {
 
 fn print_summary(r: &report::SegmentationReport) {
     let c: &SegmenterConfig = &r.model.config;
-    println!("input     {} ({}x{}x{} voxels, {:.3}x{:.3}x{:.3} mm)", r.input, r.dims[0], r.dims[1], r.dims[2], r.spacing_mm[0], r.spacing_mm[1], r.spacing_mm[2]);
-    println!("model     {} (input {}x{}x{}, window {}/{}, threshold {})", r.model.name, c.channels, c.input_rows, c.input_cols, c.window_level, c.window_width, c.threshold);
+    println!(
+        "input     {} ({}x{}x{} voxels, {:.3}x{:.3}x{:.3} mm)",
+        r.input, r.dims[0], r.dims[1], r.dims[2], r.spacing_mm[0], r.spacing_mm[1], r.spacing_mm[2]
+    );
+    println!(
+        "model     {} (input {}x{}x{}, window {}/{}, threshold {})",
+        r.model.name, c.channels, c.input_rows, c.input_cols, c.window_level, c.window_width, c.threshold
+    );
     println!("device    {} x{} threads ({})", r.device, r.threads, r.device_note);
     println!("lesions   {}  total {:.2} mL", r.lesion_count, r.total_volume_ml);
     for l in &r.lesions {
         println!(
             "  #{:<3} {:>8.2} mL {:>8} voxels  slices {}-{}  centroid ({:.1}, {:.1}, {:.1}) mm",
-            l.id, l.volume_ml, l.voxels, l.first_slice, l.last_slice, l.centroid_world_mm[0], l.centroid_world_mm[1], l.centroid_world_mm[2]
+            l.id,
+            l.volume_ml,
+            l.voxels,
+            l.first_slice,
+            l.last_slice,
+            l.centroid_world_mm[0],
+            l.centroid_world_mm[1],
+            l.centroid_world_mm[2]
         );
     }
     let t = &r.timings;
-    println!("time      load {:.2} s, preprocess {:.2} s, inference {:.2} s, postprocess {:.2} s, total {:.2} s", t.load_s, t.segment.preprocess_s, t.segment.inference_s, t.segment.postprocess_s, t.segment.total_s);
+    println!(
+        "time      load {:.2} s, preprocess {:.2} s, inference {:.2} s, postprocess {:.2} s, total {:.2} s",
+        t.load_s, t.segment.preprocess_s, t.segment.inference_s, t.segment.postprocess_s, t.segment.total_s
+    );
 }
 
 fn eval(a: &EvalArgs) -> Result<()> {
@@ -266,7 +283,10 @@ fn eval(a: &EvalArgs) -> Result<()> {
         return Ok(());
     }
     let pct = |v: Option<f64>| v.map_or("    n/a".to_string(), |v| format!("{:>7.2}", 100.0 * v));
-    println!("{:<32} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}", "volume", "IoU_bg", "IoU_h", "mIoU", "Dice", "CL", "ML", "FPL");
+    println!(
+        "{:<32} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}",
+        "volume", "IoU_bg", "IoU_h", "mIoU", "Dice", "CL", "ML", "FPL"
+    );
     let row = |name: &str, s: &ichseg::metrics::Scores| {
         println!(
             "{:<32} {} {} {} {} {} {} {}",
@@ -308,7 +328,12 @@ fn inspect(a: &InspectArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&out).map_err(|e| Error::arg(e.to_string()))?);
         return Ok(());
     }
-    println!("model     {} (producer {}, opset {})", model.name, model.producer, model.opset.map_or("?".into(), |o| o.to_string()));
+    println!(
+        "model     {} (producer {}, opset {})",
+        model.name,
+        model.producer,
+        model.opset.map_or("?".into(), |o| o.to_string())
+    );
     for (what, list) in [("input ", &model.inputs), ("output", &model.outputs)] {
         for t in list.iter() {
             println!("{what}    {:<40} {:<8} {}", t.name, t.elem_type, t.shape_text());
