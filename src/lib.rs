@@ -23,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cam;
 pub mod capi;
 pub mod crf;
 pub mod error;

@@ -1,0 +1,178 @@
+//! First principal component projection of tap activations (EigenCAM's projection).
+
+use crate::{Error, Result};
+use ndarray::{Array2, ArrayView2, ArrayView3};
+
+/// PC1 map of `a` (`[K, h, w]`), oriented by `orient_with` (`[h, w]`, the LayerCAM map) and
+/// min-max normalised to `[0, 1]`.
+///
+/// Pixels are `h*w` samples of `K` features. Each channel is centred by its spatial mean,
+/// `v` is the eigenvector of the largest eigenvalue of `X^T X` (cyclic Jacobi in f64; ties go to
+/// the lowest channel index), `p = X v`. If `sum p * (o - mean o) < 0` the sign of `p` is
+/// flipped. Finally `(p - min p) / (max p - min p)`, or zeros when `p` is constant (e.g. all
+/// constant channels). `K = 1` gives the normalised centred channel, oriented.
+///
+/// Errors if `a` is empty or `orient_with` is not `[h, w]`.
+pub fn pc1(a: ArrayView3<f32>, orient_with: ArrayView2<f32>) -> Result<Array2<f32>> {
+    let (kk, h, w) = a.dim();
+    if a.is_empty() {
+        return Err(Error::arg(format!("pc1: empty activations {:?}", a.dim())));
+    }
+    if orient_with.dim() != (h, w) {
+        return Err(Error::arg(format!(
+            "pc1: orientation map {:?} does not match activations {:?}",
+            orient_with.dim(),
+            a.dim()
+        )));
+    }
+    let n = h * w;
+    // Centred channels, K rows of n samples.
+    let mut x = vec![0.0f64; kk * n];
+    for (k, ak) in a.outer_iter().enumerate() {
+        let row = &mut x[k * n..(k + 1) * n];
+        for (dst, &v) in row.iter_mut().zip(ak.iter()) {
+            *dst = v as f64;
+        }
+        let mean = row.iter().sum::<f64>() / n as f64;
+        row.iter_mut().for_each(|v| *v -= mean);
+    }
+    // Covariance (up to the 1/n factor, which leaves eigenvectors unchanged).
+    let mut cov = vec![0.0f64; kk * kk];
+    for i in 0..kk {
+        for j in i..kk {
+            let s: f64 = x[i * n..(i + 1) * n].iter().zip(&x[j * n..(j + 1) * n]).map(|(p, q)| p * q).sum();
+            cov[i * kk + j] = s;
+            cov[j * kk + i] = s;
+        }
+    }
+    let v = top_eigenvector(&mut cov, kk);
+    let mut p = vec![0.0f64; n];
+    for (k, &vk) in v.iter().enumerate() {
+        for (pi, &xi) in p.iter_mut().zip(&x[k * n..(k + 1) * n]) {
+            *pi += vk * xi;
+        }
+    }
+    let omean = orient_with.iter().map(|&o| o as f64).sum::<f64>() / n as f64;
+    let dot: f64 = p.iter().zip(orient_with.iter()).map(|(&pi, &o)| pi * (o as f64 - omean)).sum();
+    let sign = if dot < 0.0 { -1.0 } else { 1.0 };
+    let (lo, hi) = p.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+        let v = sign * v;
+        (lo.min(v), hi.max(v))
+    });
+    let range = hi - lo;
+    if !(range > 0.0 && range.is_finite()) {
+        return Ok(Array2::zeros((h, w)));
+    }
+    let out: Vec<f32> = p.iter().map(|&v| ((sign * v - lo) / range) as f32).collect();
+    Ok(Array2::from_shape_vec((h, w), out).expect("h*w samples"))
+}
+
+/// Unit eigenvector of the largest eigenvalue of the symmetric `k x k` matrix `m` (row-major,
+/// destroyed), by cyclic Jacobi rotations.
+fn top_eigenvector(m: &mut [f64], k: usize) -> Vec<f64> {
+    let mut v = vec![0.0f64; k * k];
+    for i in 0..k {
+        v[i * k + i] = 1.0;
+    }
+    let scale: f64 = m.iter().map(|x| x * x).sum::<f64>();
+    for _sweep in 0..100 {
+        let off: f64 = (0..k)
+            .flat_map(|i| (0..k).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| m[i * k + j].powi(2))
+            .sum();
+        if off <= 1e-30 * scale || off == 0.0 {
+            break;
+        }
+        for p in 0..k {
+            for q in p + 1..k {
+                let apq = m[p * k + q];
+                if apq == 0.0 {
+                    continue;
+                }
+                let theta = (m[q * k + q] - m[p * k + p]) / (2.0 * apq);
+                let t = if theta.abs() > 1e150 {
+                    0.5 / theta
+                } else {
+                    theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt())
+                };
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let s = t * c;
+                for r in 0..k {
+                    let (mrp, mrq) = (m[r * k + p], m[r * k + q]);
+                    m[r * k + p] = c * mrp - s * mrq;
+                    m[r * k + q] = s * mrp + c * mrq;
+                }
+                for r in 0..k {
+                    let (mpr, mqr) = (m[p * k + r], m[q * k + r]);
+                    m[p * k + r] = c * mpr - s * mqr;
+                    m[q * k + r] = s * mpr + c * mqr;
+                }
+                for r in 0..k {
+                    let (vrp, vrq) = (v[r * k + p], v[r * k + q]);
+                    v[r * k + p] = c * vrp - s * vrq;
+                    v[r * k + q] = s * vrp + c * vrq;
+                }
+            }
+        }
+    }
+    let mut best = 0;
+    for i in 1..k {
+        if m[i * k + i] > m[best * k + best] {
+            best = i;
+        }
+    }
+    (0..k).map(|r| v[r * k + best]).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Array2, Array3};
+
+    #[test]
+    fn known_principal_direction() {
+        // Channels: s * (3, 4, 0) / 5 for a varying scalar s, plus a small orthogonal wobble
+        // on channel 2 and offsets; PC1 must recover s (up to an affine map). The wobble is not
+        // exactly uncorrelated with s, so PC1 tilts by O(1e-4) from (0.6, 0.8, 0).
+        let (h, w) = (5, 6);
+        let s = Array2::from_shape_fn((h, w), |(y, x)| (y as f32 * 1.7 - x as f32 * 0.9).sin() * 3.0);
+        let wob = Array2::from_shape_fn((h, w), |(y, x)| 0.05 * ((y * 7 + x * 3) % 5) as f32);
+        let a = Array3::from_shape_fn((3, h, w), |(k, y, x)| match k {
+            0 => 0.6 * s[[y, x]] + 10.0,
+            1 => 0.8 * s[[y, x]] - 2.0,
+            _ => wob[[y, x]] + 1.0,
+        });
+        let (lo, hi) = s.iter().fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+        let expect = s.mapv(|v| (v - lo) / (hi - lo));
+        let p = pc1(a.view(), s.view()).unwrap();
+        let err = (&p - &expect).mapv(f32::abs).fold(0.0f32, |m, &v| m.max(v));
+        assert!(err < 1e-3, "err {err}");
+        // orientation follows the reference map
+        let q = pc1(a.view(), s.mapv(|v| -v).view()).unwrap();
+        let err = (&q - &expect.mapv(|v| 1.0 - v)).mapv(f32::abs).fold(0.0f32, |m, &v| m.max(v));
+        assert!(err < 1e-3, "err {err}");
+    }
+
+    #[test]
+    fn k1_and_constant() {
+        let a = Array3::from_shape_fn((1, 2, 2), |(_, y, x)| (y * 2 + x) as f32);
+        let o = Array2::from_shape_fn((2, 2), |(y, x)| (y * 2 + x) as f32);
+        let p = pc1(a.view(), o.view()).unwrap();
+        assert_eq!(p.iter().copied().collect::<Vec<_>>(), vec![0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0]);
+        let c = Array3::from_elem((4, 3, 3), 2.5f32);
+        assert!(pc1(c.view(), Array2::zeros((3, 3)).view()).unwrap().iter().all(|&v| v == 0.0));
+        let z = Array3::<f32>::zeros((1, 1, 1));
+        assert_eq!(pc1(z.view(), Array2::zeros((1, 1)).view()).unwrap()[[0, 0]], 0.0);
+    }
+
+    #[test]
+    fn jacobi_top_eigenvector() {
+        // [[2, 1], [1, 2]] -> eigenvalues 3 (1, 1)/sqrt2 and 1
+        let mut m = vec![2.0, 1.0, 1.0, 2.0];
+        let v = top_eigenvector(&mut m, 2);
+        assert!((v[0].abs() - 0.5f64.sqrt()).abs() < 1e-12 && (v[0] - v[1]).abs() < 1e-12);
+        // diagonal: the largest diagonal entry's axis
+        let mut m = vec![1.0, 0.0, 0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 2.0];
+        assert_eq!(top_eigenvector(&mut m, 3), vec![0.0, 1.0, 0.0]);
+    }
+}
