@@ -1,0 +1,429 @@
+// ichseg.hpp: a header-only C++17 wrapper over the libichseg C ABI (include/ichseg.h).
+//
+//     #include "ichseg.hpp"   // with include/ and bindings/cpp/ on the include path; link -lichseg
+//
+//     ichseg::Engine engine({/*threads*/ 4, ichseg::Device::Cpu});
+//     ichseg::Model model = ichseg::Model::load(engine, "unet.onnx");
+//     std::vector<uint8_t> mask(nx * ny * nz);
+//     ichseg::Result r = model.segment(ichseg::VolumeView(voxels, {nx, ny, nz}, {sx, sy, sz}), mask);
+//     for (const IchsegLesion& l : r.lesions()) { ... }
+//
+// - Handles (Engine, Model, Result) are move-only RAII owners of the C handles; a moved-from
+//   handle is empty (`!handle`), and calling a method on it throws Error(NULL_POINTER).
+// - Every failing call throws ichseg::Error, carrying the IchsegStatus and the library's
+//   message (ichseg_last_error_message(), copied at once).
+// - Threading is that of the C ABI: Engine and Model may be used from any number of threads at
+//   once (Model::segment is const and runs concurrently); a Result may be read concurrently.
+// - Exceptions thrown by a progress callback never cross the C ABI: the trampoline catches
+//   them, cancels the call, and Model::segment rethrows the original exception afterwards.
+#ifndef ICHSEG_HPP
+#define ICHSEG_HPP
+
+#include "ichseg.h"
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace ichseg {
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/// Thrown by every failing call: the C status and the library's message.
+class Error : public std::runtime_error {
+public:
+    Error(IchsegStatus status, const std::string& message)
+        : std::runtime_error(message), status_(status) {}
+
+    /// The C status code (never ICHSEG_STATUS_OK).
+    IchsegStatus status() const noexcept { return status_; }
+    /// "ICHSEG_STATUS_BUFFER_SIZE" and so on.
+    const char* status_name() const noexcept { return ichseg_status_name(static_cast<int32_t>(status_)); }
+
+private:
+    IchsegStatus status_;
+};
+
+namespace detail {
+
+/// Throws Error for a failing status, with this thread's last-error message.
+inline void check(IchsegStatus status) {
+    if (status != ICHSEG_STATUS_OK) {
+        const char* msg = ichseg_last_error_message();
+        throw Error(status, msg != nullptr ? std::string(msg) : std::string());
+    }
+}
+
+struct EngineFree {
+    void operator()(IchsegEngine* p) const noexcept { ichseg_engine_free(p); }
+};
+struct ModelFree {
+    void operator()(IchsegModel* p) const noexcept { ichseg_model_free(p); }
+};
+struct ResultFree {
+    void operator()(IchsegResult* p) const noexcept { ichseg_result_free(p); }
+};
+
+template <class T> struct voxel_type_of;  // undefined: unsupported voxel types do not compile
+template <> struct voxel_type_of<uint8_t> : std::integral_constant<IchsegVoxelType, ICHSEG_VOXEL_TYPE_U8> {};
+template <> struct voxel_type_of<int16_t> : std::integral_constant<IchsegVoxelType, ICHSEG_VOXEL_TYPE_I16> {};
+template <> struct voxel_type_of<uint16_t> : std::integral_constant<IchsegVoxelType, ICHSEG_VOXEL_TYPE_U16> {};
+template <> struct voxel_type_of<int32_t> : std::integral_constant<IchsegVoxelType, ICHSEG_VOXEL_TYPE_I32> {};
+template <> struct voxel_type_of<float> : std::integral_constant<IchsegVoxelType, ICHSEG_VOXEL_TYPE_F32> {};
+template <> struct voxel_type_of<double> : std::integral_constant<IchsegVoxelType, ICHSEG_VOXEL_TYPE_F64> {};
+
+}  // namespace detail
+
+// ---------------------------------------------------------------------------------------------
+// Versions
+
+/// The C ABI version of the loaded library; compare with ICHSEG_ABI_VERSION (this header's).
+inline uint32_t abi_version() noexcept { return ichseg_abi_version(); }
+/// The library version, e.g. "0.1.0".
+inline std::string version() { return ichseg_version_string(); }
+
+// ---------------------------------------------------------------------------------------------
+// Span: a non-owning pointer + size (C++17 has no std::span)
+
+template <class T>
+class Span {
+public:
+    using element_type = T;
+    using value_type = std::remove_cv_t<T>;
+    using size_type = std::size_t;
+    using pointer = T*;
+    using iterator = T*;
+
+    constexpr Span() noexcept = default;
+    constexpr Span(T* data, std::size_t size) noexcept : data_(data), size_(size) {}
+    template <class A>
+    Span(std::vector<value_type, A>& v) noexcept : data_(v.data()), size_(v.size()) {}
+    template <class A, class U = T, std::enable_if_t<std::is_const<U>::value, int> = 0>
+    Span(const std::vector<value_type, A>& v) noexcept : data_(v.data()), size_(v.size()) {}
+    template <std::size_t N>
+    constexpr Span(T (&a)[N]) noexcept : data_(a), size_(N) {}
+    template <std::size_t N>
+    constexpr Span(std::array<value_type, N>& a) noexcept : data_(a.data()), size_(N) {}
+    template <std::size_t N, class U = T, std::enable_if_t<std::is_const<U>::value, int> = 0>
+    constexpr Span(const std::array<value_type, N>& a) noexcept : data_(a.data()), size_(N) {}
+    /// Span<T> -> Span<const T>.
+    template <class U, std::enable_if_t<std::is_convertible<U (*)[], T (*)[]>::value, int> = 0>
+    constexpr Span(const Span<U>& other) noexcept : data_(other.data()), size_(other.size()) {}
+
+    constexpr T* data() const noexcept { return data_; }
+    constexpr std::size_t size() const noexcept { return size_; }
+    constexpr std::size_t size_bytes() const noexcept { return size_ * sizeof(T); }
+    constexpr bool empty() const noexcept { return size_ == 0; }
+    constexpr T& operator[](std::size_t i) const noexcept { return data_[i]; }
+    constexpr T* begin() const noexcept { return data_; }
+    constexpr T* end() const noexcept { return data_ + size_; }
+
+private:
+    T* data_ = nullptr;
+    std::size_t size_ = 0;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+enum class Device : int {
+    Auto = ICHSEG_DEVICE_AUTO,  ///< CUDA when available, else the CPU
+    Cpu = ICHSEG_DEVICE_CPU,
+    Cuda = ICHSEG_DEVICE_CUDA,  ///< Error(UNSUPPORTED) when this build or machine lacks it
+};
+
+/// Engine settings (see IchsegEngineOptions).
+struct EngineOptions {
+    uint32_t threads = 0;  ///< worker threads; 0 = one per core
+    Device device = Device::Auto;
+    int32_t cuda_device = 0;  ///< with Device::Cuda
+
+    IchsegEngineOptions to_c() const noexcept {
+        IchsegEngineOptions o;
+        ichseg_engine_options_init(&o);
+        o.threads = threads;
+        o.device = static_cast<IchsegDevice>(device);
+        o.cuda_device = cuda_device;
+        return o;
+    }
+};
+
+/// Model settings (see IchsegSegmentOptions); the NaN / 0 defaults mean "from the model".
+struct SegmentOptions {
+    float threshold = 0.5f;
+    uint32_t batch = 1;
+    float window_level = std::numeric_limits<float>::quiet_NaN();
+    float window_width = std::numeric_limits<float>::quiet_NaN();
+    uint32_t input_rows = 0;
+    uint32_t input_cols = 0;
+    uint32_t channels = 0;
+
+    IchsegSegmentOptions to_c() const noexcept {
+        IchsegSegmentOptions o;
+        ichseg_segment_options_init(&o);
+        o.threshold = threshold;
+        o.batch = batch;
+        o.window_level = window_level;
+        o.window_width = window_width;
+        o.input_rows = input_rows;
+        o.input_cols = input_cols;
+        o.channels = channels;
+        return o;
+    }
+};
+
+// ---------------------------------------------------------------------------------------------
+// VolumeView: a CT volume in the caller's memory (x fastest, then y, then slice z)
+
+class VolumeView {
+public:
+    using Dims = std::array<std::size_t, 3>;
+    using Spacing = std::array<double, 3>;
+    using Affine = std::array<double, 16>;  ///< row-major 4x4, voxel (x, y, z, 1) -> world mm
+
+    /// `data` holds dims[0] * dims[1] * dims[2] voxels (unchecked: the caller vouches for it).
+    template <class T>
+    VolumeView(const T* data, Dims dims, Spacing spacing = {1.0, 1.0, 1.0}) noexcept
+        : type_(detail::voxel_type_of<std::remove_cv_t<T>>::value), data_(data), dims_(dims),
+          spacing_(spacing) {}
+    /// The span's length is checked against the dims by Model::segment (Error BUFFER_SIZE).
+    template <class T>
+    VolumeView(Span<T> data, Dims dims, Spacing spacing = {1.0, 1.0, 1.0}) noexcept
+        : type_(detail::voxel_type_of<std::remove_cv_t<T>>::value), data_(data.data()),
+          len_(data.size()), dims_(dims), spacing_(spacing) {}
+    template <class T, class A>
+    VolumeView(const std::vector<T, A>& data, Dims dims, Spacing spacing = {1.0, 1.0, 1.0}) noexcept
+        : VolumeView(Span<const T>(data.data(), data.size()), dims, spacing) {}
+
+    /// Sets the voxel-to-world matrix (default: a scaling by the spacing).
+    VolumeView& affine(const Affine& a) {
+        affine_ = a;
+        return *this;
+    }
+    /// HU = value * slope + intercept (default 1, 0).
+    VolumeView& rescale(double slope, double intercept) noexcept {
+        slope_ = slope;
+        intercept_ = intercept;
+        return *this;
+    }
+
+    IchsegVoxelType voxel_type() const noexcept { return type_; }
+    const void* data() const noexcept { return data_; }
+    const Dims& dims() const noexcept { return dims_; }
+    const Spacing& spacing() const noexcept { return spacing_; }
+    const std::optional<Affine>& affine() const noexcept { return affine_; }
+    double rescale_slope() const noexcept { return slope_; }
+    double rescale_intercept() const noexcept { return intercept_; }
+    /// The buffer length when known (constructed from a Span or vector).
+    std::optional<std::size_t> length() const noexcept { return len_; }
+
+    IchsegVolumeDesc to_c() const noexcept {
+        IchsegVolumeDesc d;
+        ichseg_volume_desc_init(&d);
+        d.voxel_type = type_;
+        d.data = data_;
+        for (int i = 0; i < 3; i++) {
+            d.dims[i] = dims_[static_cast<std::size_t>(i)];
+            d.spacing[i] = spacing_[static_cast<std::size_t>(i)];
+        }
+        d.affine = affine_ ? affine_->data() : nullptr;
+        d.rescale_slope = slope_;
+        d.rescale_intercept = intercept_;
+        return d;
+    }
+
+private:
+    IchsegVoxelType type_;
+    const void* data_;
+    std::optional<std::size_t> len_;
+    Dims dims_;
+    Spacing spacing_;
+    std::optional<Affine> affine_;
+    double slope_ = 1.0;
+    double intercept_ = 0.0;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Handles
+
+/// An execution context: device and worker threads. Thread-safe; move-only.
+class Engine {
+public:
+    explicit Engine(const EngineOptions& options = {}) {
+        const IchsegEngineOptions o = options.to_c();
+        IchsegEngine* raw = nullptr;
+        const IchsegStatus s = ichseg_engine_create(&o, &raw);
+        handle_.reset(raw);  // owned before anything can throw
+        detail::check(s);
+    }
+
+    /// "cpu" or "cuda:N".
+    std::string device_name() const {
+        const char* out = nullptr;
+        detail::check(ichseg_engine_device_name(handle_.get(), &out));
+        return out;
+    }
+    /// Why the engine uses its device.
+    std::string device_note() const {
+        const char* out = nullptr;
+        detail::check(ichseg_engine_device_note(handle_.get(), &out));
+        return out;
+    }
+    uint32_t threads() const {
+        uint32_t out = 0;
+        detail::check(ichseg_engine_threads(handle_.get(), &out));
+        return out;
+    }
+
+    const IchsegEngine* get() const noexcept { return handle_.get(); }
+    /// False once moved from.
+    explicit operator bool() const noexcept { return handle_ != nullptr; }
+
+private:
+    std::unique_ptr<IchsegEngine, detail::EngineFree> handle_;
+};
+
+/// The lesions of one segmentation. Immutable, readable from several threads; move-only.
+class Result {
+public:
+    /// Takes ownership of a C result (may be NULL: an empty Result).
+    explicit Result(IchsegResult* raw) noexcept : handle_(raw) {}
+
+    std::size_t lesion_count() const {
+        std::size_t out = 0;
+        detail::check(ichseg_result_lesion_count(handle_.get(), &out));
+        return out;
+    }
+    double total_volume_ml() const {
+        double out = 0.0;
+        detail::check(ichseg_result_total_volume_ml(handle_.get(), &out));
+        return out;
+    }
+    /// Lesion `index` (largest first); Error(INVALID_ARGUMENT) when out of range.
+    IchsegLesion lesion(std::size_t index) const {
+        IchsegLesion out{};
+        detail::check(ichseg_result_lesion(handle_.get(), index, &out));
+        return out;
+    }
+    std::vector<IchsegLesion> lesions() const {
+        const std::size_t n = lesion_count();
+        std::vector<IchsegLesion> out;
+        out.reserve(n);
+        for (std::size_t i = 0; i < n; i++) {
+            out.push_back(lesion(i));
+        }
+        return out;
+    }
+
+    const IchsegResult* get() const noexcept { return handle_.get(); }
+    explicit operator bool() const noexcept { return handle_ != nullptr; }
+
+private:
+    std::unique_ptr<IchsegResult, detail::ResultFree> handle_;
+};
+
+/// Progress of Model::segment: `done` of `total` slices finished; return false to cancel.
+using ProgressFn = std::function<bool(uint32_t done, uint32_t total)>;
+
+/// A segmentation network bound to an engine. Thread-safe (segment is const); move-only.
+class Model {
+public:
+    /// Loads an ONNX model file. Errors: IO, INVALID_MODEL, INVALID_ARGUMENT.
+    static Model load(const Engine& engine, const std::string& path, const SegmentOptions& options = {}) {
+        const IchsegSegmentOptions o = options.to_c();
+        IchsegModel* raw = nullptr;
+        const IchsegStatus s = ichseg_model_load(engine.get(), path.c_str(), &o, &raw);
+        Model m(raw);
+        detail::check(s);
+        return m;
+    }
+    /// Loads an ONNX model from memory (copied: the buffer may go once this returns).
+    static Model from_memory(const Engine& engine, const uint8_t* bytes, std::size_t len,
+                             const SegmentOptions& options = {}) {
+        const IchsegSegmentOptions o = options.to_c();
+        IchsegModel* raw = nullptr;
+        const IchsegStatus s = ichseg_model_load_from_memory(engine.get(), bytes, len, &o, &raw);
+        Model m(raw);
+        detail::check(s);
+        return m;
+    }
+    static Model from_memory(const Engine& engine, Span<const uint8_t> bytes, const SegmentOptions& options = {}) {
+        return from_memory(engine, bytes.data(), bytes.size(), options);
+    }
+
+    /// Segments `volume`. `mask` (required) and `probabilities` (optional, empty for none)
+    /// must hold one element per voxel; they are written only on success. `progress` runs on
+    /// this thread; returning false throws Error(CANCELLED), and an exception it throws is
+    /// rethrown here (the C call is cancelled first). Nothing is written in either case.
+    Result segment(const VolumeView& volume, Span<uint8_t> mask, Span<float> probabilities = {},
+                   ProgressFn progress = {}) const {
+        if (volume.length()) {
+            const auto& d = volume.dims();
+            std::size_t n = 1;
+            bool overflow = false;
+            for (std::size_t dim : d) {
+                if (dim != 0 && n > std::numeric_limits<std::size_t>::max() / dim) {
+                    overflow = true;
+                }
+                n *= dim;
+            }
+            // Zero or overflowing dims are left to the library (INVALID_ARGUMENT).
+            if (!overflow && n != 0 && *volume.length() != n) {
+                throw Error(ICHSEG_STATUS_BUFFER_SIZE,
+                            "the volume buffer holds " + std::to_string(*volume.length()) + " voxels but the " +
+                                std::to_string(d[0]) + "x" + std::to_string(d[1]) + "x" + std::to_string(d[2]) +
+                                " volume has " + std::to_string(n));
+            }
+        }
+        const IchsegVolumeDesc desc = volume.to_c();
+        Trampoline ctx{&progress, nullptr};
+        IchsegResult* raw = nullptr;
+        const IchsegStatus s =
+            ichseg_segment(handle_.get(), &desc, mask.data(), mask.size(), probabilities.data(),
+                           probabilities.size(), progress ? &Trampoline::call : nullptr, &ctx, &raw);
+        Result result(raw);
+        if (ctx.error) {
+            std::rethrow_exception(ctx.error);
+        }
+        detail::check(s);
+        return result;
+    }
+
+    const IchsegModel* get() const noexcept { return handle_.get(); }
+    explicit operator bool() const noexcept { return handle_ != nullptr; }
+
+private:
+    explicit Model(IchsegModel* raw) noexcept : handle_(raw) {}
+
+    struct Trampoline {
+        const ProgressFn* fn;
+        std::exception_ptr error;
+
+        static int32_t call(uint32_t done, uint32_t total, void* user_data) noexcept {
+            auto* self = static_cast<Trampoline*>(user_data);
+            try {
+                return (*self->fn)(done, total) ? 1 : 0;
+            } catch (...) {
+                self->error = std::current_exception();
+                return 0;
+            }
+        }
+    };
+
+    std::unique_ptr<IchsegModel, detail::ModelFree> handle_;
+};
+
+}  // namespace ichseg
+
+#endif  // ICHSEG_HPP

@@ -1,0 +1,470 @@
+// The C++17 wrapper bindings/cpp/ichseg.hpp exercised as a C++ viewer would use it.
+//
+//     test_wrapper FIXTURE_DIR CT_SMALL_NII
+//
+// FIXTURE_DIR is tests/fixtures/unet (unet_transpose.onnx: 1 channel, 64x64, and the reference
+// pipeline mask / probabilities for ct_small); CT_SMALL_NII is ct_small.nii.gz decompressed,
+// whose int16 voxels are handed to the library as a caller buffer. Built and run by
+// tests/cpp_wrapper.rs and tests/c/run_valgrind.sh. Exits 0 only when every check passed, after
+// printing "all C++ wrapper checks passed".
+#include "ichseg.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+static int checks = 0;
+static int failures = 0;
+
+#define CHECK(cond, ...)                                                                   \
+    do {                                                                                   \
+        checks++;                                                                          \
+        if (!(cond)) {                                                                     \
+            failures++;                                                                    \
+            std::fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);  \
+            std::fprintf(stderr, __VA_ARGS__);                                             \
+            std::fputc('\n', stderr);                                                      \
+        }                                                                                  \
+    } while (0)
+
+#define REQUIRE(cond)                                                                      \
+    do {                                                                                   \
+        if (!(cond)) {                                                                     \
+            std::fprintf(stderr, "%s:%d: required step failed: %s\n", __FILE__, __LINE__,  \
+                         #cond);                                                           \
+            std::exit(1);                                                                  \
+        }                                                                                  \
+    } while (0)
+
+// Runs `f`, requires it to throw ichseg::Error with `want` and a message containing `needle`.
+template <class F>
+static void expect_error(const char* what, int line, F&& f, IchsegStatus want, const char* needle) {
+    checks++;
+    try {
+        f();
+    } catch (const ichseg::Error& e) {
+        if (e.status() != want) {
+            failures++;
+            std::fprintf(stderr, "%s:%d: %s threw %s, expected %s (%s)\n", __FILE__, line, what,
+                         e.status_name(), ichseg_status_name(want), e.what());
+        } else if (e.what()[0] == '\0' || std::strstr(e.what(), needle) == nullptr) {
+            failures++;
+            std::fprintf(stderr, "%s:%d: %s: message \"%s\" should mention \"%s\"\n", __FILE__, line,
+                         what, e.what(), needle);
+        } else {
+            std::printf("  %-31s %s\n", e.status_name(), e.what());
+        }
+        return;
+    } catch (const std::exception& e) {
+        failures++;
+        std::fprintf(stderr, "%s:%d: %s threw a foreign exception: %s\n", __FILE__, line, what, e.what());
+        return;
+    }
+    failures++;
+    std::fprintf(stderr, "%s:%d: %s did not throw (expected %s)\n", __FILE__, line, what,
+                 ichseg_status_name(want));
+}
+#define EXPECT_ERROR(stmt, want, needle) expect_error(#stmt, __LINE__, [&] { stmt; }, (want), (needle))
+
+static std::vector<uint8_t> read_file(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    REQUIRE(f.good());
+    return std::vector<uint8_t>(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+
+static bool all_bytes(const void* p, std::size_t n, unsigned char value) {
+    const auto* b = static_cast<const unsigned char*>(p);
+    return std::all_of(b, b + n, [value](unsigned char c) { return c == value; });
+}
+
+static bool close_rel(double a, double b, double rel) {
+    return std::fabs(a - b) <= rel * std::max(1.0, std::fabs(b));
+}
+
+// The handles are move-only, and moving never throws.
+static_assert(!std::is_copy_constructible<ichseg::Engine>::value, "Engine is move-only");
+static_assert(!std::is_copy_assignable<ichseg::Model>::value, "Model is move-only");
+static_assert(!std::is_copy_constructible<ichseg::Result>::value, "Result is move-only");
+static_assert(std::is_nothrow_move_constructible<ichseg::Engine>::value, "");
+static_assert(std::is_nothrow_move_assignable<ichseg::Model>::value, "");
+static_assert(std::is_nothrow_move_constructible<ichseg::Result>::value, "");
+// Span conversions.
+static_assert(std::is_convertible<std::vector<float>&, ichseg::Span<float>>::value, "");
+static_assert(std::is_convertible<const std::vector<float>&, ichseg::Span<const float>>::value, "");
+static_assert(!std::is_convertible<const std::vector<float>&, ichseg::Span<float>>::value, "");
+static_assert(std::is_convertible<ichseg::Span<float>, ichseg::Span<const float>>::value, "");
+static_assert(!std::is_convertible<ichseg::Span<const float>, ichseg::Span<float>>::value, "");
+
+// ct_small.nii as a viewer holds it: int16 voxels plus geometry.
+struct Ct {
+    std::vector<uint8_t> file;
+    std::vector<int16_t> voxels;
+    ichseg::VolumeView::Dims dims{};
+    ichseg::VolumeView::Spacing spacing{};
+    std::optional<ichseg::VolumeView::Affine> affine;
+    double slope = 1.0, intercept = 0.0;
+    std::size_t n = 0;
+
+    ichseg::VolumeView view() const {
+        ichseg::VolumeView v(voxels, dims, spacing);
+        v.rescale(slope, intercept);
+        if (affine) {
+            v.affine(*affine);
+        }
+        return v;
+    }
+};
+
+static Ct load_ct(const std::string& path) {
+    Ct ct;
+    ct.file = read_file(path);
+    REQUIRE(ct.file.size() > 352);
+    int16_t dim[8], datatype, sform_code;
+    float pixdim[8], vox_offset, slope, inter, srow[12];
+    const uint8_t* h = ct.file.data();
+    std::memcpy(dim, h + 40, sizeof dim);
+    std::memcpy(&datatype, h + 70, 2);
+    std::memcpy(pixdim, h + 76, sizeof pixdim);
+    std::memcpy(&vox_offset, h + 108, 4);
+    std::memcpy(&slope, h + 112, 4);
+    std::memcpy(&inter, h + 116, 4);
+    std::memcpy(&sform_code, h + 254, 2);
+    std::memcpy(srow, h + 280, sizeof srow);
+    REQUIRE(datatype == 4 && dim[0] == 3);
+    for (std::size_t i = 0; i < 3; i++) {
+        ct.dims[i] = static_cast<std::size_t>(dim[i + 1]);
+        ct.spacing[i] = pixdim[i + 1];
+    }
+    ct.slope = slope;
+    ct.intercept = inter;
+    if (sform_code > 0) {
+        ichseg::VolumeView::Affine a{};
+        for (std::size_t i = 0; i < 12; i++) {
+            a[i] = srow[i];
+        }
+        a[15] = 1.0;
+        ct.affine = a;
+    }
+    ct.n = ct.dims[0] * ct.dims[1] * ct.dims[2];
+    const auto off = static_cast<std::size_t>(vox_offset);
+    REQUIRE(ct.file.size() >= off + 2 * ct.n);
+    ct.voxels.resize(ct.n);
+    std::memcpy(ct.voxels.data(), h + off, 2 * ct.n);
+    return ct;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+static void test_versions() {
+    std::printf("versions\n");
+    CHECK(ichseg::abi_version() == ICHSEG_ABI_VERSION, "abi %u", ichseg::abi_version());
+    const std::string v = ichseg::version();
+    CHECK(v.size() >= 5 && v.find('.') != std::string::npos, "version \"%s\"", v.c_str());
+    std::printf("  abi %u, version %s\n", ichseg::abi_version(), v.c_str());
+}
+
+static void test_engine() {
+    std::printf("engine\n");
+    ichseg::Engine e(ichseg::EngineOptions{2, ichseg::Device::Cpu, 0});
+    CHECK(static_cast<bool>(e), "live engine");
+    CHECK(e.device_name() == "cpu", "device %s", e.device_name().c_str());
+    CHECK(!e.device_note().empty(), "device note");
+    CHECK(e.threads() == 2, "threads %u", e.threads());
+    ichseg::Engine d;  // defaults: one thread per core
+    CHECK(d.threads() >= 1, "default threads %u", d.threads());
+    std::printf("  device %s (%s), %u threads\n", e.device_name().c_str(), e.device_note().c_str(), e.threads());
+
+    EXPECT_ERROR(ichseg::Engine(ichseg::EngineOptions{5000, ichseg::Device::Cpu, 0}),
+                 ICHSEG_STATUS_INVALID_ARGUMENT, "5000 threads");
+    EXPECT_ERROR(ichseg::Engine(ichseg::EngineOptions{1, ichseg::Device::Cuda, -1}),
+                 ICHSEG_STATUS_INVALID_ARGUMENT, "cuda_device");
+}
+
+static void test_model_errors(const ichseg::Engine& engine, const std::string& dir) {
+    std::printf("model errors\n");
+    EXPECT_ERROR(ichseg::Model::load(engine, "/nonexistent/dir/model.onnx"), ICHSEG_STATUS_IO,
+                 "/nonexistent/dir/model.onnx");
+    EXPECT_ERROR(ichseg::Model::load(engine, dir + "/not_a_model.onnx"), ICHSEG_STATUS_INVALID_MODEL,
+                 "not_a_model.onnx");
+    static const uint8_t garbage[] = "this is not an ONNX file";
+    EXPECT_ERROR(ichseg::Model::from_memory(engine, garbage, sizeof garbage), ICHSEG_STATUS_INVALID_MODEL,
+                 "not a valid ONNX file");
+    EXPECT_ERROR(ichseg::Model::from_memory(engine, ichseg::Span<const uint8_t>(garbage)),
+                 ICHSEG_STATUS_INVALID_MODEL, "not a valid ONNX file");
+    EXPECT_ERROR(ichseg::Model::from_memory(engine, nullptr, 10), ICHSEG_STATUS_NULL_POINTER, "`bytes`");
+    ichseg::SegmentOptions so;
+    so.threshold = 1.5f;
+    EXPECT_ERROR(ichseg::Model::load(engine, dir + "/unet_transpose.onnx", so), ICHSEG_STATUS_INVALID_ARGUMENT,
+                 "threshold must lie in [0, 1], got 1.5");
+    so = {};
+    so.channels = 3;
+    EXPECT_ERROR(ichseg::Model::load(engine, dir + "/unet_transpose.onnx", so), ICHSEG_STATUS_INVALID_MODEL,
+                 "channels 3 was requested");
+}
+
+// The lesions agree with the mask and with each other.
+static void check_result(const ichseg::Result& r, const std::vector<uint8_t>& mask, const Ct& ct) {
+    const std::vector<IchsegLesion> lesions = r.lesions();
+    CHECK(lesions.size() == r.lesion_count(), "%zu vs %zu", lesions.size(), r.lesion_count());
+    const uint64_t expect_voxels[3] = {408, 169, 33};
+    CHECK(lesions.size() == 3, "%zu lesions, expected 3", lesions.size());
+    uint64_t total_voxels = 0;
+    double sum_ml = 0.0;
+    const double voxel_ml = ct.spacing[0] * ct.spacing[1] * ct.spacing[2] / 1000.0;
+    for (std::size_t i = 0; i < lesions.size(); i++) {
+        const IchsegLesion one = r.lesion(i);
+        CHECK(std::memcmp(&one, &lesions[i], sizeof one) == 0, "lesion(%zu) differs from lesions()[%zu]", i, i);
+        CHECK(i >= 3 || lesions[i].voxels == expect_voxels[i], "lesion %zu has %llu voxels", i,
+              static_cast<unsigned long long>(lesions[i].voxels));
+        CHECK(close_rel(lesions[i].volume_ml, static_cast<double>(lesions[i].voxels) * voxel_ml, 1e-12),
+              "lesion %zu volume", i);
+        CHECK(lesions[i].first_slice == lesions[i].bbox_min[2] && lesions[i].last_slice == lesions[i].bbox_max[2],
+              "lesion %zu slices", i);
+        total_voxels += lesions[i].voxels;
+        sum_ml += lesions[i].volume_ml;
+    }
+    const auto nonzero = static_cast<uint64_t>(std::count_if(mask.begin(), mask.end(), [](uint8_t v) { return v != 0; }));
+    CHECK(total_voxels == nonzero && nonzero == 610, "lesions hold %llu voxels, the mask %llu",
+          static_cast<unsigned long long>(total_voxels), static_cast<unsigned long long>(nonzero));
+    CHECK(close_rel(r.total_volume_ml(), sum_ml, 1e-12), "total %g vs sum %g", r.total_volume_ml(), sum_ml);
+    CHECK(close_rel(r.total_volume_ml(), 610 * voxel_ml, 1e-9), "total %g mL", r.total_volume_ml());
+    EXPECT_ERROR(r.lesion(lesions.size()), ICHSEG_STATUS_INVALID_ARGUMENT, "");
+}
+
+// Happy path: int16 caller buffer, mask, probabilities, progress; returns the mask.
+static std::vector<uint8_t> test_happy(const ichseg::Model& model, const ichseg::Model& model_mem,
+                                       const std::string& dir, const Ct& ct) {
+    std::printf("segment int16 ct_small\n");
+    const std::vector<uint8_t> ref = read_file(dir + "/unet_transpose.pipeline_mask.bin");
+    const std::vector<uint8_t> ref_prob_bytes = read_file(dir + "/unet_transpose.pipeline_prob.bin");
+    REQUIRE(ref.size() == ct.n && ref_prob_bytes.size() == 4 * ct.n);
+    std::vector<float> ref_prob(ct.n);
+    std::memcpy(ref_prob.data(), ref_prob_bytes.data(), 4 * ct.n);
+
+    std::vector<uint8_t> mask(ct.n, 0xAB);
+    std::vector<float> prob(ct.n, -1.0f);
+    std::vector<std::pair<uint32_t, uint32_t>> calls;
+    ichseg::Result r = model.segment(ct.view(), mask, prob, [&](uint32_t done, uint32_t total) {
+        calls.emplace_back(done, total);
+        return true;
+    });
+    CHECK(static_cast<bool>(r), "a result");
+    CHECK(mask == ref, "the mask differs from the reference");
+    double max_diff = 0.0;
+    for (std::size_t i = 0; i < ct.n; i++) {
+        max_diff = std::max(max_diff, std::fabs(static_cast<double>(prob[i]) - ref_prob[i]));
+    }
+    CHECK(max_diff <= 1e-3, "probabilities differ from the reference by %g", max_diff);
+    CHECK(calls.size() == ct.dims[2], "progress called %zu times for %zu slices", calls.size(), ct.dims[2]);
+    for (std::size_t i = 0; i < calls.size(); i++) {
+        CHECK(calls[i].second == ct.dims[2], "total %u", calls[i].second);
+        CHECK(i == 0 || calls[i].first > calls[i - 1].first, "done not increasing at %zu", i);
+    }
+    CHECK(!calls.empty() && calls.back().first == ct.dims[2], "last progress");
+    check_result(r, mask, ct);
+    std::printf("  %zux%zux%zu, %zu lesions, %.4f mL, %zu progress calls, max |p - p_ref| = %.3g\n",
+                ct.dims[0], ct.dims[1], ct.dims[2], r.lesion_count(), r.total_volume_ml(), calls.size(), max_diff);
+
+    // Without probabilities or progress; from a raw pointer (unchecked length); model from memory.
+    std::vector<uint8_t> mask2(ct.n, 0xAB);
+    ichseg::VolumeView raw(ct.voxels.data(), ct.dims, ct.spacing);
+    raw.rescale(ct.slope, ct.intercept);
+    ichseg::Result r2 = model_mem.segment(raw, ichseg::Span<uint8_t>(mask2.data(), mask2.size()));
+    CHECK(mask2 == ref, "model_mem / pointer view: mask differs");
+    CHECK(r2.lesion_count() == 3, "%zu lesions", r2.lesion_count());
+
+    // The same volume as double HU (another voxel type) gives the same mask.
+    std::vector<double> hu(ct.n);
+    for (std::size_t i = 0; i < ct.n; i++) {
+        hu[i] = ct.voxels[i] * (ct.slope == 0.0 ? 1.0 : ct.slope) + ct.intercept;
+    }
+    std::vector<uint8_t> mask3(ct.n, 0xAB);
+    model.segment(ichseg::VolumeView(hu, ct.dims, ct.spacing), mask3);
+    CHECK(mask3 == ref, "double HU: mask differs");
+    return mask;
+}
+
+static void test_cancel(const ichseg::Model& model, const Ct& ct) {
+    std::printf("cancel\n");
+    std::vector<uint8_t> mask(ct.n, 0xAB);
+    std::vector<float> prob(ct.n);
+    std::fill(prob.begin(), prob.end(), -7.0f);
+    int calls = 0;
+    EXPECT_ERROR(model.segment(ct.view(), mask, prob,
+                               [&](uint32_t, uint32_t) {
+                                   calls++;
+                                   return false;
+                               }),
+                 ICHSEG_STATUS_CANCELLED, "cancelled by the caller");
+    CHECK(calls == 1, "progress called %d times after cancelling", calls);
+    CHECK(all_bytes(mask.data(), mask.size(), 0xAB), "mask written although cancelled");
+    CHECK(std::all_of(prob.begin(), prob.end(), [](float p) { return p == -7.0f; }), "probabilities written");
+}
+
+struct ViewerError : std::runtime_error {
+    int code;
+    explicit ViewerError(int c) : std::runtime_error("viewer closed"), code(c) {}
+};
+
+static void test_callback_exception(const ichseg::Model& model, const Ct& ct) {
+    std::printf("exception in the progress callback\n");
+    std::vector<uint8_t> mask(ct.n, 0xAB);
+    int calls = 0;
+    bool caught = false;
+    try {
+        model.segment(ct.view(), mask, {}, [&](uint32_t done, uint32_t) -> bool {
+            calls++;
+            if (done >= 2) {
+                throw ViewerError(42);
+            }
+            return true;
+        });
+    } catch (const ViewerError& e) {
+        caught = e.code == 42;
+    } catch (const ichseg::Error& e) {
+        std::fprintf(stderr, "  got ichseg::Error %s: %s instead\n", e.status_name(), e.what());
+    }
+    CHECK(caught, "the callback's ViewerError did not reach the caller");
+    CHECK(calls == 2, "progress called %d times, expected 2 (cancelled at the throw)", calls);
+    CHECK(all_bytes(mask.data(), mask.size(), 0xAB), "mask written although the callback threw");
+
+    // A non-std exception type too.
+    int thrown = 0;
+    try {
+        model.segment(ct.view(), mask, {}, [](uint32_t, uint32_t) -> bool { throw 7; });
+    } catch (int v) {
+        thrown = v;
+    } catch (...) {
+    }
+    CHECK(thrown == 7, "int exception not propagated (%d)", thrown);
+    // The model still works afterwards.
+    std::vector<uint8_t> again(ct.n);
+    CHECK(model.segment(ct.view(), again).lesion_count() == 3, "segment after a throwing callback");
+    std::printf("  ViewerError and int propagated, mask untouched\n");
+}
+
+static void test_buffer_sizes(const ichseg::Model& model, const Ct& ct) {
+    std::printf("buffer sizes\n");
+    std::vector<uint8_t> mask(ct.n, 0xAB), short_mask(ct.n - 1, 0xAB);
+    std::vector<float> prob(ct.n + 1, -7.0f);
+    EXPECT_ERROR(model.segment(ct.view(), short_mask), ICHSEG_STATUS_BUFFER_SIZE, "mask_len");
+    EXPECT_ERROR(model.segment(ct.view(), mask, prob), ICHSEG_STATUS_BUFFER_SIZE, "probabilities_len");
+    const std::vector<int16_t> small(ct.voxels.begin(), ct.voxels.end() - 1);
+    EXPECT_ERROR(model.segment(ichseg::VolumeView(small, ct.dims, ct.spacing), mask), ICHSEG_STATUS_BUFFER_SIZE,
+                 "the volume buffer holds");
+    EXPECT_ERROR(model.segment(ct.view(), ichseg::Span<uint8_t>()), ICHSEG_STATUS_NULL_POINTER, "`mask`");
+    ichseg::VolumeView zero(ct.voxels.data(), {ct.dims[0], 0, ct.dims[2]}, ct.spacing);
+    EXPECT_ERROR(model.segment(zero, mask), ICHSEG_STATUS_INVALID_ARGUMENT, "must be non-zero");
+    CHECK(all_bytes(mask.data(), mask.size(), 0xAB) && all_bytes(short_mask.data(), short_mask.size(), 0xAB),
+          "a failing call wrote the mask");
+}
+
+static void test_moves(const ichseg::Engine& engine, const std::string& dir, const Ct& ct) {
+    std::printf("moved-from handles\n");
+    ichseg::Engine e(ichseg::EngineOptions{1, ichseg::Device::Cpu, 0});
+    ichseg::Engine e2 = std::move(e);
+    CHECK(!e && e2, "engine moved");
+    CHECK(e2.threads() == 1, "moved engine works");
+    EXPECT_ERROR(e.threads(), ICHSEG_STATUS_NULL_POINTER, "`engine`");
+    EXPECT_ERROR(ichseg::Model::load(e, dir + "/unet_transpose.onnx"), ICHSEG_STATUS_NULL_POINTER, "`engine`");
+    e = ichseg::Engine(ichseg::EngineOptions{2, ichseg::Device::Cpu, 0});  // move-assign into an empty one
+    CHECK(e.threads() == 2, "reassigned engine");
+    e2 = std::move(e);  // move-assign over a live one: frees it
+    CHECK(!e && e2.threads() == 2, "engine move-assigned");
+
+    ichseg::Model m = ichseg::Model::load(e2, dir + "/unet_transpose.onnx");
+    ichseg::Model m2 = std::move(m);
+    std::vector<uint8_t> mask(ct.n);
+    EXPECT_ERROR(m.segment(ct.view(), mask), ICHSEG_STATUS_NULL_POINTER, "`model`");
+    ichseg::Result r = m2.segment(ct.view(), mask);
+    ichseg::Result r2 = std::move(r);
+    CHECK(!r && r2.lesion_count() == 3, "result moved");
+    EXPECT_ERROR(r.lesion_count(), ICHSEG_STATUS_NULL_POINTER, "`result`");
+    EXPECT_ERROR(r.total_volume_ml(), ICHSEG_STATUS_NULL_POINTER, "`result`");
+    EXPECT_ERROR(r.lesions(), ICHSEG_STATUS_NULL_POINTER, "`result`");
+    m = ichseg::Model::load(engine, dir + "/unet_transpose.onnx");
+    m2 = std::move(m);  // frees the model m2 held
+    CHECK(!m && m2, "model move-assigned");
+    r = m2.segment(ct.view(), mask);
+    r2 = std::move(r);  // frees the result r2 held
+    CHECK(r2.lesion_count() == 3, "result move-assigned");
+    // Models outlive their engine.
+    ichseg::Model orphan = [&] {
+        ichseg::Engine tmp(ichseg::EngineOptions{1, ichseg::Device::Cpu, 0});
+        return ichseg::Model::load(tmp, dir + "/unet_transpose.onnx");
+    }();
+    CHECK(orphan.segment(ct.view(), mask).lesion_count() == 3, "model after its engine was freed");
+}
+
+static void test_threads(const ichseg::Model& model, const Ct& ct, const std::vector<uint8_t>& expect) {
+    std::printf("threads\n");
+    enum { THREADS = 4 };
+    std::vector<std::vector<uint8_t>> masks(THREADS, std::vector<uint8_t>(ct.n, 0xAB));
+    std::vector<std::string> errors(THREADS);
+    std::vector<std::size_t> lesion_counts(THREADS, 0);
+    std::vector<std::thread> threads;
+    const ichseg::VolumeView view = ct.view();
+    for (int i = 0; i < THREADS; i++) {
+        threads.emplace_back([&, i] {
+            try {
+                lesion_counts[static_cast<std::size_t>(i)] =
+                    model.segment(view, masks[static_cast<std::size_t>(i)]).lesion_count();
+            } catch (const std::exception& e) {
+                errors[static_cast<std::size_t>(i)] = e.what();
+            }
+        });
+    }
+    for (auto& t : threads) {
+        t.join();
+    }
+    for (std::size_t i = 0; i < THREADS; i++) {
+        CHECK(errors[i].empty(), "thread %zu: %s", i, errors[i].c_str());
+        CHECK(masks[i] == expect, "thread %zu got a different mask", i);
+        CHECK(lesion_counts[i] == 3, "thread %zu: %zu lesions", i, lesion_counts[i]);
+    }
+    std::printf("  %d threads, one model, identical masks\n", static_cast<int>(THREADS));
+}
+
+int main(int argc, char** argv) {
+    if (argc < 3) {
+        std::fprintf(stderr, "usage: %s FIXTURE_DIR CT_SMALL_NII\n", argv[0]);
+        return 2;
+    }
+    const std::string dir = argv[1];
+    try {
+        test_versions();
+        test_engine();
+        ichseg::Engine engine(ichseg::EngineOptions{2, ichseg::Device::Cpu, 0});
+        test_model_errors(engine, dir);
+        const Ct ct = load_ct(argv[2]);
+        const ichseg::Model model = ichseg::Model::load(engine, dir + "/unet_transpose.onnx");
+        ichseg::SegmentOptions so;
+        so.batch = 2;
+        const ichseg::Model model_mem = ichseg::Model::from_memory(engine, read_file(dir + "/unet_transpose.onnx"), so);
+        const std::vector<uint8_t> mask = test_happy(model, model_mem, dir, ct);
+        test_cancel(model, ct);
+        test_callback_exception(model, ct);
+        test_buffer_sizes(model, ct);
+        test_moves(engine, dir, ct);
+        test_threads(model, ct, mask);
+    } catch (const ichseg::Error& e) {
+        std::fprintf(stderr, "unexpected ichseg::Error %s: %s\n", e.status_name(), e.what());
+        return 1;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "unexpected exception: %s\n", e.what());
+        return 1;
+    }
+    std::printf("%d checks, %d failed\n", checks, failures);
+    if (failures != 0) {
+        return 1;
+    }
+    std::printf("all C++ wrapper checks passed\n");
+    return 0;
+}
