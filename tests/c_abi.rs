@@ -22,12 +22,10 @@
 //! directory all work). It never runs cargo itself: the outer `cargo test` holds the build
 //! lock, and a nested build would only wait on it.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod native;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use native::{compile_and_run, have, root, shared_library};
+use std::process::Command;
 
 /// The header cbindgen makes from src/capi/ with cbindgen.toml.
 fn generate_header() -> String {
@@ -81,73 +79,19 @@ fn header_is_up_to_date() {
     }
 }
 
-/// The shared library built with this test: next to the test executable in `<profile>/deps/`
-/// (see the module docs), else the copy `cargo build` puts in `<profile>/`.
-fn shared_library() -> PathBuf {
-    let name = format!("{}ichseg{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX);
-    let exe = std::env::current_exe().expect("the test knows its executable");
-    let deps = exe.parent().expect("the test executable is in a directory");
-    let candidates = [deps.join(&name), deps.parent().unwrap_or(deps).join(&name)];
-    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
-        panic!(
-            "{name} is in neither {} nor {}: cargo should have built the cdylib with the library \
-             (crate-type in Cargo.toml); try `cargo build --lib`",
-            candidates[0].display(),
-            candidates[1].display()
-        )
-    })
-}
-
-fn have(tool: &str) -> bool {
-    Command::new(tool).arg("--version").output().is_ok()
-}
-
 #[test]
 fn c_program_passes() {
     if !have("cc") {
         eprintln!("SKIPPED c_program_passes: no C compiler `cc` on PATH (install gcc or clang to run the C ABI test)");
         return;
     }
-    let lib = shared_library();
-    let lib_dir = lib.parent().unwrap();
-    println!("linking {}", lib.display());
-    let tmp = tempfile::tempdir().unwrap();
-    let exe = tmp.path().join("test_capi");
-    // Same flags as tests/c/run_valgrind.sh.
-    let status = Command::new("cc")
-        .args(["-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-g", "-O1", "-pthread"])
-        .arg("-I")
-        .arg(root().join("include"))
-        .arg(root().join("tests/c/test_capi.c"))
-        .arg("-o")
-        .arg(&exe)
-        .arg(format!("-L{}", lib_dir.display()))
-        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
-        .args(["-lichseg", "-lm"])
-        .status()
-        .expect("cc runs");
-    assert!(status.success(), "compiling tests/c/test_capi.c failed ({status})");
-
-    // The NIfTI fixture, decompressed: the C program reads its header and int16 voxels the
-    // way a viewer would hand its own buffer to the library.
-    let nii = tmp.path().join("ct_small.nii");
-    let gz = std::fs::File::open(root().join("tests/fixtures/unet/ct_small.nii.gz")).unwrap();
-    let mut raw = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz), &mut raw).unwrap();
-    std::fs::write(&nii, raw).unwrap();
-
-    let output = Command::new(&exe)
-        .arg(root().join("tests/fixtures/unet"))
-        .arg(&nii)
-        .env("LD_LIBRARY_PATH", lib_dir)
-        .output()
-        .expect("the compiled C test runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}");
-    eprintln!("{stderr}");
-    assert!(output.status.success(), "tests/c/test_capi.c failed ({}):\n{stderr}", output.status);
-    assert!(stdout.contains("all C ABI checks passed"), "the C test ended early:\n{stdout}");
+    compile_and_run(
+        "cc",
+        &["-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-g", "-O1", "-pthread"],
+        "tests/c/test_capi.c",
+        &[],
+        "all C ABI checks passed",
+    );
 }
 
 #[test]

@@ -50,23 +50,29 @@ cc -std=c99 -Wall -Wextra -Wpedantic -Werror -g -O1 -pthread -I include tests/c/
     -o "$tmp/test_capi" -L"$libdir" -Wl,-rpath,"$libdir" -lichseg -lm
 gzip -dc tests/fixtures/unet/ct_small.nii.gz > "$tmp/ct_small.nii"
 
-log="$tmp/valgrind.log"
-status=0
-valgrind --tool=memcheck --leak-check=full --show-leak-kinds=definite,possible \
-    --errors-for-leak-kinds=definite --error-exitcode=1 --track-origins=yes \
-    --log-file="$log" \
-    "$tmp/test_capi" tests/fixtures/unet "$tmp/ct_small.nii" > "$tmp/stdout" || status=$?
-tail -n 3 "$tmp/stdout"
-echo "--- valgrind ---"
-sed -n '/HEAP SUMMARY/,$p' "$log"
-if [ "$status" -ne 0 ]; then
-    echo "--- full valgrind log ---"
-    cat "$log"
-    echo "run_valgrind.sh: FAILED (exit status $status)" >&2
-    exit "$status"
-fi
-grep -q "all C ABI checks passed" "$tmp/stdout" || { echo "run_valgrind.sh: the C test ended early" >&2; exit 1; }
-echo "run_valgrind.sh: no memory errors, no definite leaks"
+# Runs one compiled test program under memcheck; fails on any error or definite leak, or when
+# the program does not print its completion line.
+memcheck() {
+    local name="$1" exe="$2" done_marker="$3" status=0
+    local log="$tmp/$name.valgrind.log" out="$tmp/$name.stdout"
+    valgrind --tool=memcheck --leak-check=full --show-leak-kinds=definite,possible \
+        --errors-for-leak-kinds=definite --error-exitcode=1 --track-origins=yes \
+        --log-file="$log" \
+        "$exe" tests/fixtures/unet "$tmp/ct_small.nii" > "$out" || status=$?
+    tail -n 3 "$out"
+    echo "--- valgrind ($name) ---"
+    sed -n '/HEAP SUMMARY/,$p' "$log"
+    if [ "$status" -ne 0 ]; then
+        echo "--- full valgrind log ($name) ---"
+        cat "$log"
+        echo "run_valgrind.sh: $name FAILED (exit status $status)" >&2
+        exit "$status"
+    fi
+    grep -q "$done_marker" "$out" || { echo "run_valgrind.sh: the $name test ended early" >&2; exit 1; }
+    echo "run_valgrind.sh: $name: no memory errors, no definite leaks"
+}
+
+memcheck C "$tmp/test_capi" "all C ABI checks passed"
 
 # The C++17 wrapper (bindings/cpp/ichseg.hpp) through tests/cpp/test_wrapper.cpp, under the same
 # memcheck settings: RAII handles, moves and exceptions (including one thrown from a progress
@@ -79,22 +85,5 @@ if ! command -v c++ >/dev/null 2>&1; then
 fi
 # Same flags as tests/cpp_wrapper.rs.
 c++ -std=c++17 -Wall -Wextra -Wpedantic -Werror -g -O1 -pthread -I include -I bindings/cpp \
-    tests/cpp/test_wrapper.cpp -o "$tmp/test_wrapper" -L"$libdir" -Wl,-rpath,"$libdir" -lichseg
-
-log_cpp="$tmp/valgrind_cpp.log"
-status=0
-valgrind --tool=memcheck --leak-check=full --show-leak-kinds=definite,possible \
-    --errors-for-leak-kinds=definite --error-exitcode=1 --track-origins=yes \
-    --log-file="$log_cpp" \
-    "$tmp/test_wrapper" tests/fixtures/unet "$tmp/ct_small.nii" > "$tmp/stdout_cpp" || status=$?
-tail -n 3 "$tmp/stdout_cpp"
-echo "--- valgrind (C++ wrapper) ---"
-sed -n '/HEAP SUMMARY/,$p' "$log_cpp"
-if [ "$status" -ne 0 ]; then
-    echo "--- full valgrind log (C++ wrapper) ---"
-    cat "$log_cpp"
-    echo "run_valgrind.sh: C++ wrapper FAILED (exit status $status)" >&2
-    exit "$status"
-fi
-grep -q "all C++ wrapper checks passed" "$tmp/stdout_cpp" || { echo "run_valgrind.sh: the C++ test ended early" >&2; exit 1; }
-echo "run_valgrind.sh: C++ wrapper: no memory errors, no definite leaks"
+    tests/cpp/test_wrapper.cpp -o "$tmp/test_wrapper" -L"$libdir" -Wl,-rpath,"$libdir" -lichseg -lm
+memcheck C++ "$tmp/test_wrapper" "all C++ wrapper checks passed"
