@@ -152,6 +152,27 @@ pub(crate) fn boundary<R: IntoFfi>(function: &'static str, body: impl FnOnce() -
     }
 }
 
+/// The body of every exported getter: inside [`boundary`], checks `handle` and `out` for NULL
+/// and writes `read(handle)` to `*out`.
+///
+/// # Safety
+/// A non-NULL `handle` must point to a live `H`; a non-NULL `out` must be writable.
+pub(crate) unsafe fn get<H, T>(
+    function: &'static str,
+    handle: *const H,
+    handle_name: &str,
+    out: *mut T,
+    read: impl FnOnce(&H) -> T,
+) -> IchsegStatus {
+    boundary(function, || -> FfiResult {
+        let out = out_param(out, "out")?;
+        // SAFETY (both blocks): the caller's promises above.
+        let handle = unsafe { arg(handle, handle_name) }?;
+        unsafe { out.write(read(handle)) };
+        Ok(())
+    })
+}
+
 /// A shared reference to the pointee of a pointer argument that must not be NULL.
 ///
 /// # Safety

@@ -1,6 +1,6 @@
 //! `IchsegEngine`: the device and the worker threads networks run on.
 
-use super::boundary::{arg, boundary, field, handle_out, out_param, struct_size, FfiError, FfiResult};
+use super::boundary::{boundary, field, get, handle_out, struct_size, FfiError, FfiResult};
 use super::status::IchsegStatus;
 use crate::model::runtime::{Device, Engine, EngineOptions};
 use std::ffi::{c_char, CString};
@@ -169,14 +169,8 @@ pub unsafe extern "C" fn ichseg_engine_device_name(
     engine: *const IchsegEngine,
     out: *mut *const c_char,
 ) -> IchsegStatus {
-    boundary("ichseg_engine_device_name", || -> FfiResult {
-        let out = out_param(out, "out")?;
-        // SAFETY: caller's promise.
-        let engine = unsafe { arg(engine, "engine") }?;
-        // SAFETY: non-NULL and writable.
-        unsafe { out.write(engine.device_name.as_ptr()) };
-        Ok(())
-    })
+    // SAFETY: the caller's promises above.
+    unsafe { get("ichseg_engine_device_name", engine, "engine", out, |engine| engine.device_name.as_ptr()) }
 }
 
 /// Why the engine uses its device (e.g. that this build has no CUDA support), in `*out`.
@@ -189,14 +183,8 @@ pub unsafe extern "C" fn ichseg_engine_device_note(
     engine: *const IchsegEngine,
     out: *mut *const c_char,
 ) -> IchsegStatus {
-    boundary("ichseg_engine_device_note", || -> FfiResult {
-        let out = out_param(out, "out")?;
-        // SAFETY: caller's promise.
-        let engine = unsafe { arg(engine, "engine") }?;
-        // SAFETY: non-NULL and writable.
-        unsafe { out.write(engine.device_note.as_ptr()) };
-        Ok(())
-    })
+    // SAFETY: the caller's promises above.
+    unsafe { get("ichseg_engine_device_note", engine, "engine", out, |engine| engine.device_note.as_ptr()) }
 }
 
 /// The number of worker threads the engine runs networks on, in `*out`. Thread-safe.
@@ -205,14 +193,12 @@ pub unsafe extern "C" fn ichseg_engine_device_note(
 /// `engine` must be NULL or a live engine; `out` NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn ichseg_engine_threads(engine: *const IchsegEngine, out: *mut u32) -> IchsegStatus {
-    boundary("ichseg_engine_threads", || -> FfiResult {
-        let out = out_param(out, "out")?;
-        // SAFETY: caller's promise.
-        let engine = unsafe { arg(engine, "engine") }?;
-        // SAFETY: non-NULL and writable.
-        unsafe { out.write(u32::try_from(engine.engine.threads()).unwrap_or(u32::MAX)) };
-        Ok(())
-    })
+    // SAFETY: the caller's promises above.
+    unsafe {
+        get("ichseg_engine_threads", engine, "engine", out, |engine| {
+            u32::try_from(engine.engine.threads()).unwrap_or(u32::MAX)
+        })
+    }
 }
 
 /// Text for C; library strings hold no NUL, and one would only be shown escaped.

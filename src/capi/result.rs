@@ -1,6 +1,6 @@
 //! `IchsegResult`: the lesions found by one ichseg_segment() call.
 
-use super::boundary::{arg, boundary, out_param, FfiError, FfiResult};
+use super::boundary::{arg, boundary, get, out_param, FfiError, FfiResult};
 use super::status::IchsegStatus;
 use crate::lesions::Lesion;
 
@@ -60,13 +60,8 @@ impl From<&Lesion> for IchsegLesion {
 /// `result` must be NULL or a live result; `out` NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn ichseg_result_lesion_count(result: *const IchsegResult, out: *mut usize) -> IchsegStatus {
-    boundary("ichseg_result_lesion_count", || -> FfiResult {
-        let out = out_param(out, "out")?;
-        // SAFETY (both blocks): the caller's promises above.
-        let result = unsafe { arg(result, "result") }?;
-        unsafe { out.write(result.lesions.len()) };
-        Ok(())
-    })
+    // SAFETY: the caller's promises above.
+    unsafe { get("ichseg_result_lesion_count", result, "result", out, |result| result.lesions.len()) }
 }
 
 /// The total volume of all lesions, in millilitres, in `*out`. Thread-safe.
@@ -75,13 +70,8 @@ pub unsafe extern "C" fn ichseg_result_lesion_count(result: *const IchsegResult,
 /// `result` must be NULL or a live result; `out` NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn ichseg_result_total_volume_ml(result: *const IchsegResult, out: *mut f64) -> IchsegStatus {
-    boundary("ichseg_result_total_volume_ml", || -> FfiResult {
-        let out = out_param(out, "out")?;
-        // SAFETY (both blocks): the caller's promises above.
-        let result = unsafe { arg(result, "result") }?;
-        unsafe { out.write(result.total_volume_ml) };
-        Ok(())
-    })
+    // SAFETY: the caller's promises above.
+    unsafe { get("ichseg_result_total_volume_ml", result, "result", out, |result| result.total_volume_ml) }
 }
 
 /// Copies lesion number `index` (0-based, below ichseg_result_lesion_count()) into `*out`.
