@@ -127,7 +127,8 @@ def read_hu(path: pathlib.Path) -> np.ndarray:
     return np.ascontiguousarray((raw * slope + inter).transpose(2, 1, 0))
 
 
-def export_model(args, path: pathlib.Path, hu_zyx: np.ndarray) -> int:
+def export_model(args, path: pathlib.Path, hu_zyx: np.ndarray):
+    """Exports the seeded benchmark U-Net; returns its parameter count and the torch model."""
     import torch
     from ichseg_training import UNet, export_onnx, segmenter_metadata
 
@@ -142,7 +143,7 @@ def export_model(args, path: pathlib.Path, hu_zyx: np.ndarray) -> int:
     size = (args.input, args.input)
     export_onnx(model.eval(), path, size, 1, segmenter_metadata(size, 1, WINDOW, None, 1,
                                                                  trained_on="random weights (benchmark)"))
-    return sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters()), model
 
 
 def calibrate_head(model, hu_slice: np.ndarray, input_size: int, positive: float = 0.1) -> None:
@@ -373,7 +374,7 @@ def main() -> int:
         model, volume = work / "unet.onnx", work / "ct.nii.gz"
         print(f"[bench] exporting U-Net base {args.base}, depth {args.depth}, input {args.input} -> {model}")
         hu = write_nifti(volume, make_volume(args.size, args.slices))
-        n_params = export_model(args, model, hu)
+        n_params, _ = export_model(args, model, hu)
         print(f"[bench] {n_params:,} parameters, {model.stat().st_size / 1e6:.1f} MB; "
               f"volume {args.size}x{args.size}x{args.slices} -> {volume}")
 

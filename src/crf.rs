@@ -247,7 +247,7 @@ struct Lattice {
 
 impl Lattice {
     fn new(features: &[f32], d: usize) -> Lattice {
-        debug_assert!(d >= 1 && features.len() % d == 0);
+        debug_assert!(d >= 1 && features.len().is_multiple_of(d));
         let n = features.len() / d;
         let d1 = d + 1;
         let mut table = HashTable::new(d, n);

@@ -348,7 +348,7 @@ impl Segmenter {
             return Ok(p.clone());
         }
         let c = &self.config;
-        let plan = self.model.plan([batch, c.channels, c.input_rows, c.input_cols])?;
+        let plan = self.engine.plan(&self.model, [batch, c.channels, c.input_rows, c.input_cols])?;
         plans.insert(batch, plan.clone());
         Ok(plan)
     }

@@ -106,7 +106,7 @@ fn bad_models_and_options_fail_cleanly() {
     let ct = unet("ct_small.nii.gz");
     segment_fails(&unet("not_a_model.onnx"), &ct, &[], "not a valid ONNX file");
     segment_fails(&unet("unet_badrank.onnx"), &ct, &[], "rank 4");
-    segment_fails(&unet("unet_transpose.onnx"), &ct, &["--device", "cuda"], "not available in this build");
+    segment_fails(&unet("unet_transpose.onnx"), &ct, &["--device", "cuda"], "CUDA device 0 requested, but");
     segment_fails(&unet("unet_transpose.onnx"), &ct, &["--threshold", "2"], "threshold");
 }
 
@@ -193,4 +193,27 @@ fn inspect_lists_classifier_taps_with_strides() {
     // a classifier is not a segmenter
     let ct = unet("ct_small.nii.gz");
     segment_fails(&model, &ct, &[], "is a classifier");
+}
+
+/// `doctor` never fails: on a machine without CUDA it lists what is missing and says that
+/// `auto` uses the CPU; with a GPU it names it. Its JSON carries the same verdict.
+#[test]
+fn doctor_reports_the_cuda_stack_and_the_auto_choice() {
+    let out = ichseg(&["doctor"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("auto "), "{text}");
+    let json = ichseg(&["doctor", "--json"]);
+    assert!(json.status.success(), "{}", stderr(&json));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("doctor --json is JSON");
+    let device = v["auto"]["device"].as_str().unwrap();
+    assert!(device == "cpu" || device == "cuda:0", "{v}");
+    if device == "cpu" {
+        assert!(text.contains("using the CPU"), "{text}");
+        assert!(v["cuda"]["usable"]["Err"].is_string(), "{v}");
+        // inspect --device cuda needs a GPU and says why it cannot translate
+        let o = ichseg(&["inspect", "--device", "cuda", p(&unet("unet_transpose.onnx"))]);
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains("CUDA"), "{}", stderr(&o));
+    }
 }

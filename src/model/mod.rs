@@ -1,5 +1,8 @@
 //! ONNX models: loading, their self-description, and where they run.
 
+#[cfg(feature = "gpu")]
+pub mod gpu;
+pub mod gpu_rewrite;
 pub mod metadata;
 pub mod runtime;
 

@@ -50,28 +50,35 @@ pub struct EngineOptions {
 pub struct Engine {
     executor: Executor,
     threads: usize,
+    cuda: bool,
     device_name: String,
     device_note: String,
 }
 
 impl Engine {
-    /// Creates an engine. Asking for CUDA explicitly fails in a build without CUDA support;
-    /// `Auto` falls back to the CPU and says why in [`Engine::device_note`].
+    /// Creates an engine. `Cuda(n)` fails with the reason when CUDA is not usable; `Auto` then
+    /// falls back to the CPU and says why in [`Engine::device_note`].
     pub fn new(options: &EngineOptions) -> Result<Self> {
         let threads = match options.threads {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             n if n > 1024 => return Err(Error::arg(format!("{n} threads is more than the 1024 supported"))),
             n => n,
         };
-        let device_note = match options.device {
-            Device::Cpu => "CPU requested".to_string(),
-            Device::Auto => {
-                "CUDA not available in this build (built without the `cuda` feature); using the CPU".to_string()
-            }
+        let (cuda, device_name, device_note) = match options.device {
+            Device::Cpu => (false, "cpu".to_string(), "CPU requested".to_string()),
+            Device::Auto => match cuda_usable() {
+                Ok(name) => (true, "cuda:0".to_string(), format!("CUDA device 0 ({name}) found and usable")),
+                Err(why) => (false, "cpu".to_string(), format!("{why}; using the CPU")),
+            },
+            Device::Cuda(0) => match cuda_usable() {
+                Ok(name) => (true, "cuda:0".to_string(), format!("CUDA device 0 ({name}) requested")),
+                Err(why) => return Err(Error::Unsupported(format!("CUDA device 0 requested, but {why}"))),
+            },
             Device::Cuda(n) => {
                 return Err(Error::Unsupported(format!(
-                "CUDA device {n} requested, but CUDA is not available in this build (built without the `cuda` feature)"
-            )))
+                    "CUDA device {n} requested, but tract-cuda drives device 0 only: \
+                     select the card with CUDA_VISIBLE_DEVICES={n} and ask for cuda:0"
+                )))
             }
         };
         // rayon refuses to build pools only when the OS refuses threads; report that, do not panic.
@@ -83,10 +90,10 @@ impl Engine {
             }
         })
         .map_err(|_| Error::Unsupported(format!("could not start a pool of {threads} threads")))?;
-        Ok(Engine { executor, threads, device_name: "cpu".into(), device_note })
+        Ok(Engine { executor, threads, cuda, device_name, device_note })
     }
 
-    /// Worker threads used by the networks.
+    /// Worker threads used by the networks (and by operators left on the CPU on a GPU).
     pub fn threads(&self) -> usize {
         self.threads
     }
@@ -98,12 +105,121 @@ impl Engine {
     pub fn device_note(&self) -> &str {
         &self.device_note
     }
+    /// Whether networks run on the GPU.
+    pub fn is_cuda(&self) -> bool {
+        self.cuda
+    }
+
+    /// The plan this engine runs `model` with, for one f32 input of `shape`.
+    pub(crate) fn plan(&self, model: &super::OnnxModel, shape: [usize; 4]) -> Result<Arc<TypedRunnableModel>> {
+        #[cfg(feature = "gpu")]
+        if self.cuda {
+            return super::gpu::plan(model, shape, self.executor.clone());
+        }
+        model.plan(shape)
+    }
 
     /// Runs a plan on this engine's thread pool.
     pub(crate) fn run(&self, plan: &Arc<TypedRunnableModel>, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
         multithread_tract_scope(self.executor.clone(), || plan.run(inputs))
             .map_err(|e| Error::Inference(format!("{e:#}")))
     }
+}
+
+/// Whether CUDA can run networks here; `Ok` names the device, `Err` says why not.
+fn cuda_usable() -> std::result::Result<String, String> {
+    #[cfg(feature = "gpu")]
+    return super::gpu::usable().map(str::to_string).map_err(str::to_string);
+    #[cfg(not(feature = "gpu"))]
+    Err("CUDA is not available in this build (built without the `cuda` feature)".to_string())
+}
+
+/// Where each operator of a model lands once translated for CUDA.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DevicePlacement {
+    /// Operators that stay on the CPU, as (node name, operator); each costs a round trip.
+    pub cpu_ops: Vec<(String, String)>,
+    /// Operators translated to GPU kernels.
+    pub gpu_ops: usize,
+    /// Host/device copies in the graph (inputs up, outputs down, two per CPU island).
+    pub transfers: usize,
+}
+
+/// Translates `model` for CUDA at input `shape` and reports which operators stay on the CPU.
+/// Needs a usable GPU (tract-cuda creates its context while translating).
+pub fn cuda_placement(model: &super::OnnxModel, shape: [usize; 4]) -> Result<DevicePlacement> {
+    #[cfg(feature = "gpu")]
+    return super::gpu::placement(model, shape);
+    #[cfg(not(feature = "gpu"))]
+    {
+        let _ = (model, shape);
+        Err(Error::Unsupported(cuda_usable().unwrap_err()))
+    }
+}
+
+/// One CUDA library as the loader finds it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CudaLibrary {
+    /// What it is: driver, runtime, NVRTC, cuBLAS, cuDNN.
+    pub name: &'static str,
+    /// The file loaded, when found.
+    pub path: Option<String>,
+    /// The names searched, in order (the loader's path: LD_LIBRARY_PATH, ld.so.cache).
+    pub tried: Vec<String>,
+}
+
+/// One visible GPU.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GpuDevice {
+    pub ordinal: usize,
+    pub name: String,
+    pub memory_bytes: u64,
+}
+
+/// What `ichseg doctor` prints: the CUDA stack as this build sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CudaReport {
+    /// CUDA version of the bindings compiled in; `None` in a build without CUDA.
+    pub bindings: Option<String>,
+    pub libraries: Vec<CudaLibrary>,
+    pub driver_version: Option<String>,
+    pub runtime_version: Option<String>,
+    pub cudnn_version: Option<String>,
+    pub nvrtc_version: Option<String>,
+    /// The toolkit include folder NVRTC compiles tract's kernels against, or why none.
+    pub headers: std::result::Result<String, String>,
+    pub devices: Vec<GpuDevice>,
+    /// Why devices could not be listed, when they could not.
+    pub device_error: Option<String>,
+    /// `Ok(device name)` when networks can run on CUDA, else why not.
+    pub usable: std::result::Result<String, String>,
+}
+
+impl CudaReport {
+    /// A report with nothing found yet.
+    pub(crate) fn empty(bindings: Option<String>, usable: std::result::Result<String, String>) -> Self {
+        CudaReport {
+            bindings,
+            libraries: vec![],
+            driver_version: None,
+            runtime_version: None,
+            cudnn_version: None,
+            nvrtc_version: None,
+            headers: Err("not looked for".into()),
+            devices: vec![],
+            device_error: None,
+            usable,
+        }
+    }
+}
+
+/// Probes the CUDA stack without ever panicking or aborting (a machine without CUDA gets a
+/// report saying what is missing).
+pub fn cuda_report() -> CudaReport {
+    #[cfg(feature = "gpu")]
+    return super::gpu::report();
+    #[cfg(not(feature = "gpu"))]
+    CudaReport::empty(None, cuda_usable())
 }
 
 /// tract settings for the plans we build, measured on U-Nets (docs/BENCHMARKS.md): its direct
@@ -134,13 +250,28 @@ mod tests {
         assert!("gpu".parse::<Device>().unwrap_err().to_string().contains("unknown device"));
     }
 
+    /// On a machine without a usable GPU (CI, the development machine): CUDA is refused with
+    /// the reason, Auto falls back to the CPU, and probing never panics.
     #[test]
-    fn cuda_is_refused_in_a_cpu_build_and_auto_falls_back() {
+    fn without_a_gpu_cuda_is_refused_and_auto_falls_back() {
+        let report = cuda_report();
+        if report.usable.is_ok() {
+            eprintln!("a usable GPU is present; the fallback is not exercised here");
+            return;
+        }
+        let why = report.usable.unwrap_err();
         let err = Engine::new(&EngineOptions { threads: 1, device: Device::Cuda(0) }).unwrap_err();
-        assert!(err.to_string().contains("not available in this build"), "{err}");
+        assert!(err.to_string().contains(&why), "{err} / {why}");
         let e = Engine::new(&EngineOptions { threads: 2, device: Device::Auto }).unwrap();
         assert_eq!(e.device_name(), "cpu");
-        assert!(e.device_note().contains("CUDA"));
+        assert!(!e.is_cuda());
+        assert!(e.device_note().contains(&why), "{}", e.device_note());
         assert_eq!(e.threads(), 2);
+    }
+
+    #[test]
+    fn only_device_zero_is_driven() {
+        let err = Engine::new(&EngineOptions { threads: 1, device: Device::Cuda(1) }).unwrap_err();
+        assert!(err.to_string().contains("CUDA_VISIBLE_DEVICES=1"), "{err}");
     }
 }

@@ -1,6 +1,7 @@
 //! `ichseg`: the command-line face of libichseg (segment, eval, inspect, demo).
 
 mod demo;
+mod doctor;
 
 use clap::{Args, Parser, Subcommand};
 use ichseg::io::{nifti, report};
@@ -30,6 +31,9 @@ enum Command {
     Inspect(InspectArgs),
     /// Run the main job on the shipped sample data and models.
     Demo(DemoArgs),
+    /// Report the CUDA stack (driver, runtime, cuDNN, NVRTC, cuBLAS, devices) and the device
+    /// `--device auto` would choose.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// Settings shared by every command that runs a network.
@@ -127,6 +131,9 @@ struct InspectArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// With `cuda`: translate the model for the GPU and list the operators left on the CPU.
+    #[arg(long, default_value = "cpu")]
+    device: Device,
 }
 
 #[derive(Args)]
@@ -145,6 +152,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval(&a),
         Command::Inspect(a) => inspect(&a),
         Command::Demo(a) => demo::run(&a.out, &a.run),
+        Command::Doctor(a) => doctor::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -319,11 +327,19 @@ fn inspect(a: &InspectArgs) -> Result<()> {
         _ => model.metadata.input_size.unwrap_or(ichseg::segment::DEFAULT_INPUT_SIZE),
     };
     let taps = if is_classifier { model.tap_candidates(channels, rows, cols)? } else { vec![] };
+    let placement = match a.device {
+        Device::Cpu => None,
+        Device::Cuda(0) | Device::Auto => {
+            Some(ichseg::model::runtime::cuda_placement(&model, [1, channels, rows, cols])?)
+        }
+        Device::Cuda(n) => return Err(Error::arg(format!("tract-cuda drives device 0 only, not {n}"))),
+    };
     if a.json {
         let out = serde_json::json!({
             "name": model.name, "producer": model.producer, "opset": model.opset,
             "inputs": model.inputs, "outputs": model.outputs, "metadata": model.metadata.raw,
             "classifier": is_classifier, "tap_candidates": taps, "tap_input": [1, channels, rows, cols],
+            "cuda_placement": placement,
         });
         println!("{}", serde_json::to_string_pretty(&out).map_err(|e| Error::arg(e.to_string()))?);
         return Ok(());
@@ -349,6 +365,17 @@ fn inspect(a: &InspectArgs) -> Result<()> {
         println!("candidate taps for a [1, {channels}, {rows}, {cols}] input (tensor, op, shape, stride):");
         for t in &taps {
             println!("  {:<56} {:<12} {:?} x{}", t.tensor, t.op, t.shape, t.stride);
+        }
+    }
+    if let Some(p) = placement {
+        println!(
+            "cuda      {} operators on the GPU, {} left on the CPU, {} host/device copies",
+            p.gpu_ops,
+            p.cpu_ops.len(),
+            p.transfers
+        );
+        for (node, op) in &p.cpu_ops {
+            println!("  on CPU  {node:<56} {op}");
         }
     }
     Ok(())

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The GPU proof of the CUDA path (issue 5), for a GPU machine with CUDA, cuDNN and PyTorch but no
+# Rust toolchain and no network. Build here first (`cargo build --release`), then run this from
+# the repository root there, with target/release/ichseg carried along:
+#
+#   scripts/gpu-check.sh [OUT_DIR]         # OUT_DIR default: gpu-check-out
+#   scripts/gpu-check.sh --dry-run         # anywhere: tiny sizes, to test the script
+#
+# It finds the CUDA libraries (PyTorch's pip packages nvidia/*/lib, /usr/local/cuda,
+# /usr/local/nvidia) and sets LD_LIBRARY_PATH itself, prints `ichseg doctor`, lists the operators
+# each model leaves on the CPU (`ichseg inspect --device cuda`), then runs scripts/bench_gpu.py:
+# CPU-vs-GPU parity (fails the script when off) and the timing against PyTorch CUDA eager.
+# A missing nibabel is installed from wheels in .whl/ when present (no network there).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+dry=()
+if [[ "${1:-}" == "--dry-run" ]]; then dry=(--dry-run); shift; fi
+out=${1:-gpu-check-out}
+bin=${ICHSEG_BIN:-target/release/ichseg}
+mkdir -p "$out"
+[[ -x "$bin" ]] || { echo "gpu-check: $bin not found: run \`cargo build --release\` and carry it" >&2; exit 2; }
+
+py=$(command -v python3)
+libdirs=$("$py" - <<'PY'
+import pathlib, site
+dirs = set()
+for s in site.getsitepackages() + [site.getusersitepackages()]:
+    root = pathlib.Path(s) / "nvidia"
+    if root.is_dir():
+        dirs.update(str(p.parent) for p in root.rglob("lib*.so*"))
+print(":".join(sorted(dirs)))
+PY
+)
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/nvidia/lib64; do
+  [[ -d $d ]] && libdirs="$libdirs:$d"
+done
+export LD_LIBRARY_PATH="${libdirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+echo "gpu-check: LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+
+if ! "$py" -c "import nibabel" 2>/dev/null && compgen -G ".whl/nibabel-*.whl" >/dev/null; then
+  "$py" -m pip install -q --no-index --no-deps --target /tmp/ichseg-site .whl/nibabel-*.whl && export PYTHONPATH=/tmp/ichseg-site
+fi
+
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+"$bin" doctor | tee "$out/doctor.txt"
+for m in tests/fixtures/unet/unet_transpose.onnx tests/fixtures/unet/unet_resize.onnx \
+         tests/fixtures/classifier/tiny_classifier.onnx; do
+  echo "== inspect --device cuda $m"
+  "$bin" inspect --device cuda "$m" 2>&1 | sed -n '/^cuda/,$p;/error/p' | tee -a "$out/placement.txt"
+done
+"$py" scripts/bench_gpu.py --ichseg "$bin" --out-dir "$out" "${dry[@]}" 2>&1 | tee "$out/bench_gpu.log"
+exit "${PIPESTATUS[0]}"
