@@ -1,10 +1,12 @@
 //! ONNX models: loading, their self-description, and where they run.
 
 pub mod metadata;
+pub mod onnx_grad;
 pub mod runtime;
 
 use crate::error::{Error, Result};
 pub use metadata::{ModelKind, ModelMetadata};
+pub use onnx_grad::{gradient_graph, GradientGraph, GradientOptions};
 use std::path::Path;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
