@@ -172,6 +172,19 @@ fn taps_default_to_metadata() {
 }
 
 #[test]
+fn onnx_model_cam_graph_loads_and_extends() {
+    let meta = meta();
+    let fx = &meta["fixtures"][0];
+    let taps = taps(fx);
+    let model = OnnxModel::cam_graph(&dir().join(fx["onnx"].as_str().unwrap()), 0, &taps[..1]).unwrap();
+    let names: Vec<&str> = model.outputs.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["logits", taps[0].as_str(), grad_name(&taps[0]).as_str()]);
+    assert!(model.name.ends_with("(gradients)"));
+    let err = OnnxModel::cam_graph(&dir().join("missing.onnx"), 0, &taps).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+}
+
+#[test]
 fn error_paths_are_specific() {
     let meta = meta();
     let fx = &meta["fixtures"][0];

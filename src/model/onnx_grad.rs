@@ -1363,4 +1363,28 @@ mod tests {
         let err = gradient_graph(&bytes, 1, &[]).unwrap_err().to_string();
         assert!(err.contains("no taps"), "{err}");
     }
+
+    #[test]
+    fn input_size_comes_from_the_model_metadata_or_the_caller() {
+        use pb::tensor_shape_proto::dimension::Value as D;
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/classifier/tiny_classifier.onnx");
+        let mut proto = pb::ModelProto::decode(&*std::fs::read(path).unwrap()).unwrap();
+        let input = &mut proto.graph.as_mut().unwrap().input[0];
+        let Some(pb::type_proto::Value::TensorType(t)) = input.r#type.as_mut().and_then(|t| t.value.as_mut()) else {
+            panic!("no tensor type")
+        };
+        for (d, name) in t.shape.as_mut().unwrap().dim.iter_mut().skip(2).zip(["H", "W"]) {
+            d.value = Some(D::DimParam(name.into()));
+        }
+        let taps = vec!["/layer1/relu_1/Relu_output_0".to_string()];
+        let options = GradientOptions { target: 1, taps, ..Default::default() };
+        // ichseg.input_size = 64x64 fills in the free H and W
+        assert_eq!(GradientGraph::build(&proto.encode_to_vec(), &options).unwrap().input_shape, [1, 3, 64, 64]);
+        proto.metadata_props.retain(|p| p.key != "ichseg.input_size");
+        let bytes = proto.encode_to_vec();
+        let err = GradientGraph::build(&bytes, &options).unwrap_err().to_string();
+        assert!(err.contains("give the input size"), "{err}");
+        let sized = GradientOptions { input_size: Some((96, 80)), ..options };
+        assert_eq!(GradientGraph::build(&bytes, &sized).unwrap().input_shape, [1, 3, 96, 80]);
+    }
 }
