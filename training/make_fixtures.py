@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerates every committed test fixture under tests/fixtures/ from fixed seeds.
 
-Usage: python training/make_fixtures.py [--only nifti,unet,metrics,classifier,crf,cam]
+Usage: python training/make_fixtures.py [--only nifti,unet,metrics,classifier,crf,cam,grad]
 
 Each part lives in training/fixtures/<part>.py and exposes main(out_dir: pathlib.Path).
 The references come from nibabel, PyTorch and onnxruntime, so CI never needs them.
@@ -11,7 +11,7 @@ import importlib
 import pathlib
 import sys
 
-PARTS = ["nifti", "unet", "metrics", "classifier", "crf", "cam"]
+PARTS = ["nifti", "unet", "metrics", "classifier", "crf", "cam", "grad"]
 
 
 def run() -> None:

@@ -4,10 +4,12 @@
 pub mod gpu;
 pub mod gpu_rewrite;
 pub mod metadata;
+pub mod onnx_grad;
 pub mod runtime;
 
 use crate::error::{Error, Result};
 pub use metadata::{ModelKind, ModelMetadata};
+pub use onnx_grad::{gradient_graph, GradientGraph, GradientOptions};
 use std::path::Path;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;

@@ -1,10 +1,11 @@
-//! `ichseg`: the command-line face of libichseg (segment, eval, inspect, demo).
+//! `ichseg`: the command-line face of libichseg (segment, eval, inspect, cam-graph, demo).
 
 mod demo;
 mod doctor;
 
 use clap::{Args, Parser, Subcommand};
 use ichseg::io::{nifti, report};
+use ichseg::model::onnx_grad::{self, GradientGraph, GradientOptions};
 use ichseg::model::OnnxModel;
 use ichseg::segment::SegmenterConfig;
 use ichseg::{Device, Engine, EngineOptions, Error, Progress, Result, Segmenter, SegmenterOptions, Window};
@@ -29,6 +30,8 @@ enum Command {
     Eval(EvalArgs),
     /// Show a model's inputs, outputs, ichseg.* metadata and candidate CAM taps.
     Inspect(InspectArgs),
+    /// Write a classifier's gradient graph: logits, tap activations and d logit / d tap in one ONNX.
+    CamGraph(CamGraphArgs),
     /// Run the main job on the shipped sample data and models.
     Demo(DemoArgs),
     /// Report the CUDA stack (driver, runtime, cuDNN, NVRTC, cuBLAS, devices) and the device
@@ -137,6 +140,27 @@ struct InspectArgs {
 }
 
 #[derive(Args)]
+struct CamGraphArgs {
+    /// Classifier ONNX model.
+    model: PathBuf,
+    /// Output ONNX model.
+    #[arg(long, short)]
+    output: PathBuf,
+    /// Tap tensor name; repeat for several [default: the model's ichseg.taps].
+    #[arg(long = "tap", value_name = "NAME")]
+    taps: Vec<String>,
+    /// Logit index to differentiate [default: metadata ichseg.bleed_index, else 1].
+    #[arg(long)]
+    target: Option<usize>,
+    /// Input ROWSxCOLS, for models that fix neither their input size nor ichseg.input_size.
+    #[arg(long, value_parser = parse_size)]
+    input_size: Option<(usize, usize)>,
+    /// Print nothing.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args)]
 struct DemoArgs {
     /// Folder for the demo's outputs.
     #[arg(long, short, default_value = "demo-out")]
@@ -151,6 +175,7 @@ fn main() -> ExitCode {
         Command::Segment(a) => segment(&a),
         Command::Eval(a) => eval(&a),
         Command::Inspect(a) => inspect(&a),
+        Command::CamGraph(a) => cam_graph(&a),
         Command::Demo(a) => demo::run(&a.out, &a.run),
         Command::Doctor(a) => doctor::run(&a),
     };
@@ -376,6 +401,28 @@ fn inspect(a: &InspectArgs) -> Result<()> {
         );
         for (node, op) in &p.cpu_ops {
             println!("  on CPU  {node:<56} {op}");
+        }
+    }
+    Ok(())
+}
+
+fn cam_graph(a: &CamGraphArgs) -> Result<()> {
+    let bytes = std::fs::read(&a.model).map_err(|e| Error::io(&a.model, e))?;
+    let model = OnnxModel::load(&a.model)?;
+    let target = a.target.or(model.metadata.bleed_index).unwrap_or(1);
+    let options = GradientOptions { target, taps: a.taps.clone(), input_size: a.input_size, ..Default::default() };
+    let graph = GradientGraph::build(&bytes, &options).map_err(|e| match e {
+        Error::InvalidModel(m) => Error::InvalidModel(format!("{}: {m}", a.model.display())),
+        other => other,
+    })?;
+    graph.save(&a.output)?;
+    if !a.quiet {
+        let [_, c, h, w] = graph.input_shape;
+        println!("wrote     {} (target logit {target}, input [N, {c}, {h}, {w}])", a.output.display());
+        println!("output 0  {}", model.outputs.first().map_or("logits", |o| o.name.as_str()));
+        for (i, tap) in graph.taps.iter().enumerate() {
+            println!("output {}  {tap}", GradientGraph::activation_output(i));
+            println!("output {}  {}", GradientGraph::gradient_output(i), onnx_grad::grad_name(tap));
         }
     }
     Ok(())
