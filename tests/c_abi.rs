@@ -95,6 +95,16 @@ fn c_program_passes() {
 }
 
 #[test]
+fn c_program_passes_under_asan_and_ubsan() {
+    if !have("cc") {
+        eprintln!("SKIPPED c_program_passes_under_asan_and_ubsan: no C compiler `cc` on PATH");
+        return;
+    }
+    let flags = [&["-std=c99", "-Wall", "-Werror", "-g", "-O1", "-pthread"], native::SANITIZE].concat();
+    compile_and_run("cc", &flags, "tests/c/test_capi.c", &[], "all C ABI checks passed");
+}
+
+#[test]
 fn header_compiles_as_cpp() {
     if !have("c++") {
         eprintln!("SKIPPED header_compiles_as_cpp: no `c++` on PATH");

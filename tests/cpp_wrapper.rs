@@ -27,3 +27,13 @@ fn cpp_wrapper_program_passes() {
         "all C++ wrapper checks passed",
     );
 }
+
+#[test]
+fn cpp_wrapper_program_passes_under_asan_and_ubsan() {
+    let Some(cxx) = ["c++", "g++"].into_iter().find(|t| have(t)) else {
+        eprintln!("SKIPPED cpp_wrapper_program_passes_under_asan_and_ubsan: no C++ compiler on PATH");
+        return;
+    };
+    let flags = [&["-std=c++17", "-Wall", "-Werror", "-g", "-O1", "-pthread"], native::SANITIZE].concat();
+    compile_and_run(cxx, &flags, "tests/cpp/test_wrapper.cpp", &["bindings/cpp"], "all C++ wrapper checks passed");
+}

@@ -10,6 +10,8 @@
 #include "ichseg.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -313,6 +315,43 @@ struct ViewerError : std::runtime_error {
     explicit ViewerError(int c) : std::runtime_error("viewer closed"), code(c) {}
 };
 
+// A viewer's Cancel button: another thread asks the running call to stop. The worker's call is
+// held at its first progress report until the request comes, so the test does not depend on
+// timing; the call must then end promptly with CANCELLED, write nothing, and leave the model
+// usable.
+static void test_cancel_from_another_thread(const ichseg::Model& model, const Ct& ct,
+                                            const std::vector<uint8_t>& expect) {
+    std::printf("cancel from another thread\n");
+    std::atomic<bool> started{false}, cancel{false};
+    std::vector<uint8_t> mask(ct.n, 0xAB);
+    IchsegStatus status = ICHSEG_STATUS_OK;
+    std::chrono::steady_clock::time_point returned;
+    std::thread worker([&] {
+        try {
+            model.segment(ct.view(), mask, {}, [&](uint32_t, uint32_t) {
+                started = true;
+                while (!cancel.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                return false;
+            });
+        } catch (const ichseg::Error& e) {
+            status = e.status();
+        }
+        returned = std::chrono::steady_clock::now();
+    });
+    while (!started.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    const auto asked = std::chrono::steady_clock::now();
+    cancel = true;
+    worker.join();
+    const double ms = std::chrono::duration<double, std::milli>(returned - asked).count();
+    CHECK(status == ICHSEG_STATUS_CANCELLED, "status %d", static_cast<int>(status));
+    CHECK(ms < 2000.0, "the call took %.0f ms to stop after the request", ms);
+    CHECK(all_bytes(mask.data(), mask.size(), 0xAB), "mask written although cancelled");
+    std::vector<uint8_t> again(ct.n);
+    model.segment(ct.view(), again);
+    CHECK(again == expect, "the model gives a different mask after a cancelled call");
+    std::printf("  stopped %.1f ms after the request; the model still works\n", ms);
+}
+
 static void test_callback_exception(const ichseg::Model& model, const Ct& ct) {
     std::printf("exception in the progress callback\n");
     std::vector<uint8_t> mask(ct.n, 0xAB);
@@ -450,6 +489,7 @@ int main(int argc, char** argv) {
         const ichseg::Model model_mem = ichseg::Model::from_memory(engine, read_file(dir + "/unet_transpose.onnx"), so);
         const std::vector<uint8_t> mask = test_happy(model, model_mem, dir, ct);
         test_cancel(model, ct);
+        test_cancel_from_another_thread(model, ct, mask);
         test_callback_exception(model, ct);
         test_buffer_sizes(model, ct);
         test_moves(engine, dir, ct);

@@ -26,6 +26,12 @@ pub fn shared_library() -> PathBuf {
     })
 }
 
+/// Compiler flags for AddressSanitizer + UndefinedBehaviorSanitizer builds of the test programs
+/// (the Rust library itself is not instrumented; ASan still sees every malloc/free and every
+/// out-of-bounds access the program makes on buffers it hands over). UBSan findings abort.
+pub const SANITIZE: &[&str] =
+    &["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"];
+
 pub fn have(tool: &str) -> bool {
     Command::new(tool).arg("--version").output().is_ok()
 }

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Builds libichseg and installs it for C and C++ consumers:
+#
+#   scripts/install.sh [--prefix DIR] [--profile release|debug] [--no-build]
+#
+#   DIR/lib/libichseg.so, DIR/lib/libichseg.a           shared and static library
+#   DIR/include/ichseg.h, DIR/include/ichseg.hpp        C header, C++17 wrapper
+#   DIR/lib/cmake/ichseg/ichsegConfig.cmake (+Version)  find_package(ichseg CONFIG REQUIRED):
+#                                                       ichseg::ichseg (shared), ichseg::ichseg_static
+#   DIR/lib/pkgconfig/ichseg.pc, ichseg-static.pc       pkg-config --cflags --libs ichseg
+#
+# Default prefix /usr/local, default profile release. The static library needs the system
+# libraries listed in ICHSEG_STATIC_LIBS below (what rustc reports with --print
+# native-static-libs on Linux); the CMake target and ichseg-static.pc carry them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+prefix=/usr/local profile=release build=1
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --prefix) prefix=$2; shift 2 ;;
+    --profile) profile=$2; shift 2 ;;
+    --no-build) build=0; shift ;;
+    *) echo "install.sh: unknown argument $1 (see the header of this script)" >&2; exit 2 ;;
+  esac
+done
+case "$profile" in
+  release) flags=(--release) ;;
+  debug) flags=() ;;
+  *) echo "install.sh: --profile must be release or debug" >&2; exit 2 ;;
+esac
+ICHSEG_STATIC_LIBS="-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc"
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+target=${CARGO_TARGET_DIR:-target}/$profile
+
+[[ $build == 1 ]] && cargo build --locked --lib "${flags[@]}"
+for f in "$target/libichseg.so" "$target/libichseg.a"; do
+  [[ -f $f ]] || { echo "install.sh: $f missing: build first (cargo build --lib ${flags[*]})" >&2; exit 1; }
+done
+
+mkdir -p "$prefix/lib/cmake/ichseg" "$prefix/lib/pkgconfig" "$prefix/include"
+install -m 0755 "$target/libichseg.so" "$prefix/lib/libichseg.so.$version"
+ln -sf "libichseg.so.$version" "$prefix/lib/libichseg.so"
+install -m 0644 "$target/libichseg.a" "$prefix/lib/libichseg.a"
+install -m 0644 include/ichseg.h bindings/cpp/ichseg.hpp "$prefix/include/"
+
+# Relocatable: every path is found from this file's own location.
+cat > "$prefix/lib/cmake/ichseg/ichsegConfig.cmake" <<CMAKE
+# ichseg $version: imported targets ichseg::ichseg (shared) and ichseg::ichseg_static.
+get_filename_component(_ichseg_prefix "\${CMAKE_CURRENT_LIST_DIR}/../../.." ABSOLUTE)
+if(NOT TARGET ichseg::ichseg)
+  add_library(ichseg::ichseg SHARED IMPORTED)
+  set_target_properties(ichseg::ichseg PROPERTIES
+    IMPORTED_LOCATION "\${_ichseg_prefix}/lib/libichseg.so"
+    IMPORTED_SONAME "libichseg.so"
+    INTERFACE_INCLUDE_DIRECTORIES "\${_ichseg_prefix}/include")
+  add_library(ichseg::ichseg_static STATIC IMPORTED)
+  set_target_properties(ichseg::ichseg_static PROPERTIES
+    IMPORTED_LOCATION "\${_ichseg_prefix}/lib/libichseg.a"
+    INTERFACE_INCLUDE_DIRECTORIES "\${_ichseg_prefix}/include"
+    INTERFACE_LINK_LIBRARIES "$ICHSEG_STATIC_LIBS"
+    INTERFACE_LINK_OPTIONS "-Wl,-z,noexecstack")
+endif()
+set(ichseg_VERSION $version)
+unset(_ichseg_prefix)
+CMAKE
+cat > "$prefix/lib/cmake/ichseg/ichsegConfigVersion.cmake" <<CMAKE
+set(PACKAGE_VERSION $version)
+if(PACKAGE_FIND_VERSION VERSION_GREATER PACKAGE_VERSION)
+  set(PACKAGE_VERSION_COMPATIBLE FALSE)
+else()
+  set(PACKAGE_VERSION_COMPATIBLE TRUE)
+  if(PACKAGE_FIND_VERSION VERSION_EQUAL PACKAGE_VERSION)
+    set(PACKAGE_VERSION_EXACT TRUE)
+  endif()
+endif()
+CMAKE
+for variant in "" "-static"; do
+  libs="-L\${libdir} -lichseg"
+  # tract's assembly objects lack a .note.GNU-stack section: keep the stack non-executable
+  [[ -n $variant ]] && libs="\${libdir}/libichseg.a $ICHSEG_STATIC_LIBS -Wl,-z,noexecstack"
+  cat > "$prefix/lib/pkgconfig/ichseg$variant.pc" <<PC
+prefix=$(cd "$prefix" && pwd)
+libdir=\${prefix}/lib
+includedir=\${prefix}/include
+
+Name: ichseg$variant
+Description: Intracerebral-hemorrhage segmentation of head CT (C ABI; C++17 wrapper ichseg.hpp)
+Version: $version
+Cflags: -I\${includedir}
+Libs: $libs
+PC
+done
+echo "installed ichseg $version ($profile) into $prefix"

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs libichseg into a temporary prefix (scripts/install.sh, debug profile) and builds the
+# examples of docs/C-API.md against it: bindings/examples/minimal.cpp with CMake find_package
+# (ichseg::ichseg shared and ichseg::ichseg_static) and with pkg-config (ichseg.pc), and
+# bindings/examples/minimal.c with pkg-config (ichseg.pc, and ichseg-static.pc). Each program
+# segments a small volume with the fixture U-Net and must succeed.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+for tool in cmake pkg-config c++; do
+  command -v $tool >/dev/null || { echo "packaging: $tool missing (apt-get install cmake pkg-config g++)" >&2; exit 1; }
+done
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+scripts/install.sh --prefix "$tmp/prefix" --profile debug >/dev/null
+model=tests/fixtures/unet/unet_transpose.onnx
+
+cmake -S tests/packaging -B "$tmp/build" -DCMAKE_PREFIX_PATH="$tmp/prefix" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$tmp/build" -j 2 >/dev/null
+for exe in consumer_shared consumer_static; do
+  out=$("$tmp/build/$exe" "$model")
+  grep -q "minimal done" <<<"$out" || { echo "packaging: $exe failed: $out" >&2; exit 1; }
+  echo "packaging: cmake $exe: $(head -1 <<<"$out")"
+done
+# the shared build really links the shared library
+ldd "$tmp/build/consumer_shared" | grep -q "libichseg.so" || { echo "packaging: consumer_shared is not linked to libichseg.so" >&2; exit 1; }
+
+export PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig"
+run() { # name, then the compile command
+  local name=$1; shift
+  "$@" -o "$tmp/$name"
+  out=$("$tmp/$name" "$model")
+  grep -q "minimal done" <<<"$out" || { echo "packaging: $name failed: $out" >&2; exit 1; }
+  echo "packaging: $name: $(head -1 <<<"$out")"
+}
+rpath=-Wl,-rpath,"$tmp/prefix/lib"
+run cpp_pkgconfig c++ -std=c++17 bindings/examples/minimal.cpp $(pkg-config --cflags --libs ichseg) "$rpath"
+run c_pkgconfig cc -std=c11 -Wall -Werror bindings/examples/minimal.c $(pkg-config --cflags --libs ichseg) "$rpath"
+run c_static cc -std=c11 bindings/examples/minimal.c $(pkg-config --cflags --libs ichseg-static)
+if ldd "$tmp/c_static" | grep -q libichseg; then echo "packaging: c_static links libichseg.so" >&2; exit 1; fi
