@@ -1,8 +1,8 @@
 //! # libichseg
 //!
 //! Intracerebral-hemorrhage (ICH) segmentation of head CT for C/C++ medical software: ONNX
-//! U-Nets (and, per the roadmap, weakly supervised pseudo-labelling) on tract's CPU engine,
-//! behind a stable C ABI (`include/ichseg.h`, module [`capi`]).
+//! U-Nets, and weakly supervised pseudo-labelling from slice classifiers ([`PseudoLabeler`]), on
+//! tract's CPU engine or CUDA, behind a stable C ABI (`include/ichseg.h`, module [`capi`]).
 //!
 //! Data flows one way: a [`Volume`] in Hounsfield units (from [`io::nifti`] or a caller buffer)
 //! is windowed and resized slice by slice ([`preprocess`]), run through a network on an
