@@ -1,8 +1,8 @@
 //! # libichseg
 //!
 //! Intracerebral-hemorrhage (ICH) segmentation of head CT for C/C++ medical software: ONNX
-//! U-Nets (and, per the roadmap, weakly supervised pseudo-labelling) on tract's CPU engine,
-//! behind a stable C ABI (`include/ichseg.h`, module [`capi`]).
+//! U-Nets, and weakly supervised pseudo-labelling from slice classifiers ([`PseudoLabeler`]), on
+//! tract's CPU engine or CUDA, behind a stable C ABI (`include/ichseg.h`, module [`capi`]).
 //!
 //! Data flows one way: a [`Volume`] in Hounsfield units (from [`io::nifti`] or a caller buffer)
 //! is windowed and resized slice by slice ([`preprocess`]), run through a network on an
@@ -32,6 +32,7 @@ pub mod lesions;
 pub mod metrics;
 pub mod model;
 pub mod preprocess;
+pub mod pseudo;
 pub mod sca;
 pub mod segment;
 pub mod volume;
@@ -40,5 +41,6 @@ pub use error::{Error, Result};
 pub use lesions::Lesion;
 pub use model::runtime::{Device, Engine, EngineOptions};
 pub use model::{ModelKind, ModelMetadata, OnnxModel};
+pub use pseudo::{CamMethod, PseudoLabel, PseudoLabeler, PseudoOptions};
 pub use segment::{Progress, Segmentation, Segmenter, SegmenterOptions};
 pub use volume::{Volume, Window};

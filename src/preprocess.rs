@@ -4,8 +4,8 @@
 //! antialias=False)` (= ONNX Resize linear/half_pixel), the convention the models are trained
 //! with, so that pipelines match their Python references voxel for voxel.
 
-use crate::volume::Window;
-use ndarray::{Array2, ArrayView2, ArrayViewMut2};
+use crate::volume::{Volume, Window};
+use ndarray::{s, Array2, Array4, ArrayView2, ArrayViewMut2};
 
 /// Per-output-coordinate source indices and weights along one axis.
 struct AxisMap {
@@ -65,6 +65,40 @@ pub fn window_and_resize(hu: ArrayView2<f32>, window: Window, rows: usize, cols:
     resize_bilinear(windowed.view(), rows, cols)
 }
 
+/// How slices become a network input: the CT window, the model's `rows x cols`, its channel
+/// count (the windowed slice repeated) and an optional `(mean, std)` normalisation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InputSpec {
+    pub window: Window,
+    pub rows: usize,
+    pub cols: usize,
+    pub channels: usize,
+    pub normalize: Option<(f32, f32)>,
+}
+
+/// Slices `first..first + count` of `volume`, windowed, resized, normalised and repeated over
+/// the channels, as a `[batch, C, rows, cols]` tensor; rows `count..batch` stay zero (padding
+/// for models with a fixed batch size). `batch` must be at least `count`.
+pub fn model_input(volume: &Volume, first: usize, count: usize, batch: usize, spec: &InputSpec) -> Array4<f32> {
+    let mut input = Array4::<f32>::zeros((batch.max(count), spec.channels, spec.rows, spec.cols));
+    for i in 0..count {
+        let mut img = window_and_resize(volume.slice(first + i), spec.window, spec.rows, spec.cols);
+        if let Some((mean, std)) = spec.normalize {
+            img.mapv_inplace(|v| (v - mean) / std);
+        }
+        for ch in 0..spec.channels {
+            input.slice_mut(s![i, ch, .., ..]).assign(&img);
+        }
+    }
+    input
+}
+
+/// A HU slice windowed to grey levels `0..=255` (`round(255 * window(v))`), the image the dense
+/// CRF sees (METHOD.md section 4 item 5).
+pub fn window_u8(hu: ArrayView2<f32>, window: Window) -> Array2<u8> {
+    hu.mapv(|v| (window.apply(v) * 255.0).round() as u8)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,6 +121,25 @@ mod tests {
         for (o, e) in out.iter().zip(expected.iter()) {
             assert!((o - e).abs() < 1e-6, "{out:?}");
         }
+    }
+
+    #[test]
+    fn window_u8_maps_the_window_to_grey_levels() {
+        let hu = array![[-100.0f32, -15.0, 50.0, 115.0, 500.0]];
+        assert_eq!(window_u8(hu.view(), Window::default()), array![[0u8, 0, 128, 255, 255]]);
+    }
+
+    #[test]
+    fn model_input_repeats_channels_and_pads_the_batch() {
+        let v = Volume::from_hu(vec![50.0; 4 * 4 * 3], [4, 4, 3], [1.0; 3]).unwrap();
+        let spec = InputSpec { window: Window::default(), rows: 2, cols: 2, channels: 3, normalize: Some((0.5, 0.25)) };
+        let x = model_input(&v, 1, 2, 4, &spec);
+        assert_eq!(x.dim(), (4, 3, 2, 2));
+        assert!(x.slice(s![..2, .., .., ..]).iter().all(|&v| v.abs() < 1e-6), "(0.5 - 0.5) / 0.25 = 0");
+        let v = Volume::from_hu(vec![115.0; 4 * 4 * 3], [4, 4, 3], [1.0; 3]).unwrap();
+        let x = model_input(&v, 0, 2, 4, &InputSpec { normalize: None, ..spec });
+        assert!(x.slice(s![..2, .., .., ..]).iter().all(|&v| v == 1.0));
+        assert!(x.slice(s![2.., .., .., ..]).iter().all(|&v| v == 0.0), "padding rows stay zero");
     }
 
     #[test]

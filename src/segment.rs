@@ -4,9 +4,9 @@ use crate::error::{Error, Result};
 use crate::lesions::{find_lesions, total_volume_ml, Lesion};
 use crate::model::runtime::Engine;
 use crate::model::{ModelKind, OnnxModel};
-use crate::preprocess::{resize_bilinear_into, window_and_resize};
+use crate::preprocess::{model_input, resize_bilinear_into, InputSpec};
 use crate::volume::{Volume, Window};
-use ndarray::{s, Array3, Axis};
+use ndarray::{Array3, Axis};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -308,18 +308,14 @@ impl Segmenter {
     fn input_batch(&self, volume: &Volume, first: usize, count: usize) -> Result<ndarray::Array4<f32>> {
         let c = &self.config;
         let b = if self.fixed_batch.is_some() { c.batch } else { count };
-        let window = Window { level: c.window_level, width: c.window_width };
-        let mut input = ndarray::Array4::<f32>::zeros((b, c.channels, c.input_rows, c.input_cols));
-        for i in 0..count {
-            let mut img = window_and_resize(volume.slice(first + i), window, c.input_rows, c.input_cols);
-            if let Some((mean, std)) = c.normalize {
-                img.mapv_inplace(|v| (v - mean) / std);
-            }
-            for ch in 0..c.channels {
-                input.slice_mut(s![i, ch, .., ..]).assign(&img);
-            }
-        }
-        Ok(input)
+        let spec = InputSpec {
+            window: Window { level: c.window_level, width: c.window_width },
+            rows: c.input_rows,
+            cols: c.input_cols,
+            channels: c.channels,
+            normalize: c.normalize,
+        };
+        Ok(model_input(volume, first, count, b, &spec))
     }
 
     /// Per-pixel bleed probability from one slice's `[K, H, W]` logits.

@@ -580,6 +580,32 @@ pub fn write_f32(path: &Path, like: &NiftiHeader, data: &Array3<f32>) -> Result<
     write_file(path, &header, data.iter().copied(), |v, out| out.extend_from_slice(&v.to_le_bytes()))
 }
 
+/// Writes several float32 maps on the grid of `like` as one 4D NIfTI file (`dim[0]` = 4,
+/// `dim[4]` = the number of maps, one 3D volume per map in order), e.g. one class activation
+/// map per tap layer. Each map has shape `[nz, ny, nx]` = the header's dims; no scaling,
+/// `cal_min`/`cal_max` the overall value range; NaN and infinite values are refused. Our own
+/// reader ([`read`]) takes 3D volumes only; nibabel, ITK-SNAP and 3D Slicer read these files.
+pub fn write_f32_series(path: &Path, like: &NiftiHeader, maps: &[Array3<f32>]) -> Result<()> {
+    if maps.is_empty() || maps.len() > i16::MAX as usize {
+        return Err(Error::arg(format!("a 4D NIfTI holds 1..={} maps, got {}", i16::MAX, maps.len())));
+    }
+    for m in maps {
+        check_shape(like, m.dim())?;
+    }
+    if maps.iter().flatten().any(|v| !v.is_finite()) {
+        return Err(Error::arg(format!(
+            "refusing to write {}: the data contains NaN or infinite values",
+            path.display()
+        )));
+    }
+    let (lo, hi) =
+        maps.iter().flatten().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let mut header = output_header(like, DT_FLOAT32, 32, lo, hi);
+    header.set_i16(DIM, 4);
+    header.set_i16(DIM + 2 * 4, maps.len() as i16);
+    write_file(path, &header, maps.iter().flatten().copied(), |v, out| out.extend_from_slice(&v.to_le_bytes()))
+}
+
 /// Writes a volume's HU values as float32 with the geometry of `header` (which must have the
 /// volume's dims); see [`write_f32`].
 pub fn write_volume(path: &Path, header: &NiftiHeader, volume: &Volume) -> Result<()> {
@@ -896,6 +922,33 @@ mod tests {
         let data =
             Array3::from_shape_vec((dims[2], dims[1], dims[0]), (0..n).map(|i| i as f32 - 7.5).collect()).unwrap();
         Volume::from_array(data, spacing, affine).unwrap()
+    }
+
+    #[test]
+    fn series_is_4d_with_one_volume_per_map() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = volume([3, 2, 2], [1.0, 1.0, 2.0], None);
+        let header = header_for(&v);
+        let maps = vec![
+            Array3::from_elem((2, 2, 3), 0.25f32),
+            Array3::from_shape_fn((2, 2, 3), |(z, y, x)| (z * 6 + y * 3 + x) as f32),
+        ];
+        let path = dir.path().join("cams.nii.gz");
+        write_f32_series(&path, &header, &maps).unwrap();
+        let mut raw = vec![];
+        MultiGzDecoder::new(File::open(&path).unwrap()).read_to_end(&mut raw).unwrap();
+        let i16_at = |o: usize| i16::from_le_bytes([raw[o], raw[o + 1]]);
+        assert_eq!((0..5).map(|i| i16_at(DIM + 2 * i)).collect::<Vec<_>>(), [4, 3, 2, 2, 2]);
+        assert_eq!(i16_at(DATATYPE), DT_FLOAT32);
+        let values: Vec<f32> =
+            raw[DATA_OFFSET..].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let want: Vec<f32> = maps.iter().flatten().copied().collect();
+        assert_eq!(values, want);
+        let err = read(&path).unwrap_err().to_string();
+        assert!(err.contains("4D volumes (2 time points)"), "{err}");
+        assert!(write_f32_series(&path, &header, &[]).is_err());
+        assert!(write_f32_series(&path, &header, &[Array3::zeros((2, 2, 2))]).is_err());
+        assert!(write_f32_series(&path, &header, &[Array3::from_elem((2, 2, 3), f32::NAN)]).is_err());
     }
 
     fn encode(header: &NiftiHeader, data: &[u8]) -> Vec<u8> {

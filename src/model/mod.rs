@@ -74,6 +74,8 @@ pub struct OnnxModel {
     pub producer: String,
     /// `(op_type, first output tensor)` of every graph node, in file order.
     nodes: Vec<(String, String)>,
+    /// The encoded ONNX file, for building derived graphs (gradient graphs).
+    bytes: std::sync::Arc<[u8]>,
 }
 
 /// An intermediate feature map a CAM could tap: an activation-like tensor of rank 4.
@@ -132,7 +134,13 @@ impl OnnxModel {
             opset,
             producer: format!("{} {}", proto.producer_name, proto.producer_version).trim().to_string(),
             nodes: g.node.iter().filter_map(|n| Some((n.op_type.clone(), n.output.first()?.clone()))).collect(),
+            bytes: bytes.into(),
         })
+    }
+
+    /// The encoded ONNX model this was parsed from.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
     }
 
     /// The optimised tract plan libichseg runs for one f32 input of `shape`: tract's optimiser

@@ -107,6 +107,8 @@ pub struct GradientOptions {
     pub taps: Vec<String>,
     /// `(rows, cols)` of the input, for models whose input shape and metadata do not fix it.
     pub input_size: Option<(usize, usize)>,
+    /// Input channels, for models whose input shape does not fix them (default: metadata).
+    pub channels: Option<usize>,
     pub conv_vjp: ConvVjp,
 }
 
@@ -163,7 +165,7 @@ impl GradientGraph {
                 "gradient graph: no taps given and the model has no ichseg.taps metadata (name the tap tensors; `ichseg inspect` lists candidates)",
             ));
         }
-        let input_shape = input_shape(graph, &metadata, options.input_size)?;
+        let input_shape = input_shape(graph, &metadata, options.input_size, options.channels)?;
         let shapes = static_shapes(&proto, input_shape)?;
         let built = Builder::new(graph, &shapes, opset, options.conv_vjp)?.run(options.target, &taps)?;
 
@@ -219,6 +221,15 @@ impl OnnxModel {
             })?
             .model(&format!("{name} (gradients)"))
     }
+
+    /// This classifier's gradient graph (see [`GradientGraph::build`]).
+    pub fn gradient_graph(&self, options: &GradientOptions) -> Result<GradientGraph> {
+        GradientGraph::build(self.bytes(), options).map_err(|e| match e {
+            Error::InvalidModel(m) => Error::InvalidModel(format!("{}: {m}", self.name)),
+            Error::InvalidArgument(m) => Error::InvalidArgument(format!("{}: {m}", self.name)),
+            other => other,
+        })
+    }
 }
 
 /// The first input's batch dimension, to declare on the new outputs.
@@ -261,6 +272,7 @@ fn input_shape(
     graph: &pb::GraphProto,
     metadata: &super::ModelMetadata,
     size: Option<(usize, usize)>,
+    channels: Option<usize>,
 ) -> Result<[usize; 4]> {
     let inits: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
     let input = graph
@@ -276,7 +288,15 @@ fn input_shape(
             input.shape_text()
         )));
     }
-    let channels = input.fixed_dim(1).or(metadata.channels);
+    if let (Some(fixed), Some(asked)) = (input.fixed_dim(1), channels) {
+        if fixed != asked {
+            return Err(Error::arg(format!(
+                "gradient graph: {asked} input channels requested but input {} is fixed at {fixed}",
+                input.name
+            )));
+        }
+    }
+    let channels = input.fixed_dim(1).or(channels).or(metadata.channels);
     let declared = input.fixed_dim(2).zip(input.fixed_dim(3));
     let (rows, cols) = size.or(declared).or(metadata.input_size).ok_or_else(|| {
         Error::arg(format!(

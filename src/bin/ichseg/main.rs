@@ -1,7 +1,8 @@
-//! `ichseg`: the command-line face of libichseg (segment, eval, inspect, cam-graph, demo).
+//! `ichseg`: the command-line face of libichseg (segment, pseudo-label, eval, inspect, cam-graph, demo).
 
 mod demo;
 mod doctor;
+mod pseudo;
 
 use clap::{Args, Parser, Subcommand};
 use ichseg::io::{nifti, report};
@@ -26,6 +27,9 @@ struct Cli {
 enum Command {
     /// Segment a CT volume with a U-Net: mask, optional probabilities, JSON report.
     Segment(SegmentArgs),
+    /// Make pseudo masks from slice classifiers (SF-CAM, SCA, dense CRF) for a scan or a
+    /// BCIHM-layout dataset.
+    PseudoLabel(pseudo::PseudoLabelArgs),
     /// Score predicted masks against ground truth (IoU, mIoU, Dice, CL/ML/FPL).
     Eval(EvalArgs),
     /// Show a model's inputs, outputs, ichseg.* metadata and candidate CAM taps.
@@ -173,6 +177,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Segment(a) => segment(&a),
+        Command::PseudoLabel(a) => pseudo::run(&a),
         Command::Eval(a) => eval(&a),
         Command::Inspect(a) => inspect(&a),
         Command::CamGraph(a) => cam_graph(&a),

@@ -1,0 +1,337 @@
+//! `ichseg pseudo-label`: pseudo masks from slice classifiers, for one scan or a BCIHM-layout
+//! dataset folder (resumable).
+
+use super::{engine, parse_pair, parse_size, parse_window, progress_bar, RunArgs};
+use clap::Args;
+use ichseg::crf::CrfParams;
+use ichseg::io::nifti;
+use ichseg::io::slice_labels::SliceLabelTable;
+use ichseg::sca::{Aggregate, ScfParams};
+use ichseg::{CamMethod, Error, Progress, PseudoLabel, PseudoLabeler, PseudoOptions, Result, Window};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The BCIHM per-slice label file inside a dataset folder.
+const BCIHM_CSV: &str = "hemorrhage_diagnosis_raw_ct.csv";
+
+#[derive(Args)]
+pub struct PseudoLabelArgs {
+    /// CT volume (.nii or .nii.gz); not with --dataset.
+    #[arg(required_unless_present = "dataset", conflicts_with = "dataset")]
+    input: Option<PathBuf>,
+    /// Classifier ONNX model; repeat for an ensemble (METHOD.md: two).
+    #[arg(long = "classifier", required = true, value_name = "ONNX")]
+    classifiers: Vec<PathBuf>,
+    /// Comma-separated tap tensors, shallow first; repeat, paired in order with --classifier
+    /// [default: each model's ichseg.taps; Grad-CAM: ichseg.deep_tap].
+    #[arg(long = "taps", value_name = "T1,T2")]
+    taps: Vec<String>,
+    /// Output mask (uint8 NIfTI, the input's geometry); with --dataset, the output folder.
+    #[arg(long, short)]
+    output: PathBuf,
+    /// Slice labels CSV: header `slice,label` (0-based slice, 0/1) or BCIHM's
+    /// hemorrhage_diagnosis_raw_ct.csv [default: the classifiers' predictions].
+    #[arg(long, conflicts_with_all = ["use_predictions", "dataset"])]
+    labels: Option<PathBuf>,
+    /// Patient number in a BCIHM labels CSV [default: the scan's file name, NNN.nii[.gz]].
+    #[arg(long)]
+    patient: Option<u32>,
+    /// Decide slices by the classifiers (mean bleed probability >= 0.5), not by labels.
+    #[arg(long)]
+    use_predictions: bool,
+    /// BCIHM-layout folder: ct_scans/NNN.nii[.gz] and hemorrhage_diagnosis_raw_ct.csv; writes
+    /// OUTPUT/NNN.nii.gz, skipping outputs that exist.
+    #[arg(long, value_name = "DIR")]
+    dataset: Option<PathBuf>,
+    /// Also write the fused map of each tap layer (SCAM, what the threshold sees) as one
+    /// float32 4D NIfTI, one volume per tap layer.
+    #[arg(long, conflicts_with = "dataset")]
+    cam_out: Option<PathBuf>,
+    /// sf (SF-CAM), layer (LayerCAM) or grad (Grad-CAM baseline).
+    #[arg(long, default_value = "sf")]
+    cam: CamMethod,
+    /// BLA threshold TH: foreground where a fused map exceeds it.
+    #[arg(long, default_value_t = ichseg::sca::DEFAULT_THRESHOLD)]
+    threshold: f32,
+    /// SCF reach c (slices each side).
+    #[arg(long, default_value_t = 2)]
+    scf_c: usize,
+    /// SCF neighbour weight w.
+    #[arg(long, default_value_t = 0.5)]
+    scf_w: f32,
+    /// Skip spatial context fusion (negative slices are still emptied).
+    #[arg(long)]
+    no_scf: bool,
+    /// Skip the dense CRF.
+    #[arg(long)]
+    no_crf: bool,
+    /// BLA across tap layers: or, and.
+    #[arg(long, default_value = "or", value_parser = parse_aggregate)]
+    aggregate: Aggregate,
+    /// Slices per network run.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// CT window LEVEL,WIDTH in HU [default: metadata, else 50,130].
+    #[arg(long, value_parser = parse_window)]
+    window: Option<Window>,
+    /// Network input ROWSxCOLS [default: model shape or metadata, else 384x384].
+    #[arg(long, value_parser = parse_size)]
+    input_size: Option<(usize, usize)>,
+    /// Input channels, 1 or 3 [default: model shape or metadata, else 1].
+    #[arg(long)]
+    channels: Option<usize>,
+    /// MEAN,STD normalisation after windowing [default: metadata, else none].
+    #[arg(long, value_parser = parse_pair)]
+    normalize: Option<(f32, f32)>,
+    /// Logit index of the bleed class [default: metadata, else 1].
+    #[arg(long)]
+    bleed_index: Option<usize>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+fn parse_aggregate(s: &str) -> std::result::Result<Aggregate, String> {
+    match s {
+        "or" => Ok(Aggregate::Or),
+        "and" => Ok(Aggregate::And),
+        _ => Err(format!("{s:?}: expected or or and")),
+    }
+}
+
+impl PseudoLabelArgs {
+    fn options(&self) -> Result<PseudoOptions> {
+        if self.taps.len() > self.classifiers.len() {
+            return Err(Error::arg(format!(
+                "{} --taps for {} --classifier: give at most one --taps per classifier, in the same order",
+                self.taps.len(),
+                self.classifiers.len()
+            )));
+        }
+        let taps = self
+            .taps
+            .iter()
+            .map(|t| t.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
+            .collect();
+        Ok(PseudoOptions {
+            cam: self.cam,
+            taps,
+            bleed_index: self.bleed_index,
+            window: self.window,
+            input_size: self.input_size,
+            channels: self.channels,
+            normalize: self.normalize,
+            scf: (!self.no_scf).then_some(ScfParams { c: self.scf_c, w: self.scf_w }),
+            threshold: self.threshold,
+            aggregate: self.aggregate,
+            crf: (!self.no_crf).then(CrfParams::default),
+            batch: self.batch,
+            ..Default::default()
+        })
+    }
+}
+
+pub fn run(a: &PseudoLabelArgs) -> Result<()> {
+    match (&a.dataset, &a.input) {
+        (Some(dir), _) => dataset(a, dir),
+        (None, Some(input)) => single(a, input),
+        (None, None) => Err(Error::arg("give a CT volume or --dataset DIR")),
+    }
+}
+
+/// The patient number a BCIHM file name carries (`049.nii.gz` -> 49).
+fn patient_of(path: &Path) -> Option<u32> {
+    volume_stem(path)?.parse().ok()
+}
+
+/// The file name without `.nii` / `.nii.gz`.
+fn volume_stem(path: &Path) -> Option<&str> {
+    let name = path.file_name()?.to_str()?;
+    name.strip_suffix(".nii.gz").or_else(|| name.strip_suffix(".nii"))
+}
+
+fn single(a: &PseudoLabelArgs, input: &Path) -> Result<()> {
+    let options = a.options()?;
+    let image = nifti::read(input)?;
+    let nz = image.volume.num_slices();
+    let labels = match &a.labels {
+        Some(csv) => Some(SliceLabelTable::read(csv)?.labels(a.patient.or_else(|| patient_of(input)), nz)?),
+        None => None,
+    };
+    let t_load = Instant::now();
+    let labeler = PseudoLabeler::from_paths(&engine(&a.run)?, &a.classifiers, &options)?;
+    let load_s = t_load.elapsed().as_secs_f64();
+    let bar = progress_bar(a.run.quiet, "pseudo-labelling");
+    let result = labeler.label_with_progress(&image.volume, labels.as_deref(), &mut |p: Progress| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.done as u64);
+        true
+    })?;
+    bar.finish_and_clear();
+    nifti::write_mask(&a.output, &image.header, &result.mask)?;
+    if let Some(path) = &a.cam_out {
+        nifti::write_f32_series(path, &image.header, &result.fused)?;
+    }
+    if !a.run.quiet {
+        print_summary(input, &labeler, &result, labels.is_some(), image.volume.voxel_volume_ml(), load_s);
+    }
+    Ok(())
+}
+
+fn print_summary(input: &Path, labeler: &PseudoLabeler, r: &PseudoLabel, labelled: bool, voxel_ml: f64, load_s: f64) {
+    let [nx, ny, nz] = [r.mask.dim().2, r.mask.dim().1, r.mask.dim().0];
+    println!("input     {} ({nx}x{ny}x{nz} voxels)", input.display());
+    for c in labeler.configs() {
+        println!(
+            "model     {} (input {}x{}x{}, window {}/{}, taps {})",
+            c.name,
+            c.channels,
+            c.input_rows,
+            c.input_cols,
+            c.window_level,
+            c.window_width,
+            c.layers.join(", ")
+        );
+    }
+    let o = labeler.options();
+    println!(
+        "method    {} CAM, SCF {}, BLA {:?} > {}, CRF {}",
+        match o.cam {
+            CamMethod::Sf => "SF",
+            CamMethod::Layer => "Layer",
+            CamMethod::Grad => "Grad",
+        },
+        o.scf.map_or("off".to_string(), |s| format!("c={} w={}", s.c, s.w)),
+        o.aggregate,
+        o.threshold,
+        if o.crf.is_some() { "on" } else { "off" }
+    );
+    let e = labeler.engine();
+    println!("device    {} x{} threads ({})", e.device_name(), e.threads(), e.device_note());
+    let positive: Vec<String> = r.positive.iter().enumerate().filter(|(_, &p)| p).map(|(z, _)| z.to_string()).collect();
+    println!(
+        "slices    {} of {nz} positive ({}): {}",
+        positive.len(),
+        if labelled { "labels" } else { "predicted" },
+        if positive.is_empty() { "none".to_string() } else { positive.join(" ") }
+    );
+    let voxels = r.mask.iter().filter(|&&v| v != 0).count();
+    println!("mask      {voxels} voxels, {:.2} mL", voxels as f64 * voxel_ml);
+    let t = &r.timings;
+    println!(
+        "time      load {load_s:.2} s, preprocess {:.2} s, inference {:.2} s, CAM {:.2} s, fusion {:.2} s, CRF {:.2} s, total {:.2} s",
+        t.preprocess_s, t.inference_s, t.cam_s, t.fusion_s, t.crf_s, t.total_s
+    );
+}
+
+/// What happened to the volumes of a dataset run.
+#[derive(Default)]
+struct Tally {
+    labelled: usize,
+    skipped: usize,
+    failed: Vec<(String, Error)>,
+}
+
+fn dataset(a: &PseudoLabelArgs, dir: &Path) -> Result<()> {
+    let started = Instant::now();
+    let options = a.options()?;
+    let scans = dataset_scans(dir)?;
+    let table = if a.use_predictions {
+        None
+    } else {
+        let csv = dir.join(BCIHM_CSV);
+        if !csv.exists() {
+            return Err(Error::arg(format!(
+                "{} not found: the dataset needs per-slice labels, or pass --use-predictions",
+                csv.display()
+            )));
+        }
+        Some(SliceLabelTable::read(&csv)?)
+    };
+    std::fs::create_dir_all(&a.output).map_err(|e| Error::io(&a.output, e))?;
+    let labeler = PseudoLabeler::from_paths(&engine(&a.run)?, &a.classifiers, &options)?;
+    let bar = volume_bar(a.run.quiet, scans.len());
+    let mut tally = Tally::default();
+    for scan in &scans {
+        let stem = volume_stem(scan).unwrap_or("volume").to_string();
+        let out = a.output.join(format!("{stem}.nii.gz"));
+        bar.set_message(stem.clone());
+        if out.exists() {
+            tally.skipped += 1;
+        } else {
+            match label_one(&labeler, scan, table.as_ref(), &out) {
+                Ok(()) => tally.labelled += 1,
+                Err(e) => {
+                    bar.suspend(|| eprintln!("ichseg: {}: {e}", scan.display()));
+                    tally.failed.push((stem, e));
+                }
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if !a.run.quiet {
+        println!(
+            "volumes   {}: labelled {}, skipped {} (output exists), failed {}",
+            scans.len(),
+            tally.labelled,
+            tally.skipped,
+            tally.failed.len()
+        );
+        println!("output    {}", a.output.display());
+        println!("time      {:.2} s", started.elapsed().as_secs_f64());
+    }
+    if tally.failed.is_empty() {
+        Ok(())
+    } else {
+        let names: Vec<&str> = tally.failed.iter().map(|(n, _)| n.as_str()).collect();
+        Err(Error::arg(format!("{} volume(s) failed: {}", names.len(), names.join(", "))))
+    }
+}
+
+/// `DIR/ct_scans/*.nii[.gz]`, sorted by name.
+fn dataset_scans(dir: &Path) -> Result<Vec<PathBuf>> {
+    let folder = dir.join("ct_scans");
+    let entries = std::fs::read_dir(&folder).map_err(|e| Error::io(&folder, e))?;
+    let mut scans = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io(&folder, e))?.path();
+        if path.is_file() && volume_stem(&path).is_some() {
+            scans.push(path);
+        }
+    }
+    if scans.is_empty() {
+        return Err(Error::arg(format!("{} holds no .nii or .nii.gz volumes", folder.display())));
+    }
+    scans.sort();
+    Ok(scans)
+}
+
+/// Pseudo-labels one dataset volume and writes its mask (atomically).
+fn label_one(labeler: &PseudoLabeler, scan: &Path, table: Option<&SliceLabelTable>, out: &Path) -> Result<()> {
+    let image = nifti::read(scan)?;
+    let labels = match table {
+        Some(t) => {
+            let patient = patient_of(scan).ok_or_else(|| {
+                Error::arg(format!("{}: the file name is not a patient number (NNN.nii[.gz])", scan.display()))
+            })?;
+            Some(t.labels(Some(patient), image.volume.num_slices())?)
+        }
+        None => None,
+    };
+    let result = labeler.label(&image.volume, labels.as_deref())?;
+    nifti::write_mask(out, &image.header, &result.mask)
+}
+
+/// Volumes done of total, drawn only on a terminal and not `--quiet`.
+fn volume_bar(quiet: bool, total: usize) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::hidden());
+    }
+    let bar = ProgressBar::new(total as u64);
+    if let Ok(style) = ProgressStyle::with_template("{msg:>8} [{bar:30}] {pos}/{len} volumes ({elapsed}, eta {eta})") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}

@@ -1,0 +1,638 @@
+//! Job 1 of METHOD.md: slice-labelled CT volumes and `N >= 1` slice classifiers in, pseudo
+//! masks out (SF-CAM -> SCA -> dense CRF).
+//!
+//! For each classifier `j`, [`PseudoLabeler::new`] builds its gradient graph once
+//! ([`crate::model::onnx_grad`]: logits, tap activations `A_i` and `G_i = d y_bleed / d A_i` in
+//! one pass) and plans it on the engine. [`PseudoLabeler::label`] then, per volume:
+//!
+//! 1. windows and resizes every axial slice to the classifier's input (METHOD.md section 2, the
+//!    same [`crate::preprocess::model_input`] the segmenter uses) and runs the graph in batches;
+//! 2. turns each tap's `(A_i, G_i)` into a CAM at the input size ([`tap_cam`]: SF-CAM by
+//!    default, METHOD.md section 3, the first tap amplified by `tanh(lambda * .)`), and resizes
+//!    it bilinearly to the native slice grid: `CAM_ji`, `[nz, ny, nx]`;
+//! 3. softmax bleed probability per slice and model;
+//! 4. fuses (METHOD.md section 4): [`sca::bme`] per tap across models, [`sca::slice_decision`]
+//!    (supplied slice labels replace the prediction), [`sca::scf`] per tap (with SCF off, negative
+//!    slices are still emptied), [`sca::bla`] across taps;
+//! 5. refines every slice that has foreground with the dense CRF ([`crf::refine`]) over the
+//!    slice windowed to grey levels ([`crate::preprocess::window_u8`], first classifier's window).
+//!
+//! Taps are listed shallow first: tap 0 is "layer 1" (the one SF-CAM amplifies). Every
+//! classifier must have the same number of taps (BME averages tap `i` across models).
+//!
+//! ```
+//! use ichseg::{Engine, EngineOptions, OnnxModel, PseudoLabeler, PseudoOptions};
+//! # fn main() -> ichseg::Result<()> {
+//! let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+//! let engine = Engine::new(&EngineOptions { threads: 1, ..Default::default() })?;
+//! let model = OnnxModel::load(&root.join("tests/fixtures/classifier/tiny_classifier.onnx"))?;
+//! // This fixture has no ichseg.taps metadata, so the taps are named here.
+//! let taps = vec!["/layer1/relu_1/Relu_output_0".into(), "/layer2/relu_1/Relu_output_0".into()];
+//! let options = PseudoOptions { taps: vec![taps], ..Default::default() };
+//! let labeler = PseudoLabeler::new(&engine, vec![model], &options)?;
+//! let scan = ichseg::io::nifti::read(&root.join("tests/fixtures/unet/ct_small.nii.gz"))?;
+//! let labels = vec![true; scan.volume.num_slices()]; // slice-level ground truth
+//! let pseudo = labeler.label(&scan.volume, Some(&labels))?;
+//! assert_eq!(pseudo.mask.dim(), scan.volume.data().dim());
+//! assert_eq!(pseudo.fused.len(), 2); // one fused map per tap layer
+//! # Ok(()) }
+//! ```
+
+use crate::cam;
+use crate::crf::{self, CrfParams};
+use crate::error::{Error, Result};
+use crate::model::runtime::Engine;
+use crate::model::{GradientGraph, GradientOptions, ModelKind, OnnxModel};
+use crate::preprocess::{model_input, resize_bilinear, resize_bilinear_into, window_u8, InputSpec};
+use crate::sca::{self, Aggregate, ScfParams};
+use crate::segment::{Progress, DEFAULT_INPUT_SIZE, MAX_BATCH};
+use crate::volume::{Volume, Window};
+use ndarray::{Array2, Array3, ArrayView3, ArrayViewD, Axis, Ix2, Ix3};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tract_onnx::prelude::*;
+
+/// Which class activation map each tap yields (METHOD.md section 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CamMethod {
+    /// SF-CAM: `(C + P * C) / 2` from LayerCAM `C` and the PC1 projection `P`; the first tap
+    /// amplified by `tanh(lambda * CAM / max(CAM))` ([`cam::sfcam`]).
+    #[default]
+    Sf,
+    /// LayerCAM alone: `C = normalize_max(layercam(A, G))` (steps 1-2 of section 3).
+    Layer,
+    /// Grad-CAM, the paper's baseline ([`cam::gradcam`]); taps default to `ichseg.deep_tap`.
+    Grad,
+}
+
+impl std::str::FromStr for CamMethod {
+    type Err = Error;
+    /// `sf`, `layer` or `grad`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "sf" => Ok(CamMethod::Sf),
+            "layer" => Ok(CamMethod::Layer),
+            "grad" => Ok(CamMethod::Grad),
+            _ => Err(Error::arg(format!("unknown CAM method {s:?}: expected sf, layer or grad"))),
+        }
+    }
+}
+
+/// Caller choices for pseudo-labelling. `None` and empty fields fall back to each classifier's
+/// metadata (METHOD.md section 8), then to the defaults listed.
+#[derive(Debug, Clone)]
+pub struct PseudoOptions {
+    /// Default [`CamMethod::Sf`].
+    pub cam: CamMethod,
+    /// SF-CAM's layer-1 amplification `lambda` (default [`cam::DEFAULT_LAMBDA`] = 2).
+    pub lambda: f32,
+    /// Tap tensor names per classifier, shallow first, in the order of the classifiers; a
+    /// missing or empty entry means the model's `ichseg.taps` (for Grad-CAM: `ichseg.deep_tap`).
+    pub taps: Vec<Vec<String>>,
+    /// Logit index of the bleed class, the gradient target; default: metadata, else 1.
+    pub bleed_index: Option<usize>,
+    /// Default: metadata, else level 50 / width 130 HU.
+    pub window: Option<Window>,
+    /// `(rows, cols)`; default: the model's fixed input shape, metadata, else 384x384.
+    pub input_size: Option<(usize, usize)>,
+    /// 1 or 3; default: the model's fixed input shape, metadata, else 1.
+    pub channels: Option<usize>,
+    /// `(mean, std)` after windowing; default: metadata, else none.
+    pub normalize: Option<(f32, f32)>,
+    /// Spatial context fusion; default `Some(c = 2, w = 0.5)` (METHOD.md 4.3). `None` skips the
+    /// fusion but still empties negative slices.
+    pub scf: Option<ScfParams>,
+    /// BLA threshold `TH` (default [`sca::DEFAULT_THRESHOLD`] = 0.2, METHOD.md 4.4).
+    pub threshold: f32,
+    /// BLA aggregation across taps (default OR, METHOD.md 4.4).
+    pub aggregate: Aggregate,
+    /// Dense CRF refinement; default `Some(CrfParams::default())` (METHOD.md 4.5). `None` skips it.
+    pub crf: Option<CrfParams>,
+    /// Slices per network run (default 1).
+    pub batch: usize,
+}
+
+impl Default for PseudoOptions {
+    fn default() -> Self {
+        PseudoOptions {
+            cam: CamMethod::Sf,
+            lambda: cam::DEFAULT_LAMBDA,
+            taps: vec![],
+            bleed_index: None,
+            window: None,
+            input_size: None,
+            channels: None,
+            normalize: None,
+            scf: Some(ScfParams::default()),
+            threshold: sca::DEFAULT_THRESHOLD,
+            aggregate: Aggregate::Or,
+            crf: Some(CrfParams::default()),
+            batch: 1,
+        }
+    }
+}
+
+/// The settings one classifier actually runs with, after metadata and defaults were resolved.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ClassifierConfig {
+    pub name: String,
+    /// Tap layer names (from `ichseg.taps`, else the tensor names), shallow first.
+    pub layers: Vec<String>,
+    /// Tap tensor names, in the same order.
+    pub taps: Vec<String>,
+    pub bleed_index: usize,
+    pub classes: usize,
+    pub window_level: f32,
+    pub window_width: f32,
+    pub input_rows: usize,
+    pub input_cols: usize,
+    pub channels: usize,
+    pub normalize: Option<(f32, f32)>,
+    pub batch: usize,
+}
+
+/// Wall-clock seconds per stage of one [`PseudoLabeler::label`] call.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct PseudoTimings {
+    pub preprocess_s: f64,
+    pub inference_s: f64,
+    /// CAMs from activations and gradients, and their resize to the native grid.
+    pub cam_s: f64,
+    /// BME, slice decision, SCF, BLA.
+    pub fusion_s: f64,
+    pub crf_s: f64,
+    pub total_s: f64,
+}
+
+/// The pseudo label of one volume; every array is `[nz, ny, nx]` on the volume's native grid.
+#[derive(Debug, Clone)]
+pub struct PseudoLabel {
+    /// 1 = hemorrhage, 0 = background (after the CRF when it is on).
+    pub mask: Array3<u8>,
+    /// `cams[j][i]`: classifier `j`'s CAM at tap `i` (`CAM_ji`, values in `[0, 1]`), before fusion.
+    pub cams: Vec<Vec<Array3<f32>>>,
+    /// `fused[i]`: tap `i`'s map after BME and SCF (`SCAM_i`; zero on negative slices), the map
+    /// BLA thresholds.
+    pub fused: Vec<Array3<f32>>,
+    /// `slice_probabilities[j][z]`: classifier `j`'s softmax bleed probability of slice `z`.
+    pub slice_probabilities: Vec<Vec<f32>>,
+    /// The slice decision used: the supplied labels, else the mean probability `>= 0.5`.
+    pub positive: Vec<bool>,
+    pub timings: PseudoTimings,
+}
+
+/// One classifier: its gradient graph and the tract plans built for it.
+struct Classifier {
+    config: ClassifierConfig,
+    graph: OnnxModel,
+    spec: InputSpec,
+    fixed_batch: Option<usize>,
+    plans: Mutex<HashMap<usize, Arc<TypedRunnableModel>>>,
+}
+
+/// Makes pseudo masks from slice classifiers (METHOD.md job 1); see the [module docs](self).
+///
+/// Safe to share between threads: concurrent calls run concurrently on the engine's pool.
+pub struct PseudoLabeler {
+    engine: Engine,
+    classifiers: Vec<Classifier>,
+    options: PseudoOptions,
+    /// The window of the CRF's grey image (the first classifier's).
+    crf_window: Window,
+}
+
+impl std::fmt::Debug for PseudoLabeler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PseudoLabeler").field("classifiers", &self.configs()).field("options", &self.options).finish()
+    }
+}
+
+impl PseudoLabeler {
+    /// Checks the options and the classifiers, builds each classifier's gradient graph and plan.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for no classifiers, out-of-range options, more tap lists than
+    /// classifiers, or classifiers with different numbers of taps; [`Error::InvalidModel`] for a
+    /// model that is not a classifier (segmenter metadata, or an output other than logits
+    /// `[N, K]`) or that cannot be planned; errors of [`GradientGraph::build`] for unknown taps
+    /// or a model without taps.
+    pub fn new(engine: &Engine, classifiers: Vec<OnnxModel>, options: &PseudoOptions) -> Result<Self> {
+        check_options(options, classifiers.len())?;
+        let built: Vec<Classifier> = classifiers
+            .into_iter()
+            .enumerate()
+            .map(|(j, model)| Classifier::new(engine, model, options.taps.get(j).map(Vec::as_slice), options))
+            .collect::<Result<_>>()?;
+        let first = &built[0].config;
+        for (j, c) in built.iter().enumerate().skip(1) {
+            if c.config.taps.len() != first.taps.len() {
+                return Err(Error::arg(format!(
+                    "classifier {j} ({}) has {} tap(s) but classifier 0 ({}) has {}: the ensemble averages tap i across models, so every classifier needs as many taps",
+                    c.config.name,
+                    c.config.taps.len(),
+                    first.name,
+                    first.taps.len()
+                )));
+            }
+        }
+        let crf_window = built[0].spec.window;
+        Ok(PseudoLabeler { engine: engine.clone(), classifiers: built, options: options.clone(), crf_window })
+    }
+
+    /// [`PseudoLabeler::new`] with the classifiers loaded from `.onnx` files.
+    pub fn from_paths<P: AsRef<Path>>(engine: &Engine, paths: &[P], options: &PseudoOptions) -> Result<Self> {
+        let models = paths.iter().map(|p| OnnxModel::load(p.as_ref())).collect::<Result<Vec<_>>>()?;
+        Self::new(engine, models, options)
+    }
+
+    /// The resolved settings of each classifier, in order.
+    pub fn configs(&self) -> Vec<ClassifierConfig> {
+        self.classifiers.iter().map(|c| c.config.clone()).collect()
+    }
+    /// The options in use.
+    pub fn options(&self) -> &PseudoOptions {
+        &self.options
+    }
+    /// The engine (device, threads) it runs on.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+    /// Classifier `j`'s gradient graph as planned (outputs as in [`crate::model::onnx_grad`]).
+    pub fn gradient_model(&self, j: usize) -> Option<&OnnxModel> {
+        self.classifiers.get(j).map(|c| &c.graph)
+    }
+
+    /// Pseudo-labels a volume; `slice_labels` (one per axial slice, `true` = bleeding) replace
+    /// the classifiers' slice decision when given.
+    pub fn label(&self, volume: &Volume, slice_labels: Option<&[bool]>) -> Result<PseudoLabel> {
+        self.label_with_progress(volume, slice_labels, &mut |_| true)
+    }
+
+    /// [`PseudoLabeler::label`], reporting progress after each batch of slices per classifier
+    /// and each CRF slice (`total` = slices x classifiers, plus slices when the CRF is on); the
+    /// callback returns `false` to cancel, which ends the call with [`Error::Cancelled`].
+    pub fn label_with_progress(
+        &self,
+        volume: &Volume,
+        slice_labels: Option<&[bool]>,
+        progress: &mut dyn FnMut(Progress) -> bool,
+    ) -> Result<PseudoLabel> {
+        let started = Instant::now();
+        let nz = volume.num_slices();
+        if let Some(labels) = slice_labels {
+            if labels.len() != nz {
+                return Err(Error::arg(format!(
+                    "{} slice label(s) given for a volume of {nz} slice(s); give one label per axial slice",
+                    labels.len()
+                )));
+            }
+        }
+        let crf_steps = if self.options.crf.is_some() { nz } else { 0 };
+        let mut ticker = Ticker { done: 0, total: nz * self.classifiers.len() + crf_steps, progress };
+        let mut timings = PseudoTimings::default();
+        let mut cams = Vec::with_capacity(self.classifiers.len());
+        let mut slice_probabilities = Vec::with_capacity(self.classifiers.len());
+        for c in &self.classifiers {
+            let (probs, maps) = self.run_classifier(c, volume, &mut timings, &mut ticker)?;
+            slice_probabilities.push(probs);
+            cams.push(maps);
+        }
+        let t = Instant::now();
+        let probs: Vec<&[f32]> = slice_probabilities.iter().map(Vec::as_slice).collect();
+        let positive = sca::slice_decision(&probs, slice_labels)?;
+        let fused = self.fuse(&cams, &positive)?;
+        let views: Vec<ArrayView3<f32>> = fused.iter().map(|m| m.view()).collect();
+        let mut mask = sca::bla(&views, self.options.threshold, self.options.aggregate)?;
+        timings.fusion_s = t.elapsed().as_secs_f64();
+        if let Some(params) = &self.options.crf {
+            let t = Instant::now();
+            self.refine(volume, &mut mask, params, &mut ticker)?;
+            timings.crf_s = t.elapsed().as_secs_f64();
+        }
+        timings.total_s = started.elapsed().as_secs_f64();
+        Ok(PseudoLabel { mask, cams, fused, slice_probabilities, positive, timings })
+    }
+
+    /// Runs one classifier over all slices: its bleed probability per slice and its CAM per tap
+    /// on the native grid.
+    fn run_classifier(
+        &self,
+        c: &Classifier,
+        volume: &Volume,
+        timings: &mut PseudoTimings,
+        ticker: &mut Ticker,
+    ) -> Result<(Vec<f32>, Vec<Array3<f32>>)> {
+        let nz = volume.num_slices();
+        let cfg = &c.config;
+        let mut probs = Vec::with_capacity(nz);
+        let mut maps = vec![Array3::<f32>::zeros(volume.data().dim()); cfg.taps.len()];
+        let mut first = 0;
+        while first < nz {
+            let count = cfg.batch.min(nz - first);
+            let t = Instant::now();
+            let input = model_input(volume, first, count, c.fixed_batch.unwrap_or(count), &c.spec);
+            timings.preprocess_s += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let plan = c.plan(&self.engine, input.dim().0)?;
+            let outputs = self.engine.run(&plan, tvec!(Tensor::from(input).into_tvalue()))?;
+            timings.inference_s += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let logits = f32_view(&outputs[0], &cfg.name, "logits")?
+                .into_dimensionality::<Ix2>()
+                .map_err(|_| Error::Inference(format!("{}: logits are not [N, K]", cfg.name)))?;
+            for b in 0..count {
+                probs.push(c.bleed_probability(logits.index_axis(Axis(0), b))?);
+            }
+            for (i, map) in maps.iter_mut().enumerate() {
+                let acts = f32_view(&outputs[GradientGraph::activation_output(i)], &cfg.name, &cfg.taps[i])?;
+                let grads = f32_view(&outputs[GradientGraph::gradient_output(i)], &cfg.name, &cfg.taps[i])?;
+                for b in 0..count {
+                    let a = slice_view(&acts, b, &cfg.name, &cfg.taps[i])?;
+                    let g = slice_view(&grads, b, &cfg.name, &cfg.taps[i])?;
+                    let cam_in =
+                        tap_cam(self.options.cam, a, g, (cfg.input_rows, cfg.input_cols), i == 0, self.options.lambda)?;
+                    resize_bilinear_into(cam_in.view(), map.index_axis_mut(Axis(0), first + b));
+                }
+            }
+            timings.cam_s += t.elapsed().as_secs_f64();
+            first += count;
+            ticker.advance(count)?;
+        }
+        Ok((probs, maps))
+    }
+
+    /// `fused[i] = SCF(BME_j(cams[j][i]))`, or with SCF off the ensemble with negative slices
+    /// emptied.
+    fn fuse(&self, cams: &[Vec<Array3<f32>>], positive: &[bool]) -> Result<Vec<Array3<f32>>> {
+        let scf = self.options.scf.unwrap_or(ScfParams { c: 0, w: 0.0 });
+        (0..cams[0].len())
+            .map(|i| {
+                let per_model: Vec<ArrayView3<f32>> = cams.iter().map(|m| m[i].view()).collect();
+                sca::scf(sca::bme(&per_model)?.view(), positive, &scf)
+            })
+            .collect()
+    }
+
+    /// Dense CRF over every slice with foreground; empty slices stay empty.
+    fn refine(&self, volume: &Volume, mask: &mut Array3<u8>, params: &CrfParams, ticker: &mut Ticker) -> Result<()> {
+        for z in 0..volume.num_slices() {
+            let mut slice = mask.index_axis_mut(Axis(0), z);
+            if slice.iter().any(|&v| v != 0) {
+                let image = window_u8(volume.slice(z), self.crf_window);
+                let refined = crf::refine(image.view(), slice.view(), params)?;
+                slice.assign(&refined);
+            }
+            ticker.advance(1)?;
+        }
+        Ok(())
+    }
+}
+
+/// One tap's CAM at the input size `[rows, cols]`, values in `[0, 1]`, from its activations
+/// `a` and gradients `g` (`[K, h, w]`): SF-CAM ([`cam::sfcam`], amplified when `first_layer`),
+/// LayerCAM (`normalize_max(layercam)`) or Grad-CAM, upsampled bilinearly.
+pub fn tap_cam(
+    method: CamMethod,
+    a: ArrayView3<f32>,
+    g: ArrayView3<f32>,
+    (rows, cols): (usize, usize),
+    first_layer: bool,
+    lambda: f32,
+) -> Result<Array2<f32>> {
+    match method {
+        CamMethod::Sf => cam::sfcam(a, g, rows, cols, first_layer, lambda),
+        CamMethod::Layer => Ok(resize_bilinear(cam::normalize_max(cam::layercam(a, g)?.view()).view(), rows, cols)),
+        CamMethod::Grad => Ok(resize_bilinear(cam::gradcam(a, g)?.view(), rows, cols)),
+    }
+}
+
+/// Counts finished steps and asks the caller's callback whether to go on.
+struct Ticker<'a> {
+    done: usize,
+    total: usize,
+    progress: &'a mut dyn FnMut(Progress) -> bool,
+}
+
+impl Ticker<'_> {
+    fn advance(&mut self, steps: usize) -> Result<()> {
+        self.done += steps;
+        if (self.progress)(Progress { done: self.done, total: self.total }) {
+            Ok(())
+        } else {
+            Err(Error::Cancelled)
+        }
+    }
+}
+
+fn check_options(options: &PseudoOptions, classifiers: usize) -> Result<()> {
+    if classifiers == 0 {
+        return Err(Error::arg("pseudo-labelling needs at least one classifier"));
+    }
+    if options.taps.len() > classifiers {
+        return Err(Error::arg(format!(
+            "{} tap list(s) given for {classifiers} classifier(s); give at most one per classifier",
+            options.taps.len()
+        )));
+    }
+    if !(options.threshold.is_finite() && (0.0..=1.0).contains(&options.threshold)) {
+        return Err(Error::arg(format!("threshold must lie in [0, 1], got {}", options.threshold)));
+    }
+    if !(options.lambda.is_finite() && options.lambda >= 0.0) {
+        return Err(Error::arg(format!("lambda must be finite and >= 0, got {}", options.lambda)));
+    }
+    if options.batch == 0 || options.batch > MAX_BATCH {
+        return Err(Error::arg(format!("batch must be 1..={MAX_BATCH}, got {}", options.batch)));
+    }
+    if let Some(scf) = &options.scf {
+        if !(scf.w.is_finite() && scf.w >= 0.0) {
+            return Err(Error::arg(format!("SCF weight w must be finite and >= 0, got {}", scf.w)));
+        }
+    }
+    if let Some(crf) = &options.crf {
+        crf.validate()?;
+    }
+    if let Some(w) = options.window {
+        if !(w.width > 0.0 && w.width.is_finite() && w.level.is_finite()) {
+            return Err(Error::arg(format!("window width must be positive, got {}", w.width)));
+        }
+    }
+    if let Some((m, sd)) = options.normalize {
+        if !(m.is_finite() && sd.is_finite() && sd > 0.0) {
+            return Err(Error::arg(format!("normalisation needs a finite mean and a positive std, got {m}, {sd}")));
+        }
+    }
+    Ok(())
+}
+
+impl Classifier {
+    fn new(engine: &Engine, model: OnnxModel, taps: Option<&[String]>, options: &PseudoOptions) -> Result<Self> {
+        let name = model.name.clone();
+        let meta = &model.metadata;
+        if meta.kind == Some(ModelKind::Segmenter) {
+            return Err(Error::InvalidModel(format!(
+                "{name} is a segmenter (ichseg.kind = segmenter); pseudo-labelling needs slice classifiers"
+            )));
+        }
+        let input = model.inputs.first().filter(|_| model.inputs.len() == 1).ok_or_else(|| {
+            Error::InvalidModel(format!(
+                "{name} has {} inputs; a classifier takes exactly one image input [N, C, H, W]",
+                model.inputs.len()
+            ))
+        })?;
+        let (layers, tensors) = resolve_taps(&model, taps, options.cam)?;
+        let bleed_index = options.bleed_index.or(meta.bleed_index).unwrap_or(1);
+        let declared = input.fixed_dim(2).zip(input.fixed_dim(3));
+        let size = match (declared, options.input_size) {
+            (Some(d), Some(o)) if d != o => {
+                return Err(Error::InvalidModel(format!(
+                    "{name}: input size {}x{} was requested but the model input is fixed at {}x{}",
+                    o.0, o.1, d.0, d.1
+                )))
+            }
+            (Some(d), _) => d,
+            (None, o) => o.or(meta.input_size).unwrap_or(DEFAULT_INPUT_SIZE),
+        };
+        let channels = match input.fixed_dim(1) {
+            Some(_) => options.channels,
+            None => Some(options.channels.or(meta.channels).unwrap_or(1)),
+        };
+        let grad_options = GradientOptions {
+            target: bleed_index,
+            taps: tensors.clone(),
+            input_size: Some(size),
+            channels,
+            ..Default::default()
+        };
+        let graph = model.gradient_graph(&grad_options)?;
+        let [_, channels, rows, cols] = graph.input_shape;
+        if channels != 1 && channels != 3 {
+            return Err(Error::InvalidModel(format!("{name}: {channels} input channels; expected 1 or 3")));
+        }
+        let graph_model = graph.model(&format!("{name} (gradients)"))?;
+        let fixed_batch = input.fixed_dim(0);
+        let spec = InputSpec {
+            window: options.window.or(meta.window).unwrap_or_default(),
+            rows,
+            cols,
+            channels,
+            normalize: options.normalize.or(meta.normalize),
+        };
+        let classifier = Classifier {
+            config: ClassifierConfig {
+                name,
+                layers,
+                taps: tensors,
+                bleed_index,
+                classes: 0, // from the plan's output shape, below
+                window_level: spec.window.level,
+                window_width: spec.window.width,
+                input_rows: rows,
+                input_cols: cols,
+                channels,
+                normalize: spec.normalize,
+                batch: fixed_batch.unwrap_or(options.batch),
+            },
+            graph: graph_model,
+            spec,
+            fixed_batch,
+            plans: Mutex::new(HashMap::new()),
+        };
+        let plan = classifier.plan(engine, classifier.config.batch)?;
+        let classes = classifier.logit_count(&plan)?;
+        Ok(Classifier { config: ClassifierConfig { classes, ..classifier.config.clone() }, ..classifier })
+    }
+
+    /// The optimised plan for a batch size, built once and cached.
+    fn plan(&self, engine: &Engine, batch: usize) -> Result<Arc<TypedRunnableModel>> {
+        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = plans.get(&batch) {
+            return Ok(p.clone());
+        }
+        let s = &self.spec;
+        let plan = engine.plan(&self.graph, [batch, s.channels, s.rows, s.cols])?;
+        plans.insert(batch, plan.clone());
+        Ok(plan)
+    }
+
+    /// `K` of the `[N, K]` logits, checking the model is a classifier with the bleed class.
+    fn logit_count(&self, plan: &Arc<TypedRunnableModel>) -> Result<usize> {
+        let name = &self.config.name;
+        let outlet = plan.model().output_outlets().map_err(|e| Error::InvalidModel(e.to_string()))?[0];
+        let fact = plan.model().outlet_fact(outlet).map_err(|e| Error::InvalidModel(e.to_string()))?;
+        let shape: Vec<usize> = fact.shape.as_concrete().map(|s| s.to_vec()).unwrap_or_default();
+        if shape.len() != 2 || fact.datum_type != f32::datum_type() {
+            return Err(Error::InvalidModel(format!(
+                "{name} is not a slice classifier: its first output is {:?} {:?}, expected float32 logits [N, K]",
+                fact.datum_type, fact.shape
+            )));
+        }
+        let (classes, bleed) = (shape[1], self.config.bleed_index);
+        if classes == 1 && bleed != 0 {
+            return Err(Error::InvalidModel(format!(
+                "{name}: bleed index {bleed} requested but the model outputs a single (sigmoid) logit"
+            )));
+        }
+        if classes > 1 && bleed >= classes {
+            return Err(Error::InvalidModel(format!(
+                "{name}: bleed index {bleed} is out of range for {classes} output logits"
+            )));
+        }
+        Ok(classes)
+    }
+
+    /// Softmax probability of the bleed logit (sigmoid for a single logit).
+    fn bleed_probability(&self, logits: ndarray::ArrayView1<f32>) -> Result<f32> {
+        let b = self.config.bleed_index;
+        let lb = *logits.get(b).ok_or_else(|| Error::Inference(format!("{}: no logit {b}", self.config.name)))?;
+        if logits.len() == 1 {
+            return Ok(1.0 / (1.0 + (-lb).exp()));
+        }
+        // p_b = 1 / sum_k exp(l_k - l_b)
+        Ok(1.0 / logits.iter().map(|&l| (l - lb).exp()).sum::<f32>())
+    }
+}
+
+/// `(layer names, tensor names)`: the caller's tensors, else `ichseg.taps` (Grad-CAM:
+/// `ichseg.deep_tap`).
+fn resolve_taps(model: &OnnxModel, taps: Option<&[String]>, method: CamMethod) -> Result<(Vec<String>, Vec<String>)> {
+    if let Some(t) = taps.filter(|t| !t.is_empty()) {
+        return Ok((t.to_vec(), t.to_vec()));
+    }
+    let meta = &model.metadata;
+    if method == CamMethod::Grad {
+        return match &meta.deep_tap {
+            Some(t) => Ok((vec!["deep".into()], vec![t.clone()])),
+            None => Err(Error::arg(format!(
+                "{}: Grad-CAM needs a deep tap: the model has no ichseg.deep_tap, name the tap tensor",
+                model.name
+            ))),
+        };
+    }
+    if meta.taps.is_empty() {
+        return Err(Error::arg(format!(
+            "{}: no taps given and the model has no ichseg.taps metadata (name the tap tensors; `ichseg inspect` lists candidates)",
+            model.name
+        )));
+    }
+    Ok(meta.taps.iter().cloned().unzip())
+}
+
+/// A float32 output as an array view.
+fn f32_view<'a>(value: &'a TValue, model: &str, what: &str) -> Result<ArrayViewD<'a, f32>> {
+    value
+        .to_plain_array_view::<f32>()
+        .map_err(|e| Error::Inference(format!("{model}: output {what} is not float32: {e}")))
+}
+
+/// Image `b` of an `[N, K, h, w]` tap output.
+fn slice_view<'a>(batch: &ArrayViewD<'a, f32>, b: usize, model: &str, tap: &str) -> Result<ArrayView3<'a, f32>> {
+    batch.clone().index_axis_move(Axis(0), b).into_dimensionality::<Ix3>().map_err(|_| {
+        Error::Inference(format!(
+            "{model}: tap {tap} has shape {:?}; CAMs need [N, K, h, w] feature maps",
+            batch.shape()
+        ))
+    })
+}

@@ -1,0 +1,157 @@
+//! `ichseg pseudo-label` end to end: one scan (predictions, a labels CSV, the CAM output), a
+//! BCIHM-layout dataset that resumes, and bad input that fails clearly and writes nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const TINY_TAPS: &str = "/layer1/relu_1/Relu_output_0,/layer2/relu_1/Relu_output_0";
+const RESNET_TAPS: &str = "/layer1/layer1.1/relu_1/Relu_output_0,/layer2/layer2.1/relu_1/Relu_output_0";
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+}
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+/// `ichseg pseudo-label` with both fixture classifiers (taps named) and `args`.
+fn pseudo(args: &[&str]) -> Output {
+    let tiny = fixture("classifier/tiny_classifier.onnx");
+    let resnet = fixture("grad/resnet_basic_op17_fused.onnx");
+    let mut all = vec!["pseudo-label", "--classifier", p(&tiny), "--taps", TINY_TAPS];
+    all.extend(["--classifier", p(&resnet), "--taps", RESNET_TAPS, "--threads", "2"]);
+    all.extend(args);
+    Command::new(env!("CARGO_BIN_EXE_ichseg")).args(&all).output().expect("run ichseg")
+}
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn ct() -> PathBuf {
+    fixture("unet/ct_small.nii.gz")
+}
+fn voxels(mask: &Path) -> usize {
+    ichseg::io::nifti::read_mask(mask).unwrap().1.iter().filter(|&&v| v == 1).count()
+}
+
+#[test]
+fn single_scan_with_predictions_and_cam_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mask, cams) = (dir.path().join("m.nii.gz"), dir.path().join("cams.nii"));
+    let out = pseudo(&[p(&ct()), "-o", p(&mask), "--cam-out", p(&cams), "--use-predictions"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("(predicted)"), "{}", stdout(&out));
+    let input = ichseg::io::nifti::read(&ct()).unwrap();
+    let (header, m) = ichseg::io::nifti::read_mask(&mask).unwrap();
+    assert!(header.same_geometry(&input.header));
+    assert_eq!(header.datatype(), 2);
+    assert_eq!(m.dim(), input.volume.data().dim());
+    // the CAM file: float32, 4D, one volume per tap layer
+    let raw = std::fs::read(&cams).unwrap();
+    let dim: Vec<i16> = (0..5).map(|i| i16::from_le_bytes([raw[40 + 2 * i], raw[41 + 2 * i]])).collect();
+    assert_eq!(dim, [4, 80, 70, 4, 2]);
+    assert_eq!(i16::from_le_bytes([raw[70], raw[71]]), 16);
+    assert_eq!(raw.len(), 352 + 80 * 70 * 4 * 2 * 4);
+}
+
+#[test]
+fn labels_csv_decides_the_slices() {
+    let dir = tempfile::tempdir().unwrap();
+    let (neg, pos) = (dir.path().join("neg.csv"), dir.path().join("pos.csv"));
+    std::fs::write(&neg, "slice,label\n0,0\n1,0\n2,0\n3,0\n").unwrap();
+    std::fs::write(&pos, "slice,label\n0,1\n1,1\n2,1\n3,1\n").unwrap();
+    let empty = dir.path().join("empty.nii.gz");
+    let out = pseudo(&[p(&ct()), "-o", p(&empty), "--labels", p(&neg), "--quiet"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout.is_empty(), "--quiet prints nothing");
+    assert_eq!(voxels(&empty), 0, "all slices negative: empty mask");
+    let full = dir.path().join("full.nii.gz");
+    let out = pseudo(&[p(&ct()), "-o", p(&full), "--labels", p(&pos)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("4 of 4 positive (labels)"), "{}", stdout(&out));
+    let with_crf = voxels(&full);
+    assert!(with_crf > 0);
+    // switching modules off changes the mask
+    let plain = dir.path().join("plain.nii.gz");
+    let out = pseudo(&[p(&ct()), "-o", p(&plain), "--labels", p(&pos), "--no-crf", "--no-scf", "-q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_ne!(voxels(&plain), with_crf);
+
+    // a BCIHM CSV: the patient comes from the scan's file name
+    let scan = dir.path().join("007.nii.gz");
+    std::fs::copy(ct(), &scan).unwrap();
+    let bcihm = dir.path().join("hemorrhage_diagnosis_raw_ct.csv");
+    let mut text = String::from("PatientNumber,SliceNumber,Intraventricular,No_Hemorrhage,Fracture_Yes_No\n");
+    for s in 1..=4 {
+        text += &format!("7,{s},1,0,0\n8,{s},0,1,0\n");
+    }
+    std::fs::write(&bcihm, text).unwrap();
+    let from_bcihm = dir.path().join("bcihm.nii.gz");
+    let out = pseudo(&[p(&scan), "-o", p(&from_bcihm), "--labels", p(&bcihm), "-q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(voxels(&from_bcihm), with_crf, "patient 7 is bleeding on every slice");
+    let out = pseudo(&[p(&scan), "-o", p(&from_bcihm), "--labels", p(&bcihm), "--patient", "8", "-q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(voxels(&from_bcihm), 0, "patient 8 has no bleeding");
+}
+
+#[test]
+fn bad_labels_fail_clearly_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mask = dir.path().join("m.nii.gz");
+    let csv = dir.path().join("l.csv");
+    std::fs::write(&csv, "slice,label\n0,1\n1,yes\n2,0\n3,0\n").unwrap();
+    let out = pseudo(&[p(&ct()), "-o", p(&mask), "--labels", p(&csv)]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("l.csv line 3") && err.contains("\"yes\""), "{err}");
+    std::fs::write(&csv, "slice,label\n0,1\n1,1\n2,0\n").unwrap();
+    let out = pseudo(&[p(&ct()), "-o", p(&mask), "--labels", p(&csv)]);
+    assert!(stderr(&out).contains("no label for slice 3"), "{}", stderr(&out));
+    assert!(!mask.exists());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary files left");
+    let out = pseudo(&[p(&ct()), "-o", p(&mask), "--labels", p(&csv), "--use-predictions"]);
+    assert!(!out.status.success(), "--labels and --use-predictions conflict");
+}
+
+#[test]
+fn dataset_mode_writes_every_volume_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = dir.path().join("bcihm");
+    std::fs::create_dir_all(ds.join("ct_scans")).unwrap();
+    for n in ["049.nii.gz", "050.nii.gz"] {
+        std::fs::copy(ct(), ds.join("ct_scans").join(n)).unwrap();
+    }
+    let mut text = String::from("PatientNumber,SliceNumber,No_Hemorrhage\n");
+    for s in 1..=4 {
+        text += &format!("49,{s},0\n50,{s},1\n");
+    }
+    std::fs::write(ds.join("hemorrhage_diagnosis_raw_ct.csv"), text).unwrap();
+    let out_dir = dir.path().join("pseudo");
+    let run = || pseudo(&["--dataset", p(&ds), "-o", p(&out_dir)]);
+
+    let out = run();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("volumes   2: labelled 2, skipped 0"), "{}", stdout(&out));
+    assert!(voxels(&out_dir.join("049.nii.gz")) > 0);
+    assert_eq!(voxels(&out_dir.join("050.nii.gz")), 0);
+
+    let out = run();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("labelled 0, skipped 2"), "{}", stdout(&out));
+
+    std::fs::remove_file(out_dir.join("050.nii.gz")).unwrap();
+    let out = run();
+    assert!(stdout(&out).contains("labelled 1, skipped 1"), "{}", stdout(&out));
+    assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 2, "only the masks, no temporary files");
+
+    // a volume the CSV does not cover fails alone; the others are still written
+    std::fs::copy(ct(), ds.join("ct_scans").join("051.nii.gz")).unwrap();
+    std::fs::remove_dir_all(&out_dir).unwrap();
+    let out = run();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no slice labels for patient 51"), "{}", stderr(&out));
+    assert!(stdout(&out).contains("labelled 2, skipped 0 (output exists), failed 1"), "{}", stdout(&out));
+    assert!(!out_dir.join("051.nii.gz").exists());
+}

@@ -1,0 +1,321 @@
+//! The pseudo-labeller (METHOD.md job 1) end to end on the committed fixtures: determinism,
+//! geometry, labels against predictions, each module's effect, CAM plumbing parity with
+//! `ichseg::cam`, error paths and cancellation.
+
+use ichseg::cam;
+use ichseg::io::nifti;
+use ichseg::preprocess::{model_input, resize_bilinear, InputSpec};
+use ichseg::pseudo::tap_cam;
+use ichseg::sca::{self, Aggregate, ScfParams};
+use ichseg::{CamMethod, Engine, EngineOptions, Error, OnnxModel, PseudoLabeler, PseudoOptions, Volume, Window};
+use ndarray::{s, Array2, Array3, ArrayView3, Axis, Ix3};
+use std::path::{Path, PathBuf};
+use tract_onnx::prelude::*;
+
+const TINY_TAPS: [&str; 2] = ["/layer1/relu_1/Relu_output_0", "/layer2/relu_1/Relu_output_0"];
+const RESNET_TAPS: [&str; 2] = ["/layer1/layer1.1/relu_1/Relu_output_0", "/layer2/layer2.1/relu_1/Relu_output_0"];
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+}
+fn engine() -> Engine {
+    Engine::new(&EngineOptions { threads: 2, ..Default::default() }).unwrap()
+}
+fn tiny() -> OnnxModel {
+    OnnxModel::load(&fixture("classifier/tiny_classifier.onnx")).unwrap()
+}
+fn resnet() -> OnnxModel {
+    OnnxModel::load(&fixture("grad/resnet_basic_op17_fused.onnx")).unwrap()
+}
+fn taps(t: &[&str]) -> Vec<String> {
+    t.iter().map(|s| s.to_string()).collect()
+}
+fn ct() -> Volume {
+    nifti::read(&fixture("unet/ct_small.nii.gz")).unwrap().volume
+}
+/// Two classifiers (the tiny ResNet and the small torchvision-style one), taps named.
+fn two_models(options: PseudoOptions) -> PseudoLabeler {
+    let options = PseudoOptions { taps: vec![taps(&TINY_TAPS), taps(&RESNET_TAPS)], ..options };
+    PseudoLabeler::new(&engine(), vec![tiny(), resnet()], &options).unwrap()
+}
+fn one_model(options: PseudoOptions) -> PseudoLabeler {
+    let options = PseudoOptions { taps: vec![taps(&TINY_TAPS)], ..options };
+    PseudoLabeler::new(&engine(), vec![tiny()], &options).unwrap()
+}
+fn max_abs_diff(a: &Array3<f32>, b: &Array3<f32>) -> f32 {
+    a.iter().zip(b.iter()).fold(0.0, |m, (x, y)| m.max((x - y).abs()))
+}
+
+#[test]
+fn deterministic_and_on_the_native_grid() {
+    let volume = ct();
+    let dim = volume.data().dim();
+    let labeler = two_models(PseudoOptions::default());
+    let labels = [true, true, false, true];
+    let a = labeler.label(&volume, Some(&labels)).unwrap();
+    let b = labeler.label(&volume, Some(&labels)).unwrap();
+    assert_eq!(a.mask, b.mask);
+    assert_eq!(a.fused, b.fused);
+    assert_eq!(a.mask.dim(), dim);
+    assert!(a.mask.iter().all(|&v| v <= 1));
+    assert_eq!(a.positive, labels);
+    assert_eq!(a.cams.len(), 2);
+    assert_eq!(a.fused.len(), 2);
+    for maps in a.cams.iter().chain([&a.fused]) {
+        for m in maps {
+            assert_eq!(m.dim(), dim);
+            assert!(m.iter().all(|&v| (0.0..=1.0 + 1e-6).contains(&v)), "CAM values in [0, 1]");
+        }
+    }
+    assert!(a.cams[0][0].iter().any(|&v| v > 0.0), "some activation");
+    assert_eq!(a.slice_probabilities.len(), 2);
+    assert!(a.slice_probabilities.iter().all(|p| p.len() == 4 && p.iter().all(|v| (0.0..=1.0).contains(v))));
+    // the negative slice is empty, in the fused maps and the mask
+    assert!(a.fused.iter().all(|m| m.index_axis(Axis(0), 2).iter().all(|&v| v == 0.0)));
+    assert!(a.mask.index_axis(Axis(0), 2).iter().all(|&v| v == 0));
+    assert!(a.mask.iter().any(|&v| v == 1), "a non-trivial mask on the positive slices");
+    let cfg = labeler.configs();
+    assert_eq!((cfg[0].input_rows, cfg[0].channels, cfg[0].classes, cfg[0].bleed_index), (64, 3, 2, 1));
+    assert_eq!(cfg[1].window_level, 50.0, "no metadata: the default window");
+}
+
+#[test]
+fn all_slices_labelled_negative_give_an_empty_mask() {
+    let volume = ct();
+    let r = two_models(PseudoOptions::default()).label(&volume, Some(&[false; 4])).unwrap();
+    assert!(r.mask.iter().all(|&v| v == 0));
+    assert!(r.fused.iter().all(|m| m.iter().all(|&v| v == 0.0)));
+    assert!(r.cams[0][0].iter().any(|&v| v > 0.0), "the CAMs themselves are still there");
+}
+
+#[test]
+fn predictions_decide_the_slices_without_labels() {
+    let volume = ct();
+    let r = two_models(PseudoOptions::default()).label(&volume, None).unwrap();
+    let want: Vec<bool> =
+        (0..4).map(|z| (r.slice_probabilities[0][z] + r.slice_probabilities[1][z]) / 2.0 >= 0.5).collect();
+    assert_eq!(r.positive, want);
+    let labelled = two_models(PseudoOptions::default()).label(&volume, Some(&want)).unwrap();
+    assert_eq!(labelled.mask, r.mask, "labels equal to the prediction give the same mask");
+}
+
+#[test]
+fn without_crf_the_mask_is_the_thresholded_fused_map() {
+    let volume = ct();
+    let labels = [true; 4];
+    let plain = two_models(PseudoOptions { crf: None, ..Default::default() }).label(&volume, Some(&labels)).unwrap();
+    let views: Vec<ArrayView3<f32>> = plain.fused.iter().map(|m| m.view()).collect();
+    assert_eq!(plain.mask, sca::bla(&views, 0.2, Aggregate::Or).unwrap());
+    // fused = SCF(BME(cams)) per tap
+    for i in 0..2 {
+        let ecam = sca::bme(&[plain.cams[0][i].view(), plain.cams[1][i].view()]).unwrap();
+        let scam = sca::scf(ecam.view(), &labels, &ScfParams::default()).unwrap();
+        assert!(max_abs_diff(&scam, &plain.fused[i]) < 1e-6);
+    }
+    let crf = two_models(PseudoOptions::default()).label(&volume, Some(&labels)).unwrap();
+    assert_ne!(crf.mask, plain.mask, "the CRF moves some voxels");
+    assert_eq!(crf.fused, plain.fused, "the CRF only touches the mask");
+    let and = two_models(PseudoOptions { crf: None, aggregate: Aggregate::And, ..Default::default() })
+        .label(&volume, Some(&labels))
+        .unwrap();
+    assert!(and.mask.iter().zip(plain.mask.iter()).all(|(&a, &o)| a <= o), "AND is inside OR");
+    let none = two_models(PseudoOptions { crf: None, threshold: 1.0, ..Default::default() })
+        .label(&volume, Some(&labels))
+        .unwrap();
+    assert!(none.mask.iter().all(|&v| v == 0), "nothing exceeds 1");
+}
+
+#[test]
+fn switching_modules_off_changes_the_result() {
+    let volume = ct();
+    let labels = [true; 4];
+    let base = two_models(PseudoOptions { crf: None, ..Default::default() }).label(&volume, Some(&labels)).unwrap();
+    let no_scf =
+        two_models(PseudoOptions { crf: None, scf: None, ..Default::default() }).label(&volume, Some(&labels)).unwrap();
+    assert_ne!(base.fused, no_scf.fused);
+    assert_eq!(base.cams, no_scf.cams);
+    for i in 0..2 {
+        let ecam = sca::bme(&[no_scf.cams[0][i].view(), no_scf.cams[1][i].view()]).unwrap();
+        assert!(max_abs_diff(&ecam, &no_scf.fused[i]) < 1e-6, "without SCF: the ensemble itself");
+    }
+    let layer = two_models(PseudoOptions { crf: None, cam: CamMethod::Layer, ..Default::default() })
+        .label(&volume, Some(&labels))
+        .unwrap();
+    assert_ne!(layer.cams, base.cams);
+    let single = one_model(PseudoOptions { crf: None, ..Default::default() }).label(&volume, Some(&labels)).unwrap();
+    assert_eq!(single.cams[0], base.cams[0], "a classifier's CAMs do not depend on its partners");
+    assert_ne!(single.fused, base.fused, "BME");
+}
+
+#[test]
+fn batching_does_not_change_the_maps() {
+    let volume = ct();
+    let labels = [true; 4];
+    let one = one_model(PseudoOptions { crf: None, ..Default::default() }).label(&volume, Some(&labels)).unwrap();
+    let three =
+        one_model(PseudoOptions { crf: None, batch: 3, ..Default::default() }).label(&volume, Some(&labels)).unwrap();
+    for (a, b) in one.fused.iter().zip(&three.fused) {
+        assert!(max_abs_diff(a, b) < 1e-4);
+    }
+    for (a, b) in one.slice_probabilities[0].iter().zip(&three.slice_probabilities[0]) {
+        assert!((a - b).abs() < 1e-5);
+    }
+}
+
+/// The pipeline's maps equal `ichseg::cam` applied to the gradient graph's own outputs for the
+/// same preprocessed slice: the plumbing (output order, batch indexing, resizes) is right.
+#[test]
+fn cam_parity_with_the_cam_module() {
+    let volume = ct();
+    let (ny, nx) = (volume.data().dim().1, volume.data().dim().2);
+    let z = 2;
+    for method in [CamMethod::Layer, CamMethod::Sf] {
+        let labeler = one_model(PseudoOptions { crf: None, cam: method, batch: 2, ..Default::default() });
+        let got = labeler.label(&volume, Some(&[true; 4])).unwrap();
+        let graph = labeler.gradient_model(0).unwrap();
+        let spec = InputSpec { window: Window::default(), rows: 64, cols: 64, channels: 3, normalize: None };
+        let input = model_input(&volume, z, 1, 1, &spec);
+        let plan = graph.plan([1, 3, 64, 64]).unwrap();
+        let out = plan.run(tvec!(Tensor::from(input).into_tvalue())).unwrap();
+        for i in 0..2 {
+            let view = |k: usize| {
+                out[k]
+                    .to_plain_array_view::<f32>()
+                    .unwrap()
+                    .index_axis_move(Axis(0), 0)
+                    .into_dimensionality::<Ix3>()
+                    .unwrap()
+                    .to_owned()
+            };
+            let (a, g) = (view(1 + 2 * i), view(2 + 2 * i));
+            let at_input: Array2<f32> = match method {
+                CamMethod::Layer => resize_bilinear(
+                    cam::normalize_max(cam::layercam(a.view(), g.view()).unwrap().view()).view(),
+                    64,
+                    64,
+                ),
+                _ => cam::sfcam(a.view(), g.view(), 64, 64, i == 0, cam::DEFAULT_LAMBDA).unwrap(),
+            };
+            assert_eq!(tap_cam(method, a.view(), g.view(), (64, 64), i == 0, 2.0).unwrap(), at_input);
+            let want = resize_bilinear(at_input.view(), ny, nx);
+            let have = got.cams[0][i].slice(s![z, .., ..]);
+            let err = want.iter().zip(have.iter()).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err < 1e-5, "{method:?} tap {i}: max difference {err}");
+        }
+    }
+}
+
+/// A copy of the tiny classifier carrying `ichseg.taps` (and `ichseg.deep_tap`) metadata.
+fn tiny_with_tap_metadata() -> OnnxModel {
+    use prost::Message;
+    let bytes = std::fs::read(fixture("classifier/tiny_classifier.onnx")).unwrap();
+    let mut proto = tract_onnx::pb::ModelProto::decode(&*bytes).unwrap();
+    for (k, v) in [
+        ("ichseg.taps", format!("layer1={},layer2={}", TINY_TAPS[0], TINY_TAPS[1])),
+        ("ichseg.deep_tap", TINY_TAPS[1].to_string()),
+    ] {
+        proto.metadata_props.push(tract_onnx::pb::StringStringEntryProto { key: k.into(), value: v });
+    }
+    OnnxModel::from_bytes(&proto.encode_to_vec(), "tiny_meta.onnx").unwrap()
+}
+
+#[test]
+fn taps_come_from_metadata_and_grad_cam_uses_the_deep_tap() {
+    let volume = ct();
+    let labels = [true; 4];
+    let options = PseudoOptions { crf: None, ..Default::default() };
+    let meta = PseudoLabeler::new(&engine(), vec![tiny_with_tap_metadata()], &options).unwrap();
+    assert_eq!(meta.configs()[0].layers, ["layer1", "layer2"]);
+    let explicit = one_model(options.clone());
+    assert_eq!(
+        meta.label(&volume, Some(&labels)).unwrap().fused,
+        explicit.label(&volume, Some(&labels)).unwrap().fused
+    );
+    let grad = PseudoLabeler::new(
+        &engine(),
+        vec![tiny_with_tap_metadata()],
+        &PseudoOptions { cam: CamMethod::Grad, ..options.clone() },
+    )
+    .unwrap();
+    assert_eq!(grad.configs()[0].taps, [TINY_TAPS[1]]);
+    let r = grad.label(&volume, Some(&labels)).unwrap();
+    assert_eq!(r.fused.len(), 1);
+    // without metadata, Grad-CAM needs a named tap
+    let err = PseudoLabeler::new(&engine(), vec![tiny()], &PseudoOptions { cam: CamMethod::Grad, ..options })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("deep_tap"), "{err}");
+}
+
+#[test]
+fn progress_counts_every_step_and_can_cancel() {
+    let volume = ct();
+    let labeler = two_models(PseudoOptions { batch: 3, ..Default::default() });
+    let mut seen = vec![];
+    labeler
+        .label_with_progress(&volume, Some(&[true; 4]), &mut |p| {
+            seen.push((p.done, p.total));
+            true
+        })
+        .unwrap();
+    // two classifiers x (3 + 1 slices), then 4 CRF slices
+    assert_eq!(seen, [(3, 12), (4, 12), (7, 12), (8, 12), (9, 12), (10, 12), (11, 12), (12, 12)]);
+    let mut calls = 0;
+    let err = labeler
+        .label_with_progress(&volume, None, &mut |_| {
+            calls += 1;
+            false
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err}");
+    assert_eq!(calls, 1);
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let e = engine();
+    let opts = PseudoOptions { taps: vec![taps(&TINY_TAPS)], ..Default::default() };
+    let err = PseudoLabeler::new(&e, vec![], &PseudoOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("at least one classifier"), "{err}");
+
+    let labeler = PseudoLabeler::new(&e, vec![tiny()], &opts).unwrap();
+    let err = labeler.label(&ct(), Some(&[true; 3])).unwrap_err().to_string();
+    assert!(err.contains("3 slice label(s) given for a volume of 4"), "{err}");
+
+    let err = OnnxModel::from_bytes(b"garbage", "garbage.onnx").unwrap_err().to_string();
+    assert!(err.contains("not a valid ONNX"), "{err}");
+    let err = PseudoLabeler::from_paths(&e, &[fixture("unet/not_a_model.onnx")], &opts).unwrap_err().to_string();
+    assert!(err.contains("not_a_model.onnx"), "{err}");
+
+    let unet = OnnxModel::load(&fixture("unet/unet_transpose.onnx")).unwrap();
+    let err = PseudoLabeler::new(&e, vec![unet], &opts).unwrap_err();
+    assert!(matches!(err, Error::InvalidModel(_)) && err.to_string().contains("segmenter"), "{err}");
+
+    let unknown = PseudoOptions { taps: vec![vec!["nope".into()]], ..Default::default() };
+    let err = PseudoLabeler::new(&e, vec![tiny()], &unknown).unwrap_err().to_string();
+    assert!(err.contains("\"nope\"") && err.contains("tiny_classifier.onnx"), "{err}");
+
+    let err = PseudoLabeler::new(&e, vec![tiny()], &PseudoOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("no ichseg.taps"), "{err}");
+
+    let uneven = PseudoOptions { taps: vec![taps(&TINY_TAPS), taps(&RESNET_TAPS[..1])], ..Default::default() };
+    let err = PseudoLabeler::new(&e, vec![tiny(), resnet()], &uneven).unwrap_err().to_string();
+    assert!(err.contains("has 1 tap(s) but classifier 0"), "{err}");
+
+    let too_many = PseudoOptions { taps: vec![vec![], vec![]], ..Default::default() };
+    assert!(PseudoLabeler::new(&e, vec![tiny()], &too_many).unwrap_err().to_string().contains("tap list"));
+    for bad in [
+        PseudoOptions { threshold: 1.5, ..opts.clone() },
+        PseudoOptions { batch: 0, ..opts.clone() },
+        PseudoOptions { lambda: f32::NAN, ..opts.clone() },
+        PseudoOptions { scf: Some(ScfParams { c: 2, w: -1.0 }), ..opts.clone() },
+        PseudoOptions { input_size: Some((32, 32)), ..opts.clone() },
+    ] {
+        assert!(PseudoLabeler::new(&e, vec![tiny()], &bad).is_err(), "{bad:?}");
+    }
+
+    // NaN voxels never reach the labeller: a volume refuses them
+    let mut hu = vec![40.0f32; 8 * 8 * 2];
+    hu[9] = f32::NAN;
+    assert!(matches!(Volume::from_hu(hu, [8, 8, 2], [1.0; 3]), Err(Error::NonFiniteVoxels { .. })));
+}
