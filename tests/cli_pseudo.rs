@@ -155,3 +155,20 @@ fn dataset_mode_writes_every_volume_and_resumes() {
     assert!(stdout(&out).contains("labelled 2, skipped 0 (output exists), failed 1"), "{}", stdout(&out));
     assert!(!out_dir.join("051.nii.gz").exists());
 }
+
+#[test]
+fn report_carries_slices_mask_size_and_timings() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mask, rep, pos) = (dir.path().join("m.nii.gz"), dir.path().join("r.json"), dir.path().join("pos.csv"));
+    std::fs::write(&pos, "slice,label\n0,0\n1,1\n2,1\n3,0\n").unwrap();
+    let out = pseudo(&[p(&ct()), "-o", p(&mask), "--labels", p(&pos), "--report", p(&rep), "-q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&rep).unwrap()).unwrap();
+    assert_eq!(r["positive_slices"], serde_json::json!([1, 2]));
+    assert_eq!(r["mask_voxels"].as_u64().unwrap() as usize, voxels(&mask));
+    assert_eq!(r["models"].as_array().unwrap().len(), 2);
+    assert_eq!(r["slice_probabilities"].as_array().unwrap().len(), 2);
+    assert_eq!(r["device"], "cpu");
+    let t = &r["timings"];
+    assert!(t["total_s"].as_f64().unwrap() > 0.0 && t["load_s"].as_f64().unwrap() > 0.0, "{t}");
+}

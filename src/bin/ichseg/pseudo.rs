@@ -4,7 +4,7 @@
 use super::{engine, parse_pair, parse_size, parse_window, progress_bar, RunArgs};
 use clap::Args;
 use ichseg::crf::CrfParams;
-use ichseg::io::nifti;
+use ichseg::io::{nifti, report};
 use ichseg::io::slice_labels::SliceLabelTable;
 use ichseg::sca::{Aggregate, ScfParams};
 use ichseg::{CamMethod, Error, Progress, PseudoLabel, PseudoLabeler, PseudoOptions, Result, Window};
@@ -49,6 +49,10 @@ pub struct PseudoLabelArgs {
     /// float32 4D NIfTI, one volume per tap layer.
     #[arg(long, conflicts_with = "dataset")]
     cam_out: Option<PathBuf>,
+    /// Also write a JSON report: models, method, device, positive slices with the classifiers'
+    /// bleed probabilities, mask size, timings.
+    #[arg(long, conflicts_with = "dataset")]
+    report: Option<PathBuf>,
     /// sf (SF-CAM), layer (LayerCAM) or grad (Grad-CAM baseline).
     #[arg(long, default_value = "sf")]
     cam: CamMethod,
@@ -173,10 +177,33 @@ fn single(a: &PseudoLabelArgs, input: &Path) -> Result<()> {
     if let Some(path) = &a.cam_out {
         nifti::write_f32_series(path, &image.header, &result.fused)?;
     }
+    if let Some(path) = &a.report {
+        report::write_json(path, &json_report(input, &labeler, &result, image.volume.voxel_volume_ml(), load_s))?;
+    }
     if !a.run.quiet {
         print_summary(input, &labeler, &result, labels.is_some(), image.volume.voxel_volume_ml(), load_s);
     }
     Ok(())
+}
+
+fn json_report(input: &Path, labeler: &PseudoLabeler, r: &PseudoLabel, voxel_ml: f64, load_s: f64) -> serde_json::Value {
+    let voxels = r.mask.iter().filter(|&&v| v != 0).count();
+    let o = labeler.options();
+    let e = labeler.engine();
+    let mut timings = serde_json::to_value(&r.timings).unwrap_or_default();
+    timings["load_s"] = load_s.into();
+    serde_json::json!({
+        "input": input, "dims": [r.mask.dim().2, r.mask.dim().1, r.mask.dim().0],
+        "models": labeler.configs(),
+        "method": {"cam": format!("{:?}", o.cam), "lambda": o.lambda, "threshold": o.threshold,
+                   "aggregate": format!("{:?}", o.aggregate), "scf": o.scf.map(|s| [s.c as f64, s.w as f64]),
+                   "crf": o.crf.is_some()},
+        "device": e.device_name(), "device_note": e.device_note(), "threads": e.threads(),
+        "positive_slices": r.positive.iter().enumerate().filter(|(_, &p)| p).map(|(z, _)| z).collect::<Vec<_>>(),
+        "slice_probabilities": r.slice_probabilities,
+        "mask_voxels": voxels, "mask_ml": voxels as f64 * voxel_ml,
+        "timings": timings,
+    })
 }
 
 fn print_summary(input: &Path, labeler: &PseudoLabeler, r: &PseudoLabel, labelled: bool, voxel_ml: f64, load_s: f64) {
