@@ -119,6 +119,38 @@ typedef enum IchsegStatus {
 } IchsegStatus;
 
 /**
+ * Which class-activation map each tap layer gives.
+ */
+typedef enum IchsegCamMethod {
+    /**
+     * SF-CAM: LayerCAM and its first principal component, layer 1 amplified (the method's).
+     */
+    ICHSEG_CAM_METHOD_SF = 0,
+    /**
+     * LayerCAM alone, max-normalised.
+     */
+    ICHSEG_CAM_METHOD_LAYER = 1,
+    /**
+     * Grad-CAM on the deep tap (ichseg.deep_tap), the ablation baseline.
+     */
+    ICHSEG_CAM_METHOD_GRAD = 2,
+} IchsegCamMethod;
+
+/**
+ * How the tap layers' fused maps combine into the mask (bi-layer aggregation).
+ */
+typedef enum IchsegAggregate {
+    /**
+     * Foreground where any layer's map exceeds the threshold (the default).
+     */
+    ICHSEG_AGGREGATE_OR = 0,
+    /**
+     * Foreground where every layer's map exceeds it.
+     */
+    ICHSEG_AGGREGATE_AND = 1,
+} IchsegAggregate;
+
+/**
  * The element type of a caller's voxel buffer (native byte order). Values start at 1 so that
  * a zero-filled IchsegVolumeDesc is refused instead of silently read as bytes.
  */
@@ -166,6 +198,12 @@ typedef struct IchsegEngine IchsegEngine;
  * same model at once (the calls run concurrently on the engine's worker threads).
  */
 typedef struct IchsegModel IchsegModel;
+
+/**
+ * Classifiers prepared for pseudo-labelling (their gradient graphs planned on an engine).
+ * Create with ichseg_pseudo_labeler_create(), free with ichseg_pseudo_labeler_free().
+ */
+typedef struct IchsegPseudoLabeler IchsegPseudoLabeler;
 
 /**
  * The lesions of one segmentation (the mask and probabilities went to the caller's buffers).
@@ -244,43 +282,45 @@ typedef struct IchsegSegmentOptions {
 } IchsegSegmentOptions;
 
 /**
- * One lesion: a 3D connected component (26-connectivity) of the mask. Indices are voxel
- * indices (x, y, z) of the caller's volume, x fastest; bounding boxes are inclusive.
+ * Options of ichseg_pseudo_labeler_create(). Fill with ichseg_pseudo_options_init() first.
+ * Model settings (window, input size, channels, bleed index, taps) come from each
+ * classifier's ichseg.* metadata, else the defaults of `ichseg pseudo-label`.
  */
-typedef struct IchsegLesion {
+typedef struct IchsegPseudoOptions {
     /**
-     * Number of voxels.
+     * sizeof(IchsegPseudoOptions) as the caller was compiled; set by the init function.
      */
-    uint64_t voxels;
+    size_t struct_size;
     /**
-     * voxels times the voxel volume (spacing x * y * z in mm^3), in millilitres.
+     * Default ICHSEG_CAM_METHOD_SF.
      */
-    double volume_ml;
+    enum IchsegCamMethod cam;
     /**
-     * Smallest voxel index along x, y, z.
+     * BLA threshold TH in (0, 1); default 0.2.
      */
-    uint64_t bbox_min[3];
+    float threshold;
     /**
-     * Largest voxel index along x, y, z (inclusive).
+     * Nonzero (default): spatial context fusion over neighbouring positive slices.
      */
-    uint64_t bbox_max[3];
+    int32_t use_scf;
     /**
-     * Mean voxel index (x, y, z).
+     * SCF reach c in slices (default 2) and neighbour weight w (default 0.5).
      */
-    double centroid_voxel[3];
+    uint32_t scf_c;
+    float scf_w;
     /**
-     * centroid_voxel mapped through the volume's affine, in mm.
+     * Default ICHSEG_AGGREGATE_OR.
      */
-    double centroid_world_mm[3];
+    enum IchsegAggregate aggregate;
     /**
-     * First axial slice (z index) the lesion is on; equals `bbox_min[2]`.
+     * Nonzero (default): dense CRF refinement of each slice's mask.
      */
-    uint32_t first_slice;
+    int32_t use_crf;
     /**
-     * Last axial slice (z index) the lesion is on; equals `bbox_max[2]`.
+     * Slices per network run; default 1.
      */
-    uint32_t last_slice;
-} IchsegLesion;
+    uint32_t batch;
+} IchsegPseudoOptions;
 
 /**
  * A CT volume in the caller's memory, described for ichseg_segment(). Fill with
@@ -337,6 +377,45 @@ typedef struct IchsegVolumeDesc {
  * The callback may call other ichseg_* functions, but must not free the model in use.
  */
 typedef int32_t (*IchsegProgressFn)(uint32_t done, uint32_t total, void *user_data);
+
+/**
+ * One lesion: a 3D connected component (26-connectivity) of the mask. Indices are voxel
+ * indices (x, y, z) of the caller's volume, x fastest; bounding boxes are inclusive.
+ */
+typedef struct IchsegLesion {
+    /**
+     * Number of voxels.
+     */
+    uint64_t voxels;
+    /**
+     * voxels times the voxel volume (spacing x * y * z in mm^3), in millilitres.
+     */
+    double volume_ml;
+    /**
+     * Smallest voxel index along x, y, z.
+     */
+    uint64_t bbox_min[3];
+    /**
+     * Largest voxel index along x, y, z (inclusive).
+     */
+    uint64_t bbox_max[3];
+    /**
+     * Mean voxel index (x, y, z).
+     */
+    double centroid_voxel[3];
+    /**
+     * centroid_voxel mapped through the volume's affine, in mm.
+     */
+    double centroid_world_mm[3];
+    /**
+     * First axial slice (z index) the lesion is on; equals `bbox_min[2]`.
+     */
+    uint32_t first_slice;
+    /**
+     * Last axial slice (z index) the lesion is on; equals `bbox_max[2]`.
+     */
+    uint32_t last_slice;
+} IchsegLesion;
 
 #ifdef __cplusplus
 extern "C" {
@@ -478,6 +557,74 @@ enum IchsegStatus ichseg_model_load_from_memory(const struct IchsegEngine *engin
  * `model` must be NULL or a pointer from ichseg_model_load*() not yet freed.
  */
 void ichseg_model_free(struct IchsegModel *model);
+
+/**
+ * Fills `opts` with the defaults (struct_size, SF-CAM, threshold 0.2, SCF on with c 2 and
+ * w 0.5, OR aggregation, CRF on, batch 1). Does nothing when `opts` is NULL.
+ *
+ * # Safety
+ * A non-NULL `opts` must point to writable memory of sizeof(IchsegPseudoOptions).
+ */
+void ichseg_pseudo_options_init(struct IchsegPseudoOptions *opts);
+
+/**
+ * Loads `count` classifier ONNX models from `classifier_paths` and prepares them for
+ * pseudo-labelling on `engine`: their gradient graphs are built and planned once. `taps` may
+ * be NULL (every classifier's taps from its ichseg.taps metadata) or `count` entries, each NULL
+ * (that classifier's metadata) or a comma-separated list of tap tensor names, shallow first.
+ * `opts` may be NULL for the defaults. On success `*out` receives a new labeler the caller
+ * frees with ichseg_pseudo_labeler_free(); on failure it is set to NULL.
+ *
+ * Errors: ICHSEG_STATUS_NULL_POINTER, ICHSEG_STATUS_INVALID_ARGUMENT (count 0, bad options or
+ * struct_size, unknown taps), ICHSEG_STATUS_IO, ICHSEG_STATUS_INVALID_MODEL (not a classifier,
+ * an operator without a gradient rule between a tap and the logits: the message names it).
+ *
+ * Thread-safe; slow (builds gradient graphs and plans): create once, label many volumes.
+ *
+ * # Safety
+ * `engine` NULL or live; `classifier_paths` NULL or `count` readable pointers to
+ * NUL-terminated paths; `taps` NULL or `count` readable pointers, each NULL or a
+ * NUL-terminated string; `opts` NULL or valid for `opts->struct_size` bytes; `out` NULL or
+ * writable.
+ */
+enum IchsegStatus ichseg_pseudo_labeler_create(const struct IchsegEngine *engine, const char *const *classifier_paths, size_t count, const char *const *taps, const struct IchsegPseudoOptions *opts, struct IchsegPseudoLabeler **out);
+
+/**
+ * Frees a labeler. NULL is a no-op. Do not free it while another thread is labelling with it.
+ *
+ * # Safety
+ * `labeler` must be NULL or a pointer from ichseg_pseudo_labeler_create() not yet freed.
+ */
+void ichseg_pseudo_labeler_free(struct IchsegPseudoLabeler *labeler);
+
+/**
+ * The number of tap layers, in `*out`: the maps ichseg_pseudo_label() writes to `cams`.
+ *
+ * # Safety
+ * `labeler` NULL or live; `out` NULL or writable.
+ */
+enum IchsegStatus ichseg_pseudo_labeler_layer_count(const struct IchsegPseudoLabeler *labeler, size_t *out);
+
+/**
+ * Pseudo-labels a volume: SF-CAM (or the chosen CAM) of every classifier, model ensemble,
+ * slice decision, spatial context fusion, bi-layer aggregation and dense CRF.
+ *
+ * - `slice_labels`: NULL to decide slices by the classifiers (mean bleed probability >= 0.5),
+ *   or `labels_len` (== dims[2]) bytes, nonzero for a slice that bleeds;
+ * - `mask`: `mask_len` (== voxel count) bytes receiving 1 for pseudo-hemorrhage, else 0;
+ * - `cams`: NULL (then `cams_len` 0), or layer_count * voxel count floats receiving each tap
+ *   layer's fused map in [0, 1] (the map the threshold sees), layer after layer, each x-fastest;
+ * - `progress`: as for ichseg_segment(), over the slices of every classifier.
+ *
+ * Checks everything before any work and writes the caller's buffers only on success, as
+ * ichseg_segment() does. Threading: any number of threads may label with one labeler at once.
+ *
+ * # Safety
+ * `labeler` a live labeler; `volume` as for ichseg_segment(); `slice_labels` NULL or readable
+ * for `labels_len` bytes; `mask` writable for `mask_len` bytes; `cams` NULL or writable for
+ * `cams_len` floats.
+ */
+enum IchsegStatus ichseg_pseudo_label(const struct IchsegPseudoLabeler *labeler, const struct IchsegVolumeDesc *volume, const uint8_t *slice_labels, size_t labels_len, uint8_t *mask, size_t mask_len, float *cams, size_t cams_len, IchsegProgressFn progress, void *user_data);
 
 /**
  * The number of lesions in `*out` (0 when the mask is empty). Lesions are ordered largest

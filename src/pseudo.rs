@@ -242,6 +242,12 @@ impl PseudoLabeler {
         Ok(PseudoLabeler { engine: engine.clone(), classifiers: built, options: options.clone(), crf_window })
     }
 
+    /// The number of tap layers: the length of [`PseudoLabel::fused`] (the same for every
+    /// classifier).
+    pub fn layer_count(&self) -> usize {
+        self.classifiers[0].config.taps.len()
+    }
+
     /// [`PseudoLabeler::new`] with the classifiers loaded from `.onnx` files.
     pub fn from_paths<P: AsRef<Path>>(engine: &Engine, paths: &[P], options: &PseudoOptions) -> Result<Self> {
         let models = paths.iter().map(|p| OnnxModel::load(p.as_ref())).collect::<Result<Vec<_>>>()?;

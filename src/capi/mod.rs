@@ -10,7 +10,8 @@
 //!   thread-local last-error message, and the helpers that check pointer arguments and read
 //!   caller structs that start with `struct_size`;
 //! - `status.rs`: `IchsegStatus` and the one mapping from [`crate::Error`] to it;
-//! - `engine.rs`, `model.rs`, `segment.rs`, `result.rs`: one opaque handle (or one call) each.
+//! - `engine.rs`, `model.rs`, `segment.rs`, `result.rs`, `pseudo.rs`: one opaque handle (or one
+//!   call) each; `segment.rs` also holds the volume description and buffer checks both calls use.
 //!
 //! Rules kept throughout: every exported function body sits inside `boundary::boundary`;
 //! every failure sets the last-error message; arguments are all validated before any caller
@@ -22,6 +23,7 @@
 mod boundary;
 mod engine;
 mod model;
+mod pseudo;
 mod result;
 mod segment;
 mod status;
@@ -29,6 +31,7 @@ mod status;
 pub use boundary::ichseg_last_error_message;
 pub use engine::*;
 pub use model::*;
+pub use pseudo::*;
 pub use result::*;
 pub use segment::*;
 pub use status::*;

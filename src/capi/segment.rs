@@ -142,42 +142,17 @@ pub unsafe extern "C" fn ichseg_segment(
         }
         let desc = unsafe { read_desc(volume) }?;
         let n = desc.voxels;
-        let [nx, ny, nz] = desc.dims;
-        if mask_len != n {
-            return Err(FfiError::new(
-                IchsegStatus::BufferSize,
-                format!("mask_len is {mask_len} but the {nx}x{ny}x{nz} volume has {n} voxels: the mask needs one byte per voxel"),
-            ));
-        }
-        match (probabilities.is_null(), probabilities_len) {
-            (true, 0) => {}
-            (true, len) => {
-                return Err(FfiError::new(
-                    IchsegStatus::BufferSize,
-                    format!("probabilities is NULL but probabilities_len is {len}: pass 0 when you do not want probabilities"),
-                ))
-            }
-            (false, len) if len != n => {
-                return Err(FfiError::new(
-                    IchsegStatus::BufferSize,
-                    format!(
-                        "probabilities_len is {len} but the {nx}x{ny}x{nz} volume has {n} voxels: the probabilities need one float per voxel"
-                    ),
-                ))
-            }
-            (false, _) => {}
-        }
-
-        let hu = unsafe { desc.to_hu() };
-        let data = Array3::from_shape_vec((nz, ny, nx), hu).map_err(|e| FfiError::invalid(e.to_string()))?;
-        let volume = Volume::from_array(data, desc.spacing, desc.affine)?;
-        let mut report = |p: Progress| match progress {
-            None => true,
-            Some(callback) => {
-                let clamp = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
-                unsafe { callback(clamp(p.done), clamp(p.total), user_data) != 0 }
-            }
-        };
+        check_len("mask", mask_len, n, desc.dims, "one byte per voxel")?;
+        check_optional_len(
+            "probabilities",
+            probabilities.is_null(),
+            probabilities_len,
+            n,
+            desc.dims,
+            "one float per voxel",
+        )?;
+        let volume = unsafe { desc.volume() }?;
+        let mut report = progress_adapter(progress, user_data);
         let seg = model.segmenter.segment_with_progress(&volume, &mut report)?;
 
         // Everything succeeded: only now write the caller's memory.
@@ -207,12 +182,58 @@ pub unsafe extern "C" fn ichseg_segment(
     })
 }
 
+/// `len` must be `n` (the voxel count, or a multiple for several maps): else BUFFER_SIZE with
+/// what was expected, e.g. "mask_len is 5 but the 4x4x1 volume has 16 voxels: the mask needs
+/// one byte per voxel".
+pub(crate) fn check_len(name: &str, len: usize, n: usize, dims: [usize; 3], needs: &str) -> FfiResult<()> {
+    if len == n {
+        return Ok(());
+    }
+    let [nx, ny, nz] = dims;
+    let voxels = dims.iter().product::<usize>();
+    Err(FfiError::new(
+        IchsegStatus::BufferSize,
+        format!("{name}_len is {len} but the {nx}x{ny}x{nz} volume has {voxels} voxels: the {name} needs {needs}"),
+    ))
+}
+
+/// As [`check_len`] for an optional buffer: NULL with length 0, or non-NULL with the right length.
+pub(crate) fn check_optional_len(
+    name: &str,
+    is_null: bool,
+    len: usize,
+    n: usize,
+    dims: [usize; 3],
+    needs: &str,
+) -> FfiResult<()> {
+    match (is_null, len) {
+        (true, 0) => Ok(()),
+        (true, len) => Err(FfiError::new(
+            IchsegStatus::BufferSize,
+            format!("{name} is NULL but {name}_len is {len}: pass 0 when you do not want {name}"),
+        )),
+        (false, len) => check_len(name, len, n, dims, needs),
+    }
+}
+
+/// The C progress callback as the library's progress closure (no callback: never cancels).
+pub(crate) fn progress_adapter(progress: IchsegProgressFn, user_data: *mut c_void) -> impl FnMut(Progress) -> bool {
+    move |p: Progress| match progress {
+        None => true,
+        Some(callback) => {
+            let clamp = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+            // SAFETY: the caller vouches for its callback and user_data for the call's duration.
+            unsafe { callback(clamp(p.done), clamp(p.total), user_data) != 0 }
+        }
+    }
+}
+
 /// A caller's volume description, read and checked.
-struct Desc {
+pub(crate) struct Desc {
     voxel_type: IchsegVoxelType,
     data: *const c_void,
-    dims: [usize; 3],
-    voxels: usize,
+    pub(crate) dims: [usize; 3],
+    pub(crate) voxels: usize,
     spacing: [f64; 3],
     affine: Option<[[f64; 4]; 4]>,
     slope: f64,
@@ -224,7 +245,7 @@ struct Desc {
 /// # Safety
 /// `p` must be non-NULL and readable for `p->struct_size` bytes; a non-NULL `p->affine` must
 /// point to 16 readable doubles.
-unsafe fn read_desc(p: *const IchsegVolumeDesc) -> FfiResult<Desc> {
+pub(crate) unsafe fn read_desc(p: *const IchsegVolumeDesc) -> FfiResult<Desc> {
     // SAFETY: caller's promise; struct_size() checks the caller's struct covers v1 and field()
     // checks every field.
     let (size, raw_type, data, dims, spacing, affine, slope, intercept) = unsafe {
@@ -319,6 +340,18 @@ fn elem_size(t: IchsegVoxelType) -> usize {
 }
 
 impl Desc {
+    /// The volume in HU (NaN or infinite voxels refused by [`Volume`]).
+    ///
+    /// # Safety
+    /// As for `to_hu`.
+    pub(crate) unsafe fn volume(&self) -> FfiResult<Volume> {
+        let [nx, ny, nz] = self.dims;
+        // SAFETY: passed on to the caller.
+        let hu = unsafe { self.to_hu() };
+        let data = Array3::from_shape_vec((nz, ny, nx), hu).map_err(|e| FfiError::invalid(e.to_string()))?;
+        Ok(Volume::from_array(data, self.spacing, self.affine)?)
+    }
+
     /// The voxels in HU, as float32, x fastest.
     ///
     /// # Safety

@@ -943,7 +943,7 @@ impl<'a> Builder<'a> {
                 let std = self.op("Sqrt", &[&var_eps], vec![]);
                 let k = self.op("Div", &[&n.input[1], &std], vec![]);
                 let mut shape = vec![-1i64];
-                shape.extend(std::iter::repeat(1).take(rank.saturating_sub(2)));
+                shape.extend(std::iter::repeat_n(1, rank.saturating_sub(2)));
                 let k = self.reshape(&k, &shape);
                 vec![(0, self.op("Mul", &[g, &k], vec![]))]
             }
@@ -1294,7 +1294,7 @@ impl<'a> Builder<'a> {
         let range = {
             let name = self.fresh("offsets");
             let mut dims = vec![1i64, 1, kk as i64];
-            dims.extend(std::iter::repeat(1).take(r));
+            dims.extend(std::iter::repeat_n(1, r));
             self.initializers.push(TensorProto {
                 dims,
                 data_type: DataType::Int64 as i32,

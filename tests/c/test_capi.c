@@ -862,6 +862,131 @@ static void test_nifti(const IchsegModel *model, const char *dir, const char *ni
     free(prob_path);
 }
 
+/* Pseudo-labelling (ichseg_pseudo_*): the tiny fixture classifier twice (an ensemble of two),
+ * its taps named by the caller, on the reference volume. */
+static void test_pseudo(const char *dir, const Reference *r)
+{
+    static const char *TAPS = "/layer1/relu_1/Relu_output_0,/layer2/relu_1/Relu_output_0";
+    char *cls = join(dir, "../classifier/tiny_classifier.onnx");
+    char *unet = join(dir, "unet_transpose.onnx");
+    const char *paths[2] = {cls, cls};
+    const char *taps[2] = {TAPS, TAPS};
+    IchsegEngineOptions eo;
+    IchsegEngine *engine = NULL;
+    IchsegPseudoOptions po, bad;
+    IchsegPseudoLabeler *pl = NULL, *none = (IchsegPseudoLabeler *)&po;
+    IchsegVolumeDesc v = describe(ICHSEG_VOXEL_TYPE_F32, r->hu, r->dims);
+    uint8_t pos[3] = {1, 1, 1}, neg[3] = {0, 0, 0};
+    uint8_t *mask = malloc(r->n), *mask2 = malloc(r->n);
+    float *cams = malloc(2 * r->n * sizeof(float));
+    size_t layers = 0, i, fg;
+    Progress pr;
+
+    printf("pseudo-labelling\n");
+    REQUIRE(mask && mask2 && cams);
+    ichseg_engine_options_init(&eo);
+    eo.threads = 2;
+    eo.device = ICHSEG_DEVICE_CPU;
+    OK(ichseg_engine_create(&eo, &engine));
+    ichseg_pseudo_options_init(&po);
+    CHECK(po.struct_size == sizeof po && po.cam == ICHSEG_CAM_METHOD_SF && po.threshold == 0.2f &&
+              po.use_scf == 1 && po.scf_c == 2 && po.scf_w == 0.5f &&
+              po.aggregate == ICHSEG_AGGREGATE_OR && po.use_crf == 1 && po.batch == 1,
+          "pseudo option defaults");
+
+    /* creation errors: *out is set to NULL each time */
+    EXPECT(ichseg_pseudo_labeler_create(engine, paths, 0, NULL, NULL, &none),
+           ICHSEG_STATUS_INVALID_ARGUMENT, "count must be 1..64");
+    CHECK(none == NULL, "out set to NULL on failure");
+    EXPECT(ichseg_pseudo_labeler_create(NULL, paths, 2, taps, NULL, &pl), ICHSEG_STATUS_NULL_POINTER,
+           "`engine`");
+    EXPECT(ichseg_pseudo_labeler_create(engine, NULL, 2, taps, NULL, &pl), ICHSEG_STATUS_NULL_POINTER,
+           "classifier_paths");
+    EXPECT(ichseg_pseudo_labeler_create(engine, paths, 2, taps, NULL, NULL), ICHSEG_STATUS_NULL_POINTER,
+           "`out`");
+    {
+        const char *missing[1] = {"/nonexistent/classifier.onnx"};
+        const char *null_entry[2] = {cls, NULL};
+        const char *bad_taps[1] = {"/layer1/relu_1/Relu_output_0,/no/such/tensor"};
+        const char *unets[1] = {unet};
+        EXPECT(ichseg_pseudo_labeler_create(engine, missing, 1, NULL, NULL, &pl), ICHSEG_STATUS_IO,
+               "/nonexistent/classifier.onnx");
+        EXPECT(ichseg_pseudo_labeler_create(engine, null_entry, 2, NULL, NULL, &pl),
+               ICHSEG_STATUS_NULL_POINTER, "classifier_paths[1]");
+        EXPECT(ichseg_pseudo_labeler_create(engine, paths, 1, bad_taps, NULL, &pl),
+               ICHSEG_STATUS_INVALID_ARGUMENT, "/no/such/tensor");
+        EXPECT(ichseg_pseudo_labeler_create(engine, unets, 1, NULL, NULL, &pl), ICHSEG_STATUS_INVALID_MODEL,
+               NULL);
+    }
+    bad = po;
+    bad.threshold = 1.5f;
+    EXPECT(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl), ICHSEG_STATUS_INVALID_ARGUMENT,
+           "threshold");
+    bad = po;
+    bad.struct_size = 4;
+    EXPECT(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl), ICHSEG_STATUS_INVALID_ARGUMENT,
+           "struct_size");
+
+    OK(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &po, &pl));
+    REQUIRE(pl != NULL);
+    ichseg_engine_free(engine); /* the labeler outlives its engine */
+    OK(ichseg_pseudo_labeler_layer_count(pl, &layers));
+    CHECK(layers == 2, "%zu tap layers", layers);
+
+    /* every slice labelled positive: a mask of 0/1, maps in [0, 1], deterministic */
+    memset(&pr, 0, sizeof pr);
+    memset(mask, 0xAB, r->n);
+    OK(ichseg_pseudo_label(pl, &v, pos, 3, mask, r->n, cams, 2 * r->n, on_progress, &pr));
+    for (i = 0, fg = 0; i < r->n; i++) {
+        CHECK(mask[i] <= 1, "mask[%zu] = %u", i, mask[i]);
+        fg += mask[i];
+    }
+    for (i = 0; i < 2 * r->n; i++) {
+        CHECK(cams[i] >= 0.0f && cams[i] <= 1.0f, "cams[%zu] = %g", i, cams[i]);
+    }
+    CHECK(pr.calls >= 1 && pr.done[pr.calls - 1] == pr.total[0], "progress ends at its total");
+    OK(ichseg_pseudo_label(pl, &v, pos, 3, mask2, r->n, NULL, 0, NULL, NULL));
+    CHECK(memcmp(mask, mask2, r->n) == 0, "same volume, same pseudo mask");
+    printf("  %zu of %zu voxels pseudo-hemorrhage\n", fg, r->n);
+
+    /* every slice labelled negative: an empty mask; predictions: runs */
+    OK(ichseg_pseudo_label(pl, &v, neg, 3, mask2, r->n, NULL, 0, NULL, NULL));
+    CHECK(count_nonzero(mask2, r->n) == 0, "negative slices give an empty mask");
+    OK(ichseg_pseudo_label(pl, &v, NULL, 0, mask2, r->n, NULL, 0, NULL, NULL));
+
+    /* errors: nothing written */
+    memset(mask2, 0xCD, r->n);
+    EXPECT(ichseg_pseudo_label(NULL, &v, pos, 3, mask2, r->n, NULL, 0, NULL, NULL), ICHSEG_STATUS_NULL_POINTER,
+           "`labeler`");
+    EXPECT(ichseg_pseudo_label(pl, &v, pos, 2, mask2, r->n, NULL, 0, NULL, NULL), ICHSEG_STATUS_BUFFER_SIZE,
+           "labels_len is 2");
+    EXPECT(ichseg_pseudo_label(pl, &v, pos, 3, mask2, r->n - 1, NULL, 0, NULL, NULL), ICHSEG_STATUS_BUFFER_SIZE,
+           "mask_len");
+    EXPECT(ichseg_pseudo_label(pl, &v, pos, 3, mask2, r->n, cams, r->n, NULL, NULL), ICHSEG_STATUS_BUFFER_SIZE,
+           "cams_len");
+    EXPECT(ichseg_pseudo_label(pl, &v, pos, 3, mask2, r->n, NULL, 5, NULL, NULL), ICHSEG_STATUS_BUFFER_SIZE,
+           "cams is NULL");
+    EXPECT(ichseg_pseudo_label(pl, &v, pos, 3, NULL, r->n, NULL, 0, NULL, NULL), ICHSEG_STATUS_NULL_POINTER,
+           "`mask`");
+    memset(&pr, 0, sizeof pr);
+    pr.cancel_at = 1;
+    EXPECT(ichseg_pseudo_label(pl, &v, pos, 3, mask2, r->n, NULL, 0, on_progress, &pr), ICHSEG_STATUS_CANCELLED,
+           NULL);
+    CHECK(all_bytes(mask2, r->n, 0xCD), "nothing written by failed or cancelled calls");
+    r->hu[5] = NAN;
+    EXPECT(ichseg_pseudo_label(pl, &v, pos, 3, mask2, r->n, NULL, 0, NULL, NULL), ICHSEG_STATUS_NON_FINITE,
+           NULL);
+    r->hu[5] = 0.0f;
+
+    ichseg_pseudo_labeler_free(pl);
+    ichseg_pseudo_labeler_free(NULL);
+    free(mask);
+    free(mask2);
+    free(cams);
+    free(cls);
+    free(unet);
+}
+
 int main(int argc, char **argv)
 {
     const char *dir;
@@ -911,6 +1036,7 @@ int main(int argc, char **argv)
     test_cancel(model_mem, &r);
     test_segment_errors(model_path, &r);
     test_threads(model_path, &r, mask, prob);
+    test_pseudo(dir, &r);
     if (argc > 2) {
         test_nifti(model_path, dir, argv[2]);
     } else {

@@ -4,8 +4,8 @@
 use super::{engine, parse_pair, parse_size, parse_window, progress_bar, RunArgs};
 use clap::Args;
 use ichseg::crf::CrfParams;
-use ichseg::io::{nifti, report};
 use ichseg::io::slice_labels::SliceLabelTable;
+use ichseg::io::{nifti, report};
 use ichseg::sca::{Aggregate, ScfParams};
 use ichseg::{CamMethod, Error, Progress, PseudoLabel, PseudoLabeler, PseudoOptions, Result, Window};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -186,7 +186,13 @@ fn single(a: &PseudoLabelArgs, input: &Path) -> Result<()> {
     Ok(())
 }
 
-fn json_report(input: &Path, labeler: &PseudoLabeler, r: &PseudoLabel, voxel_ml: f64, load_s: f64) -> serde_json::Value {
+fn json_report(
+    input: &Path,
+    labeler: &PseudoLabeler,
+    r: &PseudoLabel,
+    voxel_ml: f64,
+    load_s: f64,
+) -> serde_json::Value {
     let voxels = r.mask.iter().filter(|&&v| v != 0).count();
     let o = labeler.options();
     let e = labeler.engine();

@@ -1,0 +1,352 @@
+//! `ichseg_pseudo_label`: a caller's voxel buffer and optional slice labels in, a pseudo mask
+//! and optional CAM maps out (METHOD.md sections 3 and 4), with classifiers loaded once.
+
+use super::boundary::{boundary, field, handle_out, struct_size, FfiError, FfiResult};
+use super::engine::IchsegEngine;
+use super::segment::{check_len, check_optional_len, progress_adapter, read_desc, IchsegProgressFn, IchsegVolumeDesc};
+use crate::crf::CrfParams;
+use crate::pseudo::{CamMethod, PseudoLabeler, PseudoOptions};
+use crate::sca::{Aggregate, ScfParams};
+use std::ffi::{c_char, c_void, CStr};
+use std::ptr::{addr_of, addr_of_mut};
+
+/// Classifiers prepared for pseudo-labelling (their gradient graphs planned on an engine).
+/// Create with ichseg_pseudo_labeler_create(), free with ichseg_pseudo_labeler_free().
+pub struct IchsegPseudoLabeler {
+    pub(crate) labeler: PseudoLabeler,
+}
+
+/// Which class-activation map each tap layer gives.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IchsegCamMethod {
+    /// SF-CAM: LayerCAM and its first principal component, layer 1 amplified (the method's).
+    Sf = 0,
+    /// LayerCAM alone, max-normalised.
+    Layer = 1,
+    /// Grad-CAM on the deep tap (ichseg.deep_tap), the ablation baseline.
+    Grad = 2,
+}
+
+/// How the tap layers' fused maps combine into the mask (bi-layer aggregation).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IchsegAggregate {
+    /// Foreground where any layer's map exceeds the threshold (the default).
+    Or = 0,
+    /// Foreground where every layer's map exceeds it.
+    And = 1,
+}
+
+const _: () = assert!(std::mem::size_of::<IchsegCamMethod>() == std::mem::size_of::<u32>());
+const _: () = assert!(std::mem::size_of::<IchsegAggregate>() == std::mem::size_of::<u32>());
+
+/// Options of ichseg_pseudo_labeler_create(). Fill with ichseg_pseudo_options_init() first.
+/// Model settings (window, input size, channels, bleed index, taps) come from each
+/// classifier's ichseg.* metadata, else the defaults of `ichseg pseudo-label`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct IchsegPseudoOptions {
+    /// sizeof(IchsegPseudoOptions) as the caller was compiled; set by the init function.
+    pub struct_size: usize,
+    /// Default ICHSEG_CAM_METHOD_SF.
+    pub cam: IchsegCamMethod,
+    /// BLA threshold TH in (0, 1); default 0.2.
+    pub threshold: f32,
+    /// Nonzero (default): spatial context fusion over neighbouring positive slices.
+    pub use_scf: i32,
+    /// SCF reach c in slices (default 2) and neighbour weight w (default 0.5).
+    pub scf_c: u32,
+    pub scf_w: f32,
+    /// Default ICHSEG_AGGREGATE_OR.
+    pub aggregate: IchsegAggregate,
+    /// Nonzero (default): dense CRF refinement of each slice's mask.
+    pub use_crf: i32,
+    /// Slices per network run; default 1.
+    pub batch: u32,
+}
+
+const PSEUDO_OPTIONS_V1: usize = std::mem::size_of::<IchsegPseudoOptions>();
+
+impl Default for IchsegPseudoOptions {
+    fn default() -> Self {
+        let d = PseudoOptions::default();
+        let scf = ScfParams::default();
+        IchsegPseudoOptions {
+            struct_size: PSEUDO_OPTIONS_V1,
+            cam: IchsegCamMethod::Sf,
+            threshold: d.threshold,
+            use_scf: 1,
+            scf_c: scf.c as u32,
+            scf_w: scf.w,
+            aggregate: IchsegAggregate::Or,
+            use_crf: 1,
+            batch: 1,
+        }
+    }
+}
+
+/// Fills `opts` with the defaults (struct_size, SF-CAM, threshold 0.2, SCF on with c 2 and
+/// w 0.5, OR aggregation, CRF on, batch 1). Does nothing when `opts` is NULL.
+///
+/// # Safety
+/// A non-NULL `opts` must point to writable memory of sizeof(IchsegPseudoOptions).
+#[no_mangle]
+pub unsafe extern "C" fn ichseg_pseudo_options_init(opts: *mut IchsegPseudoOptions) {
+    if !opts.is_null() {
+        // SAFETY: caller's promise; write_unaligned accepts any caller buffer.
+        unsafe { addr_of_mut!(*opts).write_unaligned(IchsegPseudoOptions::default()) };
+    }
+}
+
+/// Reads and checks the caller's options (NULL: the defaults).
+///
+/// # Safety
+/// `p` must be NULL or readable for `p->struct_size` bytes.
+unsafe fn read_options(p: *const IchsegPseudoOptions) -> FfiResult<PseudoOptions> {
+    let d = IchsegPseudoOptions::default();
+    let o = if p.is_null() {
+        d
+    } else {
+        // SAFETY: caller's promise; struct_size() checks the struct covers v1, field() each field.
+        unsafe {
+            let size = struct_size(p, PSEUDO_OPTIONS_V1, "IchsegPseudoOptions", "ichseg_pseudo_options_init")?;
+            let cam = field(p, size, addr_of!((*p).cam).cast::<u32>()).unwrap_or(d.cam as u32);
+            let aggregate = field(p, size, addr_of!((*p).aggregate).cast::<u32>()).unwrap_or(d.aggregate as u32);
+            IchsegPseudoOptions {
+                struct_size: size,
+                cam: match cam {
+                    0 => IchsegCamMethod::Sf,
+                    1 => IchsegCamMethod::Layer,
+                    2 => IchsegCamMethod::Grad,
+                    other => {
+                        return Err(FfiError::invalid(format!("IchsegPseudoOptions.cam is {other}, not 0, 1 or 2")))
+                    }
+                },
+                threshold: field(p, size, addr_of!((*p).threshold)).unwrap_or(d.threshold),
+                use_scf: field(p, size, addr_of!((*p).use_scf)).unwrap_or(d.use_scf),
+                scf_c: field(p, size, addr_of!((*p).scf_c)).unwrap_or(d.scf_c),
+                scf_w: field(p, size, addr_of!((*p).scf_w)).unwrap_or(d.scf_w),
+                aggregate: match aggregate {
+                    0 => IchsegAggregate::Or,
+                    1 => IchsegAggregate::And,
+                    other => {
+                        return Err(FfiError::invalid(format!("IchsegPseudoOptions.aggregate is {other}, not 0 or 1")))
+                    }
+                },
+                use_crf: field(p, size, addr_of!((*p).use_crf)).unwrap_or(d.use_crf),
+                batch: field(p, size, addr_of!((*p).batch)).unwrap_or(d.batch),
+            }
+        }
+    };
+    if !(o.threshold.is_finite() && o.threshold > 0.0 && o.threshold < 1.0) {
+        return Err(FfiError::invalid(format!("IchsegPseudoOptions.threshold must be in (0, 1), got {}", o.threshold)));
+    }
+    if o.batch == 0 || o.batch > 4096 {
+        return Err(FfiError::invalid(format!("IchsegPseudoOptions.batch must be 1..4096, got {}", o.batch)));
+    }
+    Ok(PseudoOptions {
+        cam: match o.cam {
+            IchsegCamMethod::Sf => CamMethod::Sf,
+            IchsegCamMethod::Layer => CamMethod::Layer,
+            IchsegCamMethod::Grad => CamMethod::Grad,
+        },
+        threshold: o.threshold,
+        scf: (o.use_scf != 0).then_some(ScfParams { c: o.scf_c as usize, w: o.scf_w }),
+        aggregate: match o.aggregate {
+            IchsegAggregate::Or => Aggregate::Or,
+            IchsegAggregate::And => Aggregate::And,
+        },
+        crf: (o.use_crf != 0).then(CrfParams::default),
+        batch: o.batch as usize,
+        ..PseudoOptions::default()
+    })
+}
+
+/// Reads `count` NUL-terminated strings (`what[i]`); a NULL entry is `None` when `nullable`.
+///
+/// # Safety
+/// `list` must be readable for `count` pointers, each NULL or a NUL-terminated string.
+unsafe fn read_strings(list: *const *const c_char, count: usize, what: &str) -> FfiResult<Vec<Option<String>>> {
+    (0..count)
+        .map(|i| {
+            // SAFETY: caller's promise.
+            let s = unsafe { list.add(i).read_unaligned() };
+            if s.is_null() {
+                return Ok(None);
+            }
+            // SAFETY: caller's promise.
+            let text = unsafe { CStr::from_ptr(s) }
+                .to_str()
+                .map_err(|_| FfiError::invalid(format!("{what}[{i}] is not UTF-8")))?;
+            Ok(Some(text.to_string()))
+        })
+        .collect()
+}
+
+/// Loads `count` classifier ONNX models from `classifier_paths` and prepares them for
+/// pseudo-labelling on `engine`: their gradient graphs are built and planned once. `taps` may
+/// be NULL (every classifier's taps from its ichseg.taps metadata) or `count` entries, each NULL
+/// (that classifier's metadata) or a comma-separated list of tap tensor names, shallow first.
+/// `opts` may be NULL for the defaults. On success `*out` receives a new labeler the caller
+/// frees with ichseg_pseudo_labeler_free(); on failure it is set to NULL.
+///
+/// Errors: ICHSEG_STATUS_NULL_POINTER, ICHSEG_STATUS_INVALID_ARGUMENT (count 0, bad options or
+/// struct_size, unknown taps), ICHSEG_STATUS_IO, ICHSEG_STATUS_INVALID_MODEL (not a classifier,
+/// an operator without a gradient rule between a tap and the logits: the message names it).
+///
+/// Thread-safe; slow (builds gradient graphs and plans): create once, label many volumes.
+///
+/// # Safety
+/// `engine` NULL or live; `classifier_paths` NULL or `count` readable pointers to
+/// NUL-terminated paths; `taps` NULL or `count` readable pointers, each NULL or a
+/// NUL-terminated string; `opts` NULL or valid for `opts->struct_size` bytes; `out` NULL or
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn ichseg_pseudo_labeler_create(
+    engine: *const IchsegEngine,
+    classifier_paths: *const *const c_char,
+    count: usize,
+    taps: *const *const c_char,
+    opts: *const IchsegPseudoOptions,
+    out: *mut *mut IchsegPseudoLabeler,
+) -> super::status::IchsegStatus {
+    boundary("ichseg_pseudo_labeler_create", || -> FfiResult {
+        // SAFETY (all blocks): the caller's promises above.
+        let out = unsafe { handle_out(out, "out") }?;
+        let engine = unsafe { engine.as_ref() }.ok_or_else(|| FfiError::null("engine"))?;
+        if classifier_paths.is_null() {
+            return Err(FfiError::null("classifier_paths"));
+        }
+        if count == 0 || count > 64 {
+            return Err(FfiError::invalid(format!("count must be 1..64 classifiers, got {count}")));
+        }
+        let paths = unsafe { read_strings(classifier_paths, count, "classifier_paths") }?
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| p.ok_or_else(|| FfiError::null(&format!("classifier_paths[{i}]"))))
+            .collect::<FfiResult<Vec<String>>>()?;
+        let mut options = unsafe { read_options(opts) }?;
+        if !taps.is_null() {
+            options.taps = unsafe { read_strings(taps, count, "taps") }?
+                .into_iter()
+                .map(|t| t.map(|t| t.split(',').map(|s| s.trim().to_string()).collect()).unwrap_or_default())
+                .collect();
+        }
+        let labeler = PseudoLabeler::from_paths(&engine.engine, &paths, &options)?;
+        unsafe { out.write(Box::into_raw(Box::new(IchsegPseudoLabeler { labeler }))) };
+        Ok(())
+    })
+}
+
+/// Frees a labeler. NULL is a no-op. Do not free it while another thread is labelling with it.
+///
+/// # Safety
+/// `labeler` must be NULL or a pointer from ichseg_pseudo_labeler_create() not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn ichseg_pseudo_labeler_free(labeler: *mut IchsegPseudoLabeler) {
+    boundary("ichseg_pseudo_labeler_free", || {
+        if !labeler.is_null() {
+            // SAFETY: caller's promise: a live labeler from Box::into_raw.
+            drop(unsafe { Box::from_raw(labeler) });
+        }
+    })
+}
+
+/// The number of tap layers, in `*out`: the maps ichseg_pseudo_label() writes to `cams`.
+///
+/// # Safety
+/// `labeler` NULL or live; `out` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn ichseg_pseudo_labeler_layer_count(
+    labeler: *const IchsegPseudoLabeler,
+    out: *mut usize,
+) -> super::status::IchsegStatus {
+    // SAFETY: the caller's promises, passed on.
+    unsafe {
+        super::boundary::get("ichseg_pseudo_labeler_layer_count", labeler, "labeler", out, |l: &IchsegPseudoLabeler| {
+            l.labeler.layer_count()
+        })
+    }
+}
+
+/// Pseudo-labels a volume: SF-CAM (or the chosen CAM) of every classifier, model ensemble,
+/// slice decision, spatial context fusion, bi-layer aggregation and dense CRF.
+///
+/// - `slice_labels`: NULL to decide slices by the classifiers (mean bleed probability >= 0.5),
+///   or `labels_len` (== dims[2]) bytes, nonzero for a slice that bleeds;
+/// - `mask`: `mask_len` (== voxel count) bytes receiving 1 for pseudo-hemorrhage, else 0;
+/// - `cams`: NULL (then `cams_len` 0), or layer_count * voxel count floats receiving each tap
+///   layer's fused map in [0, 1] (the map the threshold sees), layer after layer, each x-fastest;
+/// - `progress`: as for ichseg_segment(), over the slices of every classifier.
+///
+/// Checks everything before any work and writes the caller's buffers only on success, as
+/// ichseg_segment() does. Threading: any number of threads may label with one labeler at once.
+///
+/// # Safety
+/// `labeler` a live labeler; `volume` as for ichseg_segment(); `slice_labels` NULL or readable
+/// for `labels_len` bytes; `mask` writable for `mask_len` bytes; `cams` NULL or writable for
+/// `cams_len` floats.
+#[no_mangle]
+pub unsafe extern "C" fn ichseg_pseudo_label(
+    labeler: *const IchsegPseudoLabeler,
+    volume: *const IchsegVolumeDesc,
+    slice_labels: *const u8,
+    labels_len: usize,
+    mask: *mut u8,
+    mask_len: usize,
+    cams: *mut f32,
+    cams_len: usize,
+    progress: IchsegProgressFn,
+    user_data: *mut c_void,
+) -> super::status::IchsegStatus {
+    boundary("ichseg_pseudo_label", || -> FfiResult {
+        // SAFETY (all blocks): the caller's promises above.
+        let labeler = &unsafe { labeler.as_ref() }.ok_or_else(|| FfiError::null("labeler"))?.labeler;
+        if volume.is_null() {
+            return Err(FfiError::null("volume"));
+        }
+        if mask.is_null() {
+            return Err(FfiError::null("mask"));
+        }
+        let desc = unsafe { read_desc(volume) }?;
+        let (n, dims) = (desc.voxels, desc.dims);
+        check_len("mask", mask_len, n, dims, "one byte per voxel")?;
+        let layers = labeler.layer_count();
+        let per_layer = format!("{layers} map(s) of one float per voxel");
+        check_optional_len("cams", cams.is_null(), cams_len, n * layers, dims, &per_layer)?;
+        let labels = if slice_labels.is_null() {
+            None
+        } else {
+            check_len("labels", labels_len, dims[2], dims, "one byte per axial slice")?;
+            let raw = unsafe { std::slice::from_raw_parts(slice_labels, labels_len) };
+            Some(raw.iter().map(|&b| b != 0).collect::<Vec<bool>>())
+        };
+        let volume = unsafe { desc.volume() }?;
+        let mut report = progress_adapter(progress, user_data);
+        let label = labeler.label_with_progress(&volume, labels.as_deref(), &mut report)?;
+
+        // Everything succeeded: only now write the caller's memory.
+        let values = label.mask.as_standard_layout();
+        let mask_values = values.as_slice().filter(|v| v.len() == n).ok_or_else(internal)?;
+        let maps: Vec<_> = label.fused.iter().map(|m| m.as_standard_layout()).collect();
+        if !cams.is_null() && (maps.len() != layers || maps.iter().any(|m| m.len() != n)) {
+            return Err(internal());
+        }
+        unsafe {
+            std::ptr::copy_nonoverlapping(mask_values.as_ptr(), mask, n);
+            if !cams.is_null() {
+                for (i, m) in maps.iter().enumerate() {
+                    let m = m.as_slice().ok_or_else(internal)?;
+                    // Byte copy: the caller's float buffer need not be aligned.
+                    std::ptr::copy_nonoverlapping(m.as_ptr().cast::<u8>(), cams.add(i * n).cast::<u8>(), n * 4);
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+fn internal() -> FfiError {
+    FfiError::new(super::status::IchsegStatus::Panic, "internal error: pseudo label arrays have the wrong shape")
+}
