@@ -60,6 +60,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="CPU threads for both (0 = all cores)")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--no-crf", action="store_true", help="leave the dense CRF out of both pipelines")
+    p.add_argument("--parity-slices", type=int, default=0,
+                   help="with --device cuda: also compare ichseg CPU vs CUDA (CAM maps, masks) on this many slices")
     p.add_argument("--dry-run", action="store_true")
     a = p.parse_args()
     if a.dry_run:
@@ -226,6 +228,41 @@ def run_ichseg(args, paths, volume, labels, work: pathlib.Path) -> dict | None:
     return res
 
 
+def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm((a - b).ravel()) / max(np.linalg.norm(b.ravel()), 1e-30))
+
+
+def parity(args, paths, work: pathlib.Path) -> dict:
+    """ichseg CUDA (strict FP32 and default math) vs ichseg CPU on a short volume: the fused
+    CAM maps (relative L2, goal <= 1e-3) and the masks (goal >= 99.9 %)."""
+    import nibabel as nib
+
+    vol, labels = work / "ct_parity.nii.gz", work / "labels_parity.csv"
+    bs.write_nifti(vol, bs.make_volume(args.size, args.parity_slices))
+    labels.write_text("slice,label\n" + "".join(f"{z},1\n" for z in range(args.parity_slices)))
+    out = {}
+    for name, device, env in (("cpu", "cpu", {}), ("strict", "cuda", {"NVIDIA_TF32_OVERRIDE": "0"}),
+                              ("default", "cuda", {})):
+        mask, cams = work / f"par_{name}.nii.gz", work / f"par_{name}_cams.nii"
+        cmd = [str(args.ichseg), "pseudo-label", *sum((["--classifier", str(p)] for p in paths), []), str(vol),
+               "-o", str(mask), "--cam-out", str(cams), "--labels", str(labels), "--device", device,
+               "--batch", str(args.batch), "--quiet"] + (["--no-crf"] if not args.crf else [])
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
+        print(f"[pseudo] parity run {name}: exit {proc.returncode} in {time.perf_counter() - t0:.1f} s")
+        if proc.returncode != 0:
+            print(proc.stderr[-2000:])
+            return {"ok": False, "why": f"{name} run failed"}
+        out[name] = (bs.read_mask(mask), np.asarray(nib.load(str(cams)).dataobj, dtype=np.float32))
+    res = {}
+    for name in ("strict", "default"):
+        res[name] = {"cam_rel_l2": rel_l2(out[name][1], out["cpu"][1]),
+                     "mask_agreement": float(np.mean(out[name][0] == out["cpu"][0]))}
+    res["ok"] = res["strict"]["cam_rel_l2"] <= 1e-3 and res["strict"]["mask_agreement"] >= 0.999
+    print(f"[pseudo] parity: {json.dumps(res)}")
+    return res
+
+
 def main() -> int:
     args = parse_args()
     args.crf = not args.no_crf
@@ -237,6 +274,11 @@ def main() -> int:
             args.crf = False
     import torch
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        if not args.dry_run:
+            print("[pseudo] --device cuda but PyTorch sees no GPU", file=sys.stderr)
+            return 1
+        args.device, args.parity_slices = "cpu", 0  # the dry run tests the script on any machine
     if args.threads:
         torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -255,7 +297,8 @@ def main() -> int:
     ref = {k: statistics.median(t[k] for t in times) for k in times[0]}
     print(f"[pseudo] PyTorch {args.device}: {ref['total_s']:.3f} s per volume (CAM+SCA {ref['cam_sca_s']:.3f} s)")
     ich = run_ichseg(args, paths, volume, labels, args.work)
-    res = {"device": args.device, "card": card, "torch": torch.__version__, "crf": args.crf, "torch_s": ref,
+    par = parity(args, paths, args.work) if args.parity_slices and ich is not None else None
+    res = {"parity": par,"device": args.device, "card": card, "torch": torch.__version__, "crf": args.crf, "torch_s": ref,
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     if ich is not None:
         res["ichseg_s"] = {k: v for k, v in ich.items() if k != "mask"}
@@ -266,7 +309,8 @@ def main() -> int:
               f"{100 * res['mask_agreement']:.3f} %")
     (args.out_dir / "bench_pseudo.json").write_text(json.dumps(res, indent=1))
     (args.out_dir / "bench_pseudo.md").write_text(markdown(args, res))
-    return 0 if ich is not None or args.dry_run else 1
+    ok = ich is not None and (par is None or par.get("ok", False))
+    return 0 if ok or args.dry_run else 1
 
 
 def markdown(args, r: dict) -> str:
@@ -284,6 +328,15 @@ def markdown(args, r: dict) -> str:
         lines += ["", f"ichseg model load + gradient graphs + plans: {i['load_s']:.2f} s (process wall "
                   f"{i['wall_s']:.2f} s). Masks agree on {100 * r['mask_agreement']:.3f} % of voxels "
                   f"({r['mask_voxels'][0]} vs {r['mask_voxels'][1]} mask voxels)."]
+    if r.get("parity"):
+        p = r["parity"]
+        if "strict" in p:
+            lines += ["", f"Parity, ichseg CUDA vs ichseg CPU on {args.parity_slices} slices (fused CAM maps relative L2; "
+                      f"masks agreeing): strict FP32 {p['strict']['cam_rel_l2']:.2e}, "
+                      f"{100 * p['strict']['mask_agreement']:.3f} %; default (TF32) {p['default']['cam_rel_l2']:.2e}, "
+                      f"{100 * p['default']['mask_agreement']:.3f} % ({'pass' if p['ok'] else 'FAIL'}: <= 1e-3, >= 99.9 %)."]
+        else:
+            lines += ["", f"Parity: FAIL ({p.get('why')})"]
     lines += ["", f"- Date: {r['date']}; command: `python scripts/bench_pseudo.py --device {args.device}`",
               f"<!-- {tag}:end -->"]
     return "\n".join(lines) + "\n"

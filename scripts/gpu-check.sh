@@ -49,5 +49,24 @@ for m in tests/fixtures/unet/unet_transpose.onnx tests/fixtures/unet/unet_resize
   echo "== inspect --device cuda $m"
   "$bin" inspect --device cuda "$m" 2>&1 | sed -n '/^cuda/,$p;/error/p' | tee -a "$out/placement.txt"
 done
-"$py" scripts/bench_gpu.py --ichseg "$bin" --out-dir "$out" "${dry[@]}" 2>&1 | tee "$out/bench_gpu.log"
-exit "${PIPESTATUS[0]}"
+# GPU_CHECK_PARTS: which parts to run (default both): segment (U-Net parity and speed), pseudo
+# (pseudo-labelling parity and speed, ResNet34 + ResNet50, against PyTorch CUDA without the CRF,
+# which has no GPU peer there) and their placements.
+parts=${GPU_CHECK_PARTS:-segment pseudo}
+status=0
+if [[ $parts == *segment* ]]; then
+  "$py" scripts/bench_gpu.py --ichseg "$bin" --out-dir "$out" "${dry[@]}" 2>&1 | tee "$out/bench_gpu.log"
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+fi
+if [[ $parts == *pseudo* ]]; then
+  "$py" scripts/bench_pseudo.py --ichseg "$bin" --device cuda --no-crf --parity-slices 4 --repeat 2 \
+    --out-dir "$out" "${dry[@]}" 2>&1 | tee "$out/bench_pseudo.log"
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+  for m in /tmp/ichseg-pseudo-work/*.onnx; do
+    [[ $m == *cam.onnx ]] && continue
+    "$bin" cam-graph "$m" -o "${m%.onnx}.cam.onnx" --quiet 2>&1 | tail -1
+    echo "== inspect --device cuda $(basename "${m%.onnx}").cam.onnx" | tee -a "$out/placement.txt"
+    "$bin" inspect --device cuda "${m%.onnx}.cam.onnx" 2>&1 | sed -n '/^cuda/,$p;/error/p' | tee -a "$out/placement.txt"
+  done
+fi
+exit $status
