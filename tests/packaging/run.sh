@@ -22,7 +22,9 @@ for exe in consumer_shared consumer_static; do
   echo "packaging: cmake $exe: $(head -1 <<<"$out")"
 done
 # the shared build really links the shared library
-ldd "$tmp/build/consumer_shared" | grep -q "libichseg.so" || { echo "packaging: consumer_shared is not linked to libichseg.so" >&2; exit 1; }
+# (ldd's output captured first: grep -q closing the pipe early would fail it under pipefail)
+deps=$(ldd "$tmp/build/consumer_shared")
+grep -q "libichseg.so" <<<"$deps" || { echo "packaging: consumer_shared is not linked to libichseg.so" >&2; exit 1; }
 
 export PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig"
 run() { # name, then the compile command
@@ -36,7 +38,8 @@ rpath=-Wl,-rpath,"$tmp/prefix/lib"
 run cpp_pkgconfig c++ -std=c++17 bindings/examples/minimal.cpp $(pkg-config --cflags --libs ichseg) "$rpath"
 run c_pkgconfig cc -std=c11 -Wall -Werror bindings/examples/minimal.c $(pkg-config --cflags --libs ichseg) "$rpath"
 run c_static cc -std=c11 bindings/examples/minimal.c $(pkg-config --cflags --libs ichseg-static)
-if ldd "$tmp/c_static" | grep -q libichseg; then echo "packaging: c_static links libichseg.so" >&2; exit 1; fi
+deps=$(ldd "$tmp/c_static")
+if grep -q libichseg <<<"$deps"; then echo "packaging: c_static links libichseg.so" >&2; exit 1; fi
 
 # The ITK viewer-plugin example (bindings/cpp/examples/itk_segment), when ITK 5 is installed
 # (Debian: libinsighttoolkit5-dev; .ci/run installs it and sets ICHSEG_REQUIRE_ITK=1). Its mask
