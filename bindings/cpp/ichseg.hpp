@@ -336,6 +336,49 @@ private:
 /// Progress of Model::segment: `done` of `total` slices finished; return false to cancel.
 using ProgressFn = std::function<bool(uint32_t done, uint32_t total)>;
 
+namespace detail {
+// A VolumeView built from a span or vector knows its length: check it against the dims here,
+// with a clear message (zero or overflowing dims are left to the library: INVALID_ARGUMENT).
+inline void check_volume_length(const VolumeView& volume) {
+    if (!volume.length()) {
+        return;
+    }
+    const auto& d = volume.dims();
+    std::size_t n = 1;
+    bool overflow = false;
+    for (std::size_t dim : d) {
+        if (dim != 0 && n > std::numeric_limits<std::size_t>::max() / dim) {
+            overflow = true;
+        }
+        n *= dim;
+    }
+    if (!overflow && n != 0 && *volume.length() != n) {
+        throw Error(ICHSEG_STATUS_BUFFER_SIZE, "the volume buffer holds " + std::to_string(*volume.length()) +
+                                                   " voxels but the " + std::to_string(d[0]) + "x" +
+                                                   std::to_string(d[1]) + "x" + std::to_string(d[2]) +
+                                                   " volume has " + std::to_string(n));
+    }
+}
+
+// The C progress callback that calls a ProgressFn; an exception it throws is kept (the C call is
+// cancelled) and rethrown by the caller after the C call returns.
+struct Trampoline {
+    const ProgressFn* fn;
+    std::exception_ptr error;
+
+    static int32_t call(uint32_t done, uint32_t total, void* user_data) noexcept {
+        auto* self = static_cast<Trampoline*>(user_data);
+        try {
+            return (*self->fn)(done, total) ? 1 : 0;
+        } catch (...) {
+            self->error = std::current_exception();
+            return 0;
+        }
+    }
+};
+
+}  // namespace detail
+
 /// A segmentation network bound to an engine. Thread-safe (segment is const); move-only.
 class Model {
 public:
@@ -368,30 +411,13 @@ public:
     /// rethrown here (the C call is cancelled first). Nothing is written in either case.
     Result segment(const VolumeView& volume, Span<uint8_t> mask, Span<float> probabilities = {},
                    ProgressFn progress = {}) const {
-        if (volume.length()) {
-            const auto& d = volume.dims();
-            std::size_t n = 1;
-            bool overflow = false;
-            for (std::size_t dim : d) {
-                if (dim != 0 && n > std::numeric_limits<std::size_t>::max() / dim) {
-                    overflow = true;
-                }
-                n *= dim;
-            }
-            // Zero or overflowing dims are left to the library (INVALID_ARGUMENT).
-            if (!overflow && n != 0 && *volume.length() != n) {
-                throw Error(ICHSEG_STATUS_BUFFER_SIZE,
-                            "the volume buffer holds " + std::to_string(*volume.length()) + " voxels but the " +
-                                std::to_string(d[0]) + "x" + std::to_string(d[1]) + "x" + std::to_string(d[2]) +
-                                " volume has " + std::to_string(n));
-            }
-        }
+        detail::check_volume_length(volume);
         const IchsegVolumeDesc desc = volume.to_c();
-        Trampoline ctx{&progress, nullptr};
+        detail::Trampoline ctx{&progress, nullptr};
         IchsegResult* raw = nullptr;
         const IchsegStatus s =
             ichseg_segment(handle_.get(), &desc, mask.data(), mask.size(), probabilities.data(),
-                           probabilities.size(), progress ? &Trampoline::call : nullptr, &ctx, &raw);
+                           probabilities.size(), progress ? &detail::Trampoline::call : nullptr, &ctx, &raw);
         Result result(raw);
         if (ctx.error) {
             std::rethrow_exception(ctx.error);
@@ -406,22 +432,97 @@ public:
 private:
     explicit Model(IchsegModel* raw) noexcept : handle_(raw) {}
 
-    struct Trampoline {
-        const ProgressFn* fn;
-        std::exception_ptr error;
-
-        static int32_t call(uint32_t done, uint32_t total, void* user_data) noexcept {
-            auto* self = static_cast<Trampoline*>(user_data);
-            try {
-                return (*self->fn)(done, total) ? 1 : 0;
-            } catch (...) {
-                self->error = std::current_exception();
-                return 0;
-            }
-        }
-    };
-
     std::unique_ptr<IchsegModel, detail::ModelFree> handle_;
+};
+
+namespace detail {
+struct PseudoLabelerFree {
+    void operator()(IchsegPseudoLabeler* p) const noexcept { ichseg_pseudo_labeler_free(p); }
+};
+}  // namespace detail
+
+/// Options of PseudoLabeler (the defaults of IchsegPseudoOptions: SF-CAM, threshold 0.2, SCF
+/// c 2 w 0.5, OR, CRF on, batch 1).
+struct PseudoOptions {
+    IchsegCamMethod cam = ICHSEG_CAM_METHOD_SF;
+    float threshold = 0.2f;
+    bool scf = true;
+    uint32_t scf_c = 2;
+    float scf_w = 0.5f;
+    IchsegAggregate aggregate = ICHSEG_AGGREGATE_OR;
+    bool crf = true;
+    uint32_t batch = 1;
+
+    IchsegPseudoOptions to_c() const noexcept {
+        IchsegPseudoOptions o;
+        ichseg_pseudo_options_init(&o);
+        o.cam = cam;
+        o.threshold = threshold;
+        o.use_scf = scf ? 1 : 0;
+        o.scf_c = scf_c;
+        o.scf_w = scf_w;
+        o.aggregate = aggregate;
+        o.use_crf = crf ? 1 : 0;
+        o.batch = batch;
+        return o;
+    }
+};
+
+/// Classifiers prepared for pseudo-labelling on an engine (ichseg_pseudo_*). Thread-safe
+/// (label is const); move-only.
+class PseudoLabeler {
+public:
+    /// Loads the classifiers. `taps`: empty (every classifier's ichseg.taps metadata), or one
+    /// entry per classifier, each empty (its metadata) or "T1,T2" (tap tensors, shallow first).
+    static PseudoLabeler create(const Engine& engine, const std::vector<std::string>& classifiers,
+                                const std::vector<std::string>& taps = {}, const PseudoOptions& options = {}) {
+        if (!taps.empty() && taps.size() != classifiers.size()) {
+            throw Error(ICHSEG_STATUS_INVALID_ARGUMENT, std::to_string(taps.size()) + " tap lists for " +
+                                                            std::to_string(classifiers.size()) + " classifiers");
+        }
+        std::vector<const char*> paths, tap_ptrs;
+        for (const auto& c : classifiers) paths.push_back(c.c_str());
+        for (const auto& t : taps) tap_ptrs.push_back(t.empty() ? nullptr : t.c_str());
+        const IchsegPseudoOptions o = options.to_c();
+        IchsegPseudoLabeler* raw = nullptr;
+        const IchsegStatus s = ichseg_pseudo_labeler_create(engine.get(), paths.data(), paths.size(),
+                                                            taps.empty() ? nullptr : tap_ptrs.data(), &o, &raw);
+        PseudoLabeler p(raw);
+        detail::check(s);
+        return p;
+    }
+
+    /// Tap layers: the maps `label` writes to `cams` (layer after layer).
+    std::size_t layer_count() const {
+        std::size_t n = 0;
+        detail::check(ichseg_pseudo_labeler_layer_count(handle_.get(), &n));
+        return n;
+    }
+
+    /// Pseudo-labels `volume`. `slice_labels`: empty (the classifiers decide) or one byte per
+    /// axial slice, nonzero for bleeding. `mask`: one byte per voxel. `cams`: empty, or
+    /// layer_count() maps of one float per voxel. Outputs are written only on success;
+    /// cancelling and callback exceptions behave as in Model::segment.
+    void label(const VolumeView& volume, Span<const uint8_t> slice_labels, Span<uint8_t> mask,
+               Span<float> cams = {}, ProgressFn progress = {}) const {
+        detail::check_volume_length(volume);
+        const IchsegVolumeDesc desc = volume.to_c();
+        detail::Trampoline ctx{&progress, nullptr};
+        const IchsegStatus s = ichseg_pseudo_label(
+            handle_.get(), &desc, slice_labels.empty() ? nullptr : slice_labels.data(), slice_labels.size(),
+            mask.data(), mask.size(), cams.data(), cams.size(), progress ? &detail::Trampoline::call : nullptr, &ctx);
+        if (ctx.error) {
+            std::rethrow_exception(ctx.error);
+        }
+        detail::check(s);
+    }
+
+    const IchsegPseudoLabeler* get() const noexcept { return handle_.get(); }
+    explicit operator bool() const noexcept { return handle_ != nullptr; }
+
+private:
+    explicit PseudoLabeler(IchsegPseudoLabeler* raw) noexcept : handle_(raw) {}
+    std::unique_ptr<IchsegPseudoLabeler, detail::PseudoLabelerFree> handle_;
 };
 
 }  // namespace ichseg

@@ -471,6 +471,52 @@ static void test_threads(const ichseg::Model& model, const Ct& ct, const std::ve
     std::printf("  %d threads, one model, identical masks\n", static_cast<int>(THREADS));
 }
 
+// PseudoLabeler: two copies of the tiny classifier (taps named), labels, maps, errors, exceptions.
+static void test_pseudo(const ichseg::Engine& engine, const std::string& dir, const Ct& ct) {
+    std::printf("pseudo-labelling\n");
+    const std::string cls = dir + "/../classifier/tiny_classifier.onnx";
+    const std::string taps = "/layer1/relu_1/Relu_output_0,/layer2/relu_1/Relu_output_0";
+    ichseg::PseudoOptions o;
+    o.batch = 2;
+    const ichseg::PseudoLabeler pl = ichseg::PseudoLabeler::create(engine, {cls, cls}, {taps, taps}, o);
+    CHECK(pl.layer_count() == 2, "%zu layers", pl.layer_count());
+    const std::size_t nz = ct.dims[2];
+    std::vector<uint8_t> pos(nz, 1), neg(nz, 0), mask(ct.n, 0xAB), empty(ct.n, 0xAB);
+    std::vector<float> cams(2 * ct.n, -1.0f);
+    int calls = 0;
+    pl.label(ct.view(), pos, mask, cams, [&](uint32_t, uint32_t) {
+        calls++;
+        return true;
+    });
+    CHECK(calls >= 1, "progress called");
+    CHECK(std::all_of(mask.begin(), mask.end(), [](uint8_t v) { return v <= 1; }), "mask of 0/1");
+    CHECK(std::all_of(cams.begin(), cams.end(), [](float v) { return v >= 0.0f && v <= 1.0f; }), "maps in [0, 1]");
+    pl.label(ct.view(), neg, empty);
+    CHECK(std::all_of(empty.begin(), empty.end(), [](uint8_t v) { return v == 0; }), "negative slices: empty mask");
+    pl.label(ct.view(), {}, empty);  // the classifiers decide
+
+    std::vector<uint8_t> short_labels(nz - 1, 1), untouched(ct.n, 0xCD);
+    EXPECT_ERROR(pl.label(ct.view(), short_labels, untouched), ICHSEG_STATUS_BUFFER_SIZE, "labels_len");
+    std::vector<float> short_cams(ct.n);
+    EXPECT_ERROR(pl.label(ct.view(), pos, untouched, short_cams), ICHSEG_STATUS_BUFFER_SIZE, "cams_len");
+    bool rethrown = false;
+    try {
+        pl.label(ct.view(), pos, untouched, {}, [](uint32_t, uint32_t) -> bool { throw std::runtime_error("boom"); });
+    } catch (const std::runtime_error& e) {
+        rethrown = std::strcmp(e.what(), "boom") == 0;
+    }
+    CHECK(rethrown, "the callback's exception is rethrown by label()");
+    EXPECT_ERROR(pl.label(ct.view(), pos, untouched, {}, [](uint32_t, uint32_t) { return false; }),
+                 ICHSEG_STATUS_CANCELLED, "cancelled");
+    CHECK(all_bytes(untouched.data(), untouched.size(), 0xCD), "nothing written by failed calls");
+    EXPECT_ERROR(ichseg::PseudoLabeler::create(engine, {cls}, {taps, taps}), ICHSEG_STATUS_INVALID_ARGUMENT,
+                 "2 tap lists for 1 classifiers");
+    EXPECT_ERROR(ichseg::PseudoLabeler::create(engine, {dir + "/nothing.onnx"}), ICHSEG_STATUS_IO, "nothing.onnx");
+    ichseg::PseudoLabeler moved = std::move(const_cast<ichseg::PseudoLabeler&>(pl));
+    CHECK(moved && !pl, "moved labeler");
+    EXPECT_ERROR(pl.layer_count(), ICHSEG_STATUS_NULL_POINTER, "`labeler`");
+}
+
 int main(int argc, char** argv) {
     if (argc < 3) {
         std::fprintf(stderr, "usage: %s FIXTURE_DIR CT_SMALL_NII\n", argv[0]);
@@ -494,6 +540,7 @@ int main(int argc, char** argv) {
         test_buffer_sizes(model, ct);
         test_moves(engine, dir, ct);
         test_threads(model, ct, mask);
+        test_pseudo(engine, dir, ct);
     } catch (const ichseg::Error& e) {
         std::fprintf(stderr, "unexpected ichseg::Error %s: %s\n", e.status_name(), e.what());
         return 1;
