@@ -223,6 +223,10 @@ def _pct(v):
     return "n/a" if v is None or v != v else f"{100.0 * v:.1f}"
 
 
+def _stop(reason):
+    return "the planned epochs" if reason == "epochs" else reason
+
+
 def _mb(n):
     return f"{n / 1e6:.2f} MB"
 
@@ -383,7 +387,7 @@ def write_models_md(models, doc, records, split):
     w("|---|---|---|---|---|---|---|---|")
     for f, arch, *_ in CLASSIFIERS:
         r, s = records[f], sc[arch]
-        w(f"| `{f}` | {r['epochs_run']} ({r['best_epoch'] + 1}) | {r['stop']} | {r['wall_seconds'] / 60:.1f} min "
+        w(f"| `{f}` | {r['epochs_run']} ({r['best_epoch'] + 1}) | {_stop(r['stop'])} | {r['wall_seconds'] / 60:.1f} min "
           f"| {_pct(r['val_scores']['accuracy'])} / {r['val_scores']['auc']:.3f} | {_pct(s['accuracy'])} "
           f"| {s['auc']:.3f} | {_pct(s['sensitivity'])} / {_pct(s['specificity'])} |")
     w("")
@@ -433,7 +437,7 @@ def write_models_md(models, doc, records, split):
       f"{doc['input_size']}x{doc['input_size']} slices, centred on a mask pixel half of the time; each epoch "
       f"uses every slice with mask pixels and a fresh {round(100 * a['neg_fraction'])} % of the empty ones. "
       f"Validated (Dice at the model resolution) every {a['val_every']} epochs, best weights kept. "
-      f"{ur['epochs_run']} epochs run (best {ur['best_epoch'] + 1}), stopped by {ur['stop']}; "
+      f"{ur['epochs_run']} epochs run (best {ur['best_epoch'] + 1}), stopped by {_stop(ur['stop'])}; "
       f"{ur['wall_seconds'] / 60:.1f} min.")
     w("")
     w(f"Scores from the Rust library on the native {ps}x{ps} grid: `ichseg segment --model models/unet.onnx` on "
