@@ -462,7 +462,7 @@ def write_models_md(models, doc, records, split):
       f"{fp_sites} of the {o['n_pred_sites']} predicted 2D sites touch no bleeding (FPL) and "
       f"{o['n_correct']} of the {o['n_gt_sites']} true 2D sites are found (CL).")
     u = (doc.get("error_analysis") or {}).get("unet")
-    if u:
+    if u and None not in (u["fp_median_px"], u["missed_median_px"], u["found_median_px"]):
         w(f"The false-positive sites are specks (median {u['fp_median_px']:.0f} pixels, "
           f"{_pct(u['fp_share_le_20px'])} % of them at most 20), and the missed true sites are small "
           f"(median {u['missed_median_px']:.0f} pixels against {u['found_median_px']:.0f} for the found "
