@@ -736,21 +736,40 @@ def save_nifti(ph: Phantom, ct_path, mask_path):
     _write_nifti(mask_path, ph.mask.astype(np.uint8), ph.affine, 1.0, 0.0)
 
 
-def write_dataset(out, count, seed, size=512, slices_min=24, slices_max=36, first=0, verbose=False):
-    """Writes ``count`` volumes (patients first+1 .. first+count, files NNN = patient number)."""
+def _write_one(args):
+    i, out, seed, size, slices_min, slices_max = args
+    ph = generate(i, seed, size=size, slices_min=slices_min, slices_max=slices_max)
+    pid = i + 1
+    save_nifti(ph, out / "ct_scans" / f"{pid:03d}.nii.gz", out / "masks" / f"{pid:03d}.nii.gz")
+    kinds = [SUBTYPES[d["kind"] - 1] for d in ph.params["sites"]]
+    info = (f"{pid:03d}: {ph.hu.shape} px={ph.spacing[0]:.3f} sites={kinds} "
+            f"bleeding slices={int(ph.labels.any(axis=1).sum())}")
+    return ph.csv_rows(pid), info
+
+
+def write_dataset(out, count, seed, size=512, slices_min=24, slices_max=36, first=0, verbose=False, jobs=1):
+    """Writes ``count`` volumes (patients first+1 .. first+count, files NNN = patient number).
+    ``jobs`` > 1 generates volumes in that many processes (same files, same order)."""
     out = pathlib.Path(out)
     (out / "ct_scans").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     rows = []
-    for i in range(first, first + count):
-        ph = generate(i, seed, size=size, slices_min=slices_min, slices_max=slices_max)
-        pid = i + 1
-        save_nifti(ph, out / "ct_scans" / f"{pid:03d}.nii.gz", out / "masks" / f"{pid:03d}.nii.gz")
-        rows.extend(ph.csv_rows(pid))
-        if verbose:
-            kinds = [SUBTYPES[d["kind"] - 1] for d in ph.params["sites"]]
-            print(f"{pid:03d}: {ph.hu.shape} px={ph.spacing[0]:.3f} sites={kinds} "
-                  f"bleeding slices={int(ph.labels.any(axis=1).sum())}")
+    tasks = [(i, out, seed, size, slices_min, slices_max) for i in range(first, first + count)]
+    if jobs > 1 and count > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(min(jobs, count)) as pool:
+            results = pool.imap(_write_one, tasks)
+            for vol_rows, info in results:
+                rows.extend(vol_rows)
+                if verbose:
+                    print(info, flush=True)
+    else:
+        for t in tasks:
+            vol_rows, info = _write_one(t)
+            rows.extend(vol_rows)
+            if verbose:
+                print(info, flush=True)
     with open(out / "hemorrhage_diagnosis_raw_ct.csv", "w", newline="") as fh:
         wr = csv.writer(fh)
         wr.writerow(CSV_COLUMNS)
@@ -841,9 +860,10 @@ def main(argv=None):
     ap.add_argument("--slices-min", type=int, default=24)
     ap.add_argument("--slices-max", type=int, default=36)
     ap.add_argument("--montage", metavar="PNG", help="also save a montage PNG (needs matplotlib)")
+    ap.add_argument("--jobs", type=int, default=1, help="generate volumes in this many processes")
     a = ap.parse_args(argv)
     if a.count > 0:
-        write_dataset(a.out, a.count, a.seed, a.size, a.slices_min, a.slices_max, verbose=True)
+        write_dataset(a.out, a.count, a.seed, a.size, a.slices_min, a.slices_max, verbose=True, jobs=a.jobs)
     if a.montage:
         montage(a.montage, seed=a.seed, size=a.size)
 

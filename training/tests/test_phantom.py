@@ -189,3 +189,13 @@ def test_cli(tmp_path):
     assert sorted(p.name for p in (out / "ct_scans").iterdir()) == ["001.nii.gz", "002.nii.gz"]
     assert sorted(p.name for p in (out / "masks").iterdir()) == ["001.nii.gz", "002.nii.gz"]
     assert (out / "hemorrhage_diagnosis_raw_ct.csv").exists()
+
+
+def test_parallel_generation_writes_the_same_files(tmp_path):
+    digests = []
+    for jobs in (1, 2):
+        out = tmp_path / f"j{jobs}"
+        P.write_dataset(out, count=3, seed=4, size=32, slices_min=8, slices_max=9, jobs=jobs)
+        digests.append([(f.relative_to(out).as_posix(), hashlib.sha256(f.read_bytes()).hexdigest())
+                        for f in sorted(out.rglob("*")) if f.is_file()])
+    assert digests[0] == digests[1] and len(digests[0]) == 7

@@ -1,0 +1,293 @@
+"""Shared pieces of the trainers: slice caches, seeding, devices, metrics, run records.
+
+Preprocessing matches what libichseg does at inference (METHOD.md section 2, README
+"segment"): each axial slice ``hu[:, :, k].T`` (rows = y, columns = x) is windowed (50/130 ->
+[0, 1]) and then resized bilinearly to the model input with torch's
+``F.interpolate(mode="bilinear", align_corners=False)`` (no antialiasing), the resize
+``src/preprocess.rs`` reproduces.  Masks are resized the same way and thresholded at 0.5.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import pathlib
+import platform
+import random
+import shlex
+import subprocess
+import sys
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+
+from . import datasets as D
+
+
+# ------------------------------------------------------------------------------------ slices
+
+@dataclasses.dataclass
+class SliceSet:
+    """Preprocessed slices of some patients, in patient then slice order.
+
+    ``images`` float32 [N, H, W] in [0, 1]; ``masks`` uint8 [N, H, W] (None when not loaded);
+    ``labels`` int64 [N] (1 = bleeding, from the slice labels); ``index`` int64 [N, 2]
+    (patient, 1-based slice number)."""
+
+    images: np.ndarray
+    masks: Optional[np.ndarray]
+    labels: np.ndarray
+    index: np.ndarray
+
+    def __len__(self):
+        return len(self.labels)
+
+
+def parse_size(text) -> tuple:
+    """"160" or "160x160" (rows x cols) -> (rows, cols)."""
+    if isinstance(text, (tuple, list)):
+        return int(text[0]), int(text[1])
+    s = str(text).lower()
+    if "x" in s:
+        r, c = s.split("x")
+        return int(r), int(c)
+    return int(s), int(s)
+
+
+def ct_stem(ds, patient) -> str:
+    """The file-name stem (no .nii/.nii.gz) of a patient's CT volume."""
+    if isinstance(ds, D.BHSD):
+        return ds.names[patient]
+    return D._nifti_stem(D._find(ds.root / "ct_scans", patient))
+
+
+def find_mask(masks_dir, stem) -> pathlib.Path:
+    """``masks_dir/STEM.nii[.gz]``: masks (ground truth or pseudo masks) share the CT's stem."""
+    for ext in (".nii.gz", ".nii"):
+        p = pathlib.Path(masks_dir) / f"{stem}{ext}"
+        if p.exists():
+            return p
+    raise FileNotFoundError(f"no mask {stem}.nii[.gz] in {masks_dir}")
+
+
+def _resize_stack(stack: np.ndarray, size) -> np.ndarray:
+    """[N, h, w] float32 -> [N, rows, cols], torch bilinear align_corners=False (numpy fallback)."""
+    rows, cols = size
+    if stack.shape[1:] == (rows, cols):
+        return stack.astype(np.float32, copy=False)
+    try:
+        import torch
+        import torch.nn.functional as F
+
+        t = torch.from_numpy(np.ascontiguousarray(stack, np.float32))[:, None]
+        return F.interpolate(t, size=(rows, cols), mode="bilinear", align_corners=False)[:, 0].numpy()
+    except ImportError:
+        return np.stack([D.resize_bilinear(s, (rows, cols)) for s in stack])
+
+
+def load_slices(ds, patients: Sequence[int], size, masks_dir=None, with_masks=True,
+                window=(50.0, 130.0), log=None) -> SliceSet:
+    """Loads, windows and resizes every slice of ``patients`` (see the module docstring).
+
+    Masks come from ``masks_dir`` (files named like the CT, e.g. pseudo masks) when given,
+    else from the dataset's own ground truth."""
+    size = parse_size(size)
+    imgs, masks, labels, index = [], [], [], []
+    t0 = time.time()
+    for p in patients:
+        hu, gt, labs = ds[p]
+        if masks_dir is not None and with_masks:
+            import nibabel as nib
+
+            mpath = find_mask(masks_dir, ct_stem(ds, p))
+            gt = (np.asarray(nib.load(str(mpath)).dataobj) > 0).astype(np.uint8)
+            if gt.shape != hu.shape:
+                raise ValueError(f"{mpath}: shape {gt.shape} differs from the CT's {hu.shape}")
+        sl = np.transpose(hu, (2, 1, 0))  # [z, y, x]
+        imgs.append(_resize_stack(D.window(sl, *window), size))
+        if with_masks:
+            m = np.transpose(gt, (2, 1, 0)).astype(np.float32)
+            masks.append((_resize_stack(m, size) >= 0.5).astype(np.uint8))
+        for lab in labs:
+            labels.append(int(lab.bleeding))
+            index.append((p, lab.slice_number))
+        if len(labs) != hu.shape[2]:
+            raise ValueError(f"patient {p}: {len(labs)} slice labels for {hu.shape[2]} slices")
+    out = SliceSet(np.concatenate(imgs).astype(np.float32), np.concatenate(masks) if with_masks else None,
+                   np.asarray(labels, np.int64), np.asarray(index, np.int64).reshape(-1, 2))
+    if log:
+        log(f"loaded {len(patients)} volumes, {len(out)} slices ({int(out.labels.sum())} bleeding) "
+            f"at {size[0]}x{size[1]} in {time.time() - t0:.1f} s")
+    return out
+
+
+def read_patients(split_path, ds, subset):
+    """The patients of ``subset`` (train/val/test) in the split file, or all with ``split_path`` None."""
+    if split_path is None:
+        return list(ds.patients)
+    split = D.read_split(split_path)
+    missing = sorted(set(split[subset]) - set(ds.patients))
+    if missing:
+        raise ValueError(f"{split_path}: patients {missing[:5]} are not in the dataset")
+    return list(split[subset])
+
+
+# ---------------------------------------------------------------------------------- metrics
+
+def auc(scores, labels) -> float:
+    """ROC AUC by the Mann-Whitney statistic (ties count 1/2); NaN with one class only."""
+    s = np.asarray(scores, np.float64)
+    y = np.asarray(labels).astype(bool)
+    npos, nneg = int(y.sum()), int((~y).sum())
+    if npos == 0 or nneg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), np.float64)
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):  # average ranks over ties
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return float((ranks[y].sum() - npos * (npos + 1) / 2.0) / (npos * nneg))
+
+
+def classification_scores(prob_bleed, labels, threshold=0.5) -> dict:
+    """Slice accuracy, AUC, sensitivity, specificity (bleeding = positive)."""
+    p = np.asarray(prob_bleed, np.float64)
+    y = np.asarray(labels).astype(bool)
+    pred = p >= threshold
+    tp, tn = int((pred & y).sum()), int((~pred & ~y).sum())
+    fp, fn = int((pred & ~y).sum()), int((~pred & y).sum())
+    return {
+        "n": int(len(y)), "positives": int(y.sum()),
+        "accuracy": (tp + tn) / max(len(y), 1),
+        "auc": auc(p, y),
+        "sensitivity": tp / (tp + fn) if tp + fn else float("nan"),
+        "specificity": tn / (tn + fp) if tn + fp else float("nan"),
+        "tp": tp, "tn": tn, "fp": fp, "fn": fn,
+    }
+
+
+def segmentation_scores(pred, truth) -> dict:
+    """Pixel IoU (background, hemorrhage), mIoU and Dice as dataset-level sums (METHOD.md 6)."""
+    p = np.asarray(pred).astype(bool)
+    t = np.asarray(truth).astype(bool)
+    inter_f, union_f = int((p & t).sum()), int((p | t).sum())
+    inter_b, union_b = int((~p & ~t).sum()), int((~p | ~t).sum())
+    iou_f = inter_f / union_f if union_f else 1.0
+    iou_b = inter_b / union_b if union_b else 1.0
+    denom = int(p.sum()) + int(t.sum())
+    return {"iou_background": iou_b, "iou_hemorrhage": iou_f, "miou": (iou_b + iou_f) / 2.0,
+            "dice": 2.0 * inter_f / denom if denom else 1.0}
+
+
+# ------------------------------------------------------------------------- seeds and devices
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if torch.backends.cudnn.is_available():
+        torch.backends.cudnn.benchmark = False
+
+
+def pick_device(name: str):
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available to torch here")
+    return torch.device(name)
+
+
+# ------------------------------------------------------------------------------ run records
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
+
+
+def git_commit() -> Optional[str]:
+    try:
+        here = pathlib.Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def command_line(module: str, argv=None) -> str:
+    args = sys.argv[1:] if argv is None else list(argv)
+    return " ".join(shlex.quote(a) for a in ["python", "-m", module, *args])
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
+
+def record_path(out) -> pathlib.Path:
+    """``model.onnx`` -> ``model.train.json`` (the run record sits next to the model)."""
+    out = pathlib.Path(out)
+    return out.with_name(out.stem + ".train.json")
+
+
+def default_ckpt_dir(out) -> pathlib.Path:
+    out = pathlib.Path(out)
+    return out.with_name(out.stem + ".ckpt")
+
+
+def write_json(path, doc) -> None:
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, default=_jsonable) + "\n")
+    tmp.replace(path)
+
+
+def _jsonable(v):
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, pathlib.Path):
+        return str(v)
+    raise TypeError(f"not JSON serialisable: {type(v)}")
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+class Logger:
+    """Prints a line with the elapsed time and appends it to a log file."""
+
+    def __init__(self, path=None):
+        self.t0 = time.time()
+        self.path = pathlib.Path(path) if path else None
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, msg: str) -> None:
+        line = f"[{time.time() - self.t0:7.1f}s] {msg}"
+        print(line, flush=True)
+        if self.path:
+            with open(self.path, "a") as fh:
+                fh.write(line + "\n")

@@ -1,0 +1,140 @@
+"""Scores exported models on held-out volumes.
+
+    python -m ichseg_training.evaluate classifier --model c.onnx --data DIR --split split.json \\
+        [--subset test] [--json out.json]
+    python -m ichseg_training.evaluate unet --model unet.onnx --data DIR --split split.json \\
+        [--subset test] [--ichseg /path/to/ichseg] --pred-dir DIR [--json out.json]
+
+``classifier`` runs the ONNX model in onnxruntime on every slice of the subset, preprocessed as
+its ``ichseg.*`` metadata says (window, input size, 3 channels), and reports slice accuracy
+(bleed probability >= 0.5), ROC AUC, sensitivity and specificity against the slice labels.
+
+``unet`` runs ``ichseg segment --model MODEL CT -o PRED`` (the Rust library, native grid) on
+each volume of the subset, then ``ichseg eval --json`` against the ground-truth masks: IoU,
+mIoU, Dice, CL/ML/FPL as METHOD.md section 6 defines them (dataset-level sums).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from . import common as C
+from . import datasets as D
+
+
+def onnx_metadata(path) -> dict:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in m.metadata_props}
+
+
+def classifier_probs(model_path, ds, patients, threads=None):
+    """(bleed probabilities [N], SliceSet) for every slice of ``patients``."""
+    import onnxruntime as ort
+
+    meta = onnx_metadata(model_path)
+    size = C.parse_size(meta.get("ichseg.input_size", "384x384"))
+    level, width = (float(v) for v in meta.get("ichseg.window", "50,130").split(","))
+    bleed = int(meta.get("ichseg.bleed_index", "1"))
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    sl = C.load_slices(ds, patients, size, with_masks=False, window=(level, width))
+    probs = []
+    for i in range(0, len(sl), 64):
+        x = np.repeat(sl.images[i:i + 64][:, None], 3, axis=1)
+        logits = sess.run(None, {sess.get_inputs()[0].name: x})[0].astype(np.float64)
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        probs.append(e[:, bleed] / e.sum(1))
+    return np.concatenate(probs), sl
+
+
+def eval_classifier(model, data, split, subset="test", layout="bcihm", threads=None) -> dict:
+    ds = D.open_dataset(layout, data)
+    patients = C.read_patients(split, ds, subset)
+    t0 = time.time()
+    prob, sl = classifier_probs(model, ds, patients, threads)
+    sc = C.classification_scores(prob, sl.labels)
+    sc.update(subset=subset, patients=patients, model=str(model), seconds=time.time() - t0)
+    return sc
+
+
+def find_ichseg(explicit=None) -> str:
+    for cand in (explicit, shutil.which("ichseg"), "/work/bin/ichseg", "target/release/ichseg"):
+        if cand and pathlib.Path(cand).is_file():
+            return str(cand)
+    raise SystemExit("ichseg binary not found: pass --ichseg PATH (cargo build --release)")
+
+
+def eval_unet(model, data, split, pred_dir, subset="test", layout="bcihm", ichseg=None, threads=0) -> dict:
+    """Segments each volume of ``subset`` with the Rust CLI and scores it with ``ichseg eval``."""
+    exe = find_ichseg(ichseg)
+    ds = D.open_dataset(layout, data)
+    patients = C.read_patients(split, ds, subset)
+    pred_dir = pathlib.Path(pred_dir)
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    pairs, seg_seconds = [], {}
+    for p in patients:
+        stem = C.ct_stem(ds, p)
+        if isinstance(ds, D.BHSD):
+            ct, gt = ds._files[p]
+        else:
+            ct = D._find(ds.root / "ct_scans", p)
+            gt = D._find(ds.root / "masks", p)
+        pred = pred_dir / f"{stem}.nii.gz"
+        t0 = time.time()
+        subprocess.run([exe, "segment", "--model", str(model), str(ct), "-o", str(pred), "--quiet",
+                        "--threads", str(threads)], check=True)
+        seg_seconds[stem] = time.time() - t0
+        pairs.append((pred, gt))
+    cmd = [exe, "eval"]
+    for pred, gt in pairs:
+        cmd += ["--pred", str(pred), "--gt", str(gt)]
+    res = subprocess.run(cmd + ["--json"], check=True, capture_output=True, text=True)
+    table = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    doc = json.loads(res.stdout)
+    return {"subset": subset, "patients": patients, "model": str(model), "ichseg": exe,
+            "overall": doc["overall"], "per_volume": doc["per_volume"], "table": table,
+            "segment_seconds": seg_seconds}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("classifier", "unet"):
+        sp = sub.add_parser(name)
+        sp.add_argument("--model", required=True)
+        sp.add_argument("--data", required=True)
+        sp.add_argument("--layout", choices=("bcihm", "bhsd"), default="bcihm")
+        sp.add_argument("--split", required=True)
+        sp.add_argument("--subset", default="test")
+        sp.add_argument("--json", default=None, help="also write the scores here")
+        if name == "unet":
+            sp.add_argument("--pred-dir", required=True, help="where the predicted masks go")
+            sp.add_argument("--ichseg", default=None, help="the ichseg binary (default: PATH, /work/bin)")
+            sp.add_argument("--threads", type=int, default=0)
+    a = ap.parse_args(argv)
+    if a.cmd == "classifier":
+        sc = eval_classifier(a.model, a.data, a.split, a.subset, a.layout)
+        print(f"{a.model} on {a.subset} ({sc['n']} slices, {sc['positives']} bleeding): "
+              f"accuracy {sc['accuracy']:.4f}  AUC {sc['auc']:.4f}  sensitivity {sc['sensitivity']:.4f}  "
+              f"specificity {sc['specificity']:.4f}")
+    else:
+        sc = eval_unet(a.model, a.data, a.split, a.pred_dir, a.subset, a.layout, a.ichseg, a.threads)
+        print(sc["table"], end="")
+    if a.json:
+        C.write_json(a.json, sc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,500 @@
+"""Reproduces the shipped models from scratch: phantoms, split, two slim classifiers, the
+fully supervised U-Net, held-out scores, the sample volume and ``models/MODELS.md``.
+
+    PYTHONPATH=training nice -n 19 python -m ichseg_training.ship --work /work/data/ship \\
+        --models models [--ichseg /work/bin/ichseg] [--seed 2025] [--count 200] [--jobs 2]
+
+Run it from the repository root (the paths printed into MODELS.md are relative to it); the
+generated data, checkpoints and predictions stay under ``--work`` (keep it out of the
+repository).  Every step is a subprocess whose exact command line, wall time and output are
+recorded in ``--work/ship.json``; the numbers in MODELS.md are read from the trainers' run
+records and the evaluators' JSON.  ``--skip-existing`` reuses the phantoms and any model whose
+run record exists (to redo only the later steps).  ``--smoke`` runs every step on six tiny
+phantoms with one-epoch trainings: a check of the pipeline, not models to ship.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+from . import common as C
+
+TRAINING = pathlib.Path(__file__).resolve().parent.parent
+
+# The shipped configuration, chosen to fit about an hour on a shared 2-core CPU: the three
+# trainings run side by side, one thread each (faster than 2 threads on a loaded machine).
+PHANTOM_SIZE = 256
+INPUT_SIZE = 160
+COUNT = 200
+CLASSIFIERS = (
+    # (file name, arch, width, epochs)
+    ("classifier_slim34.onnx", "slim34", 8, 80),
+    ("classifier_slim50.onnx", "slim50", 8, 60),
+)
+CLASSIFIER_ARGS = ["--batch", 32, "--neg-fraction", 0.25, "--select", "auc", "--patience", 20,
+                   "--max-minutes", 30, "--threads", 1]
+UNET_FILE = "unet.onnx"
+UNET_ARGS = ["--base-width", 8, "--depth", 4, "--epochs", 30, "--batch", 8, "--crop", 96,
+             "--neg-fraction", 0.15, "--val-every", 2, "--patience", 12, "--max-minutes", 30, "--threads", 1]
+
+
+def shown(cmd) -> str:
+    """A command as text, with this interpreter shown as ``python``."""
+    return " ".join(shlex.quote("python" if c == sys.executable else str(c)) for c in cmd)
+
+
+def run_step(steps, name, cmd, logs, cwd=None):
+    """Runs ``cmd`` (a list) with its output in ``logs/NAME.log``; records the command line,
+    wall time and return code in ``steps``; returns the output."""
+    text = shown(cmd)
+    print(f"== {name}: {text}", flush=True)
+    log = logs / (name.replace(" ", "_").replace("(", "").replace(")", "") + ".log")
+    t0 = time.time()
+    with open(log, "w") as fh:
+        res = subprocess.run([str(c) for c in cmd], cwd=cwd, text=True, stdout=fh, stderr=subprocess.STDOUT,
+                             env={**os.environ, "PYTHONPATH": str(TRAINING)})
+    wall = time.time() - t0
+    steps.append({"step": name, "command": text, "cwd": str(cwd or os.getcwd()), "wall_seconds": wall,
+                  "returncode": res.returncode, "log": str(log)})
+    print(f"== {name}: done in {wall:.0f} s (exit {res.returncode}, log {log})", flush=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"step {name} failed with code {res.returncode}; see {log}")
+    return log.read_text()
+
+
+def run_lanes(lanes):
+    """Runs lists of (callable) steps: the lanes side by side, each lane's steps in order."""
+    import threading
+
+    errors = []
+
+    def go(lane):
+        try:
+            for step in lane:
+                step()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=go, args=(lane,)) for lane in lanes if lane]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise SystemExit(f"failed: {errors[0]}")
+
+
+def py(module, *args):
+    return [sys.executable, "-m", module, *args]
+
+
+def main(argv=None):
+    global PHANTOM_SIZE, INPUT_SIZE, CLASSIFIERS, CLASSIFIER_ARGS, UNET_ARGS
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", required=True, help="data, checkpoints and predictions (outside the repo)")
+    ap.add_argument("--models", default="models", help="where the shipped files go")
+    ap.add_argument("--ichseg", default=None, help="the ichseg binary (default: PATH, /work/bin/ichseg)")
+    ap.add_argument("--seed", type=int, default=2025)
+    ap.add_argument("--count", type=int, default=None, help=f"phantom volumes (default {COUNT})")
+    ap.add_argument("--jobs", type=int, default=2, help="processes for the phantom generation")
+    ap.add_argument("--skip-existing", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="tiny data, one epoch each: a pipeline check")
+    ap.add_argument("--report-only", action="store_true",
+                    help="only rewrite MODELS.md from --work/ship.json and the run records")
+    a = ap.parse_args(argv)
+    if a.report_only:
+        doc = json.loads((pathlib.Path(a.work) / "ship.json").read_text())
+        models = pathlib.Path(a.models)
+        split_doc = json.loads((pathlib.Path(a.work) / "split.json").read_text())
+        doc["error_analysis"] = error_analysis(a.work, models, split_doc["splits"]["test"])
+        doc["report_rewritten"] = {"command": C.command_line("ichseg_training.ship", argv), "at": C.now_iso()}
+        C.write_json(pathlib.Path(a.work) / "ship.json", doc)
+        records = {f: json.loads(C.record_path(models / f).read_text()) for f, *_ in CLASSIFIERS}
+        records[UNET_FILE] = json.loads(C.record_path(models / UNET_FILE).read_text())
+        write_models_md(models, doc, records, pathlib.Path(a.work) / "split.json")
+        return 0
+    if a.count is None:
+        a.count = 6 if a.smoke else COUNT
+    if a.smoke:
+        PHANTOM_SIZE, INPUT_SIZE = 64, 64
+        CLASSIFIERS = tuple((f, arch, 4, 1) for f, arch, _, _ in CLASSIFIERS)
+        CLASSIFIER_ARGS = ["--batch", 8, "--threads", 1]
+        UNET_ARGS = ["--base-width", 4, "--depth", 3, "--epochs", 1, "--batch", 4, "--crop", 32, "--threads", 1]
+
+    from . import evaluate as EV
+
+    work = pathlib.Path(a.work).resolve()
+    models = pathlib.Path(a.models)
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    models.mkdir(parents=True, exist_ok=True)
+    exe = EV.find_ichseg(a.ichseg)
+    data = work / "phantoms"
+    split = work / "split.json"
+    steps = []
+    t_all = time.time()
+    started = C.now_iso()
+
+    if not (a.skip_existing and (data / "hemorrhage_diagnosis_raw_ct.csv").exists()):
+        extra = ["--slices-min", 8, "--slices-max", 10] if a.smoke else []
+        run_step(steps, "phantoms", py("ichseg_training.phantom", "--out", data, "--count", a.count,
+                                       "--seed", a.seed, "--size", PHANTOM_SIZE, "--jobs", a.jobs, *extra), logs)
+    run_step(steps, "split", py("ichseg_training.datasets", "split", "--layout", "bcihm", "--root", data,
+                                "--seed", a.seed, "--out", split), logs)
+
+    trained_on = f"ichseg phantoms (seed {a.seed}, {PHANTOM_SIZE}x{PHANTOM_SIZE}), training split"
+    lanes = []
+    for fname, arch, width, epochs in CLASSIFIERS:
+        out = models / fname
+        if a.skip_existing and C.record_path(out).exists():
+            continue
+        cmd = py("ichseg_training.train_classifier", "--data", data, "--split", split, "--arch", arch,
+                 "--width", width, "--size", INPUT_SIZE, "--epochs", epochs, *CLASSIFIER_ARGS, "--seed", a.seed,
+                 "--out", out, "--ckpt-dir", work / "ckpt" / arch, "--trained-on", trained_on)
+        lanes.append([lambda n=f"train {arch}", c=cmd: run_step(steps, n, c, logs)])
+    unet_out = models / UNET_FILE
+    if not (a.skip_existing and C.record_path(unet_out).exists()):
+        cmd = py("ichseg_training.train_unet", "--data", data, "--masks", data / "masks", "--split", split,
+                 "--size", INPUT_SIZE, *UNET_ARGS, "--seed", a.seed, "--out", unet_out,
+                 "--ckpt-dir", work / "ckpt" / "unet",
+                 "--trained-on", trained_on + ", ground-truth masks (fully supervised)")
+        lanes.append([lambda c=cmd: run_step(steps, "train unet", c, logs)])
+    t_train = time.time()
+    run_lanes(lanes)
+    train_wall = time.time() - t_train
+
+    scores = {}
+    for fname, arch, *_ in CLASSIFIERS:
+        js = work / "eval" / f"{arch}_test.json"
+        run_step(steps, f"eval {arch}", py("ichseg_training.evaluate", "classifier", "--model", models / fname,
+                                           "--data", data, "--split", split, "--subset", "test", "--json", js), logs)
+        scores[arch] = json.loads(js.read_text())
+    for subset in ("test", "val"):
+        js = work / "eval" / f"unet_{subset}.json"
+        run_step(steps, f"eval unet {subset}", py(
+            "ichseg_training.evaluate", "unet", "--model", unet_out, "--data", data, "--split", split,
+            "--subset", subset, "--ichseg", exe, "--pred-dir", work / "pred" / subset, "--json", js), logs)
+        scores[f"unet_{subset}"] = json.loads(js.read_text())
+
+    sample = pick_sample(data, scores["unet_test"])
+    (models / "samples").mkdir(exist_ok=True)
+    shutil.copyfile(data / "ct_scans" / f"{sample}.nii.gz", models / "samples" / "sample.nii.gz")
+    shutil.copyfile(data / "masks" / f"{sample}.nii.gz", models / "samples" / "sample_mask.nii.gz")
+    demo = run_step(steps, "demo", [exe, "demo", "--out", work / "demo-out"], logs, cwd=models.resolve().parent)
+
+    records = {f: json.loads(C.record_path(models / f).read_text()) for f, *_ in CLASSIFIERS}
+    records[UNET_FILE] = json.loads(C.record_path(unet_out).read_text())
+    doc = {"seed": a.seed, "count": a.count, "jobs": a.jobs, "phantom_size": PHANTOM_SIZE,
+           "input_size": INPUT_SIZE, "work": str(work), "ichseg": exe, "machine": C.machine_description(),
+           "git_commit": C.git_commit(), "started": started, "finished": C.now_iso(),
+           "wall_seconds": time.time() - t_all, "training_wall_seconds": train_wall, "steps": steps,
+           "sample": sample, "scores": scores, "demo_output": demo,
+           "command": C.command_line("ichseg_training.ship", argv)}
+    doc["error_analysis"] = error_analysis(work, models, json.loads(split.read_text())["splits"]["test"])
+    C.write_json(work / "ship.json", doc)
+    write_models_md(models, doc, records, split)
+    print(f"\nwrote {models / 'MODELS.md'}; total {doc['wall_seconds'] / 60:.1f} min")
+    return 0
+
+
+def pick_sample(data, unet_eval) -> str:
+    """The held-out (test) bleeding volume with the median hemorrhage volume (ties: lower id)."""
+    import nibabel as nib
+    import numpy as np
+
+    sizes = []
+    for row in unet_eval["per_volume"]:
+        stem = pathlib.Path(row["gt"]).name.split(".")[0]
+        n = int((np.asarray(nib.load(str(data / "masks" / f"{stem}.nii.gz")).dataobj) > 0).sum())
+        if n:
+            sizes.append((n, stem))
+    sizes.sort()
+    return sizes[(len(sizes) - 1) // 2][1]
+
+
+def _pct(v):
+    return "n/a" if v is None or v != v else f"{100.0 * v:.1f}"
+
+
+def _stop(reason):
+    return "the planned epochs" if reason == "epochs" else reason
+
+
+def _mb(n):
+    return f"{n / 1e6:.2f} MB"
+
+
+def error_analysis(work, models, test_patients) -> dict:
+    """Where the shipped models fail on the test split: bleed area (native pixels) of detected and
+    missed bleeding slices per classifier; sizes of the U-Net's false-positive 2D components and
+    of the true 2D sites it finds or misses (8-connected, as ``ichseg eval`` counts them)."""
+    import nibabel as nib
+    import numpy as np
+    from scipy import ndimage
+
+    from . import datasets as D
+    from . import evaluate as EV
+
+    work = pathlib.Path(work)
+    ds = D.BCIHM(work / "phantoms")
+    areas, out = [], {}
+    for p in test_patients:
+        _, mask, _ = ds[p]
+        areas += [int(mask[:, :, k].sum()) for k in range(mask.shape[2])]
+    areas = np.asarray(areas)
+    for f, arch, *_ in CLASSIFIERS:
+        prob, sl = EV.classifier_probs(models / f, ds, test_patients)
+        pos, hit = sl.labels == 1, prob >= 0.5
+        bins = {}
+        for lo, hi in ((1, 100), (100, 500), (500, 2000), (2000, None)):
+            sel = pos & (areas >= lo) & (areas < (hi or np.inf))
+            bins[f"{lo}-{hi or ''}"] = (int(sel.sum()), float(hit[sel].mean()) if sel.any() else None)
+        out[arch] = {"median_area_detected": float(np.median(areas[pos & hit])) if (pos & hit).any() else None,
+                     "median_area_missed": float(np.median(areas[pos & ~hit])) if (pos & ~hit).any() else None,
+                     "empty_at_input_size": int((pos & (sl.labels == 1) & (areas == 0)).sum()),
+                     "sensitivity_by_area": bins}
+    st = np.ones((3, 3), bool)
+    fp, found, missed, missed_end = [], [], [], 0
+    for p in test_patients:
+        gt = np.asarray(nib.load(str(work / "phantoms" / "masks" / f"{p:03d}.nii.gz")).dataobj) > 0
+        pr = np.asarray(nib.load(str(work / "pred" / "test" / f"{p:03d}.nii.gz")).dataobj) > 0
+        zs = [k for k in range(gt.shape[2]) if gt[:, :, k].any()]
+        for k in range(gt.shape[2]):
+            lab, n = ndimage.label(pr[:, :, k], st)
+            fp += [int((lab == i).sum()) for i in range(1, n + 1) if not ((lab == i) & gt[:, :, k]).any()]
+            lab, n = ndimage.label(gt[:, :, k], st)
+            for i in range(1, n + 1):
+                c = lab == i
+                if (c & pr[:, :, k]).any():
+                    found.append(int(c.sum()))
+                else:
+                    missed.append(int(c.sum()))
+                    missed_end += k in (min(zs), max(zs))
+    med = lambda v: float(np.median(v)) if v else None  # noqa: E731
+    out["unet"] = {"fp_components": len(fp), "fp_median_px": med(fp),
+                   "fp_share_le_20px": float(np.mean(np.asarray(fp) <= 20)) if fp else None,
+                   "found_sites": len(found), "found_median_px": med(found),
+                   "missed_sites": len(missed), "missed_median_px": med(missed),
+                   "missed_on_first_or_last_bleeding_slice": int(missed_end)}
+    return out
+
+
+def _step(doc, name):
+    for s in doc["steps"]:
+        if s["step"] == name:
+            return s
+    return {"wall_seconds": float("nan"), "command": "(not run: --skip-existing)"}
+
+
+def write_models_md(models, doc, records, split):
+    sc = doc["scores"]
+    split_doc = json.loads(pathlib.Path(split).read_text())
+    sp = split_doc["splits"]
+    pos = set(split_doc.get("positive", []))
+    ur = records[UNET_FILE]
+    lines = []
+    w = lines.append
+    w("# Shipped models")
+    w("")
+    w("Small models trained on the synthetic head-CT phantoms (`docs/PHANTOMS.md`), not on patient")
+    w("data: they let `ichseg demo` and the pseudo-labelling pipeline run end to end. They")
+    w("are **not for clinical use**, and their scores are on phantoms, not comparable with the paper's")
+    w("numbers on BCIHM/BHSD (which cannot be downloaded where this project is built). Retrain on real")
+    w("data with the same commands (`docs/TRAINING.md`).")
+    w("")
+    w("This file, the models, their run records and the sample are written by one command, run from")
+    w("the repository root:")
+    w("")
+    w("```sh")
+    w(f"PYTHONPATH=training nice -n 19 {doc['command']}")
+    w("```")
+    w("")
+    w(f"It needs `training/requirements.txt` and an `ichseg` binary (here `{doc['ichseg']}`). Machine: "
+      f"{doc['machine']}, shared with other jobs (Rust builds; this ran at nice 19). PyTorch "
+      f"{ur['torch']}, CPU only. Started {doc['started']}, finished {doc['finished']}: "
+      f"**{doc['wall_seconds'] / 60:.1f} min in all**, of which {doc['training_wall_seconds'] / 60:.1f} min "
+      "training (the three models side by side, one thread each).")
+    w("")
+    if doc.get("report_rewritten"):
+        rr = doc["report_rewritten"]
+        w(f"This file was last rewritten at {rr['at']} from the recorded results (run records, evaluation "
+          f"JSON and predictions of that run; nothing retrained) by `PYTHONPATH=training {rr['command']}`.")
+        w("")
+    w("| file | what | size |")
+    w("|---|---|---|")
+    for f, rec in records.items():
+        what = (f"slice classifier `{rec['arch']}` (width {rec['width']}), {rec['parameters']:,} parameters"
+                if "arch" in rec else
+                f"U-Net (base width {rec['args']['base_width']}, depth {rec['args']['depth']}), "
+                f"{rec['parameters']:,} parameters, **fully supervised**")
+        w(f"| `{f}` | {what} | {_mb(rec['onnx']['bytes'])} |")
+    for f in ("samples/sample.nii.gz", "samples/sample_mask.nii.gz"):
+        what = "held-out phantom CT (int16, HU + 1024)" if "mask" not in f else "its ground-truth mask"
+        w(f"| `{f}` | {what}, test-split volume `{doc['sample']}` | {_mb((models / f).stat().st_size)} |")
+    total = sum(p.stat().st_size for p in models.rglob("*") if p.is_file() and p.name != "MODELS.md")
+    w("")
+    w(f"{_mb(total)} in all (with the `*.train.json` run records: the exact command, seed, data, split, "
+      "per-epoch history, validation scores, timings and ONNX SHA-256 of each model).")
+    w("")
+    w("## Data")
+    w("")
+    ps = doc["phantom_size"]
+    w(f"{doc['count']} phantom volumes, seed {doc['seed']}, generated at {ps}x{ps} (the field of view of "
+      f"the 512 grid, pixels {0.4 * 512 / ps:.2f}-{0.5 * 512 / ps:.2f} mm, 5 mm slices) in "
+      f"{_step(doc, 'phantoms')['wall_seconds']:.0f} s with {doc['jobs']} processes; the smaller grid keeps "
+      "generation and the sample small, and the library resizes any grid to the model input. "
+      f"Patient split 60/20/20, class-balanced (`datasets split --seed {doc['seed']}`):")
+    w("")
+    w("| split | volumes | with bleeding | slices | bleeding slices |")
+    w("|---|---|---|---|---|")
+    c = records["classifier_slim34.onnx"]["slices"]
+    counts = {"train": (c["train"], c["train_bleeding"]), "val": (c["val"], c["val_bleeding"]),
+              "test": (sc["slim34"]["n"], sc["slim34"]["positives"])}
+    for k in ("train", "val", "test"):
+        w(f"| {k} | {len(sp[k])} | {sum(p in pos for p in sp[k])} | {counts[k][0]} | {counts[k][1]} |")
+    w("")
+    w(f"All three models take {doc['input_size']}x{doc['input_size']} inputs (`ichseg.input_size`; the paper "
+      "uses 384x384) of the slice windowed at 50/130 HU.")
+    w("")
+    w("## Classifiers")
+    w("")
+    ca = records["classifier_slim34.onnx"]["args"]
+    wd = records["classifier_slim34.onnx"]["width"]
+    w("For pseudo-labelling (SF-CAM on the taps `layer1` and `layer2`, Grad-CAM baseline on `layer4`):")
+    w("slim versions of the paper's ResNet34 + ResNet50 pair, with the ResNet34 layout (BasicBlock,")
+    w(f"[3, 4, 6, 3]) and the ResNet50 layout (Bottleneck, [3, 4, 6, 3]) and stage widths "
+      f"{wd}/{2 * wd}/{4 * wd}/{8 * wd} (x4 at the bottleneck outputs) instead of 64/128/256/512, trained "
+      f"from scratch. AdamW {ca['lr']:g} with cosine decay, batch {ca['batch']}, cross-entropy, the paper's "
+      f"kinds of augmentation (`ichseg_training/augment.py`), early stopping on the validation "
+      f"{ {'auc': 'AUC', 'loss': 'loss', 'accuracy': 'accuracy'}[ca['select']] } (patience {ca['patience']}).")
+    if ca["neg_fraction"] < 1:
+        w(f"Each epoch uses every bleeding training slice and a fresh {round(100 * ca['neg_fraction'])} % of "
+          f"the others; the exported bleed logit's bias carries log({ca['neg_fraction']:g}) so that the "
+          "probabilities refer to the real class balance again.")
+    w("")
+    w("Scores on the **test split** (held out), from the exported ONNX in onnxruntime, bleeding when the")
+    w("bleed probability >= 0.5 (`python -m ichseg_training.evaluate classifier ...`):")
+    w("")
+    w("| model | epochs run (best) | stopped by | train time | val accuracy / AUC | **test slice accuracy** "
+      "| **test AUC** | test sensitivity / specificity |")
+    w("|---|---|---|---|---|---|---|---|")
+    for f, arch, *_ in CLASSIFIERS:
+        r, s = records[f], sc[arch]
+        w(f"| `{f}` | {r['epochs_run']} ({r['best_epoch'] + 1}) | {_stop(r['stop'])} | {r['wall_seconds'] / 60:.1f} min "
+          f"| {_pct(r['val_scores']['accuracy'])} / {r['val_scores']['auc']:.3f} | {_pct(s['accuracy'])} "
+          f"| {s['auc']:.3f} | {_pct(s['sensitivity'])} / {_pct(s['specificity'])} |")
+    w("")
+    w(f"(Percent. A classifier that always says \"no bleeding\" scores "
+      f"{_pct(1 - sc['slim34']['positives'] / sc['slim34']['n'])} % accuracy on this test split.)")
+    w("")
+    cut = [f for f, *_ in CLASSIFIERS if records[f]["stop"].startswith("time budget")]
+    ea = doc.get("error_analysis") or {}
+    w("What these numbers say: both classifiers rank slices well above chance but are weak detectors at")
+    w("the 0.5 threshold: they find under half of the bleeding slices, and the misses are the slices with")
+    w("little blood. Test sensitivity by the slice's bleed area (pixels of the native 256 grid, 0.64-1.0")
+    w("mm² each):")
+    w("")
+    if ea:
+        bins = list(ea[CLASSIFIERS[0][1]]["sensitivity_by_area"])
+        w("| model | " + " | ".join(f"{b.replace('-', '-').rstrip('-') + ('+' if b.endswith('-') else '')} px"
+                                   for b in bins) + " |")
+        w("|---|" + "---|" * len(bins))
+        for f, arch, *_ in CLASSIFIERS:
+            cells = [f"{_pct(v[1])} % of {v[0]}" for v in ea[arch]["sensitivity_by_area"].values()]
+            w(f"| `{f}` | " + " | ".join(cells) + " |")
+        w("")
+    w("They are slim and trained from scratch on 120 phantom volumes for half an hour each. In")
+    w("pseudo-labelling the slice decision normally comes from the ground-truth slice labels (METHOD.md")
+    w("section 4); what matters there is the quality of their CAMs, which that pipeline measures.")
+    if cut:
+        w(f"{' and '.join(f'`{f}`' for f in cut)} stopped at the time budget before the planned epochs "
+          "(their cosine schedule did not reach zero); every epoch is reproducible bit for bit with the "
+          "seed and one thread, but where a time budget ends the run depends on the machine's load.")
+    w("")
+    w("Taps, as ONNX tensor names in `ichseg.taps` / `ichseg.deep_tap` (`ichseg inspect` lists them):")
+    w("")
+    for f, *_ in CLASSIFIERS:
+        m = records[f]["metadata"]
+        w(f"- `{f}`: {', '.join(f'`{t}`' for t in m['ichseg.taps'].split(','))}; deep tap `{m['ichseg.deep_tap']}`")
+    w("")
+    w("## U-Net")
+    w("")
+    w("**Fully supervised: trained on the ground-truth masks** (the paper's upper-bound baseline). The")
+    w("weakly supervised U-Net, trained on pseudo masks from `ichseg pseudo-label`, is not shipped yet:")
+    w("the pseudo-labelling command lands separately, and `train_unet --masks PSEUDO_DIR` is the step that")
+    w("will make it from these classifiers.")
+    w("")
+    a = ur["args"]
+    w(f"SGD 0.01, momentum 0.9, weight decay 1e-4, cosine decay, batch {a['batch']}, loss CE + soft Dice, "
+      f"horizontal and vertical flips. Choice for the CPU: {a['crop']}x{a['crop']} patches of the "
+      f"{doc['input_size']}x{doc['input_size']} slices, centred on a mask pixel half of the time; each epoch "
+      f"uses every slice with mask pixels and a fresh {round(100 * a['neg_fraction'])} % of the empty ones. "
+      f"Validated (Dice at the model resolution) every {a['val_every']} epochs, best weights kept. "
+      f"{ur['epochs_run']} epochs run (best {ur['best_epoch'] + 1}), stopped by {_stop(ur['stop'])}; "
+      f"{ur['wall_seconds'] / 60:.1f} min.")
+    w("")
+    w(f"Scores from the Rust library on the native {ps}x{ps} grid: `ichseg segment --model models/unet.onnx` on "
+      "each held-out volume, then `ichseg eval` against the ground truth (percent; IoU over all slices of "
+      "the split, METHOD.md section 6; `python -m ichseg_training.evaluate unet ...` runs both):")
+    w("")
+    w("| split | volumes | IoU background | IoU hemorrhage | **mIoU** | **Dice** | **CL** | **ML** | **FPL** |")
+    w("|---|---|---|---|---|---|---|---|---|")
+    for subset in ("test", "val"):
+        o = sc[f"unet_{subset}"]["overall"]
+        w(f"| {subset} | {len(sc[f'unet_{subset}']['patients'])} | {_pct(o['iou_background'])} "
+          f"| {_pct(o['iou_hemorrhage'])} | {_pct(o['miou'])} | {_pct(o['dice'])} | {_pct(o['cl'])} "
+          f"| {_pct(o['ml'])} | {_pct(o['fpl'])} |")
+    w("")
+    w("The test row is the held-out score; validation also chose the epoch, so its row is optimistic.")
+    rows = sc["unet_test"]["per_volume"]
+    neg = [r for r in rows if r["scores"]["n_gt_sites"] == 0]
+    neg_fp = [r for r in neg if r["scores"]["n_pred_sites"] > 0]
+    fp_sites = sum(r["scores"]["n_fp"] for r in rows)
+    o = sc["unet_test"]["overall"]
+    w(f"Of the {len(neg)} test volumes without bleeding, {len(neg_fp)} get some false-positive pixels. "
+      f"{fp_sites} of the {o['n_pred_sites']} predicted 2D sites touch no bleeding (FPL) and "
+      f"{o['n_correct']} of the {o['n_gt_sites']} true 2D sites are found (CL).")
+    u = (doc.get("error_analysis") or {}).get("unet")
+    if u and None not in (u["fp_median_px"], u["missed_median_px"], u["found_median_px"]):
+        w(f"The false-positive sites are specks (median {u['fp_median_px']:.0f} pixels, "
+          f"{_pct(u['fp_share_le_20px'])} % of them at most 20), and the missed true sites are small "
+          f"(median {u['missed_median_px']:.0f} pixels against {u['found_median_px']:.0f} for the found "
+          f"ones; {u['missed_on_first_or_last_bleeding_slice']} of the {u['missed_sites']} lie on the first "
+          "or last bleeding slice of their volume): mIoU and Dice, which weigh pixels, are high, while the "
+          "site counts CL and FPL are dominated by these small sites.")
+    w("Per test volume (the `ichseg eval` table; volumes without bleeding have no CL/ML):")
+    w("")
+    w("```")
+    w(sc["unet_test"]["table"].rstrip())
+    w("```")
+    w("")
+    w("## The sample and the demo")
+    w("")
+    w(f"`samples/sample.nii.gz` is test volume `{doc['sample']}` (of the bleeding test volumes, the one with "
+      "the median bleed volume) and `samples/sample_mask.nii.gz` its ground truth. `ichseg demo`, run from "
+      "the repository root, picks up `models/unet.onnx` and the sample; at shipping time it printed:")
+    w("")
+    w("```")
+    w((doc.get("demo_output") or "").rstrip())
+    w("```")
+    w("")
+    w("## Steps")
+    w("")
+    w("| step | wall time | command |")
+    w("|---|---|---|")
+    for s in doc["steps"]:
+        cmd = s["command"].replace("|", "\\|")
+        w(f"| {s['step']} | {s['wall_seconds']:.0f} s | `{cmd}` |")
+    w("")
+    (models / "MODELS.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""The trainers on tiny phantoms: one short epoch each, then the exported ONNX is checked
+(onnxruntime loads and runs it, METHOD.md section 8 metadata, classifier taps are graph tensors
+at the right strides), with the run record next to it.  Skipped without torch / onnx /
+onnxruntime (CI installs only numpy, scipy, nibabel and pytest)."""
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("torchvision")
+
+from ichseg_training import classifiers as CL  # noqa: E402
+from ichseg_training import common as C  # noqa: E402
+from ichseg_training import datasets as D  # noqa: E402
+from ichseg_training import evaluate as EV  # noqa: E402
+from ichseg_training import phantom as P  # noqa: E402
+from ichseg_training import train_classifier, train_unet  # noqa: E402
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Six 64x64 phantoms (8-10 slices) and a split with bleeding in train and val."""
+    root = tmp_path_factory.mktemp("tiny")
+    P.write_dataset(root / "data", count=6, seed=5, size=SIZE, slices_min=8, slices_max=10)
+    ds = D.BCIHM(root / "data")
+    split = D.patient_split(ds.patients, ds.positive(), seed=0)
+    D.write_split(root / "split.json", split, seed=0)
+    pos = ds.positive()
+    assert any(pos[p] for p in split["train"]) and any(pos[p] for p in split["val"])
+    return root
+
+
+def _meta(model):
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def _tensor_shapes(path, names, feed):
+    """Runs the model with ``names`` added as graph outputs; returns {name: shape}."""
+    m = onnx.load(str(path))
+    for n in names:
+        m.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    outs = sess.run(names, feed)
+    return {n: o.shape for n, o in zip(names, outs)}
+
+
+@pytest.mark.parametrize("arch", ["slim34", "slim50"])
+def test_train_classifier_one_epoch(tiny, arch):
+    out = tiny / f"{arch}.onnx"
+    ckpt = tiny / f"{arch}.ckpt"
+    train_classifier.main(["--data", str(tiny / "data"), "--split", str(tiny / "split.json"), "--arch", arch,
+                           "--width", "4", "--size", str(SIZE), "--epochs", "1", "--batch", "16",
+                           "--seed", "3", "--threads", "1", "--out", str(out), "--ckpt-dir", str(ckpt)])
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    meta = _meta(model)
+    assert meta["ichseg.kind"] == "classifier"
+    assert meta["ichseg.input_size"] == f"{SIZE}x{SIZE}"
+    assert meta["ichseg.channels"] == "3" and meta["ichseg.window"] == "50,130"
+    assert meta["ichseg.bleed_index"] == "1" and meta["ichseg.arch"] == arch
+    taps = dict(kv.split("=", 1) for kv in meta["ichseg.taps"].split(","))
+    assert sorted(taps) == ["layer1", "layer2"]
+    relu = "relu_1" if arch == "slim34" else "relu_2"  # last Relu of a BasicBlock / Bottleneck
+    assert taps["layer1"] == f"/layer1/layer1.2/{relu}/Relu_output_0"
+    assert taps["layer2"] == f"/layer2/layer2.3/{relu}/Relu_output_0"
+    assert meta["ichseg.deep_tap"] == f"/layer4/layer4.2/{relu}/Relu_output_0"
+    produced = {o for n in model.graph.node for o in n.output}
+    assert set(taps.values()) | {meta["ichseg.deep_tap"]} <= produced
+
+    x = np.random.default_rng(0).random((2, 3, SIZE, SIZE), dtype=np.float32)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["image"]
+    assert sess.run(None, {"image": x})[0].shape == (2, 2)
+    shapes = _tensor_shapes(out, [taps["layer1"], taps["layer2"], meta["ichseg.deep_tap"]], {"image": x})
+    assert shapes[taps["layer1"]][2:] == (SIZE // 4, SIZE // 4)  # stride 4
+    assert shapes[taps["layer2"]][2:] == (SIZE // 8, SIZE // 8)  # stride 8
+    assert shapes[meta["ichseg.deep_tap"]][2:] == (SIZE // 32, SIZE // 32)
+
+    rec = json.loads(C.record_path(out).read_text())
+    assert rec["seed"] == 3 and rec["epochs_run"] == 1 and rec["arch"] == arch
+    assert rec["command"].startswith("python -m ichseg_training.train_classifier ")
+    assert rec["onnx"]["sha256"] == C.sha256(out)
+    assert (ckpt / "best.pt").exists() and (ckpt / "last.pt").exists() and (ckpt / "train.log").exists()
+    # the evaluator (onnxruntime, preprocessing from the metadata) agrees with the trainer's
+    # own validation pass on the exported weights
+    ev = EV.eval_classifier(out, tiny / "data", tiny / "split.json", subset="val")
+    assert ev["n"] == rec["slices"]["val"]
+    assert ev["accuracy"] == pytest.approx(rec["val_scores"]["accuracy"])
+    if not np.isnan(ev["auc"]):
+        assert ev["auc"] == pytest.approx(rec["val_scores"]["auc"], abs=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["resnet34", "densenet121", "vgg16"])
+def test_taps_of_torchvision_architectures(tmp_path, arch):
+    """Untrained torchvision models: the taps are found in the graph and have strides 4 and 8
+    (ResNet, DenseNet blocks 1-2; VGG stages 2-3 before pooling: strides 2 and 4)."""
+    torch.manual_seed(0)
+    model = CL.build(arch)
+    out = tmp_path / f"{arch}.onnx"
+    _, meta = CL.export(model, arch, out, (SIZE, SIZE))
+    taps = dict(kv.split("=", 1) for kv in meta["ichseg.taps"].split(","))
+    x = np.zeros((1, 3, SIZE, SIZE), np.float32)
+    shapes = _tensor_shapes(out, [taps["layer1"], taps["layer2"], meta["ichseg.deep_tap"]], {"image": x})
+    s1, s2 = {"resnet34": (4, 8), "densenet121": (4, 8), "vgg16": (2, 4)}[arch]
+    assert shapes[taps["layer1"]][2:] == (SIZE // s1, SIZE // s1)
+    assert shapes[taps["layer2"]][2:] == (SIZE // s2, SIZE // s2)
+    assert shapes[meta["ichseg.deep_tap"]][2] in (SIZE // 16, SIZE // 32)
+
+
+def test_train_unet_one_epoch_and_resume(tiny):
+    out = tiny / "unet.onnx"
+    ckpt = tiny / "unet.ckpt"
+    common = ["--data", str(tiny / "data"), "--split", str(tiny / "split.json"),
+              "--masks", str(tiny / "data" / "masks"), "--size", str(SIZE), "--base-width", "4",
+              "--depth", "3", "--batch", "8", "--seed", "2", "--threads", "1", "--out", str(out), "--ckpt-dir", str(ckpt)]
+    train_unet.main(common + ["--epochs", "1"])
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    meta = _meta(model)
+    assert meta["ichseg.kind"] == "segmenter"
+    assert meta["ichseg.input_size"] == f"{SIZE}x{SIZE}"
+    assert meta["ichseg.channels"] == "1" and meta["ichseg.window"] == "50,130"
+    assert meta["ichseg.bleed_index"] == "1"
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"image": np.zeros((3, 1, SIZE, SIZE), np.float32)})[0]
+    assert y.shape == (3, 2, SIZE, SIZE)
+    rec = json.loads(C.record_path(out).read_text())
+    assert rec["epochs_run"] == 1 and rec["seed"] == 2
+    assert rec["masks"] == str(tiny / "data" / "masks")
+    assert set(rec["val_scores_model_resolution"]) >= {"miou", "dice", "iou_hemorrhage"}
+    # resume: one more epoch on top of the checkpoint
+    train_unet.main(common + ["--epochs", "2", "--resume"])
+    rec = json.loads(C.record_path(out).read_text())
+    assert [h["epoch"] for h in rec["history"]] == [0, 1]
+
+
+def test_masks_must_match_the_ct(tiny, tmp_path):
+    import nibabel as nib
+
+    (tmp_path / "masks").mkdir()
+    for p in range(1, 7):
+        nib.save(nib.Nifti1Image(np.zeros((8, 8, 3), np.uint8), np.eye(4)), str(tmp_path / "masks" / f"{p:03d}.nii.gz"))
+    with pytest.raises(ValueError, match="differs from the CT"):
+        C.load_slices(D.BCIHM(tiny / "data"), [1], SIZE, masks_dir=tmp_path / "masks")
+
+
+def test_auc_and_scores():
+    assert C.auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    assert C.auc([0.5, 0.5], [0, 1]) == pytest.approx(0.5)
+    assert np.isnan(C.auc([0.1, 0.2], [1, 1]))
+    s = C.segmentation_scores(np.array([[1, 1, 0, 0]]), np.array([[1, 0, 0, 0]]))
+    assert s["iou_hemorrhage"] == pytest.approx(0.5) and s["dice"] == pytest.approx(2 / 3)
+    assert s["iou_background"] == pytest.approx(2 / 3) and s["miou"] == pytest.approx(7 / 12)
+
+
+def test_same_seed_same_model(tiny, tmp_path):
+    """With one thread, a seeded run repeats bit for bit (weights, so the ONNX file)."""
+    digests = {}
+    for name, module, extra in (
+        ("c", train_classifier, ["--arch", "slim34", "--width", "4", "--batch", "16", "--neg-fraction", "0.5"]),
+        ("u", train_unet, ["--base-width", "4", "--depth", "3", "--batch", "4", "--crop", "32"]),
+    ):
+        for run in (1, 2):
+            out = tmp_path / f"{name}{run}.onnx"
+            module.main(["--data", str(tiny / "data"), "--split", str(tiny / "split.json"), "--size", str(SIZE),
+                         "--epochs", "2", "--seed", "7", "--threads", "1", "--out", str(out),
+                         "--ckpt-dir", str(tmp_path / f"{name}{run}.ckpt"), *extra])
+            digests.setdefault(name, []).append(C.sha256(out))
+    assert digests["c"][0] == digests["c"][1]
+    assert digests["u"][0] == digests["u"][1]
