@@ -64,7 +64,8 @@ pub fn find_lesions(mask: ArrayView3<u8>, spacing: [f64; 3], affine: &[[f64; 4];
 
 /// Sum of the lesions' volumes in millilitres.
 pub fn total_volume_ml(lesions: &[Lesion]) -> f64 {
-    lesions.iter().map(|l| l.volume_ml).sum()
+    // f64's Sum starts at -0.0: an empty list would print as "-0.00 mL"
+    lesions.iter().map(|l| l.volume_ml).fold(0.0, |a, b| a + b)
 }
 
 /// Labels the 8-connected components of the nonzero pixels of a 2D image (shape `[ny, nx]`).
@@ -296,6 +297,13 @@ fn lesion_stats<L: Label>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_lesions_total_plus_zero() {
+        let t = total_volume_ml(&[]);
+        assert!(t == 0.0 && t.is_sign_positive(), "{t}");
+        assert_eq!(format!("{t:.2}"), "0.00");
+    }
     use ndarray::{s, Array3};
 
     const EYE: [[f64; 4]; 4] = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]];

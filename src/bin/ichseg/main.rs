@@ -174,6 +174,10 @@ struct DemoArgs {
 }
 
 fn main() -> ExitCode {
+    // Like any Unix filter, end quietly when the reader of our output goes away
+    // (`ichseg inspect model.onnx | head`) instead of panicking in println!.
+    // SAFETY: restoring the default disposition of SIGPIPE at start-up, before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Segment(a) => segment(&a),
