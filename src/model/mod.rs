@@ -122,8 +122,20 @@ impl OnnxModel {
         let outputs = g.output.iter().map(tensor_info).collect();
         let metadata = ModelMetadata::parse(proto.metadata_props.iter().map(|p| (p.key.as_str(), p.value.as_str())))?;
         let opset = proto.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map(|o| o.version);
-        let graph = onnx
-            .model_for_proto_model(&proto)
+        // tract indexes outputs by name without checking (a panic, found by fuzz/onnx_load)
+        let known: std::collections::HashSet<&str> = g
+            .node
+            .iter()
+            .flat_map(|n| n.output.iter().map(String::as_str))
+            .chain(g.input.iter().map(|i| i.name.as_str()))
+            .chain(initializers.iter().copied())
+            .collect();
+        if let Some(o) = g.output.iter().find(|o| !known.contains(o.name.as_str())) {
+            return Err(Error::InvalidModel(format!("graph output {:?} is produced by no node", o.name)));
+        }
+        // Any other panic of tract's on a malformed graph becomes an error, not a crash.
+        let graph = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| onnx.model_for_proto_model(&proto)))
+            .map_err(|_| Error::InvalidModel("cannot translate the ONNX graph: tract failed on it (malformed graph)".into()))?
             .map_err(|e| Error::InvalidModel(format!("cannot translate the ONNX graph: {e:#}")))?;
         Ok(OnnxModel {
             graph,
@@ -207,4 +219,19 @@ fn tensor_info(v: &pb::ValueInfoProto) -> TensorInfo {
             .collect()
     });
     TensorInfo { name: v.name.clone(), elem_type, shape }
+}
+
+#[cfg(test)]
+mod tests {
+    /// fuzz/onnx_load found tract panicking on a graph output no node produces.
+    #[test]
+    fn an_output_no_node_produces_is_an_error_not_a_panic() {
+        use prost::Message;
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/classifier/tiny_classifier.onnx");
+        let mut proto = tract_onnx::pb::ModelProto::decode(&*std::fs::read(path).unwrap()).unwrap();
+        proto.graph.as_mut().unwrap().output[0].name = "nope".into();
+        let err = super::OnnxModel::from_bytes(&proto.encode_to_vec(), "bad").unwrap_err();
+        assert!(err.to_string().contains("\"nope\" is produced by no node"), "{err}");
+    }
 }
