@@ -566,9 +566,7 @@ impl Classifier {
     /// `K` of the `[N, K]` logits, checking the model is a classifier with the bleed class.
     fn logit_count(&self, plan: &Arc<TypedRunnableModel>) -> Result<usize> {
         let name = &self.config.name;
-        let outlet = plan.model().output_outlets().map_err(|e| Error::InvalidModel(e.to_string()))?[0];
-        let fact = plan.model().outlet_fact(outlet).map_err(|e| Error::InvalidModel(e.to_string()))?;
-        let shape: Vec<usize> = fact.shape.as_concrete().map(|s| s.to_vec()).unwrap_or_default();
+        let (fact, shape) = crate::model::first_output(plan)?;
         if shape.len() != 2 || fact.datum_type != f32::datum_type() {
             return Err(Error::InvalidModel(format!(
                 "{name} is not a slice classifier: its first output is {:?} {:?}, expected float32 logits [N, K]",

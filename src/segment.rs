@@ -351,9 +351,7 @@ impl Segmenter {
 
     fn activation_of(&self, plan: &Arc<TypedRunnableModel>, bleed_option: Option<usize>) -> Result<OutputActivation> {
         let name = &self.model.name;
-        let outlet = plan.model().output_outlets().map_err(|e| Error::InvalidModel(e.to_string()))?[0];
-        let fact = plan.model().outlet_fact(outlet).map_err(|e| Error::InvalidModel(e.to_string()))?;
-        let shape: Vec<usize> = fact.shape.as_concrete().map(|s| s.to_vec()).unwrap_or_default();
+        let (fact, shape) = crate::model::first_output(plan)?;
         if shape.len() != 4 || fact.datum_type != f32::datum_type() {
             return Err(Error::InvalidModel(format!(
                 "{name}: first output is {:?} {:?}; a segmenter must output float32 logits [N, K, H, W]",

@@ -135,7 +135,9 @@ impl OnnxModel {
         }
         // Any other panic of tract's on a malformed graph becomes an error, not a crash.
         let graph = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| onnx.model_for_proto_model(&proto)))
-            .map_err(|_| Error::InvalidModel("cannot translate the ONNX graph: tract failed on it (malformed graph)".into()))?
+            .map_err(|_| {
+                Error::InvalidModel("cannot translate the ONNX graph: tract failed on it (malformed graph)".into())
+            })?
             .map_err(|e| Error::InvalidModel(format!("cannot translate the ONNX graph: {e:#}")))?;
         Ok(OnnxModel {
             graph,
@@ -219,6 +221,14 @@ fn tensor_info(v: &pb::ValueInfoProto) -> TensorInfo {
             .collect()
     });
     TensorInfo { name: v.name.clone(), elem_type, shape }
+}
+
+/// The fact of a plan's first output (what classifiers and segmenters are checked by) and its
+/// concrete shape, empty when a dimension is symbolic.
+pub(crate) fn first_output(plan: &TypedRunnableModel) -> Result<(&TypedFact, Vec<usize>)> {
+    let outlet = plan.model().output_outlets().map_err(|e| Error::InvalidModel(e.to_string()))?[0];
+    let fact = plan.model().outlet_fact(outlet).map_err(|e| Error::InvalidModel(e.to_string()))?;
+    Ok((fact, fact.shape.as_concrete().map(|s| s.to_vec()).unwrap_or_default()))
 }
 
 #[cfg(test)]

@@ -57,12 +57,10 @@ struct RunArgs {
     quiet: bool,
 }
 
-/// Model settings; each overrides the model's ichseg.* metadata, which overrides the defaults.
+/// How slices become network inputs; each setting overrides the model's ichseg.* metadata,
+/// which overrides the defaults. Shared by `segment` and `pseudo-label`.
 #[derive(Args, Clone)]
-struct ModelArgs {
-    /// Bleed probability at or above which a voxel is hemorrhage.
-    #[arg(long, default_value_t = 0.5)]
-    threshold: f32,
+struct InputArgs {
     /// Slices per network run.
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -83,16 +81,27 @@ struct ModelArgs {
     bleed_index: Option<usize>,
 }
 
+/// Segmentation settings: the input settings and the probability threshold.
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// Bleed probability at or above which a voxel is hemorrhage.
+    #[arg(long, default_value_t = 0.5)]
+    threshold: f32,
+    #[command(flatten)]
+    input: InputArgs,
+}
+
 impl ModelArgs {
     fn options(&self) -> SegmenterOptions {
+        let i = &self.input;
         SegmenterOptions {
             threshold: self.threshold,
-            batch: self.batch,
-            window: self.window,
-            input_size: self.input_size,
-            channels: self.channels,
-            normalize: self.normalize,
-            bleed_index: self.bleed_index,
+            batch: i.batch,
+            window: i.window,
+            input_size: i.input_size,
+            channels: i.channels,
+            normalize: i.normalize,
+            bleed_index: i.bleed_index,
         }
     }
 }

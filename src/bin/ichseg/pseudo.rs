@@ -1,13 +1,13 @@
 //! `ichseg pseudo-label`: pseudo masks from slice classifiers, for one scan or a BCIHM-layout
 //! dataset folder (resumable).
 
-use super::{engine, parse_pair, parse_size, parse_window, progress_bar, RunArgs};
+use super::{engine, progress_bar, InputArgs, RunArgs};
 use clap::Args;
 use ichseg::crf::CrfParams;
 use ichseg::io::slice_labels::SliceLabelTable;
 use ichseg::io::{nifti, report};
 use ichseg::sca::{Aggregate, ScfParams};
-use ichseg::{CamMethod, Error, Progress, PseudoLabel, PseudoLabeler, PseudoOptions, Result, Window};
+use ichseg::{CamMethod, Error, Progress, PseudoLabel, PseudoLabeler, PseudoOptions, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -74,24 +74,8 @@ pub struct PseudoLabelArgs {
     /// BLA across tap layers: or, and.
     #[arg(long, default_value = "or", value_parser = parse_aggregate)]
     aggregate: Aggregate,
-    /// Slices per network run.
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
-    /// CT window LEVEL,WIDTH in HU [default: metadata, else 50,130].
-    #[arg(long, value_parser = parse_window)]
-    window: Option<Window>,
-    /// Network input ROWSxCOLS [default: model shape or metadata, else 384x384].
-    #[arg(long, value_parser = parse_size)]
-    input_size: Option<(usize, usize)>,
-    /// Input channels, 1 or 3 [default: model shape or metadata, else 1].
-    #[arg(long)]
-    channels: Option<usize>,
-    /// MEAN,STD normalisation after windowing [default: metadata, else none].
-    #[arg(long, value_parser = parse_pair)]
-    normalize: Option<(f32, f32)>,
-    /// Logit index of the bleed class [default: metadata, else 1].
-    #[arg(long)]
-    bleed_index: Option<usize>,
+    #[command(flatten)]
+    model_input: InputArgs,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -121,16 +105,16 @@ impl PseudoLabelArgs {
         Ok(PseudoOptions {
             cam: self.cam,
             taps,
-            bleed_index: self.bleed_index,
-            window: self.window,
-            input_size: self.input_size,
-            channels: self.channels,
-            normalize: self.normalize,
+            bleed_index: self.model_input.bleed_index,
+            window: self.model_input.window,
+            input_size: self.model_input.input_size,
+            channels: self.model_input.channels,
+            normalize: self.model_input.normalize,
             scf: (!self.no_scf).then_some(ScfParams { c: self.scf_c, w: self.scf_w }),
             threshold: self.threshold,
             aggregate: self.aggregate,
             crf: (!self.no_crf).then(CrfParams::default),
-            batch: self.batch,
+            batch: self.model_input.batch,
             ..Default::default()
         })
     }
