@@ -291,3 +291,19 @@ class Logger:
         if self.path:
             with open(self.path, "a") as fh:
                 fh.write(line + "\n")
+
+
+def start_run(args, argv):
+    """What every trainer does first: the output path, its checkpoint folder and log, threads,
+    seeds, device and input size. Returns ``(argv_used, out, ckpt_dir, log, device, size)``."""
+    import torch
+
+    out = pathlib.Path(args.out)
+    ckpt_dir = pathlib.Path(args.ckpt_dir) if args.ckpt_dir else default_ckpt_dir(out)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    log = Logger(ckpt_dir / "train.log")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    argv_used = sys.argv[1:] if argv is None else list(argv)
+    return argv_used, out, ckpt_dir, log, pick_device(args.device), parse_size(args.size)

@@ -109,16 +109,7 @@ def main(argv=None):
     from . import classifiers
 
     args = parse_args(argv)
-    argv_used = sys.argv[1:] if argv is None else list(argv)
-    out = pathlib.Path(args.out)
-    ckpt_dir = pathlib.Path(args.ckpt_dir) if args.ckpt_dir else C.default_ckpt_dir(out)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    log = C.Logger(ckpt_dir / "train.log")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    C.seed_everything(args.seed)
-    device = C.pick_device(args.device)
-    size = C.parse_size(args.size)
+    argv_used, out, ckpt_dir, log, device, size = C.start_run(args, argv)
     started, t_start = C.now_iso(), time.time()
 
     ds = D.open_dataset(args.layout, args.data)

@@ -128,16 +128,7 @@ def main(argv=None):
     from .unet import UNet, export_onnx, segmenter_metadata
 
     args = parse_args(argv)
-    argv_used = sys.argv[1:] if argv is None else list(argv)
-    out = pathlib.Path(args.out)
-    ckpt_dir = pathlib.Path(args.ckpt_dir) if args.ckpt_dir else C.default_ckpt_dir(out)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    log = C.Logger(ckpt_dir / "train.log")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    C.seed_everything(args.seed)
-    device = C.pick_device(args.device)
-    size = C.parse_size(args.size)
+    argv_used, out, ckpt_dir, log, device, size = C.start_run(args, argv)
     if size[0] % 2**args.depth or size[1] % 2**args.depth:
         raise SystemExit(f"--size {args.size}: must be divisible by 2**depth = {2**args.depth}")
     if args.crop is not None and (args.crop % 2**args.depth or args.crop > min(size)):
