@@ -43,7 +43,7 @@ use crate::crf::{self, CrfParams};
 use crate::error::{Error, Result};
 use crate::model::runtime::Engine;
 use crate::model::{GradientGraph, GradientOptions, ModelKind, OnnxModel};
-use crate::preprocess::{model_input, resize_bilinear, resize_bilinear_into, window_u8, InputSpec};
+use crate::preprocess::{model_input, resize_bilinear, window_u8, InputSpec};
 use crate::sca::{self, Aggregate, ScfParams};
 use crate::segment::{Progress, DEFAULT_INPUT_SIZE, MAX_BATCH};
 use crate::volume::{Volume, Window};
@@ -352,16 +352,23 @@ impl PseudoLabeler {
             for b in 0..count {
                 probs.push(c.bleed_probability(logits.index_axis(Axis(0), b))?);
             }
-            for (i, map) in maps.iter_mut().enumerate() {
+            let mut taps = Vec::with_capacity(cfg.taps.len());
+            for i in 0..cfg.taps.len() {
                 let acts = f32_view(&outputs[GradientGraph::activation_output(i)], &cfg.name, &cfg.taps[i])?;
                 let grads = f32_view(&outputs[GradientGraph::gradient_output(i)], &cfg.name, &cfg.taps[i])?;
-                for b in 0..count {
-                    let a = slice_view(&acts, b, &cfg.name, &cfg.taps[i])?;
-                    let g = slice_view(&grads, b, &cfg.name, &cfg.taps[i])?;
-                    let cam_in =
-                        tap_cam(self.options.cam, a, g, (cfg.input_rows, cfg.input_cols), i == 0, self.options.lambda)?;
-                    resize_bilinear_into(cam_in.view(), map.index_axis_mut(Axis(0), first + b));
-                }
+                taps.push((acts, grads));
+            }
+            // Every (slice, tap) CAM of the batch at once, on the engine's threads.
+            let jobs: Vec<(usize, usize)> = (0..count).flat_map(|b| (0..taps.len()).map(move |i| (b, i))).collect();
+            let native = (volume.data().dim().1, volume.data().dim().2);
+            let cams = self.engine.par_map(&jobs, |&(b, i)| -> Result<Array2<f32>> {
+                let a = slice_view(&taps[i].0, b, &cfg.name, &cfg.taps[i])?;
+                let g = slice_view(&taps[i].1, b, &cfg.name, &cfg.taps[i])?;
+                let cam_in = tap_cam(self.options.cam, a, g, (cfg.input_rows, cfg.input_cols), i == 0, self.options.lambda)?;
+                Ok(resize_bilinear(cam_in.view(), native.0, native.1))
+            });
+            for (&(b, i), cam) in jobs.iter().zip(cams) {
+                maps[i].index_axis_mut(Axis(0), first + b).assign(&cam?);
             }
             timings.cam_s += t.elapsed().as_secs_f64();
             first += count;

@@ -162,6 +162,21 @@ fn batching_does_not_change_the_maps() {
     }
 }
 
+#[test]
+fn threads_do_not_change_the_maps() {
+    // The per-slice CAMs run in parallel on the engine's pool: the same maps as one thread.
+    let volume = ct();
+    let labels = [true; 4];
+    let options = PseudoOptions { taps: vec![taps(&TINY_TAPS)], crf: None, batch: 4, ..Default::default() };
+    let run = |threads| {
+        let engine = Engine::new(&EngineOptions { threads, ..Default::default() }).unwrap();
+        PseudoLabeler::new(&engine, vec![tiny()], &options).unwrap().label(&volume, Some(&labels)).unwrap()
+    };
+    let (one, two) = (run(1), run(2));
+    assert_eq!(one.cams, two.cams);
+    assert_eq!(one.mask, two.mask);
+}
+
 /// The pipeline's maps equal `ichseg::cam` applied to the gradient graph's own outputs for the
 /// same preprocessed slice: the plumbing (output order, batch indexing, resizes) is right.
 #[test]

@@ -7,7 +7,7 @@ use ndarray::{Array2, ArrayView2, ArrayView3};
 /// min-max normalised to `[0, 1]`.
 ///
 /// Pixels are `h*w` samples of `K` features. Each channel is centred by its spatial mean,
-/// `v` is the eigenvector of the largest eigenvalue of `X^T X` (power iteration in f64; see
+/// `v` is the eigenvector of the largest eigenvalue of `X^T X` (f32 product, power iteration in f64; see
 /// `top_eigenvector`), `p = X v`. If `sum p * (o - mean o) < 0` the sign of `p` is
 /// flipped. Finally `(p - min p) / (max p - min p)`, or zeros when `p` is constant (e.g. all
 /// constant channels). `K = 1` gives the normalised centred channel, oriented.
@@ -26,30 +26,20 @@ pub fn pc1(a: ArrayView3<f32>, orient_with: ArrayView2<f32>) -> Result<Array2<f3
         )));
     }
     let n = h * w;
-    // Centred channels, K rows of n samples.
-    let mut x = vec![0.0f64; kk * n];
-    for (k, ak) in a.outer_iter().enumerate() {
-        let row = &mut x[k * n..(k + 1) * n];
-        for (dst, &v) in row.iter_mut().zip(ak.iter()) {
-            *dst = v as f64;
-        }
-        let mean = row.iter().sum::<f64>() / n as f64;
-        row.iter_mut().for_each(|v| *v -= mean);
+    // Centred channels as f32 [K, n] (means in f64). The covariance X X^T (up to the 1/n
+    // factor, which leaves eigenvectors unchanged) through a blocked, vectorised product: as a
+    // scalar f64 loop it was 90 % of a CAM's time. The eigenvector is then found in f64.
+    let mut x = Array2::<f32>::zeros((kk, n));
+    for (mut row, ak) in x.outer_iter_mut().zip(a.outer_iter()) {
+        let mean = (ak.iter().map(|&v| v as f64).sum::<f64>() / n as f64) as f32;
+        row.iter_mut().zip(ak.iter()).for_each(|(dst, &v)| *dst = v - mean);
     }
-    // Covariance (up to the 1/n factor, which leaves eigenvectors unchanged).
-    let mut cov = vec![0.0f64; kk * kk];
-    for i in 0..kk {
-        for j in i..kk {
-            let s: f64 = x[i * n..(i + 1) * n].iter().zip(&x[j * n..(j + 1) * n]).map(|(p, q)| p * q).sum();
-            cov[i * kk + j] = s;
-            cov[j * kk + i] = s;
-        }
-    }
+    let cov: Vec<f64> = x.dot(&x.t()).iter().map(|&v| v as f64).collect();
     let v = top_eigenvector(&cov, kk);
     let mut p = vec![0.0f64; n];
-    for (k, &vk) in v.iter().enumerate() {
-        for (pi, &xi) in p.iter_mut().zip(&x[k * n..(k + 1) * n]) {
-            *pi += vk * xi;
+    for (&vk, xk) in v.iter().zip(x.outer_iter()) {
+        for (pi, &xi) in p.iter_mut().zip(xk.iter()) {
+            *pi += vk * xi as f64;
         }
     }
     let omean = orient_with.iter().map(|&o| o as f64).sum::<f64>() / n as f64;

@@ -9,6 +9,10 @@
 //!
 //! - MaxPool with kernel = stride, no padding, sizes divisible: split each spatial axis into
 //!   (size / k, k), take the max over each k axis, drop them;
+//! - any other 2D MaxPool without dilation (the classifier stem's 3x3 stride-2 padded pool):
+//!   per spatial axis, pad with -inf (or trim unused tail elements) to `m * s`, split into
+//!   `(m, s)`, and take the max over the window's `k` shifted slices (tap `t = q * s + r` is
+//!   rows `q..q + out` of column `r`), stacked on a new axis;
 //! - ConvTranspose with kernel = stride, no padding (the U-Net up-convolution): a 1x1
 //!   convolution to `C_out * k_h * k_w` channels, then a depth-to-space reshuffle;
 //! - Downsample (keep every s-th element): split the axis into (size / s, s) and keep the
@@ -34,6 +38,7 @@ use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer};
 pub fn rewrite_for_gpu(model: &mut TypedModel) -> TractResult<()> {
     Rewriter::default()
         .with_rule_for("maxpool-as-reduce", maxpool_as_reduce)
+        .with_rule_for("maxpool-windows-as-slices", maxpool_windows_as_slices)
         .with_rule_for("deconv-as-conv-and-shuffle", deconv_as_conv)
         .with_rule_for("downsample-as-slice", downsample_as_slice)
         .with_rule_for("bilinear-x2-as-shifts", bilinear_x2_as_shifts)
@@ -83,6 +88,75 @@ fn maxpool_as_reduce(
     }
     patch.shunt_outside(model, node.id.into(), x)?;
     Ok(Some(patch))
+}
+
+fn maxpool_windows_as_slices(
+    _: &(),
+    model: &TypedModel,
+    node: &TypedNode,
+    name: &str,
+    op: &MaxPool,
+) -> TractResult<Option<TypedModelPatch>> {
+    let spec = &op.pool_spec;
+    let input = model.outlet_fact(node.inputs[0])?;
+    let Some(mut shape) = input.shape.as_concrete().map(|s| s.to_vec()) else { return Ok(None) };
+    if tiled_spatial(model, node, spec)?.is_some_and(|[h, w]| h % spec.kernel_shape[0] == 0 && w % spec.kernel_shape[1] == 0)
+        || op.with_index_outputs.is_some()
+        || spec.data_format != DataFormat::NCHW
+        || shape.len() != 4
+        || spec.kernel_shape.len() != 2
+        || spec.dilations().iter().any(|d| *d != 1)
+        || input.datum_type != f32::datum_type()
+    {
+        return Ok(None);
+    }
+    let strides = spec.strides();
+    let padded = spec.padding.compute(&shape[2..], &spec.kernel_shape, &[1, 1], &strides);
+    let mut patch = TypedModelPatch::default();
+    let mut x = patch.tap_model(model, node.inputs[0])?;
+    for (d, pad) in padded.iter().enumerate() {
+        let (axis, len, k, s, out) = (2 + d, shape[2 + d], spec.kernel_shape[d], strides[d], pad.convoluted);
+        let n = |what: &str| format!("{name}.ax{axis}.{what}");
+        // Tap t = q * s + r of output i reads padded element i * s + t = (i + q) * s + r.
+        let m = out + (k - 1) / s;
+        let total = m * s;
+        let mut dims = shape.clone();
+        let mut cur = len;
+        if pad.pad_before > 0 {
+            dims[axis] = pad.pad_before;
+            let fill = patch.add_const(n("pad_before"), neg_inf(&dims)?)?;
+            x = patch.wire_node(n("padded_before"), TypedConcat::new(axis), &[fill, x])?[0];
+            cur += pad.pad_before;
+        }
+        if cur > total {
+            // Tail elements no window reaches.
+            x = patch.wire_node(n("trim"), Slice::new(axis, 0, total), &[x])?[0];
+        } else if cur < total {
+            dims[axis] = total - cur;
+            let fill = patch.add_const(n("pad_after"), neg_inf(&dims)?)?;
+            x = patch.wire_node(n("padded_after"), TypedConcat::new(axis), &[x, fill])?[0];
+        }
+        x = patch.wire_node(n("split"), split_axis(axis, total, s), &[x])?[0];
+        let mut taps = vec![];
+        for t in 0..k {
+            let (q, r) = (t / s, t % s);
+            let rows = patch.wire_node(n(&format!("t{t}.rows")), Slice::new(axis, q, q + out), &[x])?[0];
+            let col = patch.wire_node(n(&format!("t{t}.col")), Slice::new(axis + 1, r, r + 1), &[rows])?[0];
+            taps.push(col);
+        }
+        // Taps stacked on the length-1 column axis, then the max over it.
+        x = patch.wire_node(n("stack"), TypedConcat::new(axis + 1), &taps)?[0];
+        x = patch.wire_node(n("max"), Reduce::new(tvec!(axis + 1), Reducer::Max), &[x])?[0];
+        x = patch.wire_node(n("rm"), AxisOp::Rm(axis + 1), &[x])?[0];
+        shape[axis] = out;
+    }
+    patch.shunt_outside(model, node.id.into(), x)?;
+    Ok(Some(patch))
+}
+
+/// A constant f32 tensor of `-inf`, the max's identity, for padding.
+fn neg_inf(shape: &[usize]) -> TractResult<Tensor> {
+    tensor0(f32::NEG_INFINITY).broadcast_scalar_to_shape(shape)
 }
 
 /// `[.., len, ..] -> [.., len / k, k, ..]` at `axis`.
@@ -309,17 +383,30 @@ mod tests {
     }
 
     #[test]
+    fn classifier_stem_maxpool_is_rewritten_exactly() {
+        // The stem's 3x3 stride-2 pool with padding 1 (kernel != stride), at even and odd sizes.
+        check(&fixture("classifier/tiny_classifier.onnx"), [1, 3, 64, 64], &["MaxPool", "Downsample"]);
+        check(&fixture("classifier/tiny_classifier.onnx"), [2, 3, 67, 61], &["MaxPool"]);
+    }
+
+    #[test]
     fn what_cannot_be_expressed_is_left_alone() {
-        // The classifier stem's 3x3 stride-2 padded MaxPool has kernel != stride: kept as is
-        // (it runs on the CPU), and the model still runs the same.
-        check(&fixture("classifier/tiny_classifier.onnx"), [1, 3, 64, 64], &[]);
-        let mut typed = fixture("classifier/tiny_classifier.onnx")
-            .graph
-            .with_input_fact(0, f32::fact([1, 3, 64, 64]).into())
-            .and_then(|m| m.into_typed())
-            .and_then(|m| m.into_decluttered())
-            .unwrap();
-        rewrite_for_gpu(&mut typed).unwrap();
-        assert_eq!(count(&typed, "MaxPool"), 1);
+        // A dilated pool has no rewrite: kept as is, and the model still runs the same.
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([1, 2, 9, 9])).unwrap();
+        let spec = PoolSpec {
+            data_format: DataFormat::NCHW,
+            kernel_shape: tvec!(2, 2),
+            padding: PaddingSpec::Valid,
+            dilations: Some(tvec!(2, 2)),
+            strides: Some(tvec!(1, 1)),
+            input_channels: 2,
+            output_channels: 2,
+        };
+        let y = model.wire_node("pool", MaxPool::new(spec, None), &[x]).unwrap();
+        model.select_output_outlets(&y).unwrap();
+        let mut rewritten = model.clone();
+        rewrite_for_gpu(&mut rewritten).unwrap();
+        assert_eq!(count(&rewritten, "MaxPool"), 1);
     }
 }

@@ -119,6 +119,16 @@ impl Engine {
         model.plan(shape)
     }
 
+    /// `f` over `items` on this engine's thread pool (in order; sequential with one thread), for
+    /// the per-slice work around the networks.
+    pub(crate) fn par_map<T: Sync, R: Send>(&self, items: &[T], f: impl Fn(&T) -> R + Sync + Send) -> Vec<R> {
+        use rayon::prelude::*;
+        match &self.executor {
+            Executor::MultiThread(pool) => pool.install(|| items.par_iter().map(f).collect()),
+            _ => items.iter().map(f).collect(),
+        }
+    }
+
     /// Runs a plan on this engine's thread pool.
     pub(crate) fn run(&self, plan: &Arc<TypedRunnableModel>, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
         multithread_tract_scope(self.executor.clone(), || plan.run(inputs))
