@@ -128,7 +128,7 @@ def torch_pseudo(nets, hu: np.ndarray, args) -> tuple[np.ndarray, dict]:
             grads = torch.autograd.grad(logits[:, 1].sum(), [acts[0], acts[1]])
             with torch.no_grad():
                 for t in (0, 1):
-                    ecam[t, s:s + args.batch] += sf_cam(acts[t], grads[t], t == 0, (ny, nx)) / len(nets)
+                    ecam[t, s:s + args.batch] += sf_cam(acts[t], grads[t], t == 0, (args.input, args.input), (ny, nx)) / len(nets)
         for h in hooks:
             h.remove()
     with torch.no_grad():
@@ -143,8 +143,9 @@ def torch_pseudo(nets, hu: np.ndarray, args) -> tuple[np.ndarray, dict]:
     return mask, {"total_s": time.perf_counter() - t0, "cam_sca_s": t_cam}
 
 
-def sf_cam(a, g, amplify: bool, native):
-    """METHOD.md section 3 for one tap of a batch: [b, K, h, w] -> SF-CAM on the native grid."""
+def sf_cam(a, g, amplify: bool, model_input, native):
+    """METHOD.md section 3 for one tap of a batch: [b, K, h, w] -> SF-CAM at the model's input size
+    (as pytorch-grad-cam scales CAMs), then bilinear to the native grid (as ichseg does)."""
     import torch
     import torch.nn.functional as F
 
@@ -160,13 +161,13 @@ def sf_cam(a, g, amplify: bool, native):
     p = p * torch.where(sign == 0, torch.ones_like(sign), sign)[:, None, None]
     pmin, pmax = p.amin((1, 2), keepdim=True), p.amax((1, 2), keepdim=True)
     pn = torch.where(pmax > pmin, (p - pmin) / (pmax - pmin).clamp_min(1e-30), torch.zeros_like(p))
-    up = lambda m: F.interpolate(m[:, None], size=native, mode="bilinear", align_corners=False)[:, 0]  # noqa: E731
-    c, pn = up(c), up(pn)
+    up = lambda m, size: F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]  # noqa: E731
+    c, pn = up(c, model_input), up(pn, model_input)
     cam = (c + pn * c) / 2
     if amplify:
         m = cam.amax((1, 2), keepdim=True)
         cam = torch.where(m > 0, torch.tanh(LAMBDA * cam / m.clamp_min(1e-30)), torch.zeros_like(cam))
-    return cam
+    return up(cam, native)
 
 
 def scf(ecam):
