@@ -222,9 +222,13 @@ def run_ichseg(args, paths, volume, labels, work: pathlib.Path) -> dict | None:
         if proc.returncode != 0:
             print(f"[pseudo] ichseg failed: {' '.join(cmd)}\n{proc.stderr}", file=sys.stderr)
             return None
-        t = json.loads(report.read_text())["timings"]
-        runs.append({"total_s": t["total_s"], "load_s": t["load_s"], "wall_s": time.perf_counter() - t0})
+        rep = json.loads(report.read_text())
+        t = rep["timings"]
+        runs.append({"total_s": t["total_s"], "load_s": t["load_s"], "wall_s": time.perf_counter() - t0,
+                     "inference_s": t["inference_s"], "cam_s": t["cam_s"], "fusion_s": t["fusion_s"],
+                     "crf_s": t["crf_s"]})
     res = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    res["cam_device"] = rep.get("cam_device", "?")
     res["mask"] = bs.read_mask(out)
     return res
 
@@ -305,6 +309,8 @@ def main() -> int:
         res["ichseg_s"] = {k: v for k, v in ich.items() if k != "mask"}
         res["mask_agreement"] = float(np.mean(ich["mask"] == mask.astype(bool)))
         res["mask_voxels"] = [int(ich["mask"].sum()), int(mask.sum())]
+        print(f"[pseudo] ichseg {args.device}: stages (s) inference {ich['inference_s']:.3f}, CAM on "
+              f"{ich['cam_device']} {ich['cam_s']:.3f}, fusion {ich['fusion_s']:.3f}, CRF {ich['crf_s']:.3f}")
         print(f"[pseudo] ichseg {args.device}: {ich['total_s']:.3f} s per volume (load {ich['load_s']:.2f} s); "
               f"ratio ichseg/PyTorch {ich['total_s'] / ref['total_s']:.2f}; masks agree "
               f"{100 * res['mask_agreement']:.3f} %")
@@ -328,7 +334,9 @@ def markdown(args, r: dict) -> str:
         lines.append(f"| ichseg | {i['total_s']:.3f} | {i['total_s'] / r['torch_s']['total_s']:.2f} |")
         lines += ["", f"ichseg model load + gradient graphs + plans: {i['load_s']:.2f} s (process wall "
                   f"{i['wall_s']:.2f} s). Masks agree on {100 * r['mask_agreement']:.3f} % of voxels "
-                  f"({r['mask_voxels'][0]} vs {r['mask_voxels'][1]} mask voxels)."]
+                  f"({r['mask_voxels'][0]} vs {r['mask_voxels'][1]} mask voxels).", "",
+                  f"ichseg stages (s): inference {i['inference_s']:.3f}, CAM on {i['cam_device']} {i['cam_s']:.3f}, "
+                  f"fusion {i['fusion_s']:.3f}, CRF {i['crf_s']:.3f}."]
     if r.get("parity"):
         p = r["parity"]
         if "strict" in p:

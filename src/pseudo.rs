@@ -181,6 +181,8 @@ pub struct PseudoLabel {
     pub slice_probabilities: Vec<Vec<f32>>,
     /// The slice decision used: the supplied labels, else the mean probability `>= 0.5`.
     pub positive: Vec<bool>,
+    /// Where the CAMs were computed: `"cuda"` (the GPU kernels of the CUDA path) or `"cpu"`.
+    pub cam_device: &'static str,
     pub timings: PseudoTimings,
 }
 
@@ -301,8 +303,9 @@ impl PseudoLabeler {
         let mut timings = PseudoTimings::default();
         let mut cams = Vec::with_capacity(self.classifiers.len());
         let mut slice_probabilities = Vec::with_capacity(self.classifiers.len());
+        let mut cam_device = "cpu";
         for c in &self.classifiers {
-            let (probs, maps) = self.run_classifier(c, volume, &mut timings, &mut ticker)?;
+            let (probs, maps) = self.run_classifier(c, volume, &mut timings, &mut ticker, &mut cam_device)?;
             slice_probabilities.push(probs);
             cams.push(maps);
         }
@@ -319,7 +322,7 @@ impl PseudoLabeler {
             timings.crf_s = t.elapsed().as_secs_f64();
         }
         timings.total_s = started.elapsed().as_secs_f64();
-        Ok(PseudoLabel { mask, cams, fused, slice_probabilities, positive, timings })
+        Ok(PseudoLabel { mask, cams, fused, slice_probabilities, positive, cam_device, timings })
     }
 
     /// Runs one classifier over all slices: its bleed probability per slice and its CAM per tap
@@ -330,6 +333,7 @@ impl PseudoLabeler {
         volume: &Volume,
         timings: &mut PseudoTimings,
         ticker: &mut Ticker,
+        cam_device: &mut &'static str,
     ) -> Result<(Vec<f32>, Vec<Array3<f32>>)> {
         let nz = volume.num_slices();
         let cfg = &c.config;
@@ -358,23 +362,91 @@ impl PseudoLabeler {
                 let grads = f32_view(&outputs[GradientGraph::gradient_output(i)], &cfg.name, &cfg.taps[i])?;
                 taps.push((acts, grads));
             }
-            // Every (slice, tap) CAM of the batch at once, on the engine's threads.
-            let jobs: Vec<(usize, usize)> = (0..count).flat_map(|b| (0..taps.len()).map(move |i| (b, i))).collect();
             let native = (volume.data().dim().1, volume.data().dim().2);
-            let cams = self.engine.par_map(&jobs, |&(b, i)| -> Result<Array2<f32>> {
-                let a = slice_view(&taps[i].0, b, &cfg.name, &cfg.taps[i])?;
-                let g = slice_view(&taps[i].1, b, &cfg.name, &cfg.taps[i])?;
-                let cam_in = tap_cam(self.options.cam, a, g, (cfg.input_rows, cfg.input_cols), i == 0, self.options.lambda)?;
-                Ok(resize_bilinear(cam_in.view(), native.0, native.1))
-            });
-            for (&(b, i), cam) in jobs.iter().zip(cams) {
-                maps[i].index_axis_mut(Axis(0), first + b).assign(&cam?);
+            if let Some(batch_maps) = self.gpu_maps(cfg, &taps, count, native)? {
+                for (i, flat) in batch_maps.into_iter().enumerate() {
+                    let flat = Array3::from_shape_vec((count, native.0, native.1), flat).expect("count maps");
+                    maps[i].slice_mut(ndarray::s![first..first + count, .., ..]).assign(&flat);
+                }
+                *cam_device = "cuda";
+            } else {
+                // Every (slice, tap) CAM of the batch at once, on the engine's threads.
+                let jobs: Vec<(usize, usize)> =
+                    (0..count).flat_map(|b| (0..taps.len()).map(move |i| (b, i))).collect();
+                let cams = self.engine.par_map(&jobs, |&(b, i)| -> Result<Array2<f32>> {
+                    let a = slice_view(&taps[i].0, b, &cfg.name, &cfg.taps[i])?;
+                    let g = slice_view(&taps[i].1, b, &cfg.name, &cfg.taps[i])?;
+                    let cam_in =
+                        tap_cam(self.options.cam, a, g, (cfg.input_rows, cfg.input_cols), i == 0, self.options.lambda)?;
+                    Ok(resize_bilinear(cam_in.view(), native.0, native.1))
+                });
+                for (&(b, i), cam) in jobs.iter().zip(cams) {
+                    maps[i].index_axis_mut(Axis(0), first + b).assign(&cam?);
+                }
             }
             timings.cam_s += t.elapsed().as_secs_f64();
             first += count;
             ticker.advance(count)?;
         }
         Ok((probs, maps))
+    }
+
+    /// The batch's maps per tap (`[count, rows, cols]` flattened, native grid) from the GPU
+    /// kernels ([`cam::cuda`]) when networks run on CUDA, the method is SF-CAM or LayerCAM and the
+    /// kernels load; `None` means the CPU computes them.
+    #[cfg(feature = "gpu")]
+    fn gpu_maps(
+        &self,
+        cfg: &ClassifierConfig,
+        taps: &[(ArrayViewD<f32>, ArrayViewD<f32>)],
+        count: usize,
+        native: (usize, usize),
+    ) -> Result<Option<Vec<Vec<f32>>>> {
+        if !self.engine.is_cuda() || self.options.cam == CamMethod::Grad || cam::cuda::available().is_err() {
+            return Ok(None);
+        }
+        let eigenvectors = |cov: &[f32], b: usize, k: usize| -> Vec<f64> {
+            let images: Vec<usize> = (0..b).collect();
+            let per_image = self.engine.par_map(&images, |&j| {
+                let m: Vec<f64> = cov[j * k * k..(j + 1) * k * k].iter().map(|&v| v as f64).collect();
+                cam::top_eigenvector(&m, k)
+            });
+            per_image.concat()
+        };
+        let mut out = Vec::with_capacity(taps.len());
+        for (i, (a, g)) in taps.iter().enumerate() {
+            let shape = a.shape();
+            let (Some(a), Some(g), 4) = (a.as_slice(), g.as_slice(), shape.len()) else {
+                return Ok(None);
+            };
+            let per_image = shape[1] * shape[2] * shape[3];
+            let sf = self.options.cam == CamMethod::Sf;
+            let tap = cam::cuda::TapBatch {
+                a: &a[..count * per_image],
+                g: &g[..count * per_image],
+                batch: count,
+                k: shape[1],
+                h: shape[2],
+                w: shape[3],
+                sf,
+                amplify: (sf && i == 0).then_some(self.options.lambda),
+                input: (cfg.input_rows, cfg.input_cols),
+                native,
+            };
+            out.push(cam::cuda::tap_maps(&tap, &eigenvectors)?);
+        }
+        Ok(Some(out))
+    }
+
+    #[cfg(not(feature = "gpu"))]
+    fn gpu_maps(
+        &self,
+        _: &ClassifierConfig,
+        _: &[(ArrayViewD<f32>, ArrayViewD<f32>)],
+        _: usize,
+        _: (usize, usize),
+    ) -> Result<Option<Vec<Vec<f32>>>> {
+        Ok(None)
     }
 
     /// `fused[i] = SCF(BME_j(cams[j][i]))`, or with SCF off the ensemble with negative slices

@@ -9,7 +9,7 @@
 //! - [`normalize_max`]: `C = L / max(L)`, all zeros where `max(L) <= 0`.
 //! - [`pc1`]: pixels are `h*w` samples of `K` features; centre each channel
 //!   (`X_k = A_k - mean(A_k)`), take the top eigenvector `v` of the `K x K` covariance `X^T X`
-//!   (cyclic Jacobi in f64, deterministic), project `p = X v`, flip the sign so that `p`
+//!   (power iteration in f64, deterministic), project `p = X v`, flip the sign so that `p`
 //!   correlates positively with a reference map (the LayerCAM map), and min-max normalise to
 //!   `[0, 1]` (zeros if `p` is constant). Same projection as pytorch-grad-cam's EigenCAM, which
 //!   instead leaves the sign to the SVD.
@@ -33,9 +33,12 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "gpu")]
+pub(crate) mod cuda;
 mod pca;
 
 pub use pca::pc1;
+pub(crate) use pca::top_eigenvector;
 
 use crate::preprocess::resize_bilinear;
 use crate::{Error, Result};

@@ -65,7 +65,7 @@ pub fn pc1(a: ArrayView3<f32>, orient_with: ArrayView2<f32>) -> Result<Array2<f3
 /// (ResNet50's 512-channel layer2 took seconds per slice); it stops when the residual
 /// `|m v - lambda v|` falls below `1e-10 lambda`, or after 5000 steps, which only nearly equal
 /// top eigenvalues need: their eigenvectors are equally valid principal directions.
-fn top_eigenvector(m: &[f64], k: usize) -> Vec<f64> {
+pub(crate) fn top_eigenvector(m: &[f64], k: usize) -> Vec<f64> {
     let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
     let start =
         (0..k)

@@ -189,6 +189,7 @@ fn json_report(
                    "aggregate": format!("{:?}", o.aggregate), "scf": o.scf.map(|s| [s.c as f64, s.w as f64]),
                    "crf": o.crf.is_some()},
         "device": e.device_name(), "device_note": e.device_note(), "threads": e.threads(),
+        "cam_device": r.cam_device,
         "positive_slices": r.positive.iter().enumerate().filter(|(_, &p)| p).map(|(z, _)| z).collect::<Vec<_>>(),
         "slice_probabilities": r.slice_probabilities,
         "mask_voxels": voxels, "mask_ml": voxels as f64 * voxel_ml,
@@ -237,8 +238,8 @@ fn print_summary(input: &Path, labeler: &PseudoLabeler, r: &PseudoLabel, labelle
     println!("mask      {voxels} voxels, {:.2} mL", voxels as f64 * voxel_ml);
     let t = &r.timings;
     println!(
-        "time      load {load_s:.2} s, preprocess {:.2} s, inference {:.2} s, CAM {:.2} s, fusion {:.2} s, CRF {:.2} s, total {:.2} s",
-        t.preprocess_s, t.inference_s, t.cam_s, t.fusion_s, t.crf_s, t.total_s
+        "time      load {load_s:.2} s, preprocess {:.2} s, inference {:.2} s, CAM ({}) {:.2} s, fusion {:.2} s, CRF {:.2} s, total {:.2} s",
+        t.preprocess_s, t.inference_s, r.cam_device, t.cam_s, t.fusion_s, t.crf_s, t.total_s
     );
 }
 

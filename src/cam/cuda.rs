@@ -1,0 +1,243 @@
+//! SF-CAM and LayerCAM of a batch of slices on the GPU: the twins of [`super::sfcam`] and
+//! `normalize_max(layercam)`, followed by the resize to the native grid.
+//!
+//! The kernels (`kernels.cu`) are compiled by NVRTC on first use and cached for the process.
+//! The activations and gradients of one tap go up once; the maps come back once, on the native
+//! grid. PC1's `K x K` covariance is computed on the GPU and its top eigenvector on the CPU
+//! (the same power iteration as the CPU path, a few kilobytes each way), so both paths pick the
+//! same direction. Anything that goes wrong here (no NVRTC, a kernel that fails to load or
+//! launch, a panic inside cudarc) is an error the caller answers by using the CPU path.
+
+use crate::{Error, Result};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use std::sync::{Arc, OnceLock};
+
+const SOURCE: &str = include_str!("kernels.cu");
+const BLOCK: u32 = 256;
+const TILE: u32 = 16;
+
+type Res<T> = std::result::Result<T, String>;
+/// Top eigenvectors of `batch` row-major `K x K` covariances, `[batch, K]` flattened.
+pub(crate) type Eigenvectors<'a> = dyn Fn(&[f32], usize, usize) -> Vec<f64> + 'a;
+
+/// The loaded kernels and the stream they run on.
+struct Kernels {
+    stream: Arc<CudaStream>,
+    _module: Arc<CudaModule>,
+    layercam: CudaFunction,
+    center: CudaFunction,
+    covariance: CudaFunction,
+    project: CudaFunction,
+    image_stats: CudaFunction,
+    normalize: CudaFunction,
+    resize: CudaFunction,
+    combine: CudaFunction,
+    amplify: CudaFunction,
+}
+
+// SAFETY: the handles are used only through cudarc's stream API, which serialises work on the
+// stream; cudarc marks them Send + Sync itself where it can, this covers the function handles.
+unsafe impl Send for Kernels {}
+unsafe impl Sync for Kernels {}
+
+fn kernels() -> std::result::Result<&'static Kernels, String> {
+    static KERNELS: OnceLock<std::result::Result<Kernels, String>> = OnceLock::new();
+    KERNELS
+        .get_or_init(|| {
+            std::panic::catch_unwind(load).unwrap_or_else(|_| Err("the CUDA driver panicked while loading".into()))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+fn load() -> std::result::Result<Kernels, String> {
+    crate::model::gpu::usable()?;
+    let options = cudarc::nvrtc::CompileOptions {
+        // No fused multiply-adds: the same rounding as the CPU twins' separate operations.
+        fmad: Some(false),
+        ..Default::default()
+    };
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(SOURCE, options)
+        .map_err(|e| format!("NVRTC could not compile the CAM kernels: {e}"))?;
+    let ctx = CudaContext::new(0).map_err(|e| format!("no CUDA context: {e}"))?;
+    let stream = ctx.new_stream().map_err(|e| format!("no CUDA stream: {e}"))?;
+    let module = ctx.load_module(ptx).map_err(|e| format!("cannot load the CAM kernels: {e}"))?;
+    let f = |name: &str| module.load_function(name).map_err(|e| format!("kernel {name}: {e}"));
+    Ok(Kernels {
+        layercam: f("layercam")?,
+        center: f("center")?,
+        covariance: f("covariance")?,
+        project: f("project")?,
+        image_stats: f("image_stats")?,
+        normalize: f("normalize")?,
+        resize: f("resize")?,
+        combine: f("combine")?,
+        amplify: f("amplify")?,
+        stream,
+        _module: module,
+    })
+}
+
+/// Why the GPU CAM kernels cannot be used here, or `Ok` once they are compiled and loaded.
+pub(crate) fn available() -> std::result::Result<(), String> {
+    kernels().map(|_| ())
+}
+
+/// One tap of a batch: the layout of its activations and gradients and what to make of them.
+pub(crate) struct TapBatch<'a> {
+    /// Activations and gradients, `[batch, k, h, w]` contiguous.
+    pub a: &'a [f32],
+    pub g: &'a [f32],
+    pub batch: usize,
+    pub k: usize,
+    pub h: usize,
+    pub w: usize,
+    /// SF-CAM (`true`) or LayerCAM alone.
+    pub sf: bool,
+    /// SF-CAM's layer-1 amplification with this `lambda`.
+    pub amplify: Option<f32>,
+    /// The model's input size, where the CAM is formed.
+    pub input: (usize, usize),
+    /// The volume's slice grid, where the maps are returned.
+    pub native: (usize, usize),
+}
+
+/// The maps of `tap` on the native grid, `[batch, rows, cols]` flattened; `eigenvector` finds
+/// PC1's direction from a `K x K` covariance (the CPU path's own routine, run in parallel by the
+/// caller over the batch).
+pub(crate) fn tap_maps(tap: &TapBatch, eigenvectors: &Eigenvectors) -> Result<Vec<f32>> {
+    let k = kernels().map_err(Error::Unsupported)?;
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(k, tap, eigenvectors)))
+        .unwrap_or_else(|_| Err("the CUDA driver panicked while computing CAMs".into()))
+        .map_err(|e| Error::Inference(format!("GPU CAMs: {e}")))
+}
+
+fn grid(n: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: ((n as u32).div_ceil(BLOCK), 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+}
+
+fn per_image(count: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (count as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+}
+
+
+fn run(ks: &Kernels, t: &TapBatch, eigenvectors: &Eigenvectors) -> Res<Vec<f32>> {
+    let (b, k, hw) = (t.batch, t.k, t.h * t.w);
+    let (rows, cols) = t.input;
+    let (ny, nx) = t.native;
+    if t.a.len() != b * k * hw || t.g.len() != t.a.len() || b == 0 || hw == 0 || k == 0 {
+        return Err(format!("tap buffers of {} / {} values for [{b}, {k}, {}, {}]", t.a.len(), t.g.len(), t.h, t.w));
+    }
+    let s = &ks.stream;
+    let e = |what: &'static str| move |err: cudarc::driver::DriverError| format!("{what}: {err}");
+    let (bi, ki, hwi) = (b as i32, k as i32, hw as i32);
+    let a = s.clone_htod(t.a).map_err(e("upload activations"))?;
+    let g = s.clone_htod(t.g).map_err(e("upload gradients"))?;
+    let mut l: CudaSlice<f32> = s.alloc_zeros(b * hw).map_err(e("alloc"))?;
+    let mut stats: CudaSlice<f64> = s.alloc_zeros(b * 4).map_err(e("alloc"))?;
+    let mut c: CudaSlice<f32> = s.alloc_zeros(b * hw).map_err(e("alloc"))?;
+    let mut pn: CudaSlice<f32> = s.alloc_zeros(b * hw).map_err(e("alloc"))?;
+    // SAFETY (every launch below): arguments match the kernel signatures in kernels.cu and the
+    // buffers hold the sizes the kernels index, checked above and allocated here.
+    unsafe {
+        s.launch_builder(&ks.layercam).arg(&a).arg(&g).arg(&mut l).arg(&bi).arg(&ki).arg(&hwi).launch(grid(b * hw))
+    }
+    .map_err(e("layercam"))?;
+    let null = 0u64;
+    let p = if t.sf {
+        let mut x: CudaSlice<f32> = s.alloc_zeros(b * k * hw).map_err(e("alloc"))?;
+        unsafe { s.launch_builder(&ks.center).arg(&a).arg(&mut x).arg(&hwi).launch(per_image(b * k)) }
+            .map_err(e("center"))?;
+        let mut cov: CudaSlice<f32> = s.alloc_zeros(b * k * k).map_err(e("alloc"))?;
+        let tiles = (k as u32).div_ceil(TILE);
+        let cfg = LaunchConfig { grid_dim: (tiles, tiles, b as u32), block_dim: (TILE, TILE, 1), shared_mem_bytes: 0 };
+        unsafe { s.launch_builder(&ks.covariance).arg(&x).arg(&mut cov).arg(&ki).arg(&hwi).launch(cfg) }
+            .map_err(e("covariance"))?;
+        let cov = s.clone_dtoh(&cov).map_err(e("download covariance"))?;
+        s.synchronize().map_err(e("covariance"))?;
+        let v = eigenvectors(&cov, b, k);
+        let v = s.clone_htod(&v).map_err(e("upload eigenvectors"))?;
+        let mut p: CudaSlice<f64> = s.alloc_zeros(b * hw).map_err(e("alloc"))?;
+        unsafe {
+            s.launch_builder(&ks.project).arg(&x).arg(&v).arg(&mut p).arg(&bi).arg(&ki).arg(&hwi).launch(grid(b * hw))
+        }
+        .map_err(e("project"))?;
+        Some(p)
+    } else {
+        None
+    };
+    unsafe {
+        let mut launch = s.launch_builder(&ks.image_stats);
+        launch.arg(&l);
+        match &p {
+            Some(p) => launch.arg(p),
+            None => launch.arg(&null),
+        };
+        launch.arg(&mut stats).arg(&hwi).launch(per_image(b))
+    }
+    .map_err(e("image_stats"))?;
+    unsafe {
+        let mut launch = s.launch_builder(&ks.normalize);
+        launch.arg(&l);
+        match &p {
+            Some(p) => launch.arg(p),
+            None => launch.arg(&null),
+        };
+        launch.arg(&stats).arg(&mut c).arg(&mut pn).arg(&bi).arg(&hwi).launch(grid(b * hw))
+    }
+    .map_err(e("normalize"))?;
+    let resize = |src: &CudaSlice<f32>, (sh, sw): (usize, usize), (dh, dw): (usize, usize)| -> Res<CudaSlice<f32>> {
+        let mut dst: CudaSlice<f32> = s.alloc_zeros(b * dh * dw).map_err(e("alloc"))?;
+        let dims = [bi, sh as i32, sw as i32, dh as i32, dw as i32];
+        unsafe {
+            s.launch_builder(&ks.resize)
+                .arg(src)
+                .arg(&mut dst)
+                .arg(&dims[0])
+                .arg(&dims[1])
+                .arg(&dims[2])
+                .arg(&dims[3])
+                .arg(&dims[4])
+                .launch(grid(b * dh * dw))
+        }
+        .map_err(e("resize"))?;
+        Ok(dst)
+    };
+    let mut cam = resize(&c, (t.h, t.w), (rows, cols))?;
+    if t.sf {
+        let p_in = resize(&pn, (t.h, t.w), (rows, cols))?;
+        let n = (b * rows * cols) as i64;
+        unsafe { s.launch_builder(&ks.combine).arg(&mut cam).arg(&p_in).arg(&n).launch(grid(b * rows * cols)) }
+            .map_err(e("combine"))?;
+    }
+    if let Some(lambda) = t.amplify {
+        let n = (rows * cols) as i32;
+        unsafe { s.launch_builder(&ks.amplify).arg(&mut cam).arg(&n).arg(&lambda).launch(per_image(b)) }
+            .map_err(e("amplify"))?;
+    }
+    let native = resize(&cam, (rows, cols), (ny, nx))?;
+    let out = s.clone_dtoh(&native).map_err(e("download maps"))?;
+    s.synchronize().map_err(e("CAM kernels"))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The kernels compile with NVRTC, where NVRTC can be loaded (no GPU needed): a syntax or
+    /// type error in kernels.cu fails here rather than on the GPU machine. Skipped without NVRTC
+    /// (cudarc panics when it cannot load the library).
+    #[test]
+    fn kernels_compile_with_nvrtc() {
+        let options = cudarc::nvrtc::CompileOptions { fmad: Some(false), ..Default::default() };
+        match std::panic::catch_unwind(|| cudarc::nvrtc::compile_ptx_with_opts(super::SOURCE, options)) {
+            Ok(result) => {
+                let ptx = result.unwrap_or_else(|e| panic!("kernels.cu does not compile: {e}"));
+                let text = ptx.to_src();
+                for name in ["layercam", "center", "covariance", "project", "image_stats", "normalize", "resize"] {
+                    assert!(text.contains(&format!(".entry {name}(")), "kernel {name} missing from the PTX");
+                }
+            }
+            Err(_) => eprintln!("NVRTC not loadable here: kernels.cu not compiled"),
+        }
+    }
+}
