@@ -49,10 +49,10 @@ for m in tests/fixtures/unet/unet_transpose.onnx tests/fixtures/unet/unet_resize
   echo "== inspect --device cuda $m"
   "$bin" inspect --device cuda "$m" 2>&1 | sed -n '/^cuda/,$p;/error/p' | tee -a "$out/placement.txt"
 done
-# GPU_CHECK_PARTS: which parts to run (default both): segment (U-Net parity and speed), pseudo
+# GPU_CHECK_PARTS: which parts to run (default all): segment (U-Net parity and speed), pseudo
 # (pseudo-labelling parity and speed, ResNet34 + ResNet50, against PyTorch CUDA without the CRF,
-# which has no GPU peer there) and their placements.
-parts=${GPU_CHECK_PARTS:-segment pseudo}
+# which has no GPU peer there) and their placements, memory (an oversized batch; after pseudo).
+parts=${GPU_CHECK_PARTS:-segment pseudo memory}
 status=0
 if [[ $parts == *segment* ]]; then
   "$py" scripts/bench_gpu.py --ichseg "$bin" --out-dir "$out" "${dry[@]}" 2>&1 | tee "$out/bench_gpu.log"
@@ -68,5 +68,17 @@ if [[ $parts == *pseudo* ]]; then
     echo "== inspect --device cuda $(basename "${m%.onnx}").cam.onnx" | tee -a "$out/placement.txt"
     "$bin" inspect --device cuda "${m%.onnx}.cam.onnx" 2>&1 | sed -n '/^cuda/,$p;/error/p' | tee -a "$out/placement.txt"
   done
+fi
+# memory: a slice batch far beyond the card (256 slices of ResNet34 + ResNet50 gradient graphs at
+# 384x384) must not crash: the batch is halved until it fits, and the report says which batch ran.
+if [[ $parts == *memory* && -f /tmp/ichseg-pseudo-work/resnet50_1.onnx ]]; then
+  big=/tmp/ichseg-pseudo-work/big.nii.gz
+  "$py" -c "import sys; sys.path.insert(0, 'scripts'); import bench_segment as bs; import pathlib; bs.write_nifti(pathlib.Path('$big'), bs.make_volume(256, ${GPU_CHECK_MEMORY_SLICES:-256}))"
+  "$bin" pseudo-label --classifier /tmp/ichseg-pseudo-work/resnet34_0.onnx --classifier /tmp/ichseg-pseudo-work/resnet50_1.onnx \
+    "$big" -o "$out/big_mask.nii.gz" --use-predictions --no-crf --device cuda --batch 256 --report "$out/memory.json" \
+    --quiet 2>&1 | tail -3
+  rc=${PIPESTATUS[0]}
+  echo "== memory: exit $rc; $("$py" -c "import json; r = json.load(open('$out/memory.json')); print('batch asked 256, ran', r['batch'], '| timings', r['timings'])" 2>&1)"
+  [[ $rc -eq 0 ]] || status=1
 fi
 exit $status

@@ -27,6 +27,11 @@ pub enum Error {
     /// The network failed while running.
     #[error("inference failed: {0}")]
     Inference(String),
+    /// The GPU had no room for a network run: a smaller slice batch may fit. Segmentation and
+    /// pseudo-labelling retry with half the batch by themselves before reporting this. The C
+    /// ABI reports it as `ICHSEG_STATUS_INFERENCE`.
+    #[error("out of GPU memory: {0}")]
+    DeviceMemory(String),
     /// A requested feature is not available in this build or on this machine.
     #[error("unsupported: {0}")]
     Unsupported(String),

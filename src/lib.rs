@@ -23,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+mod batching;
 pub mod cam;
 pub mod capi;
 pub mod crf;

@@ -43,6 +43,7 @@ use crate::crf::{self, CrfParams};
 use crate::error::{Error, Result};
 use crate::model::runtime::Engine;
 use crate::model::{GradientGraph, GradientOptions, ModelKind, OnnxModel};
+use crate::batching::for_each_batch;
 use crate::preprocess::{model_input, resize_bilinear, window_u8, InputSpec};
 use crate::sca::{self, Aggregate, ScfParams};
 use crate::segment::{Progress, DEFAULT_INPUT_SIZE, MAX_BATCH};
@@ -183,6 +184,9 @@ pub struct PseudoLabel {
     pub positive: Vec<bool>,
     /// Where the CAMs were computed: `"cuda"` (the GPU kernels of the CUDA path) or `"cpu"`.
     pub cam_device: &'static str,
+    /// Slices per network run at the end (the smallest over the classifiers): the configured
+    /// batch, or less when the GPU ran out of memory and it was halved ([`Error::DeviceMemory`]).
+    pub batch: usize,
     pub timings: PseudoTimings,
 }
 
@@ -241,6 +245,12 @@ impl PseudoLabeler {
             }
         }
         let crf_window = built[0].spec.window;
+        // Compile and load the GPU CAM kernels now, with the plans, not in the first call's
+        // timing; a failure only means the CPU computes the CAMs.
+        #[cfg(feature = "gpu")]
+        if engine.is_cuda() && options.cam != CamMethod::Grad {
+            let _ = cam::cuda::available();
+        }
         Ok(PseudoLabeler { engine: engine.clone(), classifiers: built, options: options.clone(), crf_window })
     }
 
@@ -304,8 +314,10 @@ impl PseudoLabeler {
         let mut cams = Vec::with_capacity(self.classifiers.len());
         let mut slice_probabilities = Vec::with_capacity(self.classifiers.len());
         let mut cam_device = "cpu";
+        let mut batch = usize::MAX;
         for c in &self.classifiers {
-            let (probs, maps) = self.run_classifier(c, volume, &mut timings, &mut ticker, &mut cam_device)?;
+            let (probs, maps, used) = self.run_classifier(c, volume, &mut timings, &mut ticker, &mut cam_device)?;
+            batch = batch.min(used);
             slice_probabilities.push(probs);
             cams.push(maps);
         }
@@ -322,7 +334,7 @@ impl PseudoLabeler {
             timings.crf_s = t.elapsed().as_secs_f64();
         }
         timings.total_s = started.elapsed().as_secs_f64();
-        Ok(PseudoLabel { mask, cams, fused, slice_probabilities, positive, cam_device, timings })
+        Ok(PseudoLabel { mask, cams, fused, slice_probabilities, positive, cam_device, batch, timings })
     }
 
     /// Runs one classifier over all slices: its bleed probability per slice and its CAM per tap
@@ -334,14 +346,12 @@ impl PseudoLabeler {
         timings: &mut PseudoTimings,
         ticker: &mut Ticker,
         cam_device: &mut &'static str,
-    ) -> Result<(Vec<f32>, Vec<Array3<f32>>)> {
+    ) -> Result<(Vec<f32>, Vec<Array3<f32>>, usize)> {
         let nz = volume.num_slices();
         let cfg = &c.config;
         let mut probs = Vec::with_capacity(nz);
         let mut maps = vec![Array3::<f32>::zeros(volume.data().dim()); cfg.taps.len()];
-        let mut first = 0;
-        while first < nz {
-            let count = cfg.batch.min(nz - first);
+        let batch = for_each_batch(nz, cfg.batch, c.fixed_batch.is_none(), |first, count| {
             let t = Instant::now();
             let input = model_input(volume, first, count, c.fixed_batch.unwrap_or(count), &c.spec);
             timings.preprocess_s += t.elapsed().as_secs_f64();
@@ -353,9 +363,8 @@ impl PseudoLabeler {
             let logits = f32_view(&outputs[0], &cfg.name, "logits")?
                 .into_dimensionality::<Ix2>()
                 .map_err(|_| Error::Inference(format!("{}: logits are not [N, K]", cfg.name)))?;
-            for b in 0..count {
-                probs.push(c.bleed_probability(logits.index_axis(Axis(0), b))?);
-            }
+            let batch_probs =
+                (0..count).map(|b| c.bleed_probability(logits.index_axis(Axis(0), b))).collect::<Result<Vec<_>>>()?;
             let mut taps = Vec::with_capacity(cfg.taps.len());
             for i in 0..cfg.taps.len() {
                 let acts = f32_view(&outputs[GradientGraph::activation_output(i)], &cfg.name, &cfg.taps[i])?;
@@ -385,10 +394,10 @@ impl PseudoLabeler {
                 }
             }
             timings.cam_s += t.elapsed().as_secs_f64();
-            first += count;
-            ticker.advance(count)?;
-        }
-        Ok((probs, maps))
+            probs.extend(batch_probs);
+            ticker.advance(count)
+        })?;
+        Ok((probs, maps, batch))
     }
 
     /// The batch's maps per tap (`[count, rows, cols]` flattened, native grid) from the GPU

@@ -4,6 +4,7 @@ use crate::error::{Error, Result};
 use crate::lesions::{find_lesions, total_volume_ml, Lesion};
 use crate::model::runtime::Engine;
 use crate::model::{ModelKind, OnnxModel};
+use crate::batching::for_each_batch;
 use crate::preprocess::{model_input, resize_bilinear_into, InputSpec};
 use crate::volume::{Volume, Window};
 use ndarray::{Array3, Axis};
@@ -95,6 +96,9 @@ pub struct Segmentation {
     /// 3D connected components (26-connectivity), largest first.
     pub lesions: Vec<Lesion>,
     pub total_volume_ml: f64,
+    /// Slices per network run at the end: the configured batch, or less when the GPU ran out
+    /// of memory and the batch was halved ([`Error::DeviceMemory`]).
+    pub batch: usize,
     pub timings: Timings,
 }
 
@@ -249,10 +253,7 @@ impl Segmenter {
         let mut timings = Timings::default();
         let [_, _, nz] = volume.dims();
         let mut probability = Array3::<f32>::zeros(volume.data().dim());
-        let batch = self.config.batch;
-        let mut first = 0;
-        while first < nz {
-            let count = batch.min(nz - first);
+        let batch = for_each_batch(nz, self.config.batch, self.fixed_batch.is_none(), |first, count| {
             let t0 = Instant::now();
             let input = self.input_batch(volume, first, count)?;
             timings.preprocess_s += t0.elapsed().as_secs_f64();
@@ -265,11 +266,11 @@ impl Segmenter {
                 resize_bilinear_into(p.view(), probability.index_axis_mut(Axis(0), first + i));
             }
             timings.postprocess_s += t2.elapsed().as_secs_f64();
-            first += count;
-            if !progress(Progress { done: first, total: nz }) {
+            if !progress(Progress { done: first + count, total: nz }) {
                 return Err(Error::Cancelled);
             }
-        }
+            Ok(())
+        })?;
         let t3 = Instant::now();
         let threshold = self.config.threshold;
         let mask = probability.mapv(|p| u8::from(p >= threshold));
@@ -277,7 +278,7 @@ impl Segmenter {
         let total_volume_ml = total_volume_ml(&lesions);
         timings.postprocess_s += t3.elapsed().as_secs_f64();
         timings.total_s = started.elapsed().as_secs_f64();
-        Ok(Segmentation { mask, probability, lesions, total_volume_ml, timings })
+        Ok(Segmentation { mask, probability, lesions, total_volume_ml, batch, timings })
     }
 
     /// Runs the network alone on a preprocessed `[B, C, H, W]` batch and returns its first

@@ -109,7 +109,14 @@ pub(crate) fn tap_maps(tap: &TapBatch, eigenvectors: &Eigenvectors) -> Result<Ve
     let k = kernels().map_err(Error::Unsupported)?;
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(k, tap, eigenvectors)))
         .unwrap_or_else(|_| Err("the CUDA driver panicked while computing CAMs".into()))
-        .map_err(|e| Error::Inference(format!("GPU CAMs: {e}")))
+        .map_err(|e| {
+            let message = format!("GPU CAMs: {e}");
+            if crate::model::runtime::is_out_of_memory(&message) {
+                Error::DeviceMemory(message)
+            } else {
+                Error::Inference(message)
+            }
+        })
 }
 
 fn grid(n: usize) -> LaunchConfig {

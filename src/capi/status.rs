@@ -83,7 +83,7 @@ impl From<&Error> for IchsegStatus {
             Error::InvalidImage { .. } => IchsegStatus::InvalidImage,
             Error::NonFiniteVoxels { .. } => IchsegStatus::NonFinite,
             Error::InvalidModel(_) => IchsegStatus::InvalidModel,
-            Error::Inference(_) => IchsegStatus::Inference,
+            Error::Inference(_) | Error::DeviceMemory(_) => IchsegStatus::Inference,
             Error::Unsupported(_) => IchsegStatus::Unsupported,
             Error::Cancelled => IchsegStatus::Cancelled,
         }

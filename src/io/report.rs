@@ -19,6 +19,9 @@ pub struct SegmentationReport {
     pub device: String,
     pub device_note: String,
     pub threads: usize,
+    /// Slices per network run at the end (below the configured batch when the GPU ran out of
+    /// memory and it was halved).
+    pub batch: usize,
     pub lesion_count: usize,
     pub total_volume_ml: f64,
     pub lesions: Vec<Lesion>,
@@ -56,6 +59,7 @@ impl SegmentationReport {
             device: segmenter.engine().device_name().to_string(),
             device_note: segmenter.engine().device_note().to_string(),
             threads: segmenter.engine().threads(),
+            batch: result.batch,
             lesion_count: result.lesions.len(),
             total_volume_ml: result.total_volume_ml,
             lesions: result.lesions.clone(),

@@ -130,10 +130,31 @@ impl Engine {
     }
 
     /// Runs a plan on this engine's thread pool.
+    /// tract-cuda panics when a device allocation fails: that, and an error saying so, become
+    /// [`Error::DeviceMemory`] (the callers then retry with a smaller batch); any other panic an
+    /// [`Error::Inference`].
     pub(crate) fn run(&self, plan: &Arc<TypedRunnableModel>, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
-        multithread_tract_scope(self.executor.clone(), || plan.run(inputs))
-            .map_err(|e| Error::Inference(format!("{e:#}")))
+        let run = std::panic::AssertUnwindSafe(|| multithread_tract_scope(self.executor.clone(), || plan.run(inputs)));
+        let message = match std::panic::catch_unwind(run) {
+            Ok(Ok(outputs)) => return Ok(outputs),
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(panic) => {
+                let text = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                format!("the network run panicked: {text}")
+            }
+        };
+        Err(if is_out_of_memory(&message) { Error::DeviceMemory(message) } else { Error::Inference(message) })
     }
+}
+
+/// Whether a failure message is CUDA's (or an allocator's) "out of memory".
+pub(crate) fn is_out_of_memory(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("out_of_memory") || m.contains("out of memory") || m.contains("outofmemory")
 }
 
 /// Whether CUDA can run networks here; `Ok` names the device, `Err` says why not.

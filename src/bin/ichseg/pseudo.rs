@@ -189,7 +189,7 @@ fn json_report(
                    "aggregate": format!("{:?}", o.aggregate), "scf": o.scf.map(|s| [s.c as f64, s.w as f64]),
                    "crf": o.crf.is_some()},
         "device": e.device_name(), "device_note": e.device_note(), "threads": e.threads(),
-        "cam_device": r.cam_device,
+        "cam_device": r.cam_device, "batch": r.batch,
         "positive_slices": r.positive.iter().enumerate().filter(|(_, &p)| p).map(|(z, _)| z).collect::<Vec<_>>(),
         "slice_probabilities": r.slice_probabilities,
         "mask_voxels": voxels, "mask_ml": voxels as f64 * voxel_ml,
