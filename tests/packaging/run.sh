@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Installs libichseg into a temporary prefix (scripts/install.sh, debug profile) and builds the
-# examples of docs/C-API.md against it: bindings/examples/minimal.cpp with CMake find_package
-# (ichseg::ichseg shared and ichseg::ichseg_static) and with pkg-config (ichseg.pc), and
-# bindings/examples/minimal.c with pkg-config (ichseg.pc, and ichseg-static.pc). Each program
-# segments a small volume with the fixture U-Net and must succeed.
+# Installs libichseg into a temporary prefix (scripts/install.sh; debug profile, or
+# ICHSEG_PROFILE=release to reuse a release build) and builds the examples of docs/C-API.md
+# against it: bindings/examples/minimal.cpp with CMake find_package (ichseg::ichseg shared and
+# ichseg::ichseg_static) and with pkg-config (ichseg.pc), and bindings/examples/minimal.c with
+# pkg-config (ichseg.pc, and ichseg-static.pc). Each program segments a small volume with the
+# fixture U-Net and must succeed. Then, with ITK 5, the viewer-plugin example
+# bindings/cpp/examples/itk_segment (NIfTI and DICOM input, segmentation and pseudo-labelling)
+# against the ichseg CLI.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 for tool in cmake pkg-config c++; do
@@ -11,7 +14,10 @@ for tool in cmake pkg-config c++; do
 done
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-scripts/install.sh --prefix "$tmp/prefix" --profile debug >/dev/null
+profile=${ICHSEG_PROFILE:-debug}
+cargo_flags=()
+[[ $profile == release ]] && cargo_flags=(--release)
+scripts/install.sh --prefix "$tmp/prefix" --profile "$profile" >/dev/null
 model=tests/fixtures/unet/unet_transpose.onnx
 
 cmake -S tests/packaging -B "$tmp/build" -DCMAKE_PREFIX_PATH="$tmp/prefix" -DCMAKE_BUILD_TYPE=Release >/dev/null
@@ -42,8 +48,10 @@ deps=$(ldd "$tmp/c_static")
 if grep -q libichseg <<<"$deps"; then echo "packaging: c_static links libichseg.so" >&2; exit 1; fi
 
 # The ITK viewer-plugin example (bindings/cpp/examples/itk_segment), when ITK 5 is installed
-# (Debian: libinsighttoolkit5-dev; .ci/run installs it and sets ICHSEG_REQUIRE_ITK=1). Its mask
-# must equal `ichseg segment`'s, geometry included (ichseg eval refuses a geometry mismatch).
+# (Debian: libinsighttoolkit5-dev; .ci/run installs it and sets ICHSEG_REQUIRE_ITK=1). Its masks
+# must equal the CLI's, geometry included (ichseg eval refuses headers whose sizes, voxel sizes
+# or affines differ by more than 1e-5 relative): segmentation of the NIfTI sample and of a DICOM
+# series made from it here, and pseudo-labelling with the shipped classifiers.
 if ! cmake -S bindings/cpp/examples/itk_segment -B "$tmp/itk" -DCMAKE_PREFIX_PATH="$tmp/prefix" \
      -DCMAKE_BUILD_TYPE=Release >"$tmp/itk.log" 2>&1; then
   if [[ "${ICHSEG_REQUIRE_ITK:-0}" == 1 ]]; then cat "$tmp/itk.log" >&2; exit 1; fi
@@ -51,18 +59,66 @@ if ! cmake -S bindings/cpp/examples/itk_segment -B "$tmp/itk" -DCMAKE_PREFIX_PAT
   exit 0
 fi
 cmake --build "$tmp/itk" -j 2 >/dev/null
-sample=models/samples/sample.nii.gz unet=models/unet.onnx
-[[ -f $sample && -f $unet ]] || { sample=tests/fixtures/unet/ct_small.nii.gz unet=$model; }
-out=$("$tmp/itk/itk_segment" "$unet" "$sample" "$tmp/itk_mask.nii.gz" --device cpu 2>/dev/null)
-grep -q "itk_segment done" <<<"$out" || { echo "packaging: itk_segment failed: $out" >&2; exit 1; }
-echo "packaging: itk_segment on $sample: $(grep lesions <<<"$out")"
-bin=${CARGO_TARGET_DIR:-target}/debug/ichseg
-[[ -x $bin ]] || cargo build --locked --bin ichseg -q
-"$bin" segment --model "$unet" "$sample" -o "$tmp/cli_mask.nii.gz" --device cpu --quiet
-"$bin" eval --pred "$tmp/itk_mask.nii.gz" --gt "$tmp/cli_mask.nii.gz" --json >"$tmp/eval.json"
-python3 - "$tmp/eval.json" <<'PY'
+cmake -S tests/packaging/make_dicom -B "$tmp/make_dicom" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$tmp/make_dicom" -j 2 >/dev/null
+itk=$tmp/itk/itk_segment
+bin=${CARGO_TARGET_DIR:-target}/$profile/ichseg
+cargo build --locked --bin ichseg -q "${cargo_flags[@]}"  # a no-op when fresh
+same_mask() { # ITK_MASK CLI_MASK WHAT: equal voxels and geometry
+  "$bin" eval --pred "$1" --gt "$2" --json >"$tmp/eval.json"
+  python3 - "$tmp/eval.json" "$3" <<'PY'
 import json, sys
 o = json.load(open(sys.argv[1]))["overall"]
 assert o["iou_background"] == 1.0 and o["iou_hemorrhage"] == 1.0, o
-print("packaging: itk_segment mask == ichseg segment mask (geometry and voxels)")
+print(f"packaging: {sys.argv[2]} (geometry and voxels)")
 PY
+}
+itk_run() { # ARGS...: runs itk_segment, which must succeed
+  out=$("$itk" "$@" --device cpu 2>/dev/null) && grep -q "itk_segment done" <<<"$out" ||
+    { echo "packaging: itk_segment $* failed: $out" >&2; exit 1; }
+}
+
+sample=models/samples/sample.nii.gz unet=models/unet.onnx
+itk_run "$unet" "$sample" "$tmp/itk_mask.nii.gz"
+echo "packaging: itk_segment on $sample: $(grep lesions <<<"$out")"
+"$bin" segment --model "$unet" "$sample" -o "$tmp/cli_mask.nii.gz" --device cpu --quiet
+same_mask "$tmp/itk_mask.nii.gz" "$tmp/cli_mask.nii.gz" "itk_segment mask == ichseg segment mask"
+
+# DICOM: the sample as a series of int16 slices with a rescale intercept (the helper checks that
+# every HU value and the geometry survive the round trip), segmented from the folder.
+"$tmp/make_dicom/make_dicom_series" "$sample" "$tmp/dicom" | sed 's/^/packaging: /'
+itk_run "$unet" "$tmp/dicom" -o "$tmp/itk_dicom_mask.nii.gz"
+same_mask "$tmp/itk_dicom_mask.nii.gz" "$tmp/itk_mask.nii.gz" "itk_segment mask of the DICOM series == of the NIfTI"
+
+# Pseudo-labelling with the shipped classifiers and the sample's slice labels (a slice bleeds
+# where its ground-truth mask has a voxel), against `ichseg pseudo-label` with the same inputs.
+classifiers=(--classifier models/classifier_slim34.onnx --classifier models/classifier_slim50.onnx)
+python3 - models/samples/sample_mask.nii.gz "$tmp/labels.csv" <<'PY'
+import gzip, struct, sys  # no nibabel: a uint8 NIfTI-1 mask is simple to read
+raw = gzip.open(sys.argv[1]).read()
+nx, ny, nz = struct.unpack_from("<8h", raw, 40)[1:4]
+assert struct.unpack_from("<h", raw, 70)[0] == 2, "expected a uint8 mask"
+data, plane = raw[int(struct.unpack_from("<f", raw, 108)[0]):], nx * ny
+with open(sys.argv[2], "w") as f:
+    f.write("slice,label\n" + "".join(f"{z},{int(any(data[z * plane:(z + 1) * plane]))}\n" for z in range(nz)))
+PY
+itk_run "${classifiers[@]}" --labels "$tmp/labels.csv" models/samples/sample.nii.gz -o "$tmp/itk_pseudo.nii.gz"
+echo "packaging: itk_segment pseudo-labelling: $(grep -E '^(slices|mask)' <<<"$out" | tr -s ' ' | paste -sd ';')"
+"$bin" pseudo-label "${classifiers[@]}" --labels "$tmp/labels.csv" models/samples/sample.nii.gz \
+  -o "$tmp/cli_pseudo.nii.gz" --device cpu --quiet
+same_mask "$tmp/itk_pseudo.nii.gz" "$tmp/cli_pseudo.nii.gz" "itk_segment pseudo mask == ichseg pseudo-label mask"
+
+# Errors: a clear message, exit status 1, no output file.
+expect_error() { # MESSAGE ARGS...
+  local msg=$1; shift
+  local rc=0
+  err=$("$itk" "$@" -o "$tmp/never.nii.gz" --device cpu 2>&1 >/dev/null) || rc=$?
+  if [[ $rc != 1 || $err != *"$msg"* || -e $tmp/never.nii.gz ]]; then
+    echo "packaging: itk_segment $* should fail with \"$msg\" (rc $rc, output $(ls "$tmp/never.nii.gz" 2>&1)): $err" >&2
+    exit 1
+  fi
+  echo "packaging: itk_segment error as expected: $(tail -1 <<<"$err")"
+}
+expect_error "$tmp/missing.onnx" --classifier "$tmp/missing.onnx" "${classifiers[@]}" models/samples/sample.nii.gz
+printf 'slice,label\n99,1\n' >"$tmp/bad_labels.csv"
+expect_error "slice 99 but the volume has" "${classifiers[@]}" --labels "$tmp/bad_labels.csv" models/samples/sample.nii.gz
