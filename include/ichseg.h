@@ -100,7 +100,8 @@ typedef enum IchsegStatus {
      */
     ICHSEG_STATUS_INVALID_MODEL = 7,
     /**
-     * The network failed while running.
+     * The network failed while running; also a GPU out of memory even at one slice per run
+     * (larger batches are halved and retried first).
      */
     ICHSEG_STATUS_INFERENCE = 8,
     /**

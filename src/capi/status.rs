@@ -27,7 +27,8 @@ pub enum IchsegStatus {
     NonFinite = 6,
     /// The ONNX model cannot be parsed or is not a usable segmentation network.
     InvalidModel = 7,
-    /// The network failed while running.
+    /// The network failed while running; also a GPU out of memory even at one slice per run
+    /// (larger batches are halved and retried first).
     Inference = 8,
     /// The request needs something this build or machine lacks (for example CUDA).
     Unsupported = 9,
