@@ -35,11 +35,6 @@ struct Kernels {
     amplify: CudaFunction,
 }
 
-// SAFETY: the handles are used only through cudarc's stream API, which serialises work on the
-// stream; cudarc marks them Send + Sync itself where it can, this covers the function handles.
-unsafe impl Send for Kernels {}
-unsafe impl Sync for Kernels {}
-
 fn kernels() -> std::result::Result<&'static Kernels, String> {
     static KERNELS: OnceLock<std::result::Result<Kernels, String>> = OnceLock::new();
     KERNELS
