@@ -79,7 +79,8 @@ fn pseudo_scores(dir: &Path, ds: &Path, classifiers: &[(&str, &str)], args: &[&s
     let run = ichseg(&all);
     assert!(run.status.success(), "{}", stderr(&run));
     let (pred, gt) = (out.path().to_path_buf(), ds.join("masks"));
-    let (p1, p2, g1, g2) = (pred.join("001.nii.gz"), pred.join("002.nii.gz"), gt.join("001.nii.gz"), gt.join("002.nii.gz"));
+    let (p1, p2, g1, g2) =
+        (pred.join("001.nii.gz"), pred.join("002.nii.gz"), gt.join("001.nii.gz"), gt.join("002.nii.gz"));
     let eval = ichseg(&["eval", "--json", "--pred", p(&p1), "--gt", p(&g1), "--pred", p(&p2), "--gt", p(&g2)]);
     json(&eval)["overall"].clone()
 }
@@ -97,6 +98,7 @@ fn rows_score_what_pseudo_label_makes() {
     assert_eq!(report["single_tap"], TINY_L1);
     let runs = report["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2, "one run per threshold");
+    assert_eq!(runs[1]["setting"]["threshold"], 0.35, "settings as typed");
     // rows: Grad-CAM, + SCF, each model alone, BME, + SCF, + BLA, + dCRF
     let row = |run: usize, index: usize, name: &str| -> serde_json::Value {
         let rows = runs[run]["rows"].as_array().unwrap();

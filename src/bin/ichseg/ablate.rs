@@ -107,26 +107,30 @@ pub struct AblateArgs {
 }
 
 /// One point of the tuning grid: everything a row's mask depends on after the networks.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 struct Setting {
     threshold: f32,
     scf_c: usize,
     scf_w: f32,
-    #[serde(serialize_with = "crf_json")]
     crf: CrfParams,
 }
 
-fn crf_json<S: serde::Serializer>(c: &CrfParams, s: S) -> std::result::Result<S::Ok, S::Error> {
-    use serde::ser::SerializeMap;
-    let mut m = s.serialize_map(Some(7))?;
-    m.serialize_entry("label_confidence", &c.label_confidence)?;
-    m.serialize_entry("bilateral_compat", &c.bilateral_compat)?;
-    m.serialize_entry("bilateral_srgb", &c.bilateral_srgb)?;
-    m.serialize_entry("bilateral_sxy", &c.bilateral_sxy)?;
-    m.serialize_entry("gaussian_sxy", &c.gaussian_sxy)?;
-    m.serialize_entry("gaussian_compat", &c.gaussian_compat)?;
-    m.serialize_entry("iterations", &c.iterations)?;
-    m.end()
+/// An `f32` as the decimal it was typed as (0.3, not 0.30000001192092896).
+fn short(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::from(x))
+}
+
+impl Setting {
+    fn json(&self) -> serde_json::Value {
+        let c = &self.crf;
+        serde_json::json!({
+            "threshold": short(self.threshold), "scf_c": self.scf_c, "scf_w": short(self.scf_w),
+            "crf": {"label_confidence": short(c.label_confidence), "bilateral_compat": short(c.bilateral_compat),
+                    "bilateral_srgb": short(c.bilateral_srgb), "bilateral_sxy": short(c.bilateral_sxy),
+                    "gaussian_sxy": short(c.gaussian_sxy), "gaussian_compat": short(c.gaussian_compat),
+                    "iterations": c.iterations},
+        })
+    }
 }
 
 impl AblateArgs {
@@ -204,9 +208,10 @@ fn split_patients(path: &Path, subset: &str) -> Result<Vec<u32>> {
         let known: Vec<&str> = splits.keys().map(String::as_str).collect();
         Error::arg(format!("{}: no subset {subset:?}; it has {}", path.display(), known.join(", ")))
     })?;
-    let patients: Option<Vec<u32>> =
-        list.as_array().map(|a| a.iter().map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok())).collect())
-            .unwrap_or(None);
+    let patients: Option<Vec<u32>> = list
+        .as_array()
+        .map(|a| a.iter().map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok())).collect())
+        .unwrap_or(None);
     match patients {
         Some(p) if !p.is_empty() => Ok(p),
         Some(_) => Err(Error::arg(format!("{}: subset {subset:?} is empty", path.display()))),
@@ -266,7 +271,13 @@ struct Maps {
 }
 
 /// Every row's mask for one setting, in [`row_names`] order.
-fn masks(maps: &Maps, s: &Setting, tap: usize, a: &AblateArgs, crf: (&PseudoLabeler, &ichseg::Volume)) -> Result<Vec<Array3<u8>>> {
+fn masks(
+    maps: &Maps,
+    s: &Setting,
+    tap: usize,
+    a: &AblateArgs,
+    crf: (&PseudoLabeler, &ichseg::Volume),
+) -> Result<Vec<Array3<u8>>> {
     let off = ScfParams { c: 0, w: 0.0 };
     let on = ScfParams { c: s.scf_c, w: s.scf_w };
     let pos = &maps.positive;
@@ -276,8 +287,7 @@ fn masks(maps: &Maps, s: &Setting, tap: usize, a: &AblateArgs, crf: (&PseudoLabe
         out.push(cut(m, s.threshold)?);
     }
     out.push(cut(&sca::scf(maps.ensemble[tap].view(), pos, &off)?, s.threshold)?);
-    let fused: Vec<Array3<f32>> =
-        maps.ensemble.iter().map(|e| sca::scf(e.view(), pos, &on)).collect::<Result<_>>()?;
+    let fused: Vec<Array3<f32>> = maps.ensemble.iter().map(|e| sca::scf(e.view(), pos, &on)).collect::<Result<_>>()?;
     out.push(cut(&fused[tap], s.threshold)?);
     let views: Vec<ArrayView3<f32>> = fused.iter().map(|f| f.view()).collect();
     let mut bla = sca::bla(&views, s.threshold, a.aggregate)?;
@@ -307,7 +317,11 @@ pub fn run(a: &AblateArgs) -> Result<()> {
     };
     let engine = engine(&a.run)?;
     let models = a.classifiers.iter().map(|p| OnnxModel::load(p)).collect::<Result<Vec<_>>>()?;
-    let sf_taps = a.taps.iter().map(|t| t.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()).collect();
+    let sf_taps = a
+        .taps
+        .iter()
+        .map(|t| t.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+        .collect();
     let sf = PseudoLabeler::new(&engine, models.clone(), &a.options(CamMethod::Sf, sf_taps))?;
     let deep = a.deep_taps.iter().map(|t| vec![t.clone()]).collect();
     let grad = PseudoLabeler::new(&engine, models, &a.options(CamMethod::Grad, deep))?;
@@ -369,7 +383,7 @@ pub fn run(a: &AblateArgs) -> Result<()> {
             .map(|(s, scores)| {
                 let rows: Vec<_> =
                     rows.iter().zip(scores).map(|(r, sc)| serde_json::json!({"row": r.trim(), "scores": sc})).collect();
-                serde_json::json!({"setting": s, "rows": rows})
+                serde_json::json!({"setting": s.json(), "rows": rows})
             })
             .collect();
         let out = serde_json::json!({
@@ -396,7 +410,10 @@ pub fn run(a: &AblateArgs) -> Result<()> {
             s.threshold, s.scf_c, s.scf_w, c.label_confidence, c.bilateral_compat, c.bilateral_srgb, c.bilateral_sxy,
             c.gaussian_compat, c.gaussian_sxy, c.iterations
         );
-        println!("{:<44} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}", "configuration", "mIoU", "IoU_h", "Dice", "IoU_bg", "CL", "FPL");
+        println!(
+            "{:<44} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}",
+            "configuration", "mIoU", "IoU_h", "Dice", "IoU_bg", "CL", "FPL"
+        );
         let pct = |v: Option<f64>| v.map_or("    n/a".to_string(), |v| format!("{:>7.2}", 100.0 * v));
         for (r, sc) in rows.iter().zip(scores) {
             println!(
