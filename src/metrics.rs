@@ -86,9 +86,37 @@ pub fn evaluate(pairs: &[(ArrayView3<u8>, ArrayView3<u8>)]) -> Result<Evaluation
     if pairs.is_empty() {
         return Err(Error::arg("nothing to evaluate: no (prediction, ground truth) pairs given"));
     }
-    let mut overall = Counts::default();
-    let mut per_volume = Vec::with_capacity(pairs.len());
-    for (index, (pred, gt)) in pairs.iter().enumerate() {
+    let mut pool = Pool::default();
+    let per_volume = pairs.iter().map(|(pred, gt)| pool.add(pred.view(), gt.view())).collect::<Result<_>>()?;
+    Ok(Evaluation { overall: pool.scores(), per_volume })
+}
+
+/// [`evaluate`]'s pooled scores built one pair at a time, so that a caller scoring many
+/// volumes (or many variants of each) need not keep every mask in memory.
+///
+/// ```
+/// use ndarray::Array3;
+/// let mut gt = Array3::<u8>::zeros((1, 2, 2));
+/// gt[[0, 0, 0]] = 1;
+/// let mut pool = ichseg::metrics::Pool::default();
+/// pool.add(gt.view(), gt.view()).unwrap();
+/// pool.add(Array3::zeros((1, 2, 2)).view(), gt.view()).unwrap();
+/// assert_eq!(pool.scores().iou_hemorrhage, 0.5);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pool {
+    counts: Counts,
+    pairs: usize,
+}
+
+impl Pool {
+    /// Adds one `(prediction, ground truth)` pair (as in [`evaluate`]) and returns its own scores.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when the shapes differ or a slice has 2^32 pixels or more; the
+    /// pool is then left unchanged.
+    pub fn add(&mut self, pred: ArrayView3<u8>, gt: ArrayView3<u8>) -> Result<Scores> {
+        let index = self.pairs;
         if pred.shape() != gt.shape() {
             return Err(Error::arg(format!(
                 "pair {index}: prediction shape {:?} differs from ground truth shape {:?} (both [nz, ny, nx])",
@@ -105,10 +133,15 @@ pub fn evaluate(pairs: &[(ArrayView3<u8>, ArrayView3<u8>)]) -> Result<Evaluation
         for (p, g) in pred.axis_iter(Axis(0)).zip(gt.axis_iter(Axis(0))) {
             volume += slice_counts(p, g);
         }
-        overall += volume;
-        per_volume.push(volume.scores());
+        self.counts += volume;
+        self.pairs += 1;
+        Ok(volume.scores())
     }
-    Ok(Evaluation { overall: overall.scores(), per_volume })
+
+    /// The scores pooled over every pair added so far.
+    pub fn scores(&self) -> Scores {
+        self.counts.scores()
+    }
 }
 
 /// The integer tallies behind [`Scores`]; they add up, so one slice, one volume and the whole set

@@ -483,6 +483,22 @@ impl PseudoLabeler {
         }
         Ok(())
     }
+
+    /// The dense CRF step of [`PseudoLabeler::label`] alone, with `params`, for a mask fused
+    /// elsewhere (ablations derive many masks from one run's maps): refines every slice of
+    /// `mask` that has foreground, over the same grey image.
+    pub fn refine_mask(&self, volume: &Volume, mask: &mut Array3<u8>, params: &CrfParams) -> Result<()> {
+        params.validate()?;
+        if mask.dim() != volume.data().dim() {
+            return Err(Error::arg(format!(
+                "refine_mask: mask is {:?} but the volume is {:?} ([nz, ny, nx])",
+                mask.shape(),
+                volume.data().shape()
+            )));
+        }
+        let mut ticker = Ticker { done: 0, total: volume.num_slices(), progress: &mut |_| true };
+        self.refine(volume, mask, params, &mut ticker)
+    }
 }
 
 /// One tap's CAM at the input size `[rows, cols]`, values in `[0, 1]`, from its activations

@@ -1,5 +1,6 @@
-//! `ichseg`: the command-line face of libichseg (segment, pseudo-label, eval, inspect, cam-graph, demo).
+//! `ichseg`: the command-line face of libichseg (segment, pseudo-label, ablate, eval, inspect, cam-graph, demo).
 
+mod ablate;
 mod demo;
 mod doctor;
 mod pseudo;
@@ -30,6 +31,9 @@ enum Command {
     /// Make pseudo masks from slice classifiers (SF-CAM, SCA, dense CRF) for a scan or a
     /// BCIHM-layout dataset.
     PseudoLabel(pseudo::PseudoLabelArgs),
+    /// Pseudo-mask quality of each step of the pipeline on a dataset split (the paper's Table 4
+    /// ablation), optionally over a grid of settings.
+    Ablate(ablate::AblateArgs),
     /// Score predicted masks against ground truth (IoU, mIoU, Dice, CL/ML/FPL).
     Eval(EvalArgs),
     /// Show a model's inputs, outputs, ichseg.* metadata and candidate CAM taps.
@@ -191,6 +195,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Segment(a) => segment(&a),
         Command::PseudoLabel(a) => pseudo::run(&a),
+        Command::Ablate(a) => ablate::run(&a),
         Command::Eval(a) => eval(&a),
         Command::Inspect(a) => inspect(&a),
         Command::CamGraph(a) => cam_graph(&a),

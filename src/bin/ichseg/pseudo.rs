@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The BCIHM per-slice label file inside a dataset folder.
-const BCIHM_CSV: &str = "hemorrhage_diagnosis_raw_ct.csv";
+pub(super) const BCIHM_CSV: &str = "hemorrhage_diagnosis_raw_ct.csv";
 
 #[derive(Args)]
 pub struct PseudoLabelArgs {
@@ -80,7 +80,7 @@ pub struct PseudoLabelArgs {
     run: RunArgs,
 }
 
-fn parse_aggregate(s: &str) -> std::result::Result<Aggregate, String> {
+pub(super) fn parse_aggregate(s: &str) -> std::result::Result<Aggregate, String> {
     match s {
         "or" => Ok(Aggregate::Or),
         "and" => Ok(Aggregate::And),
@@ -129,12 +129,12 @@ pub fn run(a: &PseudoLabelArgs) -> Result<()> {
 }
 
 /// The patient number a BCIHM file name carries (`049.nii.gz` -> 49).
-fn patient_of(path: &Path) -> Option<u32> {
+pub(super) fn patient_of(path: &Path) -> Option<u32> {
     volume_stem(path)?.parse().ok()
 }
 
 /// The file name without `.nii` / `.nii.gz`.
-fn volume_stem(path: &Path) -> Option<&str> {
+pub(super) fn volume_stem(path: &Path) -> Option<&str> {
     let name = path.file_name()?.to_str()?;
     name.strip_suffix(".nii.gz").or_else(|| name.strip_suffix(".nii"))
 }
@@ -309,7 +309,7 @@ fn dataset(a: &PseudoLabelArgs, dir: &Path) -> Result<()> {
 }
 
 /// `DIR/ct_scans/*.nii[.gz]`, sorted by name.
-fn dataset_scans(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(super) fn dataset_scans(dir: &Path) -> Result<Vec<PathBuf>> {
     let folder = dir.join("ct_scans");
     let entries = std::fs::read_dir(&folder).map_err(|e| Error::io(&folder, e))?;
     let mut scans = Vec::new();
