@@ -75,6 +75,27 @@ struct ResultFree {
     void operator()(IchsegResult* p) const noexcept { ichseg_result_free(p); }
 };
 
+/// The C library's defaults for an options struct, read once from its `*_options_init`, so that
+/// the wrapper's option structs never repeat (and never drift from) them.
+template <class T, void (*Init)(T*)>
+inline const T& c_defaults() noexcept {
+    static const T defaults = [] {
+        T o;
+        Init(&o);
+        return o;
+    }();
+    return defaults;
+}
+inline const IchsegEngineOptions& engine_defaults() noexcept {
+    return c_defaults<IchsegEngineOptions, ichseg_engine_options_init>();
+}
+inline const IchsegSegmentOptions& segment_defaults() noexcept {
+    return c_defaults<IchsegSegmentOptions, ichseg_segment_options_init>();
+}
+inline const IchsegPseudoOptions& pseudo_defaults() noexcept {
+    return c_defaults<IchsegPseudoOptions, ichseg_pseudo_options_init>();
+}
+
 template <class T> struct voxel_type_of;  // undefined: unsupported voxel types do not compile
 template <> struct voxel_type_of<uint8_t> : std::integral_constant<IchsegVoxelType, ICHSEG_VOXEL_TYPE_U8> {};
 template <> struct voxel_type_of<int16_t> : std::integral_constant<IchsegVoxelType, ICHSEG_VOXEL_TYPE_I16> {};
@@ -143,11 +164,11 @@ enum class Device : int {
     Cuda = ICHSEG_DEVICE_CUDA,  ///< Error(UNSUPPORTED) when this build or machine lacks it
 };
 
-/// Engine settings (see IchsegEngineOptions).
+/// Engine settings (see IchsegEngineOptions), defaults read from ichseg_engine_options_init.
 struct EngineOptions {
-    uint32_t threads = 0;  ///< worker threads; 0 = one per core
-    Device device = Device::Auto;
-    int32_t cuda_device = 0;  ///< with Device::Cuda
+    uint32_t threads = detail::engine_defaults().threads;  ///< worker threads; 0 = one per core
+    Device device = static_cast<Device>(detail::engine_defaults().device);
+    int32_t cuda_device = detail::engine_defaults().cuda_device;  ///< with Device::Cuda
 
     IchsegEngineOptions to_c() const noexcept {
         IchsegEngineOptions o;
@@ -159,15 +180,16 @@ struct EngineOptions {
     }
 };
 
-/// Model settings (see IchsegSegmentOptions); the NaN / 0 defaults mean "from the model".
+/// Model settings (see IchsegSegmentOptions), defaults read from ichseg_segment_options_init; the
+/// NaN / 0 defaults mean "from the model".
 struct SegmentOptions {
-    float threshold = 0.5f;
-    uint32_t batch = 1;
-    float window_level = std::numeric_limits<float>::quiet_NaN();
-    float window_width = std::numeric_limits<float>::quiet_NaN();
-    uint32_t input_rows = 0;
-    uint32_t input_cols = 0;
-    uint32_t channels = 0;
+    float threshold = detail::segment_defaults().threshold;
+    uint32_t batch = detail::segment_defaults().batch;
+    float window_level = detail::segment_defaults().window_level;
+    float window_width = detail::segment_defaults().window_width;
+    uint32_t input_rows = detail::segment_defaults().input_rows;
+    uint32_t input_cols = detail::segment_defaults().input_cols;
+    uint32_t channels = detail::segment_defaults().channels;
 
     IchsegSegmentOptions to_c() const noexcept {
         IchsegSegmentOptions o;
@@ -441,17 +463,17 @@ struct PseudoLabelerFree {
 };
 }  // namespace detail
 
-/// Options of PseudoLabeler (the defaults of IchsegPseudoOptions: SF-CAM, threshold 0.2, SCF
-/// c 2 w 0.5, OR, CRF on, batch 1).
+/// Options of PseudoLabeler; defaults read from ichseg_pseudo_options_init (SF-CAM, threshold
+/// 0.2, SCF c 2 w 0.5, OR, CRF on, batch 1 today).
 struct PseudoOptions {
-    IchsegCamMethod cam = ICHSEG_CAM_METHOD_SF;
-    float threshold = 0.2f;
-    bool scf = true;
-    uint32_t scf_c = 2;
-    float scf_w = 0.5f;
-    IchsegAggregate aggregate = ICHSEG_AGGREGATE_OR;
-    bool crf = true;
-    uint32_t batch = 1;
+    IchsegCamMethod cam = detail::pseudo_defaults().cam;
+    float threshold = detail::pseudo_defaults().threshold;
+    bool scf = detail::pseudo_defaults().use_scf != 0;
+    uint32_t scf_c = detail::pseudo_defaults().scf_c;
+    float scf_w = detail::pseudo_defaults().scf_w;
+    IchsegAggregate aggregate = detail::pseudo_defaults().aggregate;
+    bool crf = detail::pseudo_defaults().use_crf != 0;
+    uint32_t batch = detail::pseudo_defaults().batch;
 
     IchsegPseudoOptions to_c() const noexcept {
         IchsegPseudoOptions o;

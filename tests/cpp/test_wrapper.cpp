@@ -477,6 +477,13 @@ static void test_pseudo(const ichseg::Engine& engine, const std::string& dir, co
     const std::string cls = dir + "/../classifier/tiny_classifier.onnx";
     const std::string taps = "/layer1/relu_1/Relu_output_0,/layer2/relu_1/Relu_output_0";
     ichseg::PseudoOptions o;
+    // The wrapper's defaults are the C library's (read from ichseg_pseudo_options_init).
+    IchsegPseudoOptions c;
+    ichseg_pseudo_options_init(&c);
+    CHECK(o.threshold == c.threshold && o.scf_c == c.scf_c && o.scf_w == c.scf_w && o.batch == c.batch &&
+              o.scf == (c.use_scf != 0) && o.crf == (c.use_crf != 0) && o.cam == c.cam && o.aggregate == c.aggregate,
+          "C++ pseudo defaults equal the C ones");
+    CHECK(c.threshold == 0.2f && c.scf_c == 2 && c.use_crf == 1, "C defaults as documented");
     o.batch = 2;
     const ichseg::PseudoLabeler pl = ichseg::PseudoLabeler::create(engine, {cls, cls}, {taps, taps}, o);
     CHECK(pl.layer_count() == 2, "%zu layers", pl.layer_count());
