@@ -6,6 +6,7 @@ pub mod gpu_rewrite;
 pub mod metadata;
 pub mod onnx_grad;
 pub mod runtime;
+pub mod winograd;
 
 use crate::error::{Error, Result};
 pub use metadata::{ModelKind, ModelMetadata};
@@ -161,7 +162,13 @@ impl OnnxModel {
     /// with our knobs ([`runtime::plan_knobs`]).
     pub fn plan(&self, shape: [usize; 4]) -> Result<std::sync::Arc<TypedRunnableModel>> {
         runtime::plan_knobs()
-            .enter(|| self.graph.clone().with_input_fact(0, f32::fact(shape).into())?.into_optimized()?.into_runnable())
+            .enter(|| {
+                let mut typed = self.graph.clone().with_input_fact(0, f32::fact(shape).into())?.into_typed()?.into_decluttered()?;
+                if winograd::enabled() {
+                    winograd::rewrite(&mut typed)?;
+                }
+                typed.into_optimized()?.into_runnable()
+            })
             .map_err(|e| Error::InvalidModel(format!("{}: cannot build a plan for input {shape:?}: {e:#}", self.name)))
     }
 

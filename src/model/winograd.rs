@@ -1,0 +1,896 @@
+//! 3x3, stride-1 convolutions on the CPU by Winograd's minimal filtering F(4x4, 3x3) (Lavin &
+//! Gray 2016): each 4x4 output tile costs 36 multiplications per channel pair instead of 144.
+//!
+//! tract lowers these convolutions to im2col + matrix product at about half the speed
+//! onnxruntime reaches on the same cores (docs/BENCHMARKS.md). [`rewrite`] swaps every eligible
+//! `Conv` of a decluttered plan for [`WinogradConv`] before tract optimises it:
+//! - the kernel is transformed once, U = G g Gᵀ (in f64), into 36 matrices [cout][cin];
+//! - the input is cut into overlapping 6x6 tiles, transformed V = Bᵀ d B, a block of tile rows at
+//!   a time so that V stays in cache;
+//! - 36 matrix products M = U V (the `gemm` crate's kernels);
+//! - each tile's output is Aᵀ M A plus the bias.
+//!
+//! The transforms run vectorised across the tiles of a row: input rows are first split into the
+//! four column phases of the tile grid, so that tile `tx`'s column `j` is phase `j % 4` at index
+//! `tx + j / 4`. Results agree with direct convolution to about 1e-6 of the output's scale
+//! (tests below). `ICHSEG_WINOGRAD=0` in the environment keeps tract's own convolutions.
+
+use std::sync::Arc;
+use tract_linalg::multithread::{current_tract_executor, Executor};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::array::TypedConcat;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_onnx::tract_core::ops::nn::DataFormat;
+
+/// Output tile side.
+const TILE: usize = 4;
+/// Input tile side (TILE + kernel - 1).
+const ALPHA: usize = 6;
+/// Points of the transformed tile: one matrix product each.
+const POINTS: usize = ALPHA * ALPHA;
+
+/// Kernel transform (U = G g Gᵀ).
+const G: [[f64; 3]; ALPHA] = [
+    [1. / 4., 0., 0.],
+    [-1. / 6., -1. / 6., -1. / 6.],
+    [-1. / 6., 1. / 6., -1. / 6.],
+    [1. / 24., 1. / 12., 1. / 6.],
+    [1. / 24., -1. / 12., 1. / 6.],
+    [0., 0., 1.],
+];
+
+/// Tiles transformed together (one vector register of f32 per value with AVX2).
+const LANES: usize = 8;
+type Lane = [f32; LANES];
+
+/// Bᵀ d for one column (or row) of six values per lane, with shared terms.
+#[inline(always)]
+fn input_transform(d: [Lane; ALPHA]) -> [Lane; ALPHA] {
+    let mut r = [[0f32; LANES]; ALPHA];
+    for x in 0..LANES {
+        let [d0, d1, d2, d3, d4, d5] = [d[0][x], d[1][x], d[2][x], d[3][x], d[4][x], d[5][x]];
+        r[0][x] = 4. * d0 - 5. * d2 + d4;
+        r[1][x] = (d3 + d4) - 4. * (d1 + d2);
+        r[2][x] = (d4 - d3) + 4. * (d1 - d2);
+        r[3][x] = (d4 - d2) - 2. * (d1 - d3);
+        r[4][x] = (d4 - d2) + 2. * (d1 - d3);
+        r[5][x] = 4. * d1 - 5. * d3 + d5;
+    }
+    r
+}
+
+/// Aᵀ m for one column (or row) of six values per lane.
+#[inline(always)]
+fn output_transform(m: [Lane; ALPHA]) -> [Lane; TILE] {
+    let mut r = [[0f32; LANES]; TILE];
+    for x in 0..LANES {
+        let [m0, m1, m2, m3, m4, m5] = [m[0][x], m[1][x], m[2][x], m[3][x], m[4][x], m[5][x]];
+        let (sum12, diff12, sum34, diff34) = (m1 + m2, m1 - m2, m3 + m4, m3 - m4);
+        r[0][x] = m0 + sum12 + sum34;
+        r[1][x] = diff12 + 2. * diff34;
+        r[2][x] = sum12 + 4. * sum34;
+        r[3][x] = diff12 + 8. * diff34 + m5;
+    }
+    r
+}
+
+/// Channels below which the transforms outweigh the savings (a network's first layer).
+const MIN_CHANNELS: usize = 4;
+/// Tiles per block aimed at: wide enough for efficient matrix products.
+const TARGET_TILES: usize = 192;
+/// Bytes of V and M per block at most, so that a block stays in a core's cache.
+const BLOCK_BYTES: usize = 4 << 20;
+
+/// A 3x3, stride-1, ungrouped f32 convolution in NCHW with constant weights, by F(4x4, 3x3).
+#[derive(Debug, Clone)]
+pub struct WinogradConv {
+    cin: usize,
+    cout: usize,
+    /// Input rows and columns the plan was built for.
+    rows: usize,
+    cols: usize,
+    /// Zero padding: top, left, bottom, right.
+    pads: [usize; 4],
+    /// Channels of each input: several when a channel Concat was folded in (the inputs are
+    /// read in place, never copied together).
+    parts: Vec<usize>,
+    /// max(0, y) on the output: a folded Relu.
+    relu: bool,
+    /// Transformed kernel, [POINTS][cout][cin].
+    u: Arc<Vec<f32>>,
+    bias: Arc<Vec<f32>>,
+}
+
+// Two ops are equal when they share their transformed weights (tract compares ops when it
+// merges identical nodes); f32 weights have no total equality of their own.
+impl PartialEq for WinogradConv {
+    fn eq(&self, other: &Self) -> bool {
+        (self.cin, self.cout, self.rows, self.cols, self.pads, &self.parts, self.relu)
+            == (other.cin, other.cout, other.rows, other.cols, other.pads, &other.parts, other.relu)
+            && Arc::ptr_eq(&self.u, &other.u)
+            && Arc::ptr_eq(&self.bias, &other.bias)
+    }
+}
+impl Eq for WinogradConv {}
+
+impl WinogradConv {
+    /// `kernel` is [cout][cin][3][3], `bias` has cout values; one input of `cin` channels,
+    /// no Relu ([`WinogradConv::with_parts`], [`WinogradConv::with_relu`] change that).
+    pub fn new(
+        kernel: &[f32],
+        bias: &[f32],
+        cin: usize,
+        cout: usize,
+        rows: usize,
+        cols: usize,
+        pads: [usize; 4],
+    ) -> Self {
+        assert_eq!(kernel.len(), cout * cin * 9);
+        assert_eq!(bias.len(), cout);
+        let mut u = vec![0f32; POINTS * cout * cin];
+        for o in 0..cout {
+            for c in 0..cin {
+                let g = &kernel[(o * cin + c) * 9..][..9];
+                let mut gg = [[0f64; 3]; ALPHA];
+                for (i, row) in gg.iter_mut().enumerate() {
+                    for (j, v) in row.iter_mut().enumerate() {
+                        *v = (0..3).map(|k| G[i][k] * g[k * 3 + j] as f64).sum();
+                    }
+                }
+                for i in 0..ALPHA {
+                    for j in 0..ALPHA {
+                        let v: f64 = (0..3).map(|k| gg[i][k] * G[j][k]).sum();
+                        u[((i * ALPHA + j) * cout + o) * cin + c] = v as f32;
+                    }
+                }
+            }
+        }
+        let (u, bias) = (Arc::new(u), Arc::new(bias.to_vec()));
+        WinogradConv { cin, cout, rows, cols, pads, parts: vec![cin], relu: false, u, bias }
+    }
+
+    /// Reads the channels from several inputs of these channel counts, in order.
+    pub fn with_parts(mut self, parts: Vec<usize>) -> Self {
+        assert_eq!(parts.iter().sum::<usize>(), self.cin);
+        self.parts = parts;
+        self
+    }
+
+    /// Applies max(0, y) to the output.
+    pub fn with_relu(mut self) -> Self {
+        self.relu = true;
+        self
+    }
+
+    fn output_hw(&self) -> (usize, usize) {
+        let [t, l, b, r] = self.pads;
+        ((self.rows + t + b).saturating_sub(2), (self.cols + l + r).saturating_sub(2))
+    }
+
+    /// Convolves `images` NCHW images into `y` (NCHW, output size); `inputs` holds one NCHW
+    /// batch per part, together the `cin` channels.
+    ///
+    /// Work is split in blocks of tile rows, each transformed, multiplied and transformed back
+    /// by one thread while its data is in cache. When an image has too few blocks to keep the
+    /// threads busy (the deep, small layers, whose weights dominate), each stage is shared out
+    /// instead: input channels, then the 36 products (each weight matrix read once), then
+    /// output channels.
+    pub fn convolve(&self, inputs: &[&[f32]], images: usize, y: &mut [f32]) {
+        let (oh, ow) = self.output_hw();
+        let plane = self.rows * self.cols;
+        assert_eq!(inputs.len(), self.parts.len());
+        for (x, channels) in inputs.iter().zip(&self.parts) {
+            assert_eq!(x.len(), images * channels * plane);
+        }
+        assert_eq!(y.len(), images * self.cout * oh * ow);
+        if oh == 0 || ow == 0 {
+            return;
+        }
+        let geo = Geometry::new(oh, ow);
+        let executor = current_tract_executor();
+        let pool = match &executor {
+            Executor::MultiThread(pool) if pool.current_num_threads() > 1 => Some(pool.clone()),
+            _ => None,
+        };
+        let threads = pool.as_ref().map_or(1, |p| p.current_num_threads());
+        // image n's channels, input by input, one plane each
+        let planes = |n: usize| -> Vec<Planes> {
+            inputs
+                .iter()
+                .zip(&self.parts)
+                .flat_map(|(x, &channels)| x[n * channels * plane..][..channels * plane].chunks_exact(plane))
+                .map(|p| Planes(p.as_ptr()))
+                .collect()
+        };
+        let out = OutPtr(y.as_mut_ptr());
+        let rows_per_block = geo.rows_per_block(self);
+        if geo.by_blocks(self, rows_per_block, threads) {
+            let tasks: Vec<(usize, usize)> =
+                (0..images).flat_map(|n| (0..geo.tile_rows).step_by(rows_per_block).map(move |ty| (n, ty))).collect();
+            let image_planes: Vec<Vec<Planes>> = (0..images).map(planes).collect();
+            let run = |&(n, ty0): &(usize, usize)| {
+                let rows = rows_per_block.min(geo.tile_rows - ty0);
+                let work = Work::new(self, &geo, rows);
+                // SAFETY: each task writes its own image and tile rows of `y` and its own
+                // buffers; the planes point into `inputs`, which outlive the loop.
+                with_buffer(work.len(), |buffer| unsafe {
+                    let work = work.at(buffer);
+                    simd(|| {
+                        self.transform_input(&geo, &image_planes[n], ty0, 0..self.cin, &work);
+                        self.multiply(0..POINTS, &work);
+                        self.transform_output(&geo, ty0, 0..self.cout, &work, &out, n);
+                    })
+                })
+            };
+            match pool {
+                Some(pool) => {
+                    use rayon::prelude::*;
+                    pool.install(|| tasks.par_iter().for_each(run))
+                }
+                None => tasks.iter().for_each(run),
+            }
+            return;
+        }
+        let shared = |stages: usize, stage: &(dyn Fn(std::ops::Range<usize>) + Sync)| match &pool {
+            Some(pool) => {
+                use rayon::prelude::*;
+                let chunk = stages.div_ceil(2 * threads);
+                pool.install(|| {
+                    (0..stages).into_par_iter().step_by(chunk).for_each(|i| stage(i..(i + chunk).min(stages)))
+                })
+            }
+            None => stage(0..stages),
+        };
+        for n in 0..images {
+            let image_planes = planes(n);
+            let work = Work::new(self, &geo, geo.tile_rows);
+            // SAFETY: the stages write disjoint channels, points and output channels of the
+            // buffer and of image n in `y`; everything outlives the loops.
+            with_buffer(work.len(), |buffer| unsafe {
+                let work = work.at(buffer);
+                shared(self.cin, &|c| simd(|| self.transform_input(&geo, &image_planes, 0, c, &work)));
+                shared(POINTS, &|p| simd(|| self.multiply(p, &work)));
+                shared(self.cout, &|o| simd(|| self.transform_output(&geo, 0, o, &work, &out, n)));
+            })
+        }
+    }
+
+    /// V for input `channels` of the block of `work.rows` tile rows from `ty0`.
+    ///
+    /// # Safety
+    /// `planes` point to the image's input planes; `work` to a buffer no one else writes
+    /// these channels of.
+    #[inline(always)]
+    unsafe fn transform_input(
+        &self,
+        geo: &Geometry,
+        planes: &[Planes],
+        ty0: usize,
+        channels: std::ops::Range<usize>,
+        work: &Work,
+    ) {
+        let (cin, tw, stride) = (self.cin, geo.tile_cols, work.stride);
+        let mut phases = vec![0f32; ALPHA * TILE * geo.phase_len];
+        for c in channels {
+            let plane = std::slice::from_raw_parts(planes[c].0, self.rows * self.cols);
+            for r in 0..work.rows {
+                self.split_phases(geo, plane, ty0 + r, &mut phases);
+                for t0 in (0..tw).step_by(LANES) {
+                    // d[i][j]: row i, column j of LANES consecutive tiles
+                    let mut d = [[[0f32; LANES]; ALPHA]; ALPHA];
+                    for (i, row) in d.iter_mut().enumerate() {
+                        for (j, lane) in row.iter_mut().enumerate() {
+                            let at = (i * TILE + j % TILE) * geo.phase_len + j / TILE + t0;
+                            lane.copy_from_slice(&phases[at..at + LANES]);
+                        }
+                    }
+                    // V = Bᵀ d B: columns first, then rows
+                    let mut t = [[[0f32; LANES]; ALPHA]; ALPHA];
+                    for j in 0..ALPHA {
+                        let column = input_transform(std::array::from_fn(|i| d[i][j]));
+                        for k in 0..ALPHA {
+                            t[k][j] = column[k];
+                        }
+                    }
+                    for (k, row) in t.iter().enumerate() {
+                        for (l, lane) in input_transform(*row).iter().enumerate() {
+                            let at = ((k * ALPHA + l) * cin + c) * stride + r * tw + t0;
+                            std::ptr::copy_nonoverlapping(lane.as_ptr(), work.v.add(at), LANES);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// M = U V for these transform `points`.
+    ///
+    /// # Safety
+    /// `work` holds V for all channels; no one else writes these points of M.
+    #[inline(always)]
+    unsafe fn multiply(&self, points: std::ops::Range<usize>, work: &Work) {
+        let (cin, cout, stride) = (self.cin, self.cout, work.stride as isize);
+        for point in points {
+            // row-major [cout][cin] x [cin][tiles] -> [cout][tiles], rows `stride` apart
+            gemm::gemm(
+                cout,
+                work.tiles,
+                cin,
+                work.m.add(point * cout * work.stride),
+                1,
+                stride,
+                false,
+                self.u.as_ptr().add(point * cout * cin),
+                1,
+                cin as isize,
+                work.v.add(point * cin * work.stride),
+                1,
+                stride,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+
+    /// Output channels `outs` of image `n` for the block's tile rows: Aᵀ M A + bias (and Relu).
+    ///
+    /// # Safety
+    /// `work` holds M for all points; `out` points to the whole output batch, of which no one
+    /// else writes these channels and rows.
+    #[inline(always)]
+    unsafe fn transform_output(
+        &self,
+        geo: &Geometry,
+        ty0: usize,
+        outs: std::ops::Range<usize>,
+        work: &Work,
+        out: &OutPtr,
+        n: usize,
+    ) {
+        let (cout, tw, stride) = (self.cout, geo.tile_cols, work.stride);
+        let (oh, ow) = (geo.out_rows, geo.out_cols);
+        for o in outs {
+            let bias = self.bias[o];
+            for r in 0..work.rows {
+                let ty = ty0 + r;
+                for t0 in (0..tw).step_by(LANES) {
+                    let mut m = [[[0f32; LANES]; ALPHA]; ALPHA];
+                    for (k, row) in m.iter_mut().enumerate() {
+                        for (l, lane) in row.iter_mut().enumerate() {
+                            let at = ((k * ALPHA + l) * cout + o) * stride + r * tw + t0;
+                            std::ptr::copy_nonoverlapping(work.m.add(at), lane.as_mut_ptr(), LANES);
+                        }
+                    }
+                    // Y = Aᵀ M A: columns first, then rows
+                    let mut partial = [[[0f32; LANES]; ALPHA]; TILE];
+                    for l in 0..ALPHA {
+                        let column = output_transform(std::array::from_fn(|k| m[k][l]));
+                        for i in 0..TILE {
+                            partial[i][l] = column[i];
+                        }
+                    }
+                    for (i, row) in partial.iter().enumerate() {
+                        let oy = ty * TILE + i;
+                        if oy >= oh {
+                            break;
+                        }
+                        let y = output_transform(*row);
+                        let dst = std::slice::from_raw_parts_mut(out.0.add(((n * cout + o) * oh + oy) * ow), ow);
+                        for lane in 0..LANES.min(tw - t0) {
+                            for (j, values) in y.iter().enumerate() {
+                                if let Some(d) = dst.get_mut((t0 + lane) * TILE + j) {
+                                    let value = values[lane] + bias;
+                                    *d = if self.relu { value.max(0.) } else { value };
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The six input rows under tile row `ty`, zero-padded and split by column phase:
+    /// `phases[i][p][t] = input[ty*4 + i - top][t*4 + p - left]`.
+    fn split_phases(&self, geo: &Geometry, plane: &[f32], ty: usize, phases: &mut [f32]) {
+        let [top, left, _, _] = self.pads;
+        for i in 0..ALPHA {
+            let dst = &mut phases[i * TILE * geo.phase_len..][..TILE * geo.phase_len];
+            let y = (ty * TILE + i) as isize - top as isize;
+            if y < 0 || y >= self.rows as isize {
+                dst.fill(0.);
+                continue;
+            }
+            let row = &plane[y as usize * self.cols..][..self.cols];
+            for p in 0..TILE {
+                let dst = &mut dst[p * geo.phase_len..][..geo.phase_len];
+                for (t, d) in dst.iter_mut().enumerate() {
+                    let x = (t * TILE + p) as isize - left as isize;
+                    *d = if x >= 0 && (x as usize) < self.cols { row[x as usize] } else { 0. };
+                }
+            }
+        }
+    }
+}
+
+/// Tile grid of one image.
+struct Geometry {
+    out_rows: usize,
+    out_cols: usize,
+    tile_rows: usize,
+    tile_cols: usize,
+    /// Length of one column phase: one tile more than the grid, for the tiles' last columns.
+    phase_len: usize,
+}
+
+impl Geometry {
+    fn new(out_rows: usize, out_cols: usize) -> Self {
+        let tile_cols = out_cols.div_ceil(TILE);
+        // lane groups read up to LANES - 1 tiles past the grid, and one more for the last columns
+        let phase_len = tile_cols.next_multiple_of(LANES) + 1;
+        Geometry { out_rows, out_cols, tile_rows: out_rows.div_ceil(TILE), tile_cols, phase_len }
+    }
+
+    /// Tile rows per block: about TARGET_TILES tiles, V and M within BLOCK_BYTES.
+    fn rows_per_block(&self, conv: &WinogradConv) -> usize {
+        let bytes_per_row = POINTS * (conv.cin + conv.cout) * self.tile_cols * 4;
+        TARGET_TILES.div_ceil(self.tile_cols).min(BLOCK_BYTES / bytes_per_row.max(1)).clamp(1, self.tile_rows)
+    }
+
+    /// Whether to work by blocks: each block reads all the transformed weights again, so blocks
+    /// pay while those re-reads cost less than moving a whole image's V and M through memory,
+    /// and while there are blocks enough for the threads.
+    fn by_blocks(&self, conv: &WinogradConv, rows_per_block: usize, threads: usize) -> bool {
+        let blocks = self.tile_rows.div_ceil(rows_per_block);
+        let weights = POINTS * conv.cin * conv.cout;
+        let image = POINTS * (conv.cin + conv.cout) * self.tile_rows * self.tile_cols;
+        blocks >= 2 * threads && blocks * weights <= image
+    }
+}
+
+/// Where one block's V ([POINTS][cin][stride]) and M ([POINTS][cout][stride]) live; rows are
+/// `stride` long because a lane group may run up to LANES tiles past the block's last.
+struct Work {
+    rows: usize,
+    tiles: usize,
+    stride: usize,
+    /// Floats of V, after which M starts.
+    v_len: usize,
+    m_len: usize,
+    v: *mut f32,
+    m: *mut f32,
+}
+
+impl Work {
+    /// The layout for `rows` tile rows, not yet placed ([`Work::at`]).
+    fn new(conv: &WinogradConv, geo: &Geometry, rows: usize) -> Self {
+        let tiles = rows * geo.tile_cols;
+        let stride = tiles + LANES;
+        let (v_len, m_len) = (POINTS * conv.cin * stride, POINTS * conv.cout * stride);
+        Work { rows, tiles, stride, v_len, m_len, v: std::ptr::null_mut(), m: std::ptr::null_mut() }
+    }
+    fn len(&self) -> usize {
+        self.v_len + self.m_len
+    }
+    /// Placed in `buffer`, which must be at least `len` long.
+    fn at(self, buffer: &mut [f32]) -> Self {
+        assert!(buffer.len() >= self.len());
+        let v = buffer.as_mut_ptr();
+        Work { v, m: v.wrapping_add(self.v_len), ..self }
+    }
+}
+
+/// `f` on a zeroed buffer of `len` floats, reused by the thread across calls (a network's
+/// convolutions need the same few megabytes again and again; fresh allocations cost page
+/// faults).
+fn with_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUFFER.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffer) => {
+            if buffer.len() < len {
+                buffer.resize(len, 0.);
+            }
+            f(&mut buffer[..len])
+        }
+        // in use further up this thread's stack: a buffer of its own
+        Err(_) => f(&mut vec![0.; len]),
+    })
+}
+
+/// `f` compiled for AVX2 + FMA where the CPU has them (the transforms are vectorised by the
+/// compiler; the matrix products pick their own kernels at run time).
+#[inline(always)]
+fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        // SAFETY: the CPU has the features.
+        return unsafe { avx2(f) };
+    }
+    f()
+}
+
+/// An input plane, shared read-only between threads.
+#[derive(Clone, Copy)]
+struct Planes(*const f32);
+// SAFETY: read-only pointers into the op's inputs, which outlive the parallel loops.
+unsafe impl Send for Planes {}
+unsafe impl Sync for Planes {}
+// SAFETY: the stages write disjoint parts of the buffers (see `convolve`).
+unsafe impl Send for Work {}
+unsafe impl Sync for Work {}
+
+struct OutPtr(*mut f32);
+// SAFETY: shared between the block tasks, which write disjoint parts (see `convolve`).
+unsafe impl Sync for OutPtr {}
+
+impl Op for WinogradConv {
+    fn name(&self) -> StaticName {
+        "WinogradConv".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "F(4x4,3x3) {:?}->{} channels, pads {:?}{}",
+            self.parts,
+            self.cout,
+            self.pads,
+            if self.relu { ", Relu" } else { "" }
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for WinogradConv {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        ensure!(inputs.len() == self.parts.len(), "WinogradConv expects {} inputs", self.parts.len());
+        let images = inputs[0].shape().first().copied().unwrap_or(0);
+        for (input, &channels) in inputs.iter().zip(&self.parts) {
+            ensure!(
+                input.shape() == [images, channels, self.rows, self.cols],
+                "WinogradConv planned for [{images}, {channels}, {}, {}], given {:?}",
+                self.rows,
+                self.cols,
+                input.shape()
+            );
+        }
+        let slices = inputs.iter().map(|i| i.try_as_plain_ram()?.as_slice::<f32>()).collect::<TractResult<Vec<_>>>()?;
+        let (oh, ow) = self.output_hw();
+        // SAFETY: `convolve` writes every output value.
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&[images, self.cout, oh, ow])? };
+        self.convolve(&slices, images, output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?);
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for WinogradConv {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let (oh, ow) = self.output_hw();
+        let n = inputs[0].shape[0].clone();
+        Ok(tvec!(f32::fact([n, self.cout.to_dim(), oh.to_dim(), ow.to_dim()])))
+    }
+
+    as_op!();
+}
+
+/// Whether plans should use [`WinogradConv`]: yes unless `ICHSEG_WINOGRAD=0`.
+pub fn enabled() -> bool {
+    std::env::var("ICHSEG_WINOGRAD").map(|v| v != "0").unwrap_or(true)
+}
+
+/// Replaces every eligible `Conv` of `model` (3x3, stride 1, no dilation, one group, NCHW f32
+/// with a known input shape, constant weights and bias, at least MIN_CHANNELS channels each
+/// way) by a [`WinogradConv`], folding in a channel Concat that feeds only it and a Relu that
+/// only it feeds; returns how many.
+pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
+    let mut count = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(conv) = node.op_as::<Conv>() else { continue };
+        let Some(mut op) = eligible(model, node, conv)? else { continue };
+        let mut inputs = vec![node.inputs[0]];
+        if let Some(parts) = folded_concat(model, node.inputs[0])? {
+            op = op.with_parts(parts.iter().map(|(_, channels)| *channels).collect());
+            inputs = parts.into_iter().map(|(outlet, _)| outlet).collect();
+        }
+        let mut replaced = OutletId::new(node.id, 0);
+        if let Some(relu) = folded_relu(model, replaced)? {
+            op = op.with_relu();
+            replaced = OutletId::new(relu, 0);
+        }
+        let mut patch = TypedModelPatch::default();
+        let taps = patch.taps(model, &inputs)?;
+        let wire = patch.wire_node(&node.name, op, &taps)?[0];
+        patch.shunt_outside(model, replaced, wire)?;
+        patch.obliterate(node.id)?;
+        patch.apply(model)?;
+        count += 1;
+    }
+    if count > 0 {
+        model.compact()?;
+    }
+    Ok(count)
+}
+
+/// The inputs and channel counts of the channel Concat producing `outlet`, when the
+/// convolution is its only reader and every input is a computed NCHW f32 tensor.
+fn folded_concat(model: &TypedModel, outlet: OutletId) -> TractResult<Option<Vec<(OutletId, usize)>>> {
+    let producer = model.node(outlet.node);
+    let Some(concat) = producer.op_as::<TypedConcat>() else { return Ok(None) };
+    if concat.axis != 1 || model.outlet_successors(outlet).len() != 1 || model.outputs.contains(&outlet) {
+        return Ok(None);
+    }
+    let mut parts = vec![];
+    for &input in &producer.inputs {
+        let fact = model.outlet_fact(input)?;
+        match fact.shape.as_concrete() {
+            Some(&[_, channels, _, _]) if fact.konst.is_none() && fact.datum_type == f32::datum_type() => {
+                parts.push((input, channels))
+            }
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(parts))
+}
+
+/// The Relu (max with a constant zero) that is the only reader of `outlet`.
+fn folded_relu(model: &TypedModel, outlet: OutletId) -> TractResult<Option<usize>> {
+    let readers = model.outlet_successors(outlet);
+    if readers.len() != 1 || model.outputs.contains(&outlet) {
+        return Ok(None);
+    }
+    let node = model.node(readers[0].node);
+    let is_max = node.op_as::<TypedBinOp>().is_some_and(|op| op.0.name() == "Max");
+    if !is_max || node.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let other = node.inputs[1 - readers[0].slot];
+    let zero = model.outlet_fact(other)?.konst.as_ref().is_some_and(|k| {
+        k.datum_type() == f32::datum_type()
+            && k.try_as_plain_ram()
+                .and_then(|k| k.as_slice::<f32>().map(|v| v.iter().all(|&x| x == 0.)))
+                .unwrap_or(false)
+    });
+    // the Relu's output must keep the convolution's shape (no broadcast by the zero)
+    let same_shape = model.outlet_fact(OutletId::new(node.id, 0))?.shape == model.outlet_fact(outlet)?.shape;
+    Ok((zero && same_shape).then_some(node.id))
+}
+
+fn eligible(model: &TypedModel, node: &TypedNode, conv: &Conv) -> TractResult<Option<WinogradConv>> {
+    let spec = &conv.pool_spec;
+    let ones = |v: &Option<TVec<usize>>| v.as_ref().is_none_or(|v| v.iter().all(|&s| s == 1));
+    if conv.q_params.is_some()
+        || conv.group != 1
+        || conv.kernel_fmt != KernelFormat::OIHW
+        || spec.data_format != DataFormat::NCHW
+        || spec.kernel_shape.as_slice() != [3, 3]
+        || !ones(&spec.strides)
+        || !ones(&spec.dilations)
+        || node.inputs.len() != 3
+    {
+        return Ok(None);
+    }
+    let input = model.outlet_fact(node.inputs[0])?;
+    let (Some(shape), true) = (input.shape.as_concrete(), input.datum_type == f32::datum_type()) else {
+        return Ok(None);
+    };
+    let (cin, cout) = (conv.input_channels(), conv.output_channels());
+    if shape.len() != 4 || shape[1] != cin || cin < MIN_CHANNELS || cout < MIN_CHANNELS {
+        return Ok(None);
+    }
+    let (Some(kernel), Some(bias)) =
+        (&model.outlet_fact(node.inputs[1])?.konst, &model.outlet_fact(node.inputs[2])?.konst)
+    else {
+        return Ok(None);
+    };
+    if kernel.datum_type() != f32::datum_type()
+        || kernel.shape() != [cout, cin, 3, 3]
+        || bias.datum_type() != f32::datum_type()
+        || !(bias.len() == cout || bias.len() == 1)
+    {
+        return Ok(None);
+    }
+    let padding = spec.computed_padding(&shape[2..]);
+    let pads = [padding[0].pad_before, padding[1].pad_before, padding[0].pad_after, padding[1].pad_after];
+    let bias = bias.try_as_plain_ram()?.as_slice::<f32>()?;
+    let bias: Vec<f32> = if bias.len() == cout { bias.to_vec() } else { vec![bias[0]; cout] };
+    let op =
+        WinogradConv::new(kernel.try_as_plain_ram()?.as_slice::<f32>()?, &bias, cin, cout, shape[2], shape[3], pads);
+    // the replacement must produce exactly the shape the graph expects
+    let (oh, ow) = op.output_hw();
+    if node.outputs[0].fact.shape.as_concrete() != Some(&[shape[0], cout, oh, ow][..]) {
+        return Ok(None);
+    }
+    Ok(Some(op))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The transforms' matrices (Lavin & Gray, F(4x4, 3x3)), against which the hand-factored
+    // `input_transform` and `output_transform` are checked.
+    const BT: [[f32; ALPHA]; ALPHA] = [
+        [4., 0., -5., 0., 1., 0.],
+        [0., -4., -4., 1., 1., 0.],
+        [0., 4., -4., -1., 1., 0.],
+        [0., -2., -1., 2., 1., 0.],
+        [0., 2., -1., -2., 1., 0.],
+        [0., 4., 0., -5., 0., 1.],
+    ];
+    const AT: [[f32; ALPHA]; TILE] =
+        [[1., 1., 1., 1., 1., 0.], [0., 1., -1., 2., -2., 0.], [0., 1., 1., 4., 4., 0.], [0., 1., -1., 8., -8., 1.]];
+
+    #[test]
+    fn factored_transforms_are_the_matrices() {
+        let values = random(ALPHA * LANES, 7);
+        let lanes: [Lane; ALPHA] = std::array::from_fn(|i| std::array::from_fn(|x| values[i * LANES + x]));
+        let (v, y) = (input_transform(lanes), output_transform(lanes));
+        for x in 0..LANES {
+            for k in 0..ALPHA {
+                let want: f32 = (0..ALPHA).map(|i| BT[k][i] * lanes[i][x]).sum();
+                assert!((v[k][x] - want).abs() < 1e-5, "B row {k}");
+            }
+            for k in 0..TILE {
+                let want: f32 = (0..ALPHA).map(|i| AT[k][i] * lanes[i][x]).sum();
+                assert!((y[k][x] - want).abs() < 1e-5, "A row {k}");
+            }
+        }
+    }
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    /// Direct convolution in f64: the reference.
+    #[allow(clippy::too_many_arguments)]
+    fn direct(
+        w: &[f32],
+        b: &[f32],
+        x: &[f32],
+        n: usize,
+        cin: usize,
+        cout: usize,
+        h: usize,
+        wd: usize,
+        pads: [usize; 4],
+    ) -> Vec<f32> {
+        let (oh, ow) = (h + pads[0] + pads[2] - 2, wd + pads[1] + pads[3] - 2);
+        let mut y = vec![0f32; n * cout * oh * ow];
+        for img in 0..n {
+            for o in 0..cout {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut s = b[o] as f64;
+                        for c in 0..cin {
+                            for ky in 0..3 {
+                                for kx in 0..3 {
+                                    let iy = (oy + ky) as isize - pads[0] as isize;
+                                    let ix = (ox + kx) as isize - pads[1] as isize;
+                                    if iy >= 0 && iy < h as isize && ix >= 0 && ix < wd as isize {
+                                        s += w[((o * cin + c) * 3 + ky) * 3 + kx] as f64
+                                            * x[((img * cin + c) * h + iy as usize) * wd + ix as usize] as f64;
+                                    }
+                                }
+                            }
+                        }
+                        y[((img * cout + o) * oh + oy) * ow + ox] = s as f32;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    /// Winograd against direct convolution; the input channels come in `parts` (a folded
+    /// Concat) and `relu` folds a Relu.
+    #[allow(clippy::too_many_arguments)]
+    fn check(n: usize, parts: &[usize], cout: usize, h: usize, w: usize, pads: [usize; 4], threads: usize, relu: bool) {
+        let cin = parts.iter().sum();
+        let weights = random(cout * cin * 9, 1);
+        let bias = random(cout, 2);
+        let inputs: Vec<Vec<f32>> =
+            parts.iter().enumerate().map(|(k, &c)| random(n * c * h * w, 3 + k as u64)).collect();
+        let mut conv = WinogradConv::new(&weights, &bias, cin, cout, h, w, pads).with_parts(parts.to_vec());
+        if relu {
+            conv = conv.with_relu();
+        }
+        let (oh, ow) = conv.output_hw();
+        let mut y = vec![f32::NAN; n * cout * oh * ow];
+        let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
+        let slices: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+        tract_linalg::multithread::multithread_tract_scope(executor, || conv.convolve(&slices, n, &mut y));
+        // the same input concatenated along channels
+        let plane = h * w;
+        let x: Vec<f32> = (0..n)
+            .flat_map(|img| {
+                inputs.iter().zip(parts).flat_map(move |(x, &c)| x[img * c * plane..][..c * plane].to_vec())
+            })
+            .collect();
+        let mut reference = direct(&weights, &bias, &x, n, cin, cout, h, w, pads);
+        if relu {
+            reference.iter_mut().for_each(|v| *v = v.max(0.));
+        }
+        let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = y.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            err <= 1e-5 * scale.max(1.0),
+            "{n}x{parts:?}->{cout} {h}x{w} pads {pads:?}: error {err} (scale {scale})"
+        );
+    }
+
+    #[test]
+    fn matches_direct_convolution() {
+        check(1, &[4], 4, 8, 8, [1, 1, 1, 1], 1, false);
+        // edges: sizes not multiple of the tile, several images, asymmetric and no padding
+        check(2, &[5], 7, 13, 17, [1, 1, 1, 1], 2, false);
+        check(1, &[6], 5, 11, 9, [0, 0, 0, 0], 1, false);
+        check(1, &[4], 6, 10, 7, [0, 1, 2, 1], 2, false);
+        check(3, &[4], 4, 3, 2, [1, 1, 1, 1], 2, false);
+        // wide channels on a small image: the stages shared out over the whole image
+        check(1, &[64], 32, 40, 36, [1, 1, 1, 1], 2, false);
+        // a large image with few channels: by blocks of tile rows
+        let conv = WinogradConv::new(&[0.; 4 * 4 * 9], &[0.; 4], 4, 4, 101, 98, [1, 1, 1, 1]);
+        let geo = Geometry::new(101, 98);
+        assert!(geo.by_blocks(&conv, geo.rows_per_block(&conv), 2));
+        check(2, &[4], 4, 101, 98, [1, 1, 1, 1], 2, true);
+        check(1, &[4], 5, 101, 98, [1, 0, 1, 2], 1, false);
+    }
+
+    #[test]
+    fn folded_concat_and_relu_match_direct_convolution() {
+        check(2, &[3, 5], 6, 12, 10, [1, 1, 1, 1], 2, true);
+        check(1, &[4, 4, 2], 5, 9, 9, [1, 1, 1, 1], 1, false);
+    }
+
+    #[test]
+    fn rewrite_takes_3x3_stride_1_convolutions_and_folds_concat_and_relu() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/unet/unet_transpose.onnx");
+        let model = tract_onnx::onnx().model_for_path(path).unwrap();
+        let typed = model.with_input_fact(0, f32::fact([2, 1, 64, 64]).into()).unwrap().into_typed().unwrap();
+        let typed = typed.into_decluttered().unwrap();
+        let count_ops = |m: &TypedModel, name: &str| m.nodes().iter().filter(|n| n.op().name() == name).count();
+        let (convs, concats, maxes) =
+            (count_ops(&typed, "Conv"), count_ops(&typed, "Concat"), count_ops(&typed, "Max"));
+        let mut rewritten = typed.clone();
+        let count = rewrite(&mut rewritten).unwrap();
+        // the first (1 input channel) and the last (1x1) convolutions stay tract's
+        assert!(count > 0 && count < convs, "{count} of {convs} convolutions rewritten");
+        assert_eq!(count_ops(&rewritten, "Conv") + count, convs);
+        assert_eq!(count_ops(&rewritten, "Concat"), 0, "both decoder Concats feed a 3x3 convolution only");
+        assert!(count_ops(&rewritten, "Max") < maxes && concats == 2);
+        // and the network computes the same
+        let input: Tensor = tract_ndarray::Array4::from_shape_fn((2, 1, 64, 64), |(n, _, y, x)| {
+            ((n * 7 + y * 3 + x) % 11) as f32 / 11.0
+        })
+        .into();
+        let run = |m: TypedModel| {
+            m.into_optimized().unwrap().into_runnable().unwrap().run(tvec!(input.clone().into())).unwrap()
+        };
+        let (a, b) = (run(typed), run(rewritten));
+        let (a, b) = (a[0].to_plain_array_view::<f32>().unwrap(), b[0].to_plain_array_view::<f32>().unwrap());
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = a.iter().zip(b.iter()).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(err <= 1e-5 * scale.max(1.0), "error {err} of {scale}");
+    }
+}
