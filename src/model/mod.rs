@@ -5,6 +5,8 @@ pub mod gpu;
 pub mod gpu_rewrite;
 pub mod metadata;
 pub mod onnx_grad;
+pub mod cpu_rewrite;
+pub mod pointwise;
 pub mod runtime;
 pub mod winograd;
 
@@ -164,8 +166,8 @@ impl OnnxModel {
         runtime::plan_knobs()
             .enter(|| {
                 let mut typed = self.graph.clone().with_input_fact(0, f32::fact(shape).into())?.into_typed()?.into_decluttered()?;
-                if winograd::enabled() {
-                    winograd::rewrite(&mut typed)?;
+                if cpu_rewrite::enabled() {
+                    cpu_rewrite::rewrite(&mut typed)?;
                 }
                 typed.into_optimized()?.into_runnable()
             })

@@ -1,0 +1,494 @@
+//! Our own CPU convolutions in tract plans: [`rewrite`] swaps each eligible `Conv` of a
+//! decluttered model, before tract optimises it, for
+//! - [`WinogradConv`] (3x3, stride 1: Winograd F(4x4, 3x3), src/model/winograd.rs), or
+//! - [`PointwiseConv`] (1x1, stride 1, no padding: one matrix product in place,
+//!   src/model/pointwise.rs),
+//!
+//! folding in a channel `Concat` that feeds only the convolution (its inputs are read in place),
+//! the per-channel `Mul`/`Add` by constants after it (a BatchNormalization tract did not fold
+//! into the weights, a bias) and a `Relu` that only the convolution feeds. tract declutters a
+//! 1x1 convolution into an `EinSum` "NIHW,OI->NOHW" (+ bias): those are taken too. Everything
+//! else stays tract's. Both ops run
+//! about twice as fast as tract's im2col + matrix product on x86-64 (docs/BENCHMARKS.md).
+//! `ICHSEG_TRACT_CONV=1` in the environment keeps tract's convolutions, for comparisons.
+
+use super::pointwise::PointwiseConv;
+use super::winograd::WinogradConv;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::array::TypedConcat;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_onnx::tract_core::ops::einsum::EinSum;
+use tract_onnx::tract_core::ops::nn::DataFormat;
+
+/// Where a rewritten convolution reads its channels from, and whether it applies a Relu.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ConvParts {
+    /// Channels of each input: several when a channel Concat was folded in.
+    pub sizes: Vec<usize>,
+    /// max(0, y) on the output: a folded Relu.
+    pub relu: bool,
+}
+
+impl ConvParts {
+    /// One input of `channels` channels, no Relu.
+    pub fn single(channels: usize) -> Self {
+        ConvParts { sizes: vec![channels], relu: false }
+    }
+
+    /// Input channels in all.
+    pub fn channels(&self) -> usize {
+        self.sizes.iter().sum()
+    }
+
+    /// Checks that `inputs` are `[N, size, rows, cols]` batches, one per part, with the same
+    /// N, rows and cols; returns N and [rows, cols].
+    pub fn check_inputs(&self, inputs: &[TValue]) -> TractResult<(usize, [usize; 2])> {
+        ensure!(inputs.len() == self.sizes.len(), "expected {} inputs, given {}", self.sizes.len(), inputs.len());
+        let first = inputs[0].shape();
+        ensure!(first.len() == 4, "expected an NCHW input, given {first:?}");
+        let (images, rows, cols) = (first[0], first[2], first[3]);
+        for (input, &channels) in inputs.iter().zip(&self.sizes) {
+            ensure!(
+                input.shape() == [images, channels, rows, cols],
+                "expected [{images}, {channels}, {rows}, {cols}], given {:?}",
+                input.shape()
+            );
+        }
+        Ok((images, [rows, cols]))
+    }
+}
+
+impl std::fmt::Display for ConvParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sizes: Vec<String> = self.sizes.iter().map(|s| s.to_string()).collect();
+        write!(f, "{}", sizes.join("+"))
+    }
+}
+
+/// The f32 data of each input.
+pub fn input_slices(inputs: &[TValue]) -> TractResult<Vec<&[f32]>> {
+    inputs.iter().map(|i| i.try_as_plain_ram()?.as_slice::<f32>()).collect()
+}
+
+/// The output of a rewritten convolution, written by several threads at once.
+pub struct OutPtr(pub *mut f32);
+// SAFETY: the ops' tasks write disjoint parts of the output (see their `convolve`).
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so that closures capture the whole `OutPtr`, which is `Sync`).
+    pub fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Whether plans should use our convolutions: yes unless `ICHSEG_TRACT_CONV=1`.
+pub fn enabled() -> bool {
+    std::env::var("ICHSEG_TRACT_CONV").map(|v| v != "1").unwrap_or(true)
+}
+
+/// Replaces every eligible `Conv` of `model` (see the module comment); returns how many.
+pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
+    let mut count = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let spec = if let Some(conv) = node.op_as::<Conv>() {
+            ConvSpec::of_conv(model, node, conv)?
+        } else if let Some(einsum) = node.op_as::<EinSum>() {
+            ConvSpec::of_einsum(model, node, einsum)?
+        } else {
+            None
+        };
+        let Some(mut spec) = spec else { continue };
+        let mut replaced = fold_channel_arithmetic(model, &mut spec)?;
+        let mut inputs = vec![node.inputs[0]];
+        let mut parts = ConvParts::single(spec.cin);
+        if let Some(folded) = folded_concat(model, node.inputs[0])? {
+            parts.sizes = folded.iter().map(|(_, channels)| *channels).collect();
+            inputs = folded.into_iter().map(|(outlet, _)| outlet).collect();
+        }
+        if let Some(relu) = folded_relu(model, replaced)? {
+            parts.relu = true;
+            replaced = OutletId::new(relu, 0);
+        }
+        let Some(op) = spec.op(parts) else { continue };
+        let mut patch = TypedModelPatch::default();
+        let taps = patch.taps(model, &inputs)?;
+        let wire = patch.wire_node(&node.name, op, &taps)?[0];
+        patch.shunt_outside(model, replaced, wire)?;
+        patch.obliterate(node.id)?;
+        patch.apply(model)?;
+        count += 1;
+    }
+    if count > 0 {
+        model.compact()?;
+    }
+    Ok(count)
+}
+
+/// A convolution our ops may take: f32 NCHW with a known input shape, one group, no dilation,
+/// stride 1, constant OIHW weights and bias.
+struct ConvSpec {
+    cin: usize,
+    cout: usize,
+    /// Input [N, C, rows, cols] and output shapes.
+    input: [usize; 4],
+    output: Vec<usize>,
+    kernel_hw: [usize; 2],
+    /// Zero padding: top, left, bottom, right.
+    pads: [usize; 4],
+    kernel: Vec<f32>,
+    bias: Vec<f32>,
+    /// The node computing it.
+    node: usize,
+}
+
+impl ConvSpec {
+    fn of_conv(model: &TypedModel, node: &TypedNode, conv: &Conv) -> TractResult<Option<ConvSpec>> {
+        let spec = &conv.pool_spec;
+        let ones = |v: &Option<TVec<usize>>| v.as_ref().is_none_or(|v| v.iter().all(|&s| s == 1));
+        if conv.q_params.is_some()
+            || conv.group != 1
+            || conv.kernel_fmt != KernelFormat::OIHW
+            || spec.data_format != DataFormat::NCHW
+            || spec.kernel_shape.len() != 2
+            || !ones(&spec.strides)
+            || !ones(&spec.dilations)
+            || node.inputs.len() != 3
+        {
+            return Ok(None);
+        }
+        let fact = model.outlet_fact(node.inputs[0])?;
+        let (Some(&[n, cin, rows, cols]), true) = (fact.shape.as_concrete(), fact.datum_type == f32::datum_type())
+        else {
+            return Ok(None);
+        };
+        let cout = conv.output_channels();
+        let kernel_hw = [spec.kernel_shape[0], spec.kernel_shape[1]];
+        let (Some(kernel), Some(bias)) =
+            (&model.outlet_fact(node.inputs[1])?.konst, &model.outlet_fact(node.inputs[2])?.konst)
+        else {
+            return Ok(None);
+        };
+        let Some(output) = node.outputs[0].fact.shape.as_concrete() else { return Ok(None) };
+        if cin != conv.input_channels()
+            || kernel.datum_type() != f32::datum_type()
+            || kernel.shape() != [cout, cin, kernel_hw[0], kernel_hw[1]]
+            || bias.datum_type() != f32::datum_type()
+            || !(bias.len() == cout || bias.len() == 1)
+        {
+            return Ok(None);
+        }
+        let padding = spec.computed_padding(&[rows, cols]);
+        let pads = [padding[0].pad_before, padding[1].pad_before, padding[0].pad_after, padding[1].pad_after];
+        let bias = bias.try_as_plain_ram()?.as_slice::<f32>()?;
+        Ok(Some(ConvSpec {
+            cin,
+            cout,
+            input: [n, cin, rows, cols],
+            output: output.to_vec(),
+            kernel_hw,
+            pads,
+            kernel: kernel.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(),
+            bias: if bias.len() == cout { bias.to_vec() } else { vec![bias[0]; cout] },
+            node: node.id,
+        }))
+    }
+
+    /// A 1x1 convolution as tract declutters it: `EinSum` "NIHW,OI->NOHW" with constant weights.
+    fn of_einsum(model: &TypedModel, node: &TypedNode, einsum: &EinSum) -> TractResult<Option<ConvSpec>> {
+        if einsum.q_params.is_some() || einsum.axes.to_string() != "NIHW,OI->NOHW" || node.inputs.len() != 2 {
+            return Ok(None);
+        }
+        let fact = model.outlet_fact(node.inputs[0])?;
+        let (Some(&[n, cin, rows, cols]), true) = (fact.shape.as_concrete(), fact.datum_type == f32::datum_type())
+        else {
+            return Ok(None);
+        };
+        let Some(kernel) = &model.outlet_fact(node.inputs[1])?.konst else { return Ok(None) };
+        let (&[cout, k], true) = (kernel.shape(), kernel.datum_type() == f32::datum_type()) else { return Ok(None) };
+        if k != cin || fact.konst.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(ConvSpec {
+            cin,
+            cout,
+            input: [n, cin, rows, cols],
+            output: vec![n, cout, rows, cols],
+            kernel_hw: [1, 1],
+            pads: [0; 4],
+            kernel: kernel.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(),
+            bias: vec![0.; cout],
+            node: node.id,
+        }))
+    }
+
+    /// Our op for this convolution, reading `parts`, if one of ours takes it and computes the
+    /// output shape the graph expects.
+    fn op(&self, parts: ConvParts) -> Option<Box<dyn TypedOp>> {
+        let [n, _, rows, cols] = self.input;
+        let op: Box<dyn TypedOp> = match self.kernel_hw {
+            [3, 3] if WinogradConv::takes(self.cin, self.cout) => {
+                let op = WinogradConv::new(&self.kernel, &self.bias, self.cout, rows, cols, self.pads, parts);
+                let (oh, ow) = op.output_hw();
+                if self.output != [n, self.cout, oh, ow] {
+                    return None;
+                }
+                Box::new(op)
+            }
+            [1, 1] if self.pads == [0; 4] && self.output == [n, self.cout, rows, cols] => {
+                Box::new(PointwiseConv::new(&self.kernel, &self.bias, self.cout, rows * cols, parts))
+            }
+            _ => return None,
+        };
+        Some(op)
+    }
+}
+
+/// Folds the per-channel `Mul`s and `Add`s by constants that follow the convolution, each the
+/// only reader of the one before, into its weights and bias; returns the outlet the rewritten op
+/// replaces (the last one folded).
+fn fold_channel_arithmetic(model: &TypedModel, spec: &mut ConvSpec) -> TractResult<OutletId> {
+    let mut outlet = OutletId::new(spec.node, 0);
+    loop {
+        let readers = model.outlet_successors(outlet);
+        if readers.len() != 1 || model.outputs.contains(&outlet) {
+            return Ok(outlet);
+        }
+        let node = model.node(readers[0].node);
+        let Some(op) = node.op_as::<TypedBinOp>() else { return Ok(outlet) };
+        let next = OutletId::new(node.id, 0);
+        if node.inputs.len() != 2 || model.outlet_fact(next)?.shape != model.outlet_fact(outlet)?.shape {
+            return Ok(outlet);
+        }
+        let Some(values) = per_channel(model, node.inputs[1 - readers[0].slot], spec.cout)? else { return Ok(outlet) };
+        let per_output = spec.kernel.len() / spec.cout;
+        match op.0.name() {
+            "Mul" => {
+                for (o, &scale) in values.iter().enumerate() {
+                    spec.kernel[o * per_output..][..per_output].iter_mut().for_each(|w| *w *= scale);
+                    spec.bias[o] *= scale;
+                }
+            }
+            "Add" => spec.bias.iter_mut().zip(&values).for_each(|(b, v)| *b += v),
+            _ => return Ok(outlet),
+        }
+        outlet = next;
+    }
+}
+
+/// The `channels` values of a constant that broadcasts per channel over NCHW (a scalar, or
+/// channels values along axis 1 of rank 4 or axis 0 of rank 3).
+fn per_channel(model: &TypedModel, outlet: OutletId, channels: usize) -> TractResult<Option<Vec<f32>>> {
+    let Some(k) = &model.outlet_fact(outlet)?.konst else { return Ok(None) };
+    if k.datum_type() != f32::datum_type() {
+        return Ok(None);
+    }
+    let values = k.try_as_plain_ram()?.as_slice::<f32>()?;
+    let shape = k.shape();
+    let along = |axis: usize| shape.iter().enumerate().all(|(i, &d)| d == if i == axis { channels } else { 1 });
+    Ok(if values.len() == 1 && shape.len() <= 4 {
+        Some(vec![values[0]; channels])
+    } else if (shape.len() == 4 && along(1)) || (shape.len() == 3 && along(0)) {
+        Some(values.to_vec())
+    } else {
+        None
+    })
+}
+
+/// The inputs and channel counts of the channel Concat producing `outlet`, when the
+/// convolution is its only reader and every input is a computed NCHW f32 tensor.
+fn folded_concat(model: &TypedModel, outlet: OutletId) -> TractResult<Option<Vec<(OutletId, usize)>>> {
+    let producer = model.node(outlet.node);
+    let Some(concat) = producer.op_as::<TypedConcat>() else { return Ok(None) };
+    if concat.axis != 1 || model.outlet_successors(outlet).len() != 1 || model.outputs.contains(&outlet) {
+        return Ok(None);
+    }
+    let mut parts = vec![];
+    for &input in &producer.inputs {
+        let fact = model.outlet_fact(input)?;
+        match fact.shape.as_concrete() {
+            Some(&[_, channels, _, _]) if fact.konst.is_none() && fact.datum_type == f32::datum_type() => {
+                parts.push((input, channels))
+            }
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(parts))
+}
+
+/// The Relu (max with a constant zero) that is the only reader of `outlet`.
+fn folded_relu(model: &TypedModel, outlet: OutletId) -> TractResult<Option<usize>> {
+    let readers = model.outlet_successors(outlet);
+    if readers.len() != 1 || model.outputs.contains(&outlet) {
+        return Ok(None);
+    }
+    let node = model.node(readers[0].node);
+    let is_max = node.op_as::<TypedBinOp>().is_some_and(|op| op.0.name() == "Max");
+    if !is_max || node.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let other = node.inputs[1 - readers[0].slot];
+    let zero = model.outlet_fact(other)?.konst.as_ref().is_some_and(|k| {
+        k.datum_type() == f32::datum_type()
+            && k.try_as_plain_ram()
+                .and_then(|k| k.as_slice::<f32>().map(|v| v.iter().all(|&x| x == 0.)))
+                .unwrap_or(false)
+    });
+    // the Relu's output must keep the convolution's shape (no broadcast by the zero)
+    let same_shape = model.outlet_fact(OutletId::new(node.id, 0))?.shape == model.outlet_fact(outlet)?.shape;
+    Ok((zero && same_shape).then_some(node.id))
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::ConvParts;
+    use tract_linalg::multithread::{multithread_tract_scope, Executor};
+
+    /// Seeded values in [-0.5, 0.5).
+    pub fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    /// `f` with a tract executor of `threads` threads.
+    pub fn threads<R>(threads: usize, f: impl FnOnce() -> R) -> R {
+        let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
+        multithread_tract_scope(executor, f)
+    }
+
+    /// Direct stride-1 convolution with a `k` x `k` kernel in f64, reading the channels from the
+    /// `parts` inputs: the reference.
+    #[allow(clippy::too_many_arguments)]
+    pub fn direct(
+        w: &[f32],
+        b: &[f32],
+        inputs: &[Vec<f32>],
+        parts: &ConvParts,
+        n: usize,
+        cout: usize,
+        h: usize,
+        wd: usize,
+        k: usize,
+        pads: [usize; 4],
+    ) -> Vec<f32> {
+        let cin = parts.channels();
+        let (oh, ow) = (h + pads[0] + pads[2] + 1 - k, wd + pads[1] + pads[3] + 1 - k);
+        // channel c of image i, wherever its part keeps it
+        let mut planes = vec![];
+        for img in 0..n {
+            for (x, &size) in inputs.iter().zip(&parts.sizes) {
+                for c in 0..size {
+                    planes.push(&x[((img * size) + c) * h * wd..][..h * wd]);
+                }
+            }
+        }
+        let mut y = vec![0f32; n * cout * oh * ow];
+        for img in 0..n {
+            for o in 0..cout {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut s = b[o] as f64;
+                        for c in 0..cin {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let iy = (oy + ky) as isize - pads[0] as isize;
+                                    let ix = (ox + kx) as isize - pads[1] as isize;
+                                    if iy >= 0 && iy < h as isize && ix >= 0 && ix < wd as isize {
+                                        s += w[((o * cin + c) * k + ky) * k + kx] as f64
+                                            * planes[img * cin + c][iy as usize * wd + ix as usize] as f64;
+                                    }
+                                }
+                            }
+                        }
+                        let v = s as f32;
+                        y[((img * cout + o) * oh + oy) * ow + ox] = if parts.relu { v.max(0.) } else { v };
+                    }
+                }
+            }
+        }
+        y
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count_ops(m: &TypedModel, name: &str) -> usize {
+        m.nodes().iter().filter(|n| n.op().name() == name).count()
+    }
+
+    /// 1x1 convolutions as tract declutters them.
+    fn pointwise_einsums(m: &TypedModel) -> usize {
+        m.nodes().iter().filter(|n| n.op_as::<EinSum>().is_some_and(|e| e.axes.to_string() == "NIHW,OI->NOHW")).count()
+    }
+
+    fn fixture(path: &str) -> Vec<u8> {
+        std::fs::read(format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    /// The model decluttered for `input`, and the same rewritten; checks both compute the same.
+    fn rewritten(onnx: &[u8], input: [usize; 4]) -> (TypedModel, TypedModel) {
+        let model = tract_onnx::onnx().model_for_read(&mut &onnx[..]).unwrap();
+        let typed = model.with_input_fact(0, f32::fact(input).into()).unwrap().into_typed().unwrap();
+        let typed = typed.into_decluttered().unwrap();
+        let mut ours = typed.clone();
+        rewrite(&mut ours).unwrap();
+        let x: Tensor = tract_ndarray::Array4::from_shape_fn(input, |(n, c, y, x)| {
+            ((n * 7 + c * 5 + y * 3 + x) % 11) as f32 / 11.0
+        })
+        .into();
+        let run = |m: &TypedModel| {
+            m.clone().into_optimized().unwrap().into_runnable().unwrap().run(tvec!(x.clone().into())).unwrap()
+        };
+        for (a, b) in run(&typed).iter().zip(run(&ours).iter()) {
+            let (a, b) = (a.to_plain_array_view::<f32>().unwrap(), b.to_plain_array_view::<f32>().unwrap());
+            let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let err = a.iter().zip(b.iter()).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(err <= 1e-5 * scale.max(1.0), "error {err} of {scale}");
+        }
+        (typed, ours)
+    }
+
+    #[test]
+    fn unet_3x3_convolutions_concats_and_relus_are_ours() {
+        let (tract, ours) = rewritten(&fixture("unet/unet_transpose.onnx"), [2, 1, 64, 64]);
+        let (convs, winograd) = (count_ops(&tract, "Conv"), count_ops(&ours, "WinogradConv"));
+        // the first (1 input channel) convolution stays tract's; the last (1x1, an EinSum once
+        // decluttered) is pointwise
+        assert_eq!(count_ops(&ours, "Conv") + winograd, convs);
+        assert!(count_ops(&ours, "Conv") == 1 && count_ops(&ours, "PointwiseConv") == 1);
+        assert!(pointwise_einsums(&tract) == 1 && pointwise_einsums(&ours) == 0);
+        assert_eq!(count_ops(&tract, "Concat"), 2);
+        assert_eq!(count_ops(&ours, "Concat"), 0, "both decoder Concats feed a 3x3 convolution only");
+        assert!(count_ops(&ours, "Max") < count_ops(&tract, "Max"));
+    }
+
+    #[test]
+    fn resnet_bottleneck_gradient_graph_uses_ours() {
+        let bytes = fixture("grad/resnet_bottleneck_op13_fused.onnx");
+        let taps = vec!["/layer1/layer1.1/relu_2/Relu_output_0".to_string()];
+        let graph = crate::model::onnx_grad::gradient_graph(&bytes, 1, &taps).unwrap();
+        let (tract, ours) = rewritten(&graph, [2, 3, 64, 64]);
+        assert!(count_ops(&ours, "PointwiseConv") > 0 && count_ops(&ours, "WinogradConv") > 0);
+        assert!(count_ops(&ours, "Conv") < count_ops(&tract, "Conv"));
+        assert_eq!(pointwise_einsums(&ours), 0, "every 1x1 convolution is ours");
+    }
+
+    /// Unfused BatchNormalization after 1x1 convolutions (left as Mul + Add by tract) is
+    /// folded into our weights.
+    #[test]
+    fn batch_norm_after_pointwise_convolutions_is_folded() {
+        let (tract, ours) = rewritten(&fixture("grad/resnet_bottleneck_op13_bn.onnx"), [2, 3, 64, 64]);
+        assert!(pointwise_einsums(&tract) > 0 && pointwise_einsums(&ours) == 0);
+        assert!(count_ops(&ours, "Mul") < count_ops(&tract, "Mul"), "{} Mul left", count_ops(&ours, "Mul"));
+    }
+}
