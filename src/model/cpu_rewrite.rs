@@ -2,17 +2,22 @@
 //! decluttered model, before tract optimises it, for
 //! - [`WinogradConv`] (3x3, stride 1: Winograd F(4x4, 3x3), src/model/winograd.rs), or
 //! - [`PointwiseConv`] (1x1, stride 1, no padding: one matrix product in place,
-//!   src/model/pointwise.rs),
+//!   src/model/pointwise.rs), or
+//! - [`GemmConv`] (any other: strides, dilations, larger kernels, few channels; im2col + matrix
+//!   product by blocks in cache, src/model/gemm_conv.rs),
 //!
 //! folding in a channel `Concat` that feeds only the convolution (its inputs are read in place),
 //! the per-channel `Mul`/`Add` by constants after it (a BatchNormalization tract did not fold
 //! into the weights, a bias) and a `Relu` that only the convolution feeds. tract declutters a
-//! 1x1 convolution into an `EinSum` "NIHW,OI->NOHW" (+ bias): those are taken too. Everything
-//! else stays tract's. Both ops run
+//! 1x1 convolution into an `EinSum` "NIHW,OI->NOHW" (+ bias): those are taken too. The Relu
+//! gradients of gradient graphs become one-pass [`ReluGrad`](relu_grad::ReluGrad)s (src/model/relu_grad.rs).
+//! Everything else stays tract's. Both ops run
 //! about twice as fast as tract's im2col + matrix product on x86-64 (docs/BENCHMARKS.md).
 //! `ICHSEG_TRACT_CONV=1` in the environment keeps tract's convolutions, for comparisons.
 
+use super::gemm_conv::{GemmConv, Window};
 use super::pointwise::PointwiseConv;
+use super::relu_grad;
 use super::winograd::WinogradConv;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -84,14 +89,35 @@ impl OutPtr {
     }
 }
 
+/// `f` on a zeroed buffer of `len` floats, reused by the thread across calls (a network's
+/// convolutions need the same few megabytes again and again; fresh allocations cost page
+/// faults). Each thread keeps its largest buffer: a few MB for a pool thread (one block), up to
+/// a whole image's V and M for the calling thread (Winograd: 22 MB for 512 channels at 48x48).
+pub fn with_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUFFER.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffer) => {
+            if buffer.len() < len {
+                buffer.resize(len, 0.);
+            }
+            f(&mut buffer[..len])
+        }
+        // in use further up this thread's stack: a buffer of its own
+        Err(_) => f(&mut vec![0.; len]),
+    })
+}
+
 /// Whether plans should use our convolutions: yes unless `ICHSEG_TRACT_CONV=1`.
 pub fn enabled() -> bool {
     std::env::var("ICHSEG_TRACT_CONV").map(|v| v != "1").unwrap_or(true)
 }
 
-/// Replaces every eligible `Conv` of `model` (see the module comment); returns how many.
+/// Replaces every eligible `Conv` of `model` and the Relu gradients (see the module comment);
+/// returns how many operators were replaced.
 pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
-    let mut count = 0;
+    let mut count = relu_grad::rewrite(model)?;
     for id in model.eval_order()? {
         let node = model.node(id);
         let spec = if let Some(conv) = node.op_as::<Conv>() {
@@ -128,17 +154,15 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
     Ok(count)
 }
 
-/// A convolution our ops may take: f32 NCHW with a known input shape, one group, no dilation,
-/// stride 1, constant OIHW weights and bias.
+/// A convolution our ops may take: 2D, f32 NCHW with a known input shape, one group, constant
+/// OIHW weights and bias.
 struct ConvSpec {
     cin: usize,
     cout: usize,
     /// Input [N, C, rows, cols] and output shapes.
     input: [usize; 4],
     output: Vec<usize>,
-    kernel_hw: [usize; 2],
-    /// Zero padding: top, left, bottom, right.
-    pads: [usize; 4],
+    window: Window,
     kernel: Vec<f32>,
     bias: Vec<f32>,
     /// The node computing it.
@@ -148,14 +172,13 @@ struct ConvSpec {
 impl ConvSpec {
     fn of_conv(model: &TypedModel, node: &TypedNode, conv: &Conv) -> TractResult<Option<ConvSpec>> {
         let spec = &conv.pool_spec;
-        let ones = |v: &Option<TVec<usize>>| v.as_ref().is_none_or(|v| v.iter().all(|&s| s == 1));
         if conv.q_params.is_some()
             || conv.group != 1
             || conv.kernel_fmt != KernelFormat::OIHW
             || spec.data_format != DataFormat::NCHW
             || spec.kernel_shape.len() != 2
-            || !ones(&spec.strides)
-            || !ones(&spec.dilations)
+            || spec.strides().len() != 2
+            || spec.dilations().len() != 2
             || node.inputs.len() != 3
         {
             return Ok(None);
@@ -182,15 +205,20 @@ impl ConvSpec {
             return Ok(None);
         }
         let padding = spec.computed_padding(&[rows, cols]);
-        let pads = [padding[0].pad_before, padding[1].pad_before, padding[0].pad_after, padding[1].pad_after];
+        let window = Window {
+            kernel: kernel_hw,
+            strides: [spec.stride(0), spec.stride(1)],
+            dilations: [spec.dilation(0), spec.dilation(1)],
+            pads: [padding[0].pad_before, padding[1].pad_before, padding[0].pad_after, padding[1].pad_after],
+            input: [rows, cols],
+        };
         let bias = bias.try_as_plain_ram()?.as_slice::<f32>()?;
         Ok(Some(ConvSpec {
             cin,
             cout,
             input: [n, cin, rows, cols],
             output: output.to_vec(),
-            kernel_hw,
-            pads,
+            window,
             kernel: kernel.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(),
             bias: if bias.len() == cout { bias.to_vec() } else { vec![bias[0]; cout] },
             node: node.id,
@@ -217,33 +245,32 @@ impl ConvSpec {
             cout,
             input: [n, cin, rows, cols],
             output: vec![n, cout, rows, cols],
-            kernel_hw: [1, 1],
-            pads: [0; 4],
+            window: Window { kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pads: [0; 4], input: [rows, cols] },
             kernel: kernel.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(),
             bias: vec![0.; cout],
             node: node.id,
         }))
     }
 
-    /// Our op for this convolution, reading `parts`, if one of ours takes it and computes the
-    /// output shape the graph expects.
+    /// Our op for this convolution, reading `parts`, if it computes the output shape the graph
+    /// expects.
     fn op(&self, parts: ConvParts) -> Option<Box<dyn TypedOp>> {
+        let w = &self.window;
         let [n, _, rows, cols] = self.input;
-        let op: Box<dyn TypedOp> = match self.kernel_hw {
-            [3, 3] if WinogradConv::takes(self.cin, self.cout) => {
-                let op = WinogradConv::new(&self.kernel, &self.bias, self.cout, rows, cols, self.pads, parts);
-                let (oh, ow) = op.output_hw();
-                if self.output != [n, self.cout, oh, ow] {
-                    return None;
-                }
-                Box::new(op)
+        let [oh, ow] = w.output();
+        if self.output != [n, self.cout, oh, ow] {
+            return None;
+        }
+        let unit = w.strides == [1, 1] && w.dilations == [1, 1];
+        Some(match w.kernel {
+            [3, 3] if unit && WinogradConv::takes(self.cin, self.cout) => {
+                Box::new(WinogradConv::new(&self.kernel, &self.bias, self.cout, rows, cols, w.pads, parts))
             }
-            [1, 1] if self.pads == [0; 4] && self.output == [n, self.cout, rows, cols] => {
+            [1, 1] if unit && w.pads == [0; 4] => {
                 Box::new(PointwiseConv::new(&self.kernel, &self.bias, self.cout, rows * cols, parts))
             }
-            _ => return None,
-        };
-        Some(op)
+            _ => Box::new(GemmConv::new(&self.kernel, &self.bias, self.cout, *w, parts)),
+        })
     }
 }
 
@@ -344,7 +371,7 @@ fn folded_relu(model: &TypedModel, outlet: OutletId) -> TractResult<Option<usize
 
 #[cfg(test)]
 pub(crate) mod test_support {
-    use super::ConvParts;
+    use super::{ConvParts, Window};
     use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
     /// Seeded values in [-0.5, 0.5).
@@ -364,23 +391,19 @@ pub(crate) mod test_support {
         multithread_tract_scope(executor, f)
     }
 
-    /// Direct stride-1 convolution with a `k` x `k` kernel in f64, reading the channels from the
-    /// `parts` inputs: the reference.
-    #[allow(clippy::too_many_arguments)]
-    pub fn direct(
+    /// Direct convolution in f64 over `window`, reading the channels from the `parts` inputs:
+    /// the reference.
+    pub fn reference(
         w: &[f32],
         b: &[f32],
         inputs: &[Vec<f32>],
         parts: &ConvParts,
         n: usize,
         cout: usize,
-        h: usize,
-        wd: usize,
-        k: usize,
-        pads: [usize; 4],
+        window: &Window,
     ) -> Vec<f32> {
         let cin = parts.channels();
-        let (oh, ow) = (h + pads[0] + pads[2] + 1 - k, wd + pads[1] + pads[3] + 1 - k);
+        let ([h, wd], [oh, ow], [kh, kw]) = (window.input, window.output(), window.kernel);
         // channel c of image i, wherever its part keeps it
         let mut planes = vec![];
         for img in 0..n {
@@ -397,12 +420,14 @@ pub(crate) mod test_support {
                     for ox in 0..ow {
                         let mut s = b[o] as f64;
                         for c in 0..cin {
-                            for ky in 0..k {
-                                for kx in 0..k {
-                                    let iy = (oy + ky) as isize - pads[0] as isize;
-                                    let ix = (ox + kx) as isize - pads[1] as isize;
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let iy = (oy * window.strides[0] + ky * window.dilations[0]) as isize
+                                        - window.pads[0] as isize;
+                                    let ix = (ox * window.strides[1] + kx * window.dilations[1]) as isize
+                                        - window.pads[1] as isize;
                                     if iy >= 0 && iy < h as isize && ix >= 0 && ix < wd as isize {
-                                        s += w[((o * cin + c) * k + ky) * k + kx] as f64
+                                        s += w[((o * cin + c) * kh + ky) * kw + kx] as f64
                                             * planes[img * cin + c][iy as usize * wd + ix as usize] as f64;
                                     }
                                 }
@@ -415,6 +440,11 @@ pub(crate) mod test_support {
             }
         }
         y
+    }
+
+    /// A stride-1, undilated window with a `k` x `k` kernel.
+    pub fn unit_window(k: usize, pads: [usize; 4], input: [usize; 2]) -> Window {
+        Window { kernel: [k, k], strides: [1, 1], dilations: [1, 1], pads, input }
     }
 }
 
@@ -462,10 +492,11 @@ mod tests {
     fn unet_3x3_convolutions_concats_and_relus_are_ours() {
         let (tract, ours) = rewritten(&fixture("unet/unet_transpose.onnx"), [2, 1, 64, 64]);
         let (convs, winograd) = (count_ops(&tract, "Conv"), count_ops(&ours, "WinogradConv"));
-        // the first (1 input channel) convolution stays tract's; the last (1x1, an EinSum once
-        // decluttered) is pointwise
-        assert_eq!(count_ops(&ours, "Conv") + winograd, convs);
-        assert!(count_ops(&ours, "Conv") == 1 && count_ops(&ours, "PointwiseConv") == 1);
+        // the first convolution (1 input channel) goes through im2col; the last (1x1, an EinSum
+        // once decluttered) is pointwise
+        assert_eq!(count_ops(&ours, "GemmConv") + winograd, convs);
+        assert!(count_ops(&ours, "GemmConv") == 1 && count_ops(&ours, "PointwiseConv") == 1);
+        assert_eq!(count_ops(&ours, "Conv"), 0);
         assert!(pointwise_einsums(&tract) == 1 && pointwise_einsums(&ours) == 0);
         assert_eq!(count_ops(&tract, "Concat"), 2);
         assert_eq!(count_ops(&ours, "Concat"), 0, "both decoder Concats feed a 3x3 convolution only");
@@ -479,7 +510,8 @@ mod tests {
         let graph = crate::model::onnx_grad::gradient_graph(&bytes, 1, &taps).unwrap();
         let (tract, ours) = rewritten(&graph, [2, 3, 64, 64]);
         assert!(count_ops(&ours, "PointwiseConv") > 0 && count_ops(&ours, "WinogradConv") > 0);
-        assert!(count_ops(&ours, "Conv") < count_ops(&tract, "Conv"));
+        assert!(count_ops(&tract, "Conv") > 0 && count_ops(&ours, "Conv") == 0, "every convolution is ours");
+        assert!(count_ops(&ours, "GemmConv") > 0, "the stem and the stride-2 convolutions");
         assert_eq!(pointwise_einsums(&ours), 0, "every 1x1 convolution is ours");
     }
 

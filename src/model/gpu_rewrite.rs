@@ -100,7 +100,8 @@ fn maxpool_windows_as_slices(
     let spec = &op.pool_spec;
     let input = model.outlet_fact(node.inputs[0])?;
     let Some(mut shape) = input.shape.as_concrete().map(|s| s.to_vec()) else { return Ok(None) };
-    if tiled_spatial(model, node, spec)?.is_some_and(|[h, w]| h % spec.kernel_shape[0] == 0 && w % spec.kernel_shape[1] == 0)
+    if tiled_spatial(model, node, spec)?
+        .is_some_and(|[h, w]| h % spec.kernel_shape[0] == 0 && w % spec.kernel_shape[1] == 0)
         || op.with_index_outputs.is_some()
         || spec.data_format != DataFormat::NCHW
         || shape.len() != 4

@@ -1,12 +1,14 @@
 //! ONNX models: loading, their self-description, and where they run.
 
+pub mod cpu_rewrite;
+pub mod gemm_conv;
 #[cfg(feature = "gpu")]
 pub mod gpu;
 pub mod gpu_rewrite;
 pub mod metadata;
 pub mod onnx_grad;
-pub mod cpu_rewrite;
 pub mod pointwise;
+pub mod relu_grad;
 pub mod runtime;
 pub mod winograd;
 
@@ -165,7 +167,8 @@ impl OnnxModel {
     pub fn plan(&self, shape: [usize; 4]) -> Result<std::sync::Arc<TypedRunnableModel>> {
         runtime::plan_knobs()
             .enter(|| {
-                let mut typed = self.graph.clone().with_input_fact(0, f32::fact(shape).into())?.into_typed()?.into_decluttered()?;
+                let mut typed =
+                    self.graph.clone().with_input_fact(0, f32::fact(shape).into())?.into_typed()?.into_decluttered()?;
                 if cpu_rewrite::enabled() {
                     cpu_rewrite::rewrite(&mut typed)?;
                 }

@@ -1146,16 +1146,36 @@ impl<'a> Builder<'a> {
                 ],
             ));
         }
+        let (wt, wt_shape) = transpose_flip(w, w_shape, group);
+        let wname = self.const_f32(&wt_shape, wt, "w_flipped");
+        let correlate = |this: &mut Self, x: &str, pads: &[i64]| {
+            this.op(
+                "Conv",
+                &[x, &wname],
+                vec![
+                    a_ints("kernel_shape", &kernel),
+                    a_ints("strides", &vec![1; r]),
+                    a_ints("dilations", &dil),
+                    a_ints("pads", pads),
+                    group_attr.clone(),
+                ],
+            )
+        };
+        // A strided 1x1 kernel commutes with the zero insertion below: multiply first, on the
+        // output grid (s^r times fewer pixels, no products with inserted zeros), then insert.
+        let pointwise_first = win.kernel.iter().all(|&k| k == 1) && win.strides.iter().any(|&s| s > 1);
+        let (source, channels) =
+            if pointwise_first { (correlate(self, g, &vec![0; 2 * r]), xs[1]) } else { (g.to_string(), cout) };
         // 1. zero insertion: g[o] -> gz[o * s], followed by s - 1 zeros (length L = Ho * s)
         let gz = if win.strides.iter().any(|&s| s > 1) {
-            let mut split = vec![cout];
-            let mut merged = vec![cout];
+            let mut split = vec![channels];
+            let mut merged = vec![channels];
             for (&o, &s) in ho.iter().zip(&win.strides) {
                 split.extend([o, 1]);
                 merged.push(o * s);
             }
             let split_shape = Self::batch_shape(&split);
-            let expanded = self.reshape(g, &split_shape);
+            let expanded = self.reshape(&source, &split_shape);
             let rank = 2 + 2 * r;
             let mut pads = vec![0i64; 2 * rank];
             for j in 0..r {
@@ -1165,7 +1185,7 @@ impl<'a> Builder<'a> {
             let merged_shape = Self::batch_shape(&merged);
             self.reshape(&padded, &merged_shape)
         } else {
-            g.to_string()
+            source
         };
         // 2. full correlation with the flipped, transposed kernel, padded so that output index i
         //    is input index i: begin d(k-1) - pb, end H - L + pb (negative pads crop afterwards)
@@ -1175,20 +1195,20 @@ impl<'a> Builder<'a> {
             begin.push((win.dilations[j] * (win.kernel[j] - 1)) as i64 - win.pads_begin[j] as i64);
             end.push(h[j] as i64 - (ho[j] * win.strides[j]) as i64 + win.pads_begin[j] as i64);
         }
-        let (wt, wt_shape) = transpose_flip(w, w_shape, group);
-        let wname = self.const_f32(&wt_shape, wt, "w_flipped");
         let pads: Vec<i64> = begin.iter().chain(&end).map(|&p| p.max(0)).collect();
-        let conv = self.op(
-            "Conv",
-            &[&gz, &wname],
-            vec![
-                a_ints("kernel_shape", &kernel),
-                a_ints("strides", &vec![1; r]),
-                a_ints("dilations", &dil),
-                a_ints("pads", &pads),
-                group_attr,
-            ],
-        );
+        let conv = if !pointwise_first {
+            correlate(self, &gz, &pads)
+        } else if pads.iter().any(|&p| p > 0) {
+            // the product is done: only the padding is left
+            let mut nd_pads = vec![0i64; 2 * (r + 2)];
+            for j in 0..r {
+                nd_pads[2 + j] = pads[j];
+                nd_pads[r + 4 + j] = pads[r + j];
+            }
+            self.pad(&gz, &nd_pads, 0.0)
+        } else {
+            gz
+        };
         if begin.iter().chain(&end).all(|&p| p >= 0) {
             return Ok(conv);
         }

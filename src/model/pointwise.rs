@@ -164,7 +164,7 @@ impl TypedOp for PointwiseConv {
 
 #[cfg(test)]
 mod tests {
-    use super::super::cpu_rewrite::test_support::{direct, random, threads};
+    use super::super::cpu_rewrite::test_support::{random, reference, threads, unit_window};
     use super::*;
 
     fn check(images: usize, sizes: &[usize], cout: usize, rows: usize, cols: usize, relu: bool, threads_: usize) {
@@ -178,7 +178,8 @@ mod tests {
         let mut y = vec![f32::NAN; images * cout * rows * cols];
         let slices: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
         threads(threads_, || conv.convolve(&slices, images, &mut y));
-        let reference = direct(&weights, &bias, &inputs, &parts, images, cout, rows, cols, 1, [0; 4]);
+        let reference =
+            reference(&weights, &bias, &inputs, &parts, images, cout, &unit_window(1, [0; 4], [rows, cols]));
         let err = y.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         assert!(err <= 1e-5, "{images}x{sizes:?}->{cout} {rows}x{cols}: error {err}");
     }

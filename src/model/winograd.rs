@@ -15,7 +15,7 @@
 //! `tx + j / 4`. Results agree with direct convolution to about 1e-6 of the output's scale
 //! (tests below).
 
-use super::cpu_rewrite::{input_slices, ConvParts, OutPtr};
+use super::cpu_rewrite::{input_slices, with_buffer, ConvParts, OutPtr};
 use std::sync::Arc;
 use tract_linalg::multithread::{current_tract_executor, Executor};
 use tract_onnx::prelude::*;
@@ -31,8 +31,10 @@ const POINTS: usize = ALPHA * ALPHA;
 /// G g for one kernel column (or row) of three values, in f64 (U = G g Gᵀ is computed once).
 #[inline]
 fn kernel_transform([a, b, c]: [f64; 3]) -> [f64; ALPHA] {
+    const SIXTH: f64 = 1. / 6.;
     let (even, odd) = (a + c, b);
-    [a / 4., -(even + odd) / 6., -(even - odd) / 6., a / 24. + b / 12. + c / 6., a / 24. - b / 12. + c / 6., c]
+    let (outer, inner) = (a * (SIXTH / 4.) + c * SIXTH, b * (SIXTH / 2.));
+    [a * 0.25, -(even + odd) * SIXTH, -(even - odd) * SIXTH, outer + inner, outer - inner, c]
 }
 
 /// Tiles transformed together (one vector register of f32 per value with AVX2).
@@ -125,18 +127,27 @@ impl WinogradConv {
         let cin = parts.channels();
         assert_eq!(kernel.len(), cout * cin * 9);
         assert_eq!(bias.len(), cout);
+        // U[point][o][c], filled a run of input channels at a time so that each point's values
+        // are written contiguously
+        const RUN: usize = 64;
         let mut u = vec![0f32; POINTS * cout * cin];
+        let mut values = [[0f32; RUN]; POINTS];
         for o in 0..cout {
-            for c in 0..cin {
-                let g = &kernel[(o * cin + c) * 9..][..9];
-                // G g: each kernel column; then (G g) Gᵀ: each row of that
-                let columns: [[f64; ALPHA]; 3] =
-                    std::array::from_fn(|j| kernel_transform([g[j] as f64, g[3 + j] as f64, g[6 + j] as f64]));
-                for i in 0..ALPHA {
-                    let row = kernel_transform([columns[0][i], columns[1][i], columns[2][i]]);
-                    for (j, value) in row.iter().enumerate() {
-                        u[((i * ALPHA + j) * cout + o) * cin + c] = *value as f32;
+            for c0 in (0..cin).step_by(RUN) {
+                let run = RUN.min(cin - c0);
+                for (k, g) in kernel[(o * cin + c0) * 9..][..run * 9].chunks_exact(9).enumerate() {
+                    // G g: each kernel column; then (G g) Gᵀ: each row of that
+                    let columns: [[f64; ALPHA]; 3] =
+                        std::array::from_fn(|j| kernel_transform([g[j] as f64, g[3 + j] as f64, g[6 + j] as f64]));
+                    for i in 0..ALPHA {
+                        let row = kernel_transform([columns[0][i], columns[1][i], columns[2][i]]);
+                        for (j, value) in row.iter().enumerate() {
+                            values[i * ALPHA + j][k] = *value as f32;
+                        }
                     }
+                }
+                for (point, values) in values.iter().enumerate() {
+                    u[(point * cout + o) * cin + c0..][..run].copy_from_slice(&values[..run]);
                 }
             }
         }
@@ -467,25 +478,6 @@ impl Work {
     }
 }
 
-/// `f` on a zeroed buffer of `len` floats, reused by the thread across calls (a network's
-/// convolutions need the same few megabytes again and again; fresh allocations cost page
-/// faults).
-fn with_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    thread_local! {
-        static BUFFER: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    BUFFER.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buffer) => {
-            if buffer.len() < len {
-                buffer.resize(len, 0.);
-            }
-            f(&mut buffer[..len])
-        }
-        // in use further up this thread's stack: a buffer of its own
-        Err(_) => f(&mut vec![0.; len]),
-    })
-}
-
 /// `f` compiled for AVX2 + FMA where the CPU has them (the transforms are vectorised by the
 /// compiler; the matrix products pick their own kernels at run time).
 #[inline(always)]
@@ -562,7 +554,7 @@ impl TypedOp for WinogradConv {
 
 #[cfg(test)]
 mod tests {
-    use super::super::cpu_rewrite::test_support::{direct, random, threads};
+    use super::super::cpu_rewrite::test_support::{random, reference, threads, unit_window};
     use super::*;
 
     // The transforms' matrices (Lavin & Gray, F(4x4, 3x3)), against which the hand-factored
@@ -634,7 +626,7 @@ mod tests {
         let mut y = vec![f32::NAN; n * cout * oh * ow];
         let slices: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
         threads(threads_, || conv.convolve(&slices, n, &mut y));
-        let reference = direct(&weights, &bias, &inputs, &parts, n, cout, h, w, 3, pads);
+        let reference = reference(&weights, &bias, &inputs, &parts, n, cout, &unit_window(3, pads, [h, w]));
         let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
         let err = y.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         assert!(
