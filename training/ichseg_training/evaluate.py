@@ -96,15 +96,34 @@ def eval_unet(model, data, split, pred_dir, subset="test", layout="bcihm", ichse
                         "--threads", str(threads)], check=True)
         seg_seconds[stem] = time.time() - t0
         pairs.append((pred, gt))
+    scores = score_pairs(exe, pairs)
+    scores.update(subset=subset, patients=patients, model=str(model), segment_seconds=seg_seconds)
+    return scores
+
+
+def eval_masks(mask_dir, data, split, subset="train", layout="bcihm", ichseg=None) -> dict:
+    """Scores masks already made (e.g. ``ichseg pseudo-label --dataset`` output, named like the
+    CT files) of ``subset`` against the ground truth with ``ichseg eval``."""
+    exe = find_ichseg(ichseg)
+    ds = D.open_dataset(layout, data)
+    if isinstance(ds, D.BHSD):
+        raise SystemExit("eval_masks reads the BCIHM / phantom layout")
+    patients = C.read_patients(split, ds, subset)
+    pairs = [(C.find_mask(mask_dir, C.ct_stem(ds, p)), D._find(ds.root / "masks", p)) for p in patients]
+    scores = score_pairs(exe, pairs)
+    scores.update(subset=subset, patients=patients, masks=str(mask_dir))
+    return scores
+
+
+def score_pairs(exe, pairs) -> dict:
+    """``ichseg eval`` over (prediction, ground truth) pairs: dataset-level scores, per volume, table."""
     cmd = [exe, "eval"]
     for pred, gt in pairs:
         cmd += ["--pred", str(pred), "--gt", str(gt)]
     res = subprocess.run(cmd + ["--json"], check=True, capture_output=True, text=True)
     table = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     doc = json.loads(res.stdout)
-    return {"subset": subset, "patients": patients, "model": str(model), "ichseg": exe,
-            "overall": doc["overall"], "per_volume": doc["per_volume"], "table": table,
-            "segment_seconds": seg_seconds}
+    return {"ichseg": exe, "overall": doc["overall"], "per_volume": doc["per_volume"], "table": table}
 
 
 def main(argv=None):

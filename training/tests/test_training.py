@@ -3,6 +3,7 @@
 at the right strides), with the run record next to it.  Skipped without torch / onnx /
 onnxruntime (CI installs only numpy, scipy, nibabel and pytest)."""
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -173,3 +174,22 @@ def test_same_seed_same_model(tiny, tmp_path):
             digests.setdefault(name, []).append(C.sha256(out))
     assert digests["c"][0] == digests["c"][1]
     assert digests["u"][0] == digests["u"][1]
+
+
+def test_ship_smoke_makes_both_unets(tmp_path):
+    """`ship --smoke`: every step, the weak one included, on six tiny phantoms (needs a built
+    ichseg binary; about 20 s)."""
+    exe = pathlib.Path(__file__).resolve().parents[2] / "target" / "release" / "ichseg"
+    if not exe.is_file():
+        pytest.skip("no ichseg binary in target/release (cargo build --release)")
+    from ichseg_training import ship
+    work, models = tmp_path / "work", tmp_path / "models"
+    assert ship.main(["--work", str(work), "--models", str(models), "--smoke", "--ichseg", str(exe)]) == 0
+    doc = json.loads((work / "ship.json").read_text())
+    assert {"pseudo-label", "train unet_weak", "eval unet_weak test"} <= {s["step"] for s in doc["steps"]}
+    assert (models / "unet_weak.onnx").exists() and "pseudo_train" in doc["scores"]
+    text = (models / "MODELS.md").read_text()
+    assert "## Weakly supervised U-Net" in text and "`unet_weak.onnx`" in text
+    # the report can be rewritten from the records alone
+    assert ship.main(["--work", str(work), "--models", str(models), "--report-only"]) == 0
+    assert "## Weakly supervised U-Net" in (models / "MODELS.md").read_text()
