@@ -488,6 +488,33 @@ mod tests {
         (typed, ours)
     }
 
+    /// Inputs other than the planned ones are errors that say what was expected, never panics.
+    #[test]
+    fn ops_reject_unplanned_inputs() {
+        let parts = ConvParts { sizes: vec![4, 2], relu: false };
+        let window = Window { kernel: [3, 3], strides: [2, 2], dilations: [1, 1], pads: [1; 4], input: [8, 8] };
+        let ops: Vec<Box<dyn TypedOp>> = vec![
+            Box::new(WinogradConv::new(&[0.; 5 * 6 * 9], &[0.; 5], 5, 8, 8, [1; 4], parts.clone())),
+            Box::new(PointwiseConv::new(&[0.; 5 * 6], &[0.; 5], 5, 64, parts.clone())),
+            Box::new(GemmConv::new(&[0.; 5 * 6 * 9], &[0.; 5], 5, window, parts)),
+        ];
+        let input = |c: usize, h: usize| Tensor::zero::<f32>(&[1, c, h, 8]).unwrap().into_tvalue();
+        for op in &ops {
+            let eval = |inputs: TVec<TValue>| op.as_op().eval_out_of_plan(inputs).map(|out| out.unwrap());
+            // the right inputs work
+            let out = eval(tvec![input(4, 8), input(2, 8)]).unwrap();
+            assert_eq!(out[0].shape()[..2], [1, 5]);
+            for (inputs, expected) in [
+                (tvec![input(4, 8)], "expected 2 inputs"),
+                (tvec![input(4, 8), input(3, 8)], "expected [1, 2, 8, 8]"),
+                (tvec![input(4, 9), input(2, 9)], "planned for"),
+            ] {
+                let err = eval(inputs).unwrap_err().to_string();
+                assert!(err.contains(expected), "{}: {err}", op.name());
+            }
+        }
+    }
+
     #[test]
     fn unet_3x3_convolutions_concats_and_relus_are_ours() {
         let (tract, ours) = rewritten(&fixture("unet/unet_transpose.onnx"), [2, 1, 64, 64]);
