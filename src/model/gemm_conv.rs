@@ -4,7 +4,7 @@
 //!
 //! tract does the same in principle, but runs these at 13-60 GFLOP/s here (the ResNet stem:
 //! 165 ms for 8 slices of 384x384, half of it building the patches). [`GemmConv`] gathers one
-//! block's patch matrix [cin x kh x kw][pixels] into a per-thread buffer that stays in cache and
+//! block's patch matrix `[cin x kh x kw][pixels]` into a per-thread buffer that stays in cache and
 //! multiplies it with the `gemm` crate's kernels, starting from the bias; a folded Relu is applied
 //! while the block is in cache.
 
@@ -66,7 +66,7 @@ impl PartialEq for GemmConv {
 impl Eq for GemmConv {}
 
 impl GemmConv {
-    /// `kernel` is [cout][cin][kh][kw], `bias` has cout values.
+    /// `kernel` is `[cout][cin][kh][kw]`, `bias` has cout values.
     pub fn new(kernel: &[f32], bias: &[f32], cout: usize, window: Window, parts: ConvParts) -> Self {
         assert_eq!(kernel.len(), cout * parts.channels() * window.kernel[0] * window.kernel[1]);
         assert_eq!(bias.len(), cout);

@@ -18,7 +18,7 @@
 //! - Downsample (keep every s-th element): split the axis into (size / s, s) and keep the
 //!   first of each s;
 //! - bilinear Resize by exactly 2 with half-pixel centres (PyTorch's `align_corners=False`
-//!   upsampling): per axis, 0.75 * x[i] + 0.25 * x[i -/+ 1] (edges repeated) for the even / odd
+//!   upsampling): per axis, `0.75 * x[i] + 0.25 * x[i -/+ 1]` (edges repeated) for the even / odd
 //!   outputs, interleaved.
 //!
 //! Each rewrite computes the same numbers as the operator it replaces (up to float summation

@@ -1,6 +1,6 @@
 //! 1x1, stride-1 convolutions on the CPU as plain matrix products.
 //!
-//! In NCHW a 1x1 convolution of one image is Y[cout][pixels] = W[cout][cin] X[cin][pixels]: no
+//! In NCHW a 1x1 convolution of one image is `Y[cout][pixels] = W[cout][cin] X[cin][pixels]`: no
 //! data movement is needed. tract's plan moves the channel axis of every input first (a
 //! `MoveAxis` copy that cost ResNet50's gradient graph 29 % of its time, more than the products
 //! themselves). [`PointwiseConv`] multiplies in place with the `gemm` crate's kernels, per image
@@ -40,7 +40,7 @@ impl PartialEq for PointwiseConv {
 impl Eq for PointwiseConv {}
 
 impl PointwiseConv {
-    /// `kernel` is [cout][cin] (any trailing 1x1), `bias` has cout values.
+    /// `kernel` is `[cout][cin]` (any trailing 1x1), `bias` has cout values.
     pub fn new(kernel: &[f32], bias: &[f32], cout: usize, pixels: usize, parts: ConvParts) -> Self {
         assert_eq!(kernel.len(), cout * parts.channels());
         assert_eq!(bias.len(), cout);

@@ -4,7 +4,7 @@
 //! tract lowers these convolutions to im2col + matrix product at about half the speed
 //! onnxruntime reaches on the same cores (docs/BENCHMARKS.md); src/model/cpu_rewrite.rs puts
 //! [`WinogradConv`] in their place:
-//! - the kernel is transformed once, U = G g Gᵀ (in f64), into 36 matrices [cout][cin];
+//! - the kernel is transformed once, U = G g Gᵀ (in f64), into 36 matrices `[cout][cin]`;
 //! - the input is cut into overlapping 6x6 tiles, transformed V = Bᵀ d B, a block of tile rows at
 //!   a time so that V stays in cache;
 //! - 36 matrix products M = U V (the `gemm` crate's kernels);
@@ -114,7 +114,7 @@ impl WinogradConv {
         cin >= MIN_CHANNELS && cout >= MIN_CHANNELS
     }
 
-    /// `kernel` is [cout][cin][3][3], `bias` has cout values; the input channels come as `parts`.
+    /// `kernel` is `[cout][cin][3][3]`, `bias` has cout values; the input channels come as `parts`.
     pub fn new(
         kernel: &[f32],
         bias: &[f32],
