@@ -611,7 +611,7 @@ enum IchsegStatus ichseg_pseudo_labeler_layer_count(const struct IchsegPseudoLab
  * slice decision, spatial context fusion, bi-layer aggregation and dense CRF.
  *
  * - `slice_labels`: NULL to decide slices by the classifiers (mean bleed probability >= 0.5),
- *   or `labels_len` (== dims[2]) bytes, nonzero for a slice that bleeds;
+ *   or `labels_len` (== `dims[2]`) bytes, nonzero for a slice that bleeds;
  * - `mask`: `mask_len` (== voxel count) bytes receiving 1 for pseudo-hemorrhage, else 0;
  * - `cams`: NULL (then `cams_len` 0), or layer_count * voxel count floats receiving each tap
  *   layer's fused map in [0, 1] (the map the threshold sees), layer after layer, each x-fastest;

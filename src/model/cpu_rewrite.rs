@@ -19,6 +19,7 @@ use super::gemm_conv::{GemmConv, Window};
 use super::pointwise::PointwiseConv;
 use super::relu_grad;
 use super::winograd::WinogradConv;
+use tract_linalg::multithread::{current_tract_executor, Executor};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::array::TypedConcat;
@@ -62,6 +63,34 @@ impl ConvParts {
             );
         }
         Ok((images, [rows, cols]))
+    }
+
+    /// Image `n`'s input channels, input by input, one plane of `plane` values each.
+    pub fn image_planes<'a>(&self, inputs: &[&'a [f32]], n: usize, plane: usize) -> Vec<&'a [f32]> {
+        inputs
+            .iter()
+            .zip(&self.sizes)
+            .flat_map(|(x, &channels)| x[n * channels * plane..][..channels * plane].chunks_exact(plane))
+            .collect()
+    }
+}
+
+/// Threads of the tract executor the running plan uses (1 without a pool).
+pub fn executor_threads() -> usize {
+    match current_tract_executor() {
+        Executor::MultiThread(pool) => pool.current_num_threads(),
+        _ => 1,
+    }
+}
+
+/// `run` on each of `tasks`, spread over the current tract executor's threads (in order on one).
+pub fn run_tasks<T: Sync>(tasks: &[T], run: impl Fn(&T) + Sync + Send) {
+    match current_tract_executor() {
+        Executor::MultiThread(pool) if pool.current_num_threads() > 1 => {
+            use rayon::prelude::*;
+            pool.install(|| tasks.par_iter().for_each(run))
+        }
+        _ => tasks.iter().for_each(run),
     }
 }
 

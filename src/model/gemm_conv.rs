@@ -8,9 +8,8 @@
 //! multiplies it with the `gemm` crate's kernels, starting from the bias; a folded Relu is applied
 //! while the block is in cache.
 
-use super::cpu_rewrite::{input_slices, with_buffer, ConvParts, OutPtr};
+use super::cpu_rewrite::{executor_threads, input_slices, run_tasks, with_buffer, ConvParts, OutPtr};
 use std::sync::Arc;
-use tract_linalg::multithread::{current_tract_executor, Executor};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -89,11 +88,7 @@ impl GemmConv {
             return;
         }
         let depth = self.parts.channels() * w.kernel[0] * w.kernel[1];
-        let executor = current_tract_executor();
-        let threads = match &executor {
-            Executor::MultiThread(pool) => pool.current_num_threads(),
-            _ => 1,
-        };
+        let threads = executor_threads();
         // output rows per block: the patches within BLOCK_BYTES, and blocks for every thread
         let mut block = (BLOCK_BYTES / (depth * ow * 4).max(1)).clamp(1, oh);
         while block > 1 && images * oh.div_ceil(block) < 2 * threads {
@@ -105,11 +100,7 @@ impl GemmConv {
         let run = |&(n, oy0): &(usize, usize)| {
             let block_rows = block.min(oh - oy0);
             let pixels = block_rows * ow;
-            // image n's channels, input by input, one plane each
-            let planes = inputs
-                .iter()
-                .zip(&self.parts.sizes)
-                .flat_map(|(x, &channels)| x[n * channels * plane..][..channels * plane].chunks_exact(plane));
+            let planes = self.parts.image_planes(inputs, n, plane);
             with_buffer(depth * pixels, |patches| {
                 let mut k = 0;
                 for plane in planes {
@@ -157,13 +148,7 @@ impl GemmConv {
                 }
             })
         };
-        match executor {
-            Executor::MultiThread(pool) if threads > 1 => {
-                use rayon::prelude::*;
-                pool.install(|| tasks.par_iter().for_each(run))
-            }
-            _ => tasks.iter().for_each(run),
-        }
+        run_tasks(&tasks, run);
     }
 
     /// One row of the patch matrix: input `plane` under kernel tap `[ky, kx]` for output rows

@@ -7,9 +7,8 @@
 //! and range of pixels, starting from the bias; a folded Relu is applied to each range while it is
 //! in cache, and a folded channel Concat becomes one product per input.
 
-use super::cpu_rewrite::{ConvParts, OutPtr};
+use super::cpu_rewrite::{executor_threads, run_tasks, ConvParts, OutPtr};
 use std::sync::Arc;
-use tract_linalg::multithread::{current_tract_executor, Executor};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -58,11 +57,7 @@ impl PointwiseConv {
         if pixels == 0 {
             return;
         }
-        let executor = current_tract_executor();
-        let threads = match &executor {
-            Executor::MultiThread(pool) => pool.current_num_threads(),
-            _ => 1,
-        };
+        let threads = executor_threads();
         // enough ranges for every thread twice over, none narrower than MIN_PIXELS
         let ranges = (2 * threads).div_ceil(images).min(pixels.div_ceil(MIN_PIXELS)).max(1);
         let width = pixels.div_ceil(ranges);
@@ -113,13 +108,7 @@ impl PointwiseConv {
                 }
             }
         };
-        match executor {
-            Executor::MultiThread(pool) if threads > 1 => {
-                use rayon::prelude::*;
-                pool.install(|| tasks.par_iter().for_each(run))
-            }
-            _ => tasks.iter().for_each(run),
-        }
+        run_tasks(&tasks, run);
     }
 }
 

@@ -15,9 +15,8 @@
 //! `tx + j / 4`. Results agree with direct convolution to about 1e-6 of the output's scale
 //! (tests below).
 
-use super::cpu_rewrite::{input_slices, with_buffer, ConvParts, OutPtr};
+use super::cpu_rewrite::{executor_threads, input_slices, run_tasks, with_buffer, ConvParts, OutPtr};
 use std::sync::Arc;
-use tract_linalg::multithread::{current_tract_executor, Executor};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -181,20 +180,9 @@ impl WinogradConv {
             return;
         }
         let geo = Geometry::new(oh, ow);
-        let executor = current_tract_executor();
-        let pool = match &executor {
-            Executor::MultiThread(pool) if pool.current_num_threads() > 1 => Some(pool.clone()),
-            _ => None,
-        };
-        let threads = pool.as_ref().map_or(1, |p| p.current_num_threads());
-        // image n's channels, input by input, one plane each
+        let threads = executor_threads();
         let planes = |n: usize| -> Vec<Planes> {
-            inputs
-                .iter()
-                .zip(&self.parts.sizes)
-                .flat_map(|(x, &channels)| x[n * channels * plane..][..channels * plane].chunks_exact(plane))
-                .map(|p| Planes(p.as_ptr()))
-                .collect()
+            self.parts.image_planes(inputs, n, plane).iter().map(|p| Planes(p.as_ptr())).collect()
         };
         let out = OutPtr(y.as_mut_ptr());
         let rows_per_block = geo.rows_per_block(self);
@@ -216,24 +204,14 @@ impl WinogradConv {
                     })
                 })
             };
-            match pool {
-                Some(pool) => {
-                    use rayon::prelude::*;
-                    pool.install(|| tasks.par_iter().for_each(run))
-                }
-                None => tasks.iter().for_each(run),
-            }
+            run_tasks(&tasks, run);
             return;
         }
-        let shared = |stages: usize, stage: &(dyn Fn(std::ops::Range<usize>) + Sync)| match &pool {
-            Some(pool) => {
-                use rayon::prelude::*;
-                let chunk = stages.div_ceil(2 * threads);
-                pool.install(|| {
-                    (0..stages).into_par_iter().step_by(chunk).for_each(|i| stage(i..(i + chunk).min(stages)))
-                })
-            }
-            None => stage(0..stages),
+        // a stage's `stages` items in ranges, two per thread
+        let shared = |stages: usize, stage: &(dyn Fn(std::ops::Range<usize>) + Sync)| {
+            let chunk = stages.div_ceil(2 * threads);
+            let ranges: Vec<_> = (0..stages).step_by(chunk).map(|i| i..(i + chunk).min(stages)).collect();
+            run_tasks(&ranges, |range| stage(range.clone()))
         };
         for n in 0..images {
             let image_planes = planes(n);
