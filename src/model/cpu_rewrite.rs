@@ -19,6 +19,7 @@ use super::gemm_conv::{GemmConv, Window};
 use super::pointwise::PointwiseConv;
 use super::relu_grad;
 use super::winograd::WinogradConv;
+use std::sync::Arc;
 use tract_linalg::multithread::{current_tract_executor, Executor};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -98,6 +99,34 @@ impl std::fmt::Display for ConvParts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let sizes: Vec<String> = self.sizes.iter().map(|s| s.to_string()).collect();
         write!(f, "{}", sizes.join("+"))
+    }
+}
+
+/// The constants of a rewritten convolution: its weights (in the op's own layout), bias, and
+/// where its input channels come from.
+#[derive(Debug, Clone)]
+pub struct ConvWeights {
+    pub cout: usize,
+    pub weights: Arc<Vec<f32>>,
+    pub bias: Arc<Vec<f32>>,
+    pub parts: ConvParts,
+}
+
+// Two ops are equal when they share their weights (tract compares ops when it merges identical
+// nodes); f32 weights have no total equality of their own.
+impl PartialEq for ConvWeights {
+    fn eq(&self, other: &Self) -> bool {
+        (self.cout, &self.parts) == (other.cout, &other.parts)
+            && Arc::ptr_eq(&self.weights, &other.weights)
+            && Arc::ptr_eq(&self.bias, &other.bias)
+    }
+}
+impl Eq for ConvWeights {}
+
+impl ConvWeights {
+    /// `weights` for `bias.len()` output channels.
+    pub fn new(weights: Vec<f32>, bias: &[f32], parts: ConvParts) -> Self {
+        ConvWeights { cout: bias.len(), weights: Arc::new(weights), bias: Arc::new(bias.to_vec()), parts }
     }
 }
 

@@ -8,8 +8,7 @@
 //! multiplies it with the `gemm` crate's kernels, starting from the bias; a folded Relu is applied
 //! while the block is in cache.
 
-use super::cpu_rewrite::{executor_threads, input_slices, run_tasks, with_buffer, ConvParts, OutPtr};
-use std::sync::Arc;
+use super::cpu_rewrite::{executor_threads, input_slices, run_tasks, with_buffer, ConvParts, ConvWeights, OutPtr};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -43,26 +42,12 @@ impl Window {
 }
 
 /// An ungrouped f32 convolution in NCHW with constant weights, by im2col + matrix product.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GemmConv {
-    cout: usize,
     window: Window,
-    /// [cout][cin x kh x kw].
-    weights: Arc<Vec<f32>>,
-    bias: Arc<Vec<f32>>,
-    parts: ConvParts,
+    /// Weights `[cout][cin x kh x kw]`.
+    conv: ConvWeights,
 }
-
-// Two ops are equal when they share their weights (tract compares ops when it merges identical
-// nodes); f32 weights have no total equality of their own.
-impl PartialEq for GemmConv {
-    fn eq(&self, other: &Self) -> bool {
-        (self.cout, self.window, &self.parts) == (other.cout, other.window, &other.parts)
-            && Arc::ptr_eq(&self.weights, &other.weights)
-            && Arc::ptr_eq(&self.bias, &other.bias)
-    }
-}
-impl Eq for GemmConv {}
 
 impl GemmConv {
     /// `kernel` is `[cout][cin][kh][kw]`, `bias` has cout values.
@@ -70,7 +55,7 @@ impl GemmConv {
         assert_eq!(kernel.len(), cout * parts.channels() * window.kernel[0] * window.kernel[1]);
         assert_eq!(bias.len(), cout);
         assert!(window.strides.iter().chain(&window.dilations).all(|&s| s > 0));
-        GemmConv { cout, window, weights: Arc::new(kernel.to_vec()), bias: Arc::new(bias.to_vec()), parts }
+        GemmConv { window, conv: ConvWeights::new(kernel.to_vec(), bias, parts) }
     }
 
     /// `images` NCHW images into `y`; `inputs` holds one batch per part of the input channels.
@@ -78,16 +63,16 @@ impl GemmConv {
         let w = &self.window;
         let [rows, cols] = w.input;
         let [oh, ow] = w.output();
-        let (cout, plane) = (self.cout, rows * cols);
-        assert_eq!(inputs.len(), self.parts.sizes.len());
-        for (x, channels) in inputs.iter().zip(&self.parts.sizes) {
+        let (cout, plane) = (self.conv.cout, rows * cols);
+        assert_eq!(inputs.len(), self.conv.parts.sizes.len());
+        for (x, channels) in inputs.iter().zip(&self.conv.parts.sizes) {
             assert_eq!(x.len(), images * channels * plane);
         }
         assert_eq!(y.len(), images * cout * oh * ow);
         if oh == 0 || ow == 0 {
             return;
         }
-        let depth = self.parts.channels() * w.kernel[0] * w.kernel[1];
+        let depth = self.conv.parts.channels() * w.kernel[0] * w.kernel[1];
         let threads = executor_threads();
         // output rows per block: the patches within BLOCK_BYTES, and blocks for every thread
         let mut block = (BLOCK_BYTES / (depth * ow * 4).max(1)).clamp(1, oh);
@@ -100,7 +85,7 @@ impl GemmConv {
         let run = |&(n, oy0): &(usize, usize)| {
             let block_rows = block.min(oh - oy0);
             let pixels = block_rows * ow;
-            let planes = self.parts.image_planes(inputs, n, plane);
+            let planes = self.conv.parts.image_planes(inputs, n, plane);
             with_buffer(depth * pixels, |patches| {
                 let mut k = 0;
                 for plane in planes {
@@ -116,7 +101,7 @@ impl GemmConv {
                 // the weights ([cout][depth]) and the patches ([depth][pixels]), in bounds.
                 unsafe {
                     for o in 0..cout {
-                        std::slice::from_raw_parts_mut(out.get().add(at(o)), pixels).fill(self.bias[o]);
+                        std::slice::from_raw_parts_mut(out.get().add(at(o)), pixels).fill(self.conv.bias[o]);
                     }
                     gemm::gemm(
                         cout,
@@ -126,7 +111,7 @@ impl GemmConv {
                         1,
                         (oh * ow) as isize,
                         true,
-                        self.weights.as_ptr(),
+                        self.conv.weights.as_ptr(),
                         1,
                         depth as isize,
                         patches.as_ptr(),
@@ -139,7 +124,7 @@ impl GemmConv {
                         false,
                         gemm::Parallelism::None,
                     );
-                    if self.parts.relu {
+                    if self.conv.parts.relu {
                         for o in 0..cout {
                             let values = std::slice::from_raw_parts_mut(out.get().add(at(o)), pixels);
                             values.iter_mut().for_each(|v| *v = v.max(0.));
@@ -197,9 +182,9 @@ impl Op for GemmConv {
             w.strides,
             w.dilations,
             w.pads,
-            self.parts,
-            self.cout,
-            if self.parts.relu { ", Relu" } else { "" }
+            self.conv.parts,
+            self.conv.cout,
+            if self.conv.parts.relu { ", Relu" } else { "" }
         )])
     }
 
@@ -210,12 +195,12 @@ impl EvalOp for GemmConv {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let (images, shape) = self.parts.check_inputs(&inputs)?;
+        let (images, shape) = self.conv.parts.check_inputs(&inputs)?;
         ensure!(shape == self.window.input, "GemmConv planned for {:?}, given {shape:?}", self.window.input);
         let slices = input_slices(&inputs)?;
         let [oh, ow] = self.window.output();
         // SAFETY: `convolve` writes every output value.
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&[images, self.cout, oh, ow])? };
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&[images, self.conv.cout, oh, ow])? };
         self.convolve(&slices, images, output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?);
         Ok(tvec!(output.into_tvalue()))
     }
@@ -224,7 +209,7 @@ impl EvalOp for GemmConv {
 impl TypedOp for GemmConv {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let [oh, ow] = self.window.output();
-        Ok(tvec!(f32::fact([inputs[0].shape[0].clone(), self.cout.to_dim(), oh.to_dim(), ow.to_dim()])))
+        Ok(tvec!(f32::fact([inputs[0].shape[0].clone(), self.conv.cout.to_dim(), oh.to_dim(), ow.to_dim()])))
     }
 
     as_op!();

@@ -7,8 +7,7 @@
 //! and range of pixels, starting from the bias; a folded Relu is applied to each range while it is
 //! in cache, and a folded channel Concat becomes one product per input.
 
-use super::cpu_rewrite::{executor_threads, run_tasks, ConvParts, OutPtr};
-use std::sync::Arc;
+use super::cpu_rewrite::{executor_threads, run_tasks, ConvParts, ConvWeights, OutPtr};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -16,41 +15,27 @@ use tract_onnx::tract_core::internal::*;
 const MIN_PIXELS: usize = 512;
 
 /// A 1x1, stride-1, unpadded, ungrouped f32 convolution in NCHW with constant weights.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PointwiseConv {
-    cout: usize,
     /// Pixels per image (rows x columns).
     pixels: usize,
-    /// [cout][cin].
-    weights: Arc<Vec<f32>>,
-    bias: Arc<Vec<f32>>,
-    parts: ConvParts,
+    /// Weights `[cout][cin]`.
+    conv: ConvWeights,
 }
-
-// Two ops are equal when they share their weights (tract compares ops when it merges identical
-// nodes); f32 weights have no total equality of their own.
-impl PartialEq for PointwiseConv {
-    fn eq(&self, other: &Self) -> bool {
-        (self.cout, self.pixels, &self.parts) == (other.cout, other.pixels, &other.parts)
-            && Arc::ptr_eq(&self.weights, &other.weights)
-            && Arc::ptr_eq(&self.bias, &other.bias)
-    }
-}
-impl Eq for PointwiseConv {}
 
 impl PointwiseConv {
     /// `kernel` is `[cout][cin]` (any trailing 1x1), `bias` has cout values.
     pub fn new(kernel: &[f32], bias: &[f32], cout: usize, pixels: usize, parts: ConvParts) -> Self {
         assert_eq!(kernel.len(), cout * parts.channels());
         assert_eq!(bias.len(), cout);
-        PointwiseConv { cout, pixels, weights: Arc::new(kernel.to_vec()), bias: Arc::new(bias.to_vec()), parts }
+        PointwiseConv { pixels, conv: ConvWeights::new(kernel.to_vec(), bias, parts) }
     }
 
     /// `images` NCHW images into `y`; `inputs` holds one batch per part of the input channels.
     pub fn convolve(&self, inputs: &[&[f32]], images: usize, y: &mut [f32]) {
-        let (cin, cout, pixels) = (self.parts.channels(), self.cout, self.pixels);
-        assert_eq!(inputs.len(), self.parts.sizes.len());
-        for (x, channels) in inputs.iter().zip(&self.parts.sizes) {
+        let (cin, cout, pixels) = (self.conv.parts.channels(), self.conv.cout, self.pixels);
+        assert_eq!(inputs.len(), self.conv.parts.sizes.len());
+        for (x, channels) in inputs.iter().zip(&self.conv.parts.sizes) {
             assert_eq!(x.len(), images * channels * pixels);
         }
         assert_eq!(y.len(), images * cout * pixels);
@@ -72,10 +57,10 @@ impl PointwiseConv {
             // is cin long, a channel of an image `pixels`).
             unsafe {
                 for o in 0..cout {
-                    std::slice::from_raw_parts_mut(out.get().offset(dst(o)), width).fill(self.bias[o]);
+                    std::slice::from_raw_parts_mut(out.get().offset(dst(o)), width).fill(self.conv.bias[o]);
                 }
                 let mut channel = 0;
-                for (x, &channels) in inputs.iter().zip(&self.parts.sizes) {
+                for (x, &channels) in inputs.iter().zip(&self.conv.parts.sizes) {
                     gemm::gemm(
                         cout,
                         width,
@@ -84,7 +69,7 @@ impl PointwiseConv {
                         1,
                         pixels as isize,
                         true,
-                        self.weights.as_ptr().add(channel),
+                        self.conv.weights.as_ptr().add(channel),
                         1,
                         cin as isize,
                         x.as_ptr().add(n * channels * pixels + p0),
@@ -99,7 +84,7 @@ impl PointwiseConv {
                     );
                     channel += channels;
                 }
-                if self.parts.relu {
+                if self.conv.parts.relu {
                     for o in 0..cout {
                         std::slice::from_raw_parts_mut(out.get().offset(dst(o)), width)
                             .iter_mut()
@@ -118,7 +103,12 @@ impl Op for PointwiseConv {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("1x1 {}->{} channels{}", self.parts, self.cout, if self.parts.relu { ", Relu" } else { "" })])
+        Ok(vec![format!(
+            "1x1 {}->{} channels{}",
+            self.conv.parts,
+            self.conv.cout,
+            if self.conv.parts.relu { ", Relu" } else { "" }
+        )])
     }
 
     op_as_typed_op!();
@@ -128,7 +118,7 @@ impl EvalOp for PointwiseConv {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let (images, shape) = self.parts.check_inputs(&inputs)?;
+        let (images, shape) = self.conv.parts.check_inputs(&inputs)?;
         ensure!(
             shape[0] * shape[1] == self.pixels,
             "PointwiseConv planned for {} pixels, given {shape:?}",
@@ -136,7 +126,7 @@ impl EvalOp for PointwiseConv {
         );
         let slices = super::cpu_rewrite::input_slices(&inputs)?;
         // SAFETY: `convolve` writes every output value.
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&[images, self.cout, shape[0], shape[1]])? };
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&[images, self.conv.cout, shape[0], shape[1]])? };
         self.convolve(&slices, images, output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?);
         Ok(tvec!(output.into_tvalue()))
     }
@@ -145,7 +135,7 @@ impl EvalOp for PointwiseConv {
 impl TypedOp for PointwiseConv {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let shape = &inputs[0].shape;
-        Ok(tvec!(f32::fact([shape[0].clone(), self.cout.to_dim(), shape[2].clone(), shape[3].clone()])))
+        Ok(tvec!(f32::fact([shape[0].clone(), self.conv.cout.to_dim(), shape[2].clone(), shape[3].clone()])))
     }
 
     as_op!();

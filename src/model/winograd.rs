@@ -15,8 +15,7 @@
 //! `tx + j / 4`. Results agree with direct convolution to about 1e-6 of the output's scale
 //! (tests below).
 
-use super::cpu_rewrite::{executor_threads, input_slices, run_tasks, with_buffer, ConvParts, OutPtr};
-use std::sync::Arc;
+use super::cpu_rewrite::{executor_threads, input_slices, run_tasks, with_buffer, ConvParts, ConvWeights, OutPtr};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -79,32 +78,17 @@ const TARGET_TILES: usize = 192;
 const BLOCK_BYTES: usize = 4 << 20;
 
 /// A 3x3, stride-1, ungrouped f32 convolution in NCHW with constant weights, by F(4x4, 3x3).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WinogradConv {
     cin: usize,
-    cout: usize,
     /// Input rows and columns the plan was built for.
     rows: usize,
     cols: usize,
     /// Zero padding: top, left, bottom, right.
     pads: [usize; 4],
-    parts: ConvParts,
-    /// Transformed kernel, [POINTS][cout][cin].
-    u: Arc<Vec<f32>>,
-    bias: Arc<Vec<f32>>,
+    /// The transformed kernel U, `[POINTS][cout][cin]`.
+    conv: ConvWeights,
 }
-
-// Two ops are equal when they share their transformed weights (tract compares ops when it
-// merges identical nodes); f32 weights have no total equality of their own.
-impl PartialEq for WinogradConv {
-    fn eq(&self, other: &Self) -> bool {
-        (self.cout, self.rows, self.cols, self.pads, &self.parts)
-            == (other.cout, other.rows, other.cols, other.pads, &other.parts)
-            && Arc::ptr_eq(&self.u, &other.u)
-            && Arc::ptr_eq(&self.bias, &other.bias)
-    }
-}
-impl Eq for WinogradConv {}
 
 impl WinogradConv {
     /// Whether these channel counts are worth it: with fewer, the transforms outweigh the
@@ -150,8 +134,11 @@ impl WinogradConv {
                 }
             }
         }
-        let (u, bias) = (Arc::new(u), Arc::new(bias.to_vec()));
-        WinogradConv { cin, cout, rows, cols, pads, parts, u, bias }
+        WinogradConv { cin, rows, cols, pads, conv: ConvWeights::new(u, bias, parts) }
+    }
+
+    fn cout(&self) -> usize {
+        self.conv.cout
     }
 
     /// Output rows and columns.
@@ -171,18 +158,18 @@ impl WinogradConv {
     pub fn convolve(&self, inputs: &[&[f32]], images: usize, y: &mut [f32]) {
         let (oh, ow) = self.output_hw();
         let plane = self.rows * self.cols;
-        assert_eq!(inputs.len(), self.parts.sizes.len());
-        for (x, channels) in inputs.iter().zip(&self.parts.sizes) {
+        assert_eq!(inputs.len(), self.conv.parts.sizes.len());
+        for (x, channels) in inputs.iter().zip(&self.conv.parts.sizes) {
             assert_eq!(x.len(), images * channels * plane);
         }
-        assert_eq!(y.len(), images * self.cout * oh * ow);
+        assert_eq!(y.len(), images * self.conv.cout * oh * ow);
         if oh == 0 || ow == 0 {
             return;
         }
         let geo = Geometry::new(oh, ow);
         let threads = executor_threads();
         let planes = |n: usize| -> Vec<Planes> {
-            self.parts.image_planes(inputs, n, plane).iter().map(|p| Planes(p.as_ptr())).collect()
+            self.conv.parts.image_planes(inputs, n, plane).iter().map(|p| Planes(p.as_ptr())).collect()
         };
         let out = OutPtr(y.as_mut_ptr());
         let rows_per_block = geo.rows_per_block(self);
@@ -200,7 +187,7 @@ impl WinogradConv {
                     simd(|| {
                         self.transform_input(&geo, &image_planes[n], ty0, 0..self.cin, &work);
                         self.multiply(0..POINTS, &work);
-                        self.transform_output(&geo, ty0, 0..self.cout, &work, &out, n);
+                        self.transform_output(&geo, ty0, 0..self.conv.cout, &work, &out, n);
                     })
                 })
             };
@@ -222,7 +209,7 @@ impl WinogradConv {
                 let work = work.at(buffer);
                 shared(self.cin, &|c| simd(|| self.transform_input(&geo, &image_planes, 0, c, &work)));
                 shared(POINTS, &|p| simd(|| self.multiply(p, &work)));
-                shared(self.cout, &|o| simd(|| self.transform_output(&geo, 0, o, &work, &out, n)));
+                shared(self.conv.cout, &|o| simd(|| self.transform_output(&geo, 0, o, &work, &out, n)));
             })
         }
     }
@@ -281,7 +268,7 @@ impl WinogradConv {
     /// `work` holds V for all channels; no one else writes these points of M.
     #[inline(always)]
     unsafe fn multiply(&self, points: std::ops::Range<usize>, work: &Work) {
-        let (cin, cout, stride) = (self.cin, self.cout, work.stride as isize);
+        let (cin, cout, stride) = (self.cin, self.conv.cout, work.stride as isize);
         for point in points {
             // row-major [cout][cin] x [cin][tiles] -> [cout][tiles], rows `stride` apart
             gemm::gemm(
@@ -292,7 +279,7 @@ impl WinogradConv {
                 1,
                 stride,
                 false,
-                self.u.as_ptr().add(point * cout * cin),
+                self.conv.weights.as_ptr().add(point * cout * cin),
                 1,
                 cin as isize,
                 work.v.add(point * cin * work.stride),
@@ -323,10 +310,10 @@ impl WinogradConv {
         out: &OutPtr,
         n: usize,
     ) {
-        let (cout, tw, stride) = (self.cout, geo.tile_cols, work.stride);
+        let (cout, tw, stride) = (self.conv.cout, geo.tile_cols, work.stride);
         let (oh, ow) = (geo.out_rows, geo.out_cols);
         for o in outs {
-            let bias = self.bias[o];
+            let bias = self.conv.bias[o];
             for r in 0..work.rows {
                 let ty = ty0 + r;
                 for t0 in (0..tw).step_by(LANES) {
@@ -356,7 +343,7 @@ impl WinogradConv {
                             for (j, values) in y.iter().enumerate() {
                                 if let Some(d) = dst.get_mut((t0 + lane) * TILE + j) {
                                     let value = values[lane] + bias;
-                                    *d = if self.parts.relu { value.max(0.) } else { value };
+                                    *d = if self.conv.parts.relu { value.max(0.) } else { value };
                                 }
                             }
                         }
@@ -409,7 +396,7 @@ impl Geometry {
 
     /// Tile rows per block: about TARGET_TILES tiles, V and M within BLOCK_BYTES.
     fn rows_per_block(&self, conv: &WinogradConv) -> usize {
-        let bytes_per_row = POINTS * (conv.cin + conv.cout) * self.tile_cols * 4;
+        let bytes_per_row = POINTS * (conv.cin + conv.cout()) * self.tile_cols * 4;
         TARGET_TILES.div_ceil(self.tile_cols).min(BLOCK_BYTES / bytes_per_row.max(1)).clamp(1, self.tile_rows)
     }
 
@@ -418,8 +405,8 @@ impl Geometry {
     /// and while there are blocks enough for the threads.
     fn by_blocks(&self, conv: &WinogradConv, rows_per_block: usize, threads: usize) -> bool {
         let blocks = self.tile_rows.div_ceil(rows_per_block);
-        let weights = POINTS * conv.cin * conv.cout;
-        let image = POINTS * (conv.cin + conv.cout) * self.tile_rows * self.tile_cols;
+        let weights = POINTS * conv.cin * conv.cout();
+        let image = POINTS * (conv.cin + conv.cout()) * self.tile_rows * self.tile_cols;
         blocks >= 2 * threads && blocks * weights <= image
     }
 }
@@ -442,7 +429,7 @@ impl Work {
     fn new(conv: &WinogradConv, geo: &Geometry, rows: usize) -> Self {
         let tiles = rows * geo.tile_cols;
         let stride = tiles + LANES;
-        let (v_len, m_len) = (POINTS * conv.cin * stride, POINTS * conv.cout * stride);
+        let (v_len, m_len) = (POINTS * conv.cin * stride, POINTS * conv.cout() * stride);
         Work { rows, tiles, stride, v_len, m_len, v: std::ptr::null_mut(), m: std::ptr::null_mut() }
     }
     fn len(&self) -> usize {
@@ -490,10 +477,10 @@ impl Op for WinogradConv {
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
             "F(4x4,3x3) {}->{} channels, pads {:?}{}",
-            self.parts,
-            self.cout,
+            self.conv.parts,
+            self.conv.cout,
             self.pads,
-            if self.parts.relu { ", Relu" } else { "" }
+            if self.conv.parts.relu { ", Relu" } else { "" }
         )])
     }
 
@@ -504,7 +491,7 @@ impl EvalOp for WinogradConv {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let (images, shape) = self.parts.check_inputs(&inputs)?;
+        let (images, shape) = self.conv.parts.check_inputs(&inputs)?;
         ensure!(
             shape == [self.rows, self.cols],
             "WinogradConv planned for {}x{}, given {shape:?}",
@@ -514,7 +501,7 @@ impl EvalOp for WinogradConv {
         let slices = input_slices(&inputs)?;
         let (oh, ow) = self.output_hw();
         // SAFETY: `convolve` writes every output value.
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&[images, self.cout, oh, ow])? };
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&[images, self.conv.cout, oh, ow])? };
         self.convolve(&slices, images, output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?);
         Ok(tvec!(output.into_tvalue()))
     }
@@ -524,7 +511,7 @@ impl TypedOp for WinogradConv {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let (oh, ow) = self.output_hw();
         let n = inputs[0].shape[0].clone();
-        Ok(tvec!(f32::fact([n, self.cout.to_dim(), oh.to_dim(), ow.to_dim()])))
+        Ok(tvec!(f32::fact([n, self.conv.cout.to_dim(), oh.to_dim(), ow.to_dim()])))
     }
 
     as_op!();
