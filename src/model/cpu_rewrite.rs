@@ -51,7 +51,7 @@ impl ConvParts {
 
     /// Checks that `inputs` are `[N, size, rows, cols]` batches, one per part, with the same
     /// N, rows and cols; returns N and [rows, cols].
-    pub fn check_inputs(&self, inputs: &[TValue]) -> TractResult<(usize, [usize; 2])> {
+    fn check_inputs(&self, inputs: &[TValue]) -> TractResult<(usize, [usize; 2])> {
         ensure!(inputs.len() == self.sizes.len(), "expected {} inputs, given {}", self.sizes.len(), inputs.len());
         let first = inputs[0].shape();
         ensure!(first.len() == 4, "expected an NCHW input, given {first:?}");
@@ -128,10 +128,33 @@ impl ConvWeights {
     pub fn new(weights: Vec<f32>, bias: &[f32], parts: ConvParts) -> Self {
         ConvWeights { cout: bias.len(), weights: Arc::new(weights), bias: Arc::new(bias.to_vec()), parts }
     }
+
+    /// "{inputs}->{cout} channels", with ", Relu" when one is folded: for the ops' `info`.
+    pub fn describe(&self) -> String {
+        format!("{}->{} channels{}", self.parts, self.cout, if self.parts.relu { ", Relu" } else { "" })
+    }
+
+    /// An op's `eval`: checks `inputs` against the parts, asks `output_hw` (which checks the
+    /// input rows and columns against the plan) for the output's, and runs `convolve` (inputs,
+    /// images, output) into a new `[N, cout, rows, cols]` tensor it must fill entirely.
+    pub fn evaluate(
+        &self,
+        inputs: &[TValue],
+        output_hw: impl FnOnce([usize; 2]) -> TractResult<[usize; 2]>,
+        convolve: impl FnOnce(&[&[f32]], usize, &mut [f32]),
+    ) -> TractResult<TVec<TValue>> {
+        let (images, shape) = self.parts.check_inputs(inputs)?;
+        let [rows, cols] = output_hw(shape)?;
+        let slices = input_slices(inputs)?;
+        // SAFETY: `convolve` writes every output value.
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&[images, self.cout, rows, cols])? };
+        convolve(&slices, images, output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?);
+        Ok(tvec!(output.into_tvalue()))
+    }
 }
 
 /// The f32 data of each input.
-pub fn input_slices(inputs: &[TValue]) -> TractResult<Vec<&[f32]>> {
+fn input_slices(inputs: &[TValue]) -> TractResult<Vec<&[f32]>> {
     inputs.iter().map(|i| i.try_as_plain_ram()?.as_slice::<f32>()).collect()
 }
 

@@ -8,7 +8,7 @@
 //! multiplies it with the `gemm` crate's kernels, starting from the bias; a folded Relu is applied
 //! while the block is in cache.
 
-use super::cpu_rewrite::{executor_threads, input_slices, run_tasks, with_buffer, ConvParts, ConvWeights, OutPtr};
+use super::cpu_rewrite::{executor_threads, run_tasks, with_buffer, ConvParts, ConvWeights, OutPtr};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -176,15 +176,13 @@ impl Op for GemmConv {
     fn info(&self) -> TractResult<Vec<String>> {
         let w = &self.window;
         Ok(vec![format!(
-            "{}x{} stride {:?} dilation {:?} pads {:?}, {}->{} channels{}",
+            "{}x{} stride {:?} dilation {:?} pads {:?}, {}",
             w.kernel[0],
             w.kernel[1],
             w.strides,
             w.dilations,
             w.pads,
-            self.conv.parts,
-            self.conv.cout,
-            if self.conv.parts.relu { ", Relu" } else { "" }
+            self.conv.describe()
         )])
     }
 
@@ -195,14 +193,11 @@ impl EvalOp for GemmConv {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let (images, shape) = self.conv.parts.check_inputs(&inputs)?;
-        ensure!(shape == self.window.input, "GemmConv planned for {:?}, given {shape:?}", self.window.input);
-        let slices = input_slices(&inputs)?;
-        let [oh, ow] = self.window.output();
-        // SAFETY: `convolve` writes every output value.
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&[images, self.conv.cout, oh, ow])? };
-        self.convolve(&slices, images, output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?);
-        Ok(tvec!(output.into_tvalue()))
+        let output_hw = |shape: [usize; 2]| {
+            ensure!(shape == self.window.input, "GemmConv planned for {:?}, given {shape:?}", self.window.input);
+            Ok(self.window.output())
+        };
+        self.conv.evaluate(&inputs, output_hw, |x, images, y| self.convolve(x, images, y))
     }
 }
 

@@ -103,12 +103,7 @@ impl Op for PointwiseConv {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!(
-            "1x1 {}->{} channels{}",
-            self.conv.parts,
-            self.conv.cout,
-            if self.conv.parts.relu { ", Relu" } else { "" }
-        )])
+        Ok(vec![format!("1x1 {}", self.conv.describe())])
     }
 
     op_as_typed_op!();
@@ -118,17 +113,15 @@ impl EvalOp for PointwiseConv {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let (images, shape) = self.conv.parts.check_inputs(&inputs)?;
-        ensure!(
-            shape[0] * shape[1] == self.pixels,
-            "PointwiseConv planned for {} pixels, given {shape:?}",
-            self.pixels
-        );
-        let slices = super::cpu_rewrite::input_slices(&inputs)?;
-        // SAFETY: `convolve` writes every output value.
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&[images, self.conv.cout, shape[0], shape[1]])? };
-        self.convolve(&slices, images, output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?);
-        Ok(tvec!(output.into_tvalue()))
+        let output_hw = |shape: [usize; 2]| {
+            ensure!(
+                shape[0] * shape[1] == self.pixels,
+                "PointwiseConv planned for {} pixels, given {shape:?}",
+                self.pixels
+            );
+            Ok(shape)
+        };
+        self.conv.evaluate(&inputs, output_hw, |x, images, y| self.convolve(x, images, y))
     }
 }
 

@@ -15,7 +15,7 @@
 //! `tx + j / 4`. Results agree with direct convolution to about 1e-6 of the output's scale
 //! (tests below).
 
-use super::cpu_rewrite::{executor_threads, input_slices, run_tasks, with_buffer, ConvParts, ConvWeights, OutPtr};
+use super::cpu_rewrite::{executor_threads, run_tasks, with_buffer, ConvParts, ConvWeights, OutPtr};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -475,13 +475,7 @@ impl Op for WinogradConv {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!(
-            "F(4x4,3x3) {}->{} channels, pads {:?}{}",
-            self.conv.parts,
-            self.conv.cout,
-            self.pads,
-            if self.conv.parts.relu { ", Relu" } else { "" }
-        )])
+        Ok(vec![format!("F(4x4,3x3) {}, pads {:?}", self.conv.describe(), self.pads)])
     }
 
     op_as_typed_op!();
@@ -491,19 +485,17 @@ impl EvalOp for WinogradConv {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let (images, shape) = self.conv.parts.check_inputs(&inputs)?;
-        ensure!(
-            shape == [self.rows, self.cols],
-            "WinogradConv planned for {}x{}, given {shape:?}",
-            self.rows,
-            self.cols
-        );
-        let slices = input_slices(&inputs)?;
-        let (oh, ow) = self.output_hw();
-        // SAFETY: `convolve` writes every output value.
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&[images, self.conv.cout, oh, ow])? };
-        self.convolve(&slices, images, output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?);
-        Ok(tvec!(output.into_tvalue()))
+        let output_hw = |shape: [usize; 2]| {
+            ensure!(
+                shape == [self.rows, self.cols],
+                "WinogradConv planned for {}x{}, given {shape:?}",
+                self.rows,
+                self.cols
+            );
+            let (rows, cols) = self.output_hw();
+            Ok([rows, cols])
+        };
+        self.conv.evaluate(&inputs, output_hw, |x, images, y| self.convolve(x, images, y))
     }
 }
 
