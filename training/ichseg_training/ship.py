@@ -198,12 +198,16 @@ def main(argv=None):
         run_step(steps, f"eval {arch}", py("ichseg_training.evaluate", "classifier", "--model", models / fname,
                                            "--data", data, "--split", split, "--subset", "test", "--json", js), logs)
         scores[arch] = json.loads(js.read_text())
-    for subset in ("test", "val"):
-        js = work / "eval" / f"unet_{subset}.json"
-        run_step(steps, f"eval unet {subset}", py(
-            "ichseg_training.evaluate", "unet", "--model", unet_out, "--data", data, "--split", split,
-            "--subset", subset, "--ichseg", exe, "--pred-dir", work / "pred" / subset, "--json", js), logs)
-        scores[f"unet_{subset}"] = json.loads(js.read_text())
+    def eval_unet(key, model, pred):
+        """Scores ``model`` on test and val with ``ichseg segment`` + ``ichseg eval`` into scores[KEY_SUBSET]."""
+        for subset in ("test", "val"):
+            js = work / "eval" / f"{key}_{subset}.json"
+            run_step(steps, f"eval {key} {subset}", py(
+                "ichseg_training.evaluate", "unet", "--model", model, "--data", data, "--split", split,
+                "--subset", subset, "--ichseg", exe, "--pred-dir", work / pred / subset, "--json", js), logs)
+            scores[f"{key}_{subset}"] = json.loads(js.read_text())
+
+    eval_unet("unet", unet_out, "pred")
 
     # Weak supervision, the paper's job 1 -> job 2: pseudo masks of every volume from the
     # classifiers (slice decision from the ground-truth slice labels), their quality on the
@@ -233,12 +237,7 @@ def main(argv=None):
             "--ckpt-dir", work / "ckpt" / "unet_weak",
             "--trained-on", trained_on + f", pseudo masks of ichseg pseudo-label (SF-CAM {names}, "
             f"BLA OR TH {threshold:g}, library defaults otherwise; ground-truth slice labels)"), logs)
-    for subset in ("test", "val"):
-        js = work / "eval" / f"unet_weak_{subset}.json"
-        run_step(steps, f"eval unet_weak {subset}", py(
-            "ichseg_training.evaluate", "unet", "--model", weak_out, "--data", data, "--split", split,
-            "--subset", subset, "--ichseg", exe, "--pred-dir", work / "pred_weak" / subset, "--json", js), logs)
-        scores[f"unet_weak_{subset}"] = json.loads(js.read_text())
+    eval_unet("unet_weak", weak_out, "pred_weak")
 
     sample = pick_sample(data, scores["unet_test"])
     (models / "samples").mkdir(exist_ok=True)
