@@ -16,6 +16,7 @@ phantoms with one-epoch trainings: a check of the pipeline, not models to ship.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -48,7 +49,7 @@ WEAK_FILE = "unet_weak.onnx"
 # BLA thresholds TH tried on the validation split with `ichseg ablate`; the pseudo masks use the
 # one whose final masks (after dCRF) score the best validation mIoU (METHOD.md section 4: defaults
 # picked by validation mIoU). The other pseudo-labelling settings are the library's defaults.
-THRESHOLDS = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4)
+THRESHOLDS = "0.15,0.2,0.25,0.3,0.35,0.4"  # as `ichseg ablate --threshold` takes them
 # The paper's Table 4 (BHSD, BCIHM pseudo-mask mIoU), in the order of `ichseg ablate`'s rows for
 # two classifiers (METHOD.md section 7).
 PAPER_TABLE4 = ((52.5, 50.1), (53.1, 50.3), (59.1, 58.3), (60.7, 60.3), (61.8, 61.9), (62.6, 63.7),
@@ -70,9 +71,9 @@ def run_step(steps, name, cmd, logs, cwd=None, stdout=None):
     print(f"== {name}: {text}", flush=True)
     log = logs / (name.replace(" ", "_").replace("(", "").replace(")", "") + ".log")
     t0 = time.time()
-    with open(log, "w") as fh, open(stdout or os.devnull, "w") as out:
-        res = subprocess.run([str(c) for c in cmd], cwd=cwd, text=True, stdout=out if stdout else fh,
-                             stderr=subprocess.STDOUT if not stdout else fh,
+    with open(log, "w") as fh, (open(stdout, "w") if stdout else contextlib.nullcontext(fh)) as out:
+        res = subprocess.run([str(c) for c in cmd], cwd=cwd, text=True, stdout=out,
+                             stderr=fh if stdout else subprocess.STDOUT,
                              env={**os.environ, "PYTHONPATH": str(TRAINING)})
     wall = time.time() - t0
     steps.append({"step": name, "command": text, "cwd": str(cwd or os.getcwd()), "wall_seconds": wall,
@@ -218,7 +219,7 @@ def main(argv=None):
     (work / "eval").mkdir(exist_ok=True)
     ablate = [exe, "ablate", "--dataset", data, "--split", split, *classifiers, "--json", "--quiet"]
     scores["ablation_val"] = json.loads(run_step(
-        steps, "ablate val", [*ablate, "--subset", "val", "--threshold", ",".join(f"{t:g}" for t in THRESHOLDS)],
+        steps, "ablate val", [*ablate, "--subset", "val", "--threshold", THRESHOLDS],
         logs, stdout=work / "eval" / "ablation_val.json"))
     threshold = scores["pseudo_threshold"] = best_threshold(scores["ablation_val"])
     scores["ablation_test"] = json.loads(run_step(
@@ -432,7 +433,7 @@ def write_ablation(w, doc):
           f"| {_pct(o['dice'])} | {_pct(o['cl'])} | {_pct(o['fpl'])} |")
     w("")
     w("Commands: `ichseg ablate --dataset PHANTOMS --split SPLIT --classifier ... --subset val --threshold "
-      + ",".join(f"{t:g}" for t in THRESHOLDS) + "`, then `--subset test --threshold TH` (table above).")
+      f"{THRESHOLDS}`, then `--subset test --threshold TH` (table above).")
     w("")
 
 
