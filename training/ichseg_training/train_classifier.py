@@ -120,8 +120,9 @@ def main(argv=None):
     train = C.load_slices(ds, train_p, size, with_masks=False, log=log)
     val = C.load_slices(ds, val_p, size, with_masks=False, log=log) if val_p else None
 
-    fmt = torch.channels_last if device.type == "cpu" and not args.no_channels_last else torch.contiguous_format
-    model = classifiers.build(args.arch, args.width).to(device, memory_format=fmt)
+    model = classifiers.build(args.arch, args.width)
+    fmt = C.memory_format(model, device, args.no_channels_last, size, log)
+    model = model.to(device, memory_format=fmt)
     n_params = classifiers.count_params(model)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(args.epochs, 1))

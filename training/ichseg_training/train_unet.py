@@ -145,8 +145,9 @@ def main(argv=None):
     train = C.load_slices(ds, train_p, size, masks_dir=args.masks, log=log)
     val = C.load_slices(ds, val_p, size, masks_dir=val_masks, log=log) if val_p else None
 
-    fmt = torch.channels_last if device.type == "cpu" and not args.no_channels_last else torch.contiguous_format
-    model = UNet(1, 2, args.base_width, args.depth, args.upsampling).to(device, memory_format=fmt)
+    model = UNet(1, 2, args.base_width, args.depth, args.upsampling)
+    fmt = C.memory_format(model, device, args.no_channels_last, size, log)
+    model = model.to(device, memory_format=fmt)
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(args.epochs, 1))

@@ -193,3 +193,21 @@ def test_ship_smoke_makes_both_unets(tmp_path):
     # the report can be rewritten from the records alone
     assert ship.main(["--work", str(work), "--models", str(models), "--report-only"]) == 0
     assert "## Weakly supervised U-Net" in (models / "MODELS.md").read_text()
+
+
+def test_memory_format_avoids_the_channels_last_crash():
+    """slim34 width 8 has a stride-2 1x1 convolution on 8 channels (layer2's downsample): its
+    channels-last CPU backward crashes PyTorch from 46x46 maps, so input 192 (48x48) trains in
+    NCHW while the shipped 160 (40x40) and wider models keep channels-last."""
+    cpu, logs = torch.device("cpu"), []
+    slim = CL.build("slim34", 8)
+    assert C.memory_format(slim, cpu, False, (192, 192), logs.append) == torch.contiguous_format
+    assert "layer2.0.downsample.0" in logs[0] and "48x48" in logs[0]
+    assert C.memory_format(slim, cpu, False, (160, 160), logs.append) == torch.channels_last
+    assert C.memory_format(CL.build("slim34", 16), cpu, False, (384, 384), logs.append) == torch.channels_last
+    assert C.memory_format(slim, cpu, True, (160, 160), logs.append) == torch.contiguous_format
+    assert len(logs) == 1
+    assert slim.training  # the dry forward pass leaves the mode as it was
+    # the model the check passed trains a step at 192 without crashing (NCHW)
+    x = torch.rand(4, 3, 192, 192)
+    torch.nn.functional.cross_entropy(slim(x), torch.tensor([0, 1, 0, 1])).backward()
