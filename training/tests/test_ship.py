@@ -27,3 +27,35 @@ def test_best_threshold_ties_and_undefined_scores_go_low():
 def test_best_threshold_needs_runs():
     with pytest.raises(ValueError):
         ship.best_threshold({"runs": []})
+
+
+def _volume(root, stem, mask_voxels, hu_in_mask):
+    """A 16x16x4 CT of 30 HU with ``mask_voxels`` voxels of ``hu_in_mask`` HU, and its mask."""
+    import nibabel as nib
+    import numpy as np
+
+    ct = np.full((16, 16, 4), 30, np.int16)
+    mask = np.zeros((16, 16, 4), np.uint8)
+    mask.reshape(-1)[:mask_voxels] = 1
+    ct[mask > 0] = hu_in_mask
+    for sub, arr in (("ct_scans", ct), ("masks", mask)):
+        (root / sub).mkdir(exist_ok=True)
+        nib.save(nib.Nifti1Image(arr, np.eye(4)), str(root / sub / f"{stem}.nii.gz"))
+    return {"gt": str(root / "masks" / f"{stem}.nii.gz")}
+
+
+def test_pick_sample_takes_the_median_blood_dense_bleed(tmp_path):
+    rows = [_volume(tmp_path, "001", 0, 0),      # no bleeding: never the sample
+            _volume(tmp_path, "002", 10, 70),
+            _volume(tmp_path, "003", 40, 65),
+            _volume(tmp_path, "004", 30, 400),   # mask in bone partial volume: skipped
+            _volume(tmp_path, "005", 60, 80)]
+    assert ship.pick_sample(tmp_path, {"per_volume": rows}) == "003"
+    # 10 and 40 voxels left: the lower median (counting 004's 30 voxels would make it the sample)
+    assert ship.pick_sample(tmp_path, {"per_volume": rows[:4]}) == "002"
+
+
+def test_pick_sample_needs_a_blood_dense_bleed(tmp_path):
+    rows = [_volume(tmp_path, "001", 0, 0), _volume(tmp_path, "002", 30, 400)]
+    with pytest.raises(SystemExit):
+        ship.pick_sample(tmp_path, {"per_volume": rows})
