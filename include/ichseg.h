@@ -321,6 +321,16 @@ typedef struct IchsegPseudoOptions {
      * Slices per network run; default 1.
      */
     uint32_t batch;
+    /**
+     * (v2) Nonzero: the bone cut, not in the paper: voxels above max_hu HU are dropped from
+     * the final mask (blood is 50-90 HU; without it the CRF spreads over the skull on the
+     * shipped phantom models). Default 0 (off); v1 structs read as 0.
+     */
+    int32_t use_max_hu;
+    /**
+     * (v2) The bone cut's CT value in HU, finite; default 100.
+     */
+    float max_hu;
 } IchsegPseudoOptions;
 
 /**
@@ -561,7 +571,8 @@ void ichseg_model_free(struct IchsegModel *model);
 
 /**
  * Fills `opts` with the defaults (struct_size, SF-CAM, threshold 0.2, SCF on with c 2 and
- * w 0.5, OR aggregation, CRF on, batch 1). Does nothing when `opts` is NULL.
+ * w 0.5, OR aggregation, CRF on, batch 1, bone cut off at 100 HU). Does nothing when `opts`
+ * is NULL.
  *
  * # Safety
  * A non-NULL `opts` must point to writable memory of sizeof(IchsegPseudoOptions).

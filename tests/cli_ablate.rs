@@ -190,3 +190,21 @@ fn bad_splits_and_labels_fail_clearly() {
     let report = json(&ablate(&ds, &split, &["--use-predictions"]));
     assert_eq!(report["slice_decision"], "predictions");
 }
+
+#[test]
+fn max_hu_adds_the_bone_cut_row_of_pseudo_label() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ds, split) = dataset(dir.path());
+    let report = json(&ablate(&ds, &split, &["--max-hu", "40"]));
+    let rows = report["runs"][0]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 9, "the bone cut comes after the dCRF row");
+    assert_eq!(rows[8]["row"], "+ bone cut (> 40 HU)");
+    let both = [(TINY, TINY_TAPS), (RESNET, RESNET_TAPS)];
+    assert_eq!(rows[8]["scores"], pseudo_scores(dir.path(), &ds, &both, &["--max-hu", "40"]));
+    assert_eq!(rows[7]["scores"], pseudo_scores(dir.path(), &ds, &both, &[]));
+    assert_ne!(rows[8]["scores"], rows[7]["scores"], "40 HU must cut some of the fixture's mask");
+    for bad in ["nan", "inf"] {
+        let o = ablate(&ds, &split, &["--max-hu", bad]);
+        assert!(!o.status.success() && stderr(&o).contains("--max-hu must be a finite HU value"), "{}", stderr(&o));
+    }
+}

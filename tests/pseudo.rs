@@ -325,6 +325,8 @@ fn bad_inputs_are_clear_errors() {
         PseudoOptions { lambda: f32::NAN, ..opts.clone() },
         PseudoOptions { scf: Some(ScfParams { c: 2, w: -1.0 }), ..opts.clone() },
         PseudoOptions { input_size: Some((32, 32)), ..opts.clone() },
+        PseudoOptions { max_hu: Some(f32::NAN), ..opts.clone() },
+        PseudoOptions { max_hu: Some(f32::INFINITY), ..opts.clone() },
     ] {
         assert!(PseudoLabeler::new(&e, vec![tiny()], &bad).is_err(), "{bad:?}");
     }
@@ -333,4 +335,34 @@ fn bad_inputs_are_clear_errors() {
     let mut hu = vec![40.0f32; 8 * 8 * 2];
     hu[9] = f32::NAN;
     assert!(matches!(Volume::from_hu(hu, [8, 8, 2], [1.0; 3]), Err(Error::NonFiniteVoxels { .. })));
+}
+
+#[test]
+fn bone_cut_drops_the_voxels_above_max_hu_from_the_final_mask() {
+    let volume = ct();
+    let labels = [true; 4];
+    let full = two_models(PseudoOptions::default()).label(&volume, Some(&labels)).unwrap();
+    // a cut at the median CT value under the mask is sure to remove some voxels and keep some
+    let mut under: Vec<f32> =
+        full.mask.iter().zip(volume.data().iter()).filter(|(&m, _)| m != 0).map(|(_, &hu)| hu).collect();
+    assert!(under.len() > 10, "the fixture's mask has too few voxels to test the cut");
+    under.sort_by(f32::total_cmp);
+    let max_hu = under[under.len() / 2];
+    let cut =
+        two_models(PseudoOptions { max_hu: Some(max_hu), ..Default::default() }).label(&volume, Some(&labels)).unwrap();
+    let want = Array3::from_shape_fn(full.mask.dim(), |i| u8::from(full.mask[i] != 0 && volume.data()[i] <= max_hu));
+    assert_eq!(cut.mask, want, "the cut is a voxel-wise AND with HU <= max_hu, after the CRF");
+    let (kept, dropped) =
+        (cut.mask.iter().filter(|&&v| v != 0).count(), under.len() - want.iter().filter(|&&v| v != 0).count());
+    assert!(kept > 0 && dropped > 0, "kept {kept}, dropped {dropped}");
+    assert_eq!(cut.fused, full.fused, "the cut only touches the mask");
+
+    let mut mask = full.mask.clone();
+    ichseg::pseudo::bone_cut(&volume, &mut mask, max_hu).unwrap();
+    assert_eq!(mask, want);
+    let err = ichseg::pseudo::bone_cut(&volume, &mut mask, f32::NAN).unwrap_err().to_string();
+    assert!(err.contains("finite"), "{err}");
+    let mut wrong = Array3::<u8>::zeros((1, 2, 3));
+    let err = ichseg::pseudo::bone_cut(&volume, &mut wrong, 100.0).unwrap_err().to_string();
+    assert!(err.contains("[1, 2, 3]"), "{err}");
 }

@@ -464,7 +464,7 @@ struct PseudoLabelerFree {
 }  // namespace detail
 
 /// Options of PseudoLabeler; defaults read from ichseg_pseudo_options_init (SF-CAM, threshold
-/// 0.2, SCF c 2 w 0.5, OR, CRF on, batch 1 today).
+/// 0.2, SCF c 2 w 0.5, OR, CRF on, batch 1, bone cut off at 100 HU today).
 struct PseudoOptions {
     IchsegCamMethod cam = detail::pseudo_defaults().cam;
     float threshold = detail::pseudo_defaults().threshold;
@@ -474,6 +474,9 @@ struct PseudoOptions {
     IchsegAggregate aggregate = detail::pseudo_defaults().aggregate;
     bool crf = detail::pseudo_defaults().use_crf != 0;
     uint32_t batch = detail::pseudo_defaults().batch;
+    /// The bone cut (not in the paper): drop voxels above max_hu HU from the final mask.
+    bool bone_cut = detail::pseudo_defaults().use_max_hu != 0;
+    float max_hu = detail::pseudo_defaults().max_hu;
 
     IchsegPseudoOptions to_c() const noexcept {
         IchsegPseudoOptions o;
@@ -486,6 +489,8 @@ struct PseudoOptions {
         o.aggregate = aggregate;
         o.use_crf = crf ? 1 : 0;
         o.batch = batch;
+        o.use_max_hu = bone_cut ? 1 : 0;
+        o.max_hu = max_hu;
         return o;
     }
 };

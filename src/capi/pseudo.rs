@@ -64,16 +64,26 @@ pub struct IchsegPseudoOptions {
     pub use_crf: i32,
     /// Slices per network run; default 1.
     pub batch: u32,
+    /// (v2) Nonzero: the bone cut, not in the paper: voxels above max_hu HU are dropped from
+    /// the final mask (blood is 50-90 HU; without it the CRF spreads over the skull on the
+    /// shipped phantom models). Default 0 (off); v1 structs read as 0.
+    pub use_max_hu: i32,
+    /// (v2) The bone cut's CT value in HU, finite; default 100.
+    pub max_hu: f32,
 }
 
-const PSEUDO_OPTIONS_V1: usize = std::mem::size_of::<IchsegPseudoOptions>();
+/// The struct before `use_max_hu` and `max_hu`: callers compiled against it still work.
+const PSEUDO_OPTIONS_V1: usize = std::mem::offset_of!(IchsegPseudoOptions, use_max_hu);
+const PSEUDO_OPTIONS_V2: usize = std::mem::size_of::<IchsegPseudoOptions>();
+/// The default bone cut (docs/RESULTS.md: the best of 100, 115 and 150 HU on the phantoms' val split).
+const DEFAULT_MAX_HU: f32 = 100.0;
 
 impl Default for IchsegPseudoOptions {
     fn default() -> Self {
         let d = PseudoOptions::default();
         let scf = ScfParams::default();
         IchsegPseudoOptions {
-            struct_size: PSEUDO_OPTIONS_V1,
+            struct_size: PSEUDO_OPTIONS_V2,
             cam: IchsegCamMethod::Sf,
             threshold: d.threshold,
             use_scf: 1,
@@ -82,12 +92,15 @@ impl Default for IchsegPseudoOptions {
             aggregate: IchsegAggregate::Or,
             use_crf: 1,
             batch: 1,
+            use_max_hu: 0,
+            max_hu: DEFAULT_MAX_HU,
         }
     }
 }
 
 /// Fills `opts` with the defaults (struct_size, SF-CAM, threshold 0.2, SCF on with c 2 and
-/// w 0.5, OR aggregation, CRF on, batch 1). Does nothing when `opts` is NULL.
+/// w 0.5, OR aggregation, CRF on, batch 1, bone cut off at 100 HU). Does nothing when `opts`
+/// is NULL.
 ///
 /// # Safety
 /// A non-NULL `opts` must point to writable memory of sizeof(IchsegPseudoOptions).
@@ -136,11 +149,16 @@ unsafe fn read_options(p: *const IchsegPseudoOptions) -> FfiResult<PseudoOptions
                 },
                 use_crf: field(p, size, addr_of!((*p).use_crf)).unwrap_or(d.use_crf),
                 batch: field(p, size, addr_of!((*p).batch)).unwrap_or(d.batch),
+                use_max_hu: field(p, size, addr_of!((*p).use_max_hu)).unwrap_or(d.use_max_hu),
+                max_hu: field(p, size, addr_of!((*p).max_hu)).unwrap_or(d.max_hu),
             }
         }
     };
     if !(o.threshold.is_finite() && o.threshold > 0.0 && o.threshold < 1.0) {
         return Err(FfiError::invalid(format!("IchsegPseudoOptions.threshold must be in (0, 1), got {}", o.threshold)));
+    }
+    if o.use_max_hu != 0 && !o.max_hu.is_finite() {
+        return Err(FfiError::invalid(format!("IchsegPseudoOptions.max_hu must be finite, got {}", o.max_hu)));
     }
     if o.batch == 0 || o.batch > 4096 {
         return Err(FfiError::invalid(format!("IchsegPseudoOptions.batch must be 1..4096, got {}", o.batch)));
@@ -158,6 +176,7 @@ unsafe fn read_options(p: *const IchsegPseudoOptions) -> FfiResult<PseudoOptions
             IchsegAggregate::And => Aggregate::And,
         },
         crf: (o.use_crf != 0).then(CrfParams::default),
+        max_hu: (o.use_max_hu != 0).then_some(o.max_hu),
         batch: o.batch as usize,
         ..PseudoOptions::default()
     })

@@ -13,6 +13,7 @@
 
 #include "ichseg.h"
 
+#include <stddef.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -891,7 +892,8 @@ static void test_pseudo(const char *dir, const Reference *r)
     ichseg_pseudo_options_init(&po);
     CHECK(po.struct_size == sizeof po && po.cam == ICHSEG_CAM_METHOD_SF && po.threshold == 0.2f &&
               po.use_scf == 1 && po.scf_c == 2 && po.scf_w == 0.5f &&
-              po.aggregate == ICHSEG_AGGREGATE_OR && po.use_crf == 1 && po.batch == 1,
+              po.aggregate == ICHSEG_AGGREGATE_OR && po.use_crf == 1 && po.batch == 1 && po.use_max_hu == 0 &&
+              po.max_hu == 100.0f,
           "pseudo option defaults");
 
     /* creation errors: *out is set to NULL each time */
@@ -926,6 +928,16 @@ static void test_pseudo(const char *dir, const Reference *r)
     bad.struct_size = 4;
     EXPECT(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl), ICHSEG_STATUS_INVALID_ARGUMENT,
            "struct_size");
+    bad = po;
+    bad.use_max_hu = 1;
+    bad.max_hu = NAN;
+    EXPECT(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl), ICHSEG_STATUS_INVALID_ARGUMENT,
+           "max_hu");
+    /* a caller compiled before the bone cut (struct ends at batch): its fields are not read */
+    bad.struct_size = offsetof(IchsegPseudoOptions, use_max_hu);
+    OK(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl));
+    ichseg_pseudo_labeler_free(pl);
+    pl = NULL;
 
     OK(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &po, &pl));
     REQUIRE(pl != NULL);
@@ -948,6 +960,21 @@ static void test_pseudo(const char *dir, const Reference *r)
     OK(ichseg_pseudo_label(pl, &v, pos, 3, mask2, r->n, NULL, 0, NULL, NULL));
     CHECK(memcmp(mask, mask2, r->n) == 0, "same volume, same pseudo mask");
     printf("  %zu of %zu voxels pseudo-hemorrhage\n", fg, r->n);
+
+    /* the bone cut below every voxel's value empties the mask */
+    {
+        IchsegPseudoOptions cut = po;
+        IchsegPseudoLabeler *cutter = NULL;
+        cut.use_max_hu = 1;
+        cut.max_hu = -5000.0f;
+        OK(ichseg_engine_create(&eo, &engine));
+        OK(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &cut, &cutter));
+        ichseg_engine_free(engine);
+        memset(mask2, 0xAB, r->n);
+        OK(ichseg_pseudo_label(cutter, &v, pos, 3, mask2, r->n, NULL, 0, NULL, NULL));
+        CHECK(fg > 0 && count_nonzero(mask2, r->n) == 0, "a cut at -5000 HU leaves no voxel (%zu without)", fg);
+        ichseg_pseudo_labeler_free(cutter);
+    }
 
     /* every slice labelled negative: an empty mask; predictions: runs */
     OK(ichseg_pseudo_label(pl, &v, neg, 3, mask2, r->n, NULL, 0, NULL, NULL));

@@ -481,7 +481,8 @@ static void test_pseudo(const ichseg::Engine& engine, const std::string& dir, co
     IchsegPseudoOptions c;
     ichseg_pseudo_options_init(&c);
     CHECK(o.threshold == c.threshold && o.scf_c == c.scf_c && o.scf_w == c.scf_w && o.batch == c.batch &&
-              o.scf == (c.use_scf != 0) && o.crf == (c.use_crf != 0) && o.cam == c.cam && o.aggregate == c.aggregate,
+              o.scf == (c.use_scf != 0) && o.crf == (c.use_crf != 0) && o.cam == c.cam && o.aggregate == c.aggregate &&
+              o.bone_cut == (c.use_max_hu != 0) && o.max_hu == c.max_hu,
           "C++ pseudo defaults equal the C ones");
     CHECK(c.threshold == 0.2f && c.scf_c == 2 && c.use_crf == 1, "C defaults as documented");
     o.batch = 2;

@@ -59,3 +59,12 @@ def test_pick_sample_needs_a_blood_dense_bleed(tmp_path):
     rows = [_volume(tmp_path, "001", 0, 0), _volume(tmp_path, "002", 30, 400)]
     with pytest.raises(SystemExit):
         ship.pick_sample(tmp_path, {"per_volume": rows})
+
+
+def test_paper_columns_leave_the_bone_cut_row_blank():
+    rows = ["Grad-CAM", "+ SCF", "a alone", "b alone", "BME", "+ SCF", "+ BLA", "+ dCRF"]
+    assert ship.paper_columns(rows) == ship.PAPER_TABLE4
+    with_cut = ship.paper_columns(rows + ["+ bone cut (> 100 HU)"])
+    assert with_cut[:8] == ship.PAPER_TABLE4 and with_cut[7] == (65.1, 64.4) and with_cut[8] == (None, None)
+    # three classifiers: one more row, not the paper's layout
+    assert ship.paper_columns(rows[:3] + ["c alone"] + rows[3:]) == ((None, None),) * 9

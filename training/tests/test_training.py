@@ -188,6 +188,8 @@ def test_ship_smoke_makes_both_unets(tmp_path):
     doc = json.loads((work / "ship.json").read_text())
     assert {"pseudo-label", "train unet_weak", "eval unet_weak test"} <= {s["step"] for s in doc["steps"]}
     assert (models / "unet_weak.onnx").exists() and "pseudo_train" in doc["scores"]
+    # TH is chosen and Table 4 scored on the final masks, after the bone cut
+    assert doc["scores"]["ablation_test"]["runs"][0]["rows"][-1]["row"] == f"+ bone cut (> {ship.MAX_HU} HU)"
     text = (models / "MODELS.md").read_text()
     assert "## Weakly supervised U-Net" in text and "`unet_weak.onnx`" in text
     # the report can be rewritten from the records alone

@@ -12,7 +12,8 @@
 //! 4. SF-CAM ensembled (BME), the same tap;
 //! 5. + SCF;
 //! 6. + BLA: every tap, aggregated (OR by default);
-//! 7. + dCRF.
+//! 7. + dCRF;
+//! 8. with `--max-hu`: + the bone cut of `ichseg pseudo-label --max-hu` (not in the paper).
 //!
 //! "Before BLA" (rows 3-5) is a single tap layer; which one is our choice (the paper does not
 //! say): `--single-tap`, default the deepest of the taps (layer2), the less noisy one.
@@ -97,6 +98,10 @@ pub struct AblateArgs {
     /// CRF mean-field iterations.
     #[arg(long, default_value_t = 10)]
     crf_iterations: usize,
+    /// Add a last row: the final masks with every voxel above this CT value dropped (the bone
+    /// cut of `ichseg pseudo-label --max-hu`, not in the paper).
+    #[arg(long, value_name = "HU")]
+    max_hu: Option<f32>,
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
@@ -136,6 +141,9 @@ impl Setting {
 impl AblateArgs {
     /// The cartesian product of the listed values, checked.
     fn settings(&self) -> Result<Vec<Setting>> {
+        if let Some(h) = self.max_hu.filter(|h| !h.is_finite()) {
+            return Err(Error::arg(format!("--max-hu must be a finite HU value, got {h}")));
+        }
         let mut out = Vec::new();
         for &threshold in &self.threshold {
             if !(threshold.is_finite() && (0.0..=1.0).contains(&threshold)) {
@@ -244,13 +252,16 @@ fn cases(a: &AblateArgs) -> Result<Vec<Case>> {
 }
 
 /// The row names, in table order.
-fn row_names(models: &[String], tap: &str, aggregate: Aggregate) -> Vec<String> {
+fn row_names(models: &[String], tap: &str, aggregate: Aggregate, max_hu: Option<f32>) -> Vec<String> {
     let mut rows = vec!["Grad-CAM deep tap, ensemble".to_string(), "  + SCF".to_string()];
     rows.extend(models.iter().map(|m| format!("SF-CAM {tap}, {m} alone")));
     rows.push(format!("SF-CAM {tap}, ensemble (BME)"));
     rows.push("  + SCF".to_string());
     rows.push(format!("  + BLA (all taps, {})", format!("{aggregate:?}").to_uppercase()));
     rows.push("  + dCRF".to_string());
+    if let Some(h) = max_hu {
+        rows.push(format!("  + bone cut (> {h} HU)"));
+    }
     rows
 }
 
@@ -293,7 +304,14 @@ fn masks(
     let mut bla = sca::bla(&views, s.threshold, a.aggregate)?;
     out.push(bla.clone());
     crf.0.refine_mask(crf.1, &mut bla, &s.crf)?;
-    out.push(bla);
+    if let Some(h) = a.max_hu {
+        let mut cut = bla.clone();
+        ichseg::pseudo::bone_cut(crf.1, &mut cut, h)?;
+        out.push(bla);
+        out.push(cut);
+    } else {
+        out.push(bla);
+    }
     Ok(out)
 }
 
@@ -332,7 +350,7 @@ pub fn run(a: &AblateArgs) -> Result<()> {
     }
     let configs = sf.configs();
     let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
-    let rows = row_names(&names, &configs[0].layers[tap], a.aggregate);
+    let rows = row_names(&names, &configs[0].layers[tap], a.aggregate, a.max_hu);
     let mut pools = vec![vec![Pool::default(); rows.len()]; settings.len()];
     let (mut slices, mut positives) = (0, 0);
     for (k, case) in cases.iter().enumerate() {

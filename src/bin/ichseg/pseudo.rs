@@ -74,6 +74,11 @@ pub struct PseudoLabelArgs {
     /// BLA across tap layers: or, and.
     #[arg(long, default_value = "or", value_parser = parse_aggregate)]
     aggregate: Aggregate,
+    /// Bone cut (not in the paper): drop from the final mask every voxel above this CT value;
+    /// blood is 50-90 HU, and without it the CRF spreads the maps' skull-edge ring over the
+    /// bone (docs/RESULTS.md) [default: off].
+    #[arg(long, value_name = "HU")]
+    max_hu: Option<f32>,
     #[command(flatten)]
     model_input: InputArgs,
     #[command(flatten)]
@@ -114,6 +119,7 @@ impl PseudoLabelArgs {
             threshold: self.threshold,
             aggregate: self.aggregate,
             crf: (!self.no_crf).then(CrfParams::default),
+            max_hu: self.max_hu,
             batch: self.model_input.batch,
             ..Default::default()
         })
@@ -187,7 +193,7 @@ fn json_report(
         "models": labeler.configs(),
         "method": {"cam": format!("{:?}", o.cam), "lambda": o.lambda, "threshold": o.threshold,
                    "aggregate": format!("{:?}", o.aggregate), "scf": o.scf.map(|s| [s.c as f64, s.w as f64]),
-                   "crf": o.crf.is_some()},
+                   "crf": o.crf.is_some(), "max_hu": o.max_hu},
         "device": e.device_name(), "device_note": e.device_note(), "threads": e.threads(),
         "cam_device": r.cam_device, "batch": r.batch,
         "positive_slices": r.positive.iter().enumerate().filter(|(_, &p)| p).map(|(z, _)| z).collect::<Vec<_>>(),
@@ -214,7 +220,7 @@ fn print_summary(input: &Path, labeler: &PseudoLabeler, r: &PseudoLabel, labelle
     }
     let o = labeler.options();
     println!(
-        "method    {} CAM, SCF {}, BLA {:?} > {}, CRF {}",
+        "method    {} CAM, SCF {}, BLA {:?} > {}, CRF {}{}",
         match o.cam {
             CamMethod::Sf => "SF",
             CamMethod::Layer => "Layer",
@@ -223,7 +229,8 @@ fn print_summary(input: &Path, labeler: &PseudoLabeler, r: &PseudoLabel, labelle
         o.scf.map_or("off".to_string(), |s| format!("c={} w={}", s.c, s.w)),
         o.aggregate,
         o.threshold,
-        if o.crf.is_some() { "on" } else { "off" }
+        if o.crf.is_some() { "on" } else { "off" },
+        o.max_hu.map_or(String::new(), |h| format!(", bone cut > {h} HU"))
     );
     let e = labeler.engine();
     println!("device    {} x{} threads ({})", e.device_name(), e.threads(), e.device_note());
