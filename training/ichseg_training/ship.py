@@ -89,6 +89,19 @@ def run_step(steps, name, cmd, logs, cwd=None, stdout=None):
     return pathlib.Path(stdout or log).read_text()
 
 
+def carry_earlier_run(doc, earlier) -> None:
+    """With ``--skip-existing``, the models kept from an earlier run in the same ``--work`` keep
+    their provenance: that run's training steps which this run skipped go first in
+    ``doc["steps"]``, and ``doc["earlier_run"]`` says when it ran and how long it trained."""
+    have = {s["step"] for s in doc["steps"]}
+    carried = [s for s in earlier.get("steps", []) if s["step"].startswith("train ") and s["step"] not in have]
+    if not carried:
+        return
+    doc["steps"] = [{**s, "carried": True} for s in carried] + doc["steps"]
+    doc["earlier_run"] = earlier.get("earlier_run") or {
+        k: earlier.get(k) for k in ("started", "finished", "wall_seconds", "training_wall_seconds", "git_commit")}
+
+
 def best_threshold(ablation) -> float:
     """The TH of the ``ichseg ablate --json`` runs whose final row (after dCRF) scores the best
     mIoU; ties and undefined scores go to the lowest TH."""
@@ -260,6 +273,8 @@ def main(argv=None):
            "wall_seconds": time.time() - t_all, "training_wall_seconds": train_wall, "steps": steps,
            "sample": sample, "scores": scores, "demo_output": demo,
            "command": C.command_line("ichseg_training.ship", argv)}
+    if a.skip_existing and (work / "ship.json").exists():
+        carry_earlier_run(doc, json.loads((work / "ship.json").read_text()))
     doc["error_analysis"] = error_analysis(work, models, json.loads(split.read_text())["splits"]["test"])
     C.write_json(work / "ship.json", doc)
     write_models_md(models, doc, records, split)
@@ -497,6 +512,15 @@ def write_models_md(models, doc, records, split):
       f"**{doc['wall_seconds'] / 60:.1f} min in all**, of which {doc['training_wall_seconds'] / 60:.1f} min "
       "training (the three models side by side, one thread each).")
     w("")
+    if doc.get("earlier_run"):
+        er = doc["earlier_run"]
+        kept = ", ".join(f"`{s['step'][len('train '):]}`" for s in doc["steps"]
+                         if s["step"].startswith("train ") and s.get("carried"))
+        w("This run reused (`--skip-existing`) the models trained by an earlier run of the same command in "
+          f"the same work folder: {kept} (commit {er['git_commit']}, started {er['started']}, "
+          f"{er['wall_seconds'] / 60:.1f} min in all, of which {er['training_wall_seconds'] / 60:.1f} min training). "
+          "Their steps below carry that run's times; everything else was redone here.")
+        w("")
     if doc.get("report_rewritten"):
         rr = doc["report_rewritten"]
         w(f"This file was last rewritten at {rr['at']} from the recorded results (run records, evaluation "

@@ -68,3 +68,19 @@ def test_paper_columns_leave_the_bone_cut_row_blank():
     assert with_cut[:8] == ship.PAPER_TABLE4 and with_cut[7] == (65.1, 64.4) and with_cut[8] == (None, None)
     # three classifiers: one more row, not the paper's layout
     assert ship.paper_columns(rows[:3] + ["c alone"] + rows[3:]) == ((None, None),) * 9
+
+
+def test_an_earlier_runs_training_steps_are_carried():
+    earlier = {"started": "t0", "finished": "t1", "wall_seconds": 600.0, "training_wall_seconds": 300.0,
+               "git_commit": "abc", "steps": [{"step": "phantoms"}, {"step": "train slim34"},
+                                              {"step": "train unet"}, {"step": "train unet_weak"}]}
+    doc = {"steps": [{"step": "ablate val"}, {"step": "train unet_weak"}]}
+    ship.carry_earlier_run(doc, earlier)
+    assert [s["step"] for s in doc["steps"]] == ["train slim34", "train unet", "ablate val", "train unet_weak"]
+    assert doc["steps"][0]["carried"] and "carried" not in doc["steps"][3]
+    assert doc["earlier_run"] == {"started": "t0", "finished": "t1", "wall_seconds": 600.0,
+                                  "training_wall_seconds": 300.0, "git_commit": "abc"}
+    # a run of its own (nothing skipped) carries nothing
+    fresh = {"steps": [{"step": "train slim34"}, {"step": "train unet"}, {"step": "train unet_weak"}]}
+    ship.carry_earlier_run(fresh, earlier)
+    assert "earlier_run" not in fresh and len(fresh["steps"]) == 3
