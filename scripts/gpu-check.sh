@@ -51,8 +51,10 @@ for m in tests/fixtures/unet/unet_transpose.onnx tests/fixtures/unet/unet_resize
 done
 # GPU_CHECK_PARTS: which parts to run (default all): segment (U-Net parity and speed), pseudo
 # (pseudo-labelling parity and speed, ResNet34 + ResNet50, against PyTorch CUDA without the CRF,
-# which has no GPU peer there) and their placements, memory (an oversized batch; after pseudo).
-parts=${GPU_CHECK_PARTS:-segment pseudo memory}
+# which has no GPU peer there) and their placements, crf (the shipped classifiers on the sample
+# volume with the CRF, CPU against CUDA in strict FP32: masks and CRF time), memory (an
+# oversized batch; after pseudo).
+parts=${GPU_CHECK_PARTS:-segment pseudo crf memory}
 status=0
 if [[ $parts == *segment* ]]; then
   "$py" scripts/bench_gpu.py --ichseg "$bin" --out-dir "$out" "${dry[@]}" 2>&1 | tee "$out/bench_gpu.log"
@@ -68,6 +70,26 @@ if [[ $parts == *pseudo* ]]; then
     echo "== inspect --device cuda $(basename "${m%.onnx}").cam.onnx" | tee -a "$out/placement.txt"
     "$bin" inspect --device cuda "${m%.onnx}.cam.onnx" 2>&1 | sed -n '/^cuda/,$p;/error/p' | tee -a "$out/placement.txt"
   done
+fi
+if [[ $parts == *crf* ]]; then
+  for dev in cpu cuda; do
+    NVIDIA_TF32_OVERRIDE=0 "$bin" pseudo-label --classifier models/classifier_slim34.onnx \
+      --classifier models/classifier_slim50.onnx models/samples/sample.nii.gz --use-predictions \
+      --device "$dev" --batch 8 -o "$out/crf_$dev.nii.gz" --report "$out/crf_$dev.json" --quiet 2>&1 | tail -3
+  done
+  "$py" - "$out" "${#dry[@]}" <<'PY' 2>&1 | tee "$out/crf.txt"
+import json, sys, nibabel as nib, numpy as np
+out = sys.argv[1]
+r = {d: json.load(open(f"{out}/crf_{d}.json")) for d in ("cpu", "cuda")}
+m = {d: np.asarray(nib.load(f"{out}/crf_{d}.nii.gz").dataobj) for d in ("cpu", "cuda")}
+agree = float((m["cpu"] == m["cuda"]).mean()) * 100
+print(f"crf: masks agree on {agree:.4f} % of voxels ({int(m['cpu'].sum())} vs {int(m['cuda'].sum())} mask voxels); "
+      f"crf_device {r['cuda']['crf_device']}; CRF s cpu {r['cpu']['timings']['crf_s']:.3f}, cuda {r['cuda']['timings']['crf_s']:.3f}; "
+      f"total s cpu {r['cpu']['timings']['total_s']:.3f}, cuda {r['cuda']['timings']['total_s']:.3f}")
+dry = sys.argv[2] != "0"  # a dry run on a machine without a GPU: the CPU twice
+sys.exit(0 if agree >= 99.9 and (dry or r["cuda"]["crf_device"] == "cuda") else 1)
+PY
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
 fi
 # memory: a slice batch far beyond the card (256 slices of ResNet34 + ResNet50 gradient graphs at
 # 384x384) must not crash: the batch is halved until it fits, and the report says which batch ran.

@@ -188,6 +188,9 @@ pub struct PseudoLabel {
     pub positive: Vec<bool>,
     /// Where the CAMs were computed: `"cuda"` (the GPU kernels of the CUDA path) or `"cpu"`.
     pub cam_device: &'static str,
+    /// Where the dense CRF's mean-field iterations ran: `"cuda"` (the GPU kernels, when networks
+    /// run on CUDA) or `"cpu"` (also when the CRF is off).
+    pub crf_device: &'static str,
     /// Slices per network run at the end (the smallest over the classifiers): the configured
     /// batch, or less when the GPU ran out of memory and it was halved ([`Error::DeviceMemory`]).
     pub batch: usize,
@@ -318,6 +321,7 @@ impl PseudoLabeler {
         let mut cams = Vec::with_capacity(self.classifiers.len());
         let mut slice_probabilities = Vec::with_capacity(self.classifiers.len());
         let mut cam_device = "cpu";
+        let mut crf_device = "cpu";
         let mut batch = usize::MAX;
         for c in &self.classifiers {
             let (probs, maps, used) = self.run_classifier(c, volume, &mut timings, &mut ticker, &mut cam_device)?;
@@ -334,14 +338,14 @@ impl PseudoLabeler {
         timings.fusion_s = t.elapsed().as_secs_f64();
         if let Some(params) = &self.options.crf {
             let t = Instant::now();
-            self.refine(volume, &mut mask, params, &mut ticker)?;
+            crf_device = self.refine(volume, &mut mask, params, &mut ticker)?;
             timings.crf_s = t.elapsed().as_secs_f64();
         }
         if let Some(max_hu) = self.options.max_hu {
             bone_cut(volume, &mut mask, max_hu)?;
         }
         timings.total_s = started.elapsed().as_secs_f64();
-        Ok(PseudoLabel { mask, cams, fused, slice_probabilities, positive, cam_device, batch, timings })
+        Ok(PseudoLabel { mask, cams, fused, slice_probabilities, positive, cam_device, crf_device, batch, timings })
     }
 
     /// Runs one classifier over all slices: its bleed probability per slice and its CAM per tap
@@ -476,18 +480,99 @@ impl PseudoLabeler {
             .collect()
     }
 
-    /// Dense CRF over every slice with foreground; empty slices stay empty.
-    fn refine(&self, volume: &Volume, mask: &mut Array3<u8>, params: &CrfParams, ticker: &mut Ticker) -> Result<()> {
-        for z in 0..volume.num_slices() {
-            let mut slice = mask.index_axis_mut(Axis(0), z);
-            if slice.iter().any(|&v| v != 0) {
-                let image = window_u8(volume.slice(z), self.crf_window);
-                let refined = crf::refine(image.view(), slice.view(), params)?;
-                slice.assign(&refined);
-            }
-            ticker.advance(1)?;
+    /// Dense CRF over every slice with foreground; empty slices stay empty. Returns where it
+    /// ran. The slices are independent: their lattices are built on the engine's threads, a round
+    /// at a time so progress (and cancelling) stays per round and memory stays bounded; on the
+    /// CPU a round is `threads` slices, on the GPU (networks on CUDA and the CRF kernels load)
+    /// it is the slice batch, whose mean-field iterations then run in one go on the device. A
+    /// round the GPU has no memory for runs on the CPU.
+    fn refine(
+        &self,
+        volume: &Volume,
+        mask: &mut Array3<u8>,
+        params: &CrfParams,
+        ticker: &mut Ticker,
+    ) -> Result<&'static str> {
+        let (todo, empty): (Vec<usize>, Vec<usize>) =
+            (0..volume.num_slices()).partition(|&z| mask.index_axis(Axis(0), z).iter().any(|&v| v != 0));
+        if !empty.is_empty() {
+            ticker.advance(empty.len())?;
         }
-        Ok(())
+        let gpu = self.crf_on_gpu();
+        let round_size = if gpu { self.options.batch } else { self.engine.threads() };
+        let mut device = if gpu { "cuda" } else { "cpu" };
+        for round in todo.chunks(round_size.max(1)) {
+            let image = |z: usize| window_u8(volume.slice(z), self.crf_window);
+            let mut refined = None;
+            if device == "cuda" {
+                refined = self.refine_on_gpu(round, &image, mask, params)?;
+                if refined.is_none() {
+                    device = "cpu";
+                }
+            }
+            let refined = match refined {
+                Some(slices) => slices,
+                None => self
+                    .engine
+                    .par_map(round, |&z| crf::refine(image(z).view(), mask.index_axis(Axis(0), z), params))
+                    .into_iter()
+                    .collect::<Result<Vec<_>>>()?,
+            };
+            for (&z, slice) in round.iter().zip(refined) {
+                mask.index_axis_mut(Axis(0), z).assign(&slice);
+            }
+            ticker.advance(round.len())?;
+        }
+        Ok(device)
+    }
+
+    /// Whether the CRF's iterations run on the GPU: networks on CUDA and the CRF kernels load.
+    fn crf_on_gpu(&self) -> bool {
+        #[cfg(feature = "gpu")]
+        return self.engine.is_cuda() && crf::cuda::available().is_ok();
+        #[cfg(not(feature = "gpu"))]
+        false
+    }
+
+    /// One round of slices through [`crf::cuda::mean_field`], their lattices built on the
+    /// engine's threads; `None` when the device has no memory for it.
+    #[cfg(feature = "gpu")]
+    fn refine_on_gpu(
+        &self,
+        round: &[usize],
+        image: &(dyn Fn(usize) -> Array2<u8> + Sync),
+        mask: &Array3<u8>,
+        params: &CrfParams,
+    ) -> Result<Option<Vec<Array2<u8>>>> {
+        let kernels = self.engine.par_map(round, |&z| -> Result<[crf::Kernel; 2]> {
+            let image = image(z);
+            crf::check(image.view(), mask.index_axis(Axis(0), z), params)?;
+            Ok(crf::kernels(image.view(), params))
+        });
+        let kernels = kernels.into_iter().collect::<Result<Vec<_>>>()?;
+        let labels: Vec<u8> =
+            round.iter().flat_map(|&z| mask.index_axis(Axis(0), z).iter().copied().collect::<Vec<_>>()).collect();
+        let flat = match crf::cuda::mean_field(&labels, &kernels, params) {
+            Ok(flat) => flat,
+            Err(Error::DeviceMemory(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let (ny, nx) = (mask.dim().1, mask.dim().2);
+        let slices =
+            flat.chunks_exact(ny * nx).map(|s| Array2::from_shape_vec((ny, nx), s.to_vec()).expect("slice size"));
+        Ok(Some(slices.collect()))
+    }
+
+    /// Without the gpu feature there is no GPU CRF.
+    #[cfg(not(feature = "gpu"))]
+    fn refine_on_gpu(
+        &self,
+        _: &[usize],
+        _: &(dyn Fn(usize) -> Array2<u8> + Sync),
+        _: &Array3<u8>,
+        _: &CrfParams,
+    ) -> Result<Option<Vec<Array2<u8>>>> {
+        Ok(None)
     }
 
     /// The dense CRF step of [`PseudoLabeler::label`] alone, with `params`, for a mask fused
@@ -503,9 +588,13 @@ impl PseudoLabeler {
             )));
         }
         let mut ticker = Ticker { done: 0, total: volume.num_slices(), progress: &mut |_| true };
-        self.refine(volume, mask, params, &mut ticker)
+        self.refine(volume, mask, params, &mut ticker).map(drop)
     }
 }
+
+/// The suggested bone cut in HU (`ichseg ship` uses it; the C options default to it when the cut
+/// is turned on): the best of 100, 115 and 150 HU on the phantoms' val split (docs/RESULTS.md).
+pub const DEFAULT_MAX_HU: f32 = 100.0;
 
 /// The bone cut: clears every voxel of `mask` whose CT value in `volume` exceeds `max_hu`.
 /// Blood is 50-90 HU, bone far above the brain window's top (115 HU); without the cut the dense

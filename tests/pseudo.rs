@@ -3,6 +3,7 @@
 //! `ichseg::cam`, error paths and cancellation.
 
 use ichseg::cam;
+use ichseg::crf::CrfParams;
 use ichseg::io::nifti;
 use ichseg::preprocess::{model_input, resize_bilinear, InputSpec};
 use ichseg::pseudo::tap_cam;
@@ -177,6 +178,23 @@ fn threads_do_not_change_the_maps() {
     assert_eq!(one.mask, two.mask);
 }
 
+#[test]
+fn threads_do_not_change_the_crf() {
+    // The CRF slices run in parallel too, in rounds of the pool's size: the same mask as one
+    // thread, and the CRF changed it (the test would pass vacuously otherwise).
+    let volume = ct();
+    let labels = [true; 4];
+    let run = |threads, crf| {
+        let engine = Engine::new(&EngineOptions { threads, ..Default::default() }).unwrap();
+        let options = PseudoOptions { taps: vec![taps(&TINY_TAPS)], crf, batch: 4, ..Default::default() };
+        PseudoLabeler::new(&engine, vec![tiny()], &options).unwrap().label(&volume, Some(&labels)).unwrap().mask
+    };
+    let crf = Some(CrfParams::default());
+    let (one, three) = (run(1, crf.clone()), run(3, crf));
+    assert_eq!(one, three);
+    assert_ne!(one, run(1, None));
+}
+
 /// The pipeline's maps equal `ichseg::cam` applied to the gradient graph's own outputs for the
 /// same preprocessed slice: the plumbing (output order, batch indexing, resizes) is right.
 #[test]
@@ -273,8 +291,13 @@ fn progress_counts_every_step_and_can_cancel() {
             true
         })
         .unwrap();
-    // two classifiers x (3 + 1 slices), then 4 CRF slices
-    assert_eq!(seen, [(3, 12), (4, 12), (7, 12), (8, 12), (9, 12), (10, 12), (11, 12), (12, 12)]);
+    // two classifiers x (3 + 1 slices), then the 4 CRF slices: the empty ones at once, the
+    // others in rounds of the engine's 2 threads
+    assert_eq!(seen[..4], [(3, 12), (4, 12), (7, 12), (8, 12)]);
+    let crf = &seen[4..];
+    assert!((2..=3).contains(&crf.len()), "{seen:?}");
+    assert!(crf.windows(2).all(|w| w[0].0 < w[1].0) && crf.iter().all(|&(_, t)| t == 12), "{seen:?}");
+    assert_eq!(crf.last(), Some(&(12, 12)));
     let mut calls = 0;
     let err = labeler
         .label_with_progress(&volume, None, &mut |_| {

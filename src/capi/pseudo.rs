@@ -75,8 +75,6 @@ pub struct IchsegPseudoOptions {
 /// The struct before `use_max_hu` and `max_hu`: callers compiled against it still work.
 const PSEUDO_OPTIONS_V1: usize = std::mem::offset_of!(IchsegPseudoOptions, use_max_hu);
 const PSEUDO_OPTIONS_V2: usize = std::mem::size_of::<IchsegPseudoOptions>();
-/// The default bone cut (docs/RESULTS.md: the best of 100, 115 and 150 HU on the phantoms' val split).
-const DEFAULT_MAX_HU: f32 = 100.0;
 
 impl Default for IchsegPseudoOptions {
     fn default() -> Self {
@@ -93,7 +91,7 @@ impl Default for IchsegPseudoOptions {
             use_crf: 1,
             batch: 1,
             use_max_hu: 0,
-            max_hu: DEFAULT_MAX_HU,
+            max_hu: crate::pseudo::DEFAULT_MAX_HU,
         }
     }
 }

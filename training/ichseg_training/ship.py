@@ -54,7 +54,7 @@ THRESHOLDS = "0.15,0.2,0.25,0.3,0.35,0.4"  # as `ichseg ablate --threshold` take
 # The bone cut (`--max-hu`, not in the paper): voxels above this CT value leave the final pseudo
 # masks. Without it 88 % of the 800-phantom set's final pseudo-mask voxels were skull, and the weak
 # U-Net learned to mark bone; 100 HU was the best of 100 / 115 / 150 HU on val (docs/RESULTS.md).
-MAX_HU = 100
+MAX_HU = 100  # = ichseg::pseudo::DEFAULT_MAX_HU, the C options' default
 # The paper's Table 4 (BHSD, BCIHM pseudo-mask mIoU), in the order of `ichseg ablate`'s rows for
 # two classifiers (METHOD.md section 7).
 PAPER_TABLE4 = ((52.5, 50.1), (53.1, 50.3), (59.1, 58.3), (60.7, 60.3), (61.8, 61.9), (62.6, 63.7),

@@ -76,7 +76,7 @@ pub struct PseudoLabelArgs {
     aggregate: Aggregate,
     /// Bone cut (not in the paper): drop from the final mask every voxel above this CT value;
     /// blood is 50-90 HU, and without it the CRF spreads the maps' skull-edge ring over the
-    /// bone (docs/RESULTS.md) [default: off].
+    /// bone (docs/RESULTS.md; 100 HU suggested) [default: off].
     #[arg(long, value_name = "HU")]
     max_hu: Option<f32>,
     #[command(flatten)]
@@ -195,7 +195,7 @@ fn json_report(
                    "aggregate": format!("{:?}", o.aggregate), "scf": o.scf.map(|s| [s.c as f64, s.w as f64]),
                    "crf": o.crf.is_some(), "max_hu": o.max_hu},
         "device": e.device_name(), "device_note": e.device_note(), "threads": e.threads(),
-        "cam_device": r.cam_device, "batch": r.batch,
+        "cam_device": r.cam_device, "crf_device": r.crf_device, "batch": r.batch,
         "positive_slices": r.positive.iter().enumerate().filter(|(_, &p)| p).map(|(z, _)| z).collect::<Vec<_>>(),
         "slice_probabilities": r.slice_probabilities,
         "mask_voxels": voxels, "mask_ml": voxels as f64 * voxel_ml,
@@ -245,8 +245,8 @@ fn print_summary(input: &Path, labeler: &PseudoLabeler, r: &PseudoLabel, labelle
     println!("mask      {voxels} voxels, {:.2} mL", voxels as f64 * voxel_ml);
     let t = &r.timings;
     println!(
-        "time      load {load_s:.2} s, preprocess {:.2} s, inference {:.2} s, CAM ({}) {:.2} s, fusion {:.2} s, CRF {:.2} s, total {:.2} s",
-        t.preprocess_s, t.inference_s, r.cam_device, t.cam_s, t.fusion_s, t.crf_s, t.total_s
+        "time      load {load_s:.2} s, preprocess {:.2} s, inference {:.2} s, CAM ({}) {:.2} s, fusion {:.2} s, CRF ({}) {:.2} s, total {:.2} s",
+        t.preprocess_s, t.inference_s, r.cam_device, t.cam_s, t.fusion_s, r.crf_device, t.crf_s, t.total_s
     );
 }
 

@@ -29,7 +29,13 @@
 //! the `1 / (1 + 2^-d)` slicing constant. Lattice keys are 32-bit, so unlike pydensecrf (16-bit)
 //! very large images cannot overflow them.
 
+#[cfg(feature = "gpu")]
+pub(crate) mod cuda;
+mod device;
+mod lattice;
+
 use crate::error::{Error, Result};
+use lattice::{Lattice, Scratch};
 use ndarray::{Array2, ArrayView2};
 
 /// Parameters of [`refine`]. Defaults are AffinityNet's post-processing settings (METHOD.md
@@ -103,49 +109,20 @@ const LABELS: usize = 2;
 /// Errors if the shapes differ or are empty, a label is neither 0 nor 1, or a parameter is out
 /// of range (see [`CrfParams::validate`]).
 pub fn refine(image: ArrayView2<u8>, labels: ArrayView2<u8>, params: &CrfParams) -> Result<Array2<u8>> {
-    params.validate()?;
-    if image.dim() != labels.dim() {
-        return Err(Error::arg(format!(
-            "crf: image is {:?} but labels are {:?}; they must have the same [rows, cols]",
-            image.dim(),
-            labels.dim()
-        )));
-    }
-    let (rows, cols) = image.dim();
-    if rows == 0 || cols == 0 {
-        return Err(Error::arg(format!("crf: empty image {rows}x{cols}")));
-    }
-    if let Some(bad) = labels.iter().find(|&&l| l > 1) {
-        return Err(Error::arg(format!("crf: labels must be 0 or 1, found {bad}")));
-    }
+    check(image, labels, params)?;
     if params.iterations == 0 {
         return Ok(labels.to_owned());
     }
+    let (rows, cols) = image.dim();
     let n = rows * cols;
-
-    // Unary energies, computed in f64 and stored in f32 as numpy does.
-    let conf = params.label_confidence as f64;
-    let p_energy = (-conf.ln()) as f32;
-    let n_energy = (-((1.0 - conf) / (LABELS as f64 - 1.0)).ln()) as f32;
+    let (p_energy, n_energy) = unary_energies(params);
     let mut neg_unary = vec![0f32; n * LABELS];
     for (i, &l) in labels.iter().enumerate() {
         for k in 0..LABELS {
             neg_unary[i * LABELS + k] = -(if k == l as usize { p_energy } else { n_energy });
         }
     }
-
-    // Features in pydensecrf's order: x (column) then y (row), pixel index row * cols + col.
-    let gs = params.gaussian_sxy;
-    let mut gauss = Vec::with_capacity(n * 2);
-    let (bs, br) = (params.bilateral_sxy, params.bilateral_srgb);
-    let mut bilat = Vec::with_capacity(n * 5);
-    for ((r, c), &v) in image.indexed_iter() {
-        gauss.extend_from_slice(&[c as f32 / gs, r as f32 / gs]);
-        let g = v as f32 / br;
-        bilat.extend_from_slice(&[c as f32 / bs, r as f32 / bs, g, g, g]);
-    }
-    let kernels = [Kernel::new(&gauss, 2, params.gaussian_compat), Kernel::new(&bilat, 5, params.bilateral_compat)];
-    drop((gauss, bilat));
+    let kernels = kernels(image, params);
 
     let mut q = vec![0f32; n * LABELS];
     softmax_into(&mut q, &neg_unary);
@@ -168,6 +145,49 @@ pub fn refine(image: ArrayView2<u8>, labels: ArrayView2<u8>, params: &CrfParams)
     Ok(Array2::from_shape_vec((rows, cols), out).expect("shape matches pixel count"))
 }
 
+/// The checks of [`refine`]: parameters in range, same non-empty shapes, labels 0 or 1.
+pub(crate) fn check(image: ArrayView2<u8>, labels: ArrayView2<u8>, params: &CrfParams) -> Result<()> {
+    params.validate()?;
+    if image.dim() != labels.dim() {
+        return Err(Error::arg(format!(
+            "crf: image is {:?} but labels are {:?}; they must have the same [rows, cols]",
+            image.dim(),
+            labels.dim()
+        )));
+    }
+    let (rows, cols) = image.dim();
+    if rows == 0 || cols == 0 {
+        return Err(Error::arg(format!("crf: empty image {rows}x{cols}")));
+    }
+    if let Some(bad) = labels.iter().find(|&&l| l > 1) {
+        return Err(Error::arg(format!("crf: labels must be 0 or 1, found {bad}")));
+    }
+    Ok(())
+}
+
+/// The unary energies of the given label and of the other one, computed in f64 and stored in
+/// f32 as numpy does.
+pub(crate) fn unary_energies(params: &CrfParams) -> (f32, f32) {
+    let conf = params.label_confidence as f64;
+    ((-conf.ln()) as f32, (-((1.0 - conf) / (LABELS as f64 - 1.0)).ln()) as f32)
+}
+
+/// The smoothness and appearance kernels of one slice, in that order (pydensecrf's).
+pub(crate) fn kernels(image: ArrayView2<u8>, params: &CrfParams) -> [Kernel; 2] {
+    // Features in pydensecrf's order: x (column) then y (row), pixel index row * cols + col.
+    let n = image.len();
+    let gs = params.gaussian_sxy;
+    let mut gauss = Vec::with_capacity(n * 2);
+    let (bs, br) = (params.bilateral_sxy, params.bilateral_srgb);
+    let mut bilat = Vec::with_capacity(n * 5);
+    for ((r, c), &v) in image.indexed_iter() {
+        gauss.extend_from_slice(&[c as f32 / gs, r as f32 / gs]);
+        let g = v as f32 / br;
+        bilat.extend_from_slice(&[c as f32 / bs, r as f32 / bs, g, g, g]);
+    }
+    [Kernel::new(&gauss, 2, params.gaussian_compat), Kernel::new(&bilat, 5, params.bilateral_compat)]
+}
+
 /// Per-pixel softmax over the labels (`expAndNormalize` in pydensecrf).
 fn softmax_into(out: &mut [f32], logits: &[f32]) {
     for (o, x) in out.chunks_exact_mut(LABELS).zip(logits.chunks_exact(LABELS)) {
@@ -184,11 +204,11 @@ fn softmax_into(out: &mut [f32], logits: &[f32]) {
 }
 
 /// One Gaussian kernel with symmetric normalisation and a Potts weight.
-struct Kernel {
-    lattice: Lattice,
+pub(crate) struct Kernel {
+    pub(crate) lattice: Lattice,
     /// `1 / sqrt(L(1))` per pixel.
-    norm: Vec<f32>,
-    weight: f32,
+    pub(crate) norm: Vec<f32>,
+    pub(crate) weight: f32,
 }
 
 impl Kernel {
@@ -218,267 +238,6 @@ impl Kernel {
             }
         }
         scratch.input = scaled;
-    }
-}
-
-/// Reusable buffers for [`Lattice::compute`].
-#[derive(Default)]
-struct Scratch {
-    input: Vec<f32>,
-    values: Vec<f32>,
-    new_values: Vec<f32>,
-}
-
-/// Permutohedral lattice over `n` points in `d` dimensions. Vertex indices are shifted by one:
-/// index 0 is a dummy, always-zero vertex standing for "no neighbour".
-struct Lattice {
-    d: usize,
-    n: usize,
-    /// Number of lattice vertices (excluding the dummy).
-    m: usize,
-    /// Per point, the `d + 1` enclosing simplex vertices (1-based).
-    offset: Vec<u32>,
-    /// Per point, the barycentric weights of those vertices.
-    barycentric: Vec<f32>,
-    /// Per axis `j` and vertex `i` (0-based), the two neighbours along that axis (1-based, 0 =
-    /// none), at `(j * m + i) * 2`.
-    neighbors: Vec<u32>,
-}
-
-impl Lattice {
-    fn new(features: &[f32], d: usize) -> Lattice {
-        debug_assert!(d >= 1 && features.len().is_multiple_of(d));
-        let n = features.len() / d;
-        let d1 = d + 1;
-        let mut table = HashTable::new(d, n);
-        let mut offset = vec![0u32; n * d1];
-        let mut bary_out = vec![0f32; n * d1];
-
-        // Canonical simplex.
-        let mut canonical = vec![0i32; d1 * d1];
-        for i in 0..=d {
-            for j in 0..=d - i {
-                canonical[i * d1 + j] = i as i32;
-            }
-            for j in d - i + 1..=d {
-                canonical[i * d1 + j] = i as i32 - d1 as i32;
-            }
-        }
-        // Diagonal of E (Adams et al. 2010 p. 5), scaled to the filter's standard deviation.
-        let inv_std_dev = ((2.0f64 / 3.0).sqrt() * d1 as f64) as f32;
-        let scale: Vec<f32> =
-            (0..d).map(|i| (1.0 / (((i + 2) * (i + 1)) as f64).sqrt() * inv_std_dev as f64) as f32).collect();
-        let inv_d1 = 1.0f32 / d1 as f32;
-        let d1f = d1 as f32;
-
-        let mut elevated = vec![0f32; d1];
-        let mut rem0 = vec![0f32; d1];
-        let mut rank = vec![0f32; d1];
-        let mut bary = vec![0f32; d + 2];
-        let mut key = vec![0i32; d];
-        for (k, f) in features.chunks_exact(d).enumerate() {
-            // Elevate the feature onto the hyperplane.
-            let mut sm = 0f32;
-            for j in (1..=d).rev() {
-                let cf = f[j - 1] * scale[j - 1];
-                elevated[j] = sm - j as f32 * cf;
-                sm += cf;
-            }
-            elevated[0] = sm;
-            // Closest remainder-0 point, rounding half to even as the SSE code does.
-            let mut sum = 0f32;
-            for i in 0..=d {
-                let v = (inv_d1 * elevated[i]).round_ties_even();
-                rem0[i] = v * d1f;
-                sum += v;
-            }
-            // Rank of each coordinate's differential.
-            rank.iter_mut().for_each(|r| *r = 0.0);
-            for i in 0..d {
-                let di = elevated[i] - rem0[i];
-                for j in i + 1..=d {
-                    let dj = elevated[j] - rem0[j];
-                    let c = if di < dj { 1.0 } else { 0.0 };
-                    rank[i] += c;
-                    rank[j] += 1.0 - c;
-                }
-            }
-            // Bring the point back onto the plane if the rounding moved it off.
-            for i in 0..=d {
-                rank[i] += sum;
-                let add = if rank[i] < 0.0 { d1f } else { 0.0 };
-                let sub = if rank[i] >= d1f { d1f } else { 0.0 };
-                rank[i] += add - sub;
-                rem0[i] += add - sub;
-            }
-            // Barycentric coordinates (p. 10).
-            bary.iter_mut().for_each(|b| *b = 0.0);
-            for i in 0..=d {
-                let v = (elevated[i] - rem0[i]) * inv_d1;
-                let p = d - rank[i] as usize;
-                bary[p] += v;
-                bary[p + 1] -= v;
-            }
-            bary[0] += 1.0 + bary[d + 1];
-            // Vertices of the enclosing simplex.
-            for remainder in 0..=d {
-                for i in 0..d {
-                    key[i] = rem0[i] as i32 + canonical[remainder * d1 + rank[i] as usize];
-                }
-                offset[k * d1 + remainder] = table.find_or_insert(&key) + 1;
-                bary_out[k * d1 + remainder] = bary[remainder];
-            }
-        }
-
-        // Neighbours of every vertex along each lattice axis.
-        let m = table.len();
-        let mut neighbors = vec![0u32; d1 * m * 2];
-        let mut n1 = vec![0i32; d];
-        let mut n2 = vec![0i32; d];
-        for j in 0..=d {
-            for i in 0..m {
-                let key = table.key(i);
-                for k in 0..d {
-                    n1[k] = key[k] - 1;
-                    n2[k] = key[k] + 1;
-                }
-                if j < d {
-                    n1[j] = key[j] + d as i32;
-                    n2[j] = key[j] - d as i32;
-                }
-                let at = (j * m + i) * 2;
-                neighbors[at] = table.find(&n1).map_or(0, |v| v + 1);
-                neighbors[at + 1] = table.find(&n2).map_or(0, |v| v + 1);
-            }
-        }
-        Lattice { d, n, m, offset, barycentric: bary_out, neighbors }
-    }
-
-    /// Splat `input` (`vs` values per point), blur along every lattice axis, slice into `out`.
-    fn compute(&self, input: &[f32], vs: usize, out: &mut [f32], scratch: &mut Scratch) {
-        let (d1, m) = (self.d + 1, self.m);
-        debug_assert_eq!(input.len(), self.n * vs);
-        debug_assert_eq!(out.len(), self.n * vs);
-        let values = &mut scratch.values;
-        let new_values = &mut scratch.new_values;
-        values.clear();
-        values.resize((m + 1) * vs, 0.0);
-        new_values.clear();
-        new_values.resize((m + 1) * vs, 0.0);
-
-        // Splat.
-        for (i, val) in input.chunks_exact(vs).enumerate() {
-            for j in 0..d1 {
-                let o = self.offset[i * d1 + j] as usize;
-                let w = self.barycentric[i * d1 + j];
-                let dst = &mut values[o * vs..(o + 1) * vs];
-                for (t, &v) in dst.iter_mut().zip(val) {
-                    *t += w * v;
-                }
-            }
-        }
-        // Blur with [1/2, 1, 1/2] along each axis in turn.
-        for j in 0..d1 {
-            for i in 0..m {
-                let at = (j * m + i) * 2;
-                let n1 = self.neighbors[at] as usize;
-                let n2 = self.neighbors[at + 1] as usize;
-                let o = (i + 1) * vs;
-                for k in 0..vs {
-                    new_values[o + k] = values[o + k] + 0.5 * (values[n1 * vs + k] + values[n2 * vs + k]);
-                }
-            }
-            std::mem::swap(values, new_values);
-        }
-        // Slice.
-        let alpha = 1.0f32 / (1.0 + 2f32.powi(-(self.d as i32)));
-        for (i, dst) in out.chunks_exact_mut(vs).enumerate() {
-            dst.iter_mut().for_each(|t| *t = 0.0);
-            for j in 0..d1 {
-                let o = self.offset[i * d1 + j] as usize;
-                let w = self.barycentric[i * d1 + j] * alpha;
-                for (t, &v) in dst.iter_mut().zip(&values[o * vs..(o + 1) * vs]) {
-                    *t += w * v;
-                }
-            }
-        }
-    }
-}
-
-/// Open-addressing hash table from lattice keys (`d` integers) to dense vertex indices.
-struct HashTable {
-    d: usize,
-    keys: Vec<i32>,
-    /// Slot -> vertex index, `u32::MAX` when empty; length a power of two.
-    slots: Vec<u32>,
-}
-
-impl HashTable {
-    fn new(d: usize, points: usize) -> HashTable {
-        let cap = (points.max(8) * 2).next_power_of_two();
-        HashTable { d, keys: Vec::with_capacity(points * d), slots: vec![u32::MAX; cap] }
-    }
-
-    fn len(&self) -> usize {
-        self.keys.len() / self.d
-    }
-
-    fn key(&self, i: usize) -> &[i32] {
-        &self.keys[i * self.d..(i + 1) * self.d]
-    }
-
-    fn hash(key: &[i32]) -> usize {
-        let mut h = 0u64;
-        for &k in key {
-            h = h.wrapping_add(k as u32 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-        (h ^ (h >> 29)) as usize
-    }
-
-    fn slot_of(&self, key: &[i32]) -> (usize, Option<u32>) {
-        let mask = self.slots.len() - 1;
-        let mut s = Self::hash(key) & mask;
-        loop {
-            let v = self.slots[s];
-            if v == u32::MAX {
-                return (s, None);
-            }
-            if self.key(v as usize) == key {
-                return (s, Some(v));
-            }
-            s = (s + 1) & mask;
-        }
-    }
-
-    fn find(&self, key: &[i32]) -> Option<u32> {
-        self.slot_of(key).1
-    }
-
-    fn find_or_insert(&mut self, key: &[i32]) -> u32 {
-        let (s, found) = self.slot_of(key);
-        if let Some(v) = found {
-            return v;
-        }
-        let v = self.len() as u32;
-        self.keys.extend_from_slice(key);
-        self.slots[s] = v;
-        if self.len() * 2 > self.slots.len() {
-            self.grow();
-        }
-        v
-    }
-
-    fn grow(&mut self) {
-        let cap = self.slots.len() * 2;
-        self.slots = vec![u32::MAX; cap];
-        let mask = cap - 1;
-        for v in 0..self.len() {
-            let mut s = Self::hash(self.key(v)) & mask;
-            while self.slots[s] != u32::MAX {
-                s = (s + 1) & mask;
-            }
-            self.slots[s] = v as u32;
-        }
     }
 }
 
@@ -575,17 +334,5 @@ mod tests {
             assert!(refine(image.view(), labels.view(), &q).is_err(), "{q:?}");
         }
         assert!(refine(image.view(), labels.view(), &p).is_ok());
-    }
-
-    #[test]
-    fn lattice_normaliser_is_smooth_and_positive() {
-        // L(1) of a regular grid should be roughly constant away from the borders.
-        let feats: Vec<f32> = (0..30 * 30).flat_map(|i| [(i % 30) as f32 / 3.0, (i / 30) as f32 / 3.0]).collect();
-        let lat = Lattice::new(&feats, 2);
-        let mut out = vec![0f32; 900];
-        lat.compute(&vec![1.0; 900], 1, &mut out, &mut Scratch::default());
-        assert!(out.iter().all(|&v| v > 0.0));
-        let centre = out[15 * 30 + 15];
-        assert!((out[14 * 30 + 16] / centre - 1.0).abs() < 0.2);
     }
 }
