@@ -71,25 +71,36 @@ if [[ $parts == *pseudo* ]]; then
     "$bin" inspect --device cuda "${m%.onnx}.cam.onnx" 2>&1 | sed -n '/^cuda/,$p;/error/p' | tee -a "$out/placement.txt"
   done
 fi
-if [[ $parts == *crf* ]]; then
-  for dev in cpu cuda; do
-    NVIDIA_TF32_OVERRIDE=0 "$bin" pseudo-label --classifier models/classifier_slim34.onnx \
-      --classifier models/classifier_slim50.onnx models/samples/sample.nii.gz --use-predictions \
-      --device "$dev" --batch 8 -o "$out/crf_$dev.nii.gz" --report "$out/crf_$dev.json" --quiet 2>&1 | tail -3
+# crf CASE VOLUME ARGS...: pseudo-label VOLUME on the CPU and on CUDA, both in strict FP32, and
+# compare the masks (>= 99.9 % of voxels) and where and how fast the CRF ran.
+crf_case() {
+  local case=$1 volume=$2 gpu=cuda
+  shift 2
+  [[ ${#dry[@]} -gt 0 ]] && gpu=auto  # a dry run may have no GPU: auto falls back to the CPU
+  for dev in cpu "$gpu"; do
+    NVIDIA_TF32_OVERRIDE=0 "$bin" pseudo-label "$@" "$volume" --device "$dev" --batch 8 \
+      -o "$out/crf_${case}_$dev.nii.gz" --report "$out/crf_${case}_$dev.json" --quiet 2>&1 | tail -3
   done
-  "$py" - "$out" "${#dry[@]}" <<'PY' 2>&1 | tee "$out/crf.txt"
+  "$py" - "$out/crf_${case}" cpu "$gpu" "${#dry[@]}" <<'PY' 2>&1 | tee -a "$out/crf.txt"
 import json, sys, nibabel as nib, numpy as np
-out = sys.argv[1]
-r = {d: json.load(open(f"{out}/crf_{d}.json")) for d in ("cpu", "cuda")}
-m = {d: np.asarray(nib.load(f"{out}/crf_{d}.nii.gz").dataobj) for d in ("cpu", "cuda")}
-agree = float((m["cpu"] == m["cuda"]).mean()) * 100
-print(f"crf: masks agree on {agree:.4f} % of voxels ({int(m['cpu'].sum())} vs {int(m['cuda'].sum())} mask voxels); "
-      f"crf_device {r['cuda']['crf_device']}; CRF s cpu {r['cpu']['timings']['crf_s']:.3f}, cuda {r['cuda']['timings']['crf_s']:.3f}; "
-      f"total s cpu {r['cpu']['timings']['total_s']:.3f}, cuda {r['cuda']['timings']['total_s']:.3f}")
-dry = sys.argv[2] != "0"  # a dry run on a machine without a GPU: the CPU twice
-sys.exit(0 if agree >= 99.9 and (dry or r["cuda"]["crf_device"] == "cuda") else 1)
+base, cpu, gpu, dry = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] != "0"
+r = {d: json.load(open(f"{base}_{d}.json")) for d in (cpu, gpu)}
+m = {d: np.asarray(nib.load(f"{base}_{d}.nii.gz").dataobj) for d in (cpu, gpu)}
+agree = float((m[cpu] == m[gpu]).mean()) * 100
+t = {d: r[d]["timings"] for d in (cpu, gpu)}
+print(f"crf {base.rsplit('_', 1)[-1]}: masks agree on {agree:.4f} % of voxels ({int(m[cpu].sum())} vs {int(m[gpu].sum())} "
+      f"mask voxels); crf_device {r[gpu]['crf_device']}; CRF s cpu {t[cpu]['crf_s']:.3f}, gpu {t[gpu]['crf_s']:.3f}; "
+      f"total s cpu {t[cpu]['total_s']:.3f}, gpu {t[gpu]['total_s']:.3f}; threads {r[cpu]['threads']}")
+sys.exit(0 if agree >= 99.9 and (dry or r[gpu]["crf_device"] == "cuda") else 1)
 PY
   [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+}
+if [[ $parts == *crf* ]]; then
+  crf_case sample models/samples/sample.nii.gz --use-predictions \
+    --classifier models/classifier_slim34.onnx --classifier models/classifier_slim50.onnx
+  w=/tmp/ichseg-pseudo-work  # the pseudo part's 512x512x32 volume and ResNets, when it ran
+  [[ -f $w/resnet50_1.onnx && -f $w/labels.csv ]] && crf_case bench "$w/ct.nii.gz" --labels "$w/labels.csv" \
+    --classifier "$w/resnet34_0.onnx" --classifier "$w/resnet50_1.onnx"
 fi
 # memory: a slice batch far beyond the card (256 slices of ResNet34 + ResNet50 gradient graphs at
 # 384x384) must not crash: the batch is halved until it fits, and the report says which batch ran.

@@ -82,6 +82,11 @@ impl std::str::FromStr for CamMethod {
     }
 }
 
+/// The most slices the GPU CRF takes in one round: a 512x512 slice's lattices and their flat
+/// copies take about 60 MB of host memory, and the flat copies with the message buffers about
+/// 50 MB of device memory, whatever the network batch.
+const CRF_GPU_ROUND_MAX: usize = 16;
+
 /// Caller choices for pseudo-labelling. `None` and empty fields fall back to each classifier's
 /// metadata (METHOD.md section 8), then to the defaults listed.
 #[derive(Debug, Clone)]
@@ -115,7 +120,7 @@ pub struct PseudoOptions {
     /// Bone cut, not in METHOD.md: drop from the final mask every voxel above this CT value
     /// (HU), see [`bone_cut`]. Default `None` (the paper's pipeline).
     pub max_hu: Option<f32>,
-    /// Slices per network run (default 1).
+    /// Slices per network run (default 1), and per round of the dense CRF on the GPU (at most 16).
     pub batch: usize,
 }
 
@@ -484,7 +489,8 @@ impl PseudoLabeler {
     /// ran. The slices are independent: their lattices are built on the engine's threads, a round
     /// at a time so progress (and cancelling) stays per round and memory stays bounded; on the
     /// CPU a round is `threads` slices, on the GPU (networks on CUDA and the CRF kernels load)
-    /// it is the slice batch, whose mean-field iterations then run in one go on the device. A
+    /// it is the slice batch (at most [`CRF_GPU_ROUND_MAX`]), whose mean-field iterations then
+    /// run in one go on the device. A
     /// round the GPU has no memory for runs on the CPU.
     fn refine(
         &self,
@@ -499,7 +505,7 @@ impl PseudoLabeler {
             ticker.advance(empty.len())?;
         }
         let gpu = self.crf_on_gpu();
-        let round_size = if gpu { self.options.batch } else { self.engine.threads() };
+        let round_size = if gpu { self.options.batch.min(CRF_GPU_ROUND_MAX) } else { self.engine.threads() };
         let mut device = if gpu { "cuda" } else { "cpu" };
         for round in todo.chunks(round_size.max(1)) {
             let image = |z: usize| window_u8(volume.slice(z), self.crf_window);

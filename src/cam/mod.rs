@@ -38,6 +38,7 @@ pub(crate) mod cuda;
 mod pca;
 
 pub use pca::pc1;
+#[cfg(feature = "gpu")]
 pub(crate) use pca::top_eigenvector;
 
 use crate::preprocess::resize_bilinear;

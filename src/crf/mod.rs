@@ -31,6 +31,7 @@
 
 #[cfg(feature = "gpu")]
 pub(crate) mod cuda;
+#[cfg(any(feature = "gpu", test))]
 mod device;
 mod lattice;
 
