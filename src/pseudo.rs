@@ -485,13 +485,12 @@ impl PseudoLabeler {
             .collect()
     }
 
-    /// Dense CRF over every slice with foreground; empty slices stay empty. Returns where it
-    /// ran. The slices are independent: their lattices are built on the engine's threads, a round
-    /// at a time so progress (and cancelling) stays per round and memory stays bounded; on the
-    /// CPU a round is `threads` slices, on the GPU (networks on CUDA and the CRF kernels load)
-    /// it is the slice batch (at most [`CRF_GPU_ROUND_MAX`]), whose mean-field iterations then
-    /// run in one go on the device. A
-    /// round the GPU has no memory for runs on the CPU.
+    /// Dense CRF over every slice with foreground ([`refine_in_rounds`]); returns where it ran.
+    /// The slices are independent and go a round at a time, so progress (and cancelling) stays
+    /// per round and memory stays bounded: on the CPU a round is `threads` slices, refined in
+    /// parallel; on the GPU (networks on CUDA and the CRF kernels load) it is the slice batch, at
+    /// most [`CRF_GPU_ROUND_MAX`], whose lattices are built on the engine's threads and whose
+    /// mean-field iterations then run in one go on the device.
     fn refine(
         &self,
         volume: &Volume,
@@ -499,37 +498,15 @@ impl PseudoLabeler {
         params: &CrfParams,
         ticker: &mut Ticker,
     ) -> Result<&'static str> {
-        let (todo, empty): (Vec<usize>, Vec<usize>) =
-            (0..volume.num_slices()).partition(|&z| mask.index_axis(Axis(0), z).iter().any(|&v| v != 0));
-        if !empty.is_empty() {
-            ticker.advance(empty.len())?;
+        let image = |z: usize| window_u8(volume.slice(z), self.crf_window);
+        let cpu = |z: usize, mask: &Array3<u8>| crf::refine(image(z).view(), mask.index_axis(Axis(0), z), params);
+        let gpu = |round: &[usize], mask: &Array3<u8>| self.refine_on_gpu(round, &image, mask, params);
+        if self.crf_on_gpu() {
+            let round = self.options.batch.min(CRF_GPU_ROUND_MAX);
+            refine_in_rounds(&self.engine, mask, round, Some(&gpu), &cpu, ticker)
+        } else {
+            refine_in_rounds(&self.engine, mask, self.engine.threads(), None, &cpu, ticker)
         }
-        let gpu = self.crf_on_gpu();
-        let round_size = if gpu { self.options.batch.min(CRF_GPU_ROUND_MAX) } else { self.engine.threads() };
-        let mut device = if gpu { "cuda" } else { "cpu" };
-        for round in todo.chunks(round_size.max(1)) {
-            let image = |z: usize| window_u8(volume.slice(z), self.crf_window);
-            let mut refined = None;
-            if device == "cuda" {
-                refined = self.refine_on_gpu(round, &image, mask, params)?;
-                if refined.is_none() {
-                    device = "cpu";
-                }
-            }
-            let refined = match refined {
-                Some(slices) => slices,
-                None => self
-                    .engine
-                    .par_map(round, |&z| crf::refine(image(z).view(), mask.index_axis(Axis(0), z), params))
-                    .into_iter()
-                    .collect::<Result<Vec<_>>>()?,
-            };
-            for (&z, slice) in round.iter().zip(refined) {
-                mask.index_axis_mut(Axis(0), z).assign(&slice);
-            }
-            ticker.advance(round.len())?;
-        }
-        Ok(device)
     }
 
     /// Whether the CRF's iterations run on the GPU: networks on CUDA and the CRF kernels load.
@@ -642,6 +619,49 @@ pub fn tap_cam(
         CamMethod::Layer => Ok(resize_bilinear(cam::normalize_max(cam::layercam(a, g)?.view()).view(), rows, cols)),
         CamMethod::Grad => Ok(resize_bilinear(cam::gradcam(a, g)?.view(), rows, cols)),
     }
+}
+
+/// The GPU CRF of a round of slices ([`PseudoLabeler::refine_on_gpu`]); `None` when the device
+/// has no memory for it.
+type GpuRound<'a> = dyn Fn(&[usize], &Array3<u8>) -> Result<Option<Vec<Array2<u8>>>> + 'a;
+/// The CPU CRF of one slice.
+type CpuSlice<'a> = dyn Fn(usize, &Array3<u8>) -> Result<Array2<u8>> + Sync + 'a;
+
+/// The CRF over every slice of `mask` with foreground, `round` slices at a time: on the GPU
+/// while `gpu` is given and has memory, then on the CPU (a round's slices on the engine's
+/// threads). Empty slices are skipped; progress is reported per round. Returns where the last
+/// round ran.
+fn refine_in_rounds(
+    engine: &Engine,
+    mask: &mut Array3<u8>,
+    round: usize,
+    mut gpu: Option<&GpuRound>,
+    cpu: &CpuSlice,
+    ticker: &mut Ticker,
+) -> Result<&'static str> {
+    let (todo, empty): (Vec<usize>, Vec<usize>) =
+        (0..mask.dim().0).partition(|&z| mask.index_axis(Axis(0), z).iter().any(|&v| v != 0));
+    if !empty.is_empty() {
+        ticker.advance(empty.len())?;
+    }
+    for slices in todo.chunks(round.max(1)) {
+        let mut refined = None;
+        if let Some(on_gpu) = gpu {
+            refined = on_gpu(slices, mask)?;
+            if refined.is_none() {
+                gpu = None;
+            }
+        }
+        let refined = match refined {
+            Some(r) => r,
+            None => engine.par_map(slices, |&z| cpu(z, mask)).into_iter().collect::<Result<Vec<_>>>()?,
+        };
+        for (&z, slice) in slices.iter().zip(refined) {
+            mask.index_axis_mut(Axis(0), z).assign(&slice);
+        }
+        ticker.advance(slices.len())?;
+    }
+    Ok(if gpu.is_some() { "cuda" } else { "cpu" })
 }
 
 /// Counts finished steps and asks the caller's callback whether to go on.
@@ -871,4 +891,81 @@ fn slice_view<'a>(batch: &ArrayViewD<'a, f32>, b: usize, model: &str, tap: &str)
             batch.shape()
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EngineOptions;
+    use std::cell::Cell;
+
+    /// A 5-slice mask whose slices 1 and 3 are empty, and a "CRF" that adds 1 to every voxel.
+    fn case() -> (Engine, Array3<u8>, impl Fn(usize, &Array3<u8>) -> Result<Array2<u8>> + Sync) {
+        let engine = Engine::new(&EngineOptions { threads: 2, ..Default::default() }).unwrap();
+        let mask = Array3::from_shape_fn((5, 3, 4), |(z, y, x)| u8::from(z % 2 == 0 && x == y));
+        let plus_one = |z: usize, m: &Array3<u8>| Ok(m.index_axis(Axis(0), z).mapv(|v| v + 1));
+        (engine, mask, plus_one)
+    }
+
+    fn run(
+        engine: &Engine,
+        mask: &mut Array3<u8>,
+        round: usize,
+        gpu: Option<&GpuRound>,
+        cpu: &CpuSlice,
+    ) -> (Result<&'static str>, Vec<usize>) {
+        let mut seen = vec![];
+        let mut progress = |p: Progress| {
+            seen.push(p.done);
+            true
+        };
+        let mut ticker = Ticker { done: 0, total: 5, progress: &mut progress };
+        let device = refine_in_rounds(engine, mask, round, gpu, cpu, &mut ticker);
+        (device, seen)
+    }
+
+    #[test]
+    fn crf_rounds_skip_empty_slices_and_refine_each_other_slice_once() {
+        let (engine, mut mask, cpu) = case();
+        let before = mask.clone();
+        let (device, seen) = run(&engine, &mut mask, 2, None, &cpu);
+        assert_eq!(device.unwrap(), "cpu");
+        for z in 0..5 {
+            let want = if z % 2 == 0 { before.index_axis(Axis(0), z).mapv(|v| v + 1) } else { Array2::zeros((3, 4)) };
+            assert_eq!(mask.index_axis(Axis(0), z), want, "slice {z}");
+        }
+        // the two empty slices at once, then rounds of 2 and 1 of the three others
+        assert_eq!(seen, [2, 4, 5]);
+    }
+
+    #[test]
+    fn a_gpu_out_of_memory_moves_the_rest_to_the_cpu() {
+        let (engine, mut mask, cpu) = case();
+        let want = {
+            let mut m = mask.clone();
+            run(&engine, &mut m, 1, None, &cpu).0.unwrap();
+            m
+        };
+        // The GPU takes the first round, then has no memory: the other rounds run on the CPU.
+        let calls = Cell::new(0);
+        let gpu = |slices: &[usize], m: &Array3<u8>| {
+            calls.set(calls.get() + 1);
+            Ok((calls.get() == 1).then(|| slices.iter().map(|&z| m.index_axis(Axis(0), z).mapv(|v| v + 1)).collect()))
+        };
+        let (device, _) = run(&engine, &mut mask, 1, Some(&gpu), &cpu);
+        assert_eq!((device.unwrap(), calls.get()), ("cpu", 2));
+        assert_eq!(mask, want);
+        // A GPU that has memory keeps every round; any other GPU error ends the call.
+        let (_, mut mask, _) = case();
+        let all = |slices: &[usize], m: &Array3<u8>| {
+            Ok(Some(slices.iter().map(|&z| m.index_axis(Axis(0), z).mapv(|v| v + 1)).collect()))
+        };
+        assert_eq!(run(&engine, &mut mask, 2, Some(&all), &cpu).0.unwrap(), "cuda");
+        assert_eq!(mask, want);
+        let failing = |_: &[usize], _: &Array3<u8>| -> Result<Option<Vec<Array2<u8>>>> {
+            Err(Error::Inference("GPU CRF: launch failed".into()))
+        };
+        let err = run(&engine, &mut mask, 2, Some(&failing), &cpu).0.unwrap_err();
+        assert!(err.to_string().contains("launch failed"), "{err}");
+    }
 }

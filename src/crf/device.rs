@@ -410,14 +410,23 @@ extern "C" void emu_thread(long long g) { blockDim.x = 256; blockIdx.x = (unsign
         (image, labels)
     }
 
-    #[test]
-    fn emulated_kernels_match_the_cpu_crf() {
+    type Batch = (tempfile::TempDir, Emulated, CrfParams, Vec<(Array2<u8>, Array2<u8>)>, Vec<[Kernel; 2]>);
+
+    /// The emulated device (its library in a temporary directory) and slices of these shapes
+    /// and seeds with their kernels at the default parameters.
+    fn batch(shapes: [(usize, usize, u64); 2]) -> Batch {
         let dir = tempfile::tempdir().unwrap();
         let dev = Emulated::build(dir.path());
         let params = CrfParams::default();
+        let slices: Vec<_> = shapes.iter().map(|&(rows, cols, seed)| slice(rows, cols, seed)).collect();
+        let kernels = slices.iter().map(|(i, _)| super::super::kernels(i.view(), &params)).collect();
+        (dir, dev, params, slices, kernels)
+    }
+
+    #[test]
+    fn emulated_kernels_match_the_cpu_crf() {
         // Two slices of different sizes in one batch: the flat offsets must keep them apart.
-        let slices = [slice(40, 48, 3), slice(36, 30, 9)];
-        let kernels: Vec<[Kernel; 2]> = slices.iter().map(|(i, _)| super::super::kernels(i.view(), &params)).collect();
+        let (_dir, dev, params, slices, kernels) = batch([(40, 48, 3), (36, 30, 9)]);
         let labels: Vec<u8> = slices.iter().flat_map(|(_, l)| l.iter().copied()).collect();
         let got = mean_field(&dev, &labels, &kernels, &params).unwrap();
         let want: Vec<u8> = slices
@@ -435,11 +444,7 @@ extern "C" void emu_thread(long long g) { blockDim.x = 256; blockIdx.x = (unsign
     fn emulated_filter_is_the_cpu_filter_bit_for_bit() {
         // One message pass of each kernel over a batch of two slices, against `Kernel::filter`
         // per slice: the same sums in the same order give the same floats.
-        let dir = tempfile::tempdir().unwrap();
-        let dev = Emulated::build(dir.path());
-        let params = CrfParams::default();
-        let slices = [slice(24, 20, 4), slice(18, 26, 8)];
-        let kernels: Vec<[Kernel; 2]> = slices.iter().map(|(i, _)| super::super::kernels(i.view(), &params)).collect();
+        let (_dir, dev, _, slices, kernels) = batch([(24, 20, 4), (18, 26, 8)]);
         let n: usize = slices.iter().map(|(i, _)| i.len()).sum();
         let q: Vec<f32> = (0..n * LABELS).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
         for which in 0..2 {
