@@ -302,7 +302,9 @@ impl PseudoLabeler {
     }
 
     /// [`PseudoLabeler::label`], reporting progress after each batch of slices per classifier
-    /// and each CRF slice (`total` = slices x classifiers, plus slices when the CRF is on); the
+    /// and each round of CRF slices (`total` = slices x classifiers, plus slices when the CRF is
+    /// on; the CRF's empty slices count at once, then a round per `threads` slices, or per slice
+    /// batch on the GPU); the
     /// callback returns `false` to cancel, which ends the call with [`Error::Cancelled`].
     pub fn label_with_progress(
         &self,
