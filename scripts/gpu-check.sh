@@ -8,8 +8,10 @@
 #
 # It finds the CUDA libraries (PyTorch's pip packages nvidia/*/lib, /usr/local/cuda,
 # /usr/local/nvidia) and sets LD_LIBRARY_PATH itself, prints `ichseg doctor`, lists the operators
-# each model leaves on the CPU (`ichseg inspect --device cuda`), then runs scripts/bench_gpu.py:
-# CPU-vs-GPU parity (fails the script when off) and the timing against PyTorch CUDA eager.
+# each model leaves on the CPU (`ichseg inspect --device cuda`), then runs scripts/bench_gpu.py
+# and scripts/bench_pseudo.py: CPU-vs-GPU parity (fails the script when off) and the timing
+# against PyTorch CUDA eager; then the GPU CRF's parity and time, an oversized pseudo-labelling
+# batch and a U-Net batch that must be halved (GPU_CHECK_PARTS below).
 # A missing nibabel is installed from wheels in .whl/ when present (no network there).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -53,8 +55,9 @@ done
 # (pseudo-labelling parity and speed, ResNet34 + ResNet50, against PyTorch CUDA without the CRF,
 # which has no GPU peer there) and their placements, crf (the shipped classifiers on the sample
 # volume with the CRF, CPU against CUDA in strict FP32: masks and CRF time), memory (an
-# oversized batch; after pseudo).
-parts=${GPU_CHECK_PARTS:-segment pseudo crf memory}
+# oversized batch; after pseudo), oom (a U-Net batch that cannot fit: the batch must be halved
+# until it does; after segment).
+parts=${GPU_CHECK_PARTS:-segment pseudo crf memory oom}
 status=0
 if [[ $parts == *segment* ]]; then
   "$py" scripts/bench_gpu.py --ichseg "$bin" --out-dir "$out" "${dry[@]}" 2>&1 | tee "$out/bench_gpu.log"
@@ -112,6 +115,17 @@ if [[ $parts == *memory* && -f /tmp/ichseg-pseudo-work/resnet50_1.onnx ]]; then
     --quiet 2>&1 | tail -3
   rc=${PIPESTATUS[0]}
   echo "== memory: exit $rc; $("$py" -c "import json; r = json.load(open('$out/memory.json')); print('batch asked 256, ran', r['batch'], '| timings', r['timings'])" 2>&1)"
+  [[ $rc -eq 0 ]] || status=1
+fi
+# oom: the benchmark U-Net (base 64) at 512x512 on 256 slices in one batch needs far more than
+# a card's memory; segmentation must halve the batch until it fits and say so in the report.
+if [[ $parts == *oom* && ${#dry[@]} -eq 0 && -f /tmp/ichseg-gpu-work/unet64.onnx ]]; then
+  big=/tmp/ichseg-gpu-work/oom.nii.gz
+  "$py" -c "import sys; sys.path.insert(0, 'scripts'); import bench_segment as bs; import pathlib; bs.write_nifti(pathlib.Path('$big'), bs.make_volume(256, 256))"
+  "$bin" segment /tmp/ichseg-gpu-work/unet64.onnx "$big" -o "$out/oom_mask.nii.gz" --device cuda --batch 256 \
+    --input-size 512x512 --report "$out/oom.json" --quiet 2>&1 | tail -3
+  rc=${PIPESTATUS[0]}
+  echo "== oom: exit $rc; $("$py" -c "import json; r = json.load(open('$out/oom.json')); b = r['batch']; print('batch asked 256, ran', b, '(halving provoked)' if b < 256 else '(it fit: not provoked)', '| timings', r['timings'])" 2>&1)"
   [[ $rc -eq 0 ]] || status=1
 fi
 exit $status

@@ -28,6 +28,10 @@
 //! the enclosing simplex, the `[1/2, 1, 1/2]` blur along each of the `d + 1` lattice axes, and
 //! the `1 / (1 + 2^-d)` slicing constant. Lattice keys are 32-bit, so unlike pydensecrf (16-bit)
 //! very large images cannot overflow them.
+//!
+//! Layout: the lattice in `lattice.rs`; the mean-field iterations of a batch of slices on the GPU
+//! in `kernels.cu`, driven by `device.rs` (the flat layout and the loop, tested on the CPU with
+//! the kernels compiled as C++) and `cuda.rs` (the device); the lattices stay CPU-built.
 
 #[cfg(feature = "gpu")]
 pub(crate) mod cuda;
