@@ -501,8 +501,16 @@ impl PseudoLabeler {
         ticker: &mut Ticker,
     ) -> Result<&'static str> {
         let image = |z: usize| window_u8(volume.slice(z), self.crf_window);
-        let cpu = |z: usize, mask: &Array3<u8>| crf::refine(image(z).view(), mask.index_axis(Axis(0), z), params);
-        let gpu = |round: &[usize], mask: &Array3<u8>| self.refine_on_gpu(round, &image, mask, params);
+        // The smoothness kernel depends only on the slice grid: built once, when first needed.
+        let smoothness = std::sync::OnceLock::new();
+        let (ny, nx) = (mask.dim().1, mask.dim().2);
+        let smoothness = || smoothness.get_or_init(|| crf::smoothness_kernel((ny, nx), params));
+        let cpu = |z: usize, mask: &Array3<u8>| {
+            let (image, labels) = (image(z), mask.index_axis(Axis(0), z));
+            crf::check(image.view(), labels, params)?;
+            crf::refine_with(image.view(), labels, params, smoothness())
+        };
+        let gpu = |round: &[usize], mask: &Array3<u8>| self.refine_on_gpu(round, &image, smoothness(), mask, params);
         if self.crf_on_gpu() {
             let round = self.options.batch.min(CRF_GPU_ROUND_MAX);
             refine_in_rounds(&self.engine, mask, round, Some(&gpu), &cpu, ticker)
@@ -526,15 +534,17 @@ impl PseudoLabeler {
         &self,
         round: &[usize],
         image: &(dyn Fn(usize) -> Array2<u8> + Sync),
+        smoothness: &crf::Kernel,
         mask: &Array3<u8>,
         params: &CrfParams,
     ) -> Result<Option<Vec<Array2<u8>>>> {
-        let kernels = self.engine.par_map(round, |&z| -> Result<[crf::Kernel; 2]> {
+        let appearance = self.engine.par_map(round, |&z| -> Result<crf::Kernel> {
             let image = image(z);
             crf::check(image.view(), mask.index_axis(Axis(0), z), params)?;
-            Ok(crf::kernels(image.view(), params))
+            Ok(crf::appearance_kernel(image.view(), params))
         });
-        let kernels = kernels.into_iter().collect::<Result<Vec<_>>>()?;
+        let appearance = appearance.into_iter().collect::<Result<Vec<_>>>()?;
+        let kernels: Vec<[&crf::Kernel; 2]> = appearance.iter().map(|a| [smoothness, a]).collect();
         let labels: Vec<u8> =
             round.iter().flat_map(|&z| mask.index_axis(Axis(0), z).iter().copied().collect::<Vec<_>>()).collect();
         let flat = match crf::cuda::mean_field(&labels, &kernels, params) {
@@ -554,6 +564,7 @@ impl PseudoLabeler {
         &self,
         _: &[usize],
         _: &(dyn Fn(usize) -> Array2<u8> + Sync),
+        _: &crf::Kernel,
         _: &Array3<u8>,
         _: &CrfParams,
     ) -> Result<Option<Vec<Array2<u8>>>> {

@@ -179,6 +179,28 @@ fn threads_do_not_change_the_maps() {
 }
 
 #[test]
+fn refine_mask_is_the_per_slice_crf_over_the_windowed_slices() {
+    // The labeller builds the smoothness kernel once per volume and refines slices in rounds:
+    // the same masks as `crf::refine` slice by slice, empty slices untouched.
+    let volume = ct();
+    let labeler = one_model(PseudoOptions { crf: None, ..Default::default() });
+    let (nz, ny, nx) = volume.data().dim();
+    let mut mask = Array3::from_shape_fn((nz, ny, nx), |(z, y, x)| {
+        u8::from(z != 1 && (y as f32 - ny as f32 / 2.0).hypot(x as f32 - nx as f32 / 3.0) < 9.0 + z as f32)
+    });
+    let params = CrfParams::default();
+    let mut want = mask.clone();
+    for z in [0, 2, 3] {
+        let image = ichseg::preprocess::window_u8(volume.slice(z), Window::default());
+        let refined = ichseg::crf::refine(image.view(), mask.index_axis(Axis(0), z), &params).unwrap();
+        want.index_axis_mut(Axis(0), z).assign(&refined);
+    }
+    assert_ne!(want, mask, "the CRF changed nothing: a vacuous comparison");
+    labeler.refine_mask(&volume, &mut mask, &params).unwrap();
+    assert_eq!(mask, want);
+}
+
+#[test]
 fn threads_do_not_change_the_crf() {
     // The CRF slices run in parallel too, in rounds of the pool's size: the same mask as one
     // thread, and the CRF changed it (the test would pass vacuously otherwise).

@@ -50,7 +50,7 @@ pub(crate) fn available() -> std::result::Result<(), String> {
 }
 
 /// [`device::mean_field`] on the GPU: the refined labels of a batch of slices.
-pub(crate) fn mean_field(labels: &[u8], slices: &[[Kernel; 2]], params: &CrfParams) -> Result<Vec<u8>> {
+pub(crate) fn mean_field(labels: &[u8], slices: &[[&Kernel; 2]], params: &CrfParams) -> Result<Vec<u8>> {
     let cuda = kernels().map_err(Error::Unsupported)?;
     let run = std::panic::AssertUnwindSafe(|| {
         let out = device::mean_field(cuda, labels, slices, params)?;

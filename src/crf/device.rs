@@ -199,12 +199,12 @@ impl<D: Device> DeviceKernel<D> {
 }
 
 /// The refined labels of a batch of slices: `labels` holds every slice's pixels in slice order
-/// and `kernels[s]` are slice `s`'s kernels from [`super::kernels`] (their pixel counts add up
+/// and `kernels[s]` are slice `s`'s smoothness and appearance kernels (their pixel counts add up
 /// to `labels.len()`). `params.iterations` mean-field steps, as [`super::refine`] does per slice.
 pub(crate) fn mean_field<D: Device>(
     dev: &D,
     labels: &[u8],
-    kernels: &[[Kernel; 2]],
+    kernels: &[[&Kernel; 2]],
     params: &CrfParams,
 ) -> Res<Vec<u8>> {
     let n = labels.len();
@@ -219,7 +219,7 @@ pub(crate) fn mean_field<D: Device>(
     }
     let mut device_kernels = Vec::with_capacity(2);
     for which in 0..2 {
-        let per_slice: Vec<&Kernel> = kernels.iter().map(|k| &k[which]).collect();
+        let per_slice: Vec<&Kernel> = kernels.iter().map(|k| k[which]).collect();
         device_kernels.push(DeviceKernel::upload(dev, flatten(&per_slice)?)?);
     }
     let (p_energy, n_energy) = unary_energies(params);
@@ -412,6 +412,15 @@ extern "C" void emu_thread(long long g) { blockDim.x = 256; blockIdx.x = (unsign
 
     type Batch = (tempfile::TempDir, Emulated, CrfParams, Vec<(Array2<u8>, Array2<u8>)>, Vec<[Kernel; 2]>);
 
+    fn refs(kernels: &[[Kernel; 2]]) -> Vec<[&Kernel; 2]> {
+        kernels.iter().map(|[a, b]| [a, b]).collect()
+    }
+
+    /// Both kernels of a slice, each built for it alone.
+    fn kernels(image: &Array2<u8>, params: &CrfParams) -> [Kernel; 2] {
+        [super::super::smoothness_kernel(image.dim(), params), super::super::appearance_kernel(image.view(), params)]
+    }
+
     /// The emulated device (its library in a temporary directory) and slices of these shapes
     /// and seeds with their kernels at the default parameters.
     fn batch(shapes: [(usize, usize, u64); 2]) -> Batch {
@@ -419,7 +428,7 @@ extern "C" void emu_thread(long long g) { blockDim.x = 256; blockIdx.x = (unsign
         let dev = Emulated::build(dir.path());
         let params = CrfParams::default();
         let slices: Vec<_> = shapes.iter().map(|&(rows, cols, seed)| slice(rows, cols, seed)).collect();
-        let kernels = slices.iter().map(|(i, _)| super::super::kernels(i.view(), &params)).collect();
+        let kernels = slices.iter().map(|(i, _)| kernels(i, &params)).collect();
         (dir, dev, params, slices, kernels)
     }
 
@@ -428,16 +437,28 @@ extern "C" void emu_thread(long long g) { blockDim.x = 256; blockIdx.x = (unsign
         // Two slices of different sizes in one batch: the flat offsets must keep them apart.
         let (_dir, dev, params, slices, kernels) = batch([(40, 48, 3), (36, 30, 9)]);
         let labels: Vec<u8> = slices.iter().flat_map(|(_, l)| l.iter().copied()).collect();
-        let got = mean_field(&dev, &labels, &kernels, &params).unwrap();
+        let got = mean_field(&dev, &labels, &refs(&kernels), &params).unwrap();
         let want: Vec<u8> = slices
             .iter()
             .flat_map(|(i, l)| super::super::refine(i.view(), l.view(), &params).unwrap().into_iter())
             .collect();
         assert_eq!(got, want);
         assert_ne!(got, labels, "the CRF changed nothing: a vacuous comparison");
+        // Slices of one grid share one smoothness kernel, as pseudo-labelling does.
+        let same = [slice(40, 48, 5), slice(40, 48, 6)];
+        let shared = super::super::smoothness_kernel((40, 48), &params);
+        let appearance: Vec<Kernel> =
+            same.iter().map(|(i, _)| super::super::appearance_kernel(i.view(), &params)).collect();
+        let pairs: Vec<[&Kernel; 2]> = appearance.iter().map(|a| [&shared, a]).collect();
+        let same_labels: Vec<u8> = same.iter().flat_map(|(_, l)| l.iter().copied()).collect();
+        let want_same: Vec<u8> = same
+            .iter()
+            .flat_map(|(i, l)| super::super::refine(i.view(), l.view(), &params).unwrap().into_iter())
+            .collect();
+        assert_eq!(mean_field(&dev, &same_labels, &pairs, &params).unwrap(), want_same);
         let none = CrfParams { iterations: 0, ..params.clone() };
-        assert_eq!(mean_field(&dev, &labels, &kernels, &none).unwrap(), labels);
-        assert!(mean_field(&dev, &labels[1..], &kernels, &params).is_err());
+        assert_eq!(mean_field(&dev, &labels, &refs(&kernels), &none).unwrap(), labels);
+        assert!(mean_field(&dev, &labels[1..], &refs(&kernels), &params).is_err());
     }
 
     #[test]
@@ -469,7 +490,7 @@ extern "C" void emu_thread(long long g) { blockDim.x = 256; blockIdx.x = (unsign
     fn splat_gather_lists_every_pixel_vertex_pair_in_pixel_order() {
         let (image, _) = slice(12, 10, 5);
         let params = CrfParams::default();
-        let k = super::super::kernels(image.view(), &params);
+        let k = kernels(&image, &params);
         let flat = flatten(&[&k[1], &k[1]]).unwrap();
         let (n, m) = (k[1].lattice.n, k[1].lattice.m);
         assert_eq!((flat.n, flat.m), (2 * n, 2 * m));

@@ -118,8 +118,29 @@ pub fn refine(image: ArrayView2<u8>, labels: ArrayView2<u8>, params: &CrfParams)
     if params.iterations == 0 {
         return Ok(labels.to_owned());
     }
+    refine_with(image, labels, params, &smoothness_kernel(image.dim(), params))
+}
+
+/// [`refine`] with the smoothness kernel of the slice's grid given: it depends only on the
+/// grid, so one serves every slice of a volume ([`smoothness_kernel`]). The caller has run
+/// [`check`].
+pub(crate) fn refine_with(
+    image: ArrayView2<u8>,
+    labels: ArrayView2<u8>,
+    params: &CrfParams,
+    smoothness: &Kernel,
+) -> Result<Array2<u8>> {
+    if params.iterations == 0 {
+        return Ok(labels.to_owned());
+    }
     let (rows, cols) = image.dim();
     let n = rows * cols;
+    if smoothness.lattice.n != n {
+        return Err(Error::arg(format!(
+            "crf: a smoothness kernel of {} pixels for a {rows}x{cols} slice",
+            smoothness.lattice.n
+        )));
+    }
     let (p_energy, n_energy) = unary_energies(params);
     let mut neg_unary = vec![0f32; n * LABELS];
     for (i, &l) in labels.iter().enumerate() {
@@ -127,7 +148,8 @@ pub fn refine(image: ArrayView2<u8>, labels: ArrayView2<u8>, params: &CrfParams)
             neg_unary[i * LABELS + k] = -(if k == l as usize { p_energy } else { n_energy });
         }
     }
-    let kernels = kernels(image, params);
+    let appearance = appearance_kernel(image, params);
+    let kernels = [smoothness, &appearance];
 
     let mut q = vec![0f32; n * LABELS];
     softmax_into(&mut q, &neg_unary);
@@ -136,7 +158,7 @@ pub fn refine(image: ArrayView2<u8>, labels: ArrayView2<u8>, params: &CrfParams)
     let mut scratch = Scratch::default();
     for _ in 0..params.iterations {
         energy.copy_from_slice(&neg_unary);
-        for kernel in &kernels {
+        for kernel in kernels {
             kernel.filter(&q, &mut msg, &mut scratch);
             for (e, m) in energy.iter_mut().zip(&msg) {
                 // pydensecrf: tmp1 -= (-w * K(Q)).
@@ -177,20 +199,28 @@ pub(crate) fn unary_energies(params: &CrfParams) -> (f32, f32) {
     ((-conf.ln()) as f32, (-((1.0 - conf) / (LABELS as f64 - 1.0)).ln()) as f32)
 }
 
-/// The smoothness and appearance kernels of one slice, in that order (pydensecrf's).
-pub(crate) fn kernels(image: ArrayView2<u8>, params: &CrfParams) -> [Kernel; 2] {
-    // Features in pydensecrf's order: x (column) then y (row), pixel index row * cols + col.
-    let n = image.len();
+/// The smoothness kernel of a `[rows, cols]` grid, the same for every slice of that grid.
+/// Features in pydensecrf's order: x (column) then y (row), pixel index row * cols + col.
+pub(crate) fn smoothness_kernel((rows, cols): (usize, usize), params: &CrfParams) -> Kernel {
     let gs = params.gaussian_sxy;
-    let mut gauss = Vec::with_capacity(n * 2);
+    let mut gauss = Vec::with_capacity(rows * cols * 2);
+    for r in 0..rows {
+        for c in 0..cols {
+            gauss.extend_from_slice(&[c as f32 / gs, r as f32 / gs]);
+        }
+    }
+    Kernel::new(&gauss, 2, params.gaussian_compat)
+}
+
+/// The appearance (bilateral) kernel of one slice.
+pub(crate) fn appearance_kernel(image: ArrayView2<u8>, params: &CrfParams) -> Kernel {
     let (bs, br) = (params.bilateral_sxy, params.bilateral_srgb);
-    let mut bilat = Vec::with_capacity(n * 5);
+    let mut bilat = Vec::with_capacity(image.len() * 5);
     for ((r, c), &v) in image.indexed_iter() {
-        gauss.extend_from_slice(&[c as f32 / gs, r as f32 / gs]);
         let g = v as f32 / br;
         bilat.extend_from_slice(&[c as f32 / bs, r as f32 / bs, g, g, g]);
     }
-    [Kernel::new(&gauss, 2, params.gaussian_compat), Kernel::new(&bilat, 5, params.bilateral_compat)]
+    Kernel::new(&bilat, 5, params.bilateral_compat)
 }
 
 /// Per-pixel softmax over the labels (`expAndNormalize` in pydensecrf).
@@ -339,5 +369,9 @@ mod tests {
             assert!(refine(image.view(), labels.view(), &q).is_err(), "{q:?}");
         }
         assert!(refine(image.view(), labels.view(), &p).is_ok());
+        // A smoothness kernel built for another grid.
+        let other = smoothness_kernel((8, 9), &p);
+        let err = refine_with(image.view(), labels.view(), &p, &other).unwrap_err().to_string();
+        assert!(err.contains("smoothness kernel of 72 pixels"), "{err}");
     }
 }
