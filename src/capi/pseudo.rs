@@ -295,7 +295,8 @@ pub unsafe extern "C" fn ichseg_pseudo_labeler_layer_count(
 /// - `mask`: `mask_len` (== voxel count) bytes receiving 1 for pseudo-hemorrhage, else 0;
 /// - `cams`: NULL (then `cams_len` 0), or layer_count * voxel count floats receiving each tap
 ///   layer's fused map in [0, 1] (the map the threshold sees), layer after layer, each x-fastest;
-/// - `progress`: as for ichseg_segment(), over the slices of every classifier.
+/// - `progress`: as for ichseg_segment(), over the slices of every classifier, then (with the
+///   CRF on) the slices the CRF refines, reported a round of slices at a time.
 ///
 /// Checks everything before any work and writes the caller's buffers only on success, as
 /// ichseg_segment() does. Threading: any number of threads may label with one labeler at once.
