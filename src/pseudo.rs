@@ -42,6 +42,7 @@ use crate::batching::for_each_batch;
 use crate::cam;
 use crate::crf::{self, CrfParams};
 use crate::error::{Error, Result};
+use crate::lesions::remove_small_lesions;
 use crate::model::runtime::Engine;
 use crate::model::{GradientGraph, GradientOptions, ModelKind, OnnxModel};
 use crate::preprocess::{model_input, resize_bilinear, window_u8, InputSpec};
@@ -120,6 +121,10 @@ pub struct PseudoOptions {
     /// Bone cut, not in METHOD.md: drop from the final mask every voxel above this CT value
     /// (HU), see [`bone_cut`]. Default `None` (the paper's pipeline).
     pub max_hu: Option<f32>,
+    /// Small-lesion filter, not in METHOD.md: lesions (3D components) smaller than this many
+    /// millilitres leave the final mask, after the bone cut
+    /// ([`crate::lesions::remove_small_lesions`]). Default 0: every lesion is kept.
+    pub min_lesion_ml: f64,
     /// Slices per network run (default 1), and per round of the dense CRF on the GPU (at most 16).
     pub batch: usize,
 }
@@ -140,6 +145,7 @@ impl Default for PseudoOptions {
             aggregate: Aggregate::Or,
             crf: Some(CrfParams::default()),
             max_hu: None,
+            min_lesion_ml: 0.0,
             batch: 1,
         }
     }
@@ -351,6 +357,7 @@ impl PseudoLabeler {
         if let Some(max_hu) = self.options.max_hu {
             bone_cut(volume, &mut mask, max_hu)?;
         }
+        remove_small_lesions(&mut mask, volume.spacing(), self.options.min_lesion_ml)?;
         timings.total_s = started.elapsed().as_secs_f64();
         Ok(PseudoLabel { mask, cams, fused, slice_probabilities, positive, cam_device, crf_device, batch, timings })
     }
@@ -710,6 +717,9 @@ fn check_options(options: &PseudoOptions, classifiers: usize) -> Result<()> {
     }
     if let Some(h) = options.max_hu.filter(|h| !h.is_finite()) {
         return Err(Error::arg(format!("max_hu must be a finite HU value, got {h}")));
+    }
+    if !(options.min_lesion_ml.is_finite() && options.min_lesion_ml >= 0.0) {
+        return Err(Error::arg(format!("min_lesion_ml must be finite and >= 0, got {}", options.min_lesion_ml)));
     }
     if !(options.lambda.is_finite() && options.lambda >= 0.0) {
         return Err(Error::arg(format!("lambda must be finite and >= 0, got {}", options.lambda)));

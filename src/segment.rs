@@ -1,10 +1,10 @@
 //! Job 2 of METHOD.md: a CT volume and a U-Net in, hemorrhage mask, probabilities and lesions out.
 
+use crate::batching::for_each_batch;
 use crate::error::{Error, Result};
-use crate::lesions::{find_lesions, total_volume_ml, Lesion};
+use crate::lesions::{find_lesions, remove_small_lesions, total_volume_ml, Lesion};
 use crate::model::runtime::Engine;
 use crate::model::{ModelKind, OnnxModel};
-use crate::batching::for_each_batch;
 use crate::preprocess::{model_input, resize_bilinear_into, InputSpec};
 use crate::volume::{Volume, Window};
 use ndarray::{Array3, Axis};
@@ -37,6 +37,10 @@ pub struct SegmenterOptions {
     pub normalize: Option<(f32, f32)>,
     /// Logit index of the bleed class for softmax outputs; default: metadata, else 1.
     pub bleed_index: Option<usize>,
+    /// Lesions (3D components) smaller than this many millilitres leave the mask before the
+    /// lesion list is made ([`crate::lesions::remove_small_lesions`]; not in METHOD.md). Default
+    /// 0: every lesion is kept.
+    pub min_lesion_ml: f64,
 }
 
 impl Default for SegmenterOptions {
@@ -49,6 +53,7 @@ impl Default for SegmenterOptions {
             channels: None,
             normalize: None,
             bleed_index: None,
+            min_lesion_ml: 0.0,
         }
     }
 }
@@ -75,6 +80,7 @@ pub struct SegmenterConfig {
     pub channels: usize,
     pub normalize: Option<(f32, f32)>,
     pub activation: OutputActivation,
+    pub min_lesion_ml: f64,
 }
 
 /// Wall-clock seconds spent in each stage of one [`Segmenter::segment`] call.
@@ -191,6 +197,9 @@ impl Segmenter {
         if options.batch == 0 || options.batch > MAX_BATCH {
             return Err(Error::arg(format!("batch must be 1..={MAX_BATCH}, got {}", options.batch)));
         }
+        if !(options.min_lesion_ml.is_finite() && options.min_lesion_ml >= 0.0) {
+            return Err(Error::arg(format!("min_lesion_ml must be finite and >= 0, got {}", options.min_lesion_ml)));
+        }
         let window = options.window.or(meta.window).unwrap_or_default();
         if !(window.width > 0.0 && window.width.is_finite() && window.level.is_finite()) {
             return Err(Error::arg(format!("window width must be positive, got {}", window.width)));
@@ -214,6 +223,7 @@ impl Segmenter {
                 channels,
                 normalize,
                 activation: OutputActivation::Sigmoid, // settled below from the plan's output shape
+                min_lesion_ml: options.min_lesion_ml,
             },
             fixed_batch,
             plans: Mutex::new(HashMap::new()),
@@ -273,7 +283,8 @@ impl Segmenter {
         })?;
         let t3 = Instant::now();
         let threshold = self.config.threshold;
-        let mask = probability.mapv(|p| u8::from(p >= threshold));
+        let mut mask = probability.mapv(|p| u8::from(p >= threshold));
+        remove_small_lesions(&mut mask, volume.spacing(), self.config.min_lesion_ml)?;
         let lesions = find_lesions(mask.view(), volume.spacing(), &volume.affine());
         let total_volume_ml = total_volume_ml(&lesions);
         timings.postprocess_s += t3.elapsed().as_secs_f64();

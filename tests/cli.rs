@@ -108,6 +108,24 @@ fn bad_models_and_options_fail_cleanly() {
     segment_fails(&unet("unet_badrank.onnx"), &ct, &[], "rank 4");
     segment_fails(&unet("unet_transpose.onnx"), &ct, &["--device", "cuda"], "CUDA device 0 requested, but");
     segment_fails(&unet("unet_transpose.onnx"), &ct, &["--threshold", "2"], "threshold");
+    segment_fails(&unet("unet_transpose.onnx"), &ct, &["--min-lesion-ml=-1"], "min_lesion_ml must be finite");
+}
+
+#[test]
+fn min_lesion_ml_keeps_only_the_large_lesions() {
+    // The fixture's mask has 3 lesions, the largest of 408 voxels of 0.45 x 0.45 x 5 mm.
+    let dir = tempfile::tempdir().unwrap();
+    let (mask, report) = (dir.path().join("m.nii.gz"), dir.path().join("r.json"));
+    let largest_ml = (408.0 * 0.45f32 as f64 * 0.45f32 as f64 * 5.0 / 1000.0 * (1.0 - 1e-9)).to_string();
+    let model = unet("unet_transpose.onnx");
+    let ct = unet("ct_small.nii.gz");
+    let args = ["segment", "--model", p(&model), p(&ct), "-o", p(&mask), "--report", p(&report), "-q"];
+    let out = ichseg(&[&args[..], &["--min-lesion-ml", &largest_ml]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!((r["lesion_count"].as_u64(), r["lesions"][0]["voxels"].as_u64()), (Some(1), Some(408)));
+    let (_, m) = ichseg::io::nifti::read_mask(&mask).unwrap();
+    assert_eq!(m.iter().filter(|&&v| v == 1).count(), 408, "the small lesions left the mask too");
 }
 
 #[test]

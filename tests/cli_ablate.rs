@@ -208,3 +208,27 @@ fn max_hu_adds_the_bone_cut_row_of_pseudo_label() {
         assert!(!o.status.success() && stderr(&o).contains("--max-hu must be a finite HU value"), "{}", stderr(&o));
     }
 }
+
+#[test]
+fn min_lesion_ml_adds_the_small_lesion_row_of_pseudo_label() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ds, split) = dataset(dir.path());
+    let both = [(TINY, TINY_TAPS), (RESNET, RESNET_TAPS)];
+    let flags = ["--max-hu", "40", "--min-lesion-ml", "0.05"];
+    let report = json(&ablate(&ds, &split, &flags));
+    let rows = report["runs"][0]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 10, "the filter comes after the bone cut row");
+    assert_eq!(rows[9]["row"], "+ small-lesion filter (< 0.05 mL)");
+    assert_eq!(rows[9]["scores"], pseudo_scores(dir.path(), &ds, &both, &flags));
+    // Without the bone cut the filter follows the dCRF row; a filter larger than any lesion
+    // empties the masks.
+    let report = json(&ablate(&ds, &split, &["--min-lesion-ml", "1e6"]));
+    let rows = report["runs"][0]["rows"].as_array().unwrap();
+    assert_eq!((rows.len(), rows[8]["row"].as_str()), (9, Some("+ small-lesion filter (< 1000000 mL)")));
+    assert_eq!(rows[8]["scores"], pseudo_scores(dir.path(), &ds, &both, &["--min-lesion-ml", "1e6"]));
+    assert_ne!(rows[8]["scores"], rows[7]["scores"]);
+    for bad in ["--min-lesion-ml=nan", "--min-lesion-ml=-1"] {
+        let o = ablate(&ds, &split, &[bad]);
+        assert!(!o.status.success() && stderr(&o).contains("--min-lesion-ml must be finite and >= 0"), "{}", stderr(&o));
+    }
+}

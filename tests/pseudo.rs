@@ -372,6 +372,8 @@ fn bad_inputs_are_clear_errors() {
         PseudoOptions { input_size: Some((32, 32)), ..opts.clone() },
         PseudoOptions { max_hu: Some(f32::NAN), ..opts.clone() },
         PseudoOptions { max_hu: Some(f32::INFINITY), ..opts.clone() },
+        PseudoOptions { min_lesion_ml: f64::NAN, ..opts.clone() },
+        PseudoOptions { min_lesion_ml: -0.5, ..opts.clone() },
     ] {
         assert!(PseudoLabeler::new(&e, vec![tiny()], &bad).is_err(), "{bad:?}");
     }
@@ -410,4 +412,21 @@ fn bone_cut_drops_the_voxels_above_max_hu_from_the_final_mask() {
     let mut wrong = Array3::<u8>::zeros((1, 2, 3));
     let err = ichseg::pseudo::bone_cut(&volume, &mut wrong, 100.0).unwrap_err().to_string();
     assert!(err.contains("[1, 2, 3]"), "{err}");
+}
+
+#[test]
+fn min_lesion_ml_drops_small_lesions_from_the_final_mask_after_the_bone_cut() {
+    let volume = ct();
+    let labels = [true; 4];
+    let base = PseudoOptions { max_hu: Some(60.0), ..Default::default() };
+    let full = two_models(base.clone()).label(&volume, Some(&labels)).unwrap();
+    let lesions = ichseg::lesions::find_lesions(full.mask.view(), volume.spacing(), &volume.affine());
+    assert!(lesions.len() >= 2, "the fixture's mask needs lesions of several sizes: {}", lesions.len());
+    let cut = lesions[0].volume_ml; // keeps only the largest lesion(s)
+    let filtered = two_models(PseudoOptions { min_lesion_ml: cut, ..base }).label(&volume, Some(&labels)).unwrap();
+    let mut want = full.mask.clone();
+    let removed = ichseg::lesions::remove_small_lesions(&mut want, volume.spacing(), cut).unwrap();
+    assert!(removed > 0);
+    assert_eq!(filtered.mask, want);
+    assert_eq!(filtered.fused, full.fused, "the filter only touches the mask");
 }

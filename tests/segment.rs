@@ -138,6 +138,31 @@ fn threshold_option_changes_the_mask() {
     assert!(got < 610);
 }
 
+#[test]
+fn min_lesion_ml_drops_the_small_lesions_before_the_lesion_list() {
+    let ct = nifti::read(&fixture("ct_small.nii.gz")).unwrap();
+    let run = |min_lesion_ml| {
+        let options = SegmenterOptions { threshold: 0.3, min_lesion_ml, ..Default::default() };
+        segmenter("unet_transpose.onnx", &options).unwrap().segment(&ct.volume).unwrap()
+    };
+    let all = run(0.0);
+    assert!(all.lesions.len() >= 2, "the fixture needs lesions of several sizes: {}", all.lesions.len());
+    // Keep the lesions at least as large as the second largest one.
+    let cut = all.lesions[1].volume_ml;
+    let kept = run(cut);
+    let expected: Vec<_> = all.lesions.iter().filter(|l| l.volume_ml >= cut).map(|l| l.voxels).collect();
+    assert!(expected.len() < all.lesions.len(), "some lesion must be smaller than the cut");
+    assert_eq!(kept.lesions.iter().map(|l| l.voxels).collect::<Vec<_>>(), expected);
+    let mut mask = all.mask.clone();
+    ichseg::lesions::remove_small_lesions(&mut mask, ct.volume.spacing(), cut).unwrap();
+    assert_eq!(kept.mask, mask);
+    assert_eq!(kept.probability, all.probability, "the probabilities stay as the network made them");
+    for bad in [f64::NAN, -1.0] {
+        let e = load_error("unet_transpose.onnx", &SegmenterOptions { min_lesion_ml: bad, ..Default::default() });
+        assert!(e.contains("min_lesion_ml must be finite and >= 0"), "{e}");
+    }
+}
+
 fn load_error(name: &str, options: &SegmenterOptions) -> String {
     segmenter(name, options).unwrap_err().to_string()
 }

@@ -13,7 +13,9 @@
 //! 5. + SCF;
 //! 6. + BLA: every tap, aggregated (OR by default);
 //! 7. + dCRF;
-//! 8. with `--max-hu`: + the bone cut of `ichseg pseudo-label --max-hu` (not in the paper).
+//! 8. with `--max-hu`: + the bone cut of `ichseg pseudo-label --max-hu` (not in the paper);
+//! 9. with `--min-lesion-ml`: + the small-lesion filter of `ichseg pseudo-label --min-lesion-ml`
+//!    (not in the paper).
 //!
 //! "Before BLA" (rows 3-5) is a single tap layer; which one is our choice (the paper does not
 //! say): `--single-tap`, default the deepest of the taps (layer2), the less noisy one.
@@ -102,6 +104,11 @@ pub struct AblateArgs {
     /// cut of `ichseg pseudo-label --max-hu`, not in the paper).
     #[arg(long, value_name = "HU")]
     max_hu: Option<f32>,
+    /// Add a last row: the final masks (after the bone cut, when given) without their lesions
+    /// smaller than ML millilitres (the small-lesion filter of `ichseg pseudo-label
+    /// --min-lesion-ml`, not in the paper).
+    #[arg(long, value_name = "ML")]
+    min_lesion_ml: Option<f64>,
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
@@ -143,6 +150,9 @@ impl AblateArgs {
     fn settings(&self) -> Result<Vec<Setting>> {
         if let Some(h) = self.max_hu.filter(|h| !h.is_finite()) {
             return Err(Error::arg(format!("--max-hu must be a finite HU value, got {h}")));
+        }
+        if let Some(ml) = self.min_lesion_ml.filter(|ml| !(ml.is_finite() && *ml >= 0.0)) {
+            return Err(Error::arg(format!("--min-lesion-ml must be finite and >= 0, got {ml}")));
         }
         let mut out = Vec::new();
         for &threshold in &self.threshold {
@@ -252,7 +262,13 @@ fn cases(a: &AblateArgs) -> Result<Vec<Case>> {
 }
 
 /// The row names, in table order.
-fn row_names(models: &[String], tap: &str, aggregate: Aggregate, max_hu: Option<f32>) -> Vec<String> {
+fn row_names(
+    models: &[String],
+    tap: &str,
+    aggregate: Aggregate,
+    max_hu: Option<f32>,
+    min_lesion_ml: Option<f64>,
+) -> Vec<String> {
     let mut rows = vec!["Grad-CAM deep tap, ensemble".to_string(), "  + SCF".to_string()];
     rows.extend(models.iter().map(|m| format!("SF-CAM {tap}, {m} alone")));
     rows.push(format!("SF-CAM {tap}, ensemble (BME)"));
@@ -261,6 +277,9 @@ fn row_names(models: &[String], tap: &str, aggregate: Aggregate, max_hu: Option<
     rows.push("  + dCRF".to_string());
     if let Some(h) = max_hu {
         rows.push(format!("  + bone cut (> {h} HU)"));
+    }
+    if let Some(ml) = min_lesion_ml {
+        rows.push(format!("  + small-lesion filter (< {ml} mL)"));
     }
     rows
 }
@@ -304,13 +323,16 @@ fn masks(
     let mut bla = sca::bla(&views, s.threshold, a.aggregate)?;
     out.push(bla.clone());
     crf.0.refine_mask(crf.1, &mut bla, &s.crf)?;
+    out.push(bla);
     if let Some(h) = a.max_hu {
-        let mut cut = bla.clone();
+        let mut cut = out.last().expect("rows").clone();
         ichseg::pseudo::bone_cut(crf.1, &mut cut, h)?;
-        out.push(bla);
         out.push(cut);
-    } else {
-        out.push(bla);
+    }
+    if let Some(ml) = a.min_lesion_ml {
+        let mut filtered = out.last().expect("rows").clone();
+        ichseg::lesions::remove_small_lesions(&mut filtered, crf.1.spacing(), ml)?;
+        out.push(filtered);
     }
     Ok(out)
 }
@@ -350,7 +372,7 @@ pub fn run(a: &AblateArgs) -> Result<()> {
     }
     let configs = sf.configs();
     let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
-    let rows = row_names(&names, &configs[0].layers[tap], a.aggregate, a.max_hu);
+    let rows = row_names(&names, &configs[0].layers[tap], a.aggregate, a.max_hu, a.min_lesion_ml);
     let mut pools = vec![vec![Pool::default(); rows.len()]; settings.len()];
     let (mut slices, mut positives) = (0, 0);
     for (k, case) in cases.iter().enumerate() {

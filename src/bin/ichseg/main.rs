@@ -91,6 +91,10 @@ struct ModelArgs {
     /// Bleed probability at or above which a voxel is hemorrhage.
     #[arg(long, default_value_t = 0.5)]
     threshold: f32,
+    /// Drop lesions (3D connected components) smaller than ML millilitres from the mask before
+    /// the lesion list; not in the paper. 0 keeps every lesion.
+    #[arg(long, value_name = "ML", default_value_t = 0.0)]
+    min_lesion_ml: f64,
     #[command(flatten)]
     input: InputArgs,
 }
@@ -106,6 +110,7 @@ impl ModelArgs {
             channels: i.channels,
             normalize: i.normalize,
             bleed_index: i.bleed_index,
+            min_lesion_ml: self.min_lesion_ml,
         }
     }
 }
