@@ -75,8 +75,10 @@ def find_ichseg(explicit=None) -> str:
     raise SystemExit("ichseg binary not found: pass --ichseg PATH (cargo build --release)")
 
 
-def eval_unet(model, data, split, pred_dir, subset="test", layout="bcihm", ichseg=None, threads=0) -> dict:
-    """Segments each volume of ``subset`` with the Rust CLI and scores it with ``ichseg eval``."""
+def eval_unet(model, data, split, pred_dir, subset="test", layout="bcihm", ichseg=None, threads=0,
+              min_lesion_ml=0.0) -> dict:
+    """Segments each volume of ``subset`` with the Rust CLI and scores it with ``ichseg eval``;
+    ``min_lesion_ml`` > 0 drops smaller lesions first (``ichseg segment --min-lesion-ml``)."""
     exe = find_ichseg(ichseg)
     ds = D.open_dataset(layout, data)
     patients = C.read_patients(split, ds, subset)
@@ -92,12 +94,14 @@ def eval_unet(model, data, split, pred_dir, subset="test", layout="bcihm", ichse
             gt = D._find(ds.root / "masks", p)
         pred = pred_dir / f"{stem}.nii.gz"
         t0 = time.time()
+        extra = ["--min-lesion-ml", str(min_lesion_ml)] if min_lesion_ml > 0 else []
         subprocess.run([exe, "segment", "--model", str(model), str(ct), "-o", str(pred), "--quiet",
-                        "--threads", str(threads)], check=True)
+                        "--threads", str(threads), *extra], check=True)
         seg_seconds[stem] = time.time() - t0
         pairs.append((pred, gt))
     scores = score_pairs(exe, pairs)
-    scores.update(subset=subset, patients=patients, model=str(model), segment_seconds=seg_seconds)
+    scores.update(subset=subset, patients=patients, model=str(model), segment_seconds=seg_seconds,
+                  min_lesion_ml=min_lesion_ml)
     return scores
 
 
@@ -141,6 +145,8 @@ def main(argv=None):
             sp.add_argument("--pred-dir", required=True, help="where the predicted masks go")
             sp.add_argument("--ichseg", default=None, help="the ichseg binary (default: PATH, /work/bin)")
             sp.add_argument("--threads", type=int, default=0)
+            sp.add_argument("--min-lesion-ml", type=float, default=0.0,
+                            help="drop lesions smaller than this (mL) before scoring (ichseg segment --min-lesion-ml)")
     a = ap.parse_args(argv)
     if a.cmd == "classifier":
         sc = eval_classifier(a.model, a.data, a.split, a.subset, a.layout)
@@ -148,7 +154,8 @@ def main(argv=None):
               f"accuracy {sc['accuracy']:.4f}  AUC {sc['auc']:.4f}  sensitivity {sc['sensitivity']:.4f}  "
               f"specificity {sc['specificity']:.4f}")
     else:
-        sc = eval_unet(a.model, a.data, a.split, a.pred_dir, a.subset, a.layout, a.ichseg, a.threads)
+        sc = eval_unet(a.model, a.data, a.split, a.pred_dir, a.subset, a.layout, a.ichseg, a.threads,
+                       a.min_lesion_ml)
         print(sc["table"], end="")
     if a.json:
         C.write_json(a.json, sc)
