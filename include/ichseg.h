@@ -1,5 +1,5 @@
 /*
- * libichseg C ABI, version 1 (ICHSEG_ABI_VERSION).
+ * libichseg C ABI, version 2 (ICHSEG_ABI_VERSION).
  *
  * Intracerebral-hemorrhage segmentation of CT volumes with ONNX U-Nets.
  *
@@ -14,9 +14,12 @@
  *   the call fails. Strings returned by the library belong to it: never free them.
  * - Nullability: pointer arguments must not be NULL unless their documentation says so;
  *   a NULL one gives ICHSEG_STATUS_NULL_POINTER, naming the argument.
- * - Versioned structs: IchsegEngineOptions, IchsegSegmentOptions and IchsegVolumeDesc begin
- *   with struct_size. Initialise them with their ichseg_*_init() function, which sets it, so
- *   that later library versions can add fields and still read structs from older callers.
+ * - Versioned structs: IchsegEngineOptions, IchsegSegmentOptions, IchsegPseudoOptions and
+ *   IchsegVolumeDesc begin with struct_size. Initialise them with their ichseg_*_init() macro
+ *   (end of this header), which passes the struct's size in this header to the library: it
+ *   writes exactly that many bytes and sets struct_size, and later reads no field beyond
+ *   struct_size. Programs built against an older header thus keep working with a newer
+ *   library, and fields added later read as their defaults.
  * - Buffers: caller buffers are only read or written during the call that receives them, and
  *   outputs are written only when the call succeeds.
  * - Threading: engines and models may be used from any number of threads at once (concurrent
@@ -36,9 +39,11 @@
 
 /**
  * Version of the C ABI described by this header. `ichseg_abi_version()` returns the
- * version of the library actually loaded; compare the two at start-up.
+ * version of the library actually loaded; compare the two at start-up. Version 2: init
+ * functions take the caller's struct size (the ichseg_*_init() macros pass it); the options
+ * structs gained min_lesion_ml (and IchsegPseudoOptions the bone cut).
  */
-#define ICHSEG_ABI_VERSION 1
+#define ICHSEG_ABI_VERSION 2
 
 /**
  * The compute device an engine should use.
@@ -280,6 +285,11 @@ typedef struct IchsegSegmentOptions {
      * Input channels, 1 or 3 (the slice repeated); 0 (the default) = from the model.
      */
     uint32_t channels;
+    /**
+     * (v2) Lesions (3D components) smaller than this many millilitres leave the mask before
+     * the lesion list; finite and >= 0, default 0 (every lesion kept). Not in the paper.
+     */
+    double min_lesion_ml;
 } IchsegSegmentOptions;
 
 /**
@@ -331,6 +341,12 @@ typedef struct IchsegPseudoOptions {
      * (v2) The bone cut's CT value in HU, finite; default 100.
      */
     float max_hu;
+    /**
+     * (v3) The small-lesion filter, not in the paper: lesions (3D components) smaller than this
+     * many millilitres leave the final mask, after the bone cut. Finite and >= 0; default 0
+     * (every lesion kept); v1 and v2 structs read as 0.
+     */
+    double min_lesion_ml;
 } IchsegPseudoOptions;
 
 /**
@@ -433,7 +449,7 @@ extern "C" {
 #endif // __cplusplus
 
 /**
- * The C ABI version of the loaded library (1 for this header; see ICHSEG_ABI_VERSION).
+ * The C ABI version of the loaded library (2 for this header; see ICHSEG_ABI_VERSION).
  *
  * Thread-safe; never fails.
  */
@@ -457,16 +473,17 @@ const char *ichseg_version_string(void);
 const char *ichseg_last_error_message(void);
 
 /**
- * Fills `opts` with the defaults (struct_size = sizeof(IchsegEngineOptions), threads 0 = one
- * per core, ICHSEG_DEVICE_AUTO, cuda_device 0). Does nothing when `opts` is NULL.
- *
- * Writes exactly the v1 struct; a later ABI that grows the struct adds a new init function,
- * so this one never writes past sizeof(IchsegEngineOptions) of this header.
+ * Fills `opts` with the defaults (threads 0 = one per core, ICHSEG_DEVICE_AUTO, cuda_device
+ * 0). Call it through the macro ichseg_engine_options_init(opts), which passes `size` =
+ * sizeof(IchsegEngineOptions) of the caller's header: the library writes exactly that many
+ * bytes (no more than its own struct) and sets struct_size to them, so callers built against
+ * older headers stay safe. Does nothing when `opts` is NULL or `size` is below the first
+ * header's struct.
  *
  * # Safety
- * A non-NULL `opts` must point to writable memory of sizeof(IchsegEngineOptions).
+ * A non-NULL `opts` must point to `size` writable bytes.
  */
-void ichseg_engine_options_init(struct IchsegEngineOptions *opts);
+void ichseg_engine_options_init_sized(struct IchsegEngineOptions *opts, size_t size);
 
 /**
  * Creates an engine. `opts` may be NULL for the defaults. On success `*out` receives a new
@@ -519,14 +536,15 @@ enum IchsegStatus ichseg_engine_device_note(const struct IchsegEngine *engine, c
 enum IchsegStatus ichseg_engine_threads(const struct IchsegEngine *engine, uint32_t *out);
 
 /**
- * Fills `opts` with the defaults (struct_size = sizeof(IchsegSegmentOptions), threshold 0.5,
- * batch 1, window NaN/NaN, input 0x0 and channels 0, i.e. from the model). Does nothing when
- * `opts` is NULL. Writes exactly the v1 struct (see ichseg_engine_options_init()).
+ * Fills `opts` with the defaults (threshold 0.5, batch 1, window NaN/NaN, input 0x0 and
+ * channels 0, i.e. from the model; min_lesion_ml 0). Call it through the macro
+ * ichseg_segment_options_init(opts), which passes `size` = sizeof(IchsegSegmentOptions) of the
+ * caller's header; see ichseg_engine_options_init_sized(). Does nothing when `opts` is NULL.
  *
  * # Safety
- * A non-NULL `opts` must point to writable memory of sizeof(IchsegSegmentOptions).
+ * A non-NULL `opts` must point to `size` writable bytes.
  */
-void ichseg_segment_options_init(struct IchsegSegmentOptions *opts);
+void ichseg_segment_options_init_sized(struct IchsegSegmentOptions *opts, size_t size);
 
 /**
  * Loads an ONNX segmentation model from the file `path` (NUL-terminated; on POSIX any bytes,
@@ -570,14 +588,16 @@ enum IchsegStatus ichseg_model_load_from_memory(const struct IchsegEngine *engin
 void ichseg_model_free(struct IchsegModel *model);
 
 /**
- * Fills `opts` with the defaults (struct_size, SF-CAM, threshold 0.2, SCF on with c 2 and
- * w 0.5, OR aggregation, CRF on, batch 1, bone cut off at 100 HU). Does nothing when `opts`
- * is NULL.
+ * Fills `opts` with the defaults (SF-CAM, threshold 0.2, SCF on with c 2 and w 0.5, OR
+ * aggregation, CRF on, batch 1, bone cut off at 100 HU, min_lesion_ml 0). Call it through the
+ * macro ichseg_pseudo_options_init(opts), which passes `size` = sizeof(IchsegPseudoOptions) of
+ * the caller's header; see ichseg_engine_options_init_sized(). Does nothing when `opts` is
+ * NULL.
  *
  * # Safety
- * A non-NULL `opts` must point to writable memory of sizeof(IchsegPseudoOptions).
+ * A non-NULL `opts` must point to `size` writable bytes.
  */
-void ichseg_pseudo_options_init(struct IchsegPseudoOptions *opts);
+void ichseg_pseudo_options_init_sized(struct IchsegPseudoOptions *opts, size_t size);
 
 /**
  * Loads `count` classifier ONNX models from `classifier_paths` and prepares them for
@@ -676,14 +696,15 @@ enum IchsegStatus ichseg_result_lesion(const struct IchsegResult *result, size_t
 void ichseg_result_free(struct IchsegResult *result);
 
 /**
- * Fills `desc` for a new volume: every field zero or NULL except struct_size =
- * sizeof(IchsegVolumeDesc) and rescale_slope = 1. voxel_type, data, dims and spacing must
- * then be set. Does nothing when `desc` is NULL. Writes exactly the v1 struct.
+ * Fills `desc` for a new volume: every field zero or NULL except struct_size and
+ * rescale_slope = 1. voxel_type, data, dims and spacing must then be set. Call it through the
+ * macro ichseg_volume_desc_init(desc), which passes `size` = sizeof(IchsegVolumeDesc) of the
+ * caller's header; see ichseg_engine_options_init_sized(). Does nothing when `desc` is NULL.
  *
  * # Safety
- * A non-NULL `desc` must point to writable memory of sizeof(IchsegVolumeDesc).
+ * A non-NULL `desc` must point to `size` writable bytes.
  */
-void ichseg_volume_desc_init(struct IchsegVolumeDesc *desc);
+void ichseg_volume_desc_init_sized(struct IchsegVolumeDesc *desc, size_t size);
 
 /**
  * Segments a CT volume with `model`.
@@ -729,3 +750,12 @@ const char *ichseg_status_name(int32_t status);
 #endif  // __cplusplus
 
 #endif  /* ICHSEG_H */
+
+/*
+ * Initialise a versioned struct with the defaults; the size is the struct's in this header
+ * (see ichseg_engine_options_init_sized()).
+ */
+#define ichseg_engine_options_init(opts) ichseg_engine_options_init_sized((opts), sizeof(IchsegEngineOptions))
+#define ichseg_segment_options_init(opts) ichseg_segment_options_init_sized((opts), sizeof(IchsegSegmentOptions))
+#define ichseg_pseudo_options_init(opts) ichseg_pseudo_options_init_sized((opts), sizeof(IchsegPseudoOptions))
+#define ichseg_volume_desc_init(desc) ichseg_volume_desc_init_sized((desc), sizeof(IchsegVolumeDesc))

@@ -75,25 +75,26 @@ struct ResultFree {
     void operator()(IchsegResult* p) const noexcept { ichseg_result_free(p); }
 };
 
-/// The C library's defaults for an options struct, read once from its `*_options_init`, so that
-/// the wrapper's option structs never repeat (and never drift from) them.
-template <class T, void (*Init)(T*)>
+/// The C library's defaults for an options struct, read once from its `*_options_init_sized`
+/// (what the C `*_options_init` macros call), so that the wrapper's option structs never
+/// repeat (and never drift from) them.
+template <class T, void (*Init)(T*, std::size_t)>
 inline const T& c_defaults() noexcept {
     static const T defaults = [] {
         T o;
-        Init(&o);
+        Init(&o, sizeof(T));
         return o;
     }();
     return defaults;
 }
 inline const IchsegEngineOptions& engine_defaults() noexcept {
-    return c_defaults<IchsegEngineOptions, ichseg_engine_options_init>();
+    return c_defaults<IchsegEngineOptions, ichseg_engine_options_init_sized>();
 }
 inline const IchsegSegmentOptions& segment_defaults() noexcept {
-    return c_defaults<IchsegSegmentOptions, ichseg_segment_options_init>();
+    return c_defaults<IchsegSegmentOptions, ichseg_segment_options_init_sized>();
 }
 inline const IchsegPseudoOptions& pseudo_defaults() noexcept {
-    return c_defaults<IchsegPseudoOptions, ichseg_pseudo_options_init>();
+    return c_defaults<IchsegPseudoOptions, ichseg_pseudo_options_init_sized>();
 }
 
 template <class T> struct voxel_type_of;  // undefined: unsupported voxel types do not compile
@@ -190,6 +191,9 @@ struct SegmentOptions {
     uint32_t input_rows = detail::segment_defaults().input_rows;
     uint32_t input_cols = detail::segment_defaults().input_cols;
     uint32_t channels = detail::segment_defaults().channels;
+    /// Lesions smaller than this (mL) leave the mask before the lesion list; 0 keeps all (not
+    /// in the paper).
+    double min_lesion_ml = detail::segment_defaults().min_lesion_ml;
 
     IchsegSegmentOptions to_c() const noexcept {
         IchsegSegmentOptions o;
@@ -201,6 +205,7 @@ struct SegmentOptions {
         o.input_rows = input_rows;
         o.input_cols = input_cols;
         o.channels = channels;
+        o.min_lesion_ml = min_lesion_ml;
         return o;
     }
 };
@@ -477,6 +482,9 @@ struct PseudoOptions {
     /// The bone cut (not in the paper): drop voxels above max_hu HU from the final mask.
     bool bone_cut = detail::pseudo_defaults().use_max_hu != 0;
     float max_hu = detail::pseudo_defaults().max_hu;
+    /// The small-lesion filter (not in the paper): lesions smaller than this (mL) leave the
+    /// final mask after the bone cut; 0 keeps all.
+    double min_lesion_ml = detail::pseudo_defaults().min_lesion_ml;
 
     IchsegPseudoOptions to_c() const noexcept {
         IchsegPseudoOptions o;
@@ -491,6 +499,7 @@ struct PseudoOptions {
         o.batch = batch;
         o.use_max_hu = bone_cut ? 1 : 0;
         o.max_hu = max_hu;
+        o.min_lesion_ml = min_lesion_ml;
         return o;
     }
 };

@@ -20,7 +20,7 @@ fn model() -> &'static Model {
     static MODEL: OnceLock<Model> = OnceLock::new();
     MODEL.get_or_init(|| unsafe {
         let mut opts = std::mem::zeroed();
-        ichseg_engine_options_init(&mut opts);
+        ichseg_engine_options_init_sized(&mut opts, std::mem::size_of::<IchsegEngineOptions>());
         opts.threads = 1;
         opts.device = IchsegDevice::Cpu;
         let mut engine = std::ptr::null_mut();
@@ -97,7 +97,7 @@ fuzz_target!(|data: &[u8]| {
     unsafe {
         // not mem::zeroed(): 0 is no IchsegVoxelType, the init function writes a valid struct
         let mut slot = std::mem::MaybeUninit::<IchsegVolumeDesc>::uninit();
-        ichseg_volume_desc_init(slot.as_mut_ptr());
+        ichseg_volume_desc_init_sized(slot.as_mut_ptr(), std::mem::size_of::<IchsegVolumeDesc>());
         let mut desc = slot.assume_init();
         // voxel_type is an enum in C: write the raw number the way a C caller could
         std::ptr::write((&mut desc.voxel_type as *mut IchsegVoxelType).cast::<u32>(), u32::from(voxel_type));

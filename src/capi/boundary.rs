@@ -214,12 +214,34 @@ pub(crate) unsafe fn struct_size<S>(ptr: *const S, v1: usize, what: &str, init: 
     let size = unsafe { ptr.cast::<usize>().read_unaligned() };
     if size < v1 || size > MAX_STRUCT_SIZE {
         return Err(FfiError::invalid(format!(
-            "{what}.struct_size is {size}, but this library (ABI v1) needs at least {v1} (sizeof({what}) \
-             in its header){}; call {init}() to fill it",
+            "{what}.struct_size is {size}, but this library needs at least {v1} (sizeof({what}) in its \
+             first header){}; call {init}() to fill it",
             if size > MAX_STRUCT_SIZE { " and at most 4096" } else { "" }
         )));
     }
     Ok(size)
+}
+
+/// Fills a caller's versioned struct of `size` bytes (its sizeof, as its header has it) from
+/// `value`: the first `min(size, sizeof(S))` bytes, with `struct_size` set to that count. A caller
+/// built against an older header gets exactly the fields it knows, never a write past its
+/// struct; a newer caller's extra fields are left as they were (this library does not know
+/// them, and reads no further than its own struct). Sizes below `v1` write nothing.
+///
+/// # Safety
+/// `dst` must be NULL or point to at least `size` writable bytes; `S` starts with a `usize`
+/// struct_size (checked by the callers' `const` assertions).
+pub(crate) unsafe fn init_sized<S: Copy>(dst: *mut S, size: usize, v1: usize, value: S) {
+    if dst.is_null() || size < v1 {
+        return;
+    }
+    let n = size.min(std::mem::size_of::<S>());
+    // SAFETY: `n` bytes fit both the caller's struct and `value`; a byte copy accepts any
+    // caller alignment, and struct_size is the first field.
+    unsafe {
+        std::ptr::copy_nonoverlapping((&value as *const S).cast::<u8>(), dst.cast::<u8>(), n);
+        dst.cast::<usize>().write_unaligned(n);
+    }
 }
 
 /// Reads one field of a caller struct whose `struct_size` is `size`: `Some` when the caller's

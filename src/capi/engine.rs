@@ -1,6 +1,6 @@
 //! `IchsegEngine`: the device and the worker threads networks run on.
 
-use super::boundary::{boundary, field, get, handle_out, struct_size, FfiError, FfiResult};
+use super::boundary::{boundary, field, get, handle_out, init_sized, struct_size, FfiError, FfiResult};
 use super::status::IchsegStatus;
 use crate::model::runtime::{Device, Engine, EngineOptions};
 use std::ffi::{c_char, CString};
@@ -93,21 +93,20 @@ unsafe fn engine_options(opts: *const IchsegEngineOptions) -> FfiResult<EngineOp
     Ok(EngineOptions { threads: threads as usize, device })
 }
 
-/// Fills `opts` with the defaults (struct_size = sizeof(IchsegEngineOptions), threads 0 = one
-/// per core, ICHSEG_DEVICE_AUTO, cuda_device 0). Does nothing when `opts` is NULL.
-///
-/// Writes exactly the v1 struct; a later ABI that grows the struct adds a new init function,
-/// so this one never writes past sizeof(IchsegEngineOptions) of this header.
+/// Fills `opts` with the defaults (threads 0 = one per core, ICHSEG_DEVICE_AUTO, cuda_device
+/// 0). Call it through the macro ichseg_engine_options_init(opts), which passes `size` =
+/// sizeof(IchsegEngineOptions) of the caller's header: the library writes exactly that many
+/// bytes (no more than its own struct) and sets struct_size to them, so callers built against
+/// older headers stay safe. Does nothing when `opts` is NULL or `size` is below the first
+/// header's struct.
 ///
 /// # Safety
-/// A non-NULL `opts` must point to writable memory of sizeof(IchsegEngineOptions).
+/// A non-NULL `opts` must point to `size` writable bytes.
 #[no_mangle]
-pub unsafe extern "C" fn ichseg_engine_options_init(opts: *mut IchsegEngineOptions) {
-    boundary("ichseg_engine_options_init", || {
-        if let Some(opts) = std::ptr::NonNull::new(opts) {
-            // SAFETY: caller's promise; write() never reads the (maybe uninitialised) old value.
-            unsafe { opts.write(IchsegEngineOptions::default()) };
-        }
+pub unsafe extern "C" fn ichseg_engine_options_init_sized(opts: *mut IchsegEngineOptions, size: usize) {
+    // SAFETY: caller's promise.
+    boundary("ichseg_engine_options_init", || unsafe {
+        init_sized(opts, size, ENGINE_OPTIONS_V1, IchsegEngineOptions::default())
     })
 }
 

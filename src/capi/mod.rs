@@ -39,10 +39,12 @@ pub use status::*;
 use std::ffi::c_char;
 
 /// Version of the C ABI described by this header. `ichseg_abi_version()` returns the
-/// version of the library actually loaded; compare the two at start-up.
-pub const ICHSEG_ABI_VERSION: u32 = 1;
+/// version of the library actually loaded; compare the two at start-up. Version 2: init
+/// functions take the caller's struct size (the ichseg_*_init() macros pass it); the options
+/// structs gained min_lesion_ml (and IchsegPseudoOptions the bone cut).
+pub const ICHSEG_ABI_VERSION: u32 = 2;
 
-/// The C ABI version of the loaded library (1 for this header; see ICHSEG_ABI_VERSION).
+/// The C ABI version of the loaded library (2 for this header; see ICHSEG_ABI_VERSION).
 ///
 /// Thread-safe; never fails.
 #[no_mangle]

@@ -1,6 +1,6 @@
 //! `IchsegModel`: a loaded U-Net, ready to segment volumes.
 
-use super::boundary::{arg, boundary, field, handle_out, struct_size, FfiError, FfiResult};
+use super::boundary::{arg, boundary, field, handle_out, init_sized, struct_size, FfiError, FfiResult};
 use super::engine::IchsegEngine;
 use super::status::IchsegStatus;
 use crate::model::{ModelMetadata, OnnxModel};
@@ -45,9 +45,14 @@ pub struct IchsegSegmentOptions {
     pub input_cols: u32,
     /// Input channels, 1 or 3 (the slice repeated); 0 (the default) = from the model.
     pub channels: u32,
+    /// (v2) Lesions (3D components) smaller than this many millilitres leave the mask before
+    /// the lesion list; finite and >= 0, default 0 (every lesion kept). Not in the paper.
+    pub min_lesion_ml: f64,
 }
 
-const SEGMENT_OPTIONS_V1: usize = std::mem::size_of::<IchsegSegmentOptions>();
+/// The struct before `min_lesion_ml`: callers compiled against it still work.
+const SEGMENT_OPTIONS_V1: usize = std::mem::offset_of!(IchsegSegmentOptions, min_lesion_ml);
+const SEGMENT_OPTIONS_V2: usize = std::mem::size_of::<IchsegSegmentOptions>();
 
 /// Largest network input side accepted from a caller: far above any CT slice, low enough that
 /// a typo cannot ask for an allocation that would abort the process.
@@ -57,7 +62,7 @@ impl Default for IchsegSegmentOptions {
     fn default() -> Self {
         let d = SegmenterOptions::default();
         IchsegSegmentOptions {
-            struct_size: SEGMENT_OPTIONS_V1,
+            struct_size: SEGMENT_OPTIONS_V2,
             threshold: d.threshold,
             batch: u32::try_from(d.batch).unwrap_or(1),
             window_level: f32::NAN,
@@ -65,6 +70,7 @@ impl Default for IchsegSegmentOptions {
             input_rows: 0,
             input_cols: 0,
             channels: 0,
+            min_lesion_ml: d.min_lesion_ml,
         }
     }
 }
@@ -90,6 +96,7 @@ unsafe fn segmenter_options(opts: *const IchsegSegmentOptions) -> FfiResult<Call
             input_rows: field(opts, size, addr_of!((*opts).input_rows)).unwrap_or(d.input_rows),
             input_cols: field(opts, size, addr_of!((*opts).input_cols)).unwrap_or(d.input_cols),
             channels: field(opts, size, addr_of!((*opts).channels)).unwrap_or(d.channels),
+            min_lesion_ml: field(opts, size, addr_of!((*opts).min_lesion_ml)).unwrap_or(d.min_lesion_ml),
         }))
     }
 }
@@ -132,24 +139,24 @@ impl CallerOptions {
             window,
             input_size,
             channels: (o.channels != 0).then_some(o.channels as usize),
+            min_lesion_ml: o.min_lesion_ml,
             ..SegmenterOptions::default()
         })
     }
 }
 
-/// Fills `opts` with the defaults (struct_size = sizeof(IchsegSegmentOptions), threshold 0.5,
-/// batch 1, window NaN/NaN, input 0x0 and channels 0, i.e. from the model). Does nothing when
-/// `opts` is NULL. Writes exactly the v1 struct (see ichseg_engine_options_init()).
+/// Fills `opts` with the defaults (threshold 0.5, batch 1, window NaN/NaN, input 0x0 and
+/// channels 0, i.e. from the model; min_lesion_ml 0). Call it through the macro
+/// ichseg_segment_options_init(opts), which passes `size` = sizeof(IchsegSegmentOptions) of the
+/// caller's header; see ichseg_engine_options_init_sized(). Does nothing when `opts` is NULL.
 ///
 /// # Safety
-/// A non-NULL `opts` must point to writable memory of sizeof(IchsegSegmentOptions).
+/// A non-NULL `opts` must point to `size` writable bytes.
 #[no_mangle]
-pub unsafe extern "C" fn ichseg_segment_options_init(opts: *mut IchsegSegmentOptions) {
-    boundary("ichseg_segment_options_init", || {
-        if let Some(opts) = std::ptr::NonNull::new(opts) {
-            // SAFETY: caller's promise; write() never reads the old value.
-            unsafe { opts.write(IchsegSegmentOptions::default()) };
-        }
+pub unsafe extern "C" fn ichseg_segment_options_init_sized(opts: *mut IchsegSegmentOptions, size: usize) {
+    // SAFETY: caller's promise.
+    boundary("ichseg_segment_options_init", || unsafe {
+        init_sized(opts, size, SEGMENT_OPTIONS_V1, IchsegSegmentOptions::default())
     })
 }
 

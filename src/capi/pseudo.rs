@@ -1,14 +1,14 @@
 //! `ichseg_pseudo_label`: a caller's voxel buffer and optional slice labels in, a pseudo mask
 //! and optional CAM maps out (METHOD.md sections 3 and 4), with classifiers loaded once.
 
-use super::boundary::{boundary, field, handle_out, struct_size, FfiError, FfiResult};
+use super::boundary::{boundary, field, handle_out, init_sized, struct_size, FfiError, FfiResult};
 use super::engine::IchsegEngine;
 use super::segment::{check_len, check_optional_len, progress_adapter, read_desc, IchsegProgressFn, IchsegVolumeDesc};
 use crate::crf::CrfParams;
 use crate::pseudo::{CamMethod, PseudoLabeler, PseudoOptions};
 use crate::sca::{Aggregate, ScfParams};
 use std::ffi::{c_char, c_void, CStr};
-use std::ptr::{addr_of, addr_of_mut};
+use std::ptr::addr_of;
 
 /// Classifiers prepared for pseudo-labelling (their gradient graphs planned on an engine).
 /// Create with ichseg_pseudo_labeler_create(), free with ichseg_pseudo_labeler_free().
@@ -70,18 +70,22 @@ pub struct IchsegPseudoOptions {
     pub use_max_hu: i32,
     /// (v2) The bone cut's CT value in HU, finite; default 100.
     pub max_hu: f32,
+    /// (v3) The small-lesion filter, not in the paper: lesions (3D components) smaller than this
+    /// many millilitres leave the final mask, after the bone cut. Finite and >= 0; default 0
+    /// (every lesion kept); v1 and v2 structs read as 0.
+    pub min_lesion_ml: f64,
 }
 
 /// The struct before `use_max_hu` and `max_hu`: callers compiled against it still work.
 const PSEUDO_OPTIONS_V1: usize = std::mem::offset_of!(IchsegPseudoOptions, use_max_hu);
-const PSEUDO_OPTIONS_V2: usize = std::mem::size_of::<IchsegPseudoOptions>();
+const PSEUDO_OPTIONS_V3: usize = std::mem::size_of::<IchsegPseudoOptions>();
 
 impl Default for IchsegPseudoOptions {
     fn default() -> Self {
         let d = PseudoOptions::default();
         let scf = ScfParams::default();
         IchsegPseudoOptions {
-            struct_size: PSEUDO_OPTIONS_V2,
+            struct_size: PSEUDO_OPTIONS_V3,
             cam: IchsegCamMethod::Sf,
             threshold: d.threshold,
             use_scf: 1,
@@ -92,22 +96,25 @@ impl Default for IchsegPseudoOptions {
             batch: 1,
             use_max_hu: 0,
             max_hu: crate::pseudo::DEFAULT_MAX_HU,
+            min_lesion_ml: 0.0,
         }
     }
 }
 
-/// Fills `opts` with the defaults (struct_size, SF-CAM, threshold 0.2, SCF on with c 2 and
-/// w 0.5, OR aggregation, CRF on, batch 1, bone cut off at 100 HU). Does nothing when `opts`
-/// is NULL.
+/// Fills `opts` with the defaults (SF-CAM, threshold 0.2, SCF on with c 2 and w 0.5, OR
+/// aggregation, CRF on, batch 1, bone cut off at 100 HU, min_lesion_ml 0). Call it through the
+/// macro ichseg_pseudo_options_init(opts), which passes `size` = sizeof(IchsegPseudoOptions) of
+/// the caller's header; see ichseg_engine_options_init_sized(). Does nothing when `opts` is
+/// NULL.
 ///
 /// # Safety
-/// A non-NULL `opts` must point to writable memory of sizeof(IchsegPseudoOptions).
+/// A non-NULL `opts` must point to `size` writable bytes.
 #[no_mangle]
-pub unsafe extern "C" fn ichseg_pseudo_options_init(opts: *mut IchsegPseudoOptions) {
-    if !opts.is_null() {
-        // SAFETY: caller's promise; write_unaligned accepts any caller buffer.
-        unsafe { addr_of_mut!(*opts).write_unaligned(IchsegPseudoOptions::default()) };
-    }
+pub unsafe extern "C" fn ichseg_pseudo_options_init_sized(opts: *mut IchsegPseudoOptions, size: usize) {
+    // SAFETY: caller's promise.
+    boundary("ichseg_pseudo_options_init", || unsafe {
+        init_sized(opts, size, PSEUDO_OPTIONS_V1, IchsegPseudoOptions::default())
+    })
 }
 
 /// Reads and checks the caller's options (NULL: the defaults).
@@ -149,6 +156,7 @@ unsafe fn read_options(p: *const IchsegPseudoOptions) -> FfiResult<PseudoOptions
                 batch: field(p, size, addr_of!((*p).batch)).unwrap_or(d.batch),
                 use_max_hu: field(p, size, addr_of!((*p).use_max_hu)).unwrap_or(d.use_max_hu),
                 max_hu: field(p, size, addr_of!((*p).max_hu)).unwrap_or(d.max_hu),
+                min_lesion_ml: field(p, size, addr_of!((*p).min_lesion_ml)).unwrap_or(d.min_lesion_ml),
             }
         }
     };
@@ -157,6 +165,12 @@ unsafe fn read_options(p: *const IchsegPseudoOptions) -> FfiResult<PseudoOptions
     }
     if o.use_max_hu != 0 && !o.max_hu.is_finite() {
         return Err(FfiError::invalid(format!("IchsegPseudoOptions.max_hu must be finite, got {}", o.max_hu)));
+    }
+    if !(o.min_lesion_ml.is_finite() && o.min_lesion_ml >= 0.0) {
+        return Err(FfiError::invalid(format!(
+            "IchsegPseudoOptions.min_lesion_ml must be finite and >= 0, got {}",
+            o.min_lesion_ml
+        )));
     }
     if o.batch == 0 || o.batch > 4096 {
         return Err(FfiError::invalid(format!("IchsegPseudoOptions.batch must be 1..4096, got {}", o.batch)));
@@ -175,6 +189,7 @@ unsafe fn read_options(p: *const IchsegPseudoOptions) -> FfiResult<PseudoOptions
         },
         crf: (o.use_crf != 0).then(CrfParams::default),
         max_hu: (o.use_max_hu != 0).then_some(o.max_hu),
+        min_lesion_ml: o.min_lesion_ml,
         batch: o.batch as usize,
         ..PseudoOptions::default()
     })

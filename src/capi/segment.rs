@@ -71,23 +71,26 @@ const VOLUME_DESC_V1: usize = std::mem::size_of::<IchsegVolumeDesc>();
 /// The callback may call other ichseg_* functions, but must not free the model in use.
 pub type IchsegProgressFn = Option<unsafe extern "C" fn(done: u32, total: u32, user_data: *mut c_void) -> i32>;
 
-/// Fills `desc` for a new volume: every field zero or NULL except struct_size =
-/// sizeof(IchsegVolumeDesc) and rescale_slope = 1. voxel_type, data, dims and spacing must
-/// then be set. Does nothing when `desc` is NULL. Writes exactly the v1 struct.
+/// Fills `desc` for a new volume: every field zero or NULL except struct_size and
+/// rescale_slope = 1. voxel_type, data, dims and spacing must then be set. Call it through the
+/// macro ichseg_volume_desc_init(desc), which passes `size` = sizeof(IchsegVolumeDesc) of the
+/// caller's header; see ichseg_engine_options_init_sized(). Does nothing when `desc` is NULL.
 ///
 /// # Safety
-/// A non-NULL `desc` must point to writable memory of sizeof(IchsegVolumeDesc).
+/// A non-NULL `desc` must point to `size` writable bytes.
 #[no_mangle]
-pub unsafe extern "C" fn ichseg_volume_desc_init(desc: *mut IchsegVolumeDesc) {
+pub unsafe extern "C" fn ichseg_volume_desc_init_sized(desc: *mut IchsegVolumeDesc, size: usize) {
     boundary("ichseg_volume_desc_init", || {
-        if !desc.is_null() {
-            // SAFETY: caller's promise. Raw writes only: voxel_type is left as the integer 0,
-            // which Rust never reads as an IchsegVoxelType.
-            unsafe {
-                desc.cast::<u8>().write_bytes(0, VOLUME_DESC_V1);
-                addr_of_mut!((*desc).struct_size).write(VOLUME_DESC_V1);
-                addr_of_mut!((*desc).rescale_slope).write(1.0);
-            }
+        if desc.is_null() || size < VOLUME_DESC_V1 {
+            return;
+        }
+        let n = size.min(VOLUME_DESC_V1);
+        // SAFETY: caller's promise for `size` >= `n` bytes. Raw writes only: voxel_type is left
+        // as the integer 0, which Rust never reads as an IchsegVoxelType.
+        unsafe {
+            desc.cast::<u8>().write_bytes(0, n);
+            addr_of_mut!((*desc).struct_size).write_unaligned(n);
+            addr_of_mut!((*desc).rescale_slope).write_unaligned(1.0);
         }
     })
 }

@@ -227,7 +227,7 @@ static void test_versions(void)
     const char *v = ichseg_version_string();
     printf("versions\n");
     CHECK(ichseg_abi_version() == ICHSEG_ABI_VERSION, "abi %u", (unsigned)ichseg_abi_version());
-    CHECK(ICHSEG_ABI_VERSION == 1, "header ABI %d", ICHSEG_ABI_VERSION);
+    CHECK(ICHSEG_ABI_VERSION == 2, "header ABI %d", ICHSEG_ABI_VERSION);
     CHECK(v != NULL && strlen(v) >= 5 && strchr(v, '.') != NULL, "version \"%s\"", v);
     CHECK(strcmp(ichseg_status_name(ICHSEG_STATUS_BUFFER_SIZE), "ICHSEG_STATUS_BUFFER_SIZE") == 0,
           "%s", ichseg_status_name(ICHSEG_STATUS_BUFFER_SIZE));
@@ -334,9 +334,33 @@ static void test_model_errors(IchsegEngine *engine, const char *dir)
     ichseg_segment_options_init(NULL); /* a no-op */
     CHECK(so.struct_size == sizeof so && so.threshold == 0.5f && so.batch == 1 &&
               isnan(so.window_level) && isnan(so.window_width) && so.input_rows == 0 &&
-              so.input_cols == 0 && so.channels == 0,
+              so.input_cols == 0 && so.channels == 0 && so.min_lesion_ml == 0.0,
           "segment option defaults");
-    so.struct_size = sizeof so - 4;
+    /* A caller built against the first header (no min_lesion_ml) passes its smaller size: the
+       library writes exactly that many bytes, never past them, and reads no more. */
+    {
+        size_t v1 = offsetof(IchsegSegmentOptions, min_lesion_ml);
+        IchsegSegmentOptions old;
+        memset(&old, 0x5A, sizeof old);
+        ichseg_segment_options_init_sized(&old, v1);
+        CHECK(old.struct_size == v1 && old.threshold == 0.5f && old.channels == 0,
+              "v1 init: struct_size %zu", old.struct_size);
+        CHECK(((const unsigned char *)&old)[v1] == 0x5A &&
+                  ((const unsigned char *)&old)[sizeof old - 1] == 0x5A,
+              "v1 init wrote past the v1 struct");
+        ichseg_segment_options_init_sized(&old, 4); /* smaller than any header's: a no-op */
+        CHECK(old.struct_size == v1, "a too-small size writes nothing");
+        OK(ichseg_model_load(engine, path, &old, &m)); /* the garbage past v1 is never read */
+        ichseg_model_free(m);
+        m = NULL;
+    }
+    ichseg_segment_options_init(&so);
+    so.min_lesion_ml = NAN;
+    EXPECT(ichseg_model_load(engine, path, &so, &m), ICHSEG_STATUS_INVALID_ARGUMENT, "min_lesion_ml");
+    so.min_lesion_ml = -1.0;
+    EXPECT(ichseg_model_load(engine, path, &so, &m), ICHSEG_STATUS_INVALID_ARGUMENT, "min_lesion_ml");
+    ichseg_segment_options_init(&so);
+    so.struct_size = offsetof(IchsegSegmentOptions, min_lesion_ml) - 4; /* below the first header's */
     EXPECT(ichseg_model_load(engine, path, &so, &m), ICHSEG_STATUS_INVALID_ARGUMENT,
            "IchsegSegmentOptions.struct_size");
     ichseg_segment_options_init(&so);
@@ -368,7 +392,7 @@ static void test_model_errors(IchsegEngine *engine, const char *dir)
 
     /* The message stays valid, and unchanged, across successful calls on this thread. */
     msg = ichseg_last_error_message();
-    CHECK(ichseg_abi_version() == 1 && ichseg_last_error_message() == msg, "message pointer kept");
+    CHECK(ichseg_abi_version() == 2 && ichseg_last_error_message() == msg, "message pointer kept");
     ichseg_model_free(NULL); /* a no-op */
     free(path);
     free(not_a_model);
@@ -893,8 +917,17 @@ static void test_pseudo(const char *dir, const Reference *r)
     CHECK(po.struct_size == sizeof po && po.cam == ICHSEG_CAM_METHOD_SF && po.threshold == 0.2f &&
               po.use_scf == 1 && po.scf_c == 2 && po.scf_w == 0.5f &&
               po.aggregate == ICHSEG_AGGREGATE_OR && po.use_crf == 1 && po.batch == 1 && po.use_max_hu == 0 &&
-              po.max_hu == 100.0f,
+              po.max_hu == 100.0f && po.min_lesion_ml == 0.0,
           "pseudo option defaults");
+    {
+        /* the struct of a caller built before the bone cut: init writes no byte past it */
+        size_t v1 = offsetof(IchsegPseudoOptions, use_max_hu);
+        IchsegPseudoOptions old;
+        memset(&old, 0x5A, sizeof old);
+        ichseg_pseudo_options_init_sized(&old, v1);
+        CHECK(old.struct_size == v1 && old.batch == 1 && ((const unsigned char *)&old)[v1] == 0x5A,
+              "v1 pseudo init: struct_size %zu", old.struct_size);
+    }
 
     /* creation errors: *out is set to NULL each time */
     EXPECT(ichseg_pseudo_labeler_create(engine, paths, 0, NULL, NULL, &none),
@@ -933,6 +966,10 @@ static void test_pseudo(const char *dir, const Reference *r)
     bad.max_hu = NAN;
     EXPECT(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl), ICHSEG_STATUS_INVALID_ARGUMENT,
            "max_hu");
+    bad = po;
+    bad.min_lesion_ml = -0.5;
+    EXPECT(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl), ICHSEG_STATUS_INVALID_ARGUMENT,
+           "min_lesion_ml");
     /* a caller compiled before the bone cut (struct ends at batch): its fields are not read */
     bad.struct_size = offsetof(IchsegPseudoOptions, use_max_hu);
     OK(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl));
@@ -973,6 +1010,16 @@ static void test_pseudo(const char *dir, const Reference *r)
         memset(mask2, 0xAB, r->n);
         OK(ichseg_pseudo_label(cutter, &v, pos, 3, mask2, r->n, NULL, 0, NULL, NULL));
         CHECK(fg > 0 && count_nonzero(mask2, r->n) == 0, "a cut at -5000 HU leaves no voxel (%zu without)", fg);
+        ichseg_pseudo_labeler_free(cutter);
+        /* a small-lesion filter larger than the whole volume empties the mask too */
+        cut = po;
+        cut.min_lesion_ml = 1e9;
+        OK(ichseg_engine_create(&eo, &engine));
+        OK(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &cut, &cutter));
+        ichseg_engine_free(engine);
+        memset(mask2, 0xAB, r->n);
+        OK(ichseg_pseudo_label(cutter, &v, pos, 3, mask2, r->n, NULL, 0, NULL, NULL));
+        CHECK(count_nonzero(mask2, r->n) == 0, "min_lesion_ml 1e9 leaves no voxel");
         ichseg_pseudo_labeler_free(cutter);
     }
 

@@ -209,6 +209,11 @@ static void test_model_errors(const ichseg::Engine& engine, const std::string& d
     so.channels = 3;
     EXPECT_ERROR(ichseg::Model::load(engine, dir + "/unet_transpose.onnx", so), ICHSEG_STATUS_INVALID_MODEL,
                  "channels 3 was requested");
+    so = {};
+    CHECK(so.min_lesion_ml == 0.0, "no small-lesion filter by default");
+    so.min_lesion_ml = -1.0;
+    EXPECT_ERROR(ichseg::Model::load(engine, dir + "/unet_transpose.onnx", so), ICHSEG_STATUS_INVALID_ARGUMENT,
+                 "min_lesion_ml must be finite and >= 0");
 }
 
 // The lesions agree with the mask and with each other.
@@ -482,7 +487,7 @@ static void test_pseudo(const ichseg::Engine& engine, const std::string& dir, co
     ichseg_pseudo_options_init(&c);
     CHECK(o.threshold == c.threshold && o.scf_c == c.scf_c && o.scf_w == c.scf_w && o.batch == c.batch &&
               o.scf == (c.use_scf != 0) && o.crf == (c.use_crf != 0) && o.cam == c.cam && o.aggregate == c.aggregate &&
-              o.bone_cut == (c.use_max_hu != 0) && o.max_hu == c.max_hu,
+              o.bone_cut == (c.use_max_hu != 0) && o.max_hu == c.max_hu && o.min_lesion_ml == c.min_lesion_ml,
           "C++ pseudo defaults equal the C ones");
     CHECK(c.threshold == 0.2f && c.scf_c == 2 && c.use_crf == 1, "C defaults as documented");
     o.batch = 2;
