@@ -51,14 +51,12 @@ pub struct Lesion {
 /// ```
 pub fn find_lesions(mask: ArrayView3<u8>, spacing: [f64; 3], affine: &[[f64; 4]; 4]) -> Vec<Lesion> {
     let (nz, ny, nx) = mask.dim();
-    let data = standard_bytes(mask.as_slice(), || mask.iter().copied().collect());
     let dims = [nz, ny, nx];
-    // u32 labels halve the memory of the label map; only grids of 2^32 voxels or more need usize.
-    if data.len() < u32::MAX as usize {
-        let (labels, k) = label_raster::<u32>(&data, dims, &BACKWARD_26);
+    if mask.len() < u32::MAX as usize {
+        let (labels, k) = label_3d::<u32>(mask);
         lesion_stats(&labels, k, dims, spacing, affine)
     } else {
-        let (labels, k) = label_raster::<usize>(&data, dims, &BACKWARD_26);
+        let (labels, k) = label_3d::<usize>(mask);
         lesion_stats(&labels, k, dims, spacing, affine)
     }
 }
@@ -83,16 +81,23 @@ pub fn remove_small_lesions(mask: &mut Array3<u8>, spacing: [f64; 3], min_ml: f6
     if min_ml == 0.0 {
         return Ok(0);
     }
-    let dims = [mask.dim().0, mask.dim().1, mask.dim().2];
-    let data = standard_bytes(mask.as_slice(), || mask.iter().copied().collect()).into_owned();
     let voxel_ml = spacing.iter().product::<f64>() / 1000.0;
-    Ok(if data.len() < u32::MAX as usize {
-        let (labels, k) = label_raster::<u32>(&data, dims, &BACKWARD_26);
+    Ok(if mask.len() < u32::MAX as usize {
+        let (labels, k) = label_3d::<u32>(mask.view());
         clear_small(mask, &labels, k, voxel_ml, min_ml)
     } else {
-        let (labels, k) = label_raster::<usize>(&data, dims, &BACKWARD_26);
+        let (labels, k) = label_3d::<usize>(mask.view());
         clear_small(mask, &labels, k, voxel_ml, min_ml)
     })
+}
+
+/// The 26-connected components of a mask's nonzero voxels: one label per voxel in raster order
+/// (see [`label_raster`]) and their count. u32 labels halve the memory of the label map; only
+/// grids of 2^32 voxels or more need usize.
+fn label_3d<L: Label>(mask: ArrayView3<u8>) -> (Vec<L>, usize) {
+    let (nz, ny, nx) = mask.dim();
+    let data = standard_bytes(mask.as_slice(), || mask.iter().copied().collect());
+    label_raster::<L>(&data, [nz, ny, nx], &BACKWARD_26)
 }
 
 /// Clears the voxels of components `1..=k` of `labels` (raster order, as `mask.iter()`) smaller
