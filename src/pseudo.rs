@@ -86,6 +86,7 @@ impl std::str::FromStr for CamMethod {
 /// The most slices the GPU CRF takes in one round: a 512x512 slice's lattices and their flat
 /// copies take about 60 MB of host memory, and the flat copies with the message buffers about
 /// 50 MB of device memory, whatever the network batch.
+#[cfg(feature = "gpu")]
 const CRF_GPU_ROUND_MAX: usize = 16;
 
 /// Caller choices for pseudo-labelling. `None` and empty fields fall back to each classifier's
@@ -517,21 +518,15 @@ impl PseudoLabeler {
             crf::check(image.view(), labels, params)?;
             crf::refine_with(image.view(), labels, params, smoothness())
         };
-        let gpu = |round: &[usize], mask: &Array3<u8>| self.refine_on_gpu(round, &image, smoothness(), mask, params);
-        if self.crf_on_gpu() {
-            let round = self.options.batch.min(CRF_GPU_ROUND_MAX);
-            refine_in_rounds(&self.engine, mask, round, Some(&gpu), &cpu, ticker)
-        } else {
-            refine_in_rounds(&self.engine, mask, self.engine.threads(), None, &cpu, ticker)
-        }
-    }
-
-    /// Whether the CRF's iterations run on the GPU: networks on CUDA and the CRF kernels load.
-    fn crf_on_gpu(&self) -> bool {
+        // On the GPU when networks run on CUDA and the CRF kernels load.
         #[cfg(feature = "gpu")]
-        return self.engine.is_cuda() && crf::cuda::available().is_ok();
-        #[cfg(not(feature = "gpu"))]
-        false
+        if self.engine.is_cuda() && crf::cuda::available().is_ok() {
+            let gpu =
+                |round: &[usize], mask: &Array3<u8>| self.refine_on_gpu(round, &image, smoothness(), mask, params);
+            let round = self.options.batch.min(CRF_GPU_ROUND_MAX);
+            return refine_in_rounds(&self.engine, mask, round, Some(&gpu), &cpu, ticker);
+        }
+        refine_in_rounds(&self.engine, mask, self.engine.threads(), None, &cpu, ticker)
     }
 
     /// One round of slices through [`crf::cuda::mean_field`], their lattices built on the
@@ -552,8 +547,7 @@ impl PseudoLabeler {
         });
         let appearance = appearance.into_iter().collect::<Result<Vec<_>>>()?;
         let kernels: Vec<[&crf::Kernel; 2]> = appearance.iter().map(|a| [smoothness, a]).collect();
-        let labels: Vec<u8> =
-            round.iter().flat_map(|&z| mask.index_axis(Axis(0), z).iter().copied().collect::<Vec<_>>()).collect();
+        let labels: Vec<u8> = round.iter().flat_map(|&z| mask.index_axis(Axis(0), z).into_iter().copied()).collect();
         // Any GPU failure (no memory, a launch error) leaves the CRF to the CPU, which computes
         // the same masks; the report's crf_device then says "cpu".
         let Ok(flat) = crf::cuda::mean_field(&labels, &kernels, params) else {
@@ -563,19 +557,6 @@ impl PseudoLabeler {
         let slices =
             flat.chunks_exact(ny * nx).map(|s| Array2::from_shape_vec((ny, nx), s.to_vec()).expect("slice size"));
         Ok(Some(slices.collect()))
-    }
-
-    /// Without the gpu feature there is no GPU CRF.
-    #[cfg(not(feature = "gpu"))]
-    fn refine_on_gpu(
-        &self,
-        _: &[usize],
-        _: &(dyn Fn(usize) -> Array2<u8> + Sync),
-        _: &crf::Kernel,
-        _: &Array3<u8>,
-        _: &CrfParams,
-    ) -> Result<Option<Vec<Array2<u8>>>> {
-        Ok(None)
     }
 
     /// The dense CRF step of [`PseudoLabeler::label`] alone, with `params`, for a mask fused
