@@ -66,6 +66,8 @@ def test_paper_columns_leave_the_bone_cut_row_blank():
     assert ship.paper_columns(rows) == ship.PAPER_TABLE4
     with_cut = ship.paper_columns(rows + ["+ bone cut (> 100 HU)"])
     assert with_cut[:8] == ship.PAPER_TABLE4 and with_cut[7] == (65.1, 64.4) and with_cut[8] == (None, None)
+    with_both = ship.paper_columns(rows + ["  + bone cut (> 100 HU)", "  + small-lesion filter (< 0.1 mL)"])
+    assert with_both[:8] == ship.PAPER_TABLE4 and with_both[8:] == ((None, None),) * 2
     # three classifiers: one more row, not the paper's layout
     assert ship.paper_columns(rows[:3] + ["c alone"] + rows[3:]) == ((None, None),) * 9
 

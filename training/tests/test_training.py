@@ -188,8 +188,11 @@ def test_ship_smoke_makes_both_unets(tmp_path):
     doc = json.loads((work / "ship.json").read_text())
     assert {"pseudo-label", "train unet_weak", "eval unet_weak test"} <= {s["step"] for s in doc["steps"]}
     assert (models / "unet_weak.onnx").exists() and "pseudo_train" in doc["scores"]
-    # TH is chosen and Table 4 scored on the final masks, after the bone cut
-    assert doc["scores"]["ablation_test"]["runs"][0]["rows"][-1]["row"] == f"+ bone cut (> {ship.MAX_HU} HU)"
+    # TH is chosen and Table 4 scored on the final masks, after the bone cut and the small-lesion filter
+    rows = [r["row"].strip() for r in doc["scores"]["ablation_test"]["runs"][0]["rows"]]
+    assert rows[-2:] == [f"+ bone cut (> {ship.MAX_HU} HU)", f"+ small-lesion filter (< {ship.MIN_LESION_ML} mL)"]
+    pseudo_cmd = next(s["command"] for s in doc["steps"] if s["step"] == "pseudo-label")
+    assert f"--min-lesion-ml {ship.MIN_LESION_ML}" in pseudo_cmd
     text = (models / "MODELS.md").read_text()
     assert "## Weakly supervised U-Net" in text and "`unet_weak.onnx`" in text
     # the report can be rewritten from the records alone
