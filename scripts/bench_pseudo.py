@@ -539,7 +539,10 @@ def main() -> int:
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     if ok:
         ich = res["ichseg_s"] = median(runs["ichseg"])
-        res["cam_device"] = json.loads(out["report"].read_text()).get("cam_device", "?")
+        report = json.loads(out["report"].read_text())
+        res["cam_device"] = report.get("cam_device", "?")
+        if report.get("taps_on_device"):  # the GPU kernels read the networks' outputs in place
+            res["cam_device"] += ", taps read in place"
         res.update(agreement(*ichseg_outputs(out), mask, pre, scam))
         print(f"[pseudo] ichseg {args.device}: {ich['total_s']:.3f} s per volume (load {ich['load_s']:.2f} s); "
               f"ratio ichseg/{args.peer} {ich['total_s'] / ref['total_s']:.2f}; masks agree "

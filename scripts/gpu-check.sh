@@ -93,7 +93,8 @@ agree = float((m[cpu] == m[gpu]).mean()) * 100
 t = {d: r[d]["timings"] for d in (cpu, gpu)}
 print(f"crf {base.rsplit('_', 1)[-1]}: masks agree on {agree:.4f} % of voxels ({int(m[cpu].sum())} vs {int(m[gpu].sum())} "
       f"mask voxels); crf_device {r[gpu]['crf_device']}; CRF s cpu {t[cpu]['crf_s']:.3f}, gpu {t[gpu]['crf_s']:.3f}; "
-      f"total s cpu {t[cpu]['total_s']:.3f}, gpu {t[gpu]['total_s']:.3f}; threads {r[cpu]['threads']}")
+      f"total s cpu {t[cpu]['total_s']:.3f}, gpu {t[gpu]['total_s']:.3f}; threads {r[cpu]['threads']}; "
+      f"cam_device {r[gpu]['cam_device']}, taps_on_device {r[gpu].get('taps_on_device')}")
 sys.exit(0 if agree >= 99.9 and (dry or r[gpu]["crf_device"] == "cuda") else 1)
 PY
   [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1

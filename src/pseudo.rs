@@ -200,6 +200,10 @@ pub struct PseudoLabel {
     pub positive: Vec<bool>,
     /// Where the CAMs were computed: `"cuda"` (the GPU kernels of the CUDA path) or `"cpu"`.
     pub cam_device: &'static str,
+    /// Whether the GPU CAM kernels read every tap's activations and gradients in place, where
+    /// the networks left them on the device (no round trip through the host); `false` when any
+    /// tap went through the host, and on the CPU.
+    pub taps_on_device: bool,
     /// Where the dense CRF's mean-field iterations ran: `"cuda"` (the GPU kernels, when networks
     /// run on CUDA) or `"cpu"` (also when the CRF is off).
     pub crf_device: &'static str,
@@ -207,6 +211,12 @@ pub struct PseudoLabel {
     /// batch, or less when the GPU ran out of memory and it was halved ([`Error::DeviceMemory`]).
     pub batch: usize,
     pub timings: PseudoTimings,
+}
+
+/// Where a call's CAMs were computed ([`PseudoLabel::cam_device`] and `taps_on_device`).
+struct CamPlace {
+    device: &'static str,
+    taps_on_device: bool,
 }
 
 /// One classifier: its gradient graph and the tract plans built for it.
@@ -334,11 +344,11 @@ impl PseudoLabeler {
         let mut timings = PseudoTimings::default();
         let mut cams = Vec::with_capacity(self.classifiers.len());
         let mut slice_probabilities = Vec::with_capacity(self.classifiers.len());
-        let mut cam_device = "cpu";
+        let mut cam_place = CamPlace { device: "cpu", taps_on_device: true };
         let mut crf_device = "cpu";
         let mut batch = usize::MAX;
         for c in &self.classifiers {
-            let (probs, maps, used) = self.run_classifier(c, volume, &mut timings, &mut ticker, &mut cam_device)?;
+            let (probs, maps, used) = self.run_classifier(c, volume, &mut timings, &mut ticker, &mut cam_place)?;
             batch = batch.min(used);
             slice_probabilities.push(probs);
             cams.push(maps);
@@ -360,7 +370,19 @@ impl PseudoLabeler {
         }
         remove_small_lesions(&mut mask, volume.spacing(), self.options.min_lesion_ml)?;
         timings.total_s = started.elapsed().as_secs_f64();
-        Ok(PseudoLabel { mask, cams, fused, slice_probabilities, positive, cam_device, crf_device, batch, timings })
+        let (cam_device, taps_on_device) = (cam_place.device, cam_place.device == "cuda" && cam_place.taps_on_device);
+        Ok(PseudoLabel {
+            mask,
+            cams,
+            fused,
+            slice_probabilities,
+            positive,
+            cam_device,
+            taps_on_device,
+            crf_device,
+            batch,
+            timings,
+        })
     }
 
     /// Runs one classifier over all slices: its bleed probability per slice and its CAM per tap
@@ -371,7 +393,7 @@ impl PseudoLabeler {
         volume: &Volume,
         timings: &mut PseudoTimings,
         ticker: &mut Ticker,
-        cam_device: &mut &'static str,
+        cam_device: &mut CamPlace,
     ) -> Result<(Vec<f32>, Vec<Array3<f32>>, usize)> {
         let nz = volume.num_slices();
         let cfg = &c.config;
@@ -391,20 +413,22 @@ impl PseudoLabeler {
                 .map_err(|_| Error::Inference(format!("{}: logits are not [N, K]", cfg.name)))?;
             let batch_probs =
                 (0..count).map(|b| c.bleed_probability(logits.index_axis(Axis(0), b))).collect::<Result<Vec<_>>>()?;
-            let mut taps = Vec::with_capacity(cfg.taps.len());
-            for i in 0..cfg.taps.len() {
-                let acts = f32_view(&outputs[GradientGraph::activation_output(i)], &cfg.name, &cfg.taps[i])?;
-                let grads = f32_view(&outputs[GradientGraph::gradient_output(i)], &cfg.name, &cfg.taps[i])?;
-                taps.push((acts, grads));
-            }
             let native = (volume.data().dim().1, volume.data().dim().2);
-            if let Some(batch_maps) = self.gpu_maps(cfg, &taps, count, native)? {
+            if let Some((batch_maps, in_place)) = self.gpu_maps(cfg, &outputs, count, native)? {
                 for (i, flat) in batch_maps.into_iter().enumerate() {
                     let flat = Array3::from_shape_vec((count, native.0, native.1), flat).expect("count maps");
                     maps[i].slice_mut(ndarray::s![first..first + count, .., ..]).assign(&flat);
                 }
-                *cam_device = "cuda";
+                cam_device.device = "cuda";
+                cam_device.taps_on_device &= in_place;
             } else {
+                cam_device.taps_on_device = false;
+                let mut taps = Vec::with_capacity(cfg.taps.len());
+                for i in 0..cfg.taps.len() {
+                    let acts = f32_view(&outputs[GradientGraph::activation_output(i)], &cfg.name, &cfg.taps[i])?;
+                    let grads = f32_view(&outputs[GradientGraph::gradient_output(i)], &cfg.name, &cfg.taps[i])?;
+                    taps.push((acts, grads));
+                }
                 // Every (slice, tap) CAM of the batch at once, on the engine's threads.
                 let jobs: Vec<(usize, usize)> = (0..count).flat_map(|b| (0..taps.len()).map(move |i| (b, i))).collect();
                 let cams = self.engine.par_map(&jobs, |&(b, i)| -> Result<Array2<f32>> {
@@ -427,15 +451,22 @@ impl PseudoLabeler {
 
     /// The batch's maps per tap (`[count, rows, cols]` flattened, native grid) from the GPU
     /// kernels ([`cam::cuda`]) when networks run on CUDA, the method is SF-CAM or LayerCAM and the
-    /// kernels load; `None` means the CPU computes them.
+    /// kernels load, with whether every tap was read in place on the device; `None` means the
+    /// CPU computes them.
+    ///
+    /// A tap the network left on the GPU ([`crate::model::gpu::device_f32`]) is read there, so
+    /// its activations and gradients never cross the bus; any other tap is read back and
+    /// uploaded, as is a tap whose in-place run fails other than for memory.
     #[cfg(feature = "gpu")]
     fn gpu_maps(
         &self,
         cfg: &ClassifierConfig,
-        taps: &[(ArrayViewD<f32>, ArrayViewD<f32>)],
+        outputs: &[TValue],
         count: usize,
         native: (usize, usize),
-    ) -> Result<Option<Vec<Vec<f32>>>> {
+    ) -> Result<Option<(Vec<Vec<f32>>, bool)>> {
+        use crate::model::gpu::device_f32;
+        use cam::cuda::{TapBatch, TapData};
         if !self.engine.is_cuda() || self.options.cam == CamMethod::Grad || cam::cuda::available().is_err() {
             return Ok(None);
         }
@@ -447,17 +478,18 @@ impl PseudoLabeler {
             });
             per_image.concat()
         };
-        let mut out = Vec::with_capacity(taps.len());
-        for (i, (a, g)) in taps.iter().enumerate() {
+        let mut out = Vec::with_capacity(cfg.taps.len());
+        let mut in_place = true;
+        for i in 0..cfg.taps.len() {
+            let (a, g) = (&outputs[GradientGraph::activation_output(i)], &outputs[GradientGraph::gradient_output(i)]);
             let shape = a.shape();
-            let (Some(a), Some(g), 4) = (a.as_slice(), g.as_slice(), shape.len()) else {
-                return Ok(None);
-            };
-            let per_image = shape[1] * shape[2] * shape[3];
+            if shape.len() != 4 || g.shape() != shape || shape[0] < count {
+                return Ok(None); // the CPU path reports the bad shape
+            }
             let sf = self.options.cam == CamMethod::Sf;
-            let tap = cam::cuda::TapBatch {
-                a: &a[..count * per_image],
-                g: &g[..count * per_image],
+            let tap = |a, g| TapBatch {
+                a,
+                g,
                 batch: count,
                 k: shape[1],
                 h: shape[2],
@@ -467,19 +499,41 @@ impl PseudoLabeler {
                 input: (cfg.input_rows, cfg.input_cols),
                 native,
             };
-            out.push(cam::cuda::tap_maps(&tap, &eigenvectors)?);
+            let on_device = match (device_f32(a), device_f32(g)) {
+                (Some(a), Some(g)) => {
+                    match cam::cuda::tap_maps(&tap(TapData::Device(a), TapData::Device(g)), &eigenvectors) {
+                        Err(Error::DeviceMemory(m)) => return Err(Error::DeviceMemory(m)),
+                        result => result.ok(),
+                    }
+                }
+                _ => None,
+            };
+            let maps = match on_device {
+                Some(maps) => maps,
+                None => {
+                    in_place = false;
+                    let per_image = shape[1] * shape[2] * shape[3];
+                    let host = |v| f32_view(v, &cfg.name, &cfg.taps[i]).map(|view| view.to_slice());
+                    let (Some(a), Some(g)) = (host(a)?, host(g)?) else {
+                        return Ok(None); // not contiguous: the CPU path reads any layout
+                    };
+                    let n = count * per_image;
+                    cam::cuda::tap_maps(&tap(TapData::Host(&a[..n]), TapData::Host(&g[..n])), &eigenvectors)?
+                }
+            };
+            out.push(maps);
         }
-        Ok(Some(out))
+        Ok(Some((out, in_place)))
     }
 
     #[cfg(not(feature = "gpu"))]
     fn gpu_maps(
         &self,
         _: &ClassifierConfig,
-        _: &[(ArrayViewD<f32>, ArrayViewD<f32>)],
+        _: &[TValue],
         _: usize,
         _: (usize, usize),
-    ) -> Result<Option<Vec<Vec<f32>>>> {
+    ) -> Result<Option<(Vec<Vec<f32>>, bool)>> {
         Ok(None)
     }
 

@@ -169,6 +169,11 @@ fn report_carries_slices_mask_size_and_timings() {
     assert_eq!(r["models"].as_array().unwrap().len(), 2);
     assert_eq!(r["slice_probabilities"].as_array().unwrap().len(), 2);
     assert_eq!(r["device"], "cpu");
+    // on the CPU nothing is computed on a GPU, let alone read in place there
+    assert_eq!(
+        (&r["cam_device"], &r["taps_on_device"], &r["crf_device"]),
+        (&"cpu".into(), &false.into(), &"cpu".into())
+    );
     let t = &r["timings"];
     assert!(t["total_s"].as_f64().unwrap() > 0.0 && t["load_s"].as_f64().unwrap() > 0.0, "{t}");
 }

@@ -2,7 +2,8 @@
 //! `normalize_max(layercam)`, followed by the resize to the native grid.
 //!
 //! The kernels (`kernels.cu`) are compiled by NVRTC on first use and cached for the process.
-//! The activations and gradients of one tap go up once; the maps come back once, on the native
+//! The activations and gradients of one tap are read where the network left them on the GPU
+//! ([`TapData::Device`]), or go up once from the host; the maps come back once, on the native
 //! grid. PC1's `K x K` covariance is computed on the GPU and its top eigenvector on the CPU
 //! (the same power iteration as the CPU path, a few kilobytes each way), so both paths pick the
 //! same direction. Anything that goes wrong here (no NVRTC, a kernel that fails to load or
@@ -10,7 +11,7 @@
 
 use crate::model::gpu::grid;
 use crate::{Error, Result};
-use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use std::sync::{Arc, OnceLock};
 
 const SOURCE: &str = include_str!("kernels.cu");
@@ -64,11 +65,20 @@ pub(crate) fn available() -> std::result::Result<(), String> {
     kernels().map(|_| ())
 }
 
+/// Where a tap's activations or gradients are, `[batch, k, h, w]` contiguous.
+#[derive(Clone, Copy)]
+pub(crate) enum TapData<'a> {
+    /// On the host: uploaded for the kernels.
+    Host(&'a [f32]),
+    /// Already on the GPU at this device address, at least `batch * k * h * w` values (a network
+    /// output tract-cuda kept there, [`crate::model::gpu::device_f32`]): read in place.
+    Device(u64),
+}
+
 /// One tap of a batch: the layout of its activations and gradients and what to make of them.
 pub(crate) struct TapBatch<'a> {
-    /// Activations and gradients, `[batch, k, h, w]` contiguous.
-    pub a: &'a [f32],
-    pub g: &'a [f32],
+    pub a: TapData<'a>,
+    pub g: TapData<'a>,
     pub batch: usize,
     pub k: usize,
     pub h: usize,
@@ -108,20 +118,35 @@ fn run(ks: &Kernels, t: &TapBatch, eigenvectors: &Eigenvectors) -> Res<Vec<f32>>
     let (b, k, hw) = (t.batch, t.k, t.h * t.w);
     let (rows, cols) = t.input;
     let (ny, nx) = t.native;
-    if t.a.len() != b * k * hw || t.g.len() != t.a.len() || b == 0 || hw == 0 || k == 0 {
-        return Err(format!("tap buffers of {} / {} values for [{b}, {k}, {}, {}]", t.a.len(), t.g.len(), t.h, t.w));
+    if b == 0 || hw == 0 || k == 0 {
+        return Err(format!("an empty tap batch [{b}, {k}, {}, {}]", t.h, t.w));
     }
     let s = &ks.stream;
     let e = |what: &'static str| move |err: cudarc::driver::DriverError| format!("{what}: {err}");
     let (bi, ki, hwi) = (b as i32, k as i32, hw as i32);
-    let a = s.clone_htod(t.a).map_err(e("upload activations"))?;
-    let g = s.clone_htod(t.g).map_err(e("upload gradients"))?;
+    // The kernels take plain addresses: the network's own buffer, or an upload kept alive here.
+    let mut uploads = Vec::new();
+    let mut address = |data: TapData, what: &'static str| -> Res<u64> {
+        match data {
+            TapData::Device(address) => Ok(address),
+            TapData::Host(values) if values.len() == b * k * hw => {
+                let up = s.clone_htod(values).map_err(e(what))?;
+                let address = up.device_ptr(s).0;
+                uploads.push(up);
+                Ok(address)
+            }
+            TapData::Host(values) => Err(format!("{what}: {} values for [{b}, {k}, {}, {}]", values.len(), t.h, t.w)),
+        }
+    };
+    let a = address(t.a, "upload activations")?;
+    let g = address(t.g, "upload gradients")?;
     let mut l: CudaSlice<f32> = s.alloc_zeros(b * hw).map_err(e("alloc"))?;
     let mut stats: CudaSlice<f64> = s.alloc_zeros(b * 4).map_err(e("alloc"))?;
     let mut c: CudaSlice<f32> = s.alloc_zeros(b * hw).map_err(e("alloc"))?;
     let mut pn: CudaSlice<f32> = s.alloc_zeros(b * hw).map_err(e("alloc"))?;
     // SAFETY (every launch below): arguments match the kernel signatures in kernels.cu and the
-    // buffers hold the sizes the kernels index, checked above and allocated here.
+    // buffers hold the sizes the kernels index: uploads checked above, a device tap as
+    // `TapData::Device` promises, the rest allocated here.
     unsafe {
         s.launch_builder(&ks.layercam).arg(&a).arg(&g).arg(&mut l).arg(&bi).arg(&ki).arg(&hwi).launch(grid(b * hw))
     }

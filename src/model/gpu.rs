@@ -204,6 +204,29 @@ pub(crate) fn load_kernels(
         .unwrap_or_else(|_| Err(format!("the CUDA driver panicked while loading the {what} kernels")))
 }
 
+/// The device address of a network output that is still on the GPU, for our kernels to read in
+/// place; `None` means its values must be read on the host.
+///
+/// tract-cuda hands every output back as a host tensor whose bytes stay on the device until
+/// something reads them (tract-gpu's `LazyHostStorage`, created after the run's stream was
+/// synchronised). An owned f32 buffer in natural layout qualifies; a view into tract's memory
+/// arena never does (tract copies those out at the boundary), nor does a host tensor (the CPU
+/// engine's). The address stays valid while `value` lives.
+pub(crate) fn device_f32(value: &TValue) -> Option<u64> {
+    use tract_gpu::tensor::{DeviceTensor, LazyHostStorage};
+    let tensor = value.storage_as::<LazyHostStorage>()?.device()?;
+    let plain = matches!(tensor, DeviceTensor::Owned(_))
+        && tensor.datum_type() == f32::datum_type()
+        && tensor.strides() == &*Tensor::natural_strides(tensor.shape());
+    if !plain {
+        return None;
+    }
+    // Reading the address goes through tract-cuda's per-thread stream, which it creates on first
+    // use and `unwrap`s.
+    let address = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tensor.device_buffer_ptr() as u64));
+    address.ok().filter(|&a| a != 0)
+}
+
 /// `source` compiles with NVRTC into PTX with these kernels, where NVRTC can be loaded (no GPU
 /// needed): a syntax or type error fails in a unit test rather than on the GPU machine. Skipped
 /// without NVRTC (cudarc panics when it cannot load the library), unless `ICHSEG_REQUIRE_NVRTC`
@@ -275,4 +298,15 @@ pub fn placement(model: &super::OnnxModel, shape: [usize; 4]) -> Result<DevicePl
         }
     }
     Ok(placement)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_tensor_has_no_device_address() {
+        let host = Tensor::from(tract_ndarray::arr2(&[[1f32, 2.0], [3.0, 4.0]])).into_tvalue();
+        assert_eq!(device_f32(&host), None);
+    }
 }

@@ -203,7 +203,7 @@ fn json_report(
                    "crf": o.crf.is_some(), "max_hu": o.max_hu,
                    "min_lesion_ml": o.min_lesion_ml},
         "device": e.device_name(), "device_note": e.device_note(), "threads": e.threads(),
-        "cam_device": r.cam_device, "crf_device": r.crf_device, "batch": r.batch,
+        "cam_device": r.cam_device, "taps_on_device": r.taps_on_device, "crf_device": r.crf_device, "batch": r.batch,
         "positive_slices": r.positive.iter().enumerate().filter(|(_, &p)| p).map(|(z, _)| z).collect::<Vec<_>>(),
         "slice_probabilities": r.slice_probabilities,
         "mask_voxels": voxels, "mask_ml": voxels as f64 * voxel_ml,
@@ -254,7 +254,14 @@ fn print_summary(input: &Path, labeler: &PseudoLabeler, r: &PseudoLabel, labelle
     let t = &r.timings;
     println!(
         "time      load {load_s:.2} s, preprocess {:.2} s, inference {:.2} s, CAM ({}) {:.2} s, fusion {:.2} s, CRF ({}) {:.2} s, total {:.2} s",
-        t.preprocess_s, t.inference_s, r.cam_device, t.cam_s, t.fusion_s, r.crf_device, t.crf_s, t.total_s
+        t.preprocess_s,
+        t.inference_s,
+        if r.taps_on_device { "cuda, taps read in place" } else { r.cam_device },
+        t.cam_s,
+        t.fusion_s,
+        r.crf_device,
+        t.crf_s,
+        t.total_s
     );
 }
 
