@@ -5,9 +5,9 @@ use crate::error::{Error, Result};
 use crate::lesions::{find_lesions, remove_small_lesions, total_volume_ml, Lesion};
 use crate::model::runtime::Engine;
 use crate::model::{ModelKind, OnnxModel};
-use crate::preprocess::{model_input, resize_bilinear_into, InputSpec};
+use crate::preprocess::{model_input, resize_bilinear, InputSpec};
 use crate::volume::{Volume, Window};
-use ndarray::{Array3, Axis};
+use ndarray::{Array2, Array3, Axis};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -261,7 +261,7 @@ impl Segmenter {
     ) -> Result<Segmentation> {
         let started = Instant::now();
         let mut timings = Timings::default();
-        let [_, _, nz] = volume.dims();
+        let [nx, ny, nz] = volume.dims();
         let mut probability = Array3::<f32>::zeros(volume.data().dim());
         let batch = for_each_batch(nz, self.config.batch, self.fixed_batch.is_none(), |first, count| {
             let t0 = Instant::now();
@@ -271,9 +271,14 @@ impl Segmenter {
             let logits = self.run_network(input)?;
             timings.inference_s += t1.elapsed().as_secs_f64();
             let t2 = Instant::now();
-            for i in 0..count {
+            // Per slice on the engine's threads: the probability, resized to the native grid.
+            let slices: Vec<usize> = (0..count).collect();
+            let native = self.engine.par_map(&slices, |&i| -> Result<Array2<f32>> {
                 let p = self.bleed_probability(logits.index_axis(Axis(0), i))?;
-                resize_bilinear_into(p.view(), probability.index_axis_mut(Axis(0), first + i));
+                Ok(resize_bilinear(p.view(), ny, nx))
+            });
+            for (i, p) in native.into_iter().enumerate() {
+                probability.index_axis_mut(Axis(0), first + i).assign(&p?);
             }
             timings.postprocess_s += t2.elapsed().as_secs_f64();
             if !progress(Progress { done: first + count, total: nz }) {
@@ -331,7 +336,7 @@ impl Segmenter {
     }
 
     /// Per-pixel bleed probability from one slice's `[K, H, W]` logits.
-    fn bleed_probability(&self, logits: ndarray::ArrayViewD<f32>) -> Result<ndarray::Array2<f32>> {
+    fn bleed_probability(&self, logits: ndarray::ArrayViewD<f32>) -> Result<Array2<f32>> {
         let logits = logits
             .into_dimensionality::<ndarray::Ix3>()
             .map_err(|_| Error::Inference("network output is not [N, K, H, W]".into()))?;
@@ -340,7 +345,7 @@ impl Segmenter {
             OutputActivation::Softmax { bleed_index, .. } => {
                 let bleed = logits.index_axis(Axis(0), bleed_index);
                 // p_b = 1 / sum_k exp(l_k - l_b): stable without a separate max pass
-                let mut denom = ndarray::Array2::<f32>::zeros(bleed.dim());
+                let mut denom = Array2::<f32>::zeros(bleed.dim());
                 for k in logits.axis_iter(Axis(0)) {
                     ndarray::Zip::from(&mut denom).and(&k).and(&bleed).for_each(|d, &lk, &lb| *d += (lk - lb).exp());
                 }
