@@ -56,14 +56,23 @@ done
 # which has no GPU peer there) and their placements, crf (the shipped classifiers on the sample
 # volume with the CRF, CPU against CUDA in strict FP32: masks and CRF time), memory (an
 # oversized batch; after pseudo), oom (a U-Net batch that cannot fit: the batch must be halved
-# until it does; after segment).
-parts=${GPU_CHECK_PARTS:-segment pseudo crf memory oom}
+# until it does; after segment), profile (an nsys summary of a U-Net run; after segment).
+parts=${GPU_CHECK_PARTS:-segment pseudo crf memory oom profile}
+# want PART: PART is asked for and the time budget (GPU_CHECK_BUDGET_S, default 480 s: a device
+# call may run 600 s) is not spent; a part skipped for time is said, and fails the script.
+budget=${GPU_CHECK_BUDGET_S:-480}
+want() {
+  [[ $parts == *$1* ]] || return 1
+  if (( SECONDS > budget )); then
+    echo "== $1: skipped, the time budget of $budget s is spent (GPU_CHECK_BUDGET_S)"; status=1; return 1
+  fi
+}
 status=0
-if [[ $parts == *segment* ]]; then
+if want segment; then
   "$py" scripts/bench_gpu.py --ichseg "$bin" --out-dir "$out" "${dry[@]}" 2>&1 | tee "$out/bench_gpu.log"
   [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
 fi
-if [[ $parts == *pseudo* ]]; then
+if want pseudo; then
   "$py" scripts/bench_pseudo.py --ichseg "$bin" --device cuda --no-crf --parity-slices 4 --repeat 2 \
     --out-dir "$out" "${dry[@]}" 2>&1 | tee "$out/bench_pseudo.log"
   [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
@@ -99,7 +108,7 @@ sys.exit(0 if agree >= 99.9 and (dry or r[gpu]["crf_device"] == "cuda") else 1)
 PY
   [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
 }
-if [[ $parts == *crf* ]]; then
+if want crf; then
   crf_case sample models/samples/sample.nii.gz --use-predictions \
     --classifier models/classifier_slim34.onnx --classifier models/classifier_slim50.onnx
   w=/tmp/ichseg-pseudo-work  # the pseudo part's 512x512x32 volume and ResNets, when it ran
@@ -108,7 +117,7 @@ if [[ $parts == *crf* ]]; then
 fi
 # memory: a slice batch far beyond the card (256 slices of ResNet34 + ResNet50 gradient graphs at
 # 384x384) must not crash: the batch is halved until it fits, and the report says which batch ran.
-if [[ $parts == *memory* && -f /tmp/ichseg-pseudo-work/resnet50_1.onnx ]]; then
+if want memory && [[ -f /tmp/ichseg-pseudo-work/resnet50_1.onnx ]]; then
   big=/tmp/ichseg-pseudo-work/big.nii.gz
   "$py" -c "import sys; sys.path.insert(0, 'scripts'); import bench_segment as bs; import pathlib; bs.write_nifti(pathlib.Path('$big'), bs.make_volume(256, ${GPU_CHECK_MEMORY_SLICES:-256}))"
   "$bin" pseudo-label --classifier /tmp/ichseg-pseudo-work/resnet34_0.onnx --classifier /tmp/ichseg-pseudo-work/resnet50_1.onnx \
@@ -122,7 +131,7 @@ fi
 # more than a card's memory (about 0.3 GB per slice); segmentation must halve the batch until it
 # fits and say so in the report. A dry run goes through the same commands with a fixture U-Net,
 # a small volume and `--device auto`.
-if [[ $parts == *oom* ]]; then
+if want oom; then
   if [[ ${#dry[@]} -eq 0 ]]; then
     unet=/tmp/ichseg-gpu-work/unet64.onnx size=256 slices=${GPU_CHECK_OOM_SLICES:-512} dev=cuda
   else
@@ -136,6 +145,25 @@ if [[ $parts == *oom* ]]; then
     rc=${PIPESTATUS[0]}
     echo "== oom: exit $rc; $("$py" -c "import json; r = json.load(open('$out/oom.json')); b = r['batch']; print('batch asked $slices, ran', b, '(halving provoked)' if b < $slices else '(it fit: not provoked)', '| timings', r['timings'])" 2>&1)"
     [[ $rc -eq 0 ]] || status=1
+  fi
+fi
+# profile: an nsys timeline of one U-Net segmentation of the benchmark volume (after segment),
+# summarised per GPU kernel, per CUDA API call and per memory copy: where the distance to
+# PyTorch goes (issue 5). Needs nsys (CUDA toolkit or Nsight Systems); skipped without it.
+if want profile && [[ ${#dry[@]} -eq 0 && -f /tmp/ichseg-gpu-work/unet64.onnx ]]; then
+  nsys=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
+  if [[ -n $nsys ]]; then
+    rep=/tmp/ichseg-prof-unet
+    timeout 180 "$nsys" profile -t cuda,cudnn,cublas -o "$rep" --force-overwrite true \
+      "$bin" segment --model /tmp/ichseg-gpu-work/unet64.onnx /tmp/ichseg-gpu-work/ct.nii.gz \
+      -o /tmp/ichseg-prof-mask.nii.gz --device cuda --batch 8 --report "$out/profile_unet.json" --quiet 2>&1 | tail -3
+    timeout 120 "$nsys" stats -r cuda_gpu_kern_sum,cuda_api_sum,cuda_gpu_mem_time_sum -f csv -o "$out/profile_unet" \
+      "$rep.nsys-rep" >/dev/null 2>&1
+    for f in "$out"/profile_unet_*.csv; do
+      [[ -f $f ]] && { echo "== profile: $(basename "$f") (top 15)"; head -16 "$f" | cut -c1-220; }
+    done
+  else
+    echo "== profile: skipped (no nsys on this machine)"
   fi
 fi
 exit $status
