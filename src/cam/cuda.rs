@@ -101,6 +101,9 @@ pub(crate) fn tap_maps(tap: &TapBatch, eigenvectors: &Eigenvectors) -> Result<Ve
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(k, tap, eigenvectors)))
         .unwrap_or_else(|_| Err("the CUDA driver panicked while computing CAMs".into()))
         .map_err(|e| {
+            // Work queued before the failure may still read the caller's device taps, which
+            // are freed once the caller drops them: let it finish first.
+            let _ = std::panic::catch_unwind(|| k.stream.synchronize());
             let message = format!("GPU CAMs: {e}");
             if crate::model::runtime::is_out_of_memory(&message) {
                 Error::DeviceMemory(message)
