@@ -250,6 +250,9 @@ def main(argv=None):
         steps, "ablate test", [*ablate, "--subset", "test", "--threshold", f"{threshold:g}"], logs,
         stdout=work / "eval" / "ablation_test.json"))
     pseudo = work / "pseudo"
+    # `pseudo-label --dataset` resumes by skipping the masks that exist: masks of an earlier run,
+    # made with other settings, must not be reused.
+    shutil.rmtree(pseudo, ignore_errors=True)
     run_step(steps, "pseudo-label", [exe, "pseudo-label", "--dataset", data, "-o", pseudo, *classifiers,
                                      "--threshold", threshold, *post, "--quiet"], logs)
     scores["pseudo_train"] = EV.eval_masks(pseudo, data, split, "train", ichseg=exe)

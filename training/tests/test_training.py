@@ -198,10 +198,14 @@ def test_ship_smoke_makes_both_unets(tmp_path):
     # the report can be rewritten from the records alone
     assert ship.main(["--work", str(work), "--models", str(models), "--report-only"]) == 0
     assert "## Weakly supervised U-Net" in (models / "MODELS.md").read_text()
-    # redoing the weak part keeps the provenance of the models it reuses
+    # redoing the weak part keeps the provenance of the models it reuses, and makes its pseudo
+    # masks again (an earlier run's masks, perhaps of other settings, are not resumed from)
     (models / "unet_weak.train.json").unlink()
+    stale = work / "pseudo" / "stale.nii.gz"
+    stale.write_bytes(b"")
     args = ["--work", str(work), "--models", str(models), "--smoke", "--ichseg", str(exe), "--skip-existing"]
     assert ship.main(args) == 0
+    assert not stale.exists() and any((work / "pseudo").glob("*.nii.gz"))
     doc = json.loads((work / "ship.json").read_text())
     steps = [s["step"] for s in doc["steps"]]
     assert steps.count("train slim34") == 1 and steps.count("train unet_weak") == 1 and doc["earlier_run"]
