@@ -278,6 +278,7 @@ def main(argv=None):
     records = read_records(models)
     doc = {"seed": a.seed, "count": a.count, "jobs": a.jobs, "phantom_size": PHANTOM_SIZE,
            "input_size": INPUT_SIZE, "work": str(work), "ichseg": exe, "machine": C.machine_description(),
+           "nice": os.nice(0),
            "git_commit": C.git_commit(), "started": started, "finished": C.now_iso(),
            "wall_seconds": time.time() - t_all, "training_wall_seconds": train_wall, "steps": steps,
            "sample": sample, "scores": scores, "demo_output": demo,
@@ -515,11 +516,12 @@ def write_models_md(models, doc, records, split):
     w("the repository root:")
     w("")
     w("```sh")
-    w(f"PYTHONPATH=training nice -n 19 {doc['command']}")
+    nice = doc.get("nice", 19)  # runs recorded before the field ran at nice 19
+    w(f"PYTHONPATH=training nice -n {nice} {doc['command']}")
     w("```")
     w("")
     w(f"It needs `training/requirements.txt` and an `ichseg` binary (here `{doc['ichseg']}`). Machine: "
-      f"{doc['machine']}, shared with other jobs (Rust builds; this ran at nice 19). PyTorch "
+      f"{doc['machine']}, shared with other jobs (Rust builds; this ran at nice {nice}). PyTorch "
       f"{ur['torch']}, CPU only. Started {doc['started']}, finished {doc['finished']}: "
       f"**{doc['wall_seconds'] / 60:.1f} min in all**, of which {doc['training_wall_seconds'] / 60:.1f} min "
       "training (the three models side by side, one thread each).")
