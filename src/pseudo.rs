@@ -958,6 +958,7 @@ mod tests {
     use std::cell::Cell;
 
     /// A 5-slice mask whose slices 1 and 3 are empty, and a "CRF" that adds 1 to every voxel.
+    #[allow(clippy::type_complexity)] // an `impl Fn` cannot be named by a type alias
     fn case() -> (Engine, Array3<u8>, impl Fn(usize, &Array3<u8>) -> Result<Array2<u8>> + Sync) {
         let engine = Engine::new(&EngineOptions { threads: 2, ..Default::default() }).unwrap();
         let mask = Array3::from_shape_fn((5, 3, 4), |(z, y, x)| u8::from(z % 2 == 0 && x == y));

@@ -523,8 +523,10 @@ def write_models_md(models, doc, records, split):
     w(f"It needs `training/requirements.txt` and an `ichseg` binary (here `{doc['ichseg']}`). Machine: "
       f"{doc['machine']}, shared with other jobs (Rust builds; this ran at nice {nice}). PyTorch "
       f"{ur['torch']}, CPU only. Started {doc['started']}, finished {doc['finished']}: "
-      f"**{doc['wall_seconds'] / 60:.1f} min in all**, of which {doc['training_wall_seconds'] / 60:.1f} min "
-      "training (the three models side by side, one thread each).")
+      f"**{doc['wall_seconds'] / 60:.1f} min in all**, " + (
+          f"of which {doc['training_wall_seconds'] / 60:.1f} min training (the classifiers and the fully "
+          "supervised U-Net side by side, one thread each)." if doc["training_wall_seconds"] >= 1 else
+          "with the classifiers and the fully supervised U-Net reused (below)."))
     w("")
     if doc.get("earlier_run"):
         er = doc["earlier_run"]
