@@ -75,9 +75,7 @@ pub fn find_lesions(mask: ArrayView3<u8>, spacing: [f64; 3], affine: &[[f64; 4];
 /// assert_eq!((mask[[0, 0, 0]], mask.iter().filter(|&&v| v != 0).count()), (0, 8));
 /// ```
 pub fn remove_small_lesions(mask: &mut Array3<u8>, spacing: [f64; 3], min_ml: f64) -> Result<usize> {
-    if !(min_ml.is_finite() && min_ml >= 0.0) {
-        return Err(Error::arg(format!("the smallest lesion kept must be a finite volume >= 0 mL, got {min_ml}")));
-    }
+    check_min_lesion_ml(min_ml)?;
     if min_ml == 0.0 {
         return Ok(0);
     }
@@ -89,6 +87,16 @@ pub fn remove_small_lesions(mask: &mut Array3<u8>, spacing: [f64; 3], min_ml: f6
         let (labels, k) = label_3d::<usize>(mask.view());
         clear_small(mask, &labels, k, voxel_ml, min_ml)
     })
+}
+
+/// `Ok` when `min_ml` is a volume [`remove_small_lesions`] takes (finite, >= 0): the segmenter's
+/// and the pseudo-labeller's options check their `min_lesion_ml` with it before any work.
+pub(crate) fn check_min_lesion_ml(min_ml: f64) -> Result<()> {
+    if min_ml.is_finite() && min_ml >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::arg(format!("min_lesion_ml must be finite and >= 0, got {min_ml}")))
+    }
 }
 
 /// The 26-connected components of a mask's nonzero voxels: one label per voxel in raster order

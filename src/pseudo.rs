@@ -42,7 +42,7 @@ use crate::batching::for_each_batch;
 use crate::cam;
 use crate::crf::{self, CrfParams};
 use crate::error::{Error, Result};
-use crate::lesions::remove_small_lesions;
+use crate::lesions::{check_min_lesion_ml, remove_small_lesions};
 use crate::model::runtime::Engine;
 use crate::model::{GradientGraph, GradientOptions, ModelKind, OnnxModel};
 use crate::preprocess::{model_input, resize_bilinear, window_u8, InputSpec};
@@ -753,9 +753,7 @@ fn check_options(options: &PseudoOptions, classifiers: usize) -> Result<()> {
     if let Some(h) = options.max_hu.filter(|h| !h.is_finite()) {
         return Err(Error::arg(format!("max_hu must be a finite HU value, got {h}")));
     }
-    if !(options.min_lesion_ml.is_finite() && options.min_lesion_ml >= 0.0) {
-        return Err(Error::arg(format!("min_lesion_ml must be finite and >= 0, got {}", options.min_lesion_ml)));
-    }
+    check_min_lesion_ml(options.min_lesion_ml)?;
     if !(options.lambda.is_finite() && options.lambda >= 0.0) {
         return Err(Error::arg(format!("lambda must be finite and >= 0, got {}", options.lambda)));
     }

@@ -2,7 +2,7 @@
 
 use crate::batching::for_each_batch;
 use crate::error::{Error, Result};
-use crate::lesions::{find_lesions, remove_small_lesions, total_volume_ml, Lesion};
+use crate::lesions::{check_min_lesion_ml, find_lesions, remove_small_lesions, total_volume_ml, Lesion};
 use crate::model::runtime::Engine;
 use crate::model::{ModelKind, OnnxModel};
 use crate::preprocess::{model_input, resize_bilinear, InputSpec};
@@ -197,9 +197,7 @@ impl Segmenter {
         if options.batch == 0 || options.batch > MAX_BATCH {
             return Err(Error::arg(format!("batch must be 1..={MAX_BATCH}, got {}", options.batch)));
         }
-        if !(options.min_lesion_ml.is_finite() && options.min_lesion_ml >= 0.0) {
-            return Err(Error::arg(format!("min_lesion_ml must be finite and >= 0, got {}", options.min_lesion_ml)));
-        }
+        check_min_lesion_ml(options.min_lesion_ml)?;
         let window = options.window.or(meta.window).unwrap_or_default();
         if !(window.width > 0.0 && window.width.is_finite() && window.level.is_finite()) {
             return Err(Error::arg(format!("window width must be positive, got {}", window.width)));
