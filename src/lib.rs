@@ -29,6 +29,8 @@ pub mod capi;
 pub mod crf;
 pub mod error;
 pub mod io;
+#[cfg(any(feature = "gpu", test))]
+mod launch;
 pub mod lesions;
 pub mod metrics;
 pub mod model;

@@ -466,7 +466,7 @@ impl PseudoLabeler {
         native: (usize, usize),
     ) -> Result<Option<(Vec<Vec<f32>>, bool)>> {
         use crate::model::gpu::device_f32;
-        use cam::cuda::{TapBatch, TapData};
+        use cam::device::{TapBatch, TapData};
         if !self.engine.is_cuda() || self.options.cam == CamMethod::Grad || cam::cuda::available().is_err() {
             return Ok(None);
         }

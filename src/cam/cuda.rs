@@ -1,26 +1,16 @@
-//! SF-CAM and LayerCAM of a batch of slices on the GPU: the twins of [`super::sfcam`] and
-//! `normalize_max(layercam)`, followed by the resize to the native grid.
-//!
-//! The kernels (`kernels.cu`) are compiled by NVRTC on first use and cached for the process.
-//! The activations and gradients of one tap are read where the network left them on the GPU
-//! ([`TapData::Device`]), or go up once from the host; the maps come back once, on the native
-//! grid. PC1's `K x K` covariance is computed on the GPU and its top eigenvector on the CPU
-//! (the same power iteration as the CPU path, a few kilobytes each way), so both paths pick the
-//! same direction. Anything that goes wrong here (no NVRTC, a kernel that fails to load or
-//! launch, a panic inside cudarc) is an error the caller answers by using the CPU path.
+//! The CAM kernels on the GPU: `kernels.cu` behind [`device::Device`], compiled by NVRTC on
+//! first use and cached for the process. A tap's activations and gradients are read where the
+//! network left them on the GPU ([`TapData::Device`]), or go up once from the host. Anything
+//! that goes wrong here (no NVRTC, a kernel that fails to load or launch, a panic inside
+//! cudarc) is an error the caller answers by using the CPU path.
 
-use crate::model::gpu::grid;
+use super::device::{self, Eigenvectors, Res, TapBatch, TapData};
+use crate::launch::Launch;
 use crate::{Error, Result};
-use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError, PushKernelArg};
 use std::sync::{Arc, OnceLock};
 
 const SOURCE: &str = include_str!("kernels.cu");
-const BLOCK: u32 = 256;
-const TILE: u32 = 16;
-
-type Res<T> = std::result::Result<T, String>;
-/// Top eigenvectors of `batch` row-major `K x K` covariances, `[batch, K]` flattened.
-pub(crate) type Eigenvectors<'a> = dyn Fn(&[f32], usize, usize) -> Vec<f64> + 'a;
 
 /// The loaded kernels and the stream they run on.
 struct Kernels {
@@ -65,40 +55,11 @@ pub(crate) fn available() -> std::result::Result<(), String> {
     kernels().map(|_| ())
 }
 
-/// Where a tap's activations or gradients are, `[batch, k, h, w]` contiguous.
-#[derive(Clone, Copy)]
-pub(crate) enum TapData<'a> {
-    /// On the host: uploaded for the kernels.
-    Host(&'a [f32]),
-    /// Already on the GPU at this device address, at least `batch * k * h * w` values (a network
-    /// output tract-cuda kept there, [`crate::model::gpu::device_f32`]): read in place.
-    Device(u64),
-}
-
-/// One tap of a batch: the layout of its activations and gradients and what to make of them.
-pub(crate) struct TapBatch<'a> {
-    pub a: TapData<'a>,
-    pub g: TapData<'a>,
-    pub batch: usize,
-    pub k: usize,
-    pub h: usize,
-    pub w: usize,
-    /// SF-CAM (`true`) or LayerCAM alone.
-    pub sf: bool,
-    /// SF-CAM's layer-1 amplification with this `lambda`.
-    pub amplify: Option<f32>,
-    /// The model's input size, where the CAM is formed.
-    pub input: (usize, usize),
-    /// The volume's slice grid, where the maps are returned.
-    pub native: (usize, usize),
-}
-
-/// The maps of `tap` on the native grid, `[batch, rows, cols]` flattened; `eigenvector` finds
-/// PC1's direction from a `K x K` covariance (the CPU path's own routine, run in parallel by the
-/// caller over the batch).
+/// [`device::tap_maps`] on the GPU: the maps of `tap` on the native grid, `[batch, rows, cols]`
+/// flattened.
 pub(crate) fn tap_maps(tap: &TapBatch, eigenvectors: &Eigenvectors) -> Result<Vec<f32>> {
     let k = kernels().map_err(Error::Unsupported)?;
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(k, tap, eigenvectors)))
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| device::tap_maps(k, tap, eigenvectors)))
         .unwrap_or_else(|_| Err("the CUDA driver panicked while computing CAMs".into()))
         .map_err(|e| {
             // Work queued before the failure may still read the caller's device taps, which
@@ -113,123 +74,118 @@ pub(crate) fn tap_maps(tap: &TapBatch, eigenvectors: &Eigenvectors) -> Result<Ve
         })
 }
 
-fn per_image(count: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (count as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+fn e(what: &'static str) -> impl Fn(DriverError) -> String {
+    move |err| format!("{what}: {err}")
 }
 
-fn run(ks: &Kernels, t: &TapBatch, eigenvectors: &Eigenvectors) -> Res<Vec<f32>> {
-    let (b, k, hw) = (t.batch, t.k, t.h * t.w);
-    let (rows, cols) = t.input;
-    let (ny, nx) = t.native;
-    if b == 0 || hw == 0 || k == 0 {
-        return Err(format!("an empty tap batch [{b}, {k}, {}, {}]", t.h, t.w));
-    }
-    let s = &ks.stream;
-    let e = |what: &'static str| move |err: cudarc::driver::DriverError| format!("{what}: {err}");
-    let (bi, ki, hwi) = (b as i32, k as i32, hw as i32);
-    // The kernels take plain addresses: the network's own buffer, or an upload kept alive here.
-    let mut uploads = Vec::new();
-    let mut address = |data: TapData, what: &'static str| -> Res<u64> {
+type F = CudaSlice<f32>;
+type D = CudaSlice<f64>;
+
+/// A tap's device address, and the upload that holds it when the values came from the host.
+struct Tap {
+    address: u64,
+    _upload: Option<F>,
+}
+
+/// An absent `p` (LayerCAM): the kernels' null pointer.
+const NULL: u64 = 0;
+
+// SAFETY (every launch below): the arguments match the kernel's signature in kernels.cu, and
+// `device::tap_maps` allocates each buffer with the length the kernel indexes; a device tap
+// holds what `TapData::Device` promises.
+impl device::Device for Kernels {
+    type F = F;
+    type D = D;
+    type Tap = Tap;
+    fn tap(&self, data: TapData, len: usize, what: &str) -> Res<Tap> {
         match data {
-            TapData::Device(address) => Ok(address),
-            TapData::Host(values) if values.len() == b * k * hw => {
-                let up = s.clone_htod(values).map_err(e(what))?;
-                let address = up.device_ptr(s).0;
-                uploads.push(up);
-                Ok(address)
+            TapData::Device(address) => Ok(Tap { address, _upload: None }),
+            TapData::Host(values) => {
+                let up = self.stream.clone_htod(&values[..len]).map_err(|err| format!("upload {what}: {err}"))?;
+                let address = up.device_ptr(&self.stream).0;
+                Ok(Tap { address, _upload: Some(up) })
             }
-            TapData::Host(values) => Err(format!("{what}: {} values for [{b}, {k}, {}, {}]", values.len(), t.h, t.w)),
         }
-    };
-    let a = address(t.a, "upload activations")?;
-    let g = address(t.g, "upload gradients")?;
-    let mut l: CudaSlice<f32> = s.alloc_zeros(b * hw).map_err(e("alloc"))?;
-    let mut stats: CudaSlice<f64> = s.alloc_zeros(b * 4).map_err(e("alloc"))?;
-    let mut c: CudaSlice<f32> = s.alloc_zeros(b * hw).map_err(e("alloc"))?;
-    let mut pn: CudaSlice<f32> = s.alloc_zeros(b * hw).map_err(e("alloc"))?;
-    // SAFETY (every launch below): arguments match the kernel signatures in kernels.cu and the
-    // buffers hold the sizes the kernels index: uploads checked above, a device tap as
-    // `TapData::Device` promises, the rest allocated here.
-    unsafe {
-        s.launch_builder(&ks.layercam).arg(&a).arg(&g).arg(&mut l).arg(&bi).arg(&ki).arg(&hwi).launch(grid(b * hw))
     }
-    .map_err(e("layercam"))?;
-    let null = 0u64;
-    let p = if t.sf {
-        let mut x: CudaSlice<f32> = s.alloc_zeros(b * k * hw).map_err(e("alloc"))?;
-        unsafe { s.launch_builder(&ks.center).arg(&a).arg(&mut x).arg(&hwi).launch(per_image(b * k)) }
-            .map_err(e("center"))?;
-        let mut cov: CudaSlice<f32> = s.alloc_zeros(b * k * k).map_err(e("alloc"))?;
-        let tiles = (k as u32).div_ceil(TILE);
-        let cfg = LaunchConfig { grid_dim: (tiles, tiles, b as u32), block_dim: (TILE, TILE, 1), shared_mem_bytes: 0 };
-        unsafe { s.launch_builder(&ks.covariance).arg(&x).arg(&mut cov).arg(&ki).arg(&hwi).launch(cfg) }
-            .map_err(e("covariance"))?;
-        let cov = s.clone_dtoh(&cov).map_err(e("download covariance"))?;
-        s.synchronize().map_err(e("covariance"))?;
-        let v = eigenvectors(&cov, b, k);
-        let v = s.clone_htod(&v).map_err(e("upload eigenvectors"))?;
-        let mut p: CudaSlice<f64> = s.alloc_zeros(b * hw).map_err(e("alloc"))?;
-        unsafe {
-            s.launch_builder(&ks.project).arg(&x).arg(&v).arg(&mut p).arg(&bi).arg(&ki).arg(&hwi).launch(grid(b * hw))
-        }
-        .map_err(e("project"))?;
-        Some(p)
-    } else {
-        None
-    };
-    unsafe {
-        let mut launch = s.launch_builder(&ks.image_stats);
-        launch.arg(&l);
-        match &p {
-            Some(p) => launch.arg(p),
-            None => launch.arg(&null),
+    fn zeros_f32(&self, len: usize) -> Res<F> {
+        self.stream.alloc_zeros(len).map_err(e("alloc"))
+    }
+    fn zeros_f64(&self, len: usize) -> Res<D> {
+        self.stream.alloc_zeros(len).map_err(e("alloc"))
+    }
+    fn upload_f64(&self, v: &[f64]) -> Res<D> {
+        self.stream.clone_htod(v).map_err(e("upload"))
+    }
+    fn download_f32(&self, b: &F, what: &str) -> Res<Vec<f32>> {
+        let out = self.stream.clone_dtoh(b).map_err(|err| format!("download {what}: {err}"))?;
+        self.stream.synchronize().map_err(|err| format!("CAM kernels: {err}"))?;
+        Ok(out)
+    }
+    fn layercam(&self, cfg: Launch, a: &Tap, g: &Tap, l: &mut F, batch: i32, k: i32, hw: i32) -> Res<()> {
+        let mut b = self.stream.launch_builder(&self.layercam);
+        b.arg(&a.address).arg(&g.address).arg(l).arg(&batch).arg(&k).arg(&hw);
+        unsafe { b.launch(cfg.into()) }.map(drop).map_err(e("layercam"))
+    }
+    fn center(&self, cfg: Launch, a: &Tap, x: &mut F, hw: i32) -> Res<()> {
+        let mut b = self.stream.launch_builder(&self.center);
+        b.arg(&a.address).arg(x).arg(&hw);
+        unsafe { b.launch(cfg.into()) }.map(drop).map_err(e("center"))
+    }
+    fn covariance(&self, cfg: Launch, x: &F, c: &mut F, k: i32, hw: i32) -> Res<()> {
+        let mut b = self.stream.launch_builder(&self.covariance);
+        b.arg(x).arg(c).arg(&k).arg(&hw);
+        unsafe { b.launch(cfg.into()) }.map(drop).map_err(e("covariance"))
+    }
+    fn project(&self, cfg: Launch, x: &F, v: &D, p: &mut D, batch: i32, k: i32, hw: i32) -> Res<()> {
+        let mut b = self.stream.launch_builder(&self.project);
+        b.arg(x).arg(v).arg(p).arg(&batch).arg(&k).arg(&hw);
+        unsafe { b.launch(cfg.into()) }.map(drop).map_err(e("project"))
+    }
+    fn image_stats(&self, cfg: Launch, l: &F, p: Option<&D>, stats: &mut D, hw: i32) -> Res<()> {
+        let mut b = self.stream.launch_builder(&self.image_stats);
+        b.arg(l);
+        match p {
+            Some(p) => b.arg(p),
+            None => b.arg(&NULL),
         };
-        launch.arg(&mut stats).arg(&hwi).launch(per_image(b))
+        b.arg(stats).arg(&hw);
+        unsafe { b.launch(cfg.into()) }.map(drop).map_err(e("image_stats"))
     }
-    .map_err(e("image_stats"))?;
-    unsafe {
-        let mut launch = s.launch_builder(&ks.normalize);
-        launch.arg(&l);
-        match &p {
-            Some(p) => launch.arg(p),
-            None => launch.arg(&null),
+    fn normalize(
+        &self,
+        cfg: Launch,
+        l: &F,
+        p: Option<&D>,
+        stats: &D,
+        c: &mut F,
+        pn: &mut F,
+        batch: i32,
+        hw: i32,
+    ) -> Res<()> {
+        let mut b = self.stream.launch_builder(&self.normalize);
+        b.arg(l);
+        match p {
+            Some(p) => b.arg(p),
+            None => b.arg(&NULL),
         };
-        launch.arg(&stats).arg(&mut c).arg(&mut pn).arg(&bi).arg(&hwi).launch(grid(b * hw))
+        b.arg(stats).arg(c).arg(pn).arg(&batch).arg(&hw);
+        unsafe { b.launch(cfg.into()) }.map(drop).map_err(e("normalize"))
     }
-    .map_err(e("normalize"))?;
-    let resize = |src: &CudaSlice<f32>, (sh, sw): (usize, usize), (dh, dw): (usize, usize)| -> Res<CudaSlice<f32>> {
-        let mut dst: CudaSlice<f32> = s.alloc_zeros(b * dh * dw).map_err(e("alloc"))?;
-        let dims = [bi, sh as i32, sw as i32, dh as i32, dw as i32];
-        unsafe {
-            s.launch_builder(&ks.resize)
-                .arg(src)
-                .arg(&mut dst)
-                .arg(&dims[0])
-                .arg(&dims[1])
-                .arg(&dims[2])
-                .arg(&dims[3])
-                .arg(&dims[4])
-                .launch(grid(b * dh * dw))
-        }
-        .map_err(e("resize"))?;
-        Ok(dst)
-    };
-    let mut cam = resize(&c, (t.h, t.w), (rows, cols))?;
-    if t.sf {
-        let p_in = resize(&pn, (t.h, t.w), (rows, cols))?;
-        let n = (b * rows * cols) as i64;
-        unsafe { s.launch_builder(&ks.combine).arg(&mut cam).arg(&p_in).arg(&n).launch(grid(b * rows * cols)) }
-            .map_err(e("combine"))?;
+    fn resize(&self, cfg: Launch, src: &F, dst: &mut F, dims: [i32; 5]) -> Res<()> {
+        let mut b = self.stream.launch_builder(&self.resize);
+        b.arg(src).arg(dst).arg(&dims[0]).arg(&dims[1]).arg(&dims[2]).arg(&dims[3]).arg(&dims[4]);
+        unsafe { b.launch(cfg.into()) }.map(drop).map_err(e("resize"))
     }
-    if let Some(lambda) = t.amplify {
-        let n = (rows * cols) as i32;
-        unsafe { s.launch_builder(&ks.amplify).arg(&mut cam).arg(&n).arg(&lambda).launch(per_image(b)) }
-            .map_err(e("amplify"))?;
+    fn combine(&self, cfg: Launch, c: &mut F, p: &F, n: i64) -> Res<()> {
+        let mut b = self.stream.launch_builder(&self.combine);
+        b.arg(c).arg(p).arg(&n);
+        unsafe { b.launch(cfg.into()) }.map(drop).map_err(e("combine"))
     }
-    let native = resize(&cam, (rows, cols), (ny, nx))?;
-    let out = s.clone_dtoh(&native).map_err(e("download maps"))?;
-    s.synchronize().map_err(e("CAM kernels"))?;
-    Ok(out)
+    fn amplify(&self, cfg: Launch, cam: &mut F, n: i32, lambda: f32) -> Res<()> {
+        let mut b = self.stream.launch_builder(&self.amplify);
+        b.arg(cam).arg(&n).arg(&lambda);
+        unsafe { b.launch(cfg.into()) }.map(drop).map_err(e("amplify"))
+    }
 }
 
 #[cfg(test)]

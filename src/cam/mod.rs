@@ -35,10 +35,12 @@
 
 #[cfg(feature = "gpu")]
 pub(crate) mod cuda;
+#[cfg(any(feature = "gpu", test))]
+pub(crate) mod device;
 mod pca;
 
 pub use pca::pc1;
-#[cfg(feature = "gpu")]
+#[cfg(any(feature = "gpu", test))]
 pub(crate) use pca::top_eigenvector;
 
 use crate::preprocess::resize_bilinear;

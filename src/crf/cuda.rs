@@ -5,6 +5,7 @@
 
 use super::device::{self, Res};
 use super::{CrfParams, Kernel};
+use crate::launch::Launch;
 use crate::{Error, Result};
 use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError, PushKernelArg};
 use std::sync::{Arc, OnceLock};
@@ -105,25 +106,25 @@ impl device::Device for Cuda {
         let count = n as i64;
         let mut l = self.stream.launch_builder(&self.init);
         l.arg(labels).arg(&pe).arg(&ne).arg(nu).arg(q).arg(&count);
-        unsafe { l.launch(crate::model::gpu::grid(n)) }.map(drop).map_err(e("crf_init"))
+        unsafe { l.launch(Launch::elements(n).into()) }.map(drop).map_err(e("crf_init"))
     }
     fn scale(&self, q: &F, norm: &F, scaled: &mut F, n: usize) -> Res<()> {
         let count = n as i64;
         let mut l = self.stream.launch_builder(&self.scale);
         l.arg(q).arg(norm).arg(scaled).arg(&count);
-        unsafe { l.launch(crate::model::gpu::grid(n)) }.map(drop).map_err(e("crf_scale"))
+        unsafe { l.launch(Launch::elements(n).into()) }.map(drop).map_err(e("crf_scale"))
     }
     fn splat(&self, start: &U, pixel: &U, weight: &F, scaled: &F, values: &mut F, m: usize) -> Res<()> {
         let count = m as i64;
         let mut l = self.stream.launch_builder(&self.splat);
         l.arg(start).arg(pixel).arg(weight).arg(scaled).arg(values).arg(&count);
-        unsafe { l.launch(crate::model::gpu::grid(m)) }.map(drop).map_err(e("crf_splat"))
+        unsafe { l.launch(Launch::elements(m).into()) }.map(drop).map_err(e("crf_splat"))
     }
     fn blur(&self, neighbors: &U, axis: usize, values: &F, out: &mut F, m: usize) -> Res<()> {
         let (axis, count) = (axis as i32, m as i64);
         let mut l = self.stream.launch_builder(&self.blur);
         l.arg(neighbors).arg(&axis).arg(values).arg(out).arg(&count);
-        unsafe { l.launch(crate::model::gpu::grid(m)) }.map(drop).map_err(e("crf_blur"))
+        unsafe { l.launch(Launch::elements(m).into()) }.map(drop).map_err(e("crf_blur"))
     }
     fn slice(
         &self,
@@ -139,19 +140,19 @@ impl device::Device for Cuda {
         let (d1, count) = (d1 as i32, n as i64);
         let mut l = self.stream.launch_builder(&self.slice);
         l.arg(offset).arg(bary).arg(&d1).arg(&alpha).arg(values).arg(norm).arg(msg).arg(&count);
-        unsafe { l.launch(crate::model::gpu::grid(n)) }.map(drop).map_err(e("crf_slice"))
+        unsafe { l.launch(Launch::elements(n).into()) }.map(drop).map_err(e("crf_slice"))
     }
     fn update(&self, nu: &F, a: &F, wa: f32, b: &F, wb: f32, q: &mut F, n: usize) -> Res<()> {
         let count = n as i64;
         let mut l = self.stream.launch_builder(&self.update);
         l.arg(nu).arg(a).arg(&wa).arg(b).arg(&wb).arg(q).arg(&count);
-        unsafe { l.launch(crate::model::gpu::grid(n)) }.map(drop).map_err(e("crf_update"))
+        unsafe { l.launch(Launch::elements(n).into()) }.map(drop).map_err(e("crf_update"))
     }
     fn argmax(&self, q: &F, out: &mut B, n: usize) -> Res<()> {
         let count = n as i64;
         let mut l = self.stream.launch_builder(&self.argmax);
         l.arg(q).arg(out).arg(&count);
-        unsafe { l.launch(crate::model::gpu::grid(n)) }.map(drop).map_err(e("crf_argmax"))
+        unsafe { l.launch(Launch::elements(n).into()) }.map(drop).map_err(e("crf_argmax"))
     }
 }
 

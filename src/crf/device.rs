@@ -242,62 +242,12 @@ pub(crate) fn mean_field<D: Device>(
 
 #[cfg(test)]
 mod tests {
-    //! `kernels.cu` compiled for the CPU by the system C++ compiler, with a few definitions
-    //! standing in for CUDA's, and launched one thread at a time: the flat layout, the gathers
-    //! and the loop are checked against the CPU CRF without a GPU.
+    //! `kernels.cu` compiled for the CPU ([`Emulated`]): the flat layout, the gathers and the
+    //! loop are checked against the CPU CRF without a GPU.
     use super::*;
+    use crate::launch::emulated::Emulated;
+    use crate::launch::Launch;
     use ndarray::Array2;
-    use std::path::Path;
-    use std::process::Command;
-
-    const SHIM: &str = r#"
-#include <math.h>
-#define __global__
-#define __device__ static inline
-struct EmuDim { unsigned x, y, z; };
-static thread_local EmuDim blockIdx, threadIdx, blockDim;
-extern "C" void emu_thread(long long g) { blockDim.x = 256; blockIdx.x = (unsigned)(g / 256); threadIdx.x = (unsigned)(g % 256); }
-"#;
-
-    struct Emulated {
-        lib: libloading::Library,
-    }
-
-    impl Emulated {
-        fn build(dir: &Path) -> Emulated {
-            let shim = dir.join("shim.h");
-            std::fs::write(&shim, SHIM).unwrap();
-            let lib = dir.join("libcrf_kernels.so");
-            let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/crf/kernels.cu");
-            let status = Command::new("c++")
-                .args(["-O1", "-ffp-contract=off", "-shared", "-fPIC", "-x", "c++", "-include"])
-                .arg(&shim)
-                .arg(&source)
-                .arg("-o")
-                .arg(&lib)
-                .status()
-                .expect("a C++ compiler (c++) to build the emulated kernels");
-            assert!(status.success(), "kernels.cu does not compile as C++");
-            // SAFETY: our own library, with no initialisers.
-            Emulated { lib: unsafe { libloading::Library::new(&lib) }.unwrap() }
-        }
-
-        /// Runs `call` once per thread `0..count`, as a launch of `count` threads would.
-        fn launch(&self, count: usize, call: impl Fn()) -> Res<()> {
-            // SAFETY: the shim's `emu_thread(long long)`.
-            let thread: libloading::Symbol<unsafe extern "C" fn(i64)> = unsafe { self.lib.get(b"emu_thread") }.unwrap();
-            for g in 0..count {
-                unsafe { thread(g as i64) };
-                call();
-            }
-            Ok(())
-        }
-
-        fn kernel<T>(&self, name: &str) -> libloading::Symbol<'_, T> {
-            // SAFETY: the callers give each kernel its signature in kernels.cu.
-            unsafe { self.lib.get(name.as_bytes()) }.unwrap()
-        }
-    }
 
     type CF = *const f32;
     type MF = *mut f32;
@@ -328,12 +278,12 @@ extern "C" void emu_thread(long long g) { blockDim.x = 256; blockIdx.x = (unsign
         fn init(&self, l: &Vec<u8>, pe: f32, ne: f32, nu: &mut Vec<f32>, q: &mut Vec<f32>, n: usize) -> Res<()> {
             let f = self.kernel::<unsafe extern "C" fn(*const u8, f32, f32, MF, MF, i64)>("crf_init");
             let (nu, q) = (nu.as_mut_ptr(), q.as_mut_ptr());
-            self.launch(n, || unsafe { f(l.as_ptr(), pe, ne, nu, q, n as i64) })
+            self.launch(Launch::elements(n), || unsafe { f(l.as_ptr(), pe, ne, nu, q, n as i64) })
         }
         fn scale(&self, q: &Vec<f32>, norm: &Vec<f32>, scaled: &mut Vec<f32>, n: usize) -> Res<()> {
             let f = self.kernel::<unsafe extern "C" fn(CF, CF, MF, i64)>("crf_scale");
             let out = scaled.as_mut_ptr();
-            self.launch(n, || unsafe { f(q.as_ptr(), norm.as_ptr(), out, n as i64) })
+            self.launch(Launch::elements(n), || unsafe { f(q.as_ptr(), norm.as_ptr(), out, n as i64) })
         }
         fn splat(
             &self,
@@ -346,14 +296,16 @@ extern "C" void emu_thread(long long g) { blockDim.x = 256; blockIdx.x = (unsign
         ) -> Res<()> {
             let f = self.kernel::<unsafe extern "C" fn(CU, CU, CF, CF, MF, i64)>("crf_splat");
             let out = values.as_mut_ptr();
-            self.launch(m, || unsafe {
+            self.launch(Launch::elements(m), || unsafe {
                 f(start.as_ptr(), pixel.as_ptr(), weight.as_ptr(), scaled.as_ptr(), out, m as i64)
             })
         }
         fn blur(&self, neighbors: &Vec<u32>, axis: usize, values: &Vec<f32>, out: &mut Vec<f32>, m: usize) -> Res<()> {
             let f = self.kernel::<unsafe extern "C" fn(CU, i32, CF, MF, i64)>("crf_blur");
             let out = out.as_mut_ptr();
-            self.launch(m, || unsafe { f(neighbors.as_ptr(), axis as i32, values.as_ptr(), out, m as i64) })
+            self.launch(Launch::elements(m), || unsafe {
+                f(neighbors.as_ptr(), axis as i32, values.as_ptr(), out, m as i64)
+            })
         }
         fn slice(
             &self,
@@ -368,7 +320,7 @@ extern "C" void emu_thread(long long g) { blockDim.x = 256; blockIdx.x = (unsign
         ) -> Res<()> {
             let f = self.kernel::<unsafe extern "C" fn(CU, CF, i32, f32, CF, CF, MF, i64)>("crf_slice");
             let out = msg.as_mut_ptr();
-            self.launch(n, || unsafe {
+            self.launch(Launch::elements(n), || unsafe {
                 f(offset.as_ptr(), bary.as_ptr(), d1 as i32, alpha, values.as_ptr(), norm.as_ptr(), out, n as i64)
             })
         }
@@ -384,12 +336,14 @@ extern "C" void emu_thread(long long g) { blockDim.x = 256; blockIdx.x = (unsign
         ) -> Res<()> {
             let f = self.kernel::<unsafe extern "C" fn(CF, CF, f32, CF, f32, MF, i64)>("crf_update");
             let out = q.as_mut_ptr();
-            self.launch(n, || unsafe { f(nu.as_ptr(), a.as_ptr(), wa, b.as_ptr(), wb, out, n as i64) })
+            self.launch(Launch::elements(n), || unsafe {
+                f(nu.as_ptr(), a.as_ptr(), wa, b.as_ptr(), wb, out, n as i64)
+            })
         }
         fn argmax(&self, q: &Vec<f32>, out: &mut Vec<u8>, n: usize) -> Res<()> {
             let f = self.kernel::<unsafe extern "C" fn(CF, *mut u8, i64)>("crf_argmax");
             let out = out.as_mut_ptr();
-            self.launch(n, || unsafe { f(q.as_ptr(), out, n as i64) })
+            self.launch(Launch::elements(n), || unsafe { f(q.as_ptr(), out, n as i64) })
         }
     }
 
@@ -410,7 +364,7 @@ extern "C" void emu_thread(long long g) { blockDim.x = 256; blockIdx.x = (unsign
         (image, labels)
     }
 
-    type Batch = (tempfile::TempDir, Emulated, CrfParams, Vec<(Array2<u8>, Array2<u8>)>, Vec<[Kernel; 2]>);
+    type Batch = (Emulated, CrfParams, Vec<(Array2<u8>, Array2<u8>)>, Vec<[Kernel; 2]>);
 
     fn refs(kernels: &[[Kernel; 2]]) -> Vec<[&Kernel; 2]> {
         kernels.iter().map(|[a, b]| [a, b]).collect()
@@ -421,21 +375,20 @@ extern "C" void emu_thread(long long g) { blockDim.x = 256; blockIdx.x = (unsign
         [super::super::smoothness_kernel(image.dim(), params), super::super::appearance_kernel(image.view(), params)]
     }
 
-    /// The emulated device (its library in a temporary directory) and slices of these shapes
+    /// The emulated device and slices of these shapes
     /// and seeds with their kernels at the default parameters.
     fn batch(shapes: [(usize, usize, u64); 2]) -> Batch {
-        let dir = tempfile::tempdir().unwrap();
-        let dev = Emulated::build(dir.path());
+        let dev = Emulated::build("src/crf/kernels.cu");
         let params = CrfParams::default();
         let slices: Vec<_> = shapes.iter().map(|&(rows, cols, seed)| slice(rows, cols, seed)).collect();
         let kernels = slices.iter().map(|(i, _)| kernels(i, &params)).collect();
-        (dir, dev, params, slices, kernels)
+        (dev, params, slices, kernels)
     }
 
     #[test]
     fn emulated_kernels_match_the_cpu_crf() {
         // Two slices of different sizes in one batch: the flat offsets must keep them apart.
-        let (_dir, dev, params, slices, kernels) = batch([(40, 48, 3), (36, 30, 9)]);
+        let (dev, params, slices, kernels) = batch([(40, 48, 3), (36, 30, 9)]);
         let labels: Vec<u8> = slices.iter().flat_map(|(_, l)| l.iter().copied()).collect();
         let got = mean_field(&dev, &labels, &refs(&kernels), &params).unwrap();
         let want: Vec<u8> = slices
@@ -465,7 +418,7 @@ extern "C" void emu_thread(long long g) { blockDim.x = 256; blockIdx.x = (unsign
     fn emulated_filter_is_the_cpu_filter_bit_for_bit() {
         // One message pass of each kernel over a batch of two slices, against `Kernel::filter`
         // per slice: the same sums in the same order give the same floats.
-        let (_dir, dev, _, slices, kernels) = batch([(24, 20, 4), (18, 26, 8)]);
+        let (dev, _, slices, kernels) = batch([(24, 20, 4), (18, 26, 8)]);
         let n: usize = slices.iter().map(|(i, _)| i.len()).sum();
         let q: Vec<f32> = (0..n * LABELS).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
         for which in 0..2 {

@@ -173,16 +173,6 @@ pub fn usable() -> std::result::Result<&'static str, &'static str> {
         .map_err(|s| s.as_str())
 }
 
-/// A launch of at least `n` threads in blocks of 256, for kernels with one thread per element
-/// that check their index against `n`.
-pub(crate) fn grid(n: usize) -> cudarc::driver::LaunchConfig {
-    cudarc::driver::LaunchConfig {
-        grid_dim: ((n as u32).div_ceil(256), 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
 /// Our own kernels (`source`, CUDA C) compiled by NVRTC without fused multiply-adds (the CPU
 /// twins' rounding) and loaded on a new stream of device 0, behind a panic guard: cudarc panics
 /// when a library is missing. `what` names them in errors.
