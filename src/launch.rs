@@ -2,6 +2,10 @@
 //! path converts a [`Launch`] for cudarc, and the tests run the same kernel sources with the
 //! same launches on the CPU ([`emulated`]).
 
+/// What a device operation gives: its value, or why the device failed (the callers turn that
+/// into an [`crate::Error`], or fall back to the CPU).
+pub(crate) type Res<T> = std::result::Result<T, String>;
+
 /// Threads per block of the one-dimensional launches (`BLOCK` in the kernel sources, whose
 /// block-wide reductions assume it).
 pub(crate) const BLOCK: u32 = 256;

@@ -4,8 +4,8 @@
 //! that goes wrong here (no NVRTC, a kernel that fails to load or launch, a panic inside
 //! cudarc) is an error the caller answers by using the CPU path.
 
-use super::device::{self, Eigenvectors, Res, TapBatch, TapData};
-use crate::launch::Launch;
+use super::device::{self, Eigenvectors, TapBatch, TapData};
+use crate::launch::{Launch, Res};
 use crate::{Error, Result};
 use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError, PushKernelArg};
 use std::sync::{Arc, OnceLock};

@@ -7,9 +7,8 @@
 //! same power iteration as the CPU path, a few kilobytes each way), so both paths pick the same
 //! direction. The maps come back once, on the native grid.
 
-use crate::launch::Launch;
+use crate::launch::{Launch, Res};
 
-pub(crate) type Res<T> = std::result::Result<T, String>;
 /// Top eigenvectors of `batch` row-major `K x K` covariances, `[batch, K]` flattened.
 pub(crate) type Eigenvectors<'a> = dyn Fn(&[f32], usize, usize) -> Vec<f64> + 'a;
 
@@ -126,6 +125,7 @@ pub(crate) fn tap_maps<D: Device>(dev: &D, t: &TapBatch, eigenvectors: &Eigenvec
     };
     let mut stats = dev.zeros_f64(b * 4)?;
     dev.image_stats(Launch::per_block(b), &l, p.as_ref(), &mut stats, hwi)?;
+    // `pn`, PC1's normalised map, is only written for SF-CAM.
     let (mut c, mut pn) = (dev.zeros_f32(b * hw)?, dev.zeros_f32(if t.sf { b * hw } else { 1 })?);
     dev.normalize(Launch::elements(b * hw), &l, p.as_ref(), &stats, &mut c, &mut pn, bi, hwi)?;
     let resize = |src: &D::F, (sh, sw): (usize, usize), (dh, dw): (usize, usize)| -> Res<D::F> {

@@ -3,9 +3,9 @@
 //! NVRTC, a kernel that fails to load or launch, a panic inside cudarc) is an error the caller
 //! answers by using the CPU.
 
-use super::device::{self, Res};
+use super::device;
 use super::{CrfParams, Kernel};
-use crate::launch::Launch;
+use crate::launch::{Launch, Res};
 use crate::{Error, Result};
 use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError, PushKernelArg};
 use std::sync::{Arc, OnceLock};

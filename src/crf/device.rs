@@ -8,8 +8,7 @@
 //! runs in the CPU's order, so the result is the CPU's up to the device's `expf`.
 
 use super::{unary_energies, CrfParams, Kernel, LABELS};
-
-pub(crate) type Res<T> = std::result::Result<T, String>;
+use crate::launch::Res;
 
 /// A device with buffers of `f32`, `u32` and `u8` and the kernels of `kernels.cu`, each launched
 /// with one thread per element of its last argument (`n` pixels or `m` vertices).
