@@ -69,7 +69,8 @@ def eval_classifier(model, data, split, subset="test", layout="bcihm", threads=N
 
 
 def find_ichseg(explicit=None) -> str:
-    for cand in (explicit, shutil.which("ichseg"), "/work/bin/ichseg", "target/release/ichseg"):
+    repo_build = pathlib.Path(__file__).resolve().parents[2] / "target" / "release" / "ichseg"
+    for cand in (explicit, shutil.which("ichseg"), "target/release/ichseg", repo_build):
         if cand and pathlib.Path(cand).is_file():
             return str(cand)
     raise SystemExit("ichseg binary not found: pass --ichseg PATH (cargo build --release)")
@@ -143,7 +144,8 @@ def main(argv=None):
         sp.add_argument("--json", default=None, help="also write the scores here")
         if name == "unet":
             sp.add_argument("--pred-dir", required=True, help="where the predicted masks go")
-            sp.add_argument("--ichseg", default=None, help="the ichseg binary (default: PATH, /work/bin)")
+            sp.add_argument("--ichseg", default=None,
+                            help="the ichseg binary (default: PATH, then target/release/ichseg)")
             sp.add_argument("--threads", type=int, default=0)
             sp.add_argument("--min-lesion-ml", type=float, default=0.0,
                             help="drop lesions smaller than this (mL) before scoring (ichseg segment --min-lesion-ml)")

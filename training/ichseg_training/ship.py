@@ -2,12 +2,16 @@
 fully supervised U-Net, pseudo masks from the classifiers and the weakly supervised U-Net
 trained on them, held-out scores, the sample volume and ``models/MODELS.md``.
 
-    PYTHONPATH=training nice -n 19 python -m ichseg_training.ship --work /work/data/ship \\
-        --models models [--ichseg /work/bin/ichseg] [--seed 2025] [--count 800] [--jobs 2]
+    export DATA=~/ichseg-data   # the work folder, outside the repository
+    PYTHONPATH=training nice -n 19 python -m ichseg_training.ship --work "$DATA" \\
+        --models models [--ichseg target/release/ichseg] [--seed 2025] [--count 800] [--jobs 2]
 
 Run it from the repository root (the paths printed into MODELS.md are relative to it); the
 generated data, checkpoints and predictions stay under ``--work`` (keep it out of the
-repository).  Every step is a subprocess whose exact command line, wall time and output are
+repository).  MODELS.md and the models' run records name no folder of the machine: the work
+folder is written as ``$DATA``, the ichseg binary relative to the repository
+(``target/release/ichseg`` when it lies outside), other paths in the repository relative to it
+(``portable``).  Every step is a subprocess whose exact command line, wall time and output are
 recorded in ``--work/ship.json``; the numbers in MODELS.md are read from the trainers' run
 records and the evaluators' JSON.  ``--skip-existing`` reuses the phantoms and any model whose
 run record exists (to redo only the later steps).  ``--smoke`` runs every step on six tiny
@@ -20,6 +24,7 @@ import contextlib
 import json
 import os
 import pathlib
+import re
 import shlex
 import shutil
 import subprocess
@@ -29,6 +34,7 @@ import time
 from . import common as C
 
 TRAINING = pathlib.Path(__file__).resolve().parent.parent
+REPO = TRAINING.parent
 
 # The shipped configuration, chosen so that the three trainings (side by side, one thread each:
 # faster than 2 threads on a loaded machine) fit in about half an hour on a shared 2-core CPU.
@@ -71,6 +77,81 @@ UNET_ARGS = ["--base-width", 8, "--depth", 4, "--epochs", 15, "--batch", 8, "--c
 def shown(cmd) -> str:
     """A command as text, with this interpreter shown as ``python``."""
     return " ".join(shlex.quote("python" if c == sys.executable else str(c)) for c in cmd)
+
+
+def portable(text, work=(), ichseg=None, repo=REPO) -> str:
+    """``text`` (a command line, a path, a message) as MODELS.md and the run records show it, with
+    no folder of this machine: the work folder(s) ``work`` (absolute; a string or several) become
+    ``$DATA``, the ichseg binary ``ichseg`` its path relative to ``repo`` (``target/release/ichseg``
+    when it lies outside), and any other path in ``repo`` relative to it. Only whole path
+    components match (``/data/ship800`` leaves ``/data/ship8000`` alone); a shell-quoted path
+    (``'/data/a b/x'``) becomes ``"$DATA"'/a b/x'``, which a shell still expands."""
+    repo = pathlib.Path(repo).resolve()
+    subs = {}
+    for w in ([work] if isinstance(work, (str, os.PathLike)) else work or ()):
+        if w and os.path.isabs(w) and str(w).rstrip("/"):
+            subs[str(w).rstrip("/")] = "$DATA"
+    if ichseg and os.path.isabs(ichseg):
+        exe = pathlib.Path(ichseg)
+        try:
+            subs[str(exe)] = exe.relative_to(repo).as_posix()
+        except ValueError:
+            subs[str(exe)] = "target/release/ichseg"
+    if str(repo) != "/":
+        subs.setdefault(str(repo), ".")
+    if not subs:
+        return text
+    prefixes = sorted(subs, key=len, reverse=True)  # the longest match wins (a work folder in the repo)
+    pattern = re.compile(r"(?<![\w./-])(')?(" + "|".join(map(re.escape, prefixes)) + r")(?![\w.-])(/)?")
+
+    def sub(m):
+        quote, prefix, slash = m.group(1) or "", m.group(2), m.group(3) or ""
+        new = subs[prefix]
+        if new == ".":  # a path in the repository: relative to it
+            return quote + ("" if slash else ".")
+        if quote and new.startswith("$"):
+            return f'"{new}"' + quote + slash
+        return quote + new + slash
+
+    return pattern.sub(sub, str(text))
+
+
+def portable_doc(doc, work=(), ichseg=None, repo=REPO):
+    """Every string of a JSON document (a run record) through ``portable``."""
+    if isinstance(doc, str):
+        return portable(doc, work, ichseg, repo)
+    if isinstance(doc, list):
+        return [portable_doc(v, work, ichseg, repo) for v in doc]
+    if isinstance(doc, dict):
+        return {k: portable_doc(v, work, ichseg, repo) for k, v in doc.items()}
+    return doc
+
+
+def portable_records(models, work=(), ichseg=None) -> None:
+    """Rewrites the shipped models' run records (``*.train.json``, written by the trainers with the
+    absolute paths they were given) through ``portable``; records already so are left alone."""
+    for f in [f for f, *_ in CLASSIFIERS] + [UNET_FILE, WEAK_FILE]:
+        path = C.record_path(pathlib.Path(models) / f)
+        if path.exists():
+            rec = json.loads(path.read_text())
+            new = portable_doc(rec, work, ichseg)
+            if new != rec:
+                C.write_json(path, new)
+
+
+def work_argv(argv, given) -> list:
+    """``argv`` with the ``--work`` folder ``given`` written as an absolute path, so that
+    ``portable`` shows it as ``$DATA`` however it was typed."""
+    absolute = str(pathlib.Path(given).resolve())
+    out, after_work = [], False
+    for tok in argv:
+        if after_work and tok == given:
+            tok = absolute
+        elif tok == f"--work={given}":
+            tok = f"--work={absolute}"
+        after_work = tok == "--work"
+        out.append(tok)
+    return out
 
 
 def run_step(steps, name, cmd, logs, cwd=None, stdout=None):
@@ -148,7 +229,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", required=True, help="data, checkpoints and predictions (outside the repo)")
     ap.add_argument("--models", default="models", help="where the shipped files go")
-    ap.add_argument("--ichseg", default=None, help="the ichseg binary (default: PATH, /work/bin/ichseg)")
+    ap.add_argument("--ichseg", default=None, help="the ichseg binary (default: PATH, then target/release/ichseg)")
     ap.add_argument("--seed", type=int, default=2025)
     ap.add_argument("--count", type=int, default=None, help=f"phantom volumes (default {COUNT})")
     ap.add_argument("--jobs", type=int, default=2, help="processes for the phantom generation")
@@ -157,14 +238,19 @@ def main(argv=None):
     ap.add_argument("--report-only", action="store_true",
                     help="only rewrite MODELS.md from --work/ship.json and the run records")
     a = ap.parse_args(argv)
+    # the command as recorded, with the work folder absolute (MODELS.md shows it as $DATA)
+    argv_shown = work_argv(sys.argv[1:] if argv is None else list(argv), a.work)
     if a.report_only:
         doc = json.loads((pathlib.Path(a.work) / "ship.json").read_text())
         models = pathlib.Path(a.models)
         split_doc = json.loads((pathlib.Path(a.work) / "split.json").read_text())
         doc["error_analysis"] = error_analysis(a.work, models, split_doc["splits"]["test"])
-        doc["report_rewritten"] = {"command": C.command_line("ichseg_training.ship", argv), "at": C.now_iso()}
+        doc["report_rewritten"] = {"command": C.command_line("ichseg_training.ship", argv_shown), "at": C.now_iso()}
         C.write_json(pathlib.Path(a.work) / "ship.json", doc)
-        write_models_md(models, doc, read_records(models), pathlib.Path(a.work) / "split.json")
+        # the work folder of the run, and where it is now (moved, or named by another path)
+        works = (doc.get("work"), str(pathlib.Path(a.work).resolve()))
+        portable_records(models, works, doc.get("ichseg"))
+        write_models_md(models, doc, read_records(models), pathlib.Path(a.work) / "split.json", works)
         return 0
     if a.count is None:
         a.count = 6 if a.smoke else COUNT
@@ -275,6 +361,7 @@ def main(argv=None):
     shutil.copyfile(data / "masks" / f"{sample}.nii.gz", models / "samples" / "sample_mask.nii.gz")
     demo = run_step(steps, "demo", [exe, "demo", "--out", work / "demo-out"], logs, cwd=models.resolve().parent)
 
+    portable_records(models, str(work), exe)
     records = read_records(models)
     doc = {"seed": a.seed, "count": a.count, "jobs": a.jobs, "phantom_size": PHANTOM_SIZE,
            "input_size": INPUT_SIZE, "work": str(work), "ichseg": exe, "machine": C.machine_description(),
@@ -282,7 +369,7 @@ def main(argv=None):
            "git_commit": C.git_commit(), "started": started, "finished": C.now_iso(),
            "wall_seconds": time.time() - t_all, "training_wall_seconds": train_wall, "steps": steps,
            "sample": sample, "scores": scores, "demo_output": demo,
-           "command": C.command_line("ichseg_training.ship", argv)}
+           "command": C.command_line("ichseg_training.ship", argv_shown)}
     if a.skip_existing and (work / "ship.json").exists():
         carry_earlier_run(doc, json.loads((work / "ship.json").read_text()))
     doc["error_analysis"] = error_analysis(work, models, json.loads(split.read_text())["splits"]["test"])
@@ -496,7 +583,10 @@ def write_ablation(w, doc):
     w("")
 
 
-def write_models_md(models, doc, records, split):
+def write_models_md(models, doc, records, split, works=()):
+    """Writes ``models/MODELS.md`` from the ship record ``doc`` and the run records; the work
+    folder (``doc["work"]`` and any other spelling in ``works``) is shown as ``$DATA`` and the
+    ichseg binary relative to the repository (``portable``)."""
     sc = doc["scores"]
     split_doc = json.loads(pathlib.Path(split).read_text())
     sp = split_doc["splits"]
@@ -517,8 +607,13 @@ def write_models_md(models, doc, records, split):
     w("")
     w("```sh")
     nice = doc.get("nice", 19)  # runs recorded before the field ran at nice 19
+    w("export DATA=~/ichseg-data  # the work folder: anywhere outside the repository")
     w(f"PYTHONPATH=training nice -n {nice} {doc['command']}")
     w("```")
+    w("")
+    w("`DATA` is the work folder of the `ship` run (`--work`, outside the repository: phantoms, split, "
+      "checkpoints, logs, predictions and `ship.json`); the commands below name it `$DATA`, so set it "
+      "(`export DATA=~/ichseg-data`) before rerunning them.")
     w("")
     w(f"It needs `training/requirements.txt` and an `ichseg` binary (here `{doc['ichseg']}`). Machine: "
       f"{doc['machine']}, shared with other jobs (Rust builds; this ran at nice {nice}). PyTorch "
@@ -710,7 +805,8 @@ def write_models_md(models, doc, records, split):
         cmd = s["command"].replace("|", "\\|")
         w(f"| {s['step']} | {s['wall_seconds']:.0f} s | `{cmd}` |")
     w("")
-    (models / "MODELS.md").write_text("\n".join(lines) + "\n")
+    text = portable("\n".join(lines) + "\n", (doc.get("work"), *works), doc.get("ichseg"))
+    (models / "MODELS.md").write_text(text)
 
 
 if __name__ == "__main__":

@@ -195,9 +195,16 @@ def test_ship_smoke_makes_both_unets(tmp_path):
     assert f"--min-lesion-ml {ship.MIN_LESION_ML}" in pseudo_cmd
     text = (models / "MODELS.md").read_text()
     assert "## Weakly supervised U-Net" in text and "`unet_weak.onnx`" in text
+    # MODELS.md and the run records name the work folder $DATA, the binary relative to the repository
+    def machine_free(text):
+        return str(work.resolve()) not in text and "--work $DATA" in text and "--ichseg target/release/ichseg" in text
+    assert machine_free(text)
+    record = C.record_path(models / "unet.onnx").read_text()
+    assert str(work.resolve()) not in record and "$DATA/phantoms" in record
     # the report can be rewritten from the records alone
     assert ship.main(["--work", str(work), "--models", str(models), "--report-only"]) == 0
     assert "## Weakly supervised U-Net" in (models / "MODELS.md").read_text()
+    assert machine_free((models / "MODELS.md").read_text())
     # redoing the weak part keeps the provenance of the models it reuses, and makes its pseudo
     # masks again (an earlier run's masks, perhaps of other settings, are not resumed from)
     (models / "unet_weak.train.json").unlink()
