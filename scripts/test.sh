@@ -1,29 +1,88 @@
 #!/usr/bin/env bash
-# The project's test command (README): every Rust test (the C and C++ programs also under
-# ASan/UBSan), a check that the library builds without the CLI and CUDA dependencies, the C and
-# C++ programs under valgrind, install + CMake/pkg-config consumers (needs cmake, pkg-config),
-# the dry run of scripts/gpu-check.sh's PyTorch-free parts, and the Python tests of training/
-# (pip install -r training/requirements-test.txt).
+# The project's test command (README). Sets itself up first (scripts/test-deps.sh: Debian
+# packages with apt-get when root, Python packages into the project-local .venv-test/), then
+# runs the parts below and prints a summary: each part, its time, passed, failed or skipped and
+# why.
+#
+#   scripts/test.sh           everything (about 25 minutes on 2 cores after the first build)
+#   scripts/test.sh --quick   the Rust unit, integration and doc tests only (`cargo test`)
+#
+# Parts of the full run: every Rust test (the C and C++ programs also under ASan/UBSan, and a
+# volume too big for memory under `ulimit -v`); our CUDA kernels compiled with NVRTC (no GPU
+# needed); the library without the CLI and CUDA dependencies; the C and C++ programs under
+# valgrind; install + CMake/pkg-config/ITK consumers; the dry run of scripts/gpu-check.sh's
+# PyTorch-free parts; the Python tests of training/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo test --locked
-# Our CUDA kernels compile with NVRTC (no GPU needed) where its pip wheel is installed
-# (.ci/run installs it; the tests above skip the compile when NVRTC cannot be loaded).
-nvrtc_lib=$(python3 -c 'import glob, sysconfig; print(next(iter(glob.glob(sysconfig.get_paths()["purelib"] + "/nvidia/cu13/lib")), ""))' 2>/dev/null || true)
-if [ -n "$nvrtc_lib" ]; then
-  LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ICHSEG_REQUIRE_NVRTC=1 \
-    cargo test --locked --lib kernels_compile_with_nvrtc
+quick=0
+case "${1:-}" in
+  --quick) quick=1 ;;
+  "") ;;
+  *) echo "usage: scripts/test.sh [--quick]" >&2; exit 2 ;;
+esac
+
+summary=()
+started=$SECONDS
+print_summary() {
+  echo
+  echo "== test summary ($((SECONDS - started)) s)"
+  printf '  %s\n' "${summary[@]}"
+}
+# part NAME COMMAND...: runs one part, records its time and outcome; a failure ends the run.
+part() {
+  local name=$1 t0=$SECONDS
+  shift
+  echo "== $name"
+  if "$@"; then
+    summary+=("$(printf '%-28s %5d s  passed' "$name" $((SECONDS - t0)))")
+  else
+    summary+=("$(printf '%-28s %5d s  FAILED' "$name" $((SECONDS - t0)))")
+    print_summary
+    exit 1
+  fi
+}
+skip() { # NAME, why
+  summary+=("$(printf '%-28s %5s    skipped: %s' "$1" - "$2")")
+  echo "== $1: skipped ($2)"
+}
+
+if [[ $quick == 1 ]]; then
+  part "set-up (quick)" scripts/test-deps.sh --quick
+  part "rust tests" cargo test --locked
+  skip "the rest" "--quick runs the Rust tests only"
+  print_summary
+  exit 0
 fi
-cargo check --locked --lib --no-default-features
-tests/c/run_valgrind.sh
-tests/packaging/run.sh
+
+part "set-up" scripts/test-deps.sh
+export PATH="$PWD/.venv-test/bin:$PATH"
+# test-deps.sh installed ITK: the packaging part must build the ITK example, not skip it.
+export ICHSEG_REQUIRE_ITK=1
+
+part "rust tests" cargo test --locked
+# Our CUDA kernels compile with NVRTC (no GPU needed) from the wheel test-deps.sh installed.
+nvrtc_lib=$(python3 -c 'import glob, sysconfig; print(next(iter(glob.glob(sysconfig.get_paths()["purelib"] + "/nvidia/cu13/lib")), ""))' 2>/dev/null || true)
+if [[ -n $nvrtc_lib ]]; then
+  part "cuda kernels (nvrtc)" env LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+    ICHSEG_REQUIRE_NVRTC=1 cargo test --locked --lib kernels_compile_with_nvrtc
+else
+  skip "cuda kernels (nvrtc)" "the NVRTC wheel is not in .venv-test"
+fi
+part "library alone" cargo check --locked --lib --no-default-features
+part "valgrind" tests/c/run_valgrind.sh
+part "packaging" tests/packaging/run.sh
 # The GPU proof's commands stay in step with the CLI: its parts that need no PyTorch, dry (on
 # whatever device is here), with the debug binary the tests built.
-gpu_check_out=$(mktemp -d)
-if ! ICHSEG_BIN=target/debug/ichseg GPU_CHECK_PARTS="crf oom" scripts/gpu-check.sh --dry-run "$gpu_check_out" \
-    >"$gpu_check_out/log" 2>&1; then
-  cat "$gpu_check_out/log"; echo "scripts/gpu-check.sh --dry-run failed" >&2; exit 1
-fi
-rm -rf "$gpu_check_out"
-python3 -m pytest training/tests -q
+gpu_check_dry() {
+  local out
+  out=$(mktemp -d)
+  if ! ICHSEG_BIN=target/debug/ichseg GPU_CHECK_PARTS="crf oom" scripts/gpu-check.sh --dry-run "$out" \
+      >"$out/log" 2>&1; then
+    cat "$out/log"; rm -rf "$out"; return 1
+  fi
+  rm -rf "$out"
+}
+part "gpu-check dry run" gpu_check_dry
+part "python tests" python3 -m pytest training/tests -q
+print_summary
