@@ -3,7 +3,8 @@
 #
 #   scripts/install.sh [--prefix DIR] [--profile release|debug] [--no-build]
 #
-#   DIR/lib/libichseg.so, DIR/lib/libichseg.a           shared and static library
+#   DIR/lib/libichseg.so.X.Y.Z, DIR/lib/libichseg.a     shared (SONAME libichseg.so.X, with the
+#                                                       links libichseg.so.X, libichseg.so) and static library
 #   DIR/include/ichseg.h, DIR/include/ichseg.hpp        C header, C++17 wrapper
 #   DIR/lib/cmake/ichseg/ichsegConfig.cmake (+Version)  find_package(ichseg CONFIG REQUIRED):
 #                                                       ichseg::ichseg (shared), ichseg::ichseg_static
@@ -38,8 +39,12 @@ for f in "$target/libichseg.so" "$target/libichseg.a"; do
 done
 
 mkdir -p "$prefix/lib/cmake/ichseg" "$prefix/lib/pkgconfig" "$prefix/include"
+# Versioned as shared libraries are: the file libichseg.so.MAJOR.MINOR.PATCH, the link its SONAME
+# names (libichseg.so.MAJOR, what programs load; build.rs sets it) and the link for linking.
+major=${version%%.*}
 install -m 0755 "$target/libichseg.so" "$prefix/lib/libichseg.so.$version"
-ln -sf "libichseg.so.$version" "$prefix/lib/libichseg.so"
+ln -sf "libichseg.so.$version" "$prefix/lib/libichseg.so.$major"
+ln -sf "libichseg.so.$major" "$prefix/lib/libichseg.so"
 install -m 0644 "$target/libichseg.a" "$prefix/lib/libichseg.a"
 install -m 0644 include/ichseg.h bindings/cpp/ichseg.hpp "$prefix/include/"
 
@@ -51,7 +56,7 @@ if(NOT TARGET ichseg::ichseg)
   add_library(ichseg::ichseg SHARED IMPORTED)
   set_target_properties(ichseg::ichseg PROPERTIES
     IMPORTED_LOCATION "\${_ichseg_prefix}/lib/libichseg.so"
-    IMPORTED_SONAME "libichseg.so"
+    IMPORTED_SONAME "libichseg.so.$major"
     INTERFACE_INCLUDE_DIRECTORIES "\${_ichseg_prefix}/include")
   add_library(ichseg::ichseg_static STATIC IMPORTED)
   set_target_properties(ichseg::ichseg_static PROPERTIES

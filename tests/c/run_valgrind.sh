@@ -45,6 +45,11 @@ fi
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
+# The library asks to be loaded by its SONAME (build.rs): link it under that name, as an install does.
+soname=$(objdump -p "$libdir/libichseg.so" | awk '$1 == "SONAME" {print $2}')
+ln -s "$libdir/libichseg.so" "$tmp/libichseg.so"
+[ -z "$soname" ] || ln -s "$libdir/libichseg.so" "$tmp/$soname"
+libdir="$tmp"
 # Same flags as tests/c_abi.rs.
 cc -std=c99 -Wall -Wextra -Wpedantic -Werror -g -O1 -pthread -I include tests/c/test_capi.c \
     -o "$tmp/test_capi" -L"$libdir" -Wl,-rpath,"$libdir" -lichseg -lm

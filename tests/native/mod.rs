@@ -32,6 +32,18 @@ pub fn shared_library() -> PathBuf {
 pub const SANITIZE: &[&str] =
     &["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"];
 
+/// The library's SONAME (build.rs): what a program linked to it asks the loader for.
+pub const SONAME: &str = concat!("libichseg.so.", env!("CARGO_PKG_VERSION_MAJOR"));
+
+/// Links `dir/libichseg.so` and `dir/<SONAME>` to `lib` (cargo's unversioned file), as an install
+/// does, so that programs linked with `-L dir -lichseg` find their SONAME at run time; returns `dir`.
+pub fn link_with_soname<'a>(lib: &Path, dir: &'a Path) -> &'a Path {
+    for name in ["libichseg.so", SONAME] {
+        std::os::unix::fs::symlink(lib, dir.join(name)).expect("symlink the library");
+    }
+    dir
+}
+
 pub fn have(tool: &str) -> bool {
     Command::new(tool).arg("--version").output().is_ok()
 }
@@ -42,26 +54,8 @@ pub fn have(tool: &str) -> bool {
 /// header and int16 voxels the way a viewer hands its own buffer over), and requires exit
 /// status 0 and `done_marker` on stdout.
 pub fn compile_and_run(compiler: &str, flags: &[&str], source: &str, extra_includes: &[&str], done_marker: &str) {
-    let lib = shared_library();
-    let lib_dir = lib.parent().unwrap();
-    println!("compiling {source} with {compiler}, linking {}", lib.display());
-    let tmp = tempfile::tempdir().unwrap();
-    let exe = tmp.path().join("test_program");
-    let mut cmd = Command::new(compiler);
-    cmd.args(flags).arg("-I").arg(root().join("include"));
-    for inc in extra_includes {
-        cmd.arg("-I").arg(root().join(inc));
-    }
-    let status = cmd
-        .arg(root().join(source))
-        .arg("-o")
-        .arg(&exe)
-        .arg(format!("-L{}", lib_dir.display()))
-        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
-        .args(["-lichseg", "-lm"])
-        .status()
-        .expect("the compiler runs");
-    assert!(status.success(), "compiling {source} failed ({status})");
+    let (tmp, exe) = compile(compiler, flags, source, extra_includes);
+    let lib_dir = tmp.path();
 
     let nii = tmp.path().join("ct_small.nii");
     let gz = std::fs::File::open(root().join("tests/fixtures/unet/ct_small.nii.gz")).unwrap();
@@ -81,4 +75,30 @@ pub fn compile_and_run(compiler: &str, flags: &[&str], source: &str, extra_inclu
     eprintln!("{stderr}");
     assert!(output.status.success(), "{source} failed ({}):\n{stderr}", output.status);
     assert!(stdout.contains(done_marker), "{source} ended early:\n{stdout}");
+}
+
+/// Compiles `source` into a program in a fresh temporary folder (kept alive by the returned
+/// handle), linked to the cdylib with an rpath to it.
+pub fn compile(compiler: &str, flags: &[&str], source: &str, extra_includes: &[&str]) -> (tempfile::TempDir, PathBuf) {
+    let lib = shared_library();
+    println!("compiling {source} with {compiler}, linking {}", lib.display());
+    let tmp = tempfile::tempdir().unwrap();
+    let lib_dir = link_with_soname(&lib, tmp.path());
+    let exe = tmp.path().join("test_program");
+    let mut cmd = Command::new(compiler);
+    cmd.args(flags).arg("-I").arg(root().join("include"));
+    for inc in extra_includes {
+        cmd.arg("-I").arg(root().join(inc));
+    }
+    let status = cmd
+        .arg(root().join(source))
+        .arg("-o")
+        .arg(&exe)
+        .arg(format!("-L{}", lib_dir.display()))
+        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+        .args(["-lichseg", "-lm"])
+        .status()
+        .expect("the compiler runs");
+    assert!(status.success(), "compiling {source} failed ({status})");
+    (tmp, exe)
 }

@@ -31,6 +31,14 @@ done
 # (ldd's output captured first: grep -q closing the pipe early would fail it under pipefail)
 deps=$(ldd "$tmp/build/consumer_shared")
 grep -q "libichseg.so" <<<"$deps" || { echo "packaging: consumer_shared is not linked to libichseg.so" >&2; exit 1; }
+# Versioned install: the programs ask for the SONAME, which links to the versioned file.
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+needed=$(objdump -p "$tmp/build/consumer_shared" | awk '$1 == "NEEDED" && $2 ~ /ichseg/ {print $2}')
+[[ $needed == "libichseg.so.${version%%.*}" ]] || { echo "packaging: consumer_shared needs '$needed', not the SONAME" >&2; exit 1; }
+[[ $(readlink -f "$tmp/prefix/lib/libichseg.so") == "$(readlink -f "$tmp/prefix/lib/libichseg.so.$version")" &&
+   -f "$tmp/prefix/lib/libichseg.so.$version" && -L "$tmp/prefix/lib/$needed" ]] ||
+  { echo "packaging: the install lacks libichseg.so -> $needed -> libichseg.so.$version" >&2; exit 1; }
+echo "packaging: shared library installed as libichseg.so.$version, SONAME $needed"
 
 export PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig"
 run() { # name, then the compile command
