@@ -41,9 +41,13 @@
  * Version of the C ABI described by this header. `ichseg_abi_version()` returns the
  * version of the library actually loaded; compare the two at start-up. Version 2: init
  * functions take the caller's struct size (the ichseg_*_init() macros pass it); the options
- * structs gained min_lesion_ml (and IchsegPseudoOptions the bone cut).
+ * structs gained min_lesion_ml (and IchsegPseudoOptions the bone cut). Version 3:
+ * ICHSEG_STATUS_OUT_OF_MEMORY and IchsegEngineOptions.memory_limit_mb; an operator without a
+ * gradient rule is ICHSEG_STATUS_INVALID_MODEL (was UNSUPPORTED); option ranges are the
+ * library's (pseudo threshold [0, 1], batch 1..=256; channels other than 0, 1, 3 are
+ * INVALID_ARGUMENT); voxel spacing must be 0.001..=1000 mm.
  */
-#define ICHSEG_ABI_VERSION 2
+#define ICHSEG_ABI_VERSION 3
 
 /**
  * The compute device an engine should use.
@@ -122,6 +126,11 @@ typedef enum IchsegStatus {
      * valid and may be freed; please report the message.
      */
     ICHSEG_STATUS_PANIC = 11,
+    /**
+     * (v3) A buffer sized by the input could not be allocated, or the work would exceed the
+     * engine's memory_limit_mb; nothing was written. The process is not affected.
+     */
+    ICHSEG_STATUS_OUT_OF_MEMORY = 12,
 } IchsegStatus;
 
 /**
@@ -242,6 +251,14 @@ typedef struct IchsegEngineOptions {
      * CUDA device ordinal, used only with ICHSEG_DEVICE_CUDA; default 0, must not be negative.
      */
     int32_t cuda_device;
+    /**
+     * (v3) Cap in MiB on the buffers one ichseg_segment() or ichseg_pseudo_label() call
+     * allocates for its volume (outputs, maps, per-slice buffers; not the model's weights and
+     * activations). Work over it fails with ICHSEG_STATUS_OUT_OF_MEMORY before anything is
+     * allocated. 0 (the default) = no cap beyond what the system grants; allocations the
+     * system refuses are ICHSEG_STATUS_OUT_OF_MEMORY either way.
+     */
+    uint64_t memory_limit_mb;
 } IchsegEngineOptions;
 
 /**
@@ -307,7 +324,7 @@ typedef struct IchsegPseudoOptions {
      */
     enum IchsegCamMethod cam;
     /**
-     * BLA threshold TH in (0, 1); default 0.2.
+     * BLA threshold TH in [0, 1]; default 0.2.
      */
     float threshold;
     /**
@@ -328,7 +345,7 @@ typedef struct IchsegPseudoOptions {
      */
     int32_t use_crf;
     /**
-     * Slices per network run; default 1.
+     * Slices per network run, 1..=256 (as for IchsegSegmentOptions); default 1.
      */
     uint32_t batch;
     /**
@@ -449,7 +466,7 @@ extern "C" {
 #endif // __cplusplus
 
 /**
- * The C ABI version of the loaded library (2 for this header; see ICHSEG_ABI_VERSION).
+ * The C ABI version of the loaded library (3 for this header; see ICHSEG_ABI_VERSION).
  *
  * Thread-safe; never fails.
  */
@@ -474,7 +491,7 @@ const char *ichseg_last_error_message(void);
 
 /**
  * Fills `opts` with the defaults (threads 0 = one per core, ICHSEG_DEVICE_AUTO, cuda_device
- * 0). Call it through the macro ichseg_engine_options_init(opts), which passes `size` =
+ * 0, memory_limit_mb 0 = none). Call it through the macro ichseg_engine_options_init(opts), which passes `size` =
  * sizeof(IchsegEngineOptions) of the caller's header: the library writes exactly that many
  * bytes (no more than its own struct) and sets struct_size to them, so callers built against
  * older headers stay safe. Does nothing when `opts` is NULL or `size` is below the first
@@ -641,8 +658,8 @@ enum IchsegStatus ichseg_pseudo_labeler_layer_count(const struct IchsegPseudoLab
  * Pseudo-labels a volume: SF-CAM (or the chosen CAM) of every classifier, model ensemble,
  * slice decision, spatial context fusion, bi-layer aggregation and dense CRF.
  *
- * - `slice_labels`: NULL to decide slices by the classifiers (mean bleed probability >= 0.5),
- *   or `labels_len` (== `dims[2]`) bytes, nonzero for a slice that bleeds;
+ * - `slice_labels`: NULL (then `labels_len` 0) to decide slices by the classifiers (mean bleed
+ *   probability >= 0.5), or `labels_len` (== `dims[2]`) bytes, nonzero for a slice that bleeds;
  * - `mask`: `mask_len` (== voxel count) bytes receiving 1 for pseudo-hemorrhage, else 0;
  * - `cams`: NULL (then `cams_len` 0), or layer_count * voxel count floats receiving each tap
  *   layer's fused map in [0, 1] (the map the threshold sees), layer after layer, each x-fastest;

@@ -32,6 +32,10 @@ pub enum Error {
     /// ABI reports it as `ICHSEG_STATUS_INFERENCE`.
     #[error("out of GPU memory: {0}")]
     DeviceMemory(String),
+    /// A buffer sized by the input could not be allocated, or would exceed the caller's
+    /// memory limit ([`crate::alloc::MemoryLimit`]); nothing was written.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
     /// A requested feature is not available in this build or on this machine.
     #[error("unsupported: {0}")]
     Unsupported(String),

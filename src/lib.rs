@@ -23,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod alloc;
 mod batching;
 pub mod cam;
 pub mod capi;
@@ -34,6 +35,7 @@ mod launch;
 pub mod lesions;
 pub mod metrics;
 pub mod model;
+pub mod options;
 pub mod preprocess;
 pub mod pseudo;
 pub mod sca;
@@ -45,5 +47,6 @@ pub use lesions::Lesion;
 pub use model::runtime::{Device, Engine, EngineOptions};
 pub use model::{ModelKind, ModelMetadata, OnnxModel};
 pub use pseudo::{CamMethod, PseudoLabel, PseudoLabeler, PseudoOptions};
-pub use segment::{Progress, Segmentation, Segmenter, SegmenterOptions};
+pub use options::Progress;
+pub use segment::{Segmentation, Segmenter, SegmenterOptions};
 pub use volume::{Volume, Window};

@@ -47,7 +47,11 @@ use crate::model::runtime::Engine;
 use crate::model::{GradientGraph, GradientOptions, ModelKind, OnnxModel};
 use crate::preprocess::{model_input, resize_bilinear, window_u8, InputSpec};
 use crate::sca::{self, Aggregate, ScfParams};
-use crate::segment::{Progress, DEFAULT_INPUT_SIZE, MAX_BATCH};
+use crate::alloc::try_array3;
+use crate::options::{
+    check_batch, check_channels, check_input_size, check_normalize, check_threshold, check_window, Progress,
+    DEFAULT_INPUT_SIZE,
+};
 use crate::volume::{Volume, Window};
 use ndarray::{Array2, Array3, ArrayView3, ArrayViewD, Axis, Ix2, Ix3};
 use std::collections::HashMap;
@@ -289,6 +293,17 @@ impl PseudoLabeler {
         self.classifiers[0].config.taps.len()
     }
 
+    /// Bytes of the buffers [`PseudoLabeler::label`] allocates for a volume of `dims` (None: more
+    /// than a usize holds): every classifier's map per tap, the fused maps (4 bytes a voxel
+    /// each), the mask and its lesion labelling (1 + 4 bytes a voxel). The networks' weights and
+    /// activations and the CRF's per-slice work are not included: they do not grow with the
+    /// number of slices.
+    pub fn buffer_bytes(&self, dims: [usize; 3]) -> Option<usize> {
+        let voxels = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))?;
+        let maps = self.classifiers.iter().map(|c| c.config.taps.len()).sum::<usize>() + self.layer_count();
+        voxels.checked_mul(maps.checked_mul(4)?.checked_add(5)?)
+    }
+
     /// [`PseudoLabeler::new`] with the classifiers loaded from `.onnx` files.
     pub fn from_paths<P: AsRef<Path>>(engine: &Engine, paths: &[P], options: &PseudoOptions) -> Result<Self> {
         let models = paths.iter().map(|p| OnnxModel::load(p.as_ref())).collect::<Result<Vec<_>>>()?;
@@ -331,6 +346,7 @@ impl PseudoLabeler {
     ) -> Result<PseudoLabel> {
         let started = Instant::now();
         let nz = volume.num_slices();
+        self.engine.memory_limit().check(self.buffer_bytes(volume.dims()), "pseudo-labelling this volume")?;
         if let Some(labels) = slice_labels {
             if labels.len() != nz {
                 return Err(Error::arg(format!(
@@ -398,7 +414,9 @@ impl PseudoLabeler {
         let nz = volume.num_slices();
         let cfg = &c.config;
         let mut probs = Vec::with_capacity(nz);
-        let mut maps = vec![Array3::<f32>::zeros(volume.data().dim()); cfg.taps.len()];
+        let mut maps = (0..cfg.taps.len())
+            .map(|_| try_array3(volume.data().dim(), 0f32, "a class activation map"))
+            .collect::<Result<Vec<_>>>()?;
         let batch = for_each_batch(nz, cfg.batch, c.fixed_batch.is_none(), |first, count| {
             let t = Instant::now();
             let input = model_input(volume, first, count, c.fixed_batch.unwrap_or(count), &c.spec);
@@ -747,9 +765,7 @@ fn check_options(options: &PseudoOptions, classifiers: usize) -> Result<()> {
             options.taps.len()
         )));
     }
-    if !(options.threshold.is_finite() && (0.0..=1.0).contains(&options.threshold)) {
-        return Err(Error::arg(format!("threshold must lie in [0, 1], got {}", options.threshold)));
-    }
+    check_threshold(options.threshold)?;
     if let Some(h) = options.max_hu.filter(|h| !h.is_finite()) {
         return Err(Error::arg(format!("max_hu must be a finite HU value, got {h}")));
     }
@@ -757,9 +773,9 @@ fn check_options(options: &PseudoOptions, classifiers: usize) -> Result<()> {
     if !(options.lambda.is_finite() && options.lambda >= 0.0) {
         return Err(Error::arg(format!("lambda must be finite and >= 0, got {}", options.lambda)));
     }
-    if options.batch == 0 || options.batch > MAX_BATCH {
-        return Err(Error::arg(format!("batch must be 1..={MAX_BATCH}, got {}", options.batch)));
-    }
+    check_batch(options.batch)?;
+    check_channels(options.channels)?;
+    check_input_size(options.input_size)?;
     if let Some(scf) = &options.scf {
         if !(scf.w.is_finite() && scf.w >= 0.0) {
             return Err(Error::arg(format!("SCF weight w must be finite and >= 0, got {}", scf.w)));
@@ -769,16 +785,9 @@ fn check_options(options: &PseudoOptions, classifiers: usize) -> Result<()> {
         crf.validate()?;
     }
     if let Some(w) = options.window {
-        if !(w.width > 0.0 && w.width.is_finite() && w.level.is_finite()) {
-            return Err(Error::arg(format!("window width must be positive, got {}", w.width)));
-        }
+        check_window(w)?;
     }
-    if let Some((m, sd)) = options.normalize {
-        if !(m.is_finite() && sd.is_finite() && sd > 0.0) {
-            return Err(Error::arg(format!("normalisation needs a finite mean and a positive std, got {m}, {sd}")));
-        }
-    }
-    Ok(())
+    check_normalize(options.normalize)
 }
 
 impl Classifier {

@@ -1,10 +1,15 @@
 //! Job 2 of METHOD.md: a CT volume and a U-Net in, hemorrhage mask, probabilities and lesions out.
 
+use crate::alloc::{try_array3, try_map3};
 use crate::batching::for_each_batch;
 use crate::error::{Error, Result};
 use crate::lesions::{check_min_lesion_ml, find_lesions, remove_small_lesions, total_volume_ml, Lesion};
 use crate::model::runtime::Engine;
 use crate::model::{ModelKind, OnnxModel};
+use crate::options::{
+    check_batch, check_channels, check_input_size, check_normalize, check_threshold, check_window, Progress,
+    DEFAULT_INPUT_SIZE,
+};
 use crate::preprocess::{model_input, resize_bilinear, InputSpec};
 use crate::volume::{Volume, Window};
 use ndarray::{Array2, Array3, Axis};
@@ -13,11 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tract_onnx::prelude::*;
 
-/// Input size used when neither the model's shape, its metadata nor the caller fixes one
-/// (the paper's 384x384).
-pub const DEFAULT_INPUT_SIZE: (usize, usize) = (384, 384);
-/// Largest slice batch accepted; bigger batches only cost memory on the CPU.
-pub const MAX_BATCH: usize = 256;
 
 /// Caller choices for segmentation. `None` fields fall back to the model's metadata
 /// (METHOD.md section 8), then to the documented defaults.
@@ -108,13 +108,6 @@ pub struct Segmentation {
     pub timings: Timings,
 }
 
-/// Progress of a long call: `done` of `total` slices finished.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Progress {
-    pub done: usize,
-    pub total: usize,
-}
-
 /// Runs a U-Net slice by slice over CT volumes.
 ///
 /// Safe to share between threads: concurrent calls run concurrently on the engine's pool.
@@ -183,6 +176,12 @@ impl Segmenter {
             (None, Some(o)) => Ok(o),
             (None, None) => Ok(default),
         };
+        check_threshold(options.threshold)?;
+        check_batch(options.batch)?;
+        check_channels(options.channels)?;
+        check_input_size(options.input_size)?;
+        check_normalize(options.normalize)?;
+        check_min_lesion_ml(options.min_lesion_ml)?;
         let meta = &model.metadata;
         let channels = pick("channels", input.fixed_dim(1), options.channels, meta.channels, 1)?;
         if channels != 1 && channels != 3 {
@@ -191,23 +190,10 @@ impl Segmenter {
         let size = options.input_size.or(meta.input_size);
         let rows = pick("input rows", input.fixed_dim(2), size.map(|s| s.0), None, DEFAULT_INPUT_SIZE.0)?;
         let cols = pick("input columns", input.fixed_dim(3), size.map(|s| s.1), None, DEFAULT_INPUT_SIZE.1)?;
-        if !(options.threshold.is_finite() && (0.0..=1.0).contains(&options.threshold)) {
-            return Err(Error::arg(format!("threshold must lie in [0, 1], got {}", options.threshold)));
-        }
-        if options.batch == 0 || options.batch > MAX_BATCH {
-            return Err(Error::arg(format!("batch must be 1..={MAX_BATCH}, got {}", options.batch)));
-        }
-        check_min_lesion_ml(options.min_lesion_ml)?;
         let window = options.window.or(meta.window).unwrap_or_default();
-        if !(window.width > 0.0 && window.width.is_finite() && window.level.is_finite()) {
-            return Err(Error::arg(format!("window width must be positive, got {}", window.width)));
-        }
+        check_window(window)?;
         let normalize = options.normalize.or(meta.normalize);
-        if let Some((m, sd)) = normalize {
-            if !(m.is_finite() && sd.is_finite() && sd > 0.0) {
-                return Err(Error::arg(format!("normalisation needs a finite mean and a positive std, got {m}, {sd}")));
-            }
-        }
+        check_normalize(normalize)?;
         let fixed_batch = input.fixed_dim(0);
         let mut seg = Segmenter {
             engine: engine.clone(),
@@ -260,7 +246,8 @@ impl Segmenter {
         let started = Instant::now();
         let mut timings = Timings::default();
         let [nx, ny, nz] = volume.dims();
-        let mut probability = Array3::<f32>::zeros(volume.data().dim());
+        self.engine.memory_limit().check(self.buffer_bytes(volume.dims()), "segmenting this volume")?;
+        let mut probability = try_array3(volume.data().dim(), 0f32, "the probability map")?;
         let batch = for_each_batch(nz, self.config.batch, self.fixed_batch.is_none(), |first, count| {
             let t0 = Instant::now();
             let input = self.input_batch(volume, first, count)?;
@@ -286,13 +273,26 @@ impl Segmenter {
         })?;
         let t3 = Instant::now();
         let threshold = self.config.threshold;
-        let mut mask = probability.mapv(|p| u8::from(p >= threshold));
+        let mut mask = try_map3(&probability, "the mask", |&p| u8::from(p >= threshold))?;
         remove_small_lesions(&mut mask, volume.spacing(), self.config.min_lesion_ml)?;
         let lesions = find_lesions(mask.view(), volume.spacing(), &volume.affine());
         let total_volume_ml = total_volume_ml(&lesions);
         timings.postprocess_s += t3.elapsed().as_secs_f64();
         timings.total_s = started.elapsed().as_secs_f64();
         Ok(Segmentation { mask, probability, lesions, total_volume_ml, batch, timings })
+    }
+
+    /// Bytes of the buffers [`Segmenter::segment`] allocates for a volume of `dims` (None: more
+    /// than a usize holds): the probability map, the mask and the lesion labelling (4 + 1 + 4
+    /// bytes a voxel), one batch of probability slices at the native size and the network input.
+    /// The model's weights and activations are not included: they do not grow with the volume.
+    pub fn buffer_bytes(&self, dims: [usize; 3]) -> Option<usize> {
+        let [nx, ny, nz] = dims;
+        let c = &self.config;
+        let voxels = nx.checked_mul(ny)?.checked_mul(nz)?;
+        let slices = nx.checked_mul(ny)?.checked_mul(c.batch)?.checked_mul(4)?;
+        let input = c.batch.checked_mul(c.channels)?.checked_mul(c.input_rows)?.checked_mul(c.input_cols)?.checked_mul(4)?;
+        voxels.checked_mul(9)?.checked_add(slices)?.checked_add(input)
     }
 
     /// Runs the network alone on a preprocessed `[B, C, H, W]` batch and returns its first

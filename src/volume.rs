@@ -49,11 +49,7 @@ impl Volume {
     pub fn from_array(data: Array3<f32>, spacing: [f64; 3], affine: Option<[[f64; 4]; 4]>) -> Result<Self> {
         let (nz, ny, nx) = data.dim();
         checked_voxel_count([nx, ny, nz])?;
-        for (axis, s) in ["x", "y", "z"].iter().zip(spacing) {
-            if !(s.is_finite() && s > 0.0) {
-                return Err(Error::arg(format!("voxel spacing along {axis} must be a positive number of mm, got {s}")));
-            }
-        }
+        check_spacing(spacing)?;
         let affine = affine.unwrap_or_else(|| scaling_affine(spacing));
         if affine.iter().flatten().any(|v| !v.is_finite()) {
             return Err(Error::arg("affine contains a non-finite value"));
@@ -100,6 +96,21 @@ impl Volume {
         }
         out
     }
+}
+
+/// Voxel sizes accepted, in mm: from a micro-CT's micrometre to a metre. Outside it a spacing is
+/// a unit or header error, and voxel volumes would overflow or vanish.
+pub const SPACING_RANGE_MM: (f64, f64) = (1e-3, 1e3);
+
+/// Each of the three voxel sizes must lie in [`SPACING_RANGE_MM`].
+pub fn check_spacing(spacing: [f64; 3]) -> Result<()> {
+    let (lo, hi) = SPACING_RANGE_MM;
+    for (axis, s) in ["x", "y", "z"].iter().zip(spacing) {
+        if !(lo..=hi).contains(&s) {
+            return Err(Error::arg(format!("voxel spacing along {axis} must be {lo}..={hi} mm, got {s:?}")));
+        }
+    }
+    Ok(())
 }
 
 /// `nx*ny*nz`, refusing zero sizes and counts beyond [`MAX_VOXELS`] (or that overflow).
@@ -154,6 +165,20 @@ impl Window {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spacings_outside_the_physical_range_are_refused() {
+        for bad in [1e300, 1e-9, 0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let e = Volume::from_hu(vec![0.0; 8], [2, 2, 2], [1.0, bad, 1.0]).unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(_)) && e.to_string().contains("along y"), "{e}");
+        }
+        let e = Volume::from_hu(vec![0.0; 8], [2, 2, 2], [1e300, 1.0, 1.0]).unwrap_err();
+        assert!(e.to_string().contains("0.001..=1000 mm, got 1e300"), "{e}");
+        for ok in [SPACING_RANGE_MM.0, 0.45, 5.0, SPACING_RANGE_MM.1] {
+            let v = Volume::from_hu(vec![0.0; 8], [2, 2, 2], [ok; 3]).unwrap();
+            assert!(v.voxel_volume_ml().is_finite() && v.voxel_volume_ml() > 0.0);
+        }
+    }
 
     #[test]
     fn rejects_nan_with_position() {

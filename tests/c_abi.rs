@@ -94,6 +94,28 @@ fn c_program_passes() {
     );
 }
 
+/// A volume too big for the process's address space (`ulimit -v`, in a shell around the
+/// program) is ICHSEG_STATUS_OUT_OF_MEMORY, not an abort: tests/c/test_oom.c.
+#[test]
+fn a_volume_too_big_for_memory_is_an_error_not_an_abort() {
+    if !have("cc") {
+        eprintln!("SKIPPED a_volume_too_big_for_memory_is_an_error_not_an_abort: no C compiler `cc` on PATH");
+        return;
+    }
+    let (_tmp, exe) = native::compile("cc", &["-std=c99", "-Wall", "-Werror", "-O1"], "tests/c/test_oom.c", &[]);
+    let output = Command::new("sh")
+        .args(["-c", "ulimit -v 3500000 && exec \"$0\" \"$1\""])
+        .arg(&exe)
+        .arg(root().join("tests/fixtures/unet"))
+        .output()
+        .expect("sh runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}\n{stderr}");
+    assert!(output.status.success(), "test_oom failed ({}):\n{stderr}", output.status);
+    assert!(stdout.contains("all out-of-memory checks passed"), "{stdout}");
+}
+
 #[test]
 fn c_program_passes_under_asan_and_ubsan() {
     if !have("cc") {
@@ -138,4 +160,18 @@ fn only_ichseg_symbols_are_exported() {
     let foreign: Vec<&&str> = names.iter().filter(|n| !n.starts_with("ichseg_")).collect();
     assert!(names.contains(&"ichseg_segment"), "ichseg_segment is not exported:\n{symbols}");
     assert!(foreign.is_empty(), "{} exports symbols outside the ichseg_ prefix: {foreign:?}", lib.display());
+}
+
+/// The shared library carries its SONAME (build.rs), which installs version their files by.
+#[test]
+fn the_shared_library_has_a_soname() {
+    if !have("objdump") {
+        eprintln!("SKIPPED the_shared_library_has_a_soname: no `objdump` on PATH");
+        return;
+    }
+    let lib = shared_library();
+    let output = Command::new("objdump").arg("-p").arg(&lib).output().expect("objdump runs");
+    let dynamic = String::from_utf8_lossy(&output.stdout);
+    let soname = dynamic.lines().find_map(|l| l.trim().strip_prefix("SONAME")).map(str::trim);
+    assert_eq!(soname, Some(native::SONAME), "{}", lib.display());
 }

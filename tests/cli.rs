@@ -80,6 +80,64 @@ fn segment_fails(model: &Path, input: &Path, extra: &[&str], expect: &str) {
     assert!(left.is_empty(), "files left behind: {left:?}");
 }
 
+/// A 4 MB `.nii.gz` whose int16 voxels inflate to 4.3 GB (32767x32767x2): gzip members of 64 MiB
+/// of zeros, concatenated, after a first member holding the header.
+fn gzip_bomb(path: &Path) {
+    use std::io::Write;
+    let mut h = [0u8; 352];
+    h[0..4].copy_from_slice(&348i32.to_le_bytes());
+    for (i, d) in [3i16, 32767, 32767, 2, 1, 1, 1, 1].iter().enumerate() {
+        h[40 + 2 * i..42 + 2 * i].copy_from_slice(&d.to_le_bytes());
+    }
+    h[70..72].copy_from_slice(&4i16.to_le_bytes()); // int16
+    h[72..74].copy_from_slice(&16i16.to_le_bytes());
+    for (i, p) in [1.0f32, 0.5, 0.5, 5.0].iter().enumerate() {
+        h[76 + 4 * i..80 + 4 * i].copy_from_slice(&p.to_le_bytes());
+    }
+    h[108..112].copy_from_slice(&352f32.to_le_bytes()); // vox_offset
+    h[123] = 2; // mm
+    h[344..348].copy_from_slice(b"n+1\0");
+    let member = |data: &[u8]| {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    };
+    let zeros = member(&vec![0u8; 64 << 20]);
+    let mut file = std::fs::File::create(path).unwrap();
+    file.write_all(&member(&h)).unwrap();
+    for _ in 0..(32767u64 * 32767 * 2 * 2).div_ceil(64 << 20) {
+        file.write_all(&zeros).unwrap();
+    }
+}
+
+#[test]
+fn a_file_that_inflates_beyond_memory_is_an_error_not_an_abort() {
+    let dir = tempfile::tempdir().unwrap();
+    let bomb = dir.path().join("bomb.nii.gz");
+    gzip_bomb(&bomb);
+    assert!(std::fs::metadata(&bomb).unwrap().len() < 8 << 20);
+    let out_dir = tempfile::tempdir().unwrap();
+    let mask = out_dir.path().join("mask.nii.gz");
+    // Under an address-space limit the growing buffer is refused: exit 1 with a message.
+    let out = Command::new("sh")
+        .args(["-c", "ulimit -v 3500000 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_ichseg"))
+        .args(["segment", "--model", p(&unet("unet_transpose.onnx")), p(&bomb), "-o", p(&mask), "--quiet"])
+        .args(["--threads", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("out of memory") && stderr(&out).contains("bomb.nii.gz"), "{}", stderr(&out));
+    assert!(std::fs::read_dir(out_dir.path()).unwrap().next().is_none(), "output left behind");
+    // With a memory limit it is refused from the header alone, before any voxel is inflated.
+    segment_fails(
+        &unet("unet_transpose.onnx"),
+        &bomb,
+        &["--memory-limit-mb", "512"],
+        "needs 12.00 GiB but the memory limit is 512.0 MiB",
+    );
+}
+
 #[test]
 fn bad_volumes_fail_cleanly() {
     let model = unet("unet_transpose.onnx");

@@ -170,6 +170,9 @@ struct EngineOptions {
     uint32_t threads = detail::engine_defaults().threads;  ///< worker threads; 0 = one per core
     Device device = static_cast<Device>(detail::engine_defaults().device);
     int32_t cuda_device = detail::engine_defaults().cuda_device;  ///< with Device::Cuda
+    /// Cap in MiB on the buffers one call allocates for its volume; 0 = none. Work over it
+    /// throws Error(OUT_OF_MEMORY) before anything is allocated.
+    uint64_t memory_limit_mb = detail::engine_defaults().memory_limit_mb;
 
     IchsegEngineOptions to_c() const noexcept {
         IchsegEngineOptions o;
@@ -177,6 +180,7 @@ struct EngineOptions {
         o.threads = threads;
         o.device = static_cast<IchsegDevice>(device);
         o.cuda_device = cuda_device;
+        o.memory_limit_mb = memory_limit_mb;
         return o;
     }
 };

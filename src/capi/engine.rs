@@ -2,6 +2,7 @@
 
 use super::boundary::{boundary, field, get, handle_out, init_sized, struct_size, FfiError, FfiResult};
 use super::status::IchsegStatus;
+use crate::alloc::MemoryLimit;
 use crate::model::runtime::{Device, Engine, EngineOptions};
 use std::ffi::{c_char, CString};
 use std::ptr::addr_of;
@@ -46,14 +47,27 @@ pub struct IchsegEngineOptions {
     pub device: IchsegDevice,
     /// CUDA device ordinal, used only with ICHSEG_DEVICE_CUDA; default 0, must not be negative.
     pub cuda_device: i32,
+    /// (v3) Cap in MiB on the buffers one ichseg_segment() or ichseg_pseudo_label() call
+    /// allocates for its volume (outputs, maps, per-slice buffers; not the model's weights and
+    /// activations). Work over it fails with ICHSEG_STATUS_OUT_OF_MEMORY before anything is
+    /// allocated. 0 (the default) = no cap beyond what the system grants; allocations the
+    /// system refuses are ICHSEG_STATUS_OUT_OF_MEMORY either way.
+    pub memory_limit_mb: u64,
 }
 
-const ENGINE_OPTIONS_V1: usize = std::mem::size_of::<IchsegEngineOptions>();
+/// The struct before `memory_limit_mb`: callers compiled against it still work.
+const ENGINE_OPTIONS_V1: usize = std::mem::offset_of!(IchsegEngineOptions, memory_limit_mb);
 const _: () = assert!(std::mem::size_of::<IchsegDevice>() == std::mem::size_of::<u32>());
 
 impl Default for IchsegEngineOptions {
     fn default() -> Self {
-        IchsegEngineOptions { struct_size: ENGINE_OPTIONS_V1, threads: 0, device: IchsegDevice::Auto, cuda_device: 0 }
+        IchsegEngineOptions {
+            struct_size: std::mem::size_of::<IchsegEngineOptions>(),
+            threads: 0,
+            device: IchsegDevice::Auto,
+            cuda_device: 0,
+            memory_limit_mb: 0,
+        }
     }
 }
 
@@ -68,13 +82,14 @@ unsafe fn engine_options(opts: *const IchsegEngineOptions) -> FfiResult<EngineOp
     let d = IchsegEngineOptions::default();
     // SAFETY: non-NULL; the caller promises struct_size readable bytes, which struct_size()
     // checks covers v1 and field() checks for every field.
-    let (threads, device, cuda_device) = unsafe {
+    let (threads, device, cuda_device, limit_mb) = unsafe {
         let size = struct_size(opts, ENGINE_OPTIONS_V1, "IchsegEngineOptions", "ichseg_engine_options_init")?;
         (
             field(opts, size, addr_of!((*opts).threads)).unwrap_or(d.threads),
             // Read as an integer: a C caller may store any value in an enum field.
             field(opts, size, addr_of!((*opts).device).cast::<u32>()).unwrap_or(d.device as u32),
             field(opts, size, addr_of!((*opts).cuda_device)).unwrap_or(d.cuda_device),
+            field(opts, size, addr_of!((*opts).memory_limit_mb)).unwrap_or(d.memory_limit_mb),
         )
     };
     let device = match device {
@@ -90,11 +105,16 @@ unsafe fn engine_options(opts: *const IchsegEngineOptions) -> FfiResult<EngineOp
             )))
         }
     };
-    Ok(EngineOptions { threads: threads as usize, device })
+    let memory_limit = usize::try_from(limit_mb)
+        .ok()
+        .and_then(|mb| mb.checked_mul(1 << 20))
+        .map(MemoryLimit)
+        .ok_or_else(|| FfiError::invalid(format!("IchsegEngineOptions.memory_limit_mb {limit_mb} is too large")))?;
+    Ok(EngineOptions { threads: threads as usize, device, memory_limit })
 }
 
 /// Fills `opts` with the defaults (threads 0 = one per core, ICHSEG_DEVICE_AUTO, cuda_device
-/// 0). Call it through the macro ichseg_engine_options_init(opts), which passes `size` =
+/// 0, memory_limit_mb 0 = none). Call it through the macro ichseg_engine_options_init(opts), which passes `size` =
 /// sizeof(IchsegEngineOptions) of the caller's header: the library writes exactly that many
 /// bytes (no more than its own struct) and sets struct_size to them, so callers built against
 /// older headers stay safe. Does nothing when `opts` is NULL or `size` is below the first

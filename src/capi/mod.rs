@@ -41,10 +41,14 @@ use std::ffi::c_char;
 /// Version of the C ABI described by this header. `ichseg_abi_version()` returns the
 /// version of the library actually loaded; compare the two at start-up. Version 2: init
 /// functions take the caller's struct size (the ichseg_*_init() macros pass it); the options
-/// structs gained min_lesion_ml (and IchsegPseudoOptions the bone cut).
-pub const ICHSEG_ABI_VERSION: u32 = 2;
+/// structs gained min_lesion_ml (and IchsegPseudoOptions the bone cut). Version 3:
+/// ICHSEG_STATUS_OUT_OF_MEMORY and IchsegEngineOptions.memory_limit_mb; an operator without a
+/// gradient rule is ICHSEG_STATUS_INVALID_MODEL (was UNSUPPORTED); option ranges are the
+/// library's (pseudo threshold [0, 1], batch 1..=256; channels other than 0, 1, 3 are
+/// INVALID_ARGUMENT); voxel spacing must be 0.001..=1000 mm.
+pub const ICHSEG_ABI_VERSION: u32 = 3;
 
-/// The C ABI version of the loaded library (2 for this header; see ICHSEG_ABI_VERSION).
+/// The C ABI version of the loaded library (3 for this header; see ICHSEG_ABI_VERSION).
 ///
 /// Thread-safe; never fails.
 #[no_mangle]

@@ -54,10 +54,6 @@ pub struct IchsegSegmentOptions {
 const SEGMENT_OPTIONS_V1: usize = std::mem::offset_of!(IchsegSegmentOptions, min_lesion_ml);
 const SEGMENT_OPTIONS_V2: usize = std::mem::size_of::<IchsegSegmentOptions>();
 
-/// Largest network input side accepted from a caller: far above any CT slice, low enough that
-/// a typo cannot ask for an allocation that would abort the process.
-const MAX_INPUT_SIDE: u32 = 8192;
-
 impl Default for IchsegSegmentOptions {
     fn default() -> Self {
         let d = SegmenterOptions::default();
@@ -124,11 +120,6 @@ impl CallerOptions {
                 return Err(FfiError::invalid(format!(
                     "IchsegSegmentOptions.input_rows and input_cols must be set together (both 0 = from the model), \
                      got {r} and {c}"
-                )))
-            }
-            (r, c) if r > MAX_INPUT_SIDE || c > MAX_INPUT_SIDE => {
-                return Err(FfiError::invalid(format!(
-                    "IchsegSegmentOptions input size {r}x{c} exceeds the limit of {MAX_INPUT_SIDE} per side"
                 )))
             }
             (r, c) => Some((r as usize, c as usize)),

@@ -3,6 +3,7 @@
 
 use super::boundary::{boundary, field, handle_out, init_sized, struct_size, FfiError, FfiResult};
 use super::engine::IchsegEngine;
+use super::status::IchsegStatus;
 use super::segment::{check_len, check_optional_len, progress_adapter, read_desc, IchsegProgressFn, IchsegVolumeDesc};
 use crate::crf::CrfParams;
 use crate::pseudo::{CamMethod, PseudoLabeler, PseudoOptions};
@@ -51,7 +52,7 @@ pub struct IchsegPseudoOptions {
     pub struct_size: usize,
     /// Default ICHSEG_CAM_METHOD_SF.
     pub cam: IchsegCamMethod,
-    /// BLA threshold TH in (0, 1); default 0.2.
+    /// BLA threshold TH in [0, 1]; default 0.2.
     pub threshold: f32,
     /// Nonzero (default): spatial context fusion over neighbouring positive slices.
     pub use_scf: i32,
@@ -62,7 +63,7 @@ pub struct IchsegPseudoOptions {
     pub aggregate: IchsegAggregate,
     /// Nonzero (default): dense CRF refinement of each slice's mask.
     pub use_crf: i32,
-    /// Slices per network run; default 1.
+    /// Slices per network run, 1..=256 (as for IchsegSegmentOptions); default 1.
     pub batch: u32,
     /// (v2) Nonzero: the bone cut, not in the paper: voxels above max_hu HU are dropped from
     /// the final mask (blood is 50-90 HU; without it the CRF spreads over the skull on the
@@ -160,21 +161,7 @@ unsafe fn read_options(p: *const IchsegPseudoOptions) -> FfiResult<PseudoOptions
             }
         }
     };
-    if !(o.threshold.is_finite() && o.threshold > 0.0 && o.threshold < 1.0) {
-        return Err(FfiError::invalid(format!("IchsegPseudoOptions.threshold must be in (0, 1), got {}", o.threshold)));
-    }
-    if o.use_max_hu != 0 && !o.max_hu.is_finite() {
-        return Err(FfiError::invalid(format!("IchsegPseudoOptions.max_hu must be finite, got {}", o.max_hu)));
-    }
-    if !(o.min_lesion_ml.is_finite() && o.min_lesion_ml >= 0.0) {
-        return Err(FfiError::invalid(format!(
-            "IchsegPseudoOptions.min_lesion_ml must be finite and >= 0, got {}",
-            o.min_lesion_ml
-        )));
-    }
-    if o.batch == 0 || o.batch > 4096 {
-        return Err(FfiError::invalid(format!("IchsegPseudoOptions.batch must be 1..4096, got {}", o.batch)));
-    }
+    // Value ranges are the library's own checks (crate::options), made when the labeler is built.
     Ok(PseudoOptions {
         cam: match o.cam {
             IchsegCamMethod::Sf => CamMethod::Sf,
@@ -242,7 +229,7 @@ pub unsafe extern "C" fn ichseg_pseudo_labeler_create(
     taps: *const *const c_char,
     opts: *const IchsegPseudoOptions,
     out: *mut *mut IchsegPseudoLabeler,
-) -> super::status::IchsegStatus {
+) -> IchsegStatus {
     boundary("ichseg_pseudo_labeler_create", || -> FfiResult {
         // SAFETY (all blocks): the caller's promises above.
         let out = unsafe { handle_out(out, "out") }?;
@@ -293,7 +280,7 @@ pub unsafe extern "C" fn ichseg_pseudo_labeler_free(labeler: *mut IchsegPseudoLa
 pub unsafe extern "C" fn ichseg_pseudo_labeler_layer_count(
     labeler: *const IchsegPseudoLabeler,
     out: *mut usize,
-) -> super::status::IchsegStatus {
+) -> IchsegStatus {
     // SAFETY: the caller's promises, passed on.
     unsafe {
         super::boundary::get("ichseg_pseudo_labeler_layer_count", labeler, "labeler", out, |l: &IchsegPseudoLabeler| {
@@ -305,8 +292,8 @@ pub unsafe extern "C" fn ichseg_pseudo_labeler_layer_count(
 /// Pseudo-labels a volume: SF-CAM (or the chosen CAM) of every classifier, model ensemble,
 /// slice decision, spatial context fusion, bi-layer aggregation and dense CRF.
 ///
-/// - `slice_labels`: NULL to decide slices by the classifiers (mean bleed probability >= 0.5),
-///   or `labels_len` (== `dims[2]`) bytes, nonzero for a slice that bleeds;
+/// - `slice_labels`: NULL (then `labels_len` 0) to decide slices by the classifiers (mean bleed
+///   probability >= 0.5), or `labels_len` (== `dims[2]`) bytes, nonzero for a slice that bleeds;
 /// - `mask`: `mask_len` (== voxel count) bytes receiving 1 for pseudo-hemorrhage, else 0;
 /// - `cams`: NULL (then `cams_len` 0), or layer_count * voxel count floats receiving each tap
 ///   layer's fused map in [0, 1] (the map the threshold sees), layer after layer, each x-fastest;
@@ -332,7 +319,7 @@ pub unsafe extern "C" fn ichseg_pseudo_label(
     cams_len: usize,
     progress: IchsegProgressFn,
     user_data: *mut c_void,
-) -> super::status::IchsegStatus {
+) -> IchsegStatus {
     boundary("ichseg_pseudo_label", || -> FfiResult {
         // SAFETY (all blocks): the caller's promises above.
         let labeler = &unsafe { labeler.as_ref() }.ok_or_else(|| FfiError::null("labeler"))?.labeler;
@@ -348,13 +335,30 @@ pub unsafe extern "C" fn ichseg_pseudo_label(
         let layers = labeler.layer_count();
         let per_layer = format!("{layers} map(s) of one float per voxel");
         check_optional_len("cams", cams.is_null(), cams_len, n * layers, dims, &per_layer)?;
-        let labels = if slice_labels.is_null() {
-            None
-        } else {
-            check_len("labels", labels_len, dims[2], dims, "one byte per axial slice")?;
-            let raw = unsafe { std::slice::from_raw_parts(slice_labels, labels_len) };
-            Some(raw.iter().map(|&b| b != 0).collect::<Vec<bool>>())
+        let labels = match (slice_labels.is_null(), labels_len) {
+            (true, 0) => None,
+            (true, len) => {
+                return Err(FfiError::new(
+                    IchsegStatus::BufferSize,
+                    format!("slice_labels is NULL but labels_len is {len}: pass 0 to let the classifiers decide"),
+                ))
+            }
+            (false, len) if len != dims[2] => {
+                return Err(FfiError::new(
+                    IchsegStatus::BufferSize,
+                    format!(
+                        "labels_len is {len} but the volume has {} axial slices: slice_labels needs one byte per axial slice",
+                        dims[2]
+                    ),
+                ))
+            }
+            (false, len) => {
+                let raw = unsafe { std::slice::from_raw_parts(slice_labels, len) };
+                Some(raw.iter().map(|&b| b != 0).collect::<Vec<bool>>())
+            }
         };
+        let bytes = labeler.buffer_bytes(dims).and_then(|b| b.checked_add(n.checked_mul(4)?));
+        labeler.engine().memory_limit().check(bytes, "pseudo-labelling this volume")?;
         let volume = unsafe { desc.volume() }?;
         let mut report = progress_adapter(progress, user_data);
         let label = labeler.label_with_progress(&volume, labels.as_deref(), &mut report)?;
@@ -381,5 +385,5 @@ pub unsafe extern "C" fn ichseg_pseudo_label(
 }
 
 fn internal() -> FfiError {
-    FfiError::new(super::status::IchsegStatus::Panic, "internal error: pseudo label arrays have the wrong shape")
+    FfiError::new(IchsegStatus::Panic, "internal error: pseudo label arrays have the wrong shape")
 }

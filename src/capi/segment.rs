@@ -1,11 +1,12 @@
 //! `ichseg_segment`: a caller's voxel buffer in, mask, probabilities and lesions out.
 
 use super::boundary::{boundary, field, handle_out, struct_size, FfiError, FfiResult};
+use crate::alloc::try_with_capacity;
 use super::model::IchsegModel;
 use super::result::IchsegResult;
 use super::status::IchsegStatus;
-use crate::segment::Progress;
-use crate::volume::{checked_voxel_count, Volume};
+use crate::options::Progress;
+use crate::volume::{check_spacing, checked_voxel_count, Volume};
 use ndarray::Array3;
 use std::ffi::c_void;
 use std::ptr::{addr_of, addr_of_mut};
@@ -154,6 +155,10 @@ pub unsafe extern "C" fn ichseg_segment(
             desc.dims,
             "one float per voxel",
         )?;
+        // The HU copy of the caller's voxels, then the segmenter's own buffers: refused at once
+        // when over the engine's memory limit.
+        let bytes = model.segmenter.buffer_bytes(desc.dims).and_then(|b| b.checked_add(n.checked_mul(4)?));
+        model.segmenter.engine().memory_limit().check(bytes, "segmenting this volume")?;
         let volume = unsafe { desc.volume() }?;
         let mut report = progress_adapter(progress, user_data);
         let seg = model.segmenter.segment_with_progress(&volume, &mut report)?;
@@ -196,7 +201,9 @@ pub(crate) fn check_len(name: &str, len: usize, n: usize, dims: [usize; 3], need
     let voxels = dims.iter().product::<usize>();
     Err(FfiError::new(
         IchsegStatus::BufferSize,
-        format!("{name}_len is {len} but the {nx}x{ny}x{nz} volume has {voxels} voxels: the {name} needs {needs}"),
+        format!(
+            "{name}_len is {len} but the {nx}x{ny}x{nz} volume has {voxels} voxels: the {name} needs {needs}, {n} in all"
+        ),
     ))
 }
 
@@ -293,13 +300,7 @@ pub(crate) unsafe fn read_desc(p: *const IchsegVolumeDesc) -> FfiResult<Desc> {
         )));
     }
     let spacing = spacing.ok_or_else(missing)?;
-    for (axis, s) in ["x", "y", "z"].iter().zip(spacing) {
-        if !(s.is_finite() && s > 0.0) {
-            return Err(FfiError::invalid(format!(
-                "volume->spacing along {axis} must be a positive, finite number of mm, got {s}"
-            )));
-        }
-    }
+    check_spacing(spacing)?;
     let affine = match affine.ok_or_else(missing)? {
         a if a.is_null() => None,
         a => {
@@ -350,24 +351,32 @@ impl Desc {
     pub(crate) unsafe fn volume(&self) -> FfiResult<Volume> {
         let [nx, ny, nz] = self.dims;
         // SAFETY: passed on to the caller.
-        let hu = unsafe { self.to_hu() };
+        let hu = unsafe { self.to_hu() }?;
         let data = Array3::from_shape_vec((nz, ny, nx), hu).map_err(|e| FfiError::invalid(e.to_string()))?;
         Ok(Volume::from_array(data, self.spacing, self.affine)?)
     }
 
-    /// The voxels in HU, as float32, x fastest.
+    /// The voxels in HU, as float32, x fastest (fallibly allocated: a volume too big for memory
+    /// is ICHSEG_STATUS_OUT_OF_MEMORY).
     ///
     /// # Safety
     /// `data` must be readable for `voxels` elements of `voxel_type`.
-    unsafe fn to_hu(&self) -> Vec<f32> {
+    unsafe fn to_hu(&self) -> crate::Result<Vec<f32>> {
         /// `value * slope + intercept` in double precision, rounded once to float.
         ///
         /// # Safety
         /// As for `to_hu`.
-        unsafe fn convert<T: Copy + Into<f64>>(data: *const c_void, n: usize, slope: f64, intercept: f64) -> Vec<f32> {
+        unsafe fn convert<T: Copy + Into<f64>>(
+            data: *const c_void,
+            n: usize,
+            slope: f64,
+            intercept: f64,
+        ) -> crate::Result<Vec<f32>> {
             let data = data.cast::<T>();
+            let mut out = try_with_capacity(n, "the volume in HU")?;
             // SAFETY: i < n elements are readable; unaligned reads accept any caller buffer.
-            (0..n).map(|i| (unsafe { data.add(i).read_unaligned() }.into() * slope + intercept) as f32).collect()
+            out.extend((0..n).map(|i| (unsafe { data.add(i).read_unaligned() }.into() * slope + intercept) as f32));
+            Ok(out)
         }
         let (d, n, s, i) = (self.data, self.voxels, self.slope, self.intercept);
         // SAFETY: the caller's promise, passed on.

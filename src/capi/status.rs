@@ -37,11 +37,14 @@ pub enum IchsegStatus {
     /// An internal error (a bug in libichseg) was caught at the ABI boundary. Handles stay
     /// valid and may be freed; please report the message.
     Panic = 11,
+    /// (v3) A buffer sized by the input could not be allocated, or the work would exceed the
+    /// engine's memory_limit_mb; nothing was written. The process is not affected.
+    OutOfMemory = 12,
 }
 
 impl IchsegStatus {
     /// Every status, in numeric order.
-    pub(crate) const ALL: [IchsegStatus; 12] = [
+    pub(crate) const ALL: [IchsegStatus; 13] = [
         IchsegStatus::Ok,
         IchsegStatus::InvalidArgument,
         IchsegStatus::NullPointer,
@@ -54,6 +57,7 @@ impl IchsegStatus {
         IchsegStatus::Unsupported,
         IchsegStatus::Cancelled,
         IchsegStatus::Panic,
+        IchsegStatus::OutOfMemory,
     ];
 
     /// The C name of the code, e.g. `"ICHSEG_STATUS_BUFFER_SIZE"`, NUL-terminated.
@@ -71,6 +75,7 @@ impl IchsegStatus {
             IchsegStatus::Unsupported => c"ICHSEG_STATUS_UNSUPPORTED",
             IchsegStatus::Cancelled => c"ICHSEG_STATUS_CANCELLED",
             IchsegStatus::Panic => c"ICHSEG_STATUS_PANIC",
+            IchsegStatus::OutOfMemory => c"ICHSEG_STATUS_OUT_OF_MEMORY",
         }
     }
 }
@@ -87,6 +92,7 @@ impl From<&Error> for IchsegStatus {
             Error::Inference(_) | Error::DeviceMemory(_) => IchsegStatus::Inference,
             Error::Unsupported(_) => IchsegStatus::Unsupported,
             Error::Cancelled => IchsegStatus::Cancelled,
+            Error::OutOfMemory(_) => IchsegStatus::OutOfMemory,
         }
     }
 }
@@ -127,6 +133,7 @@ mod tests {
         assert_eq!(IchsegStatus::from(&io), IchsegStatus::Io);
         assert_eq!(IchsegStatus::from(&Error::NonFiniteVoxels { count: 1, first: [0; 3] }), IchsegStatus::NonFinite);
         assert_eq!(IchsegStatus::from(&Error::Cancelled), IchsegStatus::Cancelled);
+        assert_eq!(IchsegStatus::from(&Error::OutOfMemory("x".into())), IchsegStatus::OutOfMemory);
         assert_eq!(IchsegStatus::from(&Error::Unsupported("cuda".into())), IchsegStatus::Unsupported);
     }
 }

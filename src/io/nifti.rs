@@ -47,6 +47,7 @@
 //! assert_eq!(back, mask);
 //! ```
 
+use crate::alloc::{try_with_capacity, MemoryLimit};
 use crate::error::{Error, Result};
 use crate::io::atomic::write_atomic;
 use crate::volume::{checked_voxel_count, Volume};
@@ -521,13 +522,24 @@ pub struct NiftiImage {
 /// stored values times `scl_slope` plus `scl_inter`, as float32, with the header's affine and
 /// spacing in mm. Malformed files and NaN/Inf voxels give [`Error::InvalidImage`] naming the path.
 pub fn read(path: &Path) -> Result<NiftiImage> {
-    let (header, data) = load(path)?;
+    read_within(path, MemoryLimit::NONE)
+}
+
+/// [`read`], refusing with [`Error::OutOfMemory`] before allocating a file whose voxel bytes
+/// and their float32 copy would exceed `limit`.
+pub fn read_within(path: &Path, limit: MemoryLimit) -> Result<NiftiImage> {
+    let (header, data) = load(path, limit)?;
     to_image(header, &data, path)
 }
 
 /// [`read`] from bytes already in memory (plain or gzipped); `name` is used only in messages.
 pub fn read_bytes(bytes: &[u8], name: &Path) -> Result<NiftiImage> {
-    let (header, data) = decode(bytes, name)?;
+    read_bytes_within(bytes, name, MemoryLimit::NONE)
+}
+
+/// [`read_within`] from bytes already in memory.
+pub fn read_bytes_within(bytes: &[u8], name: &Path, limit: MemoryLimit) -> Result<NiftiImage> {
+    let (header, data) = decode(bytes, name, limit)?;
     to_image(header, &data, name)
 }
 
@@ -535,7 +547,7 @@ pub fn read_bytes(bytes: &[u8], name: &Path) -> Result<NiftiImage> {
 /// `[nz, ny, nx]`: 1 where the (scaled) value is non-zero, 0 elsewhere. NaN or infinite values
 /// are an error. Spacing is not checked here: a mask is compared to an image by its header.
 pub fn read_mask(path: &Path) -> Result<(NiftiHeader, Array3<u8>)> {
-    let (header, data) = load(path)?;
+    let (header, data) = load(path, MemoryLimit::NONE)?;
     let values = convert(&header, &data, path, |v| v)?;
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
         let count = values.iter().filter(|v| !v.is_finite()).count();
@@ -724,14 +736,14 @@ fn affine_to_quatern(a: &[[f64; 4]; 4], spacing: [f64; 3]) -> Option<([f64; 3], 
 }
 
 /// Opens a file and reads its header and voxel bytes.
-fn load(path: &Path) -> Result<(NiftiHeader, Vec<u8>)> {
+fn load(path: &Path, limit: MemoryLimit) -> Result<(NiftiHeader, Vec<u8>)> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    decode(BufReader::new(file), path)
+    decode(BufReader::new(file), path, limit)
 }
 
 /// Reads a header and its voxel bytes from a plain or gzipped stream, never reading (or
 /// decompressing) more than `vox_offset` + the bytes the header's dimensions call for.
-fn decode<R: BufRead>(mut reader: R, name: &Path) -> Result<(NiftiHeader, Vec<u8>)> {
+fn decode<R: BufRead>(mut reader: R, name: &Path, limit: MemoryLimit) -> Result<(NiftiHeader, Vec<u8>)> {
     let start = reader.fill_buf().map_err(|e| read_error(name, e))?;
     let gzipped = start.starts_with(&[0x1f, 0x8b]);
     let mut stream: Box<dyn Read + '_> = if gzipped { Box::new(MultiGzDecoder::new(reader)) } else { Box::new(reader) };
@@ -750,10 +762,23 @@ fn decode<R: BufRead>(mut reader: R, name: &Path) -> Result<(NiftiHeader, Vec<u8
     let skip = offset - HEADER_SIZE as u64;
     let skipped =
         std::io::copy(&mut (&mut stream).take(skip), &mut std::io::sink()).map_err(|e| read_error(name, e))?;
-    // Grow the buffer as data arrives rather than trusting the header with one big allocation.
-    let mut data = Vec::with_capacity(needed.min(64 << 20) as usize);
+    // The raw voxels and their float32 copy, refused before anything is allocated when over
+    // the caller's limit.
+    limit.check(usize::try_from(needed).ok().and_then(|b| b.checked_add(voxels.checked_mul(4)?)), &format!("reading {}", name.display()))?;
+    // Grow the buffer as data arrives rather than trusting the header with one big allocation;
+    // each step is fallible, so a file that inflates beyond memory is an error, not an abort.
+    let mut data: Vec<u8> = Vec::new();
     if skipped == skip {
-        stream.take(needed).read_to_end(&mut data).map_err(|e| read_error(name, e))?;
+        let mut stream = stream.take(needed);
+        while (data.len() as u64) < needed {
+            let step = (needed - data.len() as u64).min(64 << 20);
+            data.try_reserve(step as usize).map_err(|_| {
+                Error::OutOfMemory(format!("{}: no memory for its {needed} bytes of voxel data", name.display()))
+            })?;
+            if (&mut stream).take(step).read_to_end(&mut data).map_err(|e| read_error(name, e))? == 0 {
+                break;
+            }
+        }
     }
     if (data.len() as u64) < needed {
         let [nx, ny, nz] = header.dims();
@@ -791,22 +816,21 @@ fn convert<T>(header: &NiftiHeader, data: &[u8], name: &Path, map: impl Fn(f64) 
         None => map(v),
     };
     let be = header.big_endian;
+    let mut out = try_with_capacity(checked_voxel_count(header.dims())?, "the decoded voxels")?;
     macro_rules! decode_as {
         ($t:ty) => {{
             const N: usize = std::mem::size_of::<$t>();
-            data.chunks_exact(N)
-                .map(|c| {
-                    let mut b = [0u8; N];
-                    b.copy_from_slice(c);
-                    let v = if be { <$t>::from_be_bytes(b) } else { <$t>::from_le_bytes(b) };
-                    value(v as f64)
-                })
-                .collect()
+            out.extend(data.chunks_exact(N).map(|c| {
+                let mut b = [0u8; N];
+                b.copy_from_slice(c);
+                let v = if be { <$t>::from_be_bytes(b) } else { <$t>::from_le_bytes(b) };
+                value(v as f64)
+            }))
         }};
     }
-    Ok(match header.datatype() {
-        2 => data.iter().map(|&v| value(f64::from(v))).collect(),
-        256 => data.iter().map(|&v| value(f64::from(v as i8))).collect(),
+    match header.datatype() {
+        2 => out.extend(data.iter().map(|&v| value(f64::from(v)))),
+        256 => out.extend(data.iter().map(|&v| value(f64::from(v as i8)))),
         4 => decode_as!(i16),
         512 => decode_as!(u16),
         8 => decode_as!(i32),
@@ -816,7 +840,8 @@ fn convert<T>(header: &NiftiHeader, data: &[u8], name: &Path, map: impl Fn(f64) 
         16 => decode_as!(f32),
         64 => decode_as!(f64),
         dt => return Err(Error::image(name, format!("datatype {dt} ({}) is not supported", datatype_name(dt)))),
-    })
+    }
+    Ok(out)
 }
 
 /// Values in file order (x fastest) to an array of shape `[nz, ny, nx]`.
@@ -1055,6 +1080,20 @@ mod tests {
         assert!(close(h.affine()[2][2], 5.0) && close(h.affine()[0][0], 1.0));
         h.raw[XYZT_UNITS] = 3; // microns
         assert!((h.spacing()[0] - 1e-6).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_file_over_the_memory_limit_is_refused_before_its_voxels_are_read() {
+        // 64x64x64 int16: 512 KiB of voxels plus 1 MiB as float32, over a 1 MiB limit.
+        let v = volume([64, 64, 64], [1.0; 3], None);
+        let mut h = header_for(&v);
+        h.set_i16(DATATYPE, 4);
+        h.set_i16(BITPIX, 16);
+        let bytes = encode(&h, &vec![0u8; 64 * 64 * 64 * 2]);
+        let e = read_bytes_within(&bytes, Path::new("big.nii"), MemoryLimit(1 << 20)).unwrap_err();
+        assert!(matches!(e, Error::OutOfMemory(_)), "{e}");
+        assert!(e.to_string().contains("big.nii needs 1.5 MiB but the memory limit is 1.0 MiB"), "{e}");
+        assert!(read_bytes_within(&bytes, Path::new("big.nii"), MemoryLimit(2 << 20)).is_ok());
     }
 
     #[test]

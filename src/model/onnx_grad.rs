@@ -42,7 +42,7 @@
 //!
 //! Where a tensor feeds several nodes, the gradients are summed. Only nodes between a tap and
 //! the logits get a VJP, so the stem before the earliest tap may hold any op; an op without a
-//! VJP on such a path is an [`Error::Unsupported`] naming the op and the node.
+//! VJP on such a path is an [`Error::InvalidModel`] naming the op and the node.
 //!
 //! Accuracy: on the test fixtures (small ResNet, DenseNet, VGG variants, `tests/onnx_grad.rs`)
 //! tract and onnxruntime match PyTorch autograd to 4e-7 relative L2. The gradient of a ReLU
@@ -151,7 +151,7 @@ impl GradientGraph {
             .map(|o| o.version)
             .unwrap_or(1);
         if opset < 11 {
-            return Err(Error::Unsupported(format!(
+            return Err(Error::InvalidModel(format!(
                 "gradient graph: opset {opset} models are not supported (need opset 11 or later; re-export the model)"
             )));
         }
@@ -282,7 +282,7 @@ fn input_shape(
         .map(super::tensor_info)
         .ok_or_else(|| Error::InvalidModel("the model has no input".into()))?;
     if input.shape.as_ref().is_some_and(|s| s.len() != 4) {
-        return Err(Error::Unsupported(format!(
+        return Err(Error::InvalidModel(format!(
             "gradient graph: input {} has shape {}, expected [N, C, H, W]",
             input.name,
             input.shape_text()
@@ -408,7 +408,7 @@ fn describe(n: &NodeProto) -> String {
 }
 
 fn unsupported(n: &NodeProto, why: &str) -> Error {
-    Error::Unsupported(format!("gradient graph: {} on the path from the taps to the logits: {why}", describe(n)))
+    Error::InvalidModel(format!("gradient graph: {} on the path from the taps to the logits: {why}", describe(n)))
 }
 
 fn tensor_f32(t: &TensorProto) -> Option<Vec<f32>> {
@@ -1020,7 +1020,7 @@ impl<'a> Builder<'a> {
             "AveragePool" => vec![(0, self.average_pool_vjp(n, g)?)],
             "MaxPool" => vec![(0, self.max_pool_vjp(n, g)?)],
             _ => {
-                return Err(Error::Unsupported(format!(
+                return Err(Error::InvalidModel(format!(
                     "gradient graph: no vector-Jacobian product for op {} ({}) on the path from the taps to the logits",
                     n.op_type,
                     describe(n)
@@ -1128,7 +1128,7 @@ impl<'a> Builder<'a> {
                 output_padding.push(h[j] as i64 - bare);
             }
             if output_padding.iter().any(|&p| p < 0) {
-                return Err(Error::Unsupported(format!("gradient graph: ConvTranspose VJP for input {xs:?}")));
+                return Err(Error::InvalidModel(format!("gradient graph: ConvTranspose VJP for input {xs:?}")));
             }
             let wname = self.const_f32(w_shape, w.to_vec(), "w");
             let pads: Vec<i64> = win.pads_begin.iter().chain(&win.pads_end).map(|&p| p as i64).collect();

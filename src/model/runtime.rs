@@ -1,5 +1,6 @@
 //! Where networks run: device choice, the per-engine thread pool, tract plans.
 
+use crate::alloc::MemoryLimit;
 use crate::error::{Error, Result};
 use std::sync::Arc;
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
@@ -41,6 +42,10 @@ pub struct EngineOptions {
     /// Worker threads for the networks; 0 means one per available core.
     pub threads: usize,
     pub device: Device,
+    /// Cap on the buffers one segmentation or pseudo-labelling call allocates for its volume
+    /// (outputs, maps, per-slice buffers; not the model's own weights and activations): work
+    /// over it is refused before anything is allocated. Default: none.
+    pub memory_limit: MemoryLimit,
 }
 
 /// An execution context: the chosen device and a private thread pool.
@@ -53,6 +58,7 @@ pub struct Engine {
     cuda: bool,
     device_name: String,
     device_note: String,
+    memory_limit: MemoryLimit,
 }
 
 impl Engine {
@@ -90,7 +96,7 @@ impl Engine {
             }
         })
         .map_err(|_| Error::Unsupported(format!("could not start a pool of {threads} threads")))?;
-        Ok(Engine { executor, threads, cuda, device_name, device_note })
+        Ok(Engine { executor, threads, cuda, device_name, device_note, memory_limit: options.memory_limit })
     }
 
     /// Worker threads used by the networks (and by operators left on the CPU on a GPU).
@@ -108,6 +114,10 @@ impl Engine {
     /// Whether networks run on the GPU.
     pub fn is_cuda(&self) -> bool {
         self.cuda
+    }
+    /// The cap on buffers sized by the input ([`EngineOptions::memory_limit`]).
+    pub fn memory_limit(&self) -> MemoryLimit {
+        self.memory_limit
     }
 
     /// The plan this engine runs `model` with, for one f32 input of `shape`.
@@ -291,9 +301,9 @@ mod tests {
             return;
         }
         let why = report.usable.unwrap_err();
-        let err = Engine::new(&EngineOptions { threads: 1, device: Device::Cuda(0) }).unwrap_err();
+        let err = Engine::new(&EngineOptions { threads: 1, device: Device::Cuda(0), ..Default::default() }).unwrap_err();
         assert!(err.to_string().contains(&why), "{err} / {why}");
-        let e = Engine::new(&EngineOptions { threads: 2, device: Device::Auto }).unwrap();
+        let e = Engine::new(&EngineOptions { threads: 2, device: Device::Auto, ..Default::default() }).unwrap();
         assert_eq!(e.device_name(), "cpu");
         assert!(!e.is_cuda());
         assert!(e.device_note().contains(&why), "{}", e.device_note());
@@ -302,7 +312,7 @@ mod tests {
 
     #[test]
     fn only_device_zero_is_driven() {
-        let err = Engine::new(&EngineOptions { threads: 1, device: Device::Cuda(1) }).unwrap_err();
+        let err = Engine::new(&EngineOptions { threads: 1, device: Device::Cuda(1), ..Default::default() }).unwrap_err();
         assert!(err.to_string().contains("CUDA_VISIBLE_DEVICES=1"), "{err}");
     }
 }

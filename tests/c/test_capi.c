@@ -227,7 +227,10 @@ static void test_versions(void)
     const char *v = ichseg_version_string();
     printf("versions\n");
     CHECK(ichseg_abi_version() == ICHSEG_ABI_VERSION, "abi %u", (unsigned)ichseg_abi_version());
-    CHECK(ICHSEG_ABI_VERSION == 2, "header ABI %d", ICHSEG_ABI_VERSION);
+    CHECK(ICHSEG_ABI_VERSION == 3, "header ABI %d", ICHSEG_ABI_VERSION);
+    CHECK(ICHSEG_STATUS_OUT_OF_MEMORY == 12 &&
+              strcmp(ichseg_status_name(ICHSEG_STATUS_OUT_OF_MEMORY), "ICHSEG_STATUS_OUT_OF_MEMORY") == 0,
+          "out-of-memory status");
     CHECK(v != NULL && strlen(v) >= 5 && strchr(v, '.') != NULL, "version \"%s\"", v);
     CHECK(strcmp(ichseg_status_name(ICHSEG_STATUS_BUFFER_SIZE), "ICHSEG_STATUS_BUFFER_SIZE") == 0,
           "%s", ichseg_status_name(ICHSEG_STATUS_BUFFER_SIZE));
@@ -247,8 +250,21 @@ static IchsegEngine *test_engine(void)
     ichseg_engine_options_init(&o);
     ichseg_engine_options_init(NULL); /* a no-op */
     CHECK(o.struct_size == sizeof o && o.threads == 0 && o.device == ICHSEG_DEVICE_AUTO &&
-              o.cuda_device == 0,
+              o.cuda_device == 0 && o.memory_limit_mb == 0,
           "engine defaults");
+    {
+        /* a caller built before memory_limit_mb (v1/v2 headers): init writes no byte past its
+           struct, and create reads no field past it (the limit reads as none) */
+        size_t v1 = offsetof(IchsegEngineOptions, memory_limit_mb);
+        IchsegEngineOptions old;
+        memset(&old, 0x5A, sizeof old);
+        ichseg_engine_options_init_sized(&old, v1);
+        CHECK(old.struct_size == v1 && ((const unsigned char *)&old)[v1] == 0x5A, "v1 engine init");
+        old.threads = 1;
+        OK(ichseg_engine_create(&old, &e));
+        ichseg_engine_free(e);
+        e = NULL;
+    }
 
     OK(ichseg_engine_create(NULL, &e)); /* NULL options = defaults */
     REQUIRE(e != NULL);
@@ -377,6 +393,14 @@ static void test_model_errors(IchsegEngine *engine, const char *dir)
     EXPECT(ichseg_model_load(engine, path, &so, &m), ICHSEG_STATUS_INVALID_MODEL,
            "channels 3 was requested");
     ichseg_segment_options_init(&so);
+    so.channels = 2; /* not a channel count at all: a bad argument, whatever the model */
+    EXPECT(ichseg_model_load(engine, path, &so, &m), ICHSEG_STATUS_INVALID_ARGUMENT,
+           "channels must be 1 or 3, got 2");
+    ichseg_segment_options_init(&so);
+    so.batch = 257;
+    EXPECT(ichseg_model_load(engine, path, &so, &m), ICHSEG_STATUS_INVALID_ARGUMENT,
+           "batch must be 1..=256, got 257");
+    ichseg_segment_options_init(&so);
     so.threshold = 1.5f;
     EXPECT(ichseg_model_load(engine, path, &so, &m), ICHSEG_STATUS_INVALID_ARGUMENT,
            "threshold must lie in [0, 1], got 1.5");
@@ -392,7 +416,7 @@ static void test_model_errors(IchsegEngine *engine, const char *dir)
 
     /* The message stays valid, and unchanged, across successful calls on this thread. */
     msg = ichseg_last_error_message();
-    CHECK(ichseg_abi_version() == 2 && ichseg_last_error_message() == msg, "message pointer kept");
+    CHECK(ichseg_abi_version() == 3 && ichseg_last_error_message() == msg, "message pointer kept");
     ichseg_model_free(NULL); /* a no-op */
     free(path);
     free(not_a_model);
@@ -687,6 +711,13 @@ static void test_segment_errors(const IchsegModel *model, const Reference *r)
     d.spacing[1] = -0.5;
     EXPECT(ichseg_segment(model, &d, mask, n, prob, n, NULL, NULL, &res),
            ICHSEG_STATUS_INVALID_ARGUMENT, "got -0.5");
+    /* a spacing whose voxel volume would overflow to infinite mL, and one far below a micrometre */
+    d.spacing[1] = 1e300;
+    EXPECT(ichseg_segment(model, &d, mask, n, prob, n, NULL, NULL, &res),
+           ICHSEG_STATUS_INVALID_ARGUMENT, "spacing along y must be 0.001..=1000 mm, got 1e300");
+    d.spacing[1] = 1e-9;
+    EXPECT(ichseg_segment(model, &d, mask, n, prob, n, NULL, NULL, &res),
+           ICHSEG_STATUS_INVALID_ARGUMENT, "0.001..=1000 mm");
     d = good;
     affine[7] = INFINITY;
     d.affine = affine;
@@ -953,10 +984,33 @@ static void test_pseudo(const char *dir, const Reference *r)
         EXPECT(ichseg_pseudo_labeler_create(engine, unets, 1, NULL, NULL, &pl), ICHSEG_STATUS_INVALID_MODEL,
                NULL);
     }
+    {
+        /* an operator without a gradient rule between the tap and the logits: the header lists
+           INVALID_MODEL, naming the op */
+        char *erf = join(dir, "../grad/unsupported_erf.onnx");
+        const char *erfs[1] = {erf};
+        const char *erf_taps[1] = {"/relu/Relu_output_0"};
+        EXPECT(ichseg_pseudo_labeler_create(engine, erfs, 1, erf_taps, NULL, &pl), ICHSEG_STATUS_INVALID_MODEL,
+               "op Erf");
+        free(erf);
+    }
     bad = po;
     bad.threshold = 1.5f;
     EXPECT(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl), ICHSEG_STATUS_INVALID_ARGUMENT,
            "threshold");
+    bad = po;
+    bad.threshold = -0.1f;
+    EXPECT(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl), ICHSEG_STATUS_INVALID_ARGUMENT,
+           "threshold must lie in [0, 1], got -0.1");
+    /* the header's range is closed, as the library's: 0 and 1 are accepted */
+    bad.threshold = 1.0f;
+    OK(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl));
+    ichseg_pseudo_labeler_free(pl);
+    pl = NULL;
+    bad = po;
+    bad.batch = 257; /* the library's limit, not a C-only one */
+    EXPECT(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl), ICHSEG_STATUS_INVALID_ARGUMENT,
+           "batch must be 1..=256, got 257");
     bad = po;
     bad.struct_size = 4;
     EXPECT(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl), ICHSEG_STATUS_INVALID_ARGUMENT,
@@ -1033,11 +1087,13 @@ static void test_pseudo(const char *dir, const Reference *r)
     EXPECT(ichseg_pseudo_label(NULL, &v, pos, 3, mask2, r->n, NULL, 0, NULL, NULL), ICHSEG_STATUS_NULL_POINTER,
            "`labeler`");
     EXPECT(ichseg_pseudo_label(pl, &v, pos, 2, mask2, r->n, NULL, 0, NULL, NULL), ICHSEG_STATUS_BUFFER_SIZE,
-           "labels_len is 2");
+           "labels_len is 2 but the volume has 3 axial slices");
+    EXPECT(ichseg_pseudo_label(pl, &v, NULL, 3, mask2, r->n, NULL, 0, NULL, NULL), ICHSEG_STATUS_BUFFER_SIZE,
+           "slice_labels is NULL but labels_len is 3");
     EXPECT(ichseg_pseudo_label(pl, &v, pos, 3, mask2, r->n - 1, NULL, 0, NULL, NULL), ICHSEG_STATUS_BUFFER_SIZE,
            "mask_len");
     EXPECT(ichseg_pseudo_label(pl, &v, pos, 3, mask2, r->n, cams, r->n, NULL, NULL), ICHSEG_STATUS_BUFFER_SIZE,
-           "cams_len");
+           "the cams needs 2 map(s) of one float per voxel, 24576 in all");
     EXPECT(ichseg_pseudo_label(pl, &v, pos, 3, mask2, r->n, NULL, 5, NULL, NULL), ICHSEG_STATUS_BUFFER_SIZE,
            "cams is NULL");
     EXPECT(ichseg_pseudo_label(pl, &v, pos, 3, NULL, r->n, NULL, 0, NULL, NULL), ICHSEG_STATUS_NULL_POINTER,

@@ -13,7 +13,7 @@ pub struct DoctorArgs {
 
 pub fn run(a: &DoctorArgs) -> Result<()> {
     let report = cuda_report();
-    let engine = Engine::new(&EngineOptions { threads: 0, device: Device::Auto })?;
+    let engine = Engine::new(&EngineOptions { threads: 0, device: Device::Auto, ..Default::default() })?;
     if a.json {
         let out = serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"), "cuda": report,

@@ -6,6 +6,7 @@ mod doctor;
 mod pseudo;
 
 use clap::{Args, Parser, Subcommand};
+use ichseg::alloc::MemoryLimit;
 use ichseg::io::{nifti, report};
 use ichseg::model::onnx_grad::{self, GradientGraph, GradientOptions};
 use ichseg::model::OnnxModel;
@@ -56,6 +57,10 @@ struct RunArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: Device,
+    /// Refuse, before allocating, work whose buffers sized by the input (the decoded volume,
+    /// outputs, maps) exceed this many MiB; 0 = no limit.
+    #[arg(long, default_value_t = 0)]
+    memory_limit_mb: usize,
     /// Hide the progress bar and the summary.
     #[arg(long, short)]
     quiet: bool,
@@ -217,7 +222,16 @@ fn main() -> ExitCode {
 }
 
 fn engine(run: &RunArgs) -> Result<Engine> {
-    Engine::new(&EngineOptions { threads: run.threads, device: run.device })
+    Engine::new(&EngineOptions { threads: run.threads, device: run.device, memory_limit: run.memory_limit()? })
+}
+
+impl RunArgs {
+    fn memory_limit(&self) -> Result<MemoryLimit> {
+        self.memory_limit_mb
+            .checked_mul(1 << 20)
+            .map(MemoryLimit)
+            .ok_or_else(|| Error::arg(format!("--memory-limit-mb {} is too large", self.memory_limit_mb)))
+    }
 }
 
 /// A progress bar on stderr, drawn only when stderr is a terminal and not `--quiet`.
@@ -247,7 +261,7 @@ fn run_segmentation(
     outputs: (&Path, Option<&Path>, Option<&Path>),
 ) -> Result<SegmentOutcome> {
     let (mask_path, prob_path, report_path) = outputs;
-    let image = nifti::read(input)?;
+    let image = nifti::read_within(input, run.memory_limit()?)?;
     let t_load = Instant::now();
     let segmenter = Segmenter::new(&engine(run)?, OnnxModel::load(model_path)?, options)?;
     let load_s = t_load.elapsed().as_secs_f64();
@@ -377,7 +391,7 @@ fn inspect(a: &InspectArgs) -> Result<()> {
     let channels = input.and_then(|i| i.fixed_dim(1)).or(model.metadata.channels).unwrap_or(1);
     let (rows, cols) = match (input.and_then(|i| i.fixed_dim(2)), input.and_then(|i| i.fixed_dim(3))) {
         (Some(r), Some(c)) => (r, c),
-        _ => model.metadata.input_size.unwrap_or(ichseg::segment::DEFAULT_INPUT_SIZE),
+        _ => model.metadata.input_size.unwrap_or(ichseg::options::DEFAULT_INPUT_SIZE),
     };
     let taps = if is_classifier { model.tap_candidates(channels, rows, cols)? } else { vec![] };
     let placement = match a.device {

@@ -154,7 +154,7 @@ pub(super) fn volume_stem(path: &Path) -> Option<&str> {
 
 fn single(a: &PseudoLabelArgs, input: &Path) -> Result<()> {
     let options = a.options()?;
-    let image = nifti::read(input)?;
+    let image = nifti::read_within(input, a.run.memory_limit()?)?;
     let nz = image.volume.num_slices();
     let labels = match &a.labels {
         Some(csv) => Some(SliceLabelTable::read(csv)?.labels(a.patient.or_else(|| patient_of(input)), nz)?),
@@ -350,7 +350,7 @@ pub(super) fn dataset_scans(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Pseudo-labels one dataset volume and writes its mask (atomically).
 fn label_one(labeler: &PseudoLabeler, scan: &Path, table: Option<&SliceLabelTable>, out: &Path) -> Result<()> {
-    let image = nifti::read(scan)?;
+    let image = nifti::read_within(scan, labeler.engine().memory_limit())?;
     let labels = match table {
         Some(t) => {
             let patient = patient_of(scan).ok_or_else(|| {
