@@ -33,9 +33,9 @@ ICHSEG_STATIC_LIBS="-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc"
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 target=${CARGO_TARGET_DIR:-target}/$profile
 
-[[ $build == 1 ]] && cargo build --locked --lib "${flags[@]}"
+[[ $build == 1 ]] && cargo build --locked -p ichseg --lib "${flags[@]}"
 for f in "$target/libichseg.so" "$target/libichseg.a"; do
-  [[ -f $f ]] || { echo "install.sh: $f missing: build first (cargo build --lib ${flags[*]})" >&2; exit 1; }
+  [[ -f $f ]] || { echo "install.sh: $f missing: build first (cargo build -p ichseg --lib ${flags[*]})" >&2; exit 1; }
 done
 
 mkdir -p "$prefix/lib/cmake/ichseg" "$prefix/lib/pkgconfig" "$prefix/include"

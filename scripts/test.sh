@@ -65,11 +65,11 @@ part "rust tests" cargo test --locked
 nvrtc_lib=$(python3 -c 'import glob, sysconfig; print(next(iter(glob.glob(sysconfig.get_paths()["purelib"] + "/nvidia/cu13/lib")), ""))' 2>/dev/null || true)
 if [[ -n $nvrtc_lib ]]; then
   part "cuda kernels (nvrtc)" env LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
-    ICHSEG_REQUIRE_NVRTC=1 cargo test --locked --lib kernels_compile_with_nvrtc
+    ICHSEG_REQUIRE_NVRTC=1 cargo test --locked -p ichseg --lib kernels_compile_with_nvrtc
 else
   skip "cuda kernels (nvrtc)" "the NVRTC wheel is not in .venv-test"
 fi
-part "library alone" cargo check --locked --lib --no-default-features
+part "library alone" cargo check --locked -p ichseg --lib --no-default-features
 part "valgrind" tests/c/run_valgrind.sh
 part "packaging" tests/packaging/run.sh
 # The GPU proof's commands stay in step with the CLI: its parts that need no PyTorch, dry (on

@@ -24,7 +24,6 @@
 //! ```
 
 pub mod alloc;
-mod batching;
 pub mod cam;
 pub mod capi;
 pub mod crf;
@@ -35,18 +34,17 @@ mod launch;
 pub mod lesions;
 pub mod metrics;
 pub mod model;
-pub mod options;
+pub mod pipeline;
 pub mod preprocess;
-pub mod pseudo;
 pub mod sca;
-pub mod segment;
 pub mod volume;
 
+pub use cam::CamMethod;
 pub use error::{Error, Result};
 pub use lesions::Lesion;
 pub use model::runtime::{Device, Engine, EngineOptions};
 pub use model::{ModelKind, ModelMetadata, OnnxModel};
-pub use pseudo::{CamMethod, PseudoLabel, PseudoLabeler, PseudoOptions};
-pub use options::Progress;
-pub use segment::{Segmentation, Segmenter, SegmenterOptions};
+pub use pipeline::options::Progress;
+pub use pipeline::pseudo::{PseudoLabel, PseudoLabeler, PseudoOptions};
+pub use pipeline::segment::{Segmentation, Segmenter, SegmenterOptions};
 pub use volume::{Volume, Window};

@@ -3,10 +3,11 @@
 //! `ichseg::cam`, error paths and cancellation.
 
 use ichseg::cam;
+use ichseg::cam::tap_cam;
 use ichseg::crf::CrfParams;
 use ichseg::io::nifti;
+use ichseg::pipeline::tail::{TailOptions, TailStep};
 use ichseg::preprocess::{model_input, resize_bilinear, InputSpec};
-use ichseg::pseudo::tap_cam;
 use ichseg::sca::{self, Aggregate, ScfParams};
 use ichseg::{CamMethod, Engine, EngineOptions, Error, OnnxModel, PseudoLabeler, PseudoOptions, Volume, Window};
 use ndarray::{s, Array2, Array3, ArrayView3, Axis, Ix3};
@@ -179,13 +180,13 @@ fn threads_do_not_change_the_maps() {
 }
 
 #[test]
-fn refine_mask_is_the_per_slice_crf_over_the_windowed_slices() {
+fn the_tail_runs_its_steps_in_order_and_its_crf_is_the_per_slice_crf() {
     // The labeller builds the smoothness kernel once per volume and refines slices in rounds:
     // the same masks as `crf::refine` slice by slice, empty slices untouched.
     let volume = ct();
     let labeler = one_model(PseudoOptions { crf: None, ..Default::default() });
     let (nz, ny, nx) = volume.data().dim();
-    let mut mask = Array3::from_shape_fn((nz, ny, nx), |(z, y, x)| {
+    let mask = Array3::from_shape_fn((nz, ny, nx), |(z, y, x)| {
         u8::from(z != 1 && (y as f32 - ny as f32 / 2.0).hypot(x as f32 - nx as f32 / 3.0) < 9.0 + z as f32)
     });
     let params = CrfParams::default();
@@ -196,8 +197,39 @@ fn refine_mask_is_the_per_slice_crf_over_the_windowed_slices() {
         want.index_axis_mut(Axis(0), z).assign(&refined);
     }
     assert_ne!(want, mask, "the CRF changed nothing: a vacuous comparison");
-    labeler.refine_mask(&volume, &mut mask, &params).unwrap();
-    assert_eq!(mask, want);
+    // A map that the threshold turns into `mask` exactly.
+    let map = mask.mapv(f32::from);
+    let positive = vec![true; nz];
+    let mut tail = TailOptions {
+        scf: None,
+        threshold: 0.5,
+        aggregate: Aggregate::Or,
+        crf: Some(params),
+        max_hu: None,
+        min_lesion_ml: None,
+    };
+    let mut steps = vec![];
+    let out =
+        labeler.finish(&volume, &[map.view()], &positive, &tail, &mut |step, m| steps.push((step, m.clone()))).unwrap();
+    assert_eq!(steps, vec![(TailStep::Bla, mask.clone()), (TailStep::Crf, want.clone())]);
+    assert_eq!(out.mask, want);
+    assert_eq!(out.fused, vec![map.clone()]);
+
+    // Our two steps come last, bone cut first; the filter drops every lesion at 1000 mL.
+    tail.max_hu = Some(-5000.0);
+    tail.min_lesion_ml = Some(1000.0);
+    let mut order = vec![];
+    let out = labeler.finish(&volume, &[map.view()], &positive, &tail, &mut |step, _| order.push(step)).unwrap();
+    assert_eq!(order, [TailStep::Bla, TailStep::Crf, TailStep::BoneCut, TailStep::SmallLesions]);
+    assert!(out.mask.iter().all(|&v| v == 0));
+
+    // Bad settings and maps of another shape are errors before any work.
+    tail.threshold = 1.5;
+    assert!(labeler.finish(&volume, &[map.view()], &positive, &tail, &mut |_, _| {}).is_err());
+    tail.threshold = 0.5;
+    let small = Array3::<f32>::zeros((nz, ny, nx - 1));
+    let err = labeler.finish(&volume, &[small.view()], &positive, &tail, &mut |_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("the maps are"), "{err}");
 }
 
 #[test]
@@ -405,12 +437,12 @@ fn bone_cut_drops_the_voxels_above_max_hu_from_the_final_mask() {
     assert_eq!(cut.fused, full.fused, "the cut only touches the mask");
 
     let mut mask = full.mask.clone();
-    ichseg::pseudo::bone_cut(&volume, &mut mask, max_hu).unwrap();
+    ichseg::pipeline::pseudo::bone_cut(&volume, &mut mask, max_hu).unwrap();
     assert_eq!(mask, want);
-    let err = ichseg::pseudo::bone_cut(&volume, &mut mask, f32::NAN).unwrap_err().to_string();
+    let err = ichseg::pipeline::pseudo::bone_cut(&volume, &mut mask, f32::NAN).unwrap_err().to_string();
     assert!(err.contains("finite"), "{err}");
     let mut wrong = Array3::<u8>::zeros((1, 2, 3));
-    let err = ichseg::pseudo::bone_cut(&volume, &mut wrong, 100.0).unwrap_err().to_string();
+    let err = ichseg::pipeline::pseudo::bone_cut(&volume, &mut wrong, 100.0).unwrap_err().to_string();
     assert!(err.contains("[1, 2, 3]"), "{err}");
 }
 

@@ -141,6 +141,51 @@ pub fn sfcam(
     Ok(cam)
 }
 
+/// Which class activation map each tap yields (METHOD.md section 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CamMethod {
+    /// SF-CAM: `(C + P * C) / 2` from LayerCAM `C` and the PC1 projection `P`; the first tap
+    /// amplified by `tanh(lambda * CAM / max(CAM))` ([`sfcam`]).
+    #[default]
+    Sf,
+    /// LayerCAM alone: `C = normalize_max(layercam(A, G))` (steps 1-2 of section 3).
+    Layer,
+    /// Grad-CAM, the paper's baseline ([`gradcam`]); taps default to `ichseg.deep_tap`.
+    Grad,
+}
+
+impl std::str::FromStr for CamMethod {
+    type Err = Error;
+    /// `sf`, `layer` or `grad`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "sf" => Ok(CamMethod::Sf),
+            "layer" => Ok(CamMethod::Layer),
+            "grad" => Ok(CamMethod::Grad),
+            _ => Err(Error::arg(format!("unknown CAM method {s:?}: expected sf, layer or grad"))),
+        }
+    }
+}
+
+/// One tap's CAM at the input size `[rows, cols]`, values in `[0, 1]`, from its activations
+/// `a` and gradients `g` (`[K, h, w]`): SF-CAM ([`sfcam`], amplified when `first_layer`),
+/// LayerCAM (`normalize_max(layercam)`) or Grad-CAM, upsampled bilinearly.
+pub fn tap_cam(
+    method: CamMethod,
+    a: ArrayView3<f32>,
+    g: ArrayView3<f32>,
+    (rows, cols): (usize, usize),
+    first_layer: bool,
+    lambda: f32,
+) -> Result<Array2<f32>> {
+    match method {
+        CamMethod::Sf => sfcam(a, g, rows, cols, first_layer, lambda),
+        CamMethod::Layer => Ok(resize_bilinear(normalize_max(layercam(a, g)?.view()).view(), rows, cols)),
+        CamMethod::Grad => Ok(resize_bilinear(gradcam(a, g)?.view(), rows, cols)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

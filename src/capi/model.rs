@@ -4,7 +4,7 @@ use super::boundary::{arg, boundary, field, handle_out, init_sized, struct_size,
 use super::engine::IchsegEngine;
 use super::status::IchsegStatus;
 use crate::model::{ModelMetadata, OnnxModel};
-use crate::segment::{Segmenter, SegmenterOptions};
+use crate::pipeline::segment::{Segmenter, SegmenterOptions};
 use crate::volume::Window;
 use std::ffi::{c_char, CStr};
 use std::path::PathBuf;

@@ -3,10 +3,11 @@
 
 use super::boundary::{boundary, field, handle_out, init_sized, struct_size, FfiError, FfiResult};
 use super::engine::IchsegEngine;
-use super::status::IchsegStatus;
 use super::segment::{check_len, check_optional_len, progress_adapter, read_desc, IchsegProgressFn, IchsegVolumeDesc};
+use super::status::IchsegStatus;
+use crate::cam::CamMethod;
 use crate::crf::CrfParams;
-use crate::pseudo::{CamMethod, PseudoLabeler, PseudoOptions};
+use crate::pipeline::pseudo::{PseudoLabeler, PseudoOptions};
 use crate::sca::{Aggregate, ScfParams};
 use std::ffi::{c_char, c_void, CStr};
 use std::ptr::addr_of;
@@ -96,7 +97,7 @@ impl Default for IchsegPseudoOptions {
             use_crf: 1,
             batch: 1,
             use_max_hu: 0,
-            max_hu: crate::pseudo::DEFAULT_MAX_HU,
+            max_hu: crate::pipeline::pseudo::DEFAULT_MAX_HU,
             min_lesion_ml: 0.0,
         }
     }
@@ -161,7 +162,7 @@ unsafe fn read_options(p: *const IchsegPseudoOptions) -> FfiResult<PseudoOptions
             }
         }
     };
-    // Value ranges are the library's own checks (crate::options), made when the labeler is built.
+    // Value ranges are the library's own checks (crate::pipeline::options), made when the labeler is built.
     Ok(PseudoOptions {
         cam: match o.cam {
             IchsegCamMethod::Sf => CamMethod::Sf,

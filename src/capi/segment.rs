@@ -1,11 +1,11 @@
 //! `ichseg_segment`: a caller's voxel buffer in, mask, probabilities and lesions out.
 
 use super::boundary::{boundary, field, handle_out, struct_size, FfiError, FfiResult};
-use crate::alloc::try_with_capacity;
 use super::model::IchsegModel;
 use super::result::IchsegResult;
 use super::status::IchsegStatus;
-use crate::options::Progress;
+use crate::alloc::try_with_capacity;
+use crate::pipeline::options::Progress;
 use crate::volume::{check_spacing, checked_voxel_count, Volume};
 use ndarray::Array3;
 use std::ffi::c_void;

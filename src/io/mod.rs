@@ -1,6 +1,6 @@
-//! Files in and out: NIfTI volumes, JSON reports, slice-label CSVs, atomic writes.
+//! Files in and out: NIfTI volumes, slice-label CSVs, atomic writes. io knows no job: the
+//! reports of the jobs are in [`crate::pipeline::report`].
 
 pub mod atomic;
 pub mod nifti;
-pub mod report;
 pub mod slice_labels;

@@ -764,7 +764,10 @@ fn decode<R: BufRead>(mut reader: R, name: &Path, limit: MemoryLimit) -> Result<
         std::io::copy(&mut (&mut stream).take(skip), &mut std::io::sink()).map_err(|e| read_error(name, e))?;
     // The raw voxels and their float32 copy, refused before anything is allocated when over
     // the caller's limit.
-    limit.check(usize::try_from(needed).ok().and_then(|b| b.checked_add(voxels.checked_mul(4)?)), &format!("reading {}", name.display()))?;
+    limit.check(
+        usize::try_from(needed).ok().and_then(|b| b.checked_add(voxels.checked_mul(4)?)),
+        &format!("reading {}", name.display()),
+    )?;
     // Grow the buffer as data arrives rather than trusting the header with one big allocation;
     // each step is fallible, so a file that inflates beyond memory is an error, not an abort.
     let mut data: Vec<u8> = Vec::new();

@@ -1,16 +1,12 @@
 //! ONNX models: loading, their self-description, and where they run.
 
-pub mod cpu_rewrite;
-pub mod gemm_conv;
 #[cfg(feature = "gpu")]
 pub mod gpu;
-pub mod gpu_rewrite;
+#[cfg(any(feature = "gpu", test))]
+mod gpu_rewrite;
 pub mod metadata;
 pub mod onnx_grad;
-pub mod pointwise;
-pub mod relu_grad;
 pub mod runtime;
-pub mod winograd;
 
 use crate::error::{Error, Result};
 pub use metadata::{ModelKind, ModelMetadata};
@@ -169,8 +165,8 @@ impl OnnxModel {
             .enter(|| {
                 let mut typed =
                     self.graph.clone().with_input_fact(0, f32::fact(shape).into())?.into_typed()?.into_decluttered()?;
-                if cpu_rewrite::enabled() {
-                    cpu_rewrite::rewrite(&mut typed)?;
+                if ichseg_cpu_kernels::enabled() {
+                    ichseg_cpu_kernels::rewrite(&mut typed)?;
                 }
                 typed.into_optimized()?.into_runnable()
             })

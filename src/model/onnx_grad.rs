@@ -464,7 +464,7 @@ fn transpose_flip(w: &[f32], shape: &[usize], group: usize) -> (Vec<f32>, Vec<us
 }
 
 /// Strides, dilations and explicit begin/end pads of a convolution or pool.
-struct Window {
+struct KernelGeometry {
     kernel: Vec<usize>,
     strides: Vec<usize>,
     dilations: Vec<usize>,
@@ -472,7 +472,7 @@ struct Window {
     pads_end: Vec<usize>,
 }
 
-impl Window {
+impl KernelGeometry {
     fn of(n: &NodeProto, kernel: Vec<usize>, input: &[usize]) -> Result<Self> {
         let r = kernel.len();
         let positive = |name: &str| -> Result<Vec<usize>> {
@@ -508,7 +508,7 @@ impl Window {
             }
             other => return Err(unsupported(n, &format!("auto_pad {other}"))),
         };
-        Ok(Window { kernel, strides, dilations, pads_begin, pads_end })
+        Ok(KernelGeometry { kernel, strides, dilations, pads_begin, pads_end })
     }
 }
 
@@ -833,8 +833,8 @@ impl<'a> Builder<'a> {
             "Identity" | "Dropout" => vec![(0, g.to_string())],
             "Relu" => {
                 let zero = self.scalar(0.0);
-                let mask = self.op("Greater", &[y, &zero], vec![]);
-                vec![(0, self.op("Where", &[&mask, g, &zero], vec![]))]
+                // The form our CPU kernels recognise and run in one pass.
+                vec![(0, ichseg_cpu_kernels::relu_grad::emit_onnx(|op, ins| self.op(op, ins, vec![]), y, g, &zero))]
             }
             "LeakyRelu" => {
                 let (zero, alpha) = (self.scalar(0.0), self.scalar(attr_f(n, "alpha", 0.01)));
@@ -1012,7 +1012,7 @@ impl<'a> Builder<'a> {
                 }
                 let (xs, ys) = (self.shape(x)?, self.shape(y)?);
                 let w_shape = self.shape(&n.input[1])?;
-                let window = Window::of(n, w_shape[2..].to_vec(), &xs)?;
+                let window = KernelGeometry::of(n, w_shape[2..].to_vec(), &xs)?;
                 let group = attr_i(n, "group", 1).max(1) as usize;
                 let w = self.const_f32_of(n, &n.input[1])?;
                 vec![(0, self.conv_input_grad(g, &w, &w_shape, group, &window, &xs, &ys)?)]
@@ -1110,7 +1110,7 @@ impl<'a> Builder<'a> {
         w: &[f32],
         w_shape: &[usize],
         group: usize,
-        win: &Window,
+        win: &KernelGeometry,
         xs: &[usize],
         ys: &[usize],
     ) -> Result<String> {
@@ -1218,11 +1218,11 @@ impl<'a> Builder<'a> {
         Ok(self.slice(&conv, &starts, &ends, &axes, None))
     }
 
-    fn pool_window(&self, n: &NodeProto, xs: &[usize]) -> Result<Window> {
+    fn pool_window(&self, n: &NodeProto, xs: &[usize]) -> Result<KernelGeometry> {
         let kernel = attr_ints(n, "kernel_shape")
             .filter(|k| k.len() + 2 == xs.len() && k.iter().all(|&v| v > 0))
             .ok_or_else(|| unsupported(n, "kernel_shape missing or not matching the input rank"))?;
-        Window::of(n, kernel.iter().map(|&k| k as usize).collect(), xs)
+        KernelGeometry::of(n, kernel.iter().map(|&k| k as usize).collect(), xs)
     }
 
     fn average_pool_vjp(&mut self, n: &NodeProto, g: &str) -> Result<String> {

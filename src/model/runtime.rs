@@ -301,7 +301,8 @@ mod tests {
             return;
         }
         let why = report.usable.unwrap_err();
-        let err = Engine::new(&EngineOptions { threads: 1, device: Device::Cuda(0), ..Default::default() }).unwrap_err();
+        let err =
+            Engine::new(&EngineOptions { threads: 1, device: Device::Cuda(0), ..Default::default() }).unwrap_err();
         assert!(err.to_string().contains(&why), "{err} / {why}");
         let e = Engine::new(&EngineOptions { threads: 2, device: Device::Auto, ..Default::default() }).unwrap();
         assert_eq!(e.device_name(), "cpu");
@@ -312,7 +313,8 @@ mod tests {
 
     #[test]
     fn only_device_zero_is_driven() {
-        let err = Engine::new(&EngineOptions { threads: 1, device: Device::Cuda(1), ..Default::default() }).unwrap_err();
+        let err =
+            Engine::new(&EngineOptions { threads: 1, device: Device::Cuda(1), ..Default::default() }).unwrap_err();
         assert!(err.to_string().contains("CUDA_VISIBLE_DEVICES=1"), "{err}");
     }
 }

@@ -7,10 +7,11 @@ mod pseudo;
 
 use clap::{Args, Parser, Subcommand};
 use ichseg::alloc::MemoryLimit;
-use ichseg::io::{nifti, report};
+use ichseg::io::nifti;
 use ichseg::model::onnx_grad::{self, GradientGraph, GradientOptions};
 use ichseg::model::OnnxModel;
-use ichseg::segment::SegmenterConfig;
+use ichseg::pipeline::report;
+use ichseg::pipeline::segment::SegmenterConfig;
 use ichseg::{Device, Engine, EngineOptions, Error, Progress, Result, Segmenter, SegmenterOptions, Window};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -391,7 +392,7 @@ fn inspect(a: &InspectArgs) -> Result<()> {
     let channels = input.and_then(|i| i.fixed_dim(1)).or(model.metadata.channels).unwrap_or(1);
     let (rows, cols) = match (input.and_then(|i| i.fixed_dim(2)), input.and_then(|i| i.fixed_dim(3))) {
         (Some(r), Some(c)) => (r, c),
-        _ => model.metadata.input_size.unwrap_or(ichseg::options::DEFAULT_INPUT_SIZE),
+        _ => model.metadata.input_size.unwrap_or(ichseg::pipeline::options::DEFAULT_INPUT_SIZE),
     };
     let taps = if is_classifier { model.tap_candidates(channels, rows, cols)? } else { vec![] };
     let placement = match a.device {

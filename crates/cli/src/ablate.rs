@@ -29,6 +29,7 @@ use ichseg::io::nifti;
 use ichseg::io::slice_labels::SliceLabelTable;
 use ichseg::metrics::{Pool, Scores};
 use ichseg::model::OnnxModel;
+use ichseg::pipeline::tail::TailOptions;
 use ichseg::sca::{self, Aggregate, ScfParams};
 use ichseg::{CamMethod, Error, PseudoLabeler, PseudoOptions, Result};
 use ndarray::{Array3, ArrayView3};
@@ -317,23 +318,20 @@ fn masks(
         out.push(cut(m, s.threshold)?);
     }
     out.push(cut(&sca::scf(maps.ensemble[tap].view(), pos, &off)?, s.threshold)?);
-    let fused: Vec<Array3<f32>> = maps.ensemble.iter().map(|e| sca::scf(e.view(), pos, &on)).collect::<Result<_>>()?;
-    out.push(cut(&fused[tap], s.threshold)?);
-    let views: Vec<ArrayView3<f32>> = fused.iter().map(|f| f.view()).collect();
-    let mut bla = sca::bla(&views, s.threshold, a.aggregate)?;
-    out.push(bla.clone());
-    crf.0.refine_mask(crf.1, &mut bla, &s.crf)?;
-    out.push(bla);
-    if let Some(h) = a.max_hu {
-        let mut cut = out.last().expect("rows").clone();
-        ichseg::pseudo::bone_cut(crf.1, &mut cut, h)?;
-        out.push(cut);
-    }
-    if let Some(ml) = a.min_lesion_ml {
-        let mut filtered = out.last().expect("rows").clone();
-        ichseg::lesions::remove_small_lesions(&mut filtered, crf.1.spacing(), ml)?;
-        out.push(filtered);
-    }
+    // The pipeline's own tail (SCF, BLA, CRF, bone cut, filter), recording the mask after each
+    // step; the single-tap SCF row goes before them.
+    let tail = TailOptions {
+        scf: Some(on),
+        threshold: s.threshold,
+        aggregate: a.aggregate,
+        crf: Some(s.crf.clone()),
+        max_hu: a.max_hu,
+        min_lesion_ml: a.min_lesion_ml,
+    };
+    let before = out.len();
+    let ensemble: Vec<ArrayView3<f32>> = maps.ensemble.iter().map(|e| e.view()).collect();
+    let finished = crf.0.finish(crf.1, &ensemble, pos, &tail, &mut |_, mask| out.push(mask.clone()))?;
+    out.insert(before, cut(&finished.fused[tap], s.threshold)?);
     Ok(out)
 }
 

@@ -8,7 +8,7 @@
 //! multiplies it with the `gemm` crate's kernels, starting from the bias; a folded Relu is applied
 //! while the block is in cache.
 
-use super::cpu_rewrite::{executor_threads, run_tasks, with_buffer, ConvParts, ConvWeights, OutPtr};
+use crate::conv::{executor_threads, run_tasks, with_buffer, ConvParts, ConvWeights, OutPtr};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -18,7 +18,7 @@ const BLOCK_BYTES: usize = 1 << 20;
 /// Geometry of a 2D convolution: kernel, strides, dilations, zero padding (top, left, bottom,
 /// right), input rows and columns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Window {
+pub struct ConvGeometry {
     pub kernel: [usize; 2],
     pub strides: [usize; 2],
     pub dilations: [usize; 2],
@@ -26,7 +26,7 @@ pub struct Window {
     pub input: [usize; 2],
 }
 
-impl Window {
+impl ConvGeometry {
     /// Output rows and columns (0 when the kernel does not fit).
     pub fn output(&self) -> [usize; 2] {
         std::array::from_fn(|a| {
@@ -44,14 +44,14 @@ impl Window {
 /// An ungrouped f32 convolution in NCHW with constant weights, by im2col + matrix product.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GemmConv {
-    window: Window,
+    window: ConvGeometry,
     /// Weights `[cout][cin x kh x kw]`.
     conv: ConvWeights,
 }
 
 impl GemmConv {
     /// `kernel` is `[cout][cin][kh][kw]`, `bias` has cout values.
-    pub fn new(kernel: &[f32], bias: &[f32], cout: usize, window: Window, parts: ConvParts) -> Self {
+    pub fn new(kernel: &[f32], bias: &[f32], cout: usize, window: ConvGeometry, parts: ConvParts) -> Self {
         assert_eq!(kernel.len(), cout * parts.channels() * window.kernel[0] * window.kernel[1]);
         assert_eq!(bias.len(), cout);
         assert!(window.strides.iter().chain(&window.dilations).all(|&s| s > 0));
@@ -212,10 +212,10 @@ impl TypedOp for GemmConv {
 
 #[cfg(test)]
 mod tests {
-    use super::super::cpu_rewrite::test_support::{random, reference, threads};
     use super::*;
+    use crate::conv::test_support::{random, reference, threads};
 
-    fn check(images: usize, sizes: &[usize], cout: usize, window: Window, relu: bool, threads_: usize) {
+    fn check(images: usize, sizes: &[usize], cout: usize, window: ConvGeometry, relu: bool, threads_: usize) {
         let parts = ConvParts { sizes: sizes.to_vec(), relu };
         let [kh, kw] = window.kernel;
         let weights = random(cout * parts.channels() * kh * kw, 1);
@@ -235,7 +235,7 @@ mod tests {
 
     #[test]
     fn matches_direct_convolution() {
-        let w = |kernel, strides, dilations, pads, input| Window { kernel, strides, dilations, pads, input };
+        let w = |kernel, strides, dilations, pads, input| ConvGeometry { kernel, strides, dilations, pads, input };
         // a ResNet stem (7x7, stride 2, pad 3) on an odd size
         check(2, &[3], 8, w([7, 7], [2, 2], [1, 1], [3; 4], [37, 30]), true, 2);
         // a U-Net's first layer (one channel, 3x3), several blocks per image
@@ -248,8 +248,8 @@ mod tests {
 
     #[test]
     fn output_size() {
-        let w = Window { kernel: [7, 7], strides: [2, 2], dilations: [1, 1], pads: [3; 4], input: [384, 384] };
+        let w = ConvGeometry { kernel: [7, 7], strides: [2, 2], dilations: [1, 1], pads: [3; 4], input: [384, 384] };
         assert_eq!(w.output(), [192, 192]);
-        assert_eq!(Window { kernel: [5, 5], pads: [0; 4], input: [3, 9], ..w }.output(), [0, 3]);
+        assert_eq!(ConvGeometry { kernel: [5, 5], pads: [0; 4], input: [3, 9], ..w }.output(), [0, 3]);
     }
 }

@@ -7,7 +7,7 @@
 //! and range of pixels, starting from the bias; a folded Relu is applied to each range while it is
 //! in cache, and a folded channel Concat becomes one product per input.
 
-use super::cpu_rewrite::{executor_threads, run_tasks, ConvParts, ConvWeights, OutPtr};
+use crate::conv::{executor_threads, run_tasks, ConvParts, ConvWeights, OutPtr};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -136,8 +136,8 @@ impl TypedOp for PointwiseConv {
 
 #[cfg(test)]
 mod tests {
-    use super::super::cpu_rewrite::test_support::{random, reference, threads, unit_window};
     use super::*;
+    use crate::conv::test_support::{random, reference, threads, unit_window};
 
     fn check(images: usize, sizes: &[usize], cout: usize, rows: usize, cols: usize, relu: bool, threads_: usize) {
         let cin: usize = sizes.iter().sum();

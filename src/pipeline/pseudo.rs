@@ -38,20 +38,20 @@
 //! # Ok(()) }
 //! ```
 
-use crate::batching::for_each_batch;
-use crate::cam;
+use super::batching::for_each_batch;
+use super::tail::{TailOptions, TailOutput, TailStep};
+use crate::alloc::try_array3;
+use crate::cam::{self, tap_cam, CamMethod};
 use crate::crf::{self, CrfParams};
 use crate::error::{Error, Result};
-use crate::lesions::{check_min_lesion_ml, remove_small_lesions};
+use crate::lesions::check_min_lesion_ml;
 use crate::model::runtime::Engine;
 use crate::model::{GradientGraph, GradientOptions, ModelKind, OnnxModel};
+use crate::pipeline::options::{
+    check_batch, check_channels, check_input_size, check_normalize, check_window, Progress, DEFAULT_INPUT_SIZE,
+};
 use crate::preprocess::{model_input, resize_bilinear, window_u8, InputSpec};
 use crate::sca::{self, Aggregate, ScfParams};
-use crate::alloc::try_array3;
-use crate::options::{
-    check_batch, check_channels, check_input_size, check_normalize, check_threshold, check_window, Progress,
-    DEFAULT_INPUT_SIZE,
-};
 use crate::volume::{Volume, Window};
 use ndarray::{Array2, Array3, ArrayView3, ArrayViewD, Axis, Ix2, Ix3};
 use std::collections::HashMap;
@@ -59,33 +59,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tract_onnx::prelude::*;
-
-/// Which class activation map each tap yields (METHOD.md section 3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CamMethod {
-    /// SF-CAM: `(C + P * C) / 2` from LayerCAM `C` and the PC1 projection `P`; the first tap
-    /// amplified by `tanh(lambda * CAM / max(CAM))` ([`cam::sfcam`]).
-    #[default]
-    Sf,
-    /// LayerCAM alone: `C = normalize_max(layercam(A, G))` (steps 1-2 of section 3).
-    Layer,
-    /// Grad-CAM, the paper's baseline ([`cam::gradcam`]); taps default to `ichseg.deep_tap`.
-    Grad,
-}
-
-impl std::str::FromStr for CamMethod {
-    type Err = Error;
-    /// `sf`, `layer` or `grad`.
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "sf" => Ok(CamMethod::Sf),
-            "layer" => Ok(CamMethod::Layer),
-            "grad" => Ok(CamMethod::Grad),
-            _ => Err(Error::arg(format!("unknown CAM method {s:?}: expected sf, layer or grad"))),
-        }
-    }
-}
 
 /// The most slices the GPU CRF takes in one round: a 512x512 slice's lattices and their flat
 /// copies take about 60 MB of host memory, and the flat copies with the message buffers about
@@ -361,7 +334,6 @@ impl PseudoLabeler {
         let mut cams = Vec::with_capacity(self.classifiers.len());
         let mut slice_probabilities = Vec::with_capacity(self.classifiers.len());
         let mut cam_place = CamPlace { device: "cpu", taps_on_device: true };
-        let mut crf_device = "cpu";
         let mut batch = usize::MAX;
         for c in &self.classifiers {
             let (probs, maps, used) = self.run_classifier(c, volume, &mut timings, &mut ticker, &mut cam_place)?;
@@ -372,19 +344,22 @@ impl PseudoLabeler {
         let t = Instant::now();
         let probs: Vec<&[f32]> = slice_probabilities.iter().map(Vec::as_slice).collect();
         let positive = sca::slice_decision(&probs, slice_labels)?;
-        let fused = self.fuse(&cams, &positive)?;
-        let views: Vec<ArrayView3<f32>> = fused.iter().map(|m| m.view()).collect();
-        let mut mask = sca::bla(&views, self.options.threshold, self.options.aggregate)?;
-        timings.fusion_s = t.elapsed().as_secs_f64();
-        if let Some(params) = &self.options.crf {
-            let t = Instant::now();
-            crf_device = self.refine(volume, &mut mask, params, &mut ticker)?;
-            timings.crf_s = t.elapsed().as_secs_f64();
+        let ensemble = (0..cams[0].len())
+            .map(|i| sca::bme(&cams.iter().map(|m| m[i].view()).collect::<Vec<_>>()))
+            .collect::<Result<Vec<_>>>()?;
+        let views: Vec<ArrayView3<f32>> = ensemble.iter().map(|m| m.view()).collect();
+        // Fusion is SCF + BLA; the CRF's time runs from there to its own end.
+        let (mut fused_at, mut crf_at) = (None, None);
+        let TailOutput { fused, mask, crf_device } =
+            self.tail(volume, &views, &positive, &self.tail_options(), &mut ticker, &mut |step, _| match step {
+                TailStep::Bla => fused_at = Some(Instant::now()),
+                TailStep::Crf => crf_at = Some(Instant::now()),
+                _ => {}
+            })?;
+        if let Some(f) = fused_at {
+            timings.fusion_s = (f - t).as_secs_f64();
+            timings.crf_s = crf_at.map_or(0.0, |c| (c - f).as_secs_f64());
         }
-        if let Some(max_hu) = self.options.max_hu {
-            bone_cut(volume, &mut mask, max_hu)?;
-        }
-        remove_small_lesions(&mut mask, volume.spacing(), self.options.min_lesion_ml)?;
         timings.total_s = started.elapsed().as_secs_f64();
         let (cam_device, taps_on_device) = (cam_place.device, cam_place.device == "cuda" && cam_place.taps_on_device);
         Ok(PseudoLabel {
@@ -555,16 +530,9 @@ impl PseudoLabeler {
         Ok(None)
     }
 
-    /// `fused[i] = SCF(BME_j(cams[j][i]))`, or with SCF off the ensemble with negative slices
-    /// emptied.
-    fn fuse(&self, cams: &[Vec<Array3<f32>>], positive: &[bool]) -> Result<Vec<Array3<f32>>> {
-        let scf = self.options.scf.unwrap_or(ScfParams { c: 0, w: 0.0 });
-        (0..cams[0].len())
-            .map(|i| {
-                let per_model: Vec<ArrayView3<f32>> = cams.iter().map(|m| m[i].view()).collect();
-                sca::scf(sca::bme(&per_model)?.view(), positive, &scf)
-            })
-            .collect()
+    /// The labeller's own tail settings.
+    fn tail_options(&self) -> TailOptions {
+        tail_options(&self.options)
     }
 
     /// Dense CRF over every slice with foreground ([`refine_in_rounds`]); returns where it ran.
@@ -573,7 +541,7 @@ impl PseudoLabeler {
     /// parallel; on the GPU (networks on CUDA and the CRF kernels load) it is the slice batch, at
     /// most [`CRF_GPU_ROUND_MAX`], whose lattices are built on the engine's threads and whose
     /// mean-field iterations then run in one go on the device.
-    fn refine(
+    pub(super) fn refine(
         &self,
         volume: &Volume,
         mask: &mut Array3<u8>,
@@ -630,22 +598,6 @@ impl PseudoLabeler {
             flat.chunks_exact(ny * nx).map(|s| Array2::from_shape_vec((ny, nx), s.to_vec()).expect("slice size"));
         Ok(Some(slices.collect()))
     }
-
-    /// The dense CRF step of [`PseudoLabeler::label`] alone, with `params`, for a mask fused
-    /// elsewhere (ablations derive many masks from one run's maps): refines every slice of
-    /// `mask` that has foreground, over the same grey image.
-    pub fn refine_mask(&self, volume: &Volume, mask: &mut Array3<u8>, params: &CrfParams) -> Result<()> {
-        params.validate()?;
-        if mask.dim() != volume.data().dim() {
-            return Err(Error::arg(format!(
-                "refine_mask: mask is {:?} but the volume is {:?} ([nz, ny, nx])",
-                mask.shape(),
-                volume.data().shape()
-            )));
-        }
-        let mut ticker = Ticker { done: 0, total: volume.num_slices(), progress: &mut |_| true };
-        self.refine(volume, mask, params, &mut ticker).map(drop)
-    }
 }
 
 /// The suggested bone cut in HU (`ichseg ship` uses it; the C options default to it when the cut
@@ -674,24 +626,6 @@ pub fn bone_cut(volume: &Volume, mask: &mut Array3<u8>, max_hu: f32) -> Result<(
         }
     });
     Ok(())
-}
-
-/// One tap's CAM at the input size `[rows, cols]`, values in `[0, 1]`, from its activations
-/// `a` and gradients `g` (`[K, h, w]`): SF-CAM ([`cam::sfcam`], amplified when `first_layer`),
-/// LayerCAM (`normalize_max(layercam)`) or Grad-CAM, upsampled bilinearly.
-pub fn tap_cam(
-    method: CamMethod,
-    a: ArrayView3<f32>,
-    g: ArrayView3<f32>,
-    (rows, cols): (usize, usize),
-    first_layer: bool,
-    lambda: f32,
-) -> Result<Array2<f32>> {
-    match method {
-        CamMethod::Sf => cam::sfcam(a, g, rows, cols, first_layer, lambda),
-        CamMethod::Layer => Ok(resize_bilinear(cam::normalize_max(cam::layercam(a, g)?.view()).view(), rows, cols)),
-        CamMethod::Grad => Ok(resize_bilinear(cam::gradcam(a, g)?.view(), rows, cols)),
-    }
 }
 
 /// The GPU CRF of a round of slices ([`PseudoLabeler::refine_on_gpu`]); `None` when the GPU
@@ -738,10 +672,10 @@ fn refine_in_rounds(
 }
 
 /// Counts finished steps and asks the caller's callback whether to go on.
-struct Ticker<'a> {
-    done: usize,
-    total: usize,
-    progress: &'a mut dyn FnMut(Progress) -> bool,
+pub(super) struct Ticker<'a> {
+    pub(super) done: usize,
+    pub(super) total: usize,
+    pub(super) progress: &'a mut dyn FnMut(Progress) -> bool,
 }
 
 impl Ticker<'_> {
@@ -755,6 +689,18 @@ impl Ticker<'_> {
     }
 }
 
+/// The tail settings of `o`.
+fn tail_options(o: &PseudoOptions) -> TailOptions {
+    TailOptions {
+        scf: o.scf,
+        threshold: o.threshold,
+        aggregate: o.aggregate,
+        crf: o.crf.clone(),
+        max_hu: o.max_hu,
+        min_lesion_ml: (o.min_lesion_ml > 0.0).then_some(o.min_lesion_ml),
+    }
+}
+
 fn check_options(options: &PseudoOptions, classifiers: usize) -> Result<()> {
     if classifiers == 0 {
         return Err(Error::arg("pseudo-labelling needs at least one classifier"));
@@ -765,25 +711,15 @@ fn check_options(options: &PseudoOptions, classifiers: usize) -> Result<()> {
             options.taps.len()
         )));
     }
-    check_threshold(options.threshold)?;
-    if let Some(h) = options.max_hu.filter(|h| !h.is_finite()) {
-        return Err(Error::arg(format!("max_hu must be a finite HU value, got {h}")));
-    }
+    // The tail sees the filter only when it is on: check the value as given first.
     check_min_lesion_ml(options.min_lesion_ml)?;
+    tail_options(options).check()?;
     if !(options.lambda.is_finite() && options.lambda >= 0.0) {
         return Err(Error::arg(format!("lambda must be finite and >= 0, got {}", options.lambda)));
     }
     check_batch(options.batch)?;
     check_channels(options.channels)?;
     check_input_size(options.input_size)?;
-    if let Some(scf) = &options.scf {
-        if !(scf.w.is_finite() && scf.w >= 0.0) {
-            return Err(Error::arg(format!("SCF weight w must be finite and >= 0, got {}", scf.w)));
-        }
-    }
-    if let Some(crf) = &options.crf {
-        crf.validate()?;
-    }
     if let Some(w) = options.window {
         check_window(w)?;
     }

@@ -2,7 +2,7 @@
 //! Gray 2016): each 4x4 output tile costs 36 multiplications per channel pair instead of 144.
 //!
 //! tract lowers these convolutions to im2col + matrix product at about half the speed
-//! onnxruntime reaches on the same cores (docs/BENCHMARKS.md); src/model/cpu_rewrite.rs puts
+//! onnxruntime reaches on the same cores (docs/BENCHMARKS.md); cpu_rewrite.rs puts
 //! [`WinogradConv`] in their place:
 //! - the kernel is transformed once, U = G g Gᵀ (in f64), into 36 matrices `[cout][cin]`;
 //! - the input is cut into overlapping 6x6 tiles, transformed V = Bᵀ d B, a block of tile rows at
@@ -15,7 +15,7 @@
 //! `tx + j / 4`. Results agree with direct convolution to about 1e-6 of the output's scale
 //! (tests below).
 
-use super::cpu_rewrite::{executor_threads, run_tasks, with_buffer, ConvParts, ConvWeights, OutPtr};
+use crate::conv::{executor_threads, run_tasks, with_buffer, ConvParts, ConvWeights, OutPtr};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -511,8 +511,8 @@ impl TypedOp for WinogradConv {
 
 #[cfg(test)]
 mod tests {
-    use super::super::cpu_rewrite::test_support::{random, reference, threads, unit_window};
     use super::*;
+    use crate::conv::test_support::{random, reference, threads, unit_window};
 
     // The transforms' matrices (Lavin & Gray, F(4x4, 3x3)), against which the hand-factored
     // `input_transform` and `output_transform` are checked.

@@ -14,7 +14,7 @@ const TINY_DEEP: &str = "/layer2/relu_1/Relu_output_0";
 const RESNET_DEEP: &str = "/layer2/layer2.1/relu_1/Relu_output_0";
 
 fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("tests/fixtures").join(rel)
 }
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
@@ -229,6 +229,10 @@ fn min_lesion_ml_adds_the_small_lesion_row_of_pseudo_label() {
     assert_ne!(rows[8]["scores"], rows[7]["scores"]);
     for bad in ["--min-lesion-ml=nan", "--min-lesion-ml=-1"] {
         let o = ablate(&ds, &split, &[bad]);
-        assert!(!o.status.success() && stderr(&o).contains("--min-lesion-ml must be finite and >= 0"), "{}", stderr(&o));
+        assert!(
+            !o.status.success() && stderr(&o).contains("--min-lesion-ml must be finite and >= 0"),
+            "{}",
+            stderr(&o)
+        );
     }
 }

@@ -8,7 +8,7 @@ const TINY_TAPS: &str = "/layer1/relu_1/Relu_output_0,/layer2/relu_1/Relu_output
 const RESNET_TAPS: &str = "/layer1/layer1.1/relu_1/Relu_output_0,/layer2/layer2.1/relu_1/Relu_output_0";
 
 fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("tests/fixtures").join(rel)
 }
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()

@@ -4,8 +4,9 @@
 use super::{engine, progress_bar, InputArgs, RunArgs};
 use clap::Args;
 use ichseg::crf::CrfParams;
+use ichseg::io::nifti;
 use ichseg::io::slice_labels::SliceLabelTable;
-use ichseg::io::{nifti, report};
+use ichseg::pipeline::report;
 use ichseg::sca::{Aggregate, ScfParams};
 use ichseg::{CamMethod, Error, Progress, PseudoLabel, PseudoLabeler, PseudoOptions, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -175,40 +176,21 @@ fn single(a: &PseudoLabelArgs, input: &Path) -> Result<()> {
         nifti::write_f32_series(path, &image.header, &result.fused)?;
     }
     if let Some(path) = &a.report {
-        report::write_json(path, &json_report(input, &labeler, &result, image.volume.voxel_volume_ml(), load_s))?;
+        report::write_json(
+            path,
+            &report::pseudo_label_report(
+                &input.display().to_string(),
+                &labeler,
+                &result,
+                image.volume.voxel_volume_ml(),
+                load_s,
+            ),
+        )?;
     }
     if !a.run.quiet {
         print_summary(input, &labeler, &result, labels.is_some(), image.volume.voxel_volume_ml(), load_s);
     }
     Ok(())
-}
-
-fn json_report(
-    input: &Path,
-    labeler: &PseudoLabeler,
-    r: &PseudoLabel,
-    voxel_ml: f64,
-    load_s: f64,
-) -> serde_json::Value {
-    let voxels = r.mask.iter().filter(|&&v| v != 0).count();
-    let o = labeler.options();
-    let e = labeler.engine();
-    let mut timings = serde_json::to_value(&r.timings).unwrap_or_default();
-    timings["load_s"] = load_s.into();
-    serde_json::json!({
-        "input": input, "dims": [r.mask.dim().2, r.mask.dim().1, r.mask.dim().0],
-        "models": labeler.configs(),
-        "method": {"cam": format!("{:?}", o.cam), "lambda": o.lambda, "threshold": o.threshold,
-                   "aggregate": format!("{:?}", o.aggregate), "scf": o.scf.map(|s| [s.c as f64, s.w as f64]),
-                   "crf": o.crf.is_some(), "max_hu": o.max_hu,
-                   "min_lesion_ml": o.min_lesion_ml},
-        "device": e.device_name(), "device_note": e.device_note(), "threads": e.threads(),
-        "cam_device": r.cam_device, "taps_on_device": r.taps_on_device, "crf_device": r.crf_device, "batch": r.batch,
-        "positive_slices": r.positive.iter().enumerate().filter(|(_, &p)| p).map(|(z, _)| z).collect::<Vec<_>>(),
-        "slice_probabilities": r.slice_probabilities,
-        "mask_voxels": voxels, "mask_ml": voxels as f64 * voxel_ml,
-        "timings": timings,
-    })
 }
 
 fn print_summary(input: &Path, labeler: &PseudoLabeler, r: &PseudoLabel, labelled: bool, voxel_ml: f64, load_s: f64) {

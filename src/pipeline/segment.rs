@@ -1,12 +1,12 @@
 //! Job 2 of METHOD.md: a CT volume and a U-Net in, hemorrhage mask, probabilities and lesions out.
 
 use crate::alloc::{try_array3, try_map3};
-use crate::batching::for_each_batch;
 use crate::error::{Error, Result};
 use crate::lesions::{check_min_lesion_ml, find_lesions, remove_small_lesions, total_volume_ml, Lesion};
 use crate::model::runtime::Engine;
 use crate::model::{ModelKind, OnnxModel};
-use crate::options::{
+use crate::pipeline::batching::for_each_batch;
+use crate::pipeline::options::{
     check_batch, check_channels, check_input_size, check_normalize, check_threshold, check_window, Progress,
     DEFAULT_INPUT_SIZE,
 };
@@ -17,7 +17,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tract_onnx::prelude::*;
-
 
 /// Caller choices for segmentation. `None` fields fall back to the model's metadata
 /// (METHOD.md section 8), then to the documented defaults.
@@ -291,7 +290,8 @@ impl Segmenter {
         let c = &self.config;
         let voxels = nx.checked_mul(ny)?.checked_mul(nz)?;
         let slices = nx.checked_mul(ny)?.checked_mul(c.batch)?.checked_mul(4)?;
-        let input = c.batch.checked_mul(c.channels)?.checked_mul(c.input_rows)?.checked_mul(c.input_cols)?.checked_mul(4)?;
+        let input =
+            c.batch.checked_mul(c.channels)?.checked_mul(c.input_rows)?.checked_mul(c.input_cols)?.checked_mul(4)?;
         voxels.checked_mul(9)?.checked_add(slices)?.checked_add(input)
     }
 

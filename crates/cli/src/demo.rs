@@ -56,14 +56,16 @@ pub fn run(out: &Path, run: &RunArgs) -> Result<()> {
 
 /// The trained U-Net and sample volume, looked up from the working directory, then the source tree.
 fn shipped_inputs() -> Option<DemoInputs> {
-    [PathBuf::from("models"), Path::new(env!("CARGO_MANIFEST_DIR")).join("models")].into_iter().find_map(|dir| {
-        let model = dir.join("unet.onnx");
-        let volume = dir.join("samples/sample.nii.gz");
-        (model.is_file() && volume.is_file()).then(|| {
-            let gt = dir.join("samples/sample_mask.nii.gz");
-            DemoInputs { model, volume, ground_truth: gt.is_file().then_some(gt), trained: true }
+    [PathBuf::from("models"), Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("models")]
+        .into_iter()
+        .find_map(|dir| {
+            let model = dir.join("unet.onnx");
+            let volume = dir.join("samples/sample.nii.gz");
+            (model.is_file() && volume.is_file()).then(|| {
+                let gt = dir.join("samples/sample_mask.nii.gz");
+                DemoInputs { model, volume, ground_truth: gt.is_file().then_some(gt), trained: true }
+            })
         })
-    })
 }
 
 fn fallback_inputs(out: &Path) -> Result<DemoInputs> {

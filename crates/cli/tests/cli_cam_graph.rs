@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/grad").join(name)
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("tests/fixtures/grad").join(name)
 }
 fn ichseg(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ichseg")).args(args).output().expect("run ichseg")

@@ -49,9 +49,9 @@ pub(crate) fn check_channels(channels: Option<usize>) -> Result<()> {
 /// A requested model input size (None: from the model): each side 1..=[`MAX_INPUT_SIDE`].
 pub(crate) fn check_input_size(size: Option<(usize, usize)>) -> Result<()> {
     match size {
-        Some((r, c)) if !(1..=MAX_INPUT_SIDE).contains(&r) || !(1..=MAX_INPUT_SIDE).contains(&c) => Err(Error::arg(
-            format!("input size {r}x{c} must be 1..={MAX_INPUT_SIDE} per side"),
-        )),
+        Some((r, c)) if !(1..=MAX_INPUT_SIDE).contains(&r) || !(1..=MAX_INPUT_SIDE).contains(&c) => {
+            Err(Error::arg(format!("input size {r}x{c} must be 1..={MAX_INPUT_SIDE} per side")))
+        }
         _ => Ok(()),
     }
 }

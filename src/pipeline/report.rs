@@ -1,9 +1,11 @@
-//! The JSON report `ichseg segment --report` writes: lesions, volumes, model, device, timings.
+//! The JSON reports of the jobs: `ichseg segment --report` (lesions, volumes, model, device,
+//! timings) and `ichseg pseudo-label --report`.
 
 use crate::error::{Error, Result};
 use crate::io::atomic::write_atomic;
 use crate::lesions::Lesion;
-use crate::segment::{Segmentation, Segmenter, SegmenterConfig, Timings};
+use crate::pipeline::pseudo::{PseudoLabel, PseudoLabeler};
+use crate::pipeline::segment::{Segmentation, Segmenter, SegmenterConfig, Timings};
 use crate::volume::Volume;
 use std::path::Path;
 
@@ -73,5 +75,35 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     write_atomic(path, |w| {
         serde_json::to_writer_pretty(&mut *w, value).map_err(|e| Error::io(path, e.into()))?;
         w.write_all(b"\n").map_err(|e| Error::io(path, e))
+    })
+}
+
+/// The JSON report `ichseg pseudo-label --report` writes: the models and method as run, the
+/// device, the slices decided positive, the mask volume and the stage timings.
+pub fn pseudo_label_report(
+    input: &str,
+    labeler: &PseudoLabeler,
+    r: &PseudoLabel,
+    voxel_ml: f64,
+    load_s: f64,
+) -> serde_json::Value {
+    let voxels = r.mask.iter().filter(|&&v| v != 0).count();
+    let o = labeler.options();
+    let e = labeler.engine();
+    let mut timings = serde_json::to_value(&r.timings).unwrap_or_default();
+    timings["load_s"] = load_s.into();
+    serde_json::json!({
+        "input": input, "dims": [r.mask.dim().2, r.mask.dim().1, r.mask.dim().0],
+        "models": labeler.configs(),
+        "method": {"cam": format!("{:?}", o.cam), "lambda": o.lambda, "threshold": o.threshold,
+                   "aggregate": format!("{:?}", o.aggregate), "scf": o.scf.map(|s| [s.c as f64, s.w as f64]),
+                   "crf": o.crf.is_some(), "max_hu": o.max_hu,
+                   "min_lesion_ml": o.min_lesion_ml},
+        "device": e.device_name(), "device_note": e.device_note(), "threads": e.threads(),
+        "cam_device": r.cam_device, "taps_on_device": r.taps_on_device, "crf_device": r.crf_device, "batch": r.batch,
+        "positive_slices": r.positive.iter().enumerate().filter(|(_, &p)| p).map(|(z, _)| z).collect::<Vec<_>>(),
+        "slice_probabilities": r.slice_probabilities,
+        "mask_voxels": voxels, "mask_ml": voxels as f64 * voxel_ml,
+        "timings": timings,
     })
 }

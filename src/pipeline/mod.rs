@@ -1,0 +1,11 @@
+//! The two jobs of METHOD.md on top of the stages: segmentation (a U-Net: [`segment`]) and
+//! pseudo-labelling (classifiers, CAMs, SCA, CRF: [`pseudo`], whose steps after the CAMs are one
+//! function, [`tail`], that the ablation reuses), the options they share, validated once
+//! ([`options`]), slice batching, and their JSON reports ([`report`]).
+
+mod batching;
+pub mod options;
+pub mod pseudo;
+pub mod report;
+pub mod segment;
+pub mod tail;
