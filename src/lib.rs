@@ -28,9 +28,9 @@ pub mod cam;
 pub mod capi;
 pub mod crf;
 pub mod error;
-pub mod io;
 #[cfg(any(feature = "gpu", test))]
-mod launch;
+mod gpu;
+pub mod io;
 pub mod lesions;
 pub mod metrics;
 pub mod model;

@@ -2,7 +2,7 @@
 //! convolution and every Relu gradient of a ResNet's graph becomes ours, and the rewritten graph
 //! computes what tract's does.
 
-use ichseg::model::onnx_grad::gradient_graph;
+use ichseg::model::onnx_grad::{GradientGraph, GradientOptions};
 use tract_onnx::prelude::*;
 
 fn fixture(path: &str) -> Vec<u8> {
@@ -16,7 +16,8 @@ fn count_ops(m: &TypedModel, name: &str) -> usize {
 /// The gradient graph of `onnx` at `tap`, decluttered for `input`, and the same through our
 /// pass; checks both compute the same (1e-5 of the output scale).
 fn rewritten(onnx: &str, tap: &str, input: [usize; 4]) -> (TypedModel, TypedModel, usize) {
-    let graph = gradient_graph(&fixture(onnx), 1, &[tap.to_string()]).unwrap();
+    let options = GradientOptions { target: 1, taps: vec![tap.to_string()], ..Default::default() };
+    let graph = GradientGraph::build(&fixture(onnx), onnx, &options).unwrap().bytes;
     let model = tract_onnx::onnx().model_for_read(&mut &graph[..]).unwrap();
     let typed = model.with_input_fact(0, f32::fact(input).into()).unwrap().into_typed().unwrap();
     let typed = typed.into_decluttered().unwrap();

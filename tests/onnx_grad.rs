@@ -9,7 +9,7 @@
 //! inputs keep every ReLU input and MaxPool near-tie away from its kink (grad.json
 //! `kink_margins`), where float32 rounding alone could flip a branch of the gradient.
 
-use ichseg::model::onnx_grad::{grad_name, gradient_graph, ConvVjp, GradientGraph, GradientOptions};
+use ichseg::model::onnx_grad::{grad_name, ConvVjp, GradientGraph, GradientOptions};
 use ichseg::{Error, OnnxModel};
 use ndarray::{ArrayD, IxDyn};
 use prost::Message;
@@ -42,6 +42,12 @@ fn rel_l2(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
         den += (*y as f64).powi(2);
     }
     (num / den.max(1e-60)).sqrt()
+}
+
+/// The gradient graph of `bytes` for logit `target` at `taps`, encoded.
+fn gradient_graph(bytes: &[u8], target: usize, taps: &[String]) -> ichseg::Result<Vec<u8>> {
+    let options = GradientOptions { target, taps: taps.to_vec(), ..Default::default() };
+    Ok(GradientGraph::build(bytes, "fixture.onnx", &options)?.bytes)
 }
 
 fn taps(fx: &Value) -> Vec<String> {
@@ -80,8 +86,9 @@ fn gradients_match_autograd_on_tract_and_onnxruntime() {
         let taps = taps(fx);
         let bytes = std::fs::read(dir().join(fx["onnx"].as_str().unwrap())).unwrap();
         let target = fx["target"].as_u64().unwrap() as usize;
-        let graph = GradientGraph::build(&bytes, &GradientOptions { target, taps: taps.clone(), ..Default::default() })
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let graph =
+            GradientGraph::build(&bytes, name, &GradientOptions { target, taps: taps.clone(), ..Default::default() })
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
         let model = graph.model(name).unwrap();
         assert_eq!(model.outputs.len(), 1 + 2 * taps.len());
         let out = run(&model, &load(&arrays["input"]));
@@ -124,7 +131,7 @@ fn gradients_match_autograd_on_tract_and_onnxruntime() {
         // The ConvTranspose formulation gives the same numbers.
         let options =
             GradientOptions { target, taps: taps.clone(), conv_vjp: ConvVjp::ConvTranspose, ..Default::default() };
-        let transposed = GradientGraph::build(&bytes, &options).unwrap().model(name).unwrap();
+        let transposed = GradientGraph::build(&bytes, name, &options).unwrap().model(name).unwrap();
         let out_t = run(&transposed, &load(&arrays["input"]));
         for (a, b) in out.iter().zip(&out_t) {
             assert!(rel_l2(b, a) <= 1e-5, "{name}: ConvTranspose VJP differs by {:.1e}", rel_l2(b, a));
@@ -163,25 +170,13 @@ fn taps_default_to_metadata() {
         key: "ichseg.taps".into(),
         value: format!("layer1={},layer2={}", taps[0], taps[1]),
     });
-    let g = GradientGraph::build(&proto.encode_to_vec(), &GradientOptions { target: 1, ..Default::default() }).unwrap();
+    let g = GradientGraph::build(&proto.encode_to_vec(), "m", &GradientOptions { target: 1, ..Default::default() })
+        .unwrap();
     assert_eq!(g.taps, taps);
     let model = g.model("g").unwrap();
     assert_eq!(model.outputs[2].name, grad_name(&taps[0]));
     assert_eq!(model.outputs[3].name, taps[1]);
     assert_eq!(model.metadata.raw.get("ichseg.grad_target").map(String::as_str), Some("1"));
-}
-
-#[test]
-fn onnx_model_cam_graph_loads_and_extends() {
-    let meta = meta();
-    let fx = &meta["fixtures"][0];
-    let taps = taps(fx);
-    let model = OnnxModel::cam_graph(&dir().join(fx["onnx"].as_str().unwrap()), 0, &taps[..1]).unwrap();
-    let names: Vec<&str> = model.outputs.iter().map(|o| o.name.as_str()).collect();
-    assert_eq!(names, ["logits", taps[0].as_str(), grad_name(&taps[0]).as_str()]);
-    assert!(model.name.ends_with("(gradients)"));
-    let err = OnnxModel::cam_graph(&dir().join("missing.onnx"), 0, &taps).unwrap_err();
-    assert!(matches!(err, Error::Io { .. }), "{err}");
 }
 
 #[test]

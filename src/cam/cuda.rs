@@ -5,9 +5,9 @@
 //! cudarc) is an error the caller answers by using the CPU path.
 
 use super::device::{self, Eigenvectors, TapBatch, TapData};
-use crate::launch::{Launch, Res};
+use crate::gpu::{driver_error as e, Launch, Res};
 use crate::{Error, Result};
-use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, PushKernelArg};
 use std::sync::{Arc, OnceLock};
 
 const SOURCE: &str = include_str!("kernels.cu");
@@ -33,7 +33,7 @@ fn kernels() -> std::result::Result<&'static Kernels, String> {
 }
 
 fn load() -> std::result::Result<Kernels, String> {
-    let (stream, module) = crate::model::gpu::load_kernels(SOURCE, "CAM")?;
+    let (stream, module) = crate::gpu::load_kernels(SOURCE, "CAM")?;
     let f = |name: &str| module.load_function(name).map_err(|e| format!("kernel {name}: {e}"));
     Ok(Kernels {
         layercam: f("layercam")?,
@@ -59,23 +59,15 @@ pub(crate) fn available() -> std::result::Result<(), String> {
 /// flattened.
 pub(crate) fn tap_maps(tap: &TapBatch, eigenvectors: &Eigenvectors) -> Result<Vec<f32>> {
     let k = kernels().map_err(Error::Unsupported)?;
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| device::tap_maps(k, tap, eigenvectors)))
-        .unwrap_or_else(|_| Err("the CUDA driver panicked while computing CAMs".into()))
-        .map_err(|e| {
-            // Work queued before the failure may still read the caller's device taps, which
-            // are freed once the caller drops them: let it finish first.
-            let _ = std::panic::catch_unwind(|| k.stream.synchronize());
-            let message = format!("GPU CAMs: {e}");
-            if crate::model::runtime::is_out_of_memory(&message) {
-                Error::DeviceMemory(message)
-            } else {
-                Error::Inference(message)
-            }
-        })
-}
-
-fn e(what: &'static str) -> impl Fn(DriverError) -> String {
-    move |err| format!("{what}: {err}")
+    // After a failure, work queued before it may still read the caller's device taps, which are
+    // freed once the caller drops them: let it finish first.
+    crate::gpu::guarded(
+        "GPU CAMs",
+        || device::tap_maps(k, tap, eigenvectors),
+        || {
+            let _ = k.stream.synchronize();
+        },
+    )
 }
 
 type F = CudaSlice<f32>;
@@ -194,6 +186,6 @@ mod tests {
     fn kernels_compile_with_nvrtc() {
         let names =
             ["layercam", "center", "covariance", "project", "image_stats", "normalize", "resize", "combine", "amplify"];
-        crate::model::gpu::assert_compiles(super::SOURCE, &names);
+        crate::gpu::assert_compiles(super::SOURCE, &names);
     }
 }

@@ -7,7 +7,7 @@
 //! same power iteration as the CPU path, a few kilobytes each way), so both paths pick the same
 //! direction. The maps come back once, on the native grid.
 
-use crate::launch::{Launch, Res};
+use crate::gpu::{Launch, Res};
 
 /// Top eigenvectors of `batch` row-major `K x K` covariances, `[batch, K]` flattened.
 pub(crate) type Eigenvectors<'a> = dyn Fn(&[f32], usize, usize) -> Vec<f64> + 'a;
@@ -150,7 +150,7 @@ mod tests {
     //! CPU CAMs resized to the native grid, without a GPU.
     use super::*;
     use crate::cam::{layercam, normalize_max, sfcam, top_eigenvector};
-    use crate::launch::emulated::Emulated;
+    use crate::gpu::emulated::Emulated;
     use crate::preprocess::resize_bilinear;
     use ndarray::{s, Array4};
     use std::cell::Cell;

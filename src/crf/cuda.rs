@@ -5,9 +5,9 @@
 
 use super::device;
 use super::{CrfParams, Kernel};
-use crate::launch::{Launch, Res};
+use crate::gpu::{driver_error as e, Launch, Res};
 use crate::{Error, Result};
-use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, CudaStream, PushKernelArg};
 use std::sync::{Arc, OnceLock};
 
 const SOURCE: &str = include_str!("kernels.cu");
@@ -30,7 +30,7 @@ fn kernels() -> std::result::Result<&'static Cuda, String> {
 }
 
 fn load() -> std::result::Result<Cuda, String> {
-    let (stream, module) = crate::model::gpu::load_kernels(SOURCE, "CRF")?;
+    let (stream, module) = crate::gpu::load_kernels(SOURCE, "CRF")?;
     let f = |name: &str| module.load_function(name).map_err(|e| format!("kernel {name}: {e}"));
     Ok(Cuda {
         init: f("crf_init")?,
@@ -53,25 +53,12 @@ pub(crate) fn available() -> std::result::Result<(), String> {
 /// [`device::mean_field`] on the GPU: the refined labels of a batch of slices.
 pub(crate) fn mean_field(labels: &[u8], slices: &[[&Kernel; 2]], params: &CrfParams) -> Result<Vec<u8>> {
     let cuda = kernels().map_err(Error::Unsupported)?;
-    let run = std::panic::AssertUnwindSafe(|| {
+    let run = || {
         let out = device::mean_field(cuda, labels, slices, params)?;
         cuda.stream.synchronize().map_err(e("CRF kernels"))?;
         Ok(out)
-    });
-    std::panic::catch_unwind(run).unwrap_or_else(|_| Err("the CUDA driver panicked in the CRF".into())).map_err(
-        |e: String| {
-            let message = format!("GPU CRF: {e}");
-            if crate::model::runtime::is_out_of_memory(&message) {
-                Error::DeviceMemory(message)
-            } else {
-                Error::Inference(message)
-            }
-        },
-    )
-}
-
-fn e(what: &'static str) -> impl Fn(DriverError) -> String {
-    move |err| format!("{what}: {err}")
+    };
+    crate::gpu::guarded("GPU CRF", run, || {})
 }
 
 type F = CudaSlice<f32>;
@@ -161,6 +148,6 @@ mod tests {
     #[test]
     fn kernels_compile_with_nvrtc() {
         let names = ["crf_init", "crf_scale", "crf_splat", "crf_blur", "crf_slice", "crf_update", "crf_argmax"];
-        crate::model::gpu::assert_compiles(super::SOURCE, &names);
+        crate::gpu::assert_compiles(super::SOURCE, &names);
     }
 }

@@ -8,7 +8,7 @@
 //! runs in the CPU's order, so the result is the CPU's up to the device's `expf`.
 
 use super::{unary_energies, CrfParams, Kernel, LABELS};
-use crate::launch::Res;
+use crate::gpu::Res;
 
 /// A device with buffers of `f32`, `u32` and `u8` and the kernels of `kernels.cu`, each launched
 /// with one thread per element of its last argument (`n` pixels or `m` vertices).
@@ -244,8 +244,8 @@ mod tests {
     //! `kernels.cu` compiled for the CPU ([`Emulated`]): the flat layout, the gathers and the
     //! loop are checked against the CPU CRF without a GPU.
     use super::*;
-    use crate::launch::emulated::Emulated;
-    use crate::launch::Launch;
+    use crate::gpu::emulated::Emulated;
+    use crate::gpu::Launch;
     use ndarray::Array2;
 
     type CF = *const f32;

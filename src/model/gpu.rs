@@ -173,27 +173,6 @@ pub fn usable() -> std::result::Result<&'static str, &'static str> {
         .map_err(|s| s.as_str())
 }
 
-/// Our own kernels (`source`, CUDA C) compiled by NVRTC without fused multiply-adds (the CPU
-/// twins' rounding) and loaded on a new stream of device 0, behind a panic guard: cudarc panics
-/// when a library is missing. `what` names them in errors.
-pub(crate) fn load_kernels(
-    source: &str,
-    what: &str,
-) -> std::result::Result<(Arc<cudarc::driver::CudaStream>, Arc<cudarc::driver::CudaModule>), String> {
-    let load = || {
-        usable()?;
-        let options = cudarc::nvrtc::CompileOptions { fmad: Some(false), ..Default::default() };
-        let ptx = cudarc::nvrtc::compile_ptx_with_opts(source, options)
-            .map_err(|e| format!("NVRTC could not compile the {what} kernels: {e}"))?;
-        let ctx = cudarc::driver::CudaContext::new(0).map_err(|e| format!("no CUDA context: {e}"))?;
-        let stream = ctx.new_stream().map_err(|e| format!("no CUDA stream: {e}"))?;
-        let module = ctx.load_module(ptx).map_err(|e| format!("cannot load the {what} kernels: {e}"))?;
-        Ok((stream, module))
-    };
-    std::panic::catch_unwind(load)
-        .unwrap_or_else(|_| Err(format!("the CUDA driver panicked while loading the {what} kernels")))
-}
-
 /// The device address of a network output that is still on the GPU, for our kernels to read in
 /// place; `None` means its values must be read on the host.
 ///
@@ -217,32 +196,10 @@ pub(crate) fn device_f32(value: &TValue) -> Option<u64> {
     address.ok().filter(|&a| a != 0)
 }
 
-/// `source` compiles with NVRTC into PTX with these kernels, where NVRTC can be loaded (no GPU
-/// needed): a syntax or type error fails in a unit test rather than on the GPU machine. Skipped
-/// without NVRTC (cudarc panics when it cannot load the library), unless `ICHSEG_REQUIRE_NVRTC`
-/// is set (scripts/test.sh sets it where the NVRTC wheel is installed).
-#[cfg(test)]
-pub(crate) fn assert_compiles(source: &str, kernels: &[&str]) {
-    let options = cudarc::nvrtc::CompileOptions { fmad: Some(false), ..Default::default() };
-    match std::panic::catch_unwind(|| cudarc::nvrtc::compile_ptx_with_opts(source, options)) {
-        Ok(result) => {
-            let text = result.unwrap_or_else(|e| panic!("the kernels do not compile: {e}")).to_src();
-            for name in kernels {
-                assert!(text.contains(&format!(".entry {name}(")), "kernel {name} missing from the PTX");
-            }
-        }
-        Err(_) if std::env::var_os("ICHSEG_REQUIRE_NVRTC").is_some() => {
-            panic!("ICHSEG_REQUIRE_NVRTC is set but NVRTC cannot be loaded (LD_LIBRARY_PATH)")
-        }
-        Err(_) => eprintln!("NVRTC not loadable here: kernels not compiled"),
-    }
-}
-
 fn decluttered(model: &super::OnnxModel, shape: [usize; 4]) -> Result<TypedModel> {
     super::runtime::plan_knobs()
         .enter(|| -> TractResult<TypedModel> {
-            let mut typed =
-                model.graph.clone().with_input_fact(0, f32::fact(shape).into())?.into_typed()?.into_decluttered()?;
+            let mut typed = model.decluttered(shape)?;
             super::gpu_rewrite::rewrite_for_gpu(&mut typed)?;
             Ok(typed)
         })

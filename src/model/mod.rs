@@ -10,7 +10,7 @@ pub mod runtime;
 
 use crate::error::{Error, Result};
 pub use metadata::{ModelKind, ModelMetadata};
-pub use onnx_grad::{gradient_graph, GradientGraph, GradientOptions};
+pub use onnx_grad::{GradientGraph, GradientOptions};
 use std::path::Path;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
@@ -163,14 +163,19 @@ impl OnnxModel {
     pub fn plan(&self, shape: [usize; 4]) -> Result<std::sync::Arc<TypedRunnableModel>> {
         runtime::plan_knobs()
             .enter(|| {
-                let mut typed =
-                    self.graph.clone().with_input_fact(0, f32::fact(shape).into())?.into_typed()?.into_decluttered()?;
+                let mut typed = self.decluttered(shape)?;
                 if ichseg_cpu_kernels::enabled() {
                     ichseg_cpu_kernels::rewrite(&mut typed)?;
                 }
                 typed.into_optimized()?.into_runnable()
             })
             .map_err(|e| Error::InvalidModel(format!("{}: cannot build a plan for input {shape:?}: {e:#}", self.name)))
+    }
+
+    /// The graph typed for one f32 input of `shape` and decluttered: where the CPU and the GPU
+    /// plans start from (call inside [`runtime::plan_knobs`]).
+    pub(crate) fn decluttered(&self, shape: [usize; 4]) -> TractResult<TypedModel> {
+        self.graph.clone().with_input_fact(0, f32::fact(shape).into())?.into_typed()?.into_decluttered()
     }
 
     /// Rank-4 outputs of activation, residual, concatenation and pooling nodes, with their

@@ -55,13 +55,14 @@
 //! tract's gradients to 3e-6. Both are exact gradients of their engine's forward pass.
 //!
 //! ```
-//! use ichseg::model::onnx_grad::{gradient_graph, grad_name};
+//! use ichseg::model::onnx_grad::{grad_name, GradientGraph, GradientOptions};
 //! use ichseg::OnnxModel;
 //! # fn main() -> ichseg::Result<()> {
 //! let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/classifier/tiny_classifier.onnx");
 //! let taps = vec!["/layer1/relu_1/Relu_output_0".to_string(), "/layer2/relu_1/Relu_output_0".to_string()];
-//! let bytes = gradient_graph(&std::fs::read(&path).unwrap(), 1, &taps)?;
-//! let model = OnnxModel::from_bytes(&bytes, "cam.onnx")?;
+//! let options = GradientOptions { target: 1, taps: taps.clone(), ..Default::default() };
+//! let graph = GradientGraph::build(&std::fs::read(&path).unwrap(), "tiny_classifier.onnx", &options)?;
+//! let model = graph.model("cam.onnx")?;
 //! assert_eq!(model.outputs.len(), 5); // logits, then (activation, gradient) per tap
 //! assert_eq!(model.outputs[2].name, grad_name(&taps[0]));
 //! let _plan = model.plan([1, 3, 64, 64])?; // plans and runs like any other model
@@ -124,16 +125,18 @@ pub struct GradientGraph {
     pub input_shape: [usize; 4],
 }
 
-/// Builds the gradient graph of `model_bytes` for logit `target` at `taps` (empty: the model's
-/// `ichseg.taps`) and returns it encoded. See [`GradientGraph::build`] for more control.
-pub fn gradient_graph(model_bytes: &[u8], target: usize, taps: &[String]) -> Result<Vec<u8>> {
-    let options = GradientOptions { target, taps: taps.to_vec(), ..Default::default() };
-    Ok(GradientGraph::build(model_bytes, &options)?.bytes)
-}
-
 impl GradientGraph {
-    /// Parses `model_bytes`, checks the target and taps, and writes out the backward pass.
-    pub fn build(model_bytes: &[u8], options: &GradientOptions) -> Result<Self> {
+    /// The one way to build a gradient graph: parses `model_bytes` (the classifier's ONNX file,
+    /// `name` in messages), checks the target and taps, and writes out the backward pass.
+    pub fn build(model_bytes: &[u8], name: &str, options: &GradientOptions) -> Result<Self> {
+        Self::build_unnamed(model_bytes, options).map_err(|e| match e {
+            Error::InvalidModel(m) => Error::InvalidModel(format!("{name}: {m}")),
+            Error::InvalidArgument(m) => Error::InvalidArgument(format!("{name}: {m}")),
+            other => other,
+        })
+    }
+
+    fn build_unnamed(model_bytes: &[u8], options: &GradientOptions) -> Result<Self> {
         let mut proto = tract_onnx::onnx()
             .proto_model_for_read(&mut &*model_bytes)
             .map_err(|e| Error::InvalidModel(format!("not a valid ONNX file ({e})")))?;
@@ -204,31 +207,6 @@ impl GradientGraph {
     /// Writes the graph to `path` (atomically: nothing is left behind on failure).
     pub fn save(&self, path: &Path) -> Result<()> {
         crate::io::atomic::write_atomic(path, |w| w.write_all(&self.bytes).map_err(|e| Error::io(path, e)))
-    }
-}
-
-impl OnnxModel {
-    /// Loads a classifier and returns its gradient graph for logit `target` at `taps` (empty:
-    /// the model's `ichseg.taps`), ready to plan: outputs as in [`onnx_grad`](self).
-    pub fn cam_graph(path: &Path, target: usize, taps: &[String]) -> Result<OnnxModel> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let options = GradientOptions { target, taps: taps.to_vec(), ..Default::default() };
-        GradientGraph::build(&bytes, &options)
-            .map_err(|e| match e {
-                Error::InvalidModel(m) => Error::InvalidModel(format!("{}: {m}", path.display())),
-                other => other,
-            })?
-            .model(&format!("{name} (gradients)"))
-    }
-
-    /// This classifier's gradient graph (see [`GradientGraph::build`]).
-    pub fn gradient_graph(&self, options: &GradientOptions) -> Result<GradientGraph> {
-        GradientGraph::build(self.bytes(), options).map_err(|e| match e {
-            Error::InvalidModel(m) => Error::InvalidModel(format!("{}: {m}", self.name)),
-            Error::InvalidArgument(m) => Error::InvalidArgument(format!("{}: {m}", self.name)),
-            other => other,
-        })
     }
 }
 
@@ -1396,11 +1374,15 @@ mod tests {
     fn unknown_tap_and_garbage_are_clear_errors() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/classifier/tiny_classifier.onnx");
         let bytes = std::fs::read(path).unwrap();
-        let err = gradient_graph(&bytes, 1, &["nope".into()]).unwrap_err().to_string();
-        assert!(err.contains("\"nope\" is not a tensor"), "{err}");
-        let err = gradient_graph(b"garbage", 1, &["x".into()]).unwrap_err().to_string();
-        assert!(err.contains("not a valid ONNX"), "{err}");
-        let err = gradient_graph(&bytes, 1, &[]).unwrap_err().to_string();
+        let build = |bytes: &[u8], taps: &[String]| {
+            let options = GradientOptions { target: 1, taps: taps.to_vec(), ..Default::default() };
+            GradientGraph::build(bytes, "tiny.onnx", &options).unwrap_err().to_string()
+        };
+        let err = build(&bytes, &["nope".into()]);
+        assert!(err.contains("tiny.onnx: ") && err.contains("\"nope\" is not a tensor"), "{err}");
+        let err = build(b"garbage", &["x".into()]);
+        assert!(err.contains("tiny.onnx: not a valid ONNX"), "{err}");
+        let err = build(&bytes, &[]);
         assert!(err.contains("no taps"), "{err}");
     }
 
@@ -1419,12 +1401,12 @@ mod tests {
         let taps = vec!["/layer1/relu_1/Relu_output_0".to_string()];
         let options = GradientOptions { target: 1, taps, ..Default::default() };
         // ichseg.input_size = 64x64 fills in the free H and W
-        assert_eq!(GradientGraph::build(&proto.encode_to_vec(), &options).unwrap().input_shape, [1, 3, 64, 64]);
+        assert_eq!(GradientGraph::build(&proto.encode_to_vec(), "m", &options).unwrap().input_shape, [1, 3, 64, 64]);
         proto.metadata_props.retain(|p| p.key != "ichseg.input_size");
         let bytes = proto.encode_to_vec();
-        let err = GradientGraph::build(&bytes, &options).unwrap_err().to_string();
+        let err = GradientGraph::build(&bytes, "m", &options).unwrap_err().to_string();
         assert!(err.contains("give the input size"), "{err}");
         let sized = GradientOptions { input_size: Some((96, 80)), ..options };
-        assert_eq!(GradientGraph::build(&bytes, &sized).unwrap().input_shape, [1, 3, 96, 80]);
+        assert_eq!(GradientGraph::build(&bytes, "m", &sized).unwrap().input_shape, [1, 3, 96, 80]);
     }
 }

@@ -274,6 +274,29 @@ pub fn plan_knobs() -> KnobScope {
     KnobScope::new(values).unwrap_or_default()
 }
 
+/// The optimised plans of one model on one engine, one per batch size, each built on first use.
+#[derive(Debug, Default)]
+pub(crate) struct PlanCache(std::sync::Mutex<std::collections::HashMap<usize, Arc<TypedRunnableModel>>>);
+
+impl PlanCache {
+    /// The plan of `model` for `[batch, channels, rows, cols]` inputs, built by `engine` the
+    /// first time this batch size is asked for.
+    pub(crate) fn get(
+        &self,
+        engine: &Engine,
+        model: &super::OnnxModel,
+        [batch, channels, rows, cols]: [usize; 4],
+    ) -> Result<Arc<TypedRunnableModel>> {
+        let mut plans = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = plans.get(&batch) {
+            return Ok(p.clone());
+        }
+        let plan = engine.plan(model, [batch, channels, rows, cols])?;
+        plans.insert(batch, plan.clone());
+        Ok(plan)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -45,7 +45,7 @@ use crate::cam::{self, tap_cam, CamMethod};
 use crate::crf::{self, CrfParams};
 use crate::error::{Error, Result};
 use crate::lesions::check_min_lesion_ml;
-use crate::model::runtime::Engine;
+use crate::model::runtime::{Engine, PlanCache};
 use crate::model::{GradientGraph, GradientOptions, ModelKind, OnnxModel};
 use crate::pipeline::options::{
     check_batch, check_channels, check_input_size, check_normalize, check_window, Progress, DEFAULT_INPUT_SIZE,
@@ -54,9 +54,8 @@ use crate::preprocess::{model_input, resize_bilinear, window_u8, InputSpec};
 use crate::sca::{self, Aggregate, ScfParams};
 use crate::volume::{Volume, Window};
 use ndarray::{Array2, Array3, ArrayView3, ArrayViewD, Axis, Ix2, Ix3};
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 use tract_onnx::prelude::*;
 
@@ -202,7 +201,7 @@ struct Classifier {
     graph: OnnxModel,
     spec: InputSpec,
     fixed_batch: Option<usize>,
-    plans: Mutex<HashMap<usize, Arc<TypedRunnableModel>>>,
+    plans: PlanCache,
 }
 
 /// Makes pseudo masks from slice classifiers (METHOD.md job 1); see the [module docs](self).
@@ -765,7 +764,7 @@ impl Classifier {
             channels,
             ..Default::default()
         };
-        let graph = model.gradient_graph(&grad_options)?;
+        let graph = GradientGraph::build(model.bytes(), &model.name, &grad_options)?;
         let [_, channels, rows, cols] = graph.input_shape;
         if channels != 1 && channels != 3 {
             return Err(Error::InvalidModel(format!("{name}: {channels} input channels; expected 1 or 3")));
@@ -797,7 +796,7 @@ impl Classifier {
             graph: graph_model,
             spec,
             fixed_batch,
-            plans: Mutex::new(HashMap::new()),
+            plans: PlanCache::default(),
         };
         let plan = classifier.plan(engine, classifier.config.batch)?;
         let classes = classifier.logit_count(&plan)?;
@@ -806,14 +805,8 @@ impl Classifier {
 
     /// The optimised plan for a batch size, built once and cached.
     fn plan(&self, engine: &Engine, batch: usize) -> Result<Arc<TypedRunnableModel>> {
-        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = plans.get(&batch) {
-            return Ok(p.clone());
-        }
         let s = &self.spec;
-        let plan = engine.plan(&self.graph, [batch, s.channels, s.rows, s.cols])?;
-        plans.insert(batch, plan.clone());
-        Ok(plan)
+        self.plans.get(engine, &self.graph, [batch, s.channels, s.rows, s.cols])
     }
 
     /// `K` of the `[N, K]` logits, checking the model is a classifier with the bleed class.

@@ -3,7 +3,7 @@
 use crate::alloc::{try_array3, try_map3};
 use crate::error::{Error, Result};
 use crate::lesions::{check_min_lesion_ml, find_lesions, remove_small_lesions, total_volume_ml, Lesion};
-use crate::model::runtime::Engine;
+use crate::model::runtime::{Engine, PlanCache};
 use crate::model::{ModelKind, OnnxModel};
 use crate::pipeline::batching::for_each_batch;
 use crate::pipeline::options::{
@@ -13,8 +13,7 @@ use crate::pipeline::options::{
 use crate::preprocess::{model_input, resize_bilinear, InputSpec};
 use crate::volume::{Volume, Window};
 use ndarray::{Array2, Array3, Axis};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 use tract_onnx::prelude::*;
 
@@ -128,7 +127,7 @@ pub struct Segmenter {
     config: SegmenterConfig,
     /// The model's batch size when the file fixes it (short batches are then zero-padded).
     fixed_batch: Option<usize>,
-    plans: Mutex<HashMap<usize, Arc<TypedRunnableModel>>>,
+    plans: PlanCache,
 }
 
 impl std::fmt::Debug for Segmenter {
@@ -209,7 +208,7 @@ impl Segmenter {
                 min_lesion_ml: options.min_lesion_ml,
             },
             fixed_batch,
-            plans: Mutex::new(HashMap::new()),
+            plans: PlanCache::default(),
             model,
         };
         let plan = seg.plan(seg.config.batch)?;
@@ -354,14 +353,8 @@ impl Segmenter {
 
     /// The optimised tract plan for a batch size, built once and cached.
     fn plan(&self, batch: usize) -> Result<Arc<TypedRunnableModel>> {
-        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = plans.get(&batch) {
-            return Ok(p.clone());
-        }
         let c = &self.config;
-        let plan = self.engine.plan(&self.model, [batch, c.channels, c.input_rows, c.input_cols])?;
-        plans.insert(batch, plan.clone());
-        Ok(plan)
+        self.plans.get(&self.engine, &self.model, [batch, c.channels, c.input_rows, c.input_cols])
     }
 
     fn activation_of(&self, plan: &Arc<TypedRunnableModel>, bleed_option: Option<usize>) -> Result<OutputActivation> {

@@ -454,10 +454,7 @@ fn cam_graph(a: &CamGraphArgs) -> Result<()> {
     let model = OnnxModel::load(&a.model)?;
     let target = a.target.or(model.metadata.bleed_index).unwrap_or(1);
     let options = GradientOptions { target, taps: a.taps.clone(), input_size: a.input_size, ..Default::default() };
-    let graph = GradientGraph::build(&bytes, &options).map_err(|e| match e {
-        Error::InvalidModel(m) => Error::InvalidModel(format!("{}: {m}", a.model.display())),
-        other => other,
-    })?;
+    let graph = GradientGraph::build(&bytes, &a.model.display().to_string(), &options)?;
     graph.save(&a.output)?;
     if !a.quiet {
         let [_, c, h, w] = graph.input_shape;

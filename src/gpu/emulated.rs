@@ -7,7 +7,7 @@
 //! ([`Emulated::launch_synced`]); `__shared__` arrays become one static array per kernel, which
 //! is right while one block runs at a time. Without fused multiply-adds, as NVRTC compiles them.
 
-use super::Launch;
+use super::launch::Launch;
 use std::path::Path;
 use std::process::Command;
 

@@ -1,6 +1,6 @@
 //! How our CUDA kernels are launched (CUDA's `<<<grid, block>>>`), apart from cudarc: the GPU
 //! path converts a [`Launch`] for cudarc, and the tests run the same kernel sources with the
-//! same launches on the CPU ([`emulated`]).
+//! same launches on the CPU ([`super::emulated`]).
 
 /// What a device operation gives: its value, or why the device failed (the callers turn that
 /// into an [`crate::Error`], or fall back to the CPU).
@@ -43,9 +43,6 @@ impl From<Launch> for cudarc::driver::LaunchConfig {
         cudarc::driver::LaunchConfig { grid_dim: l.grid, block_dim: l.block, shared_mem_bytes: 0 }
     }
 }
-
-#[cfg(test)]
-pub(crate) mod emulated;
 
 #[cfg(test)]
 mod tests {
