@@ -28,7 +28,7 @@ pub fn pc1(a: ArrayView3<f32>, orient_with: ArrayView2<f32>) -> Result<Array2<f3
     let n = h * w;
     // Centred channels as f32 [K, n] (means in f64). The covariance X X^T (up to the 1/n
     // factor, which leaves eigenvectors unchanged) through a blocked, vectorised product: as a
-    // scalar f64 loop it was 90 % of a CAM's time. The eigenvector is then found in f64.
+    // scalar f64 loop it dominated a CAM's time. The eigenvector is then found in f64.
     let mut x = Array2::<f32>::zeros((kk, n));
     for (mut row, ak) in x.outer_iter_mut().zip(a.outer_iter()) {
         let mean = (ak.iter().map(|&v| v as f64).sum::<f64>() / n as f64) as f32;

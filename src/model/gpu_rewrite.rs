@@ -3,7 +3,7 @@
 //! tract-cuda translates convolutions, matrix products, element-wise and copy operators, but not
 //! MaxPool, ConvTranspose (tract's `Deconv`) or the strided subsampling (`Downsample`) that
 //! tract makes of a 1x1 stride-2 convolution; each of those costs a device-to-host round trip
-//! and runs on the CPU (measured on an H200: a base-64 U-Net spent 6.2 of its 6.5 s there).
+//! and runs on the CPU (where a U-Net spent most of its time on an H200: docs/BENCHMARKS.md).
 //! Their common cases are re-expressed here with operators it does translate, on the typed
 //! model (shapes known) before the CUDA translation:
 //!

@@ -96,8 +96,8 @@ pub enum ConvVjp {
     /// flipped kernel: only the ops every engine runs for the forward pass.
     #[default]
     ZeroInsert,
-    /// One `ConvTranspose` with the forward kernel: no multiplications by inserted zeros, about
-    /// 10% faster on tract's CPU for ResNet34 at 384x384 (1.21 s against 1.34 s, one thread).
+    /// One `ConvTranspose` with the forward kernel: no multiplications by inserted zeros, somewhat
+    /// faster on tract's CPU for a ResNet34 (docs/BENCHMARKS.md).
     ConvTranspose,
 }
 

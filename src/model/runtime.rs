@@ -263,10 +263,9 @@ pub fn cuda_report() -> CudaReport {
     CudaReport::empty(None, cuda_usable())
 }
 
-/// tract settings for the plans we build, measured on U-Nets (docs/BENCHMARKS.md): its direct
-/// spatial convolution runs 3x3 convolutions at about half the speed of im2col + matrix
-/// product on x86-64 (base-64 U-Net at 384x384, 2 threads: 2.19 s -> 2.01 s per slice), so it is
-/// turned off. A `TRACT_DISABLE_DIRECT_SPATIAL` environment variable still wins, for experiments.
+/// tract settings for the plans we build: its direct spatial convolution runs 3x3 convolutions
+/// slower than im2col + matrix product on x86-64 (measured on U-Nets: docs/BENCHMARKS.md), so it
+/// is turned off. A `TRACT_DISABLE_DIRECT_SPATIAL` environment variable still wins, for experiments.
 pub fn plan_knobs() -> KnobScope {
     const DIRECT: &str = "TRACT_DISABLE_DIRECT_SPATIAL";
     let values: Vec<(&str, &str)> = if std::env::var_os(DIRECT).is_some() { vec![] } else { vec![(DIRECT, "true")] };

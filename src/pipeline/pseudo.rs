@@ -59,9 +59,8 @@ use std::sync::Arc;
 use std::time::Instant;
 use tract_onnx::prelude::*;
 
-/// The most slices the GPU CRF takes in one round: a 512x512 slice's lattices and their flat
-/// copies take about 60 MB of host memory, and the flat copies with the message buffers about
-/// 50 MB of device memory, whatever the network batch.
+/// The most slices the GPU CRF takes in one round, whatever the network batch: each 512x512
+/// slice's lattices take tens of MB of host and device memory (docs/BENCHMARKS.md).
 #[cfg(feature = "gpu")]
 const CRF_GPU_ROUND_MAX: usize = 16;
 
@@ -600,14 +599,14 @@ impl PseudoLabeler {
 }
 
 /// The suggested bone cut in HU (`ichseg ship` uses it; the C options default to it when the cut
-/// is turned on): the best of 100, 115 and 150 HU on the phantoms' val split (docs/RESULTS.md).
+/// is turned on): the best of the cuts tried on the phantoms' val split (docs/RESULTS.md).
 pub const DEFAULT_MAX_HU: f32 = 100.0;
 
 /// The bone cut: clears every voxel of `mask` whose CT value in `volume` exceeds `max_hu`.
 /// Blood is 50-90 HU, bone far above the brain window's top (115 HU); without the cut the dense
 /// CRF grows the CAMs' ring along the skull's inner table into the whole bone ring, which is one
-/// saturated grey in the window (docs/RESULTS.md: on the phantoms 88 % of the final pseudo-mask
-/// voxels, and a cut at 100 HU lifts their test mIoU from 53.0 to 64.1).
+/// saturated grey in the window (how much of the phantoms' pseudo masks that is, and what the
+/// cut is worth: docs/RESULTS.md).
 pub fn bone_cut(volume: &Volume, mask: &mut Array3<u8>, max_hu: f32) -> Result<()> {
     if !max_hu.is_finite() {
         return Err(Error::arg(format!("bone cut: max_hu must be a finite HU value, got {max_hu}")));

@@ -149,8 +149,8 @@ impl OutPtr {
 
 /// `f` on a zeroed buffer of `len` floats, reused by the thread across calls (a network's
 /// convolutions need the same few megabytes again and again; fresh allocations cost page
-/// faults). Each thread keeps its largest buffer: a few MB for a pool thread (one block), up to
-/// a whole image's V and M for the calling thread (Winograd: 22 MB for 512 channels at 48x48).
+/// faults). Each thread keeps its largest buffer: one block for a pool thread, up to a whole
+/// image's Winograd V and M for the calling thread.
 pub fn with_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     thread_local! {
         static BUFFER: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };

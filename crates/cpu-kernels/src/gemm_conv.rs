@@ -2,8 +2,8 @@
 //! ResNet's 7x7 stride-2 stem, its stride-2 convolutions, a U-Net's first layer) as im2col +
 //! matrix product, a block of output rows at a time.
 //!
-//! tract does the same in principle, but runs these at 13-60 GFLOP/s here (the ResNet stem:
-//! 165 ms for 8 slices of 384x384, half of it building the patches). [`GemmConv`] gathers one
+//! tract does the same in principle, but spends much of its time building the whole patch matrix
+//! (the ResNet stem: docs/BENCHMARKS.md). [`GemmConv`] gathers one
 //! block's patch matrix `[cin x kh x kw][pixels]` into a per-thread buffer that stays in cache and
 //! multiplies it with the `gemm` crate's kernels, starting from the bias; a folded Relu is applied
 //! while the block is in cache.

@@ -2,8 +2,8 @@
 //!
 //! In NCHW a 1x1 convolution of one image is `Y[cout][pixels] = W[cout][cin] X[cin][pixels]`: no
 //! data movement is needed. tract's plan moves the channel axis of every input first (a
-//! `MoveAxis` copy that cost ResNet50's gradient graph 29 % of its time, more than the products
-//! themselves). [`PointwiseConv`] multiplies in place with the `gemm` crate's kernels, per image
+//! `MoveAxis` copy that cost ResNet50's gradient graph more time than the products themselves:
+//! docs/BENCHMARKS.md). [`PointwiseConv`] multiplies in place with the `gemm` crate's kernels, per image
 //! and range of pixels, starting from the bias; a folded Relu is applied to each range while it is
 //! in cache, and a folded channel Concat becomes one product per input.
 
