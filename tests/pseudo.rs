@@ -209,8 +209,9 @@ fn the_tail_runs_its_steps_in_order_and_its_crf_is_the_per_slice_crf() {
         min_lesion_ml: None,
     };
     let mut steps = vec![];
-    let out =
-        labeler.finish(&volume, &[map.view()], &positive, &tail, &mut |step, m| steps.push((step, m.clone()))).unwrap();
+    let out = labeler
+        .finish(&volume, vec![map.clone()], &positive, &tail, &mut |step, m| steps.push((step, m.clone())))
+        .unwrap();
     assert_eq!(steps, vec![(TailStep::Bla, mask.clone()), (TailStep::Crf, want.clone())]);
     assert_eq!(out.mask, want);
     assert_eq!(out.fused, vec![map.clone()]);
@@ -219,16 +220,16 @@ fn the_tail_runs_its_steps_in_order_and_its_crf_is_the_per_slice_crf() {
     tail.max_hu = Some(-5000.0);
     tail.min_lesion_ml = Some(1000.0);
     let mut order = vec![];
-    let out = labeler.finish(&volume, &[map.view()], &positive, &tail, &mut |step, _| order.push(step)).unwrap();
+    let out = labeler.finish(&volume, vec![map.clone()], &positive, &tail, &mut |step, _| order.push(step)).unwrap();
     assert_eq!(order, [TailStep::Bla, TailStep::Crf, TailStep::BoneCut, TailStep::SmallLesions]);
     assert!(out.mask.iter().all(|&v| v == 0));
 
     // Bad settings and maps of another shape are errors before any work.
     tail.threshold = 1.5;
-    assert!(labeler.finish(&volume, &[map.view()], &positive, &tail, &mut |_, _| {}).is_err());
+    assert!(labeler.finish(&volume, vec![map.clone()], &positive, &tail, &mut |_, _| {}).is_err());
     tail.threshold = 0.5;
     let small = Array3::<f32>::zeros((nz, ny, nx - 1));
-    let err = labeler.finish(&volume, &[small.view()], &positive, &tail, &mut |_, _| {}).unwrap_err();
+    let err = labeler.finish(&volume, vec![small], &positive, &tail, &mut |_, _| {}).unwrap_err();
     assert!(err.to_string().contains("the maps are"), "{err}");
 }
 

@@ -345,11 +345,10 @@ impl PseudoLabeler {
         let ensemble = (0..cams[0].len())
             .map(|i| sca::bme(&cams.iter().map(|m| m[i].view()).collect::<Vec<_>>()))
             .collect::<Result<Vec<_>>>()?;
-        let views: Vec<ArrayView3<f32>> = ensemble.iter().map(|m| m.view()).collect();
         // Fusion is SCF + BLA; the CRF's time runs from there to its own end.
         let (mut fused_at, mut crf_at) = (None, None);
         let TailOutput { fused, mask, crf_device } =
-            self.tail(volume, &views, &positive, &self.tail_options(), &mut ticker, &mut |step, _| match step {
+            self.tail(volume, ensemble, &positive, &self.tail_options(), &mut ticker, &mut |step, _| match step {
                 TailStep::Bla => fused_at = Some(Instant::now()),
                 TailStep::Crf => crf_at = Some(Instant::now()),
                 _ => {}

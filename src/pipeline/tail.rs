@@ -69,13 +69,14 @@ pub struct TailOutput {
 }
 
 impl PseudoLabeler {
-    /// The tail on `ensemble` (one model-averaged map per tap) with `options` instead of the
+    /// The tail on `ensemble` (one model-averaged map per tap, each dropped once fused) with
+    /// `options` instead of the
     /// labeller's own, for ablations: no progress, and `observe` sees the mask after each step
     /// that ran. `positive` says which slices bleed (others end up empty).
     pub fn finish(
         &self,
         volume: &Volume,
-        ensemble: &[ArrayView3<f32>],
+        ensemble: Vec<Array3<f32>>,
         positive: &[bool],
         options: &TailOptions,
         observe: &mut dyn FnMut(TailStep, &Array3<u8>),
@@ -88,7 +89,7 @@ impl PseudoLabeler {
     pub(super) fn tail(
         &self,
         volume: &Volume,
-        ensemble: &[ArrayView3<f32>],
+        ensemble: Vec<Array3<f32>>,
         positive: &[bool],
         options: &TailOptions,
         ticker: &mut Ticker,
@@ -102,7 +103,8 @@ impl PseudoLabeler {
             )));
         }
         let scf = options.scf.unwrap_or(ScfParams { c: 0, w: 0.0 });
-        let fused = ensemble.iter().map(|e| sca::scf(e.view(), positive, &scf)).collect::<Result<Vec<_>>>()?;
+        // Each ensemble map is freed as soon as it is fused: one set of maps alive, not two.
+        let fused = ensemble.into_iter().map(|e| sca::scf(e.view(), positive, &scf)).collect::<Result<Vec<_>>>()?;
         let views: Vec<ArrayView3<f32>> = fused.iter().map(|m| m.view()).collect();
         let mut mask = sca::bla(&views, options.threshold, options.aggregate)?;
         observe(TailStep::Bla, &mask);

@@ -32,7 +32,7 @@ use ichseg::model::OnnxModel;
 use ichseg::pipeline::tail::TailOptions;
 use ichseg::sca::{self, Aggregate, ScfParams};
 use ichseg::{CamMethod, Error, PseudoLabeler, PseudoOptions, Result};
-use ndarray::{Array3, ArrayView3};
+use ndarray::Array3;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -329,8 +329,7 @@ fn masks(
         min_lesion_ml: a.min_lesion_ml,
     };
     let before = out.len();
-    let ensemble: Vec<ArrayView3<f32>> = maps.ensemble.iter().map(|e| e.view()).collect();
-    let finished = crf.0.finish(crf.1, &ensemble, pos, &tail, &mut |_, mask| out.push(mask.clone()))?;
+    let finished = crf.0.finish(crf.1, maps.ensemble.clone(), pos, &tail, &mut |_, mask| out.push(mask.clone()))?;
     out.insert(before, cut(&finished.fused[tap], s.threshold)?);
     Ok(out)
 }
