@@ -60,7 +60,7 @@ THRESHOLDS = "0.15,0.2,0.25,0.3,0.35,0.4"  # as `ichseg ablate --threshold` take
 # The bone cut (`--max-hu`, not in the paper): voxels above this CT value leave the final pseudo
 # masks. Without it 88 % of the 800-phantom set's final pseudo-mask voxels were skull, and the weak
 # U-Net learned to mark bone; 100 HU was the best of 100 / 115 / 150 HU on val (docs/RESULTS.md).
-MAX_HU = 100  # = ichseg::pseudo::DEFAULT_MAX_HU, the C options' default
+MAX_HU = 100  # = ichseg::pipeline::pseudo::DEFAULT_MAX_HU, the C options' default
 # The small-lesion filter (`--min-lesion-ml`, not in the paper): 3D components under this volume
 # leave the final pseudo masks, after the bone cut. Nearly all false components were specks of a
 # few voxels; 0.1 mL was the best of 0.02 / 0.05 / 0.1 mL on val (TH 0.2), and a weak U-Net trained
