@@ -189,6 +189,24 @@ static void test_engine() {
                  ICHSEG_STATUS_INVALID_ARGUMENT, "cuda_device");
 }
 
+// An engine memory limit: work over it throws Error(OUT_OF_MEMORY) before anything is allocated,
+// the mask is untouched, and work under it runs.
+static void test_memory_limit(const std::string& dir, const Ct& ct) {
+    std::printf("memory limit\n");
+    CHECK(ichseg::EngineOptions{}.memory_limit_mb == 0, "default: no limit");
+    ichseg::EngineOptions capped{1, ichseg::Device::Cpu, 0};
+    capped.memory_limit_mb = 1;
+    ichseg::Engine engine(capped);
+    const ichseg::Model model = ichseg::Model::load(engine, dir + "/unet_transpose.onnx");
+    const std::size_t side = 512;  // 512x512x4: far over 1 MiB of buffers
+    std::vector<uint8_t> big(side * side * 4, 40), mask(big.size(), 0xAB);
+    EXPECT_ERROR(model.segment(ichseg::VolumeView(big, {side, side, 4}), mask), ICHSEG_STATUS_OUT_OF_MEMORY,
+                 "memory limit is 1.0 MiB");
+    CHECK(std::all_of(mask.begin(), mask.end(), [](uint8_t v) { return v == 0xAB; }), "mask written");
+    std::vector<uint8_t> small(ct.n);
+    model.segment(ichseg::VolumeView(ct.voxels, ct.dims, ct.spacing).rescale(ct.slope, ct.intercept), small);
+}
+
 static void test_model_errors(const ichseg::Engine& engine, const std::string& dir) {
     std::printf("model errors\n");
     EXPECT_ERROR(ichseg::Model::load(engine, "/nonexistent/dir/model.onnx"), ICHSEG_STATUS_IO,
@@ -542,6 +560,7 @@ int main(int argc, char** argv) {
         ichseg::Engine engine(ichseg::EngineOptions{2, ichseg::Device::Cpu, 0});
         test_model_errors(engine, dir);
         const Ct ct = load_ct(argv[2]);
+        test_memory_limit(dir, ct);
         const ichseg::Model model = ichseg::Model::load(engine, dir + "/unet_transpose.onnx");
         ichseg::SegmentOptions so;
         so.batch = 2;
