@@ -13,6 +13,11 @@ impl MemoryLimit {
     /// No cap beyond what the allocator grants.
     pub const NONE: MemoryLimit = MemoryLimit(0);
 
+    /// A limit of `mib` mebibytes (0: none); `None` when that many bytes do not fit a usize.
+    pub fn from_mib(mib: u64) -> Option<MemoryLimit> {
+        usize::try_from(mib).ok()?.checked_mul(1 << 20).map(MemoryLimit)
+    }
+
     /// Refuses work that needs `bytes` (None: more than fits in a usize) before anything is
     /// allocated, when that is over the limit.
     pub fn check(self, bytes: Option<usize>, what: &str) -> Result<()> {
@@ -88,5 +93,8 @@ mod tests {
         let e = MemoryLimit(1 << 20).check(Some(3 << 30), "segmenting a 1024x1024x512 volume").unwrap_err();
         assert!(e.to_string().contains("needs 3.00 GiB but the memory limit is 1.0 MiB"), "{e}");
         assert!(MemoryLimit(1).check(None, "x").is_err());
+        assert_eq!(MemoryLimit::from_mib(3), Some(MemoryLimit(3 << 20)));
+        assert_eq!(MemoryLimit::from_mib(0), Some(MemoryLimit::NONE));
+        assert_eq!(MemoryLimit::from_mib(u64::MAX), None);
     }
 }

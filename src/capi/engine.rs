@@ -105,10 +105,7 @@ unsafe fn engine_options(opts: *const IchsegEngineOptions) -> FfiResult<EngineOp
             )))
         }
     };
-    let memory_limit = usize::try_from(limit_mb)
-        .ok()
-        .and_then(|mb| mb.checked_mul(1 << 20))
-        .map(MemoryLimit)
+    let memory_limit = MemoryLimit::from_mib(limit_mb)
         .ok_or_else(|| FfiError::invalid(format!("IchsegEngineOptions.memory_limit_mb {limit_mb} is too large")))?;
     Ok(EngineOptions { threads: threads as usize, device, memory_limit })
 }

@@ -358,9 +358,8 @@ pub unsafe extern "C" fn ichseg_pseudo_label(
                 Some(raw.iter().map(|&b| b != 0).collect::<Vec<bool>>())
             }
         };
-        let bytes = labeler.buffer_bytes(dims).and_then(|b| b.checked_add(n.checked_mul(4)?));
-        labeler.engine().memory_limit().check(bytes, "pseudo-labelling this volume")?;
-        let volume = unsafe { desc.volume() }?;
+        let (limit, what) = (labeler.engine().memory_limit(), "pseudo-labelling this volume");
+        let volume = unsafe { desc.volume_within(limit, labeler.buffer_bytes(dims), what) }?;
         let mut report = progress_adapter(progress, user_data);
         let label = labeler.label_with_progress(&volume, labels.as_deref(), &mut report)?;
 

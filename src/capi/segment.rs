@@ -4,7 +4,7 @@ use super::boundary::{boundary, field, handle_out, struct_size, FfiError, FfiRes
 use super::model::IchsegModel;
 use super::result::IchsegResult;
 use super::status::IchsegStatus;
-use crate::alloc::try_with_capacity;
+use crate::alloc::{try_with_capacity, MemoryLimit};
 use crate::pipeline::options::Progress;
 use crate::volume::{check_spacing, checked_voxel_count, Volume};
 use ndarray::Array3;
@@ -155,11 +155,9 @@ pub unsafe extern "C" fn ichseg_segment(
             desc.dims,
             "one float per voxel",
         )?;
-        // The HU copy of the caller's voxels, then the segmenter's own buffers: refused at once
-        // when over the engine's memory limit.
-        let bytes = model.segmenter.buffer_bytes(desc.dims).and_then(|b| b.checked_add(n.checked_mul(4)?));
-        model.segmenter.engine().memory_limit().check(bytes, "segmenting this volume")?;
-        let volume = unsafe { desc.volume() }?;
+        let (segmenter, what) = (&model.segmenter, "segmenting this volume");
+        let volume =
+            unsafe { desc.volume_within(segmenter.engine().memory_limit(), segmenter.buffer_bytes(desc.dims), what) }?;
         let mut report = progress_adapter(progress, user_data);
         let seg = model.segmenter.segment_with_progress(&volume, &mut report)?;
 
@@ -344,11 +342,28 @@ fn elem_size(t: IchsegVoxelType) -> usize {
 }
 
 impl Desc {
+    /// [`Desc::volume`], refused first (ICHSEG_STATUS_OUT_OF_MEMORY, nothing allocated) when the
+    /// HU copy plus `job_bytes`, what the job will allocate for the volume, exceed `limit`.
+    ///
+    /// # Safety
+    /// As for [`Desc::volume`].
+    pub(crate) unsafe fn volume_within(
+        &self,
+        limit: MemoryLimit,
+        job_bytes: Option<usize>,
+        what: &str,
+    ) -> FfiResult<Volume> {
+        let hu_bytes = self.voxels.checked_mul(4);
+        limit.check(job_bytes.zip(hu_bytes).and_then(|(job, hu)| job.checked_add(hu)), what)?;
+        // SAFETY: passed on to the caller.
+        unsafe { self.volume() }
+    }
+
     /// The volume in HU (NaN or infinite voxels refused by [`Volume`]).
     ///
     /// # Safety
     /// As for `to_hu`.
-    pub(crate) unsafe fn volume(&self) -> FfiResult<Volume> {
+    unsafe fn volume(&self) -> FfiResult<Volume> {
         let [nx, ny, nz] = self.dims;
         // SAFETY: passed on to the caller.
         let hu = unsafe { self.to_hu() }?;

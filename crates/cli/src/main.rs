@@ -61,7 +61,7 @@ struct RunArgs {
     /// Refuse, before allocating, work whose buffers sized by the input (the decoded volume,
     /// outputs, maps) exceed this many MiB; 0 = no limit.
     #[arg(long, default_value_t = 0)]
-    memory_limit_mb: usize,
+    memory_limit_mb: u64,
     /// Hide the progress bar and the summary.
     #[arg(long, short)]
     quiet: bool,
@@ -228,9 +228,7 @@ fn engine(run: &RunArgs) -> Result<Engine> {
 
 impl RunArgs {
     fn memory_limit(&self) -> Result<MemoryLimit> {
-        self.memory_limit_mb
-            .checked_mul(1 << 20)
-            .map(MemoryLimit)
+        MemoryLimit::from_mib(self.memory_limit_mb)
             .ok_or_else(|| Error::arg(format!("--memory-limit-mb {} is too large", self.memory_limit_mb)))
     }
 }
