@@ -2,5 +2,7 @@
 //! reports of the jobs are in [`crate::pipeline::report`].
 
 pub mod atomic;
+#[cfg(feature = "dicom")]
+pub mod dicom;
 pub mod nifti;
 pub mod slice_labels;

@@ -36,7 +36,14 @@ pub fn run(out: &Path, run: &RunArgs) -> Result<()> {
     let prob = out.join("prob.nii.gz");
     let report = out.join("report.json");
     let options = ichseg::SegmenterOptions::default();
-    let outcome = run_segmentation(&inputs.volume, &inputs.model, &options, run, (&mask, Some(&prob), Some(&report)))?;
+    let outcome = run_segmentation(
+        std::slice::from_ref(&inputs.volume),
+        &Default::default(),
+        &inputs.model,
+        &options,
+        run,
+        (&mask, Some(&prob), Some(&report)),
+    )?;
     super::print_summary(&outcome.report);
     if let Some(gt) = &inputs.ground_truth {
         let (_, truth) = nifti::read_mask(gt)?;

@@ -3,6 +3,7 @@
 mod ablate;
 mod demo;
 mod doctor;
+mod input;
 mod pseudo;
 
 use clap::{Args, Parser, Subcommand};
@@ -123,15 +124,20 @@ impl ModelArgs {
 
 #[derive(Args)]
 struct SegmentArgs {
-    /// CT volume (.nii or .nii.gz), values in HU after scl_slope/scl_inter.
-    input: PathBuf,
+    /// CT volume (.nii or .nii.gz, HU after scl_slope/scl_inter), or a DICOM series: its folder
+    /// (searched recursively) or its files.
+    #[arg(required = true, value_name = "INPUT")]
+    inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    series: input::SeriesArgs,
     /// U-Net ONNX model.
     #[arg(long, short)]
     model: PathBuf,
-    /// Output mask (uint8 NIfTI, same geometry as the input).
+    /// Output mask on the input's grid: a name ending in .dcm writes a DICOM-SEG (DICOM input
+    /// only), any other a uint8 NIfTI.
     #[arg(long, short)]
     output: PathBuf,
-    /// Also write the bleed probability (float32 NIfTI).
+    /// Also write the bleed probability: .dcm for a FRACTIONAL DICOM-SEG, else float32 NIfTI.
     #[arg(long)]
     prob: Option<PathBuf>,
     /// Also write a JSON report (lesions, volumes, model, device, timings).
@@ -145,7 +151,8 @@ struct SegmentArgs {
 
 #[derive(Args)]
 struct EvalArgs {
-    /// Predicted mask; repeat, paired in order with --gt.
+    /// Predicted mask (NIfTI, or a DICOM-SEG on the ground truth's grid); repeat, paired in
+    /// order with --gt.
     #[arg(long, required = true)]
     pred: Vec<PathBuf>,
     /// Ground-truth mask; repeat, paired in order with --pred.
@@ -158,7 +165,12 @@ struct EvalArgs {
 
 #[derive(Args)]
 struct InspectArgs {
+    /// An ONNX model, or a DICOM series' folder or file (lists the series found and the
+    /// geometry the chosen one would be read with).
+    #[arg(value_name = "MODEL_OR_SERIES")]
     model: PathBuf,
+    #[command(flatten)]
+    series: input::SeriesArgs,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -253,16 +265,23 @@ struct SegmentOutcome {
 }
 
 fn run_segmentation(
-    input: &Path,
+    inputs: &[PathBuf],
+    series: &input::SeriesArgs,
     model_path: &Path,
     options: &SegmenterOptions,
     run: &RunArgs,
     outputs: (&Path, Option<&Path>, Option<&Path>),
 ) -> Result<SegmentOutcome> {
     let (mask_path, prob_path, report_path) = outputs;
-    let image = nifti::read_within(input, run.memory_limit()?)?;
+    input::check_outputs(inputs, &[Some(mask_path), prob_path])?;
+    let image = input::load(inputs, series, run.memory_limit()?)?;
     let t_load = Instant::now();
-    let segmenter = Segmenter::new(&engine(run)?, OnnxModel::load(model_path)?, options)?;
+    let model = OnnxModel::load(model_path)?;
+    let algorithm = ichseg::io::dicom::seg::Algorithm {
+        name: model_path.file_stem().map_or_else(|| model.name.clone(), |s| s.to_string_lossy().into_owned()),
+        trained_on: model.metadata.trained_on.clone(),
+    };
+    let segmenter = Segmenter::new(&engine(run)?, model, options)?;
     let load_s = t_load.elapsed().as_secs_f64();
     let bar = progress_bar(run.quiet, "segmenting");
     let result = segmenter.segment_with_progress(&image.volume, &mut |p: Progress| {
@@ -271,12 +290,12 @@ fn run_segmentation(
         true
     })?;
     bar.finish_and_clear();
-    nifti::write_mask(mask_path, &image.header, &result.mask)?;
+    image.write_mask(mask_path, &result.mask, &algorithm)?;
     if let Some(p) = prob_path {
-        nifti::write_f32(p, &image.header, &result.probability)?;
+        image.write_probability(p, &result.probability, &algorithm)?;
     }
-    let report =
-        report::SegmentationReport::new(&input.display().to_string(), &image.volume, &segmenter, &result, load_s);
+    let name: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
+    let report = report::SegmentationReport::new(&name.join(" "), &image.volume, &segmenter, &result, load_s);
     if let Some(r) = report_path {
         report::write_json(r, &report)?;
     }
@@ -285,7 +304,8 @@ fn run_segmentation(
 
 fn segment(a: &SegmentArgs) -> Result<()> {
     let outcome = run_segmentation(
-        &a.input,
+        &a.inputs,
+        &a.series,
         &a.model,
         &a.model_args.options(),
         &a.run,
@@ -335,11 +355,8 @@ fn eval(a: &EvalArgs) -> Result<()> {
     }
     let mut masks = Vec::new();
     for (p, g) in a.pred.iter().zip(&a.gt) {
-        let (ph, pm) = nifti::read_mask(p)?;
         let (gh, gm) = nifti::read_mask(g)?;
-        if let Some(why) = ph.geometry_mismatch(&gh) {
-            return Err(Error::arg(format!("{} and {} do not share a geometry: {why}", p.display(), g.display())));
-        }
+        let pm = input::read_mask_like(p, &gh, g)?;
         masks.push((pm, gm));
     }
     let views: Vec<_> = masks.iter().map(|(p, g)| (p.view(), g.view())).collect();
@@ -383,6 +400,9 @@ fn eval(a: &EvalArgs) -> Result<()> {
 }
 
 fn inspect(a: &InspectArgs) -> Result<()> {
+    if ichseg::io::dicom::is_dicom_input(&a.model) {
+        return inspect_series(a);
+    }
     let model = OnnxModel::load(&a.model)?;
     let is_classifier = model.metadata.kind == Some(ichseg::ModelKind::Classifier)
         || model.outputs.first().and_then(|o| o.shape.as_ref()).is_some_and(|s| s.len() == 2);
@@ -444,6 +464,49 @@ fn inspect(a: &InspectArgs) -> Result<()> {
             println!("  on CPU  {node:<56} {op}");
         }
     }
+    Ok(())
+}
+
+fn inspect_series(a: &InspectArgs) -> Result<()> {
+    use ichseg::io::dicom;
+    let inputs = std::slice::from_ref(&a.model);
+    let found = dicom::list_series(inputs)?;
+    let options = dicom::ReadOptions {
+        series_uid: a.series.series.clone(),
+        allow_non_ct: a.series.allow_non_ct,
+        memory_limit: MemoryLimit::NONE,
+    };
+    let read = dicom::read_series(inputs, &options);
+    if a.json {
+        let chosen = read.as_ref().map_err(|e| e.to_string()).map(|r| {
+            serde_json::json!({
+                "series": r.series, "dims": r.volume.dims(), "spacing_mm": r.volume.spacing(),
+                "affine_ras": r.volume.affine(),
+                "files_in_order": r.source.instances.iter().map(|i| &i.path).collect::<Vec<_>>(),
+            })
+        });
+        let out = match chosen {
+            Ok(c) => serde_json::json!({"found": found, "read": c}),
+            Err(e) => serde_json::json!({"found": found, "error": e}),
+        };
+        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| Error::arg(e.to_string()))?);
+        return read.map(|_| ());
+    }
+    for s in &found {
+        println!("series    {s}");
+    }
+    let r = read?;
+    let [nx, ny, nz] = r.volume.dims();
+    let [sx, sy, sz] = r.volume.spacing();
+    println!("reads     {}", r.series.uid);
+    println!("grid      {nx}x{ny}x{nz} voxels, {sx:.4}x{sy:.4}x{sz:.4} mm (columns x rows x slices)");
+    for (label, row) in ["x (R)", "y (A)", "z (S)"].iter().zip(r.volume.affine().iter()) {
+        println!("affine    {label:<6} {:>10.4} {:>10.4} {:>10.4} {:>10.4}", row[0], row[1], row[2], row[3]);
+    }
+    let first = &r.source.instances[0];
+    let last = &r.source.instances[nz - 1];
+    println!("slice 0   {} at {:?} (LPS mm)", first.path.display(), first.position);
+    println!("slice {:<3} {} at {:?} (LPS mm)", nz - 1, last.path.display(), last.position);
     Ok(())
 }
 

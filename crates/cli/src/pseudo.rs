@@ -19,9 +19,13 @@ pub(super) const BCIHM_CSV: &str = "hemorrhage_diagnosis_raw_ct.csv";
 
 #[derive(Args)]
 pub struct PseudoLabelArgs {
-    /// CT volume (.nii or .nii.gz); not with --dataset.
+    /// CT volume (.nii or .nii.gz) or a DICOM series' folder; not with --dataset. For a series,
+    /// slice labels number the slices in the series' sorted order (along the slice normal,
+    /// increasing), as `ichseg inspect SERIES` lists them.
     #[arg(required_unless_present = "dataset", conflicts_with = "dataset")]
     input: Option<PathBuf>,
+    #[command(flatten)]
+    series: super::input::SeriesArgs,
     /// Classifier ONNX model; repeat for an ensemble (METHOD.md: two).
     #[arg(long = "classifier", required = true, value_name = "ONNX")]
     classifiers: Vec<PathBuf>,
@@ -29,7 +33,8 @@ pub struct PseudoLabelArgs {
     /// [default: each model's ichseg.taps; Grad-CAM: ichseg.deep_tap].
     #[arg(long = "taps", value_name = "T1,T2")]
     taps: Vec<String>,
-    /// Output mask (uint8 NIfTI, the input's geometry); with --dataset, the output folder.
+    /// Output mask on the input's grid (uint8 NIfTI; a name ending in .dcm writes a DICOM-SEG for
+    /// DICOM input); with --dataset, the output folder.
     #[arg(long, short)]
     output: PathBuf,
     /// Slice labels CSV: header `slice,label` (0-based slice, 0/1) or BCIHM's
@@ -155,7 +160,9 @@ pub(super) fn volume_stem(path: &Path) -> Option<&str> {
 
 fn single(a: &PseudoLabelArgs, input: &Path) -> Result<()> {
     let options = a.options()?;
-    let image = nifti::read_within(input, a.run.memory_limit()?)?;
+    let inputs = vec![input.to_path_buf()];
+    super::input::check_outputs(&inputs, &[Some(&a.output)])?;
+    let image = super::input::load(&inputs, &a.series, a.run.memory_limit()?)?;
     let nz = image.volume.num_slices();
     let labels = match &a.labels {
         Some(csv) => Some(SliceLabelTable::read(csv)?.labels(a.patient.or_else(|| patient_of(input)), nz)?),
@@ -171,7 +178,16 @@ fn single(a: &PseudoLabelArgs, input: &Path) -> Result<()> {
         true
     })?;
     bar.finish_and_clear();
-    nifti::write_mask(&a.output, &image.header, &result.mask)?;
+    let algorithm = ichseg::io::dicom::seg::Algorithm {
+        name: a
+            .classifiers
+            .iter()
+            .map(|c| c.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned()))
+            .collect::<Vec<_>>()
+            .join("+"),
+        trained_on: None,
+    };
+    image.write_mask(&a.output, &result.mask, &algorithm)?;
     if let Some(path) = &a.cam_out {
         nifti::write_f32_series(path, &image.header, &result.fused)?;
     }
