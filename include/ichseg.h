@@ -1,5 +1,5 @@
 /*
- * libichseg C ABI, version 2 (ICHSEG_ABI_VERSION).
+ * libichseg C ABI, version 4 (ICHSEG_ABI_VERSION).
  *
  * Intracerebral-hemorrhage segmentation of CT volumes with ONNX U-Nets.
  *
@@ -8,7 +8,7 @@
  *   After a failure, ichseg_last_error_message() describes it on the same thread. No function
  *   aborts the process or lets a Rust panic escape: internal errors return
  *   ICHSEG_STATUS_PANIC.
- * - Ownership: IchsegEngine, IchsegModel and IchsegResult are opaque handles created by the
+ * - Ownership: IchsegEngine, IchsegModel, IchsegResult and IchsegSeries are opaque handles created by the
  *   library and owned by the caller, each released with its ichseg_*_free() function (which
  *   accepts NULL). Results are returned through out-parameters, which are set to NULL when
  *   the call fails. Strings returned by the library belong to it: never free them.
@@ -26,6 +26,8 @@
  *   ichseg_segment() calls on one model run concurrently). A result may be read from several
  *   threads at once. No handle may be used while, or after, it is being freed.
  * - Layout: volumes are x-fastest (x, then y, then axial slice z), like NIfTI.
+ * - DICOM (ichseg_series_*, ichseg_seg_*, ichseg_bytes_free): in libraries built with the
+ *   `dicom` feature, as the default build is; an embedded build without it lacks these symbols.
  */
 
 
@@ -45,9 +47,11 @@
  * ICHSEG_STATUS_OUT_OF_MEMORY and IchsegEngineOptions.memory_limit_mb; an operator without a
  * gradient rule is ICHSEG_STATUS_INVALID_MODEL (was UNSUPPORTED); option ranges are the
  * library's (pseudo threshold [0, 1], batch 1..=256; channels other than 0, 1, 3 are
- * INVALID_ARGUMENT); voxel spacing must be 0.001..=1000 mm.
+ * INVALID_ARGUMENT); voxel spacing must be 0.001..=1000 mm. Version 4: DICOM (in builds with
+ * it): IchsegSeries, ichseg_series_read() and its accessors, ichseg_seg_write(),
+ * ichseg_seg_encode() and ichseg_bytes_free().
  */
-#define ICHSEG_ABI_VERSION 3
+#define ICHSEG_ABI_VERSION 4
 
 /**
  * The compute device an engine should use.
@@ -227,6 +231,13 @@ typedef struct IchsegPseudoLabeler IchsegPseudoLabeler;
  * may read one result at once, but none may use it while (or after) it is being freed.
  */
 typedef struct IchsegResult IchsegResult;
+
+/**
+ * A CT series read by ichseg_series_read(): its voxels in HU on the series' grid, its
+ * geometry, the series found beside it, and what a DICOM Segmentation of it references.
+ * Freed with ichseg_series_free(). Immutable: any number of threads may read it at once.
+ */
+typedef struct IchsegSeries IchsegSeries;
 
 /**
  * Options for ichseg_engine_create(). Fill with ichseg_engine_options_init() first, then
@@ -461,12 +472,82 @@ typedef struct IchsegLesion {
     uint32_t last_slice;
 } IchsegLesion;
 
+/**
+ * Options for ichseg_series_read(). Fill with ichseg_series_read_options_init() first.
+ */
+typedef struct IchsegSeriesReadOptions {
+    /**
+     * sizeof(IchsegSeriesReadOptions) as the caller was compiled; set by the init macro.
+     */
+    size_t struct_size;
+    /**
+     * NUL-terminated SeriesInstanceUID to read, or NULL (the default) for the CT series with
+     * the most slices. An unknown UID fails with ICHSEG_STATUS_INVALID_ARGUMENT and a message
+     * listing the series found.
+     */
+    const char *series_uid;
+    /**
+     * Nonzero: read a series whose Modality is not CT (its values must be HU). Default 0.
+     */
+    int32_t allow_non_ct;
+    /**
+     * Cap in MiB on the decoded voxels (4 bytes each); 0 (the default) = none.
+     */
+    uint64_t memory_limit_mb;
+} IchsegSeriesReadOptions;
+
+/**
+ * Options for ichseg_seg_write() and ichseg_seg_encode(). Fill with ichseg_seg_options_init().
+ */
+typedef struct IchsegSegOptions {
+    /**
+     * sizeof(IchsegSegOptions) as the caller was compiled; set by the init macro.
+     */
+    size_t struct_size;
+    /**
+     * NUL-terminated name of the model that made the mask (in SegmentAlgorithmName), or NULL
+     * for "unet".
+     */
+    const char *algorithm_name;
+    /**
+     * NUL-terminated description of the model's training data (its ichseg.trained_on), or NULL.
+     */
+    const char *trained_on;
+} IchsegSegOptions;
+
+/**
+ * One series: strings owned by the IchsegSeries they came from (valid until it is freed).
+ */
+typedef struct IchsegSeriesInfo {
+    /**
+     * SeriesInstanceUID.
+     */
+    const char *uid;
+    /**
+     * SeriesDescription, "" when absent.
+     */
+    const char *description;
+    /**
+     * Modality, "" when absent.
+     */
+    const char *modality;
+    /**
+     * Image files (slices) in the series.
+     */
+    size_t slices;
+    /**
+     * Rows and columns of its first slice.
+     */
+    size_t rows;
+    size_t columns;
+} IchsegSeriesInfo;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
 
 /**
- * The C ABI version of the loaded library (3 for this header; see ICHSEG_ABI_VERSION).
+ * The C ABI version of the loaded library (4 for this header; see ICHSEG_ABI_VERSION).
  *
  * Thread-safe; never fails.
  */
@@ -762,6 +843,125 @@ enum IchsegStatus ichseg_segment(const struct IchsegModel *model, const struct I
  */
 const char *ichseg_status_name(int32_t status);
 
+/**
+ * Fills `opts` with the defaults (no series chosen, CT only, no memory cap). Call it through
+ * the macro ichseg_series_read_options_init(opts). Does nothing when `opts` is NULL.
+ *
+ * # Safety
+ * A non-NULL `opts` must point to `size` writable bytes.
+ */
+void ichseg_series_read_options_init_sized(struct IchsegSeriesReadOptions *opts, size_t size);
+
+/**
+ * Fills `opts` with the defaults (algorithm "unet", no training description). Call it through
+ * the macro ichseg_seg_options_init(opts). Does nothing when `opts` is NULL.
+ *
+ * # Safety
+ * A non-NULL `opts` must point to `size` writable bytes.
+ */
+void ichseg_seg_options_init_sized(struct IchsegSegOptions *opts, size_t size);
+
+/**
+ * Reads one CT series from `n_paths` folders (searched recursively) or files: non-DICOM files
+ * and objects without pixels are skipped; the slices are sorted by position along their normal
+ * and must form one regular grid (docs/DICOM.md lists what is refused). On success `*out`
+ * receives a new IchsegSeries the caller frees with ichseg_series_free(); on failure NULL.
+ *
+ * Errors: ICHSEG_STATUS_NULL_POINTER (`paths`, one of its entries, or `out`),
+ * ICHSEG_STATUS_INVALID_ARGUMENT (n_paths 0, bad options, unknown series_uid, no CT series),
+ * ICHSEG_STATUS_IO (a path missing or unreadable), ICHSEG_STATUS_INVALID_IMAGE (no DICOM image
+ * found, a damaged file, a gap, a duplicate, tilt, mixed sizes or orientations; the message
+ * names the file), ICHSEG_STATUS_UNSUPPORTED (a transfer syntax ichseg does not decode, named),
+ * ICHSEG_STATUS_OUT_OF_MEMORY (over memory_limit_mb, or refused by the system).
+ *
+ * # Safety
+ * `paths` must be NULL or hold `n_paths` pointers, each NULL or NUL-terminated; `opts` NULL or
+ * valid for `opts->struct_size` bytes; `out` NULL or writable.
+ */
+enum IchsegStatus ichseg_series_read(const char *const *paths, size_t n_paths, const struct IchsegSeriesReadOptions *opts, struct IchsegSeries **out);
+
+/**
+ * Frees a series from ichseg_series_read(). NULL is a no-op. Volume descriptions filled from
+ * it and strings read from it become invalid.
+ *
+ * # Safety
+ * `series` must be NULL or a pointer from ichseg_series_read() not yet freed.
+ */
+void ichseg_series_free(struct IchsegSeries *series);
+
+/**
+ * Describes the series' volume in `*desc` for ichseg_segment() or ichseg_pseudo_label():
+ * float HU (rescale already applied: slope 1, intercept 0), dims (columns, rows, slices in
+ * increasing position along the slice normal), spacing in mm and the voxel-to-RAS affine (as a
+ * NIfTI of the same series has it). `desc` must have been filled by ichseg_volume_desc_init();
+ * its data and affine pointers point into `series` and stay valid until it is freed.
+ *
+ * # Safety
+ * `series` NULL or live; `desc` NULL or valid for `desc->struct_size` bytes.
+ */
+enum IchsegStatus ichseg_series_volume(const struct IchsegSeries *series, struct IchsegVolumeDesc *desc);
+
+/**
+ * The series read: `*out` receives its UID, description, modality, slice count and size.
+ *
+ * # Safety
+ * `series` NULL or live; `out` NULL or writable.
+ */
+enum IchsegStatus ichseg_series_info(const struct IchsegSeries *series, struct IchsegSeriesInfo *out);
+
+/**
+ * How many series the inputs held (the one read among them).
+ *
+ * # Safety
+ * `series` NULL or live; `out` NULL or writable.
+ */
+enum IchsegStatus ichseg_series_found_count(const struct IchsegSeries *series, size_t *out);
+
+/**
+ * The `index`-th series the inputs held (in UID order); ICHSEG_STATUS_INVALID_ARGUMENT when
+ * `index` >= ichseg_series_found_count().
+ *
+ * # Safety
+ * `series` NULL or live; `out` NULL or writable.
+ */
+enum IchsegStatus ichseg_series_found(const struct IchsegSeries *series, size_t index, struct IchsegSeriesInfo *out);
+
+/**
+ * Writes a DICOM Segmentation of the series to `path`: a BINARY one of `mask` (`len` bytes,
+ * nonzero = hemorrhage) or, with `mask` NULL, a FRACTIONAL one of `probabilities` (`len`
+ * floats in [0, 1]); voxels in the order ichseg_series_volume() describes, `len` == their
+ * count. One segment "Hemorrhage" (SNOMED CT), frames for the slices with foreground,
+ * referencing the source instances, patient and study copied (docs/DICOM.md). The file
+ * appears whole or not at all.
+ *
+ * Errors: ICHSEG_STATUS_NULL_POINTER, ICHSEG_STATUS_BUFFER_SIZE (`len`),
+ * ICHSEG_STATUS_INVALID_ARGUMENT (both buffers given, probabilities outside [0, 1], bad
+ * options), ICHSEG_STATUS_IO (the file cannot be written).
+ *
+ * # Safety
+ * `series` NULL or live; `mask` NULL or readable for `len` bytes; `probabilities` NULL or
+ * readable for `len` floats; `opts` NULL or valid; `path` NULL or NUL-terminated.
+ */
+enum IchsegStatus ichseg_seg_write(const struct IchsegSeries *series, const uint8_t *mask, const float *probabilities, size_t len, const struct IchsegSegOptions *opts, const char *path);
+
+/**
+ * Like ichseg_seg_write(), into memory (what a PACS plugin stores): on success `*out` receives
+ * a library-allocated buffer of `*out_len` bytes (a whole DICOM file) that the caller frees
+ * with ichseg_bytes_free(*out, *out_len). On failure `*out` is NULL and `*out_len` 0.
+ *
+ * # Safety
+ * As for ichseg_seg_write(); `out` and `out_len` NULL or writable.
+ */
+enum IchsegStatus ichseg_seg_encode(const struct IchsegSeries *series, const uint8_t *mask, const float *probabilities, size_t len, const struct IchsegSegOptions *opts, uint8_t **out, size_t *out_len);
+
+/**
+ * Frees a buffer from ichseg_seg_encode(), given the length it came with. NULL is a no-op.
+ *
+ * # Safety
+ * `bytes` must be NULL or a buffer from ichseg_seg_encode() with that `len`, not yet freed.
+ */
+void ichseg_bytes_free(uint8_t *bytes, size_t len);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus
@@ -776,3 +976,5 @@ const char *ichseg_status_name(int32_t status);
 #define ichseg_segment_options_init(opts) ichseg_segment_options_init_sized((opts), sizeof(IchsegSegmentOptions))
 #define ichseg_pseudo_options_init(opts) ichseg_pseudo_options_init_sized((opts), sizeof(IchsegPseudoOptions))
 #define ichseg_volume_desc_init(desc) ichseg_volume_desc_init_sized((desc), sizeof(IchsegVolumeDesc))
+#define ichseg_series_read_options_init(opts) ichseg_series_read_options_init_sized((opts), sizeof(IchsegSeriesReadOptions))
+#define ichseg_seg_options_init(opts) ichseg_seg_options_init_sized((opts), sizeof(IchsegSegOptions))

@@ -27,8 +27,12 @@ mod pseudo;
 mod result;
 mod segment;
 mod status;
+#[cfg(feature = "dicom")]
+mod dicom;
 
 pub use boundary::ichseg_last_error_message;
+#[cfg(feature = "dicom")]
+pub use dicom::*;
 pub use engine::*;
 pub use model::*;
 pub use pseudo::*;
@@ -45,10 +49,12 @@ use std::ffi::c_char;
 /// ICHSEG_STATUS_OUT_OF_MEMORY and IchsegEngineOptions.memory_limit_mb; an operator without a
 /// gradient rule is ICHSEG_STATUS_INVALID_MODEL (was UNSUPPORTED); option ranges are the
 /// library's (pseudo threshold [0, 1], batch 1..=256; channels other than 0, 1, 3 are
-/// INVALID_ARGUMENT); voxel spacing must be 0.001..=1000 mm.
-pub const ICHSEG_ABI_VERSION: u32 = 3;
+/// INVALID_ARGUMENT); voxel spacing must be 0.001..=1000 mm. Version 4: DICOM (in builds with
+/// it): IchsegSeries, ichseg_series_read() and its accessors, ichseg_seg_write(),
+/// ichseg_seg_encode() and ichseg_bytes_free().
+pub const ICHSEG_ABI_VERSION: u32 = 4;
 
-/// The C ABI version of the loaded library (3 for this header; see ICHSEG_ABI_VERSION).
+/// The C ABI version of the loaded library (4 for this header; see ICHSEG_ABI_VERSION).
 ///
 /// Thread-safe; never fails.
 #[no_mangle]
@@ -78,3 +84,5 @@ const _: () = assert_send_sync::<crate::Engine>();
 const _: () = assert_send_sync::<IchsegEngine>();
 const _: () = assert_send_sync::<IchsegModel>();
 const _: () = assert_send_sync::<IchsegResult>();
+#[cfg(feature = "dicom")]
+const _: () = assert_send_sync::<IchsegSeries>();

@@ -245,12 +245,12 @@ fn new_model(engine: &IchsegEngine, model: OnnxModel, options: &CallerOptions) -
 }
 
 #[cfg(unix)]
-fn path_from_c(path: &CStr) -> FfiResult<PathBuf> {
+pub(crate) fn path_from_c(path: &CStr) -> FfiResult<PathBuf> {
     use std::os::unix::ffi::OsStrExt;
     Ok(std::ffi::OsStr::from_bytes(path.to_bytes()).into())
 }
 
 #[cfg(not(unix))]
-fn path_from_c(path: &CStr) -> FfiResult<PathBuf> {
+pub(crate) fn path_from_c(path: &CStr) -> FfiResult<PathBuf> {
     path.to_str().map(PathBuf::from).map_err(|e| FfiError::invalid(format!("argument `path` is not valid UTF-8 ({e})")))
 }
