@@ -107,7 +107,11 @@ pub struct IchsegSegOptions {
 
 impl Default for IchsegSegOptions {
     fn default() -> Self {
-        IchsegSegOptions { struct_size: std::mem::size_of::<Self>(), algorithm_name: std::ptr::null(), trained_on: std::ptr::null() }
+        IchsegSegOptions {
+            struct_size: std::mem::size_of::<Self>(),
+            algorithm_name: std::ptr::null(),
+            trained_on: std::ptr::null(),
+        }
     }
 }
 const SEG_OPTIONS_V1: usize = std::mem::size_of::<IchsegSegOptions>();
@@ -133,7 +137,9 @@ pub unsafe extern "C" fn ichseg_series_read_options_init_sized(opts: *mut Ichseg
 #[no_mangle]
 pub unsafe extern "C" fn ichseg_seg_options_init_sized(opts: *mut IchsegSegOptions, size: usize) {
     // SAFETY: caller's promise.
-    boundary("ichseg_seg_options_init", || unsafe { init_sized(opts, size, SEG_OPTIONS_V1, IchsegSegOptions::default()) })
+    boundary("ichseg_seg_options_init", || unsafe {
+        init_sized(opts, size, SEG_OPTIONS_V1, IchsegSegOptions::default())
+    })
 }
 
 /// A NUL-terminated C string argument that may be NULL, as UTF-8.
@@ -200,11 +206,14 @@ unsafe fn read_options(opts: *const IchsegSeriesReadOptions) -> FfiResult<dicom:
         return Ok(dicom::ReadOptions::default());
     }
     // SAFETY (all blocks): caller's promise.
-    let size = unsafe { struct_size(opts, SERIES_READ_OPTIONS_V1, "IchsegSeriesReadOptions", "ichseg_series_read_options_init") }?;
+    let size = unsafe {
+        struct_size(opts, SERIES_READ_OPTIONS_V1, "IchsegSeriesReadOptions", "ichseg_series_read_options_init")
+    }?;
     let uid_ptr = unsafe { field(opts, size, addr_of!((*opts).series_uid)) }.unwrap_or(std::ptr::null());
     let allow_non_ct = unsafe { field(opts, size, addr_of!((*opts).allow_non_ct)) }.unwrap_or(0) != 0;
     let mib = unsafe { field(opts, size, addr_of!((*opts).memory_limit_mb)) }.unwrap_or(0);
-    let memory_limit = MemoryLimit::from_mib(mib).ok_or_else(|| FfiError::invalid(format!("memory_limit_mb {mib} is too large")))?;
+    let memory_limit =
+        MemoryLimit::from_mib(mib).ok_or_else(|| FfiError::invalid(format!("memory_limit_mb {mib} is too large")))?;
     Ok(dicom::ReadOptions { series_uid: unsafe { optional_text(uid_ptr, "series_uid") }?, allow_non_ct, memory_limit })
 }
 
@@ -257,15 +266,28 @@ fn info(s: &SeriesText) -> IchsegSeriesInfo {
 /// # Safety
 /// `series` NULL or live; `desc` NULL or valid for `desc->struct_size` bytes.
 #[no_mangle]
-pub unsafe extern "C" fn ichseg_series_volume(series: *const IchsegSeries, desc: *mut IchsegVolumeDesc) -> IchsegStatus {
+pub unsafe extern "C" fn ichseg_series_volume(
+    series: *const IchsegSeries,
+    desc: *mut IchsegVolumeDesc,
+) -> IchsegStatus {
     boundary("ichseg_series_volume", || -> FfiResult {
         // SAFETY (all blocks): the caller's promises above.
         let series = unsafe { arg(series, "series") }?;
         let desc = out_param(desc, "desc")?;
-        let size = unsafe { struct_size(desc.as_ptr(), std::mem::size_of::<IchsegVolumeDesc>(), "IchsegVolumeDesc", "ichseg_volume_desc_init") }?;
+        let size = unsafe {
+            struct_size(
+                desc.as_ptr(),
+                std::mem::size_of::<IchsegVolumeDesc>(),
+                "IchsegVolumeDesc",
+                "ichseg_volume_desc_init",
+            )
+        }?;
         let volume = &series.series.volume;
         // The reader builds the volume in standard (x-fastest) layout.
-        let data = volume.data().as_slice().ok_or_else(|| FfiError::new(IchsegStatus::Panic, "internal error: volume not contiguous"))?;
+        let data = volume
+            .data()
+            .as_slice()
+            .ok_or_else(|| FfiError::new(IchsegStatus::Panic, "internal error: volume not contiguous"))?;
         let filled = IchsegVolumeDesc {
             struct_size: size.min(std::mem::size_of::<IchsegVolumeDesc>()),
             voxel_type: IchsegVoxelType::F32,
@@ -307,7 +329,11 @@ pub unsafe extern "C" fn ichseg_series_found_count(series: *const IchsegSeries, 
 /// # Safety
 /// `series` NULL or live; `out` NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn ichseg_series_found(series: *const IchsegSeries, index: usize, out: *mut IchsegSeriesInfo) -> IchsegStatus {
+pub unsafe extern "C" fn ichseg_series_found(
+    series: *const IchsegSeries,
+    index: usize,
+    out: *mut IchsegSeriesInfo,
+) -> IchsegStatus {
     boundary("ichseg_series_found", || -> FfiResult {
         let out = out_param(out, "out")?;
         // SAFETY: the caller's promises.

@@ -21,14 +21,14 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod boundary;
+#[cfg(feature = "dicom")]
+mod dicom;
 mod engine;
 mod model;
 mod pseudo;
 mod result;
 mod segment;
 mod status;
-#[cfg(feature = "dicom")]
-mod dicom;
 
 pub use boundary::ichseg_last_error_message;
 #[cfg(feature = "dicom")]
