@@ -54,26 +54,6 @@
 #define ICHSEG_ABI_VERSION 4
 
 /**
- * The compute device an engine should use.
- */
-typedef enum IchsegDevice {
-    /**
-     * CUDA when this build and machine support it, else the CPU
-     * (ichseg_engine_device_note() says which and why).
-     */
-    ICHSEG_DEVICE_AUTO = 0,
-    /**
-     * The CPU (tract's engine).
-     */
-    ICHSEG_DEVICE_CPU = 1,
-    /**
-     * The CUDA GPU numbered IchsegEngineOptions.cuda_device. Fails with
-     * ICHSEG_STATUS_UNSUPPORTED in a build without CUDA support or when it is not usable.
-     */
-    ICHSEG_DEVICE_CUDA = 2,
-} IchsegDevice;
-
-/**
  * What every fallible ichseg_* function returns. 0 (ICHSEG_STATUS_OK) is success; on any
  * other value `ichseg_last_error_message()` says what went wrong, on the calling thread.
  *
@@ -138,6 +118,57 @@ typedef enum IchsegStatus {
 } IchsegStatus;
 
 /**
+ * The element type of a caller's voxel buffer (native byte order). Values start at 1 so that
+ * a zero-filled IchsegVolumeDesc is refused instead of silently read as bytes.
+ */
+typedef enum IchsegVoxelType {
+    /**
+     * uint8_t
+     */
+    ICHSEG_VOXEL_TYPE_U8 = 1,
+    /**
+     * int16_t (the usual CT pixel type)
+     */
+    ICHSEG_VOXEL_TYPE_I16 = 2,
+    /**
+     * uint16_t
+     */
+    ICHSEG_VOXEL_TYPE_U16 = 3,
+    /**
+     * int32_t
+     */
+    ICHSEG_VOXEL_TYPE_I32 = 4,
+    /**
+     * float
+     */
+    ICHSEG_VOXEL_TYPE_F32 = 5,
+    /**
+     * double
+     */
+    ICHSEG_VOXEL_TYPE_F64 = 6,
+} IchsegVoxelType;
+
+/**
+ * The compute device an engine should use.
+ */
+typedef enum IchsegDevice {
+    /**
+     * CUDA when this build and machine support it, else the CPU
+     * (ichseg_engine_device_note() says which and why).
+     */
+    ICHSEG_DEVICE_AUTO = 0,
+    /**
+     * The CPU (tract's engine).
+     */
+    ICHSEG_DEVICE_CPU = 1,
+    /**
+     * The CUDA GPU numbered IchsegEngineOptions.cuda_device. Fails with
+     * ICHSEG_STATUS_UNSUPPORTED in a build without CUDA support or when it is not usable.
+     */
+    ICHSEG_DEVICE_CUDA = 2,
+} IchsegDevice;
+
+/**
  * Which class-activation map each tap layer gives.
  */
 typedef enum IchsegCamMethod {
@@ -168,37 +199,6 @@ typedef enum IchsegAggregate {
      */
     ICHSEG_AGGREGATE_AND = 1,
 } IchsegAggregate;
-
-/**
- * The element type of a caller's voxel buffer (native byte order). Values start at 1 so that
- * a zero-filled IchsegVolumeDesc is refused instead of silently read as bytes.
- */
-typedef enum IchsegVoxelType {
-    /**
-     * uint8_t
-     */
-    ICHSEG_VOXEL_TYPE_U8 = 1,
-    /**
-     * int16_t (the usual CT pixel type)
-     */
-    ICHSEG_VOXEL_TYPE_I16 = 2,
-    /**
-     * uint16_t
-     */
-    ICHSEG_VOXEL_TYPE_U16 = 3,
-    /**
-     * int32_t
-     */
-    ICHSEG_VOXEL_TYPE_I32 = 4,
-    /**
-     * float
-     */
-    ICHSEG_VOXEL_TYPE_F32 = 5,
-    /**
-     * double
-     */
-    ICHSEG_VOXEL_TYPE_F64 = 6,
-} IchsegVoxelType;
 
 /**
  * An execution context: the compute device and a private pool of worker threads.
@@ -238,6 +238,123 @@ typedef struct IchsegResult IchsegResult;
  * Freed with ichseg_series_free(). Immutable: any number of threads may read it at once.
  */
 typedef struct IchsegSeries IchsegSeries;
+
+/**
+ * Options for ichseg_series_read(). Fill with ichseg_series_read_options_init() first.
+ */
+typedef struct IchsegSeriesReadOptions {
+    /**
+     * sizeof(IchsegSeriesReadOptions) as the caller was compiled; set by the init macro.
+     */
+    size_t struct_size;
+    /**
+     * NUL-terminated SeriesInstanceUID to read, or NULL (the default) for the CT series with
+     * the most slices. An unknown UID fails with ICHSEG_STATUS_INVALID_ARGUMENT and a message
+     * listing the series found.
+     */
+    const char *series_uid;
+    /**
+     * Nonzero: read a series whose Modality is not CT (its values must be HU). Default 0.
+     */
+    int32_t allow_non_ct;
+    /**
+     * Cap in MiB on the decoded voxels (4 bytes each); 0 (the default) = none.
+     */
+    uint64_t memory_limit_mb;
+} IchsegSeriesReadOptions;
+
+/**
+ * Options for ichseg_seg_write() and ichseg_seg_encode(). Fill with ichseg_seg_options_init().
+ */
+typedef struct IchsegSegOptions {
+    /**
+     * sizeof(IchsegSegOptions) as the caller was compiled; set by the init macro.
+     */
+    size_t struct_size;
+    /**
+     * NUL-terminated name of the model that made the mask (in SegmentAlgorithmName), or NULL
+     * for "unet".
+     */
+    const char *algorithm_name;
+    /**
+     * NUL-terminated description of the model's training data (its ichseg.trained_on), or NULL.
+     */
+    const char *trained_on;
+} IchsegSegOptions;
+
+/**
+ * A CT volume in the caller's memory, described for ichseg_segment(). Fill with
+ * ichseg_volume_desc_init() first, then set every field but the rescale pair (which defaults
+ * to slope 1, intercept 0). The library only reads the voxels, during the call.
+ *
+ * Voxel (x, y, z) is element `x + dims[0] * (y + dims[1] * z)` of `data`: x varies fastest,
+ * z is the axial slice, as in NIfTI and in a stack of row-major axial images.
+ * Hounsfield units are computed as value * rescale_slope + rescale_intercept (the DICOM
+ * RescaleSlope / RescaleIntercept, or NIfTI scl_slope / scl_inter).
+ */
+typedef struct IchsegVolumeDesc {
+    /**
+     * sizeof(IchsegVolumeDesc) as the caller was compiled; set by ichseg_volume_desc_init().
+     */
+    size_t struct_size;
+    /**
+     * The element type of `data`.
+     */
+    enum IchsegVoxelType voxel_type;
+    /**
+     * `dims[0] * dims[1] * dims[2]` elements of voxel_type, x fastest. Any alignment.
+     */
+    const void *data;
+    /**
+     * Voxels along x, y, z; each > 0, product at most 2^31.
+     */
+    size_t dims[3];
+    /**
+     * Voxel size along x, y, z in mm; finite and > 0. Lesion volumes use it.
+     */
+    double spacing[3];
+    /**
+     * NULL, or 16 doubles: the row-major 4x4 matrix mapping voxel (x, y, z, 1) to world mm
+     * (the NIfTI sform/qform, or DICOM position and orientation). NULL means a scaling by
+     * the spacing. Used only for the lesion centroids in world mm.
+     */
+    const double *affine;
+    /**
+     * HU = value * rescale_slope + rescale_intercept; 0 is taken as 1. Must be finite.
+     */
+    double rescale_slope;
+    /**
+     * See rescale_slope. Must be finite.
+     */
+    double rescale_intercept;
+} IchsegVolumeDesc;
+
+/**
+ * One series: strings owned by the IchsegSeries they came from (valid until it is freed).
+ */
+typedef struct IchsegSeriesInfo {
+    /**
+     * SeriesInstanceUID.
+     */
+    const char *uid;
+    /**
+     * SeriesDescription, "" when absent.
+     */
+    const char *description;
+    /**
+     * Modality, "" when absent.
+     */
+    const char *modality;
+    /**
+     * Image files (slices) in the series.
+     */
+    size_t slices;
+    /**
+     * Rows and columns of its first slice.
+     */
+    size_t rows;
+    size_t columns;
+} IchsegSeriesInfo;
 
 /**
  * Options for ichseg_engine_create(). Fill with ichseg_engine_options_init() first, then
@@ -378,53 +495,6 @@ typedef struct IchsegPseudoOptions {
 } IchsegPseudoOptions;
 
 /**
- * A CT volume in the caller's memory, described for ichseg_segment(). Fill with
- * ichseg_volume_desc_init() first, then set every field but the rescale pair (which defaults
- * to slope 1, intercept 0). The library only reads the voxels, during the call.
- *
- * Voxel (x, y, z) is element `x + dims[0] * (y + dims[1] * z)` of `data`: x varies fastest,
- * z is the axial slice, as in NIfTI and in a stack of row-major axial images.
- * Hounsfield units are computed as value * rescale_slope + rescale_intercept (the DICOM
- * RescaleSlope / RescaleIntercept, or NIfTI scl_slope / scl_inter).
- */
-typedef struct IchsegVolumeDesc {
-    /**
-     * sizeof(IchsegVolumeDesc) as the caller was compiled; set by ichseg_volume_desc_init().
-     */
-    size_t struct_size;
-    /**
-     * The element type of `data`.
-     */
-    enum IchsegVoxelType voxel_type;
-    /**
-     * `dims[0] * dims[1] * dims[2]` elements of voxel_type, x fastest. Any alignment.
-     */
-    const void *data;
-    /**
-     * Voxels along x, y, z; each > 0, product at most 2^31.
-     */
-    size_t dims[3];
-    /**
-     * Voxel size along x, y, z in mm; finite and > 0. Lesion volumes use it.
-     */
-    double spacing[3];
-    /**
-     * NULL, or 16 doubles: the row-major 4x4 matrix mapping voxel (x, y, z, 1) to world mm
-     * (the NIfTI sform/qform, or DICOM position and orientation). NULL means a scaling by
-     * the spacing. Used only for the lesion centroids in world mm.
-     */
-    const double *affine;
-    /**
-     * HU = value * rescale_slope + rescale_intercept; 0 is taken as 1. Must be finite.
-     */
-    double rescale_slope;
-    /**
-     * See rescale_slope. Must be finite.
-     */
-    double rescale_intercept;
-} IchsegVolumeDesc;
-
-/**
  * Progress of ichseg_segment(): `done` of `total` axial slices are finished. Called on the
  * thread that called ichseg_segment(), after each batch of slices, with `done` increasing up
  * to `total`. Return nonzero to continue, 0 to cancel: the call then ends with
@@ -472,76 +542,6 @@ typedef struct IchsegLesion {
     uint32_t last_slice;
 } IchsegLesion;
 
-/**
- * Options for ichseg_series_read(). Fill with ichseg_series_read_options_init() first.
- */
-typedef struct IchsegSeriesReadOptions {
-    /**
-     * sizeof(IchsegSeriesReadOptions) as the caller was compiled; set by the init macro.
-     */
-    size_t struct_size;
-    /**
-     * NUL-terminated SeriesInstanceUID to read, or NULL (the default) for the CT series with
-     * the most slices. An unknown UID fails with ICHSEG_STATUS_INVALID_ARGUMENT and a message
-     * listing the series found.
-     */
-    const char *series_uid;
-    /**
-     * Nonzero: read a series whose Modality is not CT (its values must be HU). Default 0.
-     */
-    int32_t allow_non_ct;
-    /**
-     * Cap in MiB on the decoded voxels (4 bytes each); 0 (the default) = none.
-     */
-    uint64_t memory_limit_mb;
-} IchsegSeriesReadOptions;
-
-/**
- * Options for ichseg_seg_write() and ichseg_seg_encode(). Fill with ichseg_seg_options_init().
- */
-typedef struct IchsegSegOptions {
-    /**
-     * sizeof(IchsegSegOptions) as the caller was compiled; set by the init macro.
-     */
-    size_t struct_size;
-    /**
-     * NUL-terminated name of the model that made the mask (in SegmentAlgorithmName), or NULL
-     * for "unet".
-     */
-    const char *algorithm_name;
-    /**
-     * NUL-terminated description of the model's training data (its ichseg.trained_on), or NULL.
-     */
-    const char *trained_on;
-} IchsegSegOptions;
-
-/**
- * One series: strings owned by the IchsegSeries they came from (valid until it is freed).
- */
-typedef struct IchsegSeriesInfo {
-    /**
-     * SeriesInstanceUID.
-     */
-    const char *uid;
-    /**
-     * SeriesDescription, "" when absent.
-     */
-    const char *description;
-    /**
-     * Modality, "" when absent.
-     */
-    const char *modality;
-    /**
-     * Image files (slices) in the series.
-     */
-    size_t slices;
-    /**
-     * Rows and columns of its first slice.
-     */
-    size_t rows;
-    size_t columns;
-} IchsegSeriesInfo;
-
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -569,6 +569,125 @@ const char *ichseg_version_string(void);
  * it if you need it longer. Threading: each thread has its own message.
  */
 const char *ichseg_last_error_message(void);
+
+/**
+ * Fills `opts` with the defaults (no series chosen, CT only, no memory cap). Call it through
+ * the macro ichseg_series_read_options_init(opts). Does nothing when `opts` is NULL.
+ *
+ * # Safety
+ * A non-NULL `opts` must point to `size` writable bytes.
+ */
+void ichseg_series_read_options_init_sized(struct IchsegSeriesReadOptions *opts, size_t size);
+
+/**
+ * Fills `opts` with the defaults (algorithm "unet", no training description). Call it through
+ * the macro ichseg_seg_options_init(opts). Does nothing when `opts` is NULL.
+ *
+ * # Safety
+ * A non-NULL `opts` must point to `size` writable bytes.
+ */
+void ichseg_seg_options_init_sized(struct IchsegSegOptions *opts, size_t size);
+
+/**
+ * Reads one CT series from `n_paths` folders (searched recursively) or files: non-DICOM files
+ * and objects without pixels are skipped; the slices are sorted by position along their normal
+ * and must form one regular grid (docs/DICOM.md lists what is refused). On success `*out`
+ * receives a new IchsegSeries the caller frees with ichseg_series_free(); on failure NULL.
+ *
+ * Errors: ICHSEG_STATUS_NULL_POINTER (`paths`, one of its entries, or `out`),
+ * ICHSEG_STATUS_INVALID_ARGUMENT (n_paths 0, bad options, unknown series_uid, no CT series),
+ * ICHSEG_STATUS_IO (a path missing or unreadable), ICHSEG_STATUS_INVALID_IMAGE (no DICOM image
+ * found, a damaged file, a gap, a duplicate, tilt, mixed sizes or orientations; the message
+ * names the file), ICHSEG_STATUS_UNSUPPORTED (a transfer syntax ichseg does not decode, named),
+ * ICHSEG_STATUS_OUT_OF_MEMORY (over memory_limit_mb, or refused by the system).
+ *
+ * # Safety
+ * `paths` must be NULL or hold `n_paths` pointers, each NULL or NUL-terminated; `opts` NULL or
+ * valid for `opts->struct_size` bytes; `out` NULL or writable.
+ */
+enum IchsegStatus ichseg_series_read(const char *const *paths, size_t n_paths, const struct IchsegSeriesReadOptions *opts, struct IchsegSeries **out);
+
+/**
+ * Frees a series from ichseg_series_read(). NULL is a no-op. Volume descriptions filled from
+ * it and strings read from it become invalid.
+ *
+ * # Safety
+ * `series` must be NULL or a pointer from ichseg_series_read() not yet freed.
+ */
+void ichseg_series_free(struct IchsegSeries *series);
+
+/**
+ * Describes the series' volume in `*desc` for ichseg_segment() or ichseg_pseudo_label():
+ * float HU (rescale already applied: slope 1, intercept 0), dims (columns, rows, slices in
+ * increasing position along the slice normal), spacing in mm and the voxel-to-RAS affine (as a
+ * NIfTI of the same series has it). `desc` must have been filled by ichseg_volume_desc_init();
+ * its data and affine pointers point into `series` and stay valid until it is freed.
+ *
+ * # Safety
+ * `series` NULL or live; `desc` NULL or valid for `desc->struct_size` bytes.
+ */
+enum IchsegStatus ichseg_series_volume(const struct IchsegSeries *series, struct IchsegVolumeDesc *desc);
+
+/**
+ * The series read: `*out` receives its UID, description, modality, slice count and size.
+ *
+ * # Safety
+ * `series` NULL or live; `out` NULL or writable.
+ */
+enum IchsegStatus ichseg_series_info(const struct IchsegSeries *series, struct IchsegSeriesInfo *out);
+
+/**
+ * How many series the inputs held (the one read among them).
+ *
+ * # Safety
+ * `series` NULL or live; `out` NULL or writable.
+ */
+enum IchsegStatus ichseg_series_found_count(const struct IchsegSeries *series, size_t *out);
+
+/**
+ * The `index`-th series the inputs held (in UID order); ICHSEG_STATUS_INVALID_ARGUMENT when
+ * `index` >= ichseg_series_found_count().
+ *
+ * # Safety
+ * `series` NULL or live; `out` NULL or writable.
+ */
+enum IchsegStatus ichseg_series_found(const struct IchsegSeries *series, size_t index, struct IchsegSeriesInfo *out);
+
+/**
+ * Writes a DICOM Segmentation of the series to `path`: a BINARY one of `mask` (`len` bytes,
+ * nonzero = hemorrhage) or, with `mask` NULL, a FRACTIONAL one of `probabilities` (`len`
+ * floats in [0, 1]); voxels in the order ichseg_series_volume() describes, `len` == their
+ * count. One segment "Hemorrhage" (SNOMED CT), frames for the slices with foreground,
+ * referencing the source instances, patient and study copied (docs/DICOM.md). The file
+ * appears whole or not at all.
+ *
+ * Errors: ICHSEG_STATUS_NULL_POINTER, ICHSEG_STATUS_BUFFER_SIZE (`len`),
+ * ICHSEG_STATUS_INVALID_ARGUMENT (both buffers given, probabilities outside [0, 1], bad
+ * options), ICHSEG_STATUS_IO (the file cannot be written).
+ *
+ * # Safety
+ * `series` NULL or live; `mask` NULL or readable for `len` bytes; `probabilities` NULL or
+ * readable for `len` floats; `opts` NULL or valid; `path` NULL or NUL-terminated.
+ */
+enum IchsegStatus ichseg_seg_write(const struct IchsegSeries *series, const uint8_t *mask, const float *probabilities, size_t len, const struct IchsegSegOptions *opts, const char *path);
+
+/**
+ * Like ichseg_seg_write(), into memory (what a PACS plugin stores): on success `*out` receives
+ * a library-allocated buffer of `*out_len` bytes (a whole DICOM file) that the caller frees
+ * with ichseg_bytes_free(*out, *out_len). On failure `*out` is NULL and `*out_len` 0.
+ *
+ * # Safety
+ * As for ichseg_seg_write(); `out` and `out_len` NULL or writable.
+ */
+enum IchsegStatus ichseg_seg_encode(const struct IchsegSeries *series, const uint8_t *mask, const float *probabilities, size_t len, const struct IchsegSegOptions *opts, uint8_t **out, size_t *out_len);
+
+/**
+ * Frees a buffer from ichseg_seg_encode(), given the length it came with. NULL is a no-op.
+ *
+ * # Safety
+ * `bytes` must be NULL or a buffer from ichseg_seg_encode() with that `len`, not yet freed.
+ */
+void ichseg_bytes_free(uint8_t *bytes, size_t len);
 
 /**
  * Fills `opts` with the defaults (threads 0 = one per core, ICHSEG_DEVICE_AUTO, cuda_device
@@ -842,125 +961,6 @@ enum IchsegStatus ichseg_segment(const struct IchsegModel *model, const struct I
  * The string is static: never free it. Thread-safe; never fails.
  */
 const char *ichseg_status_name(int32_t status);
-
-/**
- * Fills `opts` with the defaults (no series chosen, CT only, no memory cap). Call it through
- * the macro ichseg_series_read_options_init(opts). Does nothing when `opts` is NULL.
- *
- * # Safety
- * A non-NULL `opts` must point to `size` writable bytes.
- */
-void ichseg_series_read_options_init_sized(struct IchsegSeriesReadOptions *opts, size_t size);
-
-/**
- * Fills `opts` with the defaults (algorithm "unet", no training description). Call it through
- * the macro ichseg_seg_options_init(opts). Does nothing when `opts` is NULL.
- *
- * # Safety
- * A non-NULL `opts` must point to `size` writable bytes.
- */
-void ichseg_seg_options_init_sized(struct IchsegSegOptions *opts, size_t size);
-
-/**
- * Reads one CT series from `n_paths` folders (searched recursively) or files: non-DICOM files
- * and objects without pixels are skipped; the slices are sorted by position along their normal
- * and must form one regular grid (docs/DICOM.md lists what is refused). On success `*out`
- * receives a new IchsegSeries the caller frees with ichseg_series_free(); on failure NULL.
- *
- * Errors: ICHSEG_STATUS_NULL_POINTER (`paths`, one of its entries, or `out`),
- * ICHSEG_STATUS_INVALID_ARGUMENT (n_paths 0, bad options, unknown series_uid, no CT series),
- * ICHSEG_STATUS_IO (a path missing or unreadable), ICHSEG_STATUS_INVALID_IMAGE (no DICOM image
- * found, a damaged file, a gap, a duplicate, tilt, mixed sizes or orientations; the message
- * names the file), ICHSEG_STATUS_UNSUPPORTED (a transfer syntax ichseg does not decode, named),
- * ICHSEG_STATUS_OUT_OF_MEMORY (over memory_limit_mb, or refused by the system).
- *
- * # Safety
- * `paths` must be NULL or hold `n_paths` pointers, each NULL or NUL-terminated; `opts` NULL or
- * valid for `opts->struct_size` bytes; `out` NULL or writable.
- */
-enum IchsegStatus ichseg_series_read(const char *const *paths, size_t n_paths, const struct IchsegSeriesReadOptions *opts, struct IchsegSeries **out);
-
-/**
- * Frees a series from ichseg_series_read(). NULL is a no-op. Volume descriptions filled from
- * it and strings read from it become invalid.
- *
- * # Safety
- * `series` must be NULL or a pointer from ichseg_series_read() not yet freed.
- */
-void ichseg_series_free(struct IchsegSeries *series);
-
-/**
- * Describes the series' volume in `*desc` for ichseg_segment() or ichseg_pseudo_label():
- * float HU (rescale already applied: slope 1, intercept 0), dims (columns, rows, slices in
- * increasing position along the slice normal), spacing in mm and the voxel-to-RAS affine (as a
- * NIfTI of the same series has it). `desc` must have been filled by ichseg_volume_desc_init();
- * its data and affine pointers point into `series` and stay valid until it is freed.
- *
- * # Safety
- * `series` NULL or live; `desc` NULL or valid for `desc->struct_size` bytes.
- */
-enum IchsegStatus ichseg_series_volume(const struct IchsegSeries *series, struct IchsegVolumeDesc *desc);
-
-/**
- * The series read: `*out` receives its UID, description, modality, slice count and size.
- *
- * # Safety
- * `series` NULL or live; `out` NULL or writable.
- */
-enum IchsegStatus ichseg_series_info(const struct IchsegSeries *series, struct IchsegSeriesInfo *out);
-
-/**
- * How many series the inputs held (the one read among them).
- *
- * # Safety
- * `series` NULL or live; `out` NULL or writable.
- */
-enum IchsegStatus ichseg_series_found_count(const struct IchsegSeries *series, size_t *out);
-
-/**
- * The `index`-th series the inputs held (in UID order); ICHSEG_STATUS_INVALID_ARGUMENT when
- * `index` >= ichseg_series_found_count().
- *
- * # Safety
- * `series` NULL or live; `out` NULL or writable.
- */
-enum IchsegStatus ichseg_series_found(const struct IchsegSeries *series, size_t index, struct IchsegSeriesInfo *out);
-
-/**
- * Writes a DICOM Segmentation of the series to `path`: a BINARY one of `mask` (`len` bytes,
- * nonzero = hemorrhage) or, with `mask` NULL, a FRACTIONAL one of `probabilities` (`len`
- * floats in [0, 1]); voxels in the order ichseg_series_volume() describes, `len` == their
- * count. One segment "Hemorrhage" (SNOMED CT), frames for the slices with foreground,
- * referencing the source instances, patient and study copied (docs/DICOM.md). The file
- * appears whole or not at all.
- *
- * Errors: ICHSEG_STATUS_NULL_POINTER, ICHSEG_STATUS_BUFFER_SIZE (`len`),
- * ICHSEG_STATUS_INVALID_ARGUMENT (both buffers given, probabilities outside [0, 1], bad
- * options), ICHSEG_STATUS_IO (the file cannot be written).
- *
- * # Safety
- * `series` NULL or live; `mask` NULL or readable for `len` bytes; `probabilities` NULL or
- * readable for `len` floats; `opts` NULL or valid; `path` NULL or NUL-terminated.
- */
-enum IchsegStatus ichseg_seg_write(const struct IchsegSeries *series, const uint8_t *mask, const float *probabilities, size_t len, const struct IchsegSegOptions *opts, const char *path);
-
-/**
- * Like ichseg_seg_write(), into memory (what a PACS plugin stores): on success `*out` receives
- * a library-allocated buffer of `*out_len` bytes (a whole DICOM file) that the caller frees
- * with ichseg_bytes_free(*out, *out_len). On failure `*out` is NULL and `*out_len` 0.
- *
- * # Safety
- * As for ichseg_seg_write(); `out` and `out_len` NULL or writable.
- */
-enum IchsegStatus ichseg_seg_encode(const struct IchsegSeries *series, const uint8_t *mask, const float *probabilities, size_t len, const struct IchsegSegOptions *opts, uint8_t **out, size_t *out_len);
-
-/**
- * Frees a buffer from ichseg_seg_encode(), given the length it came with. NULL is a no-op.
- *
- * # Safety
- * `bytes` must be NULL or a buffer from ichseg_seg_encode() with that `len`, not yet freed.
- */
-void ichseg_bytes_free(uint8_t *bytes, size_t len);
 
 #ifdef __cplusplus
 }  // extern "C"

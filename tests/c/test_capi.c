@@ -6,7 +6,9 @@
  * FIXTURE_DIR is tests/fixtures/unet (the tiny U-Net unet_transpose.onnx: 1 channel, 64x64,
  * 2-class softmax, with its reference input and logits); CT_SMALL_NII, when given, is
  * ct_small.nii.gz decompressed, whose int16 voxels go through the whole pipeline and are
- * compared with the reference mask. Built and run by tests/c_abi.rs and tests/c/run_valgrind.sh.
+ * compared with the reference mask. FIXTURE_DIR/../dicom holds the DICOM series read through
+ * ichseg_series_read() and written back as DICOM-SEG. Built and run by tests/c_abi.rs and
+ * tests/c/run_valgrind.sh.
  * Prints one line per provoked error and exits 0 only when every check passed.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -220,6 +222,127 @@ static void check_lesions(const IchsegResult *res, const uint8_t *mask, const si
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* DICOM: a series in, DICOM-SEG out                                                         */
+
+static IchsegSeries *read_series(const char *dicom_dir, const char *sub, const IchsegSeriesReadOptions *o,
+                                 IchsegStatus want, const char *needle)
+{
+    char *path = join(dicom_dir, sub);
+    const char *paths[1];
+    IchsegSeries *s = (IchsegSeries *)0x1;
+    paths[0] = path;
+    EXPECT(ichseg_series_read(paths, 1, o, &s), want, needle);
+    CHECK(want == ICHSEG_STATUS_OK || s == NULL, "*out is NULL after a failure");
+    free(path);
+    return s;
+}
+
+static void test_dicom(const IchsegModel *model, const char *dir)
+{
+    char *dicom_dir = join(dir, "../dicom");
+    IchsegSeriesReadOptions ro;
+    IchsegSeriesInfo info;
+    IchsegVolumeDesc desc;
+    IchsegSegOptions so;
+    IchsegSeries *s;
+    const char *null_path[1] = {NULL};
+    uint8_t *mask, *bytes = (uint8_t *)0x1;
+    float *prob;
+    size_t found = 0, n, nbytes = 7;
+    char *out_path, *bad_path;
+    FILE *f;
+
+    printf("dicom\n");
+    ichseg_series_read_options_init(&ro);
+    CHECK(ro.struct_size == sizeof ro && ro.series_uid == NULL && ro.allow_non_ct == 0 &&
+              ro.memory_limit_mb == 0, "series read defaults");
+    s = read_series(dicom_dir, "series/explicit_le", &ro, ICHSEG_STATUS_OK, NULL);
+    REQUIRE(s != NULL);
+    OK(ichseg_series_info(s, &info));
+    CHECK(info.slices == 8 && info.rows == 128 && info.columns == 112 && strcmp(info.modality, "CT") == 0 &&
+              strlen(info.uid) > 5, "series info %zu slices %zux%zu %s", info.slices, info.columns, info.rows,
+          info.modality);
+    OK(ichseg_series_found_count(s, &found));
+    CHECK(found == 1, "found %zu series", found);
+    EXPECT(ichseg_series_found(s, 1, &info), ICHSEG_STATUS_INVALID_ARGUMENT, "past the 1 series");
+
+    ichseg_volume_desc_init(&desc);
+    OK(ichseg_series_volume(s, &desc));
+    CHECK(desc.voxel_type == ICHSEG_VOXEL_TYPE_F32 && desc.dims[0] == 112 && desc.dims[1] == 128 &&
+              desc.dims[2] == 8 && desc.affine != NULL && close_rel(desc.spacing[2], 5.0, 1e-12) &&
+              close_rel(desc.affine[0], -1.6, 1e-9),
+          "series volume %zux%zux%zu", desc.dims[0], desc.dims[1], desc.dims[2]);
+    n = desc.dims[0] * desc.dims[1] * desc.dims[2];
+    mask = malloc(n);
+    prob = malloc(n * sizeof *prob);
+    REQUIRE(mask && prob);
+    OK(ichseg_segment(model, &desc, mask, n, prob, n, NULL, NULL, NULL));
+
+    ichseg_seg_options_init(&so);
+    so.algorithm_name = "unet_transpose";
+    so.trained_on = "test fixtures";
+    OK(ichseg_seg_encode(s, mask, NULL, n, &so, &bytes, &nbytes));
+    CHECK(bytes != NULL && nbytes > 132 && memcmp(bytes + 128, "DICM", 4) == 0, "SEG bytes (%zu)", nbytes);
+    ichseg_bytes_free(bytes, nbytes);
+    OK(ichseg_seg_encode(s, NULL, prob, n, NULL, &bytes, &nbytes));
+    CHECK(bytes != NULL && nbytes > n, "a FRACTIONAL SEG holds a byte per voxel of its frames (%zu)", nbytes);
+    ichseg_bytes_free(bytes, nbytes);
+    ichseg_bytes_free(NULL, 0);
+
+    out_path = join(dir, "../../../target/test_capi_seg.dcm");
+    OK(ichseg_seg_write(s, mask, NULL, n, &so, out_path));
+    f = fopen(out_path, "rb");
+    CHECK(f != NULL, "%s written", out_path);
+    if (f != NULL) {
+        fclose(f);
+    }
+    remove(out_path);
+
+    /* Errors: nothing written, out-parameters cleared. */
+    EXPECT(ichseg_seg_encode(s, mask, prob, n, NULL, &bytes, &nbytes), ICHSEG_STATUS_INVALID_ARGUMENT, "not both");
+    CHECK(bytes == NULL && nbytes == 0, "encode outputs cleared on failure");
+    EXPECT(ichseg_seg_encode(s, NULL, NULL, n, NULL, &bytes, &nbytes), ICHSEG_STATUS_NULL_POINTER, "mask");
+    EXPECT(ichseg_seg_encode(s, mask, NULL, n - 1, NULL, &bytes, &nbytes), ICHSEG_STATUS_BUFFER_SIZE,
+           "one byte per voxel");
+    prob[0] = NAN;
+    EXPECT(ichseg_seg_encode(s, NULL, prob, n, NULL, &bytes, &nbytes), ICHSEG_STATUS_INVALID_ARGUMENT, "[0, 1]");
+    bad_path = join(dir, "no/such/folder/seg.dcm");
+    EXPECT(ichseg_seg_write(s, mask, NULL, n, NULL, bad_path), ICHSEG_STATUS_IO, "seg.dcm");
+    EXPECT(ichseg_seg_write(NULL, mask, NULL, n, NULL, bad_path), ICHSEG_STATUS_NULL_POINTER, "series");
+    EXPECT(ichseg_series_volume(s, NULL), ICHSEG_STATUS_NULL_POINTER, "desc");
+    free(bad_path);
+    ichseg_series_free(s);
+
+    EXPECT(ichseg_series_read(NULL, 1, NULL, &s), ICHSEG_STATUS_NULL_POINTER, "paths");
+    EXPECT(ichseg_series_read(null_path, 1, NULL, &s), ICHSEG_STATUS_NULL_POINTER, "paths[0]");
+    EXPECT(ichseg_series_read(null_path, 0, NULL, &s), ICHSEG_STATUS_INVALID_ARGUMENT, "n_paths");
+    read_series(dicom_dir, "bad/gap", NULL, ICHSEG_STATUS_INVALID_IMAGE, "missing slice");
+    read_series(dicom_dir, "bad/tilt", NULL, ICHSEG_STATUS_INVALID_IMAGE, "gantry tilt");
+    read_series(dicom_dir, "bad/unsupported_ts", NULL, ICHSEG_STATUS_UNSUPPORTED, "transfer syntax");
+    read_series(dicom_dir, "bad/empty", NULL, ICHSEG_STATUS_INVALID_IMAGE, "no DICOM image");
+    read_series(dicom_dir, "no_such_folder", NULL, ICHSEG_STATUS_IO, "no_such_folder");
+    ro.series_uid = "1.2.3";
+    read_series(dicom_dir, "two_series", &ro, ICHSEG_STATUS_INVALID_ARGUMENT, "no series 1.2.3");
+    ro.series_uid = NULL;
+    ro.struct_size = 3;
+    read_series(dicom_dir, "two_series", &ro, ICHSEG_STATUS_INVALID_ARGUMENT, "struct_size");
+    s = read_series(dicom_dir, "two_series", NULL, ICHSEG_STATUS_OK, NULL);
+    REQUIRE(s != NULL);
+    OK(ichseg_series_found_count(s, &found));
+    OK(ichseg_series_info(s, &info));
+    CHECK(found == 3 && info.slices == 8, "two_series: %zu found, %zu slices read", found, info.slices);
+    ichseg_series_free(s);
+    ichseg_series_free(NULL);
+
+    free(out_path);
+    free(mask);
+    free(prob);
+    free(dicom_dir);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+/* ---------------------------------------------------------------------------------------- */
 /* The tests                                                                                 */
 
 static void test_versions(void)
@@ -227,7 +350,7 @@ static void test_versions(void)
     const char *v = ichseg_version_string();
     printf("versions\n");
     CHECK(ichseg_abi_version() == ICHSEG_ABI_VERSION, "abi %u", (unsigned)ichseg_abi_version());
-    CHECK(ICHSEG_ABI_VERSION == 3, "header ABI %d", ICHSEG_ABI_VERSION);
+    CHECK(ICHSEG_ABI_VERSION == 4, "header ABI %d", ICHSEG_ABI_VERSION);
     CHECK(ICHSEG_STATUS_OUT_OF_MEMORY == 12 &&
               strcmp(ichseg_status_name(ICHSEG_STATUS_OUT_OF_MEMORY), "ICHSEG_STATUS_OUT_OF_MEMORY") == 0,
           "out-of-memory status");
@@ -416,7 +539,7 @@ static void test_model_errors(IchsegEngine *engine, const char *dir)
 
     /* The message stays valid, and unchanged, across successful calls on this thread. */
     msg = ichseg_last_error_message();
-    CHECK(ichseg_abi_version() == 3 && ichseg_last_error_message() == msg, "message pointer kept");
+    CHECK(ichseg_abi_version() == 4 && ichseg_last_error_message() == msg, "message pointer kept");
     ichseg_model_free(NULL); /* a no-op */
     free(path);
     free(not_a_model);
@@ -1167,6 +1290,7 @@ int main(int argc, char **argv)
     test_segment_errors(model_path, &r);
     test_threads(model_path, &r, mask, prob);
     test_pseudo(dir, &r);
+    test_dicom(model_path, dir);
     if (argc > 2) {
         test_nifti(model_path, dir, argv[2]);
     } else {

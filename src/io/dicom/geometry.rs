@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 /// Largest difference between two slices' direction cosines still read as one orientation.
 pub const ORIENTATION_TOLERANCE: f64 = 1e-4;
-/// Largest difference between a gap and the series' median gap, as a fraction of the median
-/// gap (with [`SPACING_TOLERANCE_MM`] as a floor): scanners write positions rounded to a few
+/// Largest difference between a gap and the series' step (its smallest gap), as a fraction of
+/// the step (with [`SPACING_TOLERANCE_MM`] as a floor): scanners write positions rounded to a few
 /// decimals, a missing slice doubles a gap.
 pub const SPACING_TOLERANCE: f64 = 0.01;
 /// Floor of the gap tolerance, and the distance under which two positions are one.
@@ -116,17 +116,16 @@ pub fn grid(slices: &[SlicePlacement]) -> Result<Grid> {
             ));
         }
     }
-    let mut sorted_gaps = gaps.clone();
-    sorted_gaps.sort_by(f64::total_cmp);
-    let median = sorted_gaps[sorted_gaps.len() / 2];
-    let tolerance = (SPACING_TOLERANCE * median).max(SPACING_TOLERANCE_MM);
+    // The smallest gap is the series' step: a missing slice only ever widens a gap.
+    let step = gaps.iter().copied().fold(f64::INFINITY, f64::min);
+    let tolerance = (SPACING_TOLERANCE * step).max(SPACING_TOLERANCE_MM);
     for (w, gap) in order.windows(2).zip(&gaps) {
-        if (gap - median).abs() > tolerance {
-            let what = if *gap > 1.5 * median { " (a missing slice?)" } else { "" };
+        if gap - step > tolerance {
+            let what = if *gap > 1.5 * step { "a gap (a missing slice?)" } else { "uneven slice spacing" };
             return Err(Error::image(
                 &slices[w[1]].path,
                 format!(
-                    "uneven slice spacing{what}: {gap:.4} mm from {} where the series steps {median:.4} mm",
+                    "{what}: {gap:.4} mm from {} where the series steps {step:.4} mm",
                     name(&slices[w[0]].path)
                 ),
             ));
