@@ -71,6 +71,9 @@ struct EngineFree {
 struct ModelFree {
     void operator()(IchsegModel* p) const noexcept { ichseg_model_free(p); }
 };
+struct SeriesFree {
+    void operator()(IchsegSeries* s) const noexcept { ichseg_series_free(s); }
+};
 struct ResultFree {
     void operator()(IchsegResult* p) const noexcept { ichseg_result_free(p); }
 };
@@ -563,6 +566,143 @@ public:
 private:
     explicit PseudoLabeler(IchsegPseudoLabeler* raw) noexcept : handle_(raw) {}
     std::unique_ptr<IchsegPseudoLabeler, detail::PseudoLabelerFree> handle_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// DICOM (libraries built with the `dicom` feature, as the default build is)
+
+/// One DICOM series, as found among the inputs of Series::read.
+struct SeriesInfo {
+    std::string uid;
+    std::string description;
+    std::string modality;
+    std::size_t slices = 0;
+    std::size_t rows = 0;
+    std::size_t columns = 0;
+};
+
+/// How Series::read chooses and bounds the series.
+struct SeriesReadOptions {
+    /// SeriesInstanceUID to read; empty: the CT series with the most slices.
+    std::string series_uid;
+    /// Read a series whose Modality is not CT (its values must be HU).
+    bool allow_non_ct = false;
+    /// Cap on the decoded voxels in MiB; 0 = none.
+    uint64_t memory_limit_mb = 0;
+};
+
+/// Names the model in a DICOM-SEG.
+struct SegOptions {
+    std::string algorithm_name = "unet";
+    std::string trained_on;  ///< empty: not recorded
+};
+
+/// A CT series read from DICOM files: its HU volume (volume(), for Model::segment and
+/// PseudoLabeler::label), the series found beside it, and DICOM-SEG output on its grid.
+/// Immutable, readable from several threads; move-only.
+class Series {
+public:
+    /// Reads the series from folders (searched recursively) or files; Error on failure with
+    /// the library's status (INVALID_IMAGE, UNSUPPORTED, IO, ...) and message.
+    static Series read(const std::vector<std::string>& paths, const SeriesReadOptions& options = {}) {
+        std::vector<const char*> raw_paths;
+        raw_paths.reserve(paths.size());
+        for (const std::string& p : paths) {
+            raw_paths.push_back(p.c_str());
+        }
+        IchsegSeriesReadOptions o;
+        ichseg_series_read_options_init(&o);
+        o.series_uid = options.series_uid.empty() ? nullptr : options.series_uid.c_str();
+        o.allow_non_ct = options.allow_non_ct ? 1 : 0;
+        o.memory_limit_mb = options.memory_limit_mb;
+        IchsegSeries* raw = nullptr;
+        const IchsegStatus s = ichseg_series_read(raw_paths.data(), raw_paths.size(), &o, &raw);
+        Series series(raw);  // owned before anything can throw
+        detail::check(s);
+        return series;
+    }
+
+    /// The series read.
+    SeriesInfo info() const {
+        IchsegSeriesInfo out{};
+        detail::check(ichseg_series_info(handle_.get(), &out));
+        return convert(out);
+    }
+    /// Every series the inputs held.
+    std::vector<SeriesInfo> found() const {
+        std::size_t n = 0;
+        detail::check(ichseg_series_found_count(handle_.get(), &n));
+        std::vector<SeriesInfo> out;
+        out.reserve(n);
+        for (std::size_t i = 0; i < n; i++) {
+            IchsegSeriesInfo info{};
+            detail::check(ichseg_series_found(handle_.get(), i, &info));
+            out.push_back(convert(info));
+        }
+        return out;
+    }
+    /// The HU volume (float, x fastest, slices in increasing position along the normal) with
+    /// its spacing and voxel-to-RAS affine; it points into this Series, which must outlive it.
+    VolumeView volume() const {
+        IchsegVolumeDesc d;
+        ichseg_volume_desc_init(&d);
+        detail::check(ichseg_series_volume(handle_.get(), &d));
+        const float* voxels = static_cast<const float*>(d.data);
+        VolumeView view(Span<const float>(voxels, d.dims[0] * d.dims[1] * d.dims[2]), {d.dims[0], d.dims[1], d.dims[2]},
+                        {d.spacing[0], d.spacing[1], d.spacing[2]});
+        VolumeView::Affine affine{};
+        for (std::size_t i = 0; i < 16; i++) {
+            affine[i] = d.affine[i];
+        }
+        view.affine(affine);
+        return view;
+    }
+
+    /// A BINARY DICOM-SEG of `mask` (one byte per voxel of volume()) as file bytes.
+    std::vector<uint8_t> encode_seg(Span<const uint8_t> mask, const SegOptions& options = {}) const {
+        return encode(mask.data(), nullptr, mask.size(), options);
+    }
+    /// A FRACTIONAL DICOM-SEG of bleed probabilities in [0, 1] as file bytes.
+    std::vector<uint8_t> encode_seg(Span<const float> probabilities, const SegOptions& options = {}) const {
+        return encode(nullptr, probabilities.data(), probabilities.size(), options);
+    }
+    /// Writes a BINARY DICOM-SEG of `mask` to `path` (whole or not at all).
+    void write_seg(const std::string& path, Span<const uint8_t> mask, const SegOptions& options = {}) const {
+        const IchsegSegOptions o = to_c(options);
+        detail::check(ichseg_seg_write(handle_.get(), mask.data(), nullptr, mask.size(), &o, path.c_str()));
+    }
+
+    const IchsegSeries* get() const noexcept { return handle_.get(); }
+    explicit operator bool() const noexcept { return handle_ != nullptr; }
+
+private:
+    explicit Series(IchsegSeries* raw) noexcept : handle_(raw) {}
+    static SeriesInfo convert(const IchsegSeriesInfo& i) {
+        return SeriesInfo{i.uid, i.description, i.modality, i.slices, i.rows, i.columns};
+    }
+    static IchsegSegOptions to_c(const SegOptions& options) noexcept {
+        IchsegSegOptions o;
+        ichseg_seg_options_init(&o);
+        o.algorithm_name = options.algorithm_name.c_str();
+        o.trained_on = options.trained_on.empty() ? nullptr : options.trained_on.c_str();
+        return o;
+    }
+    std::vector<uint8_t> encode(const uint8_t* mask, const float* prob, std::size_t len, const SegOptions& options) const {
+        const IchsegSegOptions o = to_c(options);
+        uint8_t* bytes = nullptr;
+        std::size_t n = 0;
+        detail::check(ichseg_seg_encode(handle_.get(), mask, prob, len, &o, &bytes, &n));
+        std::vector<uint8_t> out;
+        try {
+            out.assign(bytes, bytes + n);
+        } catch (...) {
+            ichseg_bytes_free(bytes, n);
+            throw;
+        }
+        ichseg_bytes_free(bytes, n);
+        return out;
+    }
+    std::unique_ptr<IchsegSeries, detail::SeriesFree> handle_;
 };
 
 }  // namespace ichseg

@@ -180,11 +180,11 @@ pub unsafe extern "C" fn ichseg_series_read(
     boundary("ichseg_series_read", || -> FfiResult {
         // SAFETY (all blocks): the caller's promises above.
         let out = unsafe { handle_out(out, "out") }?;
-        if paths.is_null() {
-            return Err(FfiError::null("paths"));
-        }
         if n_paths == 0 {
             return Err(FfiError::invalid("n_paths is 0: give at least one folder or file"));
+        }
+        if paths.is_null() {
+            return Err(FfiError::null("paths"));
         }
         let mut inputs = Vec::new();
         for i in 0..n_paths {

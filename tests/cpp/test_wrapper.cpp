@@ -548,6 +548,47 @@ static void test_pseudo(const ichseg::Engine& engine, const std::string& dir, co
     EXPECT_ERROR(pl.layer_count(), ICHSEG_STATUS_NULL_POINTER, "`labeler`");
 }
 
+static void test_dicom(const ichseg::Model& model, const std::string& dir) {
+    std::printf("dicom\n");
+    const std::string dicom = dir + "/../dicom";
+    const ichseg::Series series = ichseg::Series::read({dicom + "/two_series"});
+    const ichseg::SeriesInfo info = series.info();
+    CHECK(info.modality == "CT" && info.slices == 8 && info.rows == 128 && info.columns == 112, "info %s %zu",
+          info.modality.c_str(), info.slices);
+    const std::vector<ichseg::SeriesInfo> found = series.found();
+    CHECK(found.size() == 3, "%zu series found", found.size());
+    const ichseg::VolumeView volume = series.volume();
+    CHECK(volume.dims()[2] == 8 && volume.affine().has_value() && volume.length() == 112u * 128u * 8u,
+          "volume %zu slices", volume.dims()[2]);
+    std::vector<uint8_t> mask(*volume.length(), 0xAB);
+    std::vector<float> prob(mask.size());
+    model.segment(volume, mask, prob);
+    const std::vector<uint8_t> seg = series.encode_seg(ichseg::Span<const uint8_t>(mask.data(), mask.size()));
+    CHECK(seg.size() > 132 && std::memcmp(seg.data() + 128, "DICM", 4) == 0, "SEG bytes %zu", seg.size());
+    const std::vector<uint8_t> fractional = series.encode_seg(ichseg::Span<const float>(prob.data(), prob.size()));
+    CHECK(fractional.size() > seg.size(), "FRACTIONAL SEG %zu bytes", fractional.size());
+
+    // Another series by UID; errors carry the library's status and message.
+    ichseg::SeriesReadOptions options;
+    for (const ichseg::SeriesInfo& s : found) {
+        if (s.modality == "CT" && s.slices == 4) {
+            options.series_uid = s.uid;
+        }
+    }
+    CHECK(ichseg::Series::read({dicom + "/two_series"}, options).info().slices == 4, "series chosen by UID");
+    options.series_uid = "1.2.3";
+    EXPECT_ERROR(ichseg::Series::read({dicom + "/two_series"}, options), ICHSEG_STATUS_INVALID_ARGUMENT,
+                 "no series 1.2.3");
+    EXPECT_ERROR(ichseg::Series::read({dicom + "/bad/tilt"}), ICHSEG_STATUS_INVALID_IMAGE, "gantry tilt");
+    EXPECT_ERROR(ichseg::Series::read({dicom + "/bad/unsupported_ts"}), ICHSEG_STATUS_UNSUPPORTED, "JPEG 2000");
+    EXPECT_ERROR(ichseg::Series::read({}), ICHSEG_STATUS_INVALID_ARGUMENT, "n_paths");
+    std::vector<uint8_t> short_mask(mask.size() - 1);
+    EXPECT_ERROR(series.encode_seg(ichseg::Span<const uint8_t>(short_mask.data(), short_mask.size())),
+                 ICHSEG_STATUS_BUFFER_SIZE, "one byte per voxel");
+    EXPECT_ERROR(series.write_seg(dir + "/no/such/folder/seg.dcm", ichseg::Span<const uint8_t>(mask.data(), mask.size())),
+                 ICHSEG_STATUS_IO, "seg.dcm");
+}
+
 int main(int argc, char** argv) {
     if (argc < 3) {
         std::fprintf(stderr, "usage: %s FIXTURE_DIR CT_SMALL_NII\n", argv[0]);
@@ -573,6 +614,7 @@ int main(int argc, char** argv) {
         test_moves(engine, dir, ct);
         test_threads(model, ct, mask);
         test_pseudo(engine, dir, ct);
+        test_dicom(model, dir);
     } catch (const ichseg::Error& e) {
         std::fprintf(stderr, "unexpected ichseg::Error %s: %s\n", e.status_name(), e.what());
         return 1;

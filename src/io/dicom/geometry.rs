@@ -124,10 +124,7 @@ pub fn grid(slices: &[SlicePlacement]) -> Result<Grid> {
             let what = if *gap > 1.5 * step { "a gap (a missing slice?)" } else { "uneven slice spacing" };
             return Err(Error::image(
                 &slices[w[1]].path,
-                format!(
-                    "{what}: {gap:.4} mm from {} where the series steps {step:.4} mm",
-                    name(&slices[w[0]].path)
-                ),
+                format!("{what}: {gap:.4} mm from {} where the series steps {step:.4} mm", name(&slices[w[0]].path)),
             ));
         }
     }
