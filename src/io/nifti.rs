@@ -631,6 +631,16 @@ pub fn write_volume(path: &Path, header: &NiftiHeader, volume: &Volume) -> Resul
 /// scanner grid, so that readers which use only the qform agree; an affine with shear or with
 /// column lengths other than the spacing leaves `qform_code` 0.
 pub fn header_for(volume: &Volume) -> NiftiHeader {
+    header_with_code(volume, 2)
+}
+
+/// Like [`header_for`], for a volume whose affine is the scanner's own coordinates (a DICOM
+/// series): `sform_code` and `qform_code` 1 (scanner anatomical), as dcm2niix writes them.
+pub fn header_for_scanner(volume: &Volume) -> NiftiHeader {
+    header_with_code(volume, 1)
+}
+
+fn header_with_code(volume: &Volume, code: i16) -> NiftiHeader {
     let mut h = NiftiHeader { raw: [0; HEADER_SIZE], big_endian: false };
     let [nx, ny, nz] = volume.dims();
     let spacing = volume.spacing();
@@ -656,7 +666,7 @@ pub fn header_for(volume: &Volume) -> NiftiHeader {
         for (i, row) in affine.iter().take(3).enumerate() {
             h.set_f32(QOFFSET_X + 4 * i, row[3] as f32);
         }
-        h.set_i16(QFORM_CODE, 2);
+        h.set_i16(QFORM_CODE, code);
     }
     for (i, p) in pixdim.into_iter().enumerate() {
         h.set_f32(PIXDIM + 4 * i, p);
@@ -664,7 +674,7 @@ pub fn header_for(volume: &Volume) -> NiftiHeader {
     h.set_f32(VOX_OFFSET, DATA_OFFSET as f32);
     h.set_f32(SCL_SLOPE, 1.0);
     h.raw[XYZT_UNITS] = 2 | 8; // millimetres, seconds
-    h.set_i16(SFORM_CODE, 2);
+    h.set_i16(SFORM_CODE, code);
     for (r, row) in affine.iter().take(3).enumerate() {
         for (c, v) in row.iter().enumerate() {
             h.set_f32(SROW_X + 16 * r + 4 * c, *v as f32);

@@ -70,7 +70,11 @@ pub fn load(inputs: &[PathBuf], series: &SeriesArgs, limit: MemoryLimit) -> Resu
                 read.series
             );
         }
-        return Ok(Loaded { header: nifti::header_for(&read.volume), volume: read.volume, source: Some(read.source) });
+        return Ok(Loaded {
+            header: nifti::header_for_scanner(&read.volume),
+            volume: read.volume,
+            source: Some(read.source),
+        });
     }
     let [path] = inputs else {
         return Err(Error::arg("give one NIfTI volume, or the files or folder of one DICOM series"));
