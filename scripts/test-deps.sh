@@ -4,7 +4,8 @@
 # the exact commands to run.
 #
 #   Debian packages: gcc, g++, valgrind, cmake, pkg-config, binutils (objdump, nm), python3-venv,
-#                    libinsighttoolkit5-dev (ITK 5, the viewer-plugin example)
+#                    libinsighttoolkit5-dev (ITK 5, the viewer-plugin example), dicom3tools
+#                    (dciodvfy, one of the DICOM-SEG validator's readers: tests/dicom)
 #   Python:          a project-local virtual environment .venv-test/ with
 #                    training/requirements-test.txt and NVIDIA's NVRTC wheel (the CUDA kernels
 #                    compile in the tests; no GPU needed). The system interpreter is not touched.
@@ -33,6 +34,7 @@ if [[ $quick == 0 ]]; then
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
   compgen -G "/usr/lib/cmake/ITK-5*" >/dev/null || compgen -G "/usr/lib/*/cmake/ITK-5*" >/dev/null ||
     need_apt+=(libinsighttoolkit5-dev)
+  want dciodvfy dicom3tools
 fi
 
 if [[ ${#need_apt[@]} -gt 0 ]]; then
