@@ -12,7 +12,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}; shift || true
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(nifti_read onnx_load metadata capi_segment)
+[[ ${#targets[@]} -gt 0 ]] || targets=(nifti_read onnx_load metadata capi_segment dicom_series)
 command -v cargo-fuzz >/dev/null || { echo "fuzz.sh: cargo install cargo-fuzz" >&2; exit 2; }
 
 seed() { # target, files...
@@ -24,6 +24,8 @@ seed nifti_read tests/fixtures/nifti/good/* tests/fixtures/nifti/bad/* tests/fix
 seed onnx_load tests/fixtures/unet/*.onnx tests/fixtures/classifier/*.onnx tests/fixtures/grad/*.onnx
 seed metadata fuzz/seeds/metadata/*
 seed capi_segment fuzz/seeds/capi_segment/*
+# One slice of each transfer syntax and each refusal, as single-file inputs.
+seed dicom_series $(for d in tests/fixtures/dicom/series/* tests/fixtures/dicom/bad/*; do ls "$d"/*.dcm 2>/dev/null | head -1; done)
 
 status=0
 summary=()
