@@ -97,6 +97,12 @@ same_mask "$tmp/itk_mask.nii.gz" "$tmp/cli_mask.nii.gz" "itk_segment mask == ich
 "$tmp/make_dicom/make_dicom_series" "$sample" "$tmp/dicom" | sed 's/^/packaging: /'
 itk_run "$unet" "$tmp/dicom" -o "$tmp/itk_dicom_mask.nii.gz"
 same_mask "$tmp/itk_dicom_mask.nii.gz" "$tmp/itk_mask.nii.gz" "itk_segment mask of the DICOM series == of the NIfTI"
+# The library's own DICOM reader (no GDCM) on the series GDCM wrote: the same mask and geometry
+# as ITK's, as NIfTI and as a DICOM-SEG placed back on the series.
+"$bin" segment --model "$unet" "$tmp/dicom" -o "$tmp/cli_dicom_mask.nii.gz" --device cpu --quiet
+same_mask "$tmp/cli_dicom_mask.nii.gz" "$tmp/itk_dicom_mask.nii.gz" "ichseg segment mask of the DICOM series == itk_segment's"
+"$bin" segment --model "$unet" "$tmp/dicom" -o "$tmp/cli_dicom_seg.dcm" --device cpu --quiet
+same_mask "$tmp/cli_dicom_seg.dcm" "$tmp/itk_dicom_mask.nii.gz" "ichseg segment DICOM-SEG of the series == itk_segment's mask"
 
 # Pseudo-labelling with the shipped classifiers and the sample's slice labels (a slice bleeds
 # where its ground-truth mask has a voxel), against `ichseg pseudo-label` with the same inputs.
