@@ -962,7 +962,8 @@ mod tests {
         let n = dims.iter().product::<usize>();
         let data =
             Array3::from_shape_vec((dims[2], dims[1], dims[0]), (0..n).map(|i| i as f32 - 7.5).collect()).unwrap();
-        Volume::from_array(data, spacing, affine).unwrap()
+        // header_for writes qform/sform codes 2, so what is read back is oriented: compare like.
+        Volume::from_array(data, spacing, affine).unwrap().with_oriented(true)
     }
 
     #[test]
