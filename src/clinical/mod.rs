@@ -47,7 +47,7 @@ impl Side {
             Side::Left => "left",
             Side::Right => "right",
             Side::Crossing => "crossing the midline",
-            Side::Unknown => "side unknown",
+            Side::Unknown => "(side unknown)",
         }
     }
 }
@@ -326,7 +326,7 @@ mod tests {
         let s = summary(&[lesion(1, 30.1), lesion(2, 4.1)], &[f(Side::Left, true), f(Side::Right, false)], 34.2, 31.0);
         assert_eq!(s, "2 lesions, 34.2 mL total (ABC/2 31.0 mL), largest 30.1 mL left, >= 30 mL");
         let s = summary(&[lesion(1, 2.0)], &[f(Side::Unknown, false)], 2.0, 1.5);
-        assert_eq!(s, "1 lesion, 2.0 mL total (ABC/2 1.5 mL), largest 2.0 mL side unknown");
+        assert_eq!(s, "1 lesion, 2.0 mL total (ABC/2 1.5 mL), largest 2.0 mL (side unknown)");
         assert_eq!(summary(&[], &[], 0.0, 0.0), "no hemorrhage found");
     }
 }
