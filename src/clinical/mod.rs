@@ -130,10 +130,9 @@ impl Findings {
                 touches: false,
             })
             .collect();
-        let mut i = 0usize;
-        for ((z, y, x), &hu) in volume.data().indexed_iter() {
+        // indexed_iter runs in logical (raster) order, as the labels do
+        for (i, ((z, y, x), &hu)) in volume.data().indexed_iter().enumerate() {
             let id = ids[i] as usize;
-            i += 1;
             if id == 0 {
                 continue;
             }
