@@ -19,7 +19,9 @@
  *   (end of this header), which passes the struct's size in this header to the library: it
  *   writes exactly that many bytes and sets struct_size, and later reads no field beyond
  *   struct_size. Programs built against an older header thus keep working with a newer
- *   library, and fields added later read as their defaults.
+ *   library, and fields added later read as their defaults. The output structs
+ *   IchsegLesionFindings and IchsegMidline also begin with struct_size: set it to their
+ *   sizeof before the call; the library fills no more than that many bytes.
  * - Buffers: caller buffers are only read or written during the call that receives them, and
  *   outputs are written only when the call succeeds.
  * - Threading: engines and models may be used from any number of threads at once (concurrent
@@ -49,9 +51,23 @@
  * library's (pseudo threshold [0, 1], batch 1..=256; channels other than 0, 1, 3 are
  * INVALID_ARGUMENT); voxel spacing must be 0.001..=1000 mm. Version 4: DICOM (in builds with
  * it): IchsegSeries, ichseg_series_read() and its accessors, ichseg_seg_write(),
- * ichseg_seg_encode() and ichseg_bytes_free().
+ * ichseg_seg_encode() and ichseg_bytes_free(); clinical findings of the lesions:
+ * IchsegLesionFindings (ABC/2, HU density, side, flags) via ichseg_result_lesion_findings(),
+ * IchsegMidline via ichseg_result_midline(), ichseg_result_total_abc2_ml() and
+ * ichseg_result_summary(); IchsegVolumeDesc.affine is RAS+, and NULL means the side is unknown.
  */
 #define ICHSEG_ABI_VERSION 4
+
+/**
+ * IchsegLesionFindings.flags bit: the voxel-counted volume is >= 30 mL.
+ */
+#define ICHSEG_FINDING_GE_30_ML 1
+
+/**
+ * IchsegLesionFindings.flags bit: the lesion lies within 1.5 mm (and at least one voxel) of
+ * the skull, a hint that it may be extra-axial.
+ */
+#define ICHSEG_FINDING_TOUCHES_INNER_TABLE 2
 
 /**
  * What every fallible ichseg_* function returns. 0 (ICHSEG_STATUS_OK) is success; on any
@@ -201,6 +217,24 @@ typedef enum IchsegAggregate {
 } IchsegAggregate;
 
 /**
+ * Side of a lesion relative to the midsagittal plane estimated from the skull's symmetry.
+ * Left and right are the patient's, and need the volume's affine in RAS+
+ * (IchsegVolumeDesc.affine); without one the side is ICHSEG_SIDE_UNKNOWN.
+ */
+typedef enum IchsegSide {
+    /**
+     * No midline was found (ichseg_result_midline() says why) or the orientation is unknown.
+     */
+    ICHSEG_SIDE_UNKNOWN = 0,
+    ICHSEG_SIDE_LEFT = 1,
+    ICHSEG_SIDE_RIGHT = 2,
+    /**
+     * At least 10 % of the lesion's voxels lie on each side.
+     */
+    ICHSEG_SIDE_CROSSING = 3,
+} IchsegSide;
+
+/**
  * An execution context: the compute device and a private pool of worker threads.
  *
  * Create with ichseg_engine_create(), free with ichseg_engine_free(). Thread-safe: one engine
@@ -314,9 +348,11 @@ typedef struct IchsegVolumeDesc {
      */
     double spacing[3];
     /**
-     * NULL, or 16 doubles: the row-major 4x4 matrix mapping voxel (x, y, z, 1) to world mm
-     * (the NIfTI sform/qform, or DICOM position and orientation). NULL means a scaling by
-     * the spacing. Used only for the lesion centroids in world mm.
+     * NULL, or 16 doubles: the row-major 4x4 matrix mapping voxel (x, y, z, 1) to world mm in
+     * RAS+ (+x towards the patient's right, +y anterior, +z superior: the NIfTI sform/qform, or
+     * DICOM position and orientation with x and y negated). Used for the lesion centroids in
+     * world mm and for the lesions' sides. NULL means a scaling by the spacing and an unknown
+     * orientation: every side is then ICHSEG_SIDE_UNKNOWN.
      */
     const double *affine;
     /**
@@ -541,6 +577,89 @@ typedef struct IchsegLesion {
      */
     uint32_t last_slice;
 } IchsegLesion;
+
+/**
+ * The clinical findings of one lesion (docs/FINDINGS.md). A versioned struct: set
+ * struct_size to sizeof(IchsegLesionFindings) before calling ichseg_result_lesion_findings();
+ * fields may be appended in later versions, and a library fills no more than struct_size
+ * bytes.
+ */
+typedef struct IchsegLesionFindings {
+    /**
+     * sizeof(IchsegLesionFindings) as the caller was compiled; set by the caller.
+     */
+    size_t struct_size;
+    /**
+     * ABC/2 volume estimate in mL: A x B x C / 2.
+     */
+    double abc2_ml;
+    /**
+     * A: largest diameter (mm) on the axial slice with the most lesion voxels.
+     */
+    double abc2_a_mm;
+    /**
+     * B: largest extent (mm) perpendicular to A on that slice.
+     */
+    double abc2_b_mm;
+    /**
+     * C: number of slices with the lesion times the slice spacing (mm).
+     */
+    double abc2_c_mm;
+    /**
+     * Mean HU over the lesion's voxels (from the input volume).
+     */
+    double mean_hu;
+    /**
+     * Median HU over the lesion's voxels.
+     */
+    double median_hu;
+    /**
+     * Largest HU over the lesion's voxels.
+     */
+    double max_hu;
+    /**
+     * Side relative to the midline.
+     */
+    enum IchsegSide side;
+    /**
+     * ICHSEG_FINDING_* bits.
+     */
+    uint32_t flags;
+} IchsegLesionFindings;
+
+/**
+ * The midsagittal plane the sides refer to: the world points p (mm, RAS+) with
+ * dot(normal, p) = offset_mm. A versioned struct like IchsegLesionFindings.
+ */
+typedef struct IchsegMidline {
+    /**
+     * sizeof(IchsegMidline) as the caller was compiled; set by the caller.
+     */
+    size_t struct_size;
+    /**
+     * 1 when a plane was found; 0 when not (then every side is ICHSEG_SIDE_UNKNOWN and the
+     * geometry fields are 0).
+     */
+    uint32_t found;
+    /**
+     * Unit normal towards the patient's right.
+     */
+    double normal[3];
+    double offset_mm;
+    /**
+     * The point of the plane nearest the world origin.
+     */
+    double point[3];
+    /**
+     * Fraction of the skull that the plane mirrors onto skull (0..1).
+     */
+    double score;
+    /**
+     * Why no plane was found (NUL-terminated, owned by the result, valid until it is freed);
+     * NULL when found.
+     */
+    const char *reason;
+} IchsegMidline;
 
 #ifdef __cplusplus
 extern "C" {
@@ -902,6 +1021,44 @@ enum IchsegStatus ichseg_result_total_volume_ml(const struct IchsegResult *resul
  * `result` must be NULL or a live result; `out` NULL or writable.
  */
 enum IchsegStatus ichseg_result_lesion(const struct IchsegResult *result, size_t index, struct IchsegLesion *out);
+
+/**
+ * Copies the clinical findings of lesion number `index` (0-based, below
+ * ichseg_result_lesion_count()) into `*out`, whose struct_size the caller has set. A
+ * struct_size below the first version's size (or above 4096), or an index out of range, gives
+ * ICHSEG_STATUS_INVALID_ARGUMENT and leaves `*out` untouched. Thread-safe.
+ *
+ * # Safety
+ * `result` must be NULL or a live result; `out` NULL or valid for `out->struct_size` bytes.
+ */
+enum IchsegStatus ichseg_result_lesion_findings(const struct IchsegResult *result, size_t index, struct IchsegLesionFindings *out);
+
+/**
+ * The sum of the lesions' ABC/2 estimates, in mL, in `*out`. Thread-safe.
+ *
+ * # Safety
+ * `result` must be NULL or a live result; `out` NULL or writable.
+ */
+enum IchsegStatus ichseg_result_total_abc2_ml(const struct IchsegResult *result, double *out);
+
+/**
+ * A one-line summary in `*out`, e.g. "2 lesions, 34.2 mL total (ABC/2 31.0 mL), largest
+ * 30.1 mL left, >= 30 mL", or "no hemorrhage found". The string (UTF-8, NUL-terminated)
+ * belongs to the result: valid until ichseg_result_free(), never free it. Thread-safe.
+ *
+ * # Safety
+ * `result` must be NULL or a live result; `out` NULL or writable.
+ */
+enum IchsegStatus ichseg_result_summary(const struct IchsegResult *result, const char **out);
+
+/**
+ * The midsagittal plane (or why none was found) in `*out`, whose struct_size the caller has
+ * set (as for ichseg_result_lesion_findings()). Thread-safe.
+ *
+ * # Safety
+ * `result` must be NULL or a live result; `out` NULL or valid for `out->struct_size` bytes.
+ */
+enum IchsegStatus ichseg_result_midline(const struct IchsegResult *result, struct IchsegMidline *out);
 
 /**
  * Frees a result. NULL is a no-op.

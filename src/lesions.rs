@@ -124,6 +124,28 @@ fn clear_small<L: Label>(mask: &mut Array3<u8>, labels: &[L], k: usize, voxel_ml
     small.iter().filter(|&&s| s).count()
 }
 
+/// One label per voxel of `mask` (raster order, x fastest): 0 for background, else the `id` that
+/// [`find_lesions`] gives the voxel's lesion (1 = largest). Volumes hold at most 2^31 voxels
+/// ([`crate::volume::MAX_VOXELS`]), so u32 labels always fit.
+pub(crate) fn lesion_ids(mask: ArrayView3<u8>) -> Vec<u32> {
+    let (mut labels, k) = label_3d::<u32>(mask);
+    let mut voxels = vec![0usize; k + 1];
+    for l in &labels {
+        voxels[l.index()] += 1;
+    }
+    // Same order as lesion_stats: by size, ties by raster order of the first voxel (= label).
+    let mut order: Vec<usize> = (1..=k).collect();
+    order.sort_by_key(|&l| std::cmp::Reverse(voxels[l]));
+    let mut rank = vec![0u32; k + 1];
+    for (r, &l) in order.iter().enumerate() {
+        rank[l] = (r + 1) as u32;
+    }
+    for l in labels.iter_mut() {
+        *l = rank[l.index()];
+    }
+    labels
+}
+
 /// Sum of the lesions' volumes in millilitres.
 pub fn total_volume_ml(lesions: &[Lesion]) -> f64 {
     // f64's Sum starts at -0.0: an empty list would print as "-0.00 mL"
@@ -359,6 +381,20 @@ fn lesion_stats<L: Label>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lesion_ids_follow_find_lesions_ranks() {
+        // Small lesion first in raster order, large one later: ids must rank by size.
+        let m = mask(2, 4, 5, &[[0, 0, 0], [3, 2, 0], [4, 2, 0], [4, 3, 1], [0, 3, 1], [1, 3, 1]]);
+        let ids = lesion_ids(m.view());
+        let lesions = find_lesions(m.view(), [1.0; 3], &EYE);
+        for l in &lesions {
+            let n = ids.iter().filter(|&&i| i as usize == l.id).count();
+            assert_eq!(n, l.voxels, "lesion {}", l.id);
+        }
+        assert_eq!(ids[0], 3); // the single voxel at (0, 0, 0) is the smallest
+        assert_eq!(ids.iter().filter(|&&i| i == 0).count(), m.len() - 6);
+    }
 
     #[test]
     fn no_lesions_total_plus_zero() {

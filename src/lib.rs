@@ -26,6 +26,7 @@
 pub mod alloc;
 pub mod cam;
 pub mod capi;
+pub mod clinical;
 pub mod crf;
 pub mod error;
 #[cfg(any(feature = "gpu", test))]

@@ -23,6 +23,9 @@ pub struct Volume {
     data: Array3<f32>,
     spacing: [f64; 3],
     affine: [[f64; 4]; 4],
+    /// Whether the affine is a real patient orientation (RAS+). Left/right findings are only
+    /// made for oriented volumes: a plain scaling affine says nothing about which side is which.
+    oriented: bool,
 }
 
 impl Volume {
@@ -45,17 +48,19 @@ impl Volume {
     }
 
     /// Builds a volume from an array of shape `[nz, ny, nx]`; `affine` maps voxel (i, j, k, 1)
-    /// to world millimetres, `None` meaning a scaling by the spacing.
+    /// to world millimetres in RAS+ (+x towards the patient's right, +y anterior, +z superior),
+    /// `None` meaning a scaling by the spacing and an unknown orientation ([`Volume::oriented`]).
     pub fn from_array(data: Array3<f32>, spacing: [f64; 3], affine: Option<[[f64; 4]; 4]>) -> Result<Self> {
         let (nz, ny, nx) = data.dim();
         checked_voxel_count([nx, ny, nz])?;
         check_spacing(spacing)?;
+        let oriented = affine.is_some();
         let affine = affine.unwrap_or_else(|| scaling_affine(spacing));
         if affine.iter().flatten().any(|v| !v.is_finite()) {
             return Err(Error::arg("affine contains a non-finite value"));
         }
         check_finite(&data)?;
-        Ok(Volume { data, spacing, affine })
+        Ok(Volume { data, spacing, affine, oriented })
     }
 
     /// `[nx, ny, nz]`.
@@ -70,6 +75,17 @@ impl Volume {
     /// Voxel index (i, j, k, 1) to world coordinates in mm.
     pub fn affine(&self) -> [[f64; 4]; 4] {
         self.affine
+    }
+    /// Whether the affine gives the patient's orientation (RAS+: world +x towards the patient's
+    /// right); false for a volume built without an affine. Side findings need it.
+    pub fn oriented(&self) -> bool {
+        self.oriented
+    }
+    /// The same volume with its orientation marked known or unknown (a NIfTI whose qform and
+    /// sform codes are both 0 has an affine that is only a scaling).
+    pub fn with_oriented(mut self, oriented: bool) -> Self {
+        self.oriented = oriented;
+        self
     }
     /// HU values, shape `[nz, ny, nx]`.
     pub fn data(&self) -> &Array3<f32> {
@@ -201,6 +217,16 @@ mod tests {
         assert!(checked_voxel_count([usize::MAX, 2, 1]).is_err());
         assert!(Volume::from_hu(vec![0.0; 7], [2, 2, 2], [1.0; 3]).unwrap_err().to_string().contains("needs 8"));
         assert!(Volume::from_hu(vec![0.0; 8], [2, 2, 2], [1.0, 0.0, 1.0]).is_err());
+    }
+
+    #[test]
+    fn orientation_is_known_only_with_an_affine() {
+        let data = || Array3::<f32>::zeros((2, 2, 2));
+        assert!(!Volume::from_array(data(), [1.0; 3], None).unwrap().oriented());
+        assert!(!Volume::from_hu(vec![0.0; 8], [2, 2, 2], [1.0; 3]).unwrap().oriented());
+        let v = Volume::from_array(data(), [1.0; 3], Some(scaling_affine([1.0; 3]))).unwrap();
+        assert!(v.oriented());
+        assert!(!v.with_oriented(false).oriented());
     }
 
     #[test]

@@ -34,6 +34,8 @@ fn every_series_reads_to_its_reference_volume() {
         let reference = nifti::read(&root().join(s["reference"].as_str().unwrap())).unwrap();
         let (g, r) = (&got.volume, &reference.volume);
         assert_eq!(g.dims(), r.dims(), "{name}");
+        // A series' geometry gives the patient's orientation (side findings need it).
+        assert!(g.oriented() && r.oriented(), "{name}");
         let tolerance = s["tolerance_hu"].as_f64().unwrap() as f32;
         let worst = g.data().iter().zip(r.data().iter()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(worst <= tolerance, "{name}: HU differ by up to {worst}, tolerance {tolerance}");
@@ -135,6 +137,8 @@ fn a_series_and_its_nifti_segment_to_identical_masks() {
         let a = segmenter.segment(&series.volume).unwrap();
         let b = segmenter.segment(&reference.volume).unwrap();
         assert_eq!(a.mask, b.mask, "{name}");
+        // The same geometry and HU give the same findings (sides included).
+        assert_eq!(a.findings.summary, b.findings.summary, "{name}");
         assert!(a.mask.iter().any(|&v| v == 1), "{name}: the fixture holds a bleed the model finds");
     }
 }

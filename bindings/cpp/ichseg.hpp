@@ -360,6 +360,35 @@ public:
         return out;
     }
 
+    /// Clinical findings of lesion `index` (ABC/2, HU density, side, flags);
+    /// Error(INVALID_ARGUMENT) when out of range.
+    IchsegLesionFindings findings(std::size_t index) const {
+        IchsegLesionFindings out{};
+        out.struct_size = sizeof out;
+        detail::check(ichseg_result_lesion_findings(handle_.get(), index, &out));
+        return out;
+    }
+    /// The midsagittal plane the sides refer to (found == 0 and a reason when none was found;
+    /// the reason points into this Result).
+    IchsegMidline midline() const {
+        IchsegMidline out{};
+        out.struct_size = sizeof out;
+        detail::check(ichseg_result_midline(handle_.get(), &out));
+        return out;
+    }
+    /// Sum of the lesions' ABC/2 estimates, mL.
+    double total_abc2_ml() const {
+        double out = 0.0;
+        detail::check(ichseg_result_total_abc2_ml(handle_.get(), &out));
+        return out;
+    }
+    /// One line, e.g. "2 lesions, 34.2 mL total (ABC/2 31.0 mL), largest 30.1 mL left, >= 30 mL".
+    std::string summary() const {
+        const char* out = nullptr;
+        detail::check(ichseg_result_summary(handle_.get(), &out));
+        return out ? std::string(out) : std::string();
+    }
+
     const IchsegResult* get() const noexcept { return handle_.get(); }
     explicit operator bool() const noexcept { return handle_ != nullptr; }
 

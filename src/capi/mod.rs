@@ -1,4 +1,4 @@
-//! The C ABI, version 1: the `extern "C"` surface of libichseg and nothing else.
+//! The C ABI (version in ICHSEG_ABI_VERSION): the `extern "C"` surface of libichseg and nothing else.
 //!
 //! `include/ichseg.h` is generated from these files by cbindgen (config in `cbindgen.toml`);
 //! `tests/c_abi.rs` fails when the committed header is stale and rewrites it when run with
@@ -51,7 +51,10 @@ use std::ffi::c_char;
 /// library's (pseudo threshold [0, 1], batch 1..=256; channels other than 0, 1, 3 are
 /// INVALID_ARGUMENT); voxel spacing must be 0.001..=1000 mm. Version 4: DICOM (in builds with
 /// it): IchsegSeries, ichseg_series_read() and its accessors, ichseg_seg_write(),
-/// ichseg_seg_encode() and ichseg_bytes_free().
+/// ichseg_seg_encode() and ichseg_bytes_free(); clinical findings of the lesions:
+/// IchsegLesionFindings (ABC/2, HU density, side, flags) via ichseg_result_lesion_findings(),
+/// IchsegMidline via ichseg_result_midline(), ichseg_result_total_abc2_ml() and
+/// ichseg_result_summary(); IchsegVolumeDesc.affine is RAS+, and NULL means the side is unknown.
 pub const ICHSEG_ABI_VERSION: u32 = 4;
 
 /// The C ABI version of the loaded library (4 for this header; see ICHSEG_ABI_VERSION).

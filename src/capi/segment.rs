@@ -53,9 +53,11 @@ pub struct IchsegVolumeDesc {
     pub dims: [usize; 3],
     /// Voxel size along x, y, z in mm; finite and > 0. Lesion volumes use it.
     pub spacing: [f64; 3],
-    /// NULL, or 16 doubles: the row-major 4x4 matrix mapping voxel (x, y, z, 1) to world mm
-    /// (the NIfTI sform/qform, or DICOM position and orientation). NULL means a scaling by
-    /// the spacing. Used only for the lesion centroids in world mm.
+    /// NULL, or 16 doubles: the row-major 4x4 matrix mapping voxel (x, y, z, 1) to world mm in
+    /// RAS+ (+x towards the patient's right, +y anterior, +z superior: the NIfTI sform/qform, or
+    /// DICOM position and orientation with x and y negated). Used for the lesion centroids in
+    /// world mm and for the lesions' sides. NULL means a scaling by the spacing and an unknown
+    /// orientation: every side is then ICHSEG_SIDE_UNKNOWN.
     pub affine: *const f64,
     /// HU = value * rescale_slope + rescale_intercept; 0 is taken as 1. Must be finite.
     pub rescale_slope: f64,
@@ -173,7 +175,7 @@ pub unsafe extern "C" fn ichseg_segment(
                 "internal error: segmentation has the wrong number of voxels",
             ));
         }
-        let handle = IchsegResult { lesions: seg.lesions, total_volume_ml: seg.total_volume_ml };
+        let handle = IchsegResult::new(seg.lesions, seg.total_volume_ml, seg.findings);
         unsafe {
             std::ptr::copy_nonoverlapping(mask_values.as_ptr(), mask, n);
             if !probabilities.is_null() {

@@ -877,10 +877,13 @@ fn to_image(header: NiftiHeader, data: &[u8], name: &Path) -> Result<NiftiImage>
     }
     // Volume checks for NaN/Inf voxels and a non-finite affine; both are defects of this file,
     // so report them as such, with its path.
-    let volume = Volume::from_array(array, spacing, Some(header.affine())).map_err(|e| match e {
-        Error::NonFiniteVoxels { .. } | Error::InvalidArgument(_) => Error::image(name, e.to_string()),
-        other => other,
-    })?;
+    let volume = Volume::from_array(array, spacing, Some(header.affine()))
+        .map_err(|e| match e {
+            Error::NonFiniteVoxels { .. } | Error::InvalidArgument(_) => Error::image(name, e.to_string()),
+            other => other,
+        })?
+        // Codes 0 and 0: the affine is only pixdim's scaling (NIfTI-1 "method 1"), no orientation.
+        .with_oriented(header.sform_code() > 0 || header.qform_code() > 0);
     Ok(NiftiImage { header, volume })
 }
 
@@ -959,7 +962,8 @@ mod tests {
         let n = dims.iter().product::<usize>();
         let data =
             Array3::from_shape_vec((dims[2], dims[1], dims[0]), (0..n).map(|i| i as f32 - 7.5).collect()).unwrap();
-        Volume::from_array(data, spacing, affine).unwrap()
+        // header_for writes qform/sform codes 2, so what is read back is oriented: compare like.
+        Volume::from_array(data, spacing, affine).unwrap().with_oriented(true)
     }
 
     #[test]
@@ -1008,7 +1012,9 @@ mod tests {
 
     #[test]
     fn header_for_round_trips_in_memory() {
-        let v = volume([4, 3, 2], [0.5, 0.75, 5.0], None);
+        // An explicit affine: the file's codes 2 make the read volume oriented.
+        let scaling = [[0.5, 0.0, 0.0, 0.0], [0.0, 0.75, 0.0, 0.0], [0.0, 0.0, 5.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
+        let v = volume([4, 3, 2], [0.5, 0.75, 5.0], Some(scaling));
         let h = header_for(&v);
         assert_eq!(h.dims(), [4, 3, 2]);
         assert_eq!(h.spacing(), [0.5, 0.75, 5.0]);
@@ -1017,6 +1023,19 @@ mod tests {
         let img = read_bytes(&encode(&h, &data), Path::new("mem.nii")).unwrap();
         assert_eq!(img.volume, v);
         assert_eq!(h.qform(), h.sform());
+    }
+
+    #[test]
+    fn orientation_is_known_only_with_a_qform_or_sform_code() {
+        let v = volume([4, 3, 2], [0.5, 0.75, 5.0], None);
+        let data: Vec<u8> = v.data().iter().flat_map(|x| x.to_le_bytes()).collect();
+        for (qcode, scode, oriented) in [(0, 0, false), (1, 0, true), (0, 2, true), (1, 1, true)] {
+            let mut h = header_for(&v);
+            h.set_i16(QFORM_CODE, qcode);
+            h.set_i16(SFORM_CODE, scode);
+            let img = read_bytes(&encode(&h, &data), Path::new("mem.nii")).unwrap();
+            assert_eq!(img.volume.oriented(), oriented, "qform_code {qcode} sform_code {scode}");
+        }
     }
 
     #[test]

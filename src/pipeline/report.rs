@@ -1,6 +1,8 @@
-//! The JSON reports of the jobs: `ichseg segment --report` (lesions, volumes, model, device,
-//! timings) and `ichseg pseudo-label --report`.
+//! The JSON reports of the jobs: `ichseg segment --report` (lesions with their clinical findings,
+//! volumes, the summary line, model, device, timings) and `ichseg pseudo-label --report`.
 
+use crate::clinical::midline::Midline;
+use crate::clinical::LesionFindings;
 use crate::error::{Error, Result};
 use crate::io::atomic::write_atomic;
 use crate::lesions::Lesion;
@@ -26,8 +28,24 @@ pub struct SegmentationReport {
     pub batch: usize,
     pub lesion_count: usize,
     pub total_volume_ml: f64,
-    pub lesions: Vec<Lesion>,
+    /// Sum of the lesions' ABC/2 estimates.
+    pub total_abc2_ml: f64,
+    pub largest_lesion_ml: f64,
+    /// e.g. "2 lesions, 34.2 mL total (ABC/2 31.0 mL), largest 30.1 mL left, >= 30 mL".
+    pub summary: String,
+    /// The midsagittal plane the sides refer to (docs/FINDINGS.md).
+    pub midline: Midline,
+    pub lesions: Vec<ReportLesion>,
     pub timings: ReportTimings,
+}
+
+/// One lesion in the report: its geometry and its clinical findings, side by side.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReportLesion {
+    #[serde(flatten)]
+    pub lesion: Lesion,
+    #[serde(flatten)]
+    pub findings: LesionFindings,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -64,7 +82,16 @@ impl SegmentationReport {
             batch: result.batch,
             lesion_count: result.lesions.len(),
             total_volume_ml: result.total_volume_ml,
-            lesions: result.lesions.clone(),
+            total_abc2_ml: result.findings.total_abc2_ml,
+            largest_lesion_ml: result.findings.largest_lesion_ml,
+            summary: result.findings.summary.clone(),
+            midline: result.findings.midline.clone(),
+            lesions: result
+                .lesions
+                .iter()
+                .zip(&result.findings.lesions)
+                .map(|(l, f)| ReportLesion { lesion: l.clone(), findings: f.clone() })
+                .collect(),
             timings: ReportTimings { load_s, segment: result.timings.clone() },
         }
     }

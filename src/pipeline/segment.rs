@@ -1,6 +1,7 @@
 //! Job 2 of METHOD.md: a CT volume and a U-Net in, hemorrhage mask, probabilities and lesions out.
 
 use crate::alloc::{try_array3, try_map3};
+use crate::clinical::Findings;
 use crate::error::{Error, Result};
 use crate::lesions::{check_min_lesion_ml, find_lesions, remove_small_lesions, total_volume_ml, Lesion};
 use crate::model::runtime::{Engine, PlanCache};
@@ -100,6 +101,9 @@ pub struct Segmentation {
     /// 3D connected components (26-connectivity), largest first.
     pub lesions: Vec<Lesion>,
     pub total_volume_ml: f64,
+    /// ABC/2, density, side and flags of each lesion (same order as `lesions`), the midline,
+    /// totals and the one-line summary ([`crate::clinical`]).
+    pub findings: Findings,
     /// Slices per network run at the end: the configured batch, or less when the GPU ran out
     /// of memory and the batch was halved ([`Error::DeviceMemory`]).
     pub batch: usize,
@@ -275,14 +279,16 @@ impl Segmenter {
         remove_small_lesions(&mut mask, volume.spacing(), self.config.min_lesion_ml)?;
         let lesions = find_lesions(mask.view(), volume.spacing(), &volume.affine());
         let total_volume_ml = total_volume_ml(&lesions);
+        let findings = Findings::new(volume, mask.view(), &lesions)?;
         timings.postprocess_s += t3.elapsed().as_secs_f64();
         timings.total_s = started.elapsed().as_secs_f64();
-        Ok(Segmentation { mask, probability, lesions, total_volume_ml, batch, timings })
+        Ok(Segmentation { mask, probability, lesions, total_volume_ml, findings, batch, timings })
     }
 
     /// Bytes of the buffers [`Segmenter::segment`] allocates for a volume of `dims` (None: more
     /// than a usize holds): the probability map, the mask and the lesion labelling (4 + 1 + 4
-    /// bytes a voxel), one batch of probability slices at the native size and the network input.
+    /// bytes a voxel), the findings' skull mask, its dilations and a label map (6 more bytes a
+    /// voxel at their peak), one batch of probability slices at the native size and the network input.
     /// The model's weights and activations are not included: they do not grow with the volume.
     pub fn buffer_bytes(&self, dims: [usize; 3]) -> Option<usize> {
         let [nx, ny, nz] = dims;
@@ -291,7 +297,7 @@ impl Segmenter {
         let slices = nx.checked_mul(ny)?.checked_mul(c.batch)?.checked_mul(4)?;
         let input =
             c.batch.checked_mul(c.channels)?.checked_mul(c.input_rows)?.checked_mul(c.input_cols)?.checked_mul(4)?;
-        voxels.checked_mul(9)?.checked_add(slices)?.checked_add(input)
+        voxels.checked_mul(15)?.checked_add(slices)?.checked_add(input)
     }
 
     /// Runs the network alone on a preprocessed `[B, C, H, W]` batch and returns its first

@@ -619,6 +619,100 @@ static IchsegVolumeDesc describe(IchsegVoxelType type, const void *data, const s
     return d;
 }
 
+/* Clinical findings: values consistent with the mask and the HU, the growable structs, every
+ * error path. `oriented` says whether the volume had an affine. */
+static void check_findings(const IchsegResult *res, const uint8_t *mask, const float *hu, size_t n,
+                           int oriented)
+{
+    size_t i, count = 0;
+    double sum_abc2 = 0.0, total_abc2 = -1.0, lo = 1e30, hi = -1e30;
+    const char *summary = NULL;
+    char want[32];
+    IchsegLesionFindings f;
+    IchsegMidline m;
+    unsigned char big[sizeof(IchsegLesionFindings) + 16];
+
+    for (i = 0; i < n; i++) {
+        if (mask[i]) {
+            lo = hu[i] < lo ? hu[i] : lo;
+            hi = hu[i] > hi ? hu[i] : hi;
+        }
+    }
+    OK(ichseg_result_lesion_count(res, &count));
+    memset(&m, 0, sizeof m);
+    m.struct_size = sizeof m;
+    OK(ichseg_result_midline(res, &m));
+    CHECK(m.struct_size == sizeof m, "midline struct_size %zu", m.struct_size);
+    CHECK(m.found == 0 || m.found == 1, "found %u", (unsigned)m.found);
+    CHECK(m.found ? m.reason == NULL : (m.reason != NULL && m.reason[0] != '\0'), "midline reason");
+    if (!oriented) {
+        CHECK(!m.found && strstr(m.reason, "orientation") != NULL, "no affine: \"%s\"", m.reason);
+    }
+    for (i = 0; i < count; i++) {
+        IchsegLesion l;
+        memset(&f, 0xA5, sizeof f);
+        f.struct_size = sizeof f;
+        OK(ichseg_result_lesion(res, i, &l));
+        OK(ichseg_result_lesion_findings(res, i, &f));
+        CHECK(f.struct_size == sizeof f, "findings struct_size %zu", f.struct_size);
+        CHECK(f.abc2_ml > 0.0 && close_rel(f.abc2_ml, f.abc2_a_mm * f.abc2_b_mm * f.abc2_c_mm / 2000.0, 1e-9),
+              "lesion %zu ABC/2 %g (A %g B %g C %g)", i, f.abc2_ml, f.abc2_a_mm, f.abc2_b_mm, f.abc2_c_mm);
+        CHECK(close_rel(f.abc2_c_mm, 5.0 * (double)(l.last_slice - l.first_slice + 1), 1e-12),
+              "C %g for slices %u-%u", f.abc2_c_mm, (unsigned)l.first_slice, (unsigned)l.last_slice);
+        CHECK(f.mean_hu >= lo && f.mean_hu <= f.max_hu && f.median_hu >= lo && f.median_hu <= f.max_hu &&
+                  f.max_hu <= hi,
+              "lesion %zu HU mean %g median %g max %g (mask HU %g..%g)", i, f.mean_hu, f.median_hu, f.max_hu, lo,
+              hi);
+        CHECK((int)f.side >= (int)ICHSEG_SIDE_UNKNOWN && (int)f.side <= (int)ICHSEG_SIDE_CROSSING, "side %d", (int)f.side);
+        CHECK(m.found || f.side == ICHSEG_SIDE_UNKNOWN, "no midline, yet side %d", (int)f.side);
+        CHECK(((f.flags & ICHSEG_FINDING_GE_30_ML) != 0) == (l.volume_ml >= 30.0), "flags %u", (unsigned)f.flags);
+        CHECK((f.flags & ~(uint32_t)(ICHSEG_FINDING_GE_30_ML | ICHSEG_FINDING_TOUCHES_INNER_TABLE)) == 0,
+              "unknown flag bits %u", (unsigned)f.flags);
+        sum_abc2 += f.abc2_ml;
+    }
+    OK(ichseg_result_total_abc2_ml(res, &total_abc2));
+    CHECK(close_rel(total_abc2, sum_abc2, 1e-12) || (count == 0 && total_abc2 == 0.0), "total ABC/2 %g vs %g",
+          total_abc2, sum_abc2);
+    OK(ichseg_result_summary(res, &summary));
+    snprintf(want, sizeof want, "%zu lesion", count);
+    CHECK(summary != NULL && (count == 0 ? strcmp(summary, "no hemorrhage found") == 0
+                                         : strncmp(summary, want, strlen(want)) == 0),
+          "summary \"%s\"", summary ? summary : "(null)");
+    printf("  %s\n", summary ? summary : "(null)");
+
+    /* A newer caller's larger struct: this library fills its own size and leaves the rest. */
+    if (count > 0) {
+        IchsegLesionFindings *p = (IchsegLesionFindings *)big;
+        memset(big, 0x5A, sizeof big);
+        p->struct_size = sizeof big;
+        OK(ichseg_result_lesion_findings(res, 0, p));
+        CHECK(p->struct_size == sizeof(IchsegLesionFindings) && big[sizeof(IchsegLesionFindings)] == 0x5A &&
+                  big[sizeof big - 1] == 0x5A,
+              "a larger struct: struct_size %zu", p->struct_size);
+    }
+    /* Errors: NULLs, sizes too small or absurd, an index out of range; *out left untouched. */
+    f.struct_size = sizeof f;
+    EXPECT(ichseg_result_lesion_findings(NULL, 0, &f), ICHSEG_STATUS_NULL_POINTER, "`result`");
+    EXPECT(ichseg_result_lesion_findings(res, 0, NULL), ICHSEG_STATUS_NULL_POINTER, "`out`");
+    EXPECT(ichseg_result_lesion_findings(res, count, &f), ICHSEG_STATUS_INVALID_ARGUMENT, "out of range");
+    f.struct_size = 0;
+    EXPECT(ichseg_result_lesion_findings(res, 0, &f), ICHSEG_STATUS_INVALID_ARGUMENT, "struct_size is 0");
+    CHECK(f.struct_size == 0, "a refused struct is left untouched");
+    f.struct_size = sizeof f - 1;
+    EXPECT(ichseg_result_lesion_findings(res, 0, &f), ICHSEG_STATUS_INVALID_ARGUMENT, "set it to sizeof");
+    f.struct_size = 5000;
+    EXPECT(ichseg_result_lesion_findings(res, 0, &f), ICHSEG_STATUS_INVALID_ARGUMENT, "at most 4096");
+    m.struct_size = sizeof m;
+    EXPECT(ichseg_result_midline(NULL, &m), ICHSEG_STATUS_NULL_POINTER, "`result`");
+    EXPECT(ichseg_result_midline(res, NULL), ICHSEG_STATUS_NULL_POINTER, "`out`");
+    m.struct_size = 8;
+    EXPECT(ichseg_result_midline(res, &m), ICHSEG_STATUS_INVALID_ARGUMENT, "IchsegMidline.struct_size is 8");
+    EXPECT(ichseg_result_total_abc2_ml(NULL, &total_abc2), ICHSEG_STATUS_NULL_POINTER, "`result`");
+    EXPECT(ichseg_result_total_abc2_ml(res, NULL), ICHSEG_STATUS_NULL_POINTER, "`out`");
+    EXPECT(ichseg_result_summary(NULL, &summary), ICHSEG_STATUS_NULL_POINTER, "`result`");
+    EXPECT(ichseg_result_summary(res, NULL), ICHSEG_STATUS_NULL_POINTER, "`out`");
+}
+
 /* Network output against the fixture's reference logits (onnxruntime), through the ABI. */
 static void test_reference_float(const IchsegModel *model, const Reference *r, uint8_t *mask_out,
                                  float *prob_out)
@@ -647,6 +741,7 @@ static void test_reference_float(const IchsegModel *model, const Reference *r, u
     CHECK(count_nonzero(mask_out, r->n) > 0, "the model finds the fixture's bleeds");
     printf("  max |p - p_ref| = %.3g over %zu voxels, %zu bleed voxels, %zu near 0.5\n", max_diff,
            r->n, count_nonzero(mask_out, r->n), near_half);
+    check_findings(res, mask_out, r->hu, r->n, 0);
     ichseg_result_free(res);
 }
 
@@ -692,6 +787,7 @@ static void test_int16(const IchsegModel *model_b1, const IchsegModel *model_b2,
         free(mu);
     }
     check_lesions(res, m16, r->dims, d16.spacing, affine);
+    check_findings(res, m16, r->raw_hu, r->n, 1);
     OK(ichseg_result_lesion_count(res, &count));
     CHECK(count >= 1, "lesions found: %zu", count);
     for (i = 0; i < count; i++) {

@@ -261,6 +261,29 @@ static void check_result(const ichseg::Result& r, const std::vector<uint8_t>& ma
     CHECK(close_rel(r.total_volume_ml(), sum_ml, 1e-12), "total %g vs sum %g", r.total_volume_ml(), sum_ml);
     CHECK(close_rel(r.total_volume_ml(), 610 * voxel_ml, 1e-9), "total %g mL", r.total_volume_ml());
     EXPECT_ERROR(r.lesion(lesions.size()), ICHSEG_STATUS_INVALID_ARGUMENT, "");
+
+    // Clinical findings: ABC/2 consistent with its diameters, HU ordered, totals and summary.
+    double sum_abc2 = 0.0;
+    const IchsegMidline m = r.midline();
+    CHECK(m.struct_size == sizeof m && (m.found ? m.reason == nullptr : m.reason != nullptr), "midline");
+    for (std::size_t i = 0; i < lesions.size(); i++) {
+        const IchsegLesionFindings f = r.findings(i);
+        CHECK(f.struct_size == sizeof f, "findings struct_size %zu", f.struct_size);
+        CHECK(f.abc2_ml > 0.0 && close_rel(f.abc2_ml, f.abc2_a_mm * f.abc2_b_mm * f.abc2_c_mm / 2000.0, 1e-9),
+              "lesion %zu ABC/2 %g", i, f.abc2_ml);
+        CHECK(close_rel(f.abc2_c_mm, ct.spacing[2] * (lesions[i].last_slice - lesions[i].first_slice + 1), 1e-12),
+              "lesion %zu C %g", i, f.abc2_c_mm);
+        CHECK(f.median_hu <= f.max_hu && f.mean_hu <= f.max_hu, "lesion %zu HU", i);
+        CHECK(m.found || f.side == ICHSEG_SIDE_UNKNOWN, "side %d without a midline", static_cast<int>(f.side));
+        sum_abc2 += f.abc2_ml;
+    }
+    CHECK(close_rel(r.total_abc2_ml(), sum_abc2, 1e-12), "total ABC/2 %g vs %g", r.total_abc2_ml(), sum_abc2);
+    const std::string summary = r.summary();
+    CHECK(summary.rfind("3 lesions, ", 0) == 0, "summary \"%s\"", summary.c_str());
+    EXPECT_ERROR(r.findings(lesions.size()), ICHSEG_STATUS_INVALID_ARGUMENT, "out of range");
+    const ichseg::Result empty(nullptr);
+    EXPECT_ERROR(empty.summary(), ICHSEG_STATUS_NULL_POINTER, "`result`");
+    EXPECT_ERROR(empty.findings(0), ICHSEG_STATUS_NULL_POINTER, "`result`");
 }
 
 // Happy path: int16 caller buffer, mask, probabilities, progress; returns the mask.

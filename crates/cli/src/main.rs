@@ -140,9 +140,13 @@ struct SegmentArgs {
     /// Also write the bleed probability: .dcm for a FRACTIONAL DICOM-SEG, else float32 NIfTI.
     #[arg(long)]
     prob: Option<PathBuf>,
-    /// Also write a JSON report (lesions, volumes, model, device, timings).
+    /// Also write a JSON report (lesions with ABC/2, density, side and flags, volumes, summary,
+    /// model, device, timings).
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Print the JSON report on stdout instead of the text summary (progress stays on stderr).
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     model_args: ModelArgs,
     #[command(flatten)]
@@ -311,7 +315,9 @@ fn segment(a: &SegmentArgs) -> Result<()> {
         &a.run,
         (&a.output, a.prob.as_deref(), a.report.as_deref()),
     )?;
-    if !a.run.quiet {
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&outcome.report).map_err(|e| Error::arg(e.to_string()))?);
+    } else if !a.run.quiet {
         print_summary(&outcome.report);
     }
     Ok(())
@@ -319,6 +325,7 @@ fn segment(a: &SegmentArgs) -> Result<()> {
 
 fn print_summary(r: &report::SegmentationReport) {
     let c: &SegmenterConfig = &r.model.config;
+    println!("summary   {}", r.summary);
     println!(
         "input     {} ({}x{}x{} voxels, {:.3}x{:.3}x{:.3} mm)",
         r.input, r.dims[0], r.dims[1], r.dims[2], r.spacing_mm[0], r.spacing_mm[1], r.spacing_mm[2]
@@ -328,18 +335,30 @@ fn print_summary(r: &report::SegmentationReport) {
         r.model.name, c.channels, c.input_rows, c.input_cols, c.window_level, c.window_width, c.threshold
     );
     println!("device    {} x{} threads ({})", r.device, r.threads, r.device_note);
-    println!("lesions   {}  total {:.2} mL", r.lesion_count, r.total_volume_ml);
-    for l in &r.lesions {
+    println!("lesions   {}  total {:.2} mL (ABC/2 {:.2} mL)", r.lesion_count, r.total_volume_ml, r.total_abc2_ml);
+    if r.lesion_count > 0 && !r.midline.found {
+        println!("midline   not found: {}", r.midline.reason.as_deref().unwrap_or(""));
+    }
+    for rl in &r.lesions {
+        let (l, f) = (&rl.lesion, &rl.findings);
         println!(
-            "  #{:<3} {:>8.2} mL {:>8} voxels  slices {}-{}  centroid ({:.1}, {:.1}, {:.1}) mm",
+            "  #{:<3} {:>8.2} mL (ABC/2 {:.2}) {:>8} voxels  slices {}-{}  centroid ({:.1}, {:.1}, {:.1}) mm  \
+             {}  HU mean {:.0} median {:.0} max {:.0}{}{}",
             l.id,
             l.volume_ml,
+            f.abc2_ml,
             l.voxels,
             l.first_slice,
             l.last_slice,
             l.centroid_world_mm[0],
             l.centroid_world_mm[1],
-            l.centroid_world_mm[2]
+            l.centroid_world_mm[2],
+            format!("{:?}", f.side).to_lowercase(),
+            f.density.mean_hu,
+            f.density.median_hu,
+            f.density.max_hu,
+            if f.flags.ge_30_ml { "  >= 30 mL" } else { "" },
+            if f.flags.touches_inner_table { "  touches the inner table" } else { "" },
         );
     }
     let t = &r.timings;

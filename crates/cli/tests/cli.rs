@@ -65,6 +65,46 @@ fn segment_writes_mask_probability_and_report() {
     assert!((total - 610.0 * 0.45f32 as f64 * 0.45f32 as f64 * 5.0 / 1000.0).abs() < 1e-6, "{total}");
 }
 
+#[test]
+fn segment_json_prints_the_report_with_findings_on_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mask, report) = (dir.path().join("m.nii.gz"), dir.path().join("r.json"));
+    let model = unet("unet_transpose.onnx");
+    let ct = unet("ct_small.nii.gz");
+    let out = ichseg(&["segment", "--model", p(&model), p(&ct), "-o", p(&mask), "--report", p(&report), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // stdout is the JSON alone (no progress, no text summary), the same as the --report file
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
+    let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    for k in ["lesion_count", "total_volume_ml", "total_abc2_ml", "largest_lesion_ml", "summary", "midline", "lesions"]
+    {
+        assert_eq!(printed[k], written[k], "{k}");
+    }
+    assert_eq!(printed["lesion_count"], 3);
+    let summary = printed["summary"].as_str().unwrap();
+    assert!(summary.starts_with("3 lesions, "), "{summary}");
+    let lesions = printed["lesions"].as_array().unwrap();
+    let mut abc2 = 0.0;
+    for l in lesions {
+        let f = |k: &str| l[k].as_f64().unwrap_or_else(|| panic!("{k} in {l}"));
+        assert!(f("abc2_ml") > 0.0 && f("volume_ml") > 0.0);
+        abc2 += f("abc2_ml");
+        let d = &l["density"];
+        assert!(d["median_hu"].as_f64().unwrap() <= d["max_hu"].as_f64().unwrap(), "{d}");
+        assert!(["left", "right", "crossing", "unknown"].contains(&l["side"].as_str().unwrap()), "{l}");
+        assert!(l["flags"]["ge_30_ml"].is_boolean() && l["flags"]["touches_inner_table"].is_boolean());
+    }
+    assert!((printed["total_abc2_ml"].as_f64().unwrap() - abc2).abs() < 1e-9);
+    assert!(printed["midline"]["found"].is_boolean());
+    assert!(summary.contains(&format!("{:.1} mL total", printed["total_volume_ml"].as_f64().unwrap())), "{summary}");
+
+    // Without --json the text output starts with the same summary line.
+    let out = ichseg(&["segment", "--model", p(&model), p(&ct), "-o", p(&mask)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains(&format!("summary   {summary}\n")), "{text}");
+}
+
 /// Runs `segment` expecting failure; checks the message and that no file appeared in the folder.
 fn segment_fails(model: &Path, input: &Path, extra: &[&str], expect: &str) {
     let dir = tempfile::tempdir().unwrap();
