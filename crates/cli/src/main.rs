@@ -3,7 +3,9 @@
 mod ablate;
 mod demo;
 mod doctor;
+mod font;
 mod input;
+mod overlay;
 mod pseudo;
 
 use clap::{Args, Parser, Subcommand};
@@ -143,6 +145,10 @@ struct SegmentArgs {
     /// Also write a JSON report (lesions, volumes, model, device, timings).
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Also write a PNG montage of the slices with lesions: brain window, mask outline, lesion
+    /// numbers as in the report, scale bar, orientation letters (docs/OVERLAY.md).
+    #[arg(long)]
+    overlay: Option<PathBuf>,
     #[command(flatten)]
     model_args: ModelArgs,
     #[command(flatten)]
@@ -270,10 +276,11 @@ fn run_segmentation(
     model_path: &Path,
     options: &SegmenterOptions,
     run: &RunArgs,
-    outputs: (&Path, Option<&Path>, Option<&Path>),
+    outputs: (&Path, Option<&Path>, Option<&Path>, Option<&Path>),
 ) -> Result<SegmentOutcome> {
-    let (mask_path, prob_path, report_path) = outputs;
+    let (mask_path, prob_path, report_path, overlay_path) = outputs;
     input::check_outputs(inputs, &[Some(mask_path), prob_path])?;
+    overlay::check_path(overlay_path, "--overlay")?;
     let image = input::load(inputs, series, run.memory_limit()?)?;
     let t_load = Instant::now();
     let model = OnnxModel::load(model_path)?;
@@ -299,6 +306,11 @@ fn run_segmentation(
     if let Some(r) = report_path {
         report::write_json(r, &report)?;
     }
+    if let Some(o) = overlay_path {
+        let v = &image.volume;
+        let img = overlay::render(v.data(), &result.mask, v.spacing(), &v.affine(), &result.lesions);
+        overlay::write_png(o, &img)?;
+    }
     Ok(SegmentOutcome { result, report })
 }
 
@@ -309,7 +321,7 @@ fn segment(a: &SegmentArgs) -> Result<()> {
         &a.model,
         &a.model_args.options(),
         &a.run,
-        (&a.output, a.prob.as_deref(), a.report.as_deref()),
+        (&a.output, a.prob.as_deref(), a.report.as_deref(), a.overlay.as_deref()),
     )?;
     if !a.run.quiet {
         print_summary(&outcome.report);
