@@ -172,11 +172,13 @@ pub fn choose_slices(mask: ArrayView3<u8>, lesions: &[Lesion]) -> Vec<usize> {
 }
 
 /// Draws one slice into `img` at (ox, oy): CT, outline, lesion numbers, letters, scale bar, z.
+#[allow(clippy::too_many_arguments)]
 fn draw_tile(
     img: &mut Rgb,
     origin: (usize, usize),
     ct: &Array3<f32>,
     mask: Option<&Array3<u8>>,
+    heat: Option<&Array3<f32>>,
     z: usize,
     view: &View,
     spacing: [f64; 3],
