@@ -41,7 +41,6 @@ fn glyph(c: char) -> Option<[u8; 7]> {
 }
 
 pub const GLYPH_W: usize = 5;
-pub const GLYPH_H: usize = 7;
 
 /// Width in pixels of `text` drawn at `scale` (one blank column between glyphs).
 pub fn text_width(text: &str, scale: usize) -> usize {

@@ -34,6 +34,7 @@ impl Rgb {
     fn new(width: usize, height: usize, fill: [u8; 3]) -> Self {
         Rgb { width, height, pixels: fill.iter().copied().cycle().take(width * height * 3).collect() }
     }
+    #[cfg(test)]
     pub fn get(&self, x: usize, y: usize) -> [u8; 3] {
         let i = (y * self.width + x) * 3;
         [self.pixels[i], self.pixels[i + 1], self.pixels[i + 2]]
@@ -239,7 +240,9 @@ fn draw_tile(
     }
     // Orientation letters at the middle of each edge.
     let (w, h) = (view.width as i64, view.height as i64);
-    let [l, r, t, b] = view.letters.map(|c| c.to_string());
+    // A '?' after each letter marks a slice plane far from axial: the letters name nearest axes.
+    let mark = if view.axial { "" } else { "?" };
+    let [l, r, t, b] = view.letters.map(|c| format!("{c}{mark}"));
     img.text(&l, ox + 3, oy + h / 2 - 7, 2, TEXT);
     img.text(&r, ox + w - 13, oy + h / 2 - 7, 2, TEXT);
     img.text(&t, ox + w / 2 - 5, oy + 3, 2, TEXT);
