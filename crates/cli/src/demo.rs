@@ -35,6 +35,7 @@ pub fn run(out: &Path, run: &RunArgs) -> Result<()> {
     let mask = out.join("mask.nii.gz");
     let prob = out.join("prob.nii.gz");
     let report = out.join("report.json");
+    let overlay = out.join("overlay.png");
     let options = ichseg::SegmenterOptions::default();
     let outcome = run_segmentation(
         std::slice::from_ref(&inputs.volume),
@@ -42,7 +43,7 @@ pub fn run(out: &Path, run: &RunArgs) -> Result<()> {
         &inputs.model,
         &options,
         run,
-        (&mask, Some(&prob), Some(&report)),
+        (&mask, Some(&prob), Some(&report), Some(&overlay)),
     )?;
     super::print_summary(&outcome.report);
     if let Some(gt) = &inputs.ground_truth {
@@ -57,7 +58,7 @@ pub fn run(out: &Path, run: &RunArgs) -> Result<()> {
             gt.display()
         );
     }
-    println!("\nwrote {}, {}, {}", mask.display(), prob.display(), report.display());
+    println!("\nwrote {}, {}, {}, {}", mask.display(), prob.display(), report.display(), overlay.display());
     Ok(())
 }
 

@@ -3,7 +3,9 @@
 mod ablate;
 mod demo;
 mod doctor;
+mod font;
 mod input;
+mod overlay;
 mod pseudo;
 
 use clap::{Args, Parser, Subcommand};
@@ -147,6 +149,10 @@ struct SegmentArgs {
     /// Print the JSON report on stdout instead of the text summary (progress stays on stderr).
     #[arg(long)]
     json: bool,
+    /// Also write a PNG montage of the slices with lesions: brain window, mask outline, lesion
+    /// numbers as in the report, scale bar, orientation letters (docs/OVERLAY.md).
+    #[arg(long)]
+    overlay: Option<PathBuf>,
     #[command(flatten)]
     model_args: ModelArgs,
     #[command(flatten)]
@@ -274,10 +280,11 @@ fn run_segmentation(
     model_path: &Path,
     options: &SegmenterOptions,
     run: &RunArgs,
-    outputs: (&Path, Option<&Path>, Option<&Path>),
+    outputs: (&Path, Option<&Path>, Option<&Path>, Option<&Path>),
 ) -> Result<SegmentOutcome> {
-    let (mask_path, prob_path, report_path) = outputs;
+    let (mask_path, prob_path, report_path, overlay_path) = outputs;
     input::check_outputs(inputs, &[Some(mask_path), prob_path])?;
+    overlay::check_path(overlay_path, "--overlay")?;
     let image = input::load(inputs, series, run.memory_limit()?)?;
     let t_load = Instant::now();
     let model = OnnxModel::load(model_path)?;
@@ -303,6 +310,11 @@ fn run_segmentation(
     if let Some(r) = report_path {
         report::write_json(r, &report)?;
     }
+    if let Some(o) = overlay_path {
+        let v = &image.volume;
+        let img = overlay::render(v.data(), &result.mask, v.spacing(), &v.affine(), &result.lesions);
+        overlay::write_png(o, &img)?;
+    }
     Ok(SegmentOutcome { result, report })
 }
 
@@ -313,7 +325,7 @@ fn segment(a: &SegmentArgs) -> Result<()> {
         &a.model,
         &a.model_args.options(),
         &a.run,
-        (&a.output, a.prob.as_deref(), a.report.as_deref()),
+        (&a.output, a.prob.as_deref(), a.report.as_deref(), a.overlay.as_deref()),
     )?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&outcome.report).map_err(|e| Error::arg(e.to_string()))?);

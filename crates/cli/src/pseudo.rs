@@ -55,6 +55,13 @@ pub struct PseudoLabelArgs {
     /// float32 4D NIfTI, one volume per tap layer.
     #[arg(long, conflicts_with = "dataset")]
     cam_out: Option<PathBuf>,
+    /// Also write a PNG of the fused maps (mean over tap layers) over the CT on the positive
+    /// slices, pseudo mask outlined (docs/OVERLAY.md).
+    #[arg(long, conflicts_with = "dataset")]
+    cam_overlay: Option<PathBuf>,
+    /// Also write a PNG montage of the pseudo mask's slices (as `segment --overlay`).
+    #[arg(long, conflicts_with = "dataset")]
+    overlay: Option<PathBuf>,
     /// Also write a JSON report: models, method, device, positive slices with the classifiers'
     /// bleed probabilities, mask size, timings.
     #[arg(long, conflicts_with = "dataset")]
@@ -162,6 +169,8 @@ fn single(a: &PseudoLabelArgs, input: &Path) -> Result<()> {
     let options = a.options()?;
     let inputs = vec![input.to_path_buf()];
     super::input::check_outputs(&inputs, &[Some(&a.output)])?;
+    super::overlay::check_path(a.overlay.as_deref(), "--overlay")?;
+    super::overlay::check_path(a.cam_overlay.as_deref(), "--cam-overlay")?;
     let image = super::input::load(&inputs, &a.series, a.run.memory_limit()?)?;
     let nz = image.volume.num_slices();
     let labels = match &a.labels {
@@ -190,6 +199,23 @@ fn single(a: &PseudoLabelArgs, input: &Path) -> Result<()> {
     image.write_mask(&a.output, &result.mask, &algorithm)?;
     if let Some(path) = &a.cam_out {
         nifti::write_f32_series(path, &image.header, &result.fused)?;
+    }
+    let v = &image.volume;
+    if let Some(path) = &a.overlay {
+        let lesions = ichseg::lesions::find_lesions(result.mask.view(), v.spacing(), &v.affine());
+        let img = super::overlay::render(v.data(), &result.mask, v.spacing(), &v.affine(), &lesions);
+        super::overlay::write_png(path, &img)?;
+    }
+    if let Some(path) = &a.cam_overlay {
+        let img = super::overlay::render_cams(
+            v.data(),
+            &result.mask,
+            &result.fused,
+            &result.positive,
+            v.spacing(),
+            &v.affine(),
+        );
+        super::overlay::write_png(path, &img)?;
     }
     if let Some(path) = &a.report {
         report::write_json(
