@@ -1,0 +1,341 @@
+"""The Orthanc plugin (bindings/orthanc, docs/ORTHANC.md) inside a real Orthanc server that each
+test starts itself: loopback only, random free HTTP and DICOM ports, a temporary storage folder,
+always stopped at the end (a failing test included).
+
+    tests/orthanc/run.sh       # builds libichseg, the plugin and the CLI, then runs this file
+
+Environment: ICHSEG_ORTHANC_PLUGIN (the built libichseg_orthanc.so), ICHSEG_BIN (the `ichseg`
+CLI, the reference the plugin's SEG must equal), ORTHANC_BIN (default: Orthanc on PATH).
+Without them the tests skip, unless ICHSEG_REQUIRE_ORTHANC=1 (run.sh sets it).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "dicom"
+MODEL = ROOT / "models" / "unet.onnx"
+PLUGIN = os.environ.get("ICHSEG_ORTHANC_PLUGIN", "")
+BIN = Path(os.environ.get("ICHSEG_BIN", ROOT / "target" / "debug" / "ichseg"))
+ORTHANC = os.environ.get("ORTHANC_BIN") or shutil.which("Orthanc") or ""
+REQUIRED = os.environ.get("ICHSEG_REQUIRE_ORTHANC") == "1"
+missing = [what for what, ok in [("Orthanc", ORTHANC and Path(ORTHANC).is_file()),
+                                 ("ICHSEG_ORTHANC_PLUGIN", PLUGIN and Path(PLUGIN).is_file()),
+                                 (str(BIN), BIN.is_file())] if not ok]
+if missing and not REQUIRED:
+    pytest.skip(f"{', '.join(missing)} missing (tests/orthanc/run.sh builds them)", allow_module_level=True)
+
+SEGMENT_TIMEOUT_S = 600  # a debug libichseg on 2 busy cores; the fixtures are 8 slices of 128x112
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def test_everything_needed_is_present():
+    assert not missing, f"missing: {', '.join(missing)}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Orthanc:
+    """One Orthanc process on loopback with our plugin; stop() always kills it."""
+
+    def __init__(self, workdir: Path, ichseg: dict | None, user_metadata: bool = True, **extra):
+        self.workdir = workdir
+        self.storage = workdir / "storage"
+        self.storage.mkdir(parents=True, exist_ok=True)
+        self.log_path = workdir / f"orthanc-{time.monotonic_ns()}.log"
+        self.http_port, self.dicom_port = free_port(), free_port()
+        config = {
+            "Name": "ichseg-test",
+            "StorageDirectory": str(self.storage),
+            "IndexDirectory": str(self.storage),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            # Orthanc 1.10 listens on every interface and has no bind option: refuse everyone
+            # but the local host on HTTP, and every DICOM peer (none is declared).
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomAlwaysAllowEcho": False,
+            "DicomAlwaysAllowStore": False,
+            "DicomModalities": {},
+            "OrthancPeers": {},
+            "HttpDescribeErrors": True,
+            "StableAge": 1,
+            "SaveJobs": False,
+            "Plugins": [PLUGIN],
+        }
+        if user_metadata:
+            config["UserMetadata"] = {"IchsegState": 4600, "IchsegReport": 4601}
+        if ichseg is not None:
+            config["Ichseg"] = ichseg
+        config.update(extra)
+        self.config_path = workdir / f"orthanc-{self.http_port}.json"
+        self.config_path.write_text(json.dumps(config, indent=2))
+        self.proc = None
+
+    def start(self) -> "Orthanc":
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([ORTHANC, "--verbose", str(self.config_path)], stdout=self.log,
+                                     stderr=subprocess.STDOUT, cwd=self.workdir)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"Orthanc exited with {self.proc.returncode}:\n{self.log_text()}")
+            try:
+                if self.request("GET", "/system")[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"Orthanc did not answer within 120 s:\n{self.log_text()}")
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None:
+            self.log.close()
+        self.proc = None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def request(self, method: str, path: str, body: bytes | None = None, timeout: float = 30):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=body, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def json(self, method: str, path: str, body: bytes | None = None, expect: int = 200, timeout: float = 30):
+        status, data = self.request(method, path, body, timeout)
+        assert status == expect, f"{method} {path}: HTTP {status} (expected {expect}): {data[:2000]!r}"
+        return json.loads(data) if data else None
+
+    def upload(self, folder: Path) -> dict[str, str]:
+        """Uploads every DICOM file under folder; {SeriesInstanceUID: Orthanc series id}."""
+        series = {}
+        for p in sorted(folder.rglob("*")):
+            raw = p.read_bytes() if p.is_file() else b""
+            if raw[128:132] != b"DICM":
+                continue  # README.txt and such
+            answer = self.json("POST", "/instances", raw)
+            uid = str(pydicom.dcmread(p, stop_before_pixels=True).SeriesInstanceUID)
+            series[uid] = answer["ParentSeries"]
+        return series
+
+    def seg_instances(self) -> list[str]:
+        return self.json("POST", "/tools/find", json.dumps({"Level": "Instance", "Query": {"Modality": "SEG"}}).encode())
+
+    def wait_report(self, series: str, timeout: float = SEGMENT_TIMEOUT_S) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, data = self.request("GET", f"/ichseg/series/{series}")
+            if status == 200:
+                return json.loads(data)
+            assert status == 404, f"GET /ichseg/series/{series}: HTTP {status}: {data!r}"
+            assert self.proc.poll() is None, f"Orthanc died:\n{self.log_text()}"
+            time.sleep(0.5)
+        raise AssertionError(f"no report for series {series} within {timeout} s:\n{self.log_text()[-5000:]}")
+
+    def wait_log(self, pattern: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if re.search(pattern, self.log_text()):
+                return
+            time.sleep(0.3)
+        raise AssertionError(f"/{pattern}/ not in Orthanc's log within {timeout} s:\n{self.log_text()[-5000:]}")
+
+
+@pytest.fixture
+def servers(tmp_path):
+    """Starts Orthancs on demand; every one is stopped at the end, whatever happened."""
+    started = []
+
+    def start(ichseg=None, workdir=None, **kw):
+        if ichseg is None:
+            ichseg = {"Model": str(MODEL), "Device": "cpu", "Threads": 2}
+        o = Orthanc(workdir or tmp_path, ichseg, **kw)
+        started.append(o)
+        return o.start()
+
+    yield start
+    for o in started:
+        o.stop()
+
+
+def dcm(raw: bytes) -> pydicom.Dataset:
+    from io import BytesIO
+    return pydicom.dcmread(BytesIO(raw))
+
+
+def frames_by_source(seg: pydicom.Dataset) -> dict[str, np.ndarray]:
+    """{referenced source SOPInstanceUID: that frame's mask} of a one-segment BINARY SEG."""
+    pixels = seg.pixel_array
+    if pixels.ndim == 2:
+        pixels = pixels[None]
+    out = {}
+    for frame, item in zip(pixels, seg.PerFrameFunctionalGroupsSequence):
+        src = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        out[str(src)] = np.asarray(frame, np.uint8)
+    return out
+
+
+def cli_segment(series: Path, out: Path) -> tuple[pydicom.Dataset, dict]:
+    seg, report = out / "cli_seg.dcm", out / "cli_report.json"
+    subprocess.run([str(BIN), "segment", str(series), "-m", str(MODEL), "-o", str(seg), "--report", str(report),
+                    "--device", "cpu", "--threads", "2", "-q"], check=True)
+    return pydicom.dcmread(seg), json.loads(report.read_text())
+
+
+def test_stable_ct_series_gets_one_seg_and_a_report_also_after_a_restart(servers, tmp_path):
+    series_dir = FIXTURES / "series" / "explicit_le"
+    # OverwriteInstances: after the restart, uploading the series again makes it stable again.
+    orthanc = servers(OverwriteInstances=True)
+    status = orthanc.json("GET", "/ichseg/status")
+    assert status["device"] == "cpu" and status["model"]["name"] == "unet", status
+    assert status["queue_length"] == 0 and status["auto_segment"] is True, status
+
+    uids = orthanc.upload(series_dir)
+    ct_uid = str(pydicom.dcmread(next(series_dir.glob("*.dcm")), stop_before_pixels=True).SeriesInstanceUID)
+    series = uids[ct_uid]
+    report = orthanc.wait_report(series)
+    assert report["status"] == "done", report
+    source = orthanc.json("GET", f"/series/{series}")
+    assert report["series"] == series and report["study"] == source["ParentStudy"]
+    assert report["series_instance_uid"] == ct_uid
+    assert report["dims"] == [112, 128, 8] and report["model"]["name"] == "unet", report
+    assert report["lesion_count"] == len(report["lesions"]) >= 1, report
+    assert report["total_volume_ml"] > 0
+    for k in ["fetch_s", "read_s", "segment_s", "encode_s", "store_s", "total_s"]:
+        assert report["timings"][k] >= 0, report["timings"]
+    assert orthanc.request("GET", f"/series/{series}/metadata/IchsegState")[1] == b"done"
+    # The SR beside the CT series is not a CT: the filter skips it, nothing recorded.
+    sr = [s for u, s in uids.items() if u != ct_uid]
+    for s in sr:
+        assert orthanc.request("GET", f"/ichseg/series/{s}")[0] == 404
+
+    # The SEG: in Orthanc, same study, referencing the source series, equal to the CLI's.
+    seg_id = report["seg_instance"]
+    assert orthanc.seg_instances() == [seg_id]
+    seg_info = orthanc.json("GET", f"/instances/{seg_id}")
+    assert orthanc.json("GET", f"/series/{seg_info['ParentSeries']}")["ParentStudy"] == source["ParentStudy"]
+    assert report["seg_series"] == seg_info["ParentSeries"]
+    seg = dcm(orthanc.request("GET", f"/instances/{seg_id}/file")[1])
+    src = pydicom.dcmread(next(series_dir.glob("*.dcm")), stop_before_pixels=True)
+    assert seg.SOPClassUID == SEG_SOP_CLASS and seg.Modality == "SEG"
+    assert seg.StudyInstanceUID == src.StudyInstanceUID
+    assert seg.FrameOfReferenceUID == src.FrameOfReferenceUID
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == ct_uid
+    assert seg.SegmentSequence[0].SegmentAlgorithmName == "unet"
+    cli_seg, cli_report = cli_segment(series_dir, tmp_path)
+    ours, theirs = frames_by_source(seg), frames_by_source(cli_seg)
+    assert ours.keys() == theirs.keys()
+    assert sum(int(f.sum()) for f in ours.values()) > 0, "the fixture holds a bleed the model finds"
+    for uid in ours:
+        np.testing.assert_array_equal(ours[uid], theirs[uid], err_msg=f"frame of {uid}")
+    assert report["lesion_count"] == cli_report["lesion_count"]
+    assert report["total_volume_ml"] == pytest.approx(cli_report["total_volume_ml"], rel=1e-9)
+
+    # Restart on the same storage and upload the series again: it is stable again, the plugin
+    # sees from the metadata that it is done, and no second SEG appears.
+    orthanc.stop()
+    orthanc = servers(workdir=tmp_path, OverwriteInstances=True)
+    assert orthanc.json("GET", f"/ichseg/series/{series}") == report
+    orthanc.upload(series_dir)
+    orthanc.wait_log(rf"series {series} already processed \(done\), skipped")
+    time.sleep(2)
+    assert orthanc.seg_instances() == [seg_id]
+    assert orthanc.json("GET", f"/ichseg/series/{series}")["seg_instance"] == seg_id
+
+    # On demand: a new run replaces the SEG (still one) and the report.
+    again = orthanc.json("POST", f"/ichseg/series/{series}/segment", b"", timeout=SEGMENT_TIMEOUT_S)
+    assert again["status"] == "done" and again["seg_instance"] != seg_id, again
+    assert orthanc.seg_instances() == [again["seg_instance"]]
+    assert orthanc.json("GET", f"/ichseg/series/{series}") == again
+    assert again["lesions"] == report["lesions"]
+    status = orthanc.json("GET", "/ichseg/status")
+    assert status["done"] == 1 and status["failed"] == 0 and status["queue_length"] == 0, status
+
+    # Unknown series and wrong methods.
+    orthanc.json("POST", "/ichseg/series/nonexistent/segment", b"", expect=404)
+    orthanc.json("GET", "/ichseg/series/nonexistent", expect=404)
+    assert orthanc.request("GET", f"/ichseg/series/{series}/segment")[0] == 405
+
+
+def test_bad_series_fail_recorded_without_a_seg(servers):
+    orthanc = servers()
+    # A CT series with a missing slice: segmented automatically, refused by the reader.
+    gap = orthanc.upload(FIXTURES / "bad" / "gap")
+    (gap_series,) = gap.values()
+    report = orthanc.wait_report(gap_series)
+    assert report["status"] == "failed" and report["error"] == "invalid-image", report
+    assert "ICHSEG_STATUS_INVALID_IMAGE" in report["reason"], report
+    state = orthanc.request("GET", f"/series/{gap_series}/metadata/IchsegState")[1].decode()
+    assert state.startswith("failed: invalid-image"), state
+    orthanc.wait_log(rf"series {gap_series} failed \(invalid-image\)")
+
+    # An MR series: the filter keeps it from the automatic path; on demand it fails as not CT.
+    mr = orthanc.upload(FIXTURES / "bad" / "mr")
+    (mr_series,) = mr.values()
+    orthanc.wait_log(rf"series {mr_series} not segmented: Modality \"MR\" is not CT")
+    failed = orthanc.json("POST", f"/ichseg/series/{mr_series}/segment", b"", expect=422, timeout=SEGMENT_TIMEOUT_S)
+    assert failed["status"] == "failed" and failed["series"] == mr_series, failed
+    assert orthanc.json("GET", f"/ichseg/series/{mr_series}") == failed
+    assert orthanc.request("GET", f"/series/{mr_series}/metadata/IchsegState")[1].startswith(b"failed")
+
+    assert orthanc.seg_instances() == [], "a failed series must store no SEG"
+    status = orthanc.json("GET", "/ichseg/status")
+    assert status["failed"] == 2 and status["done"] == 0, status
+    assert orthanc.proc.poll() is None
+
+
+@pytest.mark.parametrize("case", ["missing model", "not a model", "no Model", "no UserMetadata", "bad Device"])
+def test_bad_configuration_leaves_orthanc_running_without_the_plugin(servers, tmp_path, case):
+    ichseg = {"Model": str(MODEL), "Device": "cpu"}
+    user_metadata = True
+    reason = {
+        "missing model": "cannot load the model",
+        "not a model": "ICHSEG_STATUS_INVALID_MODEL",
+        "no Model": r"\"Model\": required",
+        "no UserMetadata": r"does not declare \"IchsegState\"",
+        "bad Device": r"\"Device\": must be",
+    }[case]
+    if case == "missing model":
+        ichseg["Model"] = str(tmp_path / "missing.onnx")
+    elif case == "not a model":
+        ichseg["Model"] = str(ROOT / "tests" / "fixtures" / "unet" / "not_a_model.onnx")
+    elif case == "no Model":
+        del ichseg["Model"]
+    elif case == "no UserMetadata":
+        user_metadata = False
+    else:
+        ichseg["Device"] = "gpu"
+    orthanc = servers(ichseg, user_metadata=user_metadata)
+    assert orthanc.json("GET", "/system")["Name"] == "ichseg-test"
+    assert orthanc.request("GET", "/ichseg/status")[0] == 404
+    orthanc.wait_log(r"ichseg: not registered: .*" + reason, timeout=10)
+    # Orthanc still stores images.
+    assert orthanc.upload(FIXTURES / "bad" / "mr")
+    assert orthanc.proc.poll() is None
