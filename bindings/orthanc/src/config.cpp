@@ -55,10 +55,10 @@ std::string SeriesFilter::rejects(const std::string& mod, const std::string& par
         return "Modality \"" + mod + "\" is not " + modality;
     }
     if (!matches(body_part, part)) {
-        return "BodyPartExamined \"" + part + "\" does not match \"" + body_part + "\"";
+        return "BodyPartExamined \"" + part + "\" does not match BodyPartPattern \"" + body_part + "\"";
     }
     if (!matches(description, desc)) {
-        return "SeriesDescription \"" + desc + "\" does not match \"" + description + "\"";
+        return "SeriesDescription \"" + desc + "\" does not match DescriptionPattern \"" + description + "\"";
     }
     if (instances < min_instances) {
         return std::to_string(instances) + " instance(s), fewer than MinInstances " + std::to_string(min_instances);
@@ -133,16 +133,16 @@ Config parse_config(const Json::Value& root) {
             const std::string k = "SeriesFilter." + key;
             if (key == "Modality") {
                 c.filter.modality = string_value(f[key], k);
-            } else if (key == "BodyPartExamined") {
+            } else if (key == "BodyPartPattern") {
                 c.filter.body_part = string_value(f[key], k);
                 check_pattern(c.filter.body_part, k);
-            } else if (key == "SeriesDescription") {
+            } else if (key == "DescriptionPattern") {
                 c.filter.description = string_value(f[key], k);
                 check_pattern(c.filter.description, k);
             } else if (key == "MinInstances") {
                 c.filter.min_instances = static_cast<uint32_t>(unsigned_value(f[key], k, 0, 100000));
             } else {
-                bad(k, "unknown setting (Modality, BodyPartExamined, SeriesDescription, MinInstances)");
+                bad(k, "unknown setting (Modality, DescriptionPattern, BodyPartPattern, MinInstances)");
             }
         }
     }
@@ -151,7 +151,7 @@ Config parse_config(const Json::Value& root) {
     for (const char* name : {kStateMetadata, kReportMetadata}) {
         if (!user.isObject() || !user.isMember(name)) {
             throw std::runtime_error(std::string("Orthanc's \"UserMetadata\" does not declare \"") + name +
-                                     "\": add \"UserMetadata\": { \"IchsegState\": 4600, \"IchsegReport\": 4601 } "
+                                     "\": add \"UserMetadata\": { \"IchsegReport\": 4600, \"IchsegState\": 4601 } "
                                      "(any free numbers in 1024..65535) to the configuration");
         }
     }

@@ -18,8 +18,8 @@ inline constexpr const char* kReportMetadata = "IchsegReport";
 // case-insensitive, searched anywhere in the tag's value; "" matches anything (even a missing tag).
 struct SeriesFilter {
     std::string modality = "CT";  // exact (case-insensitive); "" = any
-    std::string body_part;        // BodyPartExamined pattern, e.g. "HEAD|BRAIN"
-    std::string description;      // SeriesDescription pattern
+    std::string body_part;        // BodyPartPattern: on BodyPartExamined, e.g. "HEAD|BRAIN"
+    std::string description;      // DescriptionPattern: on SeriesDescription
     uint32_t min_instances = 2;   // fewer instances: not a volume, skipped
 
     // Why a series with these tags does not pass ("" when it does).

@@ -9,6 +9,7 @@
 #include <OrthancCPlugin.h>
 
 #include <algorithm>
+#include <cctype>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -146,6 +147,11 @@ void set_metadata(const std::string& series, const char* name, const std::string
 std::string tag(const Json::Value& series, const char* name) {
     const Json::Value& v = series["MainDicomTags"][name];
     return v.isString() ? v.asString() : std::string();
+}
+
+std::string upper(std::string s) {
+    for (char& c : s) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    return s;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -361,6 +367,13 @@ void Plugin::run_auto(const std::string& id, Clock::time_point queued) {
         log_info("series " + id + " already processed (" + state->substr(0, state->find(':')) + "), skipped");
         return;
     }
+    // Our own output (and any other segmentation) is never an input, whatever the filter says.
+    if (upper(tag(series, "Modality")) == "SEG") {
+        log_info("series " + id + " is a SEG, not segmented");
+        return;
+    }
+    // A filter mismatch is not recorded (a PACS holds many series that are none of our business);
+    // a series the filter lets through is, whatever the outcome (a non-CT one as "not-ct").
     const std::string why = config_.filter.rejects(tag(series, "Modality"), tag(series, "BodyPartExamined"),
                                                    tag(series, "SeriesDescription"), series["Instances"].size());
     if (!why.empty()) {
@@ -396,6 +409,10 @@ Outcome Plugin::process(const std::string& id, Clock::time_point queued) {
     std::string stored;  // the SEG's Orthanc id once stored, deleted again on a later failure
     try {
         try {
+            const std::string modality = tag(series, "Modality");
+            if (upper(modality) != "CT") {
+                throw Failure("not-ct", "Modality \"" + modality + "\" is not CT: ichseg segments CT series only");
+            }
             auto t = Clock::now();
             TempDir dir(config_.temporary_directory);
             const Json::Value& instances = series["Instances"];

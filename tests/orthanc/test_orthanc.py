@@ -1,12 +1,15 @@
-"""The Orthanc plugin (bindings/orthanc, docs/ORTHANC.md) inside a real Orthanc server that each
-test starts itself: loopback only, random free HTTP and DICOM ports, a temporary storage folder,
-always stopped at the end (a failing test included).
+"""The Orthanc plugin (bindings/orthanc, docs/ORTHANC.md) inside real Orthanc servers that the
+tests start themselves: loopback only, random free HTTP and DICOM ports, a temporary storage
+folder, always stopped at the end (a failing test included).
 
-    tests/orthanc/run.sh       # builds libichseg, the plugin and the CLI, then runs this file
+    tests/orthanc/run.sh [PYTEST ARGS...]   # installs libichseg and builds the CLI, then runs this
 
-Environment: ICHSEG_ORTHANC_PLUGIN (the built libichseg_orthanc.so), ICHSEG_BIN (the `ichseg`
-CLI, the reference the plugin's SEG must equal), ORTHANC_BIN (default: Orthanc on PATH).
-Without them the tests skip, unless ICHSEG_REQUIRE_ORTHANC=1 (run.sh sets it).
+The session fixture `plugin` builds bindings/orthanc with CMake against an installed libichseg:
+the prefix in ICHSEG_PREFIX, else one that scripts/install.sh makes in a temporary folder
+(ICHSEG_PROFILE, default debug; that builds the library with cargo). Other environment:
+ICHSEG_BIN (the `ichseg` CLI, the reference the plugin's SEG must equal; default
+target/<profile>/ichseg), ORTHANC_BIN (default: Orthanc on PATH). Without Orthanc, its SDK
+header, cmake or the CLI the tests skip, unless ICHSEG_REQUIRE_ORTHANC=1 (run.sh sets it).
 """
 from __future__ import annotations
 
@@ -28,22 +31,57 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "dicom"
 MODEL = ROOT / "models" / "unet.onnx"
-PLUGIN = os.environ.get("ICHSEG_ORTHANC_PLUGIN", "")
-BIN = Path(os.environ.get("ICHSEG_BIN", ROOT / "target" / "debug" / "ichseg"))
+PROFILE = os.environ.get("ICHSEG_PROFILE", "debug")
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+BIN = Path(os.environ.get("ICHSEG_BIN") or TARGET / PROFILE / "ichseg")
 ORTHANC = os.environ.get("ORTHANC_BIN") or shutil.which("Orthanc") or ""
+SDK_HEADER = Path("/usr/include/orthanc/OrthancCPlugin.h")
 REQUIRED = os.environ.get("ICHSEG_REQUIRE_ORTHANC") == "1"
 missing = [what for what, ok in [("Orthanc", ORTHANC and Path(ORTHANC).is_file()),
-                                 ("ICHSEG_ORTHANC_PLUGIN", PLUGIN and Path(PLUGIN).is_file()),
-                                 (str(BIN), BIN.is_file())] if not ok]
+                                 ("cmake", shutil.which("cmake")),
+                                 # CMake also looks elsewhere (ORTHANC_SDK_DIR); this is the Debian place.
+                                 ("OrthancCPlugin.h (orthanc-dev)",
+                                  SDK_HEADER.is_file() or os.environ.get("ORTHANC_SDK_DIR")),
+                                 (f"the ichseg CLI ({BIN})", BIN.is_file())] if not ok]
 if missing and not REQUIRED:
-    pytest.skip(f"{', '.join(missing)} missing (tests/orthanc/run.sh builds them)", allow_module_level=True)
+    pytest.skip(f"{', '.join(missing)} missing (scripts/test-deps.sh, tests/orthanc/run.sh)", allow_module_level=True)
 
 SEGMENT_TIMEOUT_S = 600  # a debug libichseg on 2 busy cores; the fixtures are 8 slices of 128x112
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+USER_METADATA = {"IchsegReport": 4600, "IchsegState": 4601}
+ORTHANC_ENTRY_POINTS = ["OrthancPluginFinalize", "OrthancPluginGetName", "OrthancPluginGetVersion",
+                        "OrthancPluginInitialize"]
 
 
 def test_everything_needed_is_present():
     assert not missing, f"missing: {', '.join(missing)}"
+
+
+@pytest.fixture(scope="session")
+def plugin(tmp_path_factory) -> Path:
+    """libichseg_orthanc.so, built with CMake against an install of libichseg."""
+    work = tmp_path_factory.mktemp("plugin")
+    prefix = os.environ.get("ICHSEG_PREFIX")
+    if not prefix:
+        prefix = str(work / "prefix")
+        subprocess.run([str(ROOT / "scripts" / "install.sh"), "--prefix", prefix, "--profile", PROFILE], check=True)
+    build = work / "build"
+    cmake = ["cmake", "-S", str(ROOT / "bindings" / "orthanc"), "-B", str(build),
+             f"-DCMAKE_PREFIX_PATH={Path(prefix).resolve()}", "-DCMAKE_BUILD_TYPE=Release"]
+    if os.environ.get("ORTHANC_SDK_DIR"):
+        cmake.append(f"-DORTHANC_SDK_DIR={os.environ['ORTHANC_SDK_DIR']}")
+    subprocess.run(cmake, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "--build", str(build), "-j", "2"], check=True, stdout=subprocess.DEVNULL)
+    so = build / "libichseg_orthanc.so"
+    assert so.is_file()
+    # Only Orthanc's entry points leave the plugin (the C++ wrapper and JsonCpp stay inside).
+    nm = subprocess.run(["nm", "-D", "--defined-only", str(so)], check=True, capture_output=True, text=True).stdout
+    exported = sorted(line.split()[2] for line in nm.splitlines() if len(line.split()) == 3 and line.split()[1] == "T")
+    assert exported == ORTHANC_ENTRY_POINTS, exported
+    # It links libichseg from the prefix it was built against.
+    ldd = subprocess.run(["ldd", str(so)], check=True, capture_output=True, text=True).stdout
+    assert str(Path(prefix).resolve()) in ldd, ldd
+    return so
 
 
 def free_port() -> int:
@@ -55,7 +93,7 @@ def free_port() -> int:
 class Orthanc:
     """One Orthanc process on loopback with our plugin; stop() always kills it."""
 
-    def __init__(self, workdir: Path, ichseg: dict | None, user_metadata: bool = True, **extra):
+    def __init__(self, plugin: Path, workdir: Path, ichseg: dict | None, user_metadata: bool = True, **extra):
         self.workdir = workdir
         self.storage = workdir / "storage"
         self.storage.mkdir(parents=True, exist_ok=True)
@@ -78,10 +116,10 @@ class Orthanc:
             "HttpDescribeErrors": True,
             "StableAge": 1,
             "SaveJobs": False,
-            "Plugins": [PLUGIN],
+            "Plugins": [str(plugin)],
         }
         if user_metadata:
-            config["UserMetadata"] = {"IchsegState": 4600, "IchsegReport": 4601}
+            config["UserMetadata"] = USER_METADATA
         if ichseg is not None:
             config["Ichseg"] = ichseg
         config.update(extra)
@@ -114,6 +152,7 @@ class Orthanc:
                 self.proc.kill()
                 self.proc.wait()
         if self.proc is not None:
+            self.returncode = self.proc.returncode
             self.log.close()
         self.proc = None
 
@@ -168,21 +207,32 @@ class Orthanc:
         raise AssertionError(f"/{pattern}/ not in Orthanc's log within {timeout} s:\n{self.log_text()[-5000:]}")
 
 
+def default_ichseg(tmp: Path, **kw) -> dict:
+    (tmp / "scratch").mkdir(exist_ok=True)
+    return {"Model": str(MODEL), "Device": "cpu", "Threads": 2, "TemporaryDirectory": str(tmp / "scratch"), **kw}
+
+
 @pytest.fixture
-def servers(tmp_path):
+def servers(tmp_path, plugin):
     """Starts Orthancs on demand; every one is stopped at the end, whatever happened."""
     started = []
 
     def start(ichseg=None, workdir=None, **kw):
         if ichseg is None:
-            ichseg = {"Model": str(MODEL), "Device": "cpu", "Threads": 2}
-        o = Orthanc(workdir or tmp_path, ichseg, **kw)
+            ichseg = default_ichseg(tmp_path)
+        o = Orthanc(plugin, workdir or tmp_path, ichseg, **kw)
         started.append(o)
         return o.start()
 
-    yield start
-    for o in started:
-        o.stop()
+    try:
+        yield start
+    finally:
+        for o in started:
+            try:
+                o.stop()
+            finally:
+                if o.proc is not None:  # stop() raised before the kill: make sure it is dead
+                    o.proc.kill()
 
 
 def dcm(raw: bytes) -> pydicom.Dataset:
@@ -231,6 +281,8 @@ def test_stable_ct_series_gets_one_seg_and_a_report_also_after_a_restart(servers
     for k in ["fetch_s", "read_s", "segment_s", "encode_s", "store_s", "total_s"]:
         assert report["timings"][k] >= 0, report["timings"]
     assert orthanc.request("GET", f"/series/{series}/metadata/IchsegState")[1] == b"done"
+    assert list((tmp_path / "scratch").iterdir()) == [], "the series' temporary folder is removed"
+    assert report["model"]["path"] == str(MODEL)
     # The SR beside the CT series is not a CT: the filter skips it, nothing recorded.
     sr = [s for u, s in uids.items() if u != ct_uid]
     for s in sr:
@@ -242,14 +294,18 @@ def test_stable_ct_series_gets_one_seg_and_a_report_also_after_a_restart(servers
     seg_info = orthanc.json("GET", f"/instances/{seg_id}")
     assert orthanc.json("GET", f"/series/{seg_info['ParentSeries']}")["ParentStudy"] == source["ParentStudy"]
     assert report["seg_series"] == seg_info["ParentSeries"]
+    # The SEG series becomes stable in turn: skipped as a SEG, nothing recorded on it.
+    orthanc.wait_log(rf"series {seg_info['ParentSeries']} is a SEG, not segmented")
+    assert orthanc.request("GET", f"/ichseg/series/{seg_info['ParentSeries']}")[0] == 404
     seg = dcm(orthanc.request("GET", f"/instances/{seg_id}/file")[1])
     src = pydicom.dcmread(next(series_dir.glob("*.dcm")), stop_before_pixels=True)
     assert seg.SOPClassUID == SEG_SOP_CLASS and seg.Modality == "SEG"
     assert seg.StudyInstanceUID == src.StudyInstanceUID
     assert seg.FrameOfReferenceUID == src.FrameOfReferenceUID
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == ct_uid
-    assert seg.SegmentSequence[0].SegmentAlgorithmName == "unet"
     cli_seg, cli_report = cli_segment(series_dir, tmp_path)
+    assert seg.SegmentSequence[0].SegmentAlgorithmName == cli_seg.SegmentSequence[0].SegmentAlgorithmName
+    assert seg.SegmentSequence[0].SegmentAlgorithmName.endswith("unet")
     ours, theirs = frames_by_source(seg), frames_by_source(cli_seg)
     assert ours.keys() == theirs.keys()
     assert sum(int(f.sum()) for f in ours.values()) > 0, "the fixture holds a bleed the model finds"
@@ -261,6 +317,8 @@ def test_stable_ct_series_gets_one_seg_and_a_report_also_after_a_restart(servers
     # Restart on the same storage and upload the series again: it is stable again, the plugin
     # sees from the metadata that it is done, and no second SEG appears.
     orthanc.stop()
+    # SIGTERM: Orthanc finalizes the plugin (the worker is joined) and exits cleanly.
+    assert orthanc.returncode == 0, orthanc.log_text()[-3000:]
     orthanc = servers(workdir=tmp_path, OverwriteInstances=True)
     assert orthanc.json("GET", f"/ichseg/series/{series}") == report
     orthanc.upload(series_dir)
@@ -296,14 +354,17 @@ def test_bad_series_fail_recorded_without_a_seg(servers):
     assert state.startswith("failed: invalid-image"), state
     orthanc.wait_log(rf"series {gap_series} failed \(invalid-image\)")
 
-    # An MR series: the filter keeps it from the automatic path; on demand it fails as not CT.
+    # An MR series: the filter keeps it from the automatic path (nothing recorded); on demand it
+    # fails as not CT, recorded.
     mr = orthanc.upload(FIXTURES / "bad" / "mr")
     (mr_series,) = mr.values()
     orthanc.wait_log(rf"series {mr_series} not segmented: Modality \"MR\" is not CT")
+    assert orthanc.request("GET", f"/ichseg/series/{mr_series}")[0] == 404
     failed = orthanc.json("POST", f"/ichseg/series/{mr_series}/segment", b"", expect=422, timeout=SEGMENT_TIMEOUT_S)
-    assert failed["status"] == "failed" and failed["series"] == mr_series, failed
+    assert failed["status"] == "failed" and failed["series"] == mr_series and failed["error"] == "not-ct", failed
     assert orthanc.json("GET", f"/ichseg/series/{mr_series}") == failed
-    assert orthanc.request("GET", f"/series/{mr_series}/metadata/IchsegState")[1].startswith(b"failed")
+    state = orthanc.request("GET", f"/series/{mr_series}/metadata/IchsegState")[1].decode()
+    assert state.startswith('failed: not-ct: Modality "MR" is not CT'), state
 
     assert orthanc.seg_instances() == [], "a failed series must store no SEG"
     status = orthanc.json("GET", "/ichseg/status")
@@ -311,9 +372,44 @@ def test_bad_series_fail_recorded_without_a_seg(servers):
     assert orthanc.proc.poll() is None
 
 
+def test_series_filter(servers, tmp_path):
+    """DescriptionPattern keeps a CT series out (nothing recorded); with "Modality": "" an MR
+    series passes the filter and is recorded as failed (not-ct), without a SEG."""
+    ct_dir = FIXTURES / "series" / "explicit_le"
+    description = str(pydicom.dcmread(next(ct_dir.glob("*.dcm")), stop_before_pixels=True).SeriesDescription)
+    orthanc = servers(default_ichseg(tmp_path, SeriesFilter={"Modality": "", "DescriptionPattern": "^no such series$"}))
+    mr = orthanc.upload(FIXTURES / "bad" / "mr")
+    (mr_series,) = mr.values()
+    orthanc.wait_log(rf"series {mr_series} not segmented: SeriesDescription .* does not match DescriptionPattern")
+    ct = orthanc.upload(ct_dir)
+    for s in ct.values():
+        orthanc.wait_log(rf"series {s} not segmented: SeriesDescription .* does not match DescriptionPattern")
+        assert orthanc.request("GET", f"/ichseg/series/{s}")[0] == 404
+    orthanc.stop()
+
+    orthanc = servers(default_ichseg(tmp_path, SeriesFilter={"Modality": "", "DescriptionPattern": "."}),
+                      workdir=tmp_path / "second")
+    (mr_series,) = orthanc.upload(FIXTURES / "bad" / "mr").values()
+    report = orthanc.wait_report(mr_series)
+    assert report["status"] == "failed" and report["error"] == "not-ct", report
+    orthanc.wait_log(rf"series {mr_series} failed \(not-ct\)")
+    # The CT series passes (its description matches "."); the one-instance SR beside it has no
+    # description, so the filter keeps it out.
+    uids = orthanc.upload(ct_dir)
+    ct_uid = str(pydicom.dcmread(next(ct_dir.glob("*.dcm")), stop_before_pixels=True).SeriesInstanceUID)
+    report = orthanc.wait_report(uids[ct_uid])
+    assert report["status"] == "done" and report["series_description"] == description, report
+    assert orthanc.seg_instances() == [report["seg_instance"]]
+    for uid, s in uids.items():
+        if uid != ct_uid:
+            orthanc.wait_log(rf"series {s} not segmented: SeriesDescription \"\" does not match DescriptionPattern")
+    status = orthanc.json("GET", "/ichseg/status")
+    assert status["failed"] == 1 and status["done"] == 1, status
+
+
 @pytest.mark.parametrize("case", ["missing model", "not a model", "no Model", "no UserMetadata", "bad Device"])
 def test_bad_configuration_leaves_orthanc_running_without_the_plugin(servers, tmp_path, case):
-    ichseg = {"Model": str(MODEL), "Device": "cpu"}
+    ichseg = default_ichseg(tmp_path)
     user_metadata = True
     reason = {
         "missing model": "cannot load the model",
