@@ -5,7 +5,9 @@
 #
 #   Debian packages: gcc, g++, valgrind, cmake, pkg-config, binutils (objdump, nm), python3-venv,
 #                    libinsighttoolkit5-dev (ITK 5, the viewer-plugin example), dicom3tools
-#                    (dciodvfy, one of the DICOM-SEG validator's readers: tests/dicom)
+#                    (dciodvfy, one of the DICOM-SEG validator's readers: tests/dicom); when root
+#                    also orthanc, orthanc-dev and libjsoncpp-dev (the Orthanc plugin and its
+#                    tests, tests/orthanc, which scripts/test.sh skips without Orthanc)
 #   Python:          a project-local virtual environment .venv-test/ with
 #                    training/requirements-test.txt and NVIDIA's NVRTC wheel (the CUDA kernels
 #                    compile in the tests; no GPU needed). The system interpreter is not touched.
@@ -35,6 +37,18 @@ if [[ $quick == 0 ]]; then
   compgen -G "/usr/lib/cmake/ITK-5*" >/dev/null || compgen -G "/usr/lib/*/cmake/ITK-5*" >/dev/null ||
     need_apt+=(libinsighttoolkit5-dev)
   want dciodvfy dicom3tools
+  # Optional (the Orthanc part skips without them): installed when we can, else named below.
+  optional_apt=()
+  command -v Orthanc >/dev/null 2>&1 || optional_apt+=(orthanc)
+  [[ -f /usr/include/orthanc/OrthancCPlugin.h ]] || optional_apt+=(orthanc-dev)
+  pkg-config --exists jsoncpp 2>/dev/null || optional_apt+=(libjsoncpp-dev)
+  if [[ ${#optional_apt[@]} -gt 0 ]]; then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+      need_apt+=("${optional_apt[@]}")
+    else
+      echo "test-deps: the Orthanc plugin's tests will skip; to run them: sudo apt-get install -y ${optional_apt[*]}" >&2
+    fi
+  fi
 fi
 
 if [[ ${#need_apt[@]} -gt 0 ]]; then

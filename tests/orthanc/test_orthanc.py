@@ -19,7 +19,9 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -47,8 +49,14 @@ if missing and not REQUIRED:
     pytest.skip(f"{', '.join(missing)} missing (scripts/test-deps.sh, tests/orthanc/run.sh)", allow_module_level=True)
 
 SEGMENT_TIMEOUT_S = 600  # a debug libichseg on 2 busy cores; the fixtures are 8 slices of 128x112
+# Orthanc's resident memory with the plugin and the shipped U-Net: bounds a few times above what
+# docs/ORTHANC.md reports as measured, tight enough that a per-series leak or a runaway buffer fails.
+MAX_RSS_GROWTH_MIB = 32
+MAX_PEAK_RSS_MIB = 384
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 USER_METADATA = {"IchsegReport": 4600, "IchsegState": 4601}
+# Five CT series of the fixtures, each its own study, uploaded at once by the queue tests.
+BATCH = ["implicit_le", "jpeg_lossless", "rle", "unsigned", "oblique"]
 ORTHANC_ENTRY_POINTS = ["OrthancPluginFinalize", "OrthancPluginGetName", "OrthancPluginGetVersion",
                         "OrthancPluginInitialize"]
 
@@ -184,6 +192,21 @@ class Orthanc:
             series[uid] = answer["ParentSeries"]
         return series
 
+    def upload_at_once(self, names: list[str]) -> dict[str, str]:
+        """Uploads several fixture series in parallel threads; {fixture name: Orthanc series id}."""
+        with ThreadPoolExecutor(len(names)) as pool:
+            answers = list(pool.map(lambda n: self.upload(FIXTURES / "series" / n), names))
+        return {n: next(iter(a.values())) for n, a in zip(names, answers)}
+
+    def state(self, series: str) -> str | None:
+        status, data = self.request("GET", f"/series/{series}/metadata/IchsegState")
+        return data.decode() if status == 200 else None
+
+    def rss_mib(self) -> tuple[float, float]:
+        """Orthanc's resident memory now and at its peak (VmRSS, VmHWM), in MiB."""
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines())
+        return tuple(int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM"))
+
     def seg_instances(self) -> list[str]:
         return self.json("POST", "/tools/find", json.dumps({"Level": "Instance", "Query": {"Modality": "SEG"}}).encode())
 
@@ -297,7 +320,8 @@ def test_stable_ct_series_gets_one_seg_and_a_report_also_after_a_restart(servers
     # The SEG series becomes stable in turn: skipped as a SEG, nothing recorded on it.
     orthanc.wait_log(rf"series {seg_info['ParentSeries']} is a SEG, not segmented")
     assert orthanc.request("GET", f"/ichseg/series/{seg_info['ParentSeries']}")[0] == 404
-    seg = dcm(orthanc.request("GET", f"/instances/{seg_id}/file")[1])
+    raw_seg = orthanc.request("GET", f"/instances/{seg_id}/file")[1]
+    seg = dcm(raw_seg)
     src = pydicom.dcmread(next(series_dir.glob("*.dcm")), stop_before_pixels=True)
     assert seg.SOPClassUID == SEG_SOP_CLASS and seg.Modality == "SEG"
     assert seg.StudyInstanceUID == src.StudyInstanceUID
@@ -313,6 +337,15 @@ def test_stable_ct_series_gets_one_seg_and_a_report_also_after_a_restart(servers
         np.testing.assert_array_equal(ours[uid], theirs[uid], err_msg=f"frame of {uid}")
     assert report["lesion_count"] == cli_report["lesion_count"]
     assert report["total_volume_ml"] == pytest.approx(cli_report["total_volume_ml"], rel=1e-9)
+    # The independent readers (dciodvfy, highdicom, dcmqi: tests/dicom/validate_seg.py) accept the
+    # plugin's SEG and rebuild from it the mask the CLI writes as NIfTI.
+    (tmp_path / "plugin_seg.dcm").write_bytes(raw_seg)
+    subprocess.run([str(BIN), "segment", str(series_dir), "-m", str(MODEL), "-o", str(tmp_path / "cli_mask.nii.gz"),
+                    "--device", "cpu", "--threads", "2", "-q"], check=True)
+    check = subprocess.run([sys.executable, str(ROOT / "tests" / "dicom" / "validate_seg.py"),
+                            "--seg", str(tmp_path / "plugin_seg.dcm"), "--source", str(series_dir),
+                            "--expected", str(tmp_path / "cli_mask.nii.gz")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
 
     # Restart on the same storage and upload the series again: it is stable again, the plugin
     # sees from the metadata that it is done, and no second SEG appears.
@@ -434,4 +467,72 @@ def test_bad_configuration_leaves_orthanc_running_without_the_plugin(servers, tm
     orthanc.wait_log(r"ichseg: not registered: .*" + reason, timeout=10)
     # Orthanc still stores images.
     assert orthanc.upload(FIXTURES / "bad" / "mr")
+    assert orthanc.proc.poll() is None
+
+
+def test_five_series_at_once_each_segmented_once_with_bounded_memory(servers):
+    """Series arriving together are all segmented, none twice, and Orthanc's memory does not grow
+    with the number of series (the model and the worker's buffers are reused)."""
+    orthanc = servers()
+    (first,) = orthanc.upload(FIXTURES / "series" / "deflate").values()
+    assert orthanc.wait_report(first)["status"] == "done"
+    rss_after_one, _ = orthanc.rss_mib()
+
+    series = orthanc.upload_at_once(BATCH)
+    reports = {name: orthanc.wait_report(s) for name, s in series.items()}
+    for name, report in reports.items():
+        assert report["status"] == "done" and report["series"] == series[name], (name, report)
+    segs = sorted(orthanc.seg_instances())
+    assert set(r["seg_instance"] for r in reports.values()) < set(segs)
+    assert len(segs) == len(BATCH) + 1, "one SEG per series, none twice"
+    for name, s in series.items():
+        seg = dcm(orthanc.request("GET", f"/instances/{reports[name]['seg_instance']}/file")[1])
+        src = orthanc.json("GET", f"/series/{s}")
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == src["MainDicomTags"]["SeriesInstanceUID"]
+        assert len(re.findall(rf"series {s} segmented:", orthanc.log_text())) == 1, name
+    status = orthanc.json("GET", "/ichseg/status")
+    assert status["done"] == len(BATCH) + 1 and status["failed"] == 0 and status["dropped"] == 0, status
+    assert status["queue_length"] == 0, status
+
+    rss, peak = orthanc.rss_mib()
+    print(f"Orthanc RSS: {rss_after_one:.0f} MiB after one series, {rss:.0f} MiB after {len(BATCH) + 1}, "
+          f"peak {peak:.0f} MiB")
+    assert rss - rss_after_one < MAX_RSS_GROWTH_MIB, (rss_after_one, rss)
+    assert peak < MAX_PEAK_RSS_MIB, peak
+
+
+def test_a_full_queue_records_the_dropped_series_and_answers_503(servers, tmp_path):
+    """QueueSize 1: stable series beyond the queue are dropped and recorded on the series (never
+    lost silently); POSTs beyond it get 503 at once; a dropped series runs on demand."""
+    orthanc = servers(default_ichseg(tmp_path, QueueSize=1))
+    series = orthanc.upload_at_once(BATCH[:4])
+    deadline = time.monotonic() + SEGMENT_TIMEOUT_S
+    while any(orthanc.state(s) in (None, "") for s in series.values()):
+        assert time.monotonic() < deadline, {n: orthanc.state(s) for n, s in series.items()}
+        time.sleep(0.5)
+    states = {n: orthanc.state(s) for n, s in series.items()}
+    dropped = [n for n, st in states.items() if st.startswith("skipped: the queue was full")]
+    done = [n for n, st in states.items() if st == "done"]
+    # Four series stable within a second or two, one in the worker, one queued: the rest dropped.
+    assert dropped and len(dropped) + len(done) == len(series), states
+    for n in dropped:
+        orthanc.wait_log(rf"queue full \(QueueSize 1\): series {series[n]} not segmented")
+        assert orthanc.request("GET", f"/ichseg/series/{series[n]}")[0] == 404
+    assert orthanc.json("GET", "/ichseg/status")["dropped"] == len(dropped)
+
+    # Four on-demand requests at once: one runs, one waits in the queue, the others are refused.
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda s: orthanc.request("POST", f"/ichseg/series/{s}/segment", b"",
+                                                          timeout=SEGMENT_TIMEOUT_S), series.values()))
+    codes = [code for code, _ in answers]
+    assert codes.count(503) >= 1 and set(codes) <= {200, 503}, answers
+    for code, body in answers:
+        if code == 503:
+            assert b"queue is full (QueueSize 1)" in body, body
+    # Every series, dropped ones included, gets its report on demand, with one SEG each.
+    for n, s in series.items():
+        report = orthanc.json("POST", f"/ichseg/series/{s}/segment", b"", timeout=SEGMENT_TIMEOUT_S)
+        assert report["status"] == "done", (n, report)
+        assert orthanc.state(s) == "done"
+    assert len(orthanc.seg_instances()) == len(series), "a new run replaces the series' SEG"
     assert orthanc.proc.poll() is None
