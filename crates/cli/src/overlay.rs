@@ -75,8 +75,8 @@ fn letter(v: [f64; 3]) -> char {
     let k = (0..3).max_by(|&a, &b| v[a].abs().total_cmp(&v[b].abs())).unwrap_or(0);
     let pos = v[k] >= 0.0;
     match (k, pos) {
-        (0, true) => 'L',
-        (0, false) => 'R',
+        (0, true) => 'R',
+        (0, false) => 'L',
         (1, true) => 'A',
         (1, false) => 'P',
         (_, true) => 'S',
@@ -85,8 +85,8 @@ fn letter(v: [f64; 3]) -> char {
 }
 
 impl View {
-    /// Radiological convention from the affine: world +x (patient's left) to the tile's right,
-    /// world +y (anterior) to the top.
+    /// Radiological convention from the affine: world +x (RAS+: the patient's right) to the tile's
+    /// left, world +y (anterior) to the top.
     pub fn new(shape: [usize; 3], spacing: [f64; 3], affine: &[[f64; 4]; 4]) -> Self {
         // Unit direction of voxel axis `a` in RAS+.
         let dir = |a: usize| {
@@ -99,7 +99,7 @@ impl View {
         let down = 1 - across;
         let da = if across == 0 { d0 } else { d1 };
         let dd = if down == 0 { d0 } else { d1 };
-        let flip_across = da[0] < 0.0;
+        let flip_across = da[0] > 0.0;
         let flip_down = dd[1] > 0.0;
         let right = if flip_across { da.map(|c| -c) } else { da };
         let downv = if flip_down { dd.map(|c| -c) } else { dd };
@@ -359,6 +359,9 @@ pub fn write_png(path: &Path, img: &Rgb) -> Result<()> {
         let mut enc = png::Encoder::new(w, img.width as u32, img.height as u32);
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
+        // Noisy CT compresses poorly with the fast defaults; a montage is small enough to take time.
+        enc.set_compression(png::Compression::Best);
+        enc.set_adaptive_filter(png::AdaptiveFilterType::Adaptive);
         let mut writer = enc.write_header().map_err(|e| Error::image(path, e.to_string()))?;
         writer.write_image_data(&img.pixels).map_err(|e| Error::image(path, e.to_string()))?;
         writer.finish().map_err(|e| Error::image(path, e.to_string()))
@@ -446,7 +449,7 @@ mod tests {
         let mut flipped = RAS;
         flipped[0][0] = -0.5;
         let v = View::new([4, 40, 60], SPACING, &flipped);
-        assert!(v.flip_across && !View::new([4, 40, 60], SPACING, &RAS).flip_across);
+        assert!(!v.flip_across && View::new([4, 40, 60], SPACING, &RAS).flip_across);
         // Same anatomy stored with x reversed: the radiological picture must not change.
         let ct_f = ct.slice(ndarray::s![.., .., ..;-1]).to_owned();
         let mask_f = mask.slice(ndarray::s![.., .., ..;-1]).to_owned();
@@ -458,8 +461,27 @@ mod tests {
         let s = View::new([4, 40, 60], SPACING, &swapped);
         assert_eq!((s.across, s.letters), (1, ['R', 'L', 'A', 'P']));
         let lps = [[-0.5, 0.0, 0.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0.0, 5.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
-        assert!(View::new([4, 40, 60], SPACING, &lps).flip_across);
+        assert!(!View::new([4, 40, 60], SPACING, &lps).flip_across);
         assert!(!View::new([4, 40, 60], SPACING, &lps).flip_down);
+    }
+
+    /// The patient's right (world +x in RAS+) is on the tile's left, as the report's side says.
+    #[test]
+    fn the_patients_left_is_on_the_tiles_right() {
+        let ct = Array3::<f32>::zeros((2, 40, 60));
+        // Columns 5..15 of 60, +x along the columns: the lowest x, towards the patient's left.
+        let mask =
+            Array3::from_shape_fn((2, 40, 60), |(_, y, x)| u8::from((15..25).contains(&y) && (5..15).contains(&x)));
+        let view = View::new([2, 40, 60], SPACING, &RAS);
+        assert_eq!(view.letters, ['R', 'L', 'A', 'P']);
+        let lesions = find_lesions(mask.view(), SPACING, &RAS);
+        let img = render(&ct, &mask, SPACING, &RAS, &lesions);
+        let red: Vec<usize> = (0..view.height)
+            .flat_map(|y| (0..view.width).map(move |x| (x, y)))
+            .filter(|&(x, y)| img.get(GAP + x, GAP + y) == OUTLINE)
+            .map(|(x, _)| x)
+            .collect();
+        assert!(!red.is_empty() && red.iter().all(|&x| x > view.width / 2), "{red:?}");
     }
 
     #[test]
