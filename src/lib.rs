@@ -23,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+mod affine;
 pub mod alloc;
 pub mod cam;
 pub mod capi;

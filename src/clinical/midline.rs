@@ -14,6 +14,7 @@
 //! inverted, or when the best score is below [`MIN_SCORE`] (a skull cut by the field of view,
 //! a large craniectomy, a head turned beyond the search range, heavy metal artefacts).
 
+use crate::affine::WorldToVoxel;
 use crate::error::Result;
 use crate::volume::Volume;
 use ndarray::Array3;
@@ -72,7 +73,7 @@ pub fn estimate(volume: &Volume, skull: &Array3<u8>) -> Result<Midline> {
         let reason = format!("too little skull: {skull_ml:.1} mL, at least {MIN_SKULL_ML} needed");
         return Ok(Midline::not_found(reason, 0.0));
     }
-    let Some(to_voxel) = Inverse::of(&volume.affine()) else {
+    let Some(to_voxel) = WorldToVoxel::of(&volume.affine()) else {
         return Ok(Midline::not_found("the affine cannot be inverted", 0.0));
     };
     let spacing = volume.spacing();
@@ -158,7 +159,7 @@ fn median_projection(samples: &[[f64; 3]], n: [f64; 3]) -> f64 {
 struct Search<'a> {
     samples: &'a [[f64; 3]],
     target: &'a Array3<u8>,
-    to_voxel: Inverse,
+    to_voxel: WorldToVoxel,
 }
 
 impl Search<'_> {
@@ -183,63 +184,9 @@ impl Search<'_> {
     }
 }
 
-/// World mm to fractional voxel indices: the inverse of an affine's 3x3 part and translation.
-struct Inverse {
-    m: [[f64; 3]; 3],
-    t: [f64; 3],
-}
-
-impl Inverse {
-    fn of(a: &[[f64; 4]; 4]) -> Option<Inverse> {
-        let [r0, r1, r2] = [a[0], a[1], a[2]];
-        let det = r0[0] * (r1[1] * r2[2] - r1[2] * r2[1]) - r0[1] * (r1[0] * r2[2] - r1[2] * r2[0])
-            + r0[2] * (r1[0] * r2[1] - r1[1] * r2[0]);
-        if !det.is_normal() {
-            return None;
-        }
-        let m = [
-            [
-                (r1[1] * r2[2] - r1[2] * r2[1]) / det,
-                (r0[2] * r2[1] - r0[1] * r2[2]) / det,
-                (r0[1] * r1[2] - r0[2] * r1[1]) / det,
-            ],
-            [
-                (r1[2] * r2[0] - r1[0] * r2[2]) / det,
-                (r0[0] * r2[2] - r0[2] * r2[0]) / det,
-                (r0[2] * r1[0] - r0[0] * r1[2]) / det,
-            ],
-            [
-                (r1[0] * r2[1] - r1[1] * r2[0]) / det,
-                (r0[1] * r2[0] - r0[0] * r2[1]) / det,
-                (r0[0] * r1[1] - r0[1] * r1[0]) / det,
-            ],
-        ];
-        Some(Inverse { m, t: [r0[3], r1[3], r2[3]] })
-    }
-
-    fn apply(&self, p: [f64; 3]) -> [f64; 3] {
-        let d = [p[0] - self.t[0], p[1] - self.t[1], p[2] - self.t[2]];
-        self.m.map(|row| dot(row, d))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn inverse_undoes_the_affine() {
-        let a = [[0.0, -0.8, 0.1, 10.0], [0.9, 0.0, 0.0, -20.0], [0.05, 0.0, 5.0, 3.0], [0.0, 0.0, 0.0, 1.0]];
-        let inv = Inverse::of(&a).unwrap();
-        let ijk = [3.0, 7.5, 2.0];
-        let w: Vec<f64> = (0..3).map(|r| a[r][0] * ijk[0] + a[r][1] * ijk[1] + a[r][2] * ijk[2] + a[r][3]).collect();
-        let back = inv.apply([w[0], w[1], w[2]]);
-        for (b, e) in back.iter().zip(ijk) {
-            assert!((b - e).abs() < 1e-9, "{back:?}");
-        }
-        let singular = [[1.0, 0.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
-        assert!(Inverse::of(&singular).is_none());
-    }
 
     #[test]
     fn normals_point_right() {

@@ -408,7 +408,7 @@ mod tests {
     fn decimal_strings_fit_sixteen_characters() {
         assert_eq!(ds(0.5), "0.5");
         assert_eq!(ds(-0.0), "0");
-        assert_eq!(ds(-123.4567890123456789), "-123.45678901235");
+        assert_eq!(ds(-123.456_789_012_345_68), "-123.45678901235");
         assert!(ds(1e300).len() <= 16);
         assert!((ds(-98.76543210987654).parse::<f64>().unwrap() + 98.76543210987654).abs() < 1e-12);
     }

@@ -2,6 +2,7 @@
 //! each frame is placed by its ImagePositionPatient and must fall exactly on one slice.
 
 use super::series::{numbers, text, unsigned};
+use crate::affine::WorldToVoxel;
 use crate::error::{Error, Result};
 use dicom_dictionary_std::tags;
 use dicom_object::{InMemDicomObject, OpenFileOptions};
@@ -11,36 +12,7 @@ use std::path::Path;
 /// Largest distance, in voxels, between where a frame's pixels fall and the grid's voxels.
 const GRID_TOLERANCE_VOXELS: f64 = 1e-3;
 
-fn invert(a: &[[f64; 4]; 4]) -> Option<[[f64; 4]; 4]> {
-    let m = |r: usize, c: usize| a[r][c];
-    let det = m(0, 0) * (m(1, 1) * m(2, 2) - m(1, 2) * m(2, 1)) - m(0, 1) * (m(1, 0) * m(2, 2) - m(1, 2) * m(2, 0))
-        + m(0, 2) * (m(1, 0) * m(2, 1) - m(1, 1) * m(2, 0));
-    if det.abs() < 1e-12 {
-        return None;
-    }
-    let mut inv = [[0.0; 4]; 4];
-    for r in 0..3 {
-        for c in 0..3 {
-            let (r1, r2, c1, c2) = ((c + 1) % 3, (c + 2) % 3, (r + 1) % 3, (r + 2) % 3);
-            inv[r][c] = (m(r1, c1) * m(r2, c2) - m(r1, c2) * m(r2, c1)) / det;
-        }
-    }
-    for r in 0..3 {
-        inv[r][3] = -(0..3).map(|c| inv[r][c] * a[c][3]).sum::<f64>();
-    }
-    inv[3][3] = 1.0;
-    Some(inv)
-}
-
-fn apply(a: &[[f64; 4]; 4], p: [f64; 3]) -> [f64; 3] {
-    let mut out = [0.0; 3];
-    for (r, o) in out.iter_mut().enumerate() {
-        *o = a[r][0] * p[0] + a[r][1] * p[1] + a[r][2] * p[2] + a[r][3];
-    }
-    out
-}
-
-fn only_item<'a>(obj: &'a InMemDicomObject, tag: dicom_core::Tag) -> Option<&'a InMemDicomObject> {
+fn only_item(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Option<&InMemDicomObject> {
     obj.element_opt(tag).ok()??.items()?.first()
 }
 
@@ -99,7 +71,7 @@ pub fn read_mask_on(path: &Path, dims: [usize; 3], affine: &[[f64; 4]; 4]) -> Re
             format!("PixelData holds {} bytes, {frames} frames need {needed}", pixels.len()),
         ));
     }
-    let to_voxel = invert(affine).ok_or_else(|| Error::arg("the grid's affine is singular"))?;
+    let to_voxel = WorldToVoxel::of(affine).ok_or_else(|| Error::arg("the grid's affine is singular"))?;
     let mut mask = crate::alloc::try_array3((nz, ny, nx), 0u8, "the SEG's mask")?;
     for (f, group) in per_frame.iter().enumerate() {
         let position = only_item(group, tags::PLANE_POSITION_SEQUENCE)
@@ -112,7 +84,7 @@ pub fn read_mask_on(path: &Path, dims: [usize; 3], affine: &[[f64; 4]; 4]) -> Re
             let lps: [f64; 3] = std::array::from_fn(|a| {
                 position[a] + c * spacing[1] * orientation[a] + r * spacing[0] * orientation[3 + a]
             });
-            apply(&to_voxel, [-lps[0], -lps[1], lps[2]])
+            to_voxel.apply([-lps[0], -lps[1], lps[2]])
         };
         let (o, x, y) = (world(0.0, 0.0), world(1.0, 0.0), world(0.0, 1.0));
         let k = o[2].round();
