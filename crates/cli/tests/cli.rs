@@ -1,28 +1,18 @@
 //! The `ichseg` command line end to end: outputs, reports, and bad input that must fail with a
 //! specific message and leave no output file behind.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+use common::*;
 
-fn root() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-}
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
 fn unet(name: &str) -> PathBuf {
-    root().join("tests/fixtures/unet").join(name)
+    fixture("unet").join(name)
 }
 fn nifti_fixture(name: &str) -> PathBuf {
-    root().join("tests/fixtures/nifti").join(name)
+    fixture("nifti").join(name)
 }
-fn ichseg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ichseg")).args(args).output().expect("run ichseg")
-}
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
 #[test]
 fn segment_writes_mask_probability_and_report() {
     let dir = tempfile::tempdir().unwrap();

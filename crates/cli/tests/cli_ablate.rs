@@ -2,8 +2,11 @@
 //! `ichseg pseudo-label` makes with the same settings (scored by `ichseg eval`), a grid of
 //! thresholds equals separate runs, and bad splits or labels fail clearly.
 
+mod common;
+use common::*;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 const TINY_TAPS: &str = "/layer1/relu_1/Relu_output_0,/layer2/relu_1/Relu_output_0";
 const RESNET_TAPS: &str = "/layer1/layer1.1/relu_1/Relu_output_0,/layer2/layer2.1/relu_1/Relu_output_0";
@@ -12,23 +15,6 @@ const RESNET_L1: &str = "/layer1/layer1.1/relu_1/Relu_output_0";
 // The fixtures have no ichseg.deep_tap: their deepest taps stand in for layer4.
 const TINY_DEEP: &str = "/layer2/relu_1/Relu_output_0";
 const RESNET_DEEP: &str = "/layer2/layer2.1/relu_1/Relu_output_0";
-
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("tests/fixtures").join(rel)
-}
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-fn ichseg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ichseg")).args(args).output().expect("run ichseg")
-}
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-fn json(o: &Output) -> serde_json::Value {
-    assert!(o.status.success(), "{}", stderr(o));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
 
 /// A BCIHM-layout dataset of two copies of the small CT (patients 1 and 2), ground-truth
 /// masks, slice labels (patient 1 bleeds on slices 1-2 of 0..3, patient 2 nowhere) and a split.

@@ -1,19 +1,14 @@
 //! `ichseg cam-graph`: writes a gradient graph that plans and runs, and fails cleanly (message,
 //! no output file) on a bad tap or target.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+use common::*;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("tests/fixtures/grad").join(name)
-}
-fn ichseg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ichseg")).args(args).output().expect("run ichseg")
-}
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use std::path::PathBuf;
 
+fn grad(name: &str) -> PathBuf {
+    fixture("grad").join(name)
+}
 const L1: &str = "/layer1/layer1.1/relu_1/Relu_output_0";
 const L2: &str = "/layer2/layer2.1/relu_1/Relu_output_0";
 
@@ -21,7 +16,7 @@ const L2: &str = "/layer2/layer2.1/relu_1/Relu_output_0";
 fn writes_a_runnable_gradient_graph() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("cam.onnx");
-    let model = fixture("resnet_basic_op17_bn.onnx");
+    let model = grad("resnet_basic_op17_bn.onnx");
     let o = ichseg(&["cam-graph", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "--tap", L1, "--tap", L2]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = String::from_utf8_lossy(&o.stdout);
@@ -38,7 +33,7 @@ fn writes_a_runnable_gradient_graph() {
 fn bad_tap_or_target_fails_without_output() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("cam.onnx");
-    let model = fixture("resnet_basic_op17_bn.onnx");
+    let model = grad("resnet_basic_op17_bn.onnx");
     let (m, o) = (model.to_str().unwrap(), out.to_str().unwrap());
     for (args, message) in [
         (vec!["--tap", "nope"], "\"nope\" is not a tensor of the model"),
@@ -52,7 +47,7 @@ fn bad_tap_or_target_fails_without_output() {
         assert!(stderr(&r).contains(message), "{}", stderr(&r));
         assert!(!out.exists());
     }
-    let erf = fixture("unsupported_erf.onnx");
+    let erf = grad("unsupported_erf.onnx");
     let r = ichseg(&["cam-graph", erf.to_str().unwrap(), "-o", o, "--tap", "/relu/Relu_output_0"]);
     assert!(stderr(&r).contains("op Erf"), "{}", stderr(&r));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing half-written");

@@ -1,23 +1,17 @@
 //! The command line with DICOM: a series folder segmented to DICOM-SEG or NIfTI, `inspect` of a
 //! series, `eval` of a DICOM-SEG, `pseudo-label` of a series, and the refusals (no output left).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+use common::*;
 
-fn root() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-}
+use std::path::PathBuf;
+use std::process::Output;
+
 fn dicom(name: &str) -> PathBuf {
     root().join("tests/fixtures/dicom").join(name)
 }
-fn ichseg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ichseg")).args(args).output().expect("run ichseg")
-}
 fn text(o: &Output) -> (String, String) {
     (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
-}
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
 }
 fn unet() -> PathBuf {
     root().join("models/unet.onnx")

@@ -1,21 +1,10 @@
 //! The review PNGs end to end: `segment --overlay`, `pseudo-label --overlay/--cam-overlay`, the
 //! demo's picture, and a non-PNG path refused before any work.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+use common::*;
 
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("tests/fixtures").join(rel)
-}
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-fn ichseg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ichseg")).args(args).output().expect("run ichseg")
-}
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use std::path::Path;
 
 /// Width, height and RGB pixels of a PNG.
 fn decode(path: &Path) -> (usize, usize, Vec<u8>) {

@@ -1,18 +1,15 @@
 //! `ichseg pseudo-label` end to end: one scan (predictions, a labels CSV, the CAM output), a
 //! BCIHM-layout dataset that resumes, and bad input that fails clearly and writes nothing.
 
+mod common;
+use common::*;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const TINY_TAPS: &str = "/layer1/relu_1/Relu_output_0,/layer2/relu_1/Relu_output_0";
 const RESNET_TAPS: &str = "/layer1/layer1.1/relu_1/Relu_output_0,/layer2/layer2.1/relu_1/Relu_output_0";
 
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("tests/fixtures").join(rel)
-}
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 /// `ichseg pseudo-label` with both fixture classifiers (taps named) and `args`.
 fn pseudo(args: &[&str]) -> Output {
     let tiny = fixture("classifier/tiny_classifier.onnx");
@@ -21,12 +18,6 @@ fn pseudo(args: &[&str]) -> Output {
     all.extend(["--classifier", p(&resnet), "--taps", RESNET_TAPS, "--threads", "2"]);
     all.extend(args);
     Command::new(env!("CARGO_BIN_EXE_ichseg")).args(&all).output().expect("run ichseg")
-}
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 fn ct() -> PathBuf {
     fixture("unet/ct_small.nii.gz")
