@@ -536,3 +536,17 @@ def test_a_full_queue_records_the_dropped_series_and_answers_503(servers, tmp_pa
         assert orthanc.state(s) == "done"
     assert len(orthanc.seg_instances()) == len(series), "a new run replaces the series' SEG"
     assert orthanc.proc.poll() is None
+
+
+def test_out_of_memory_is_a_recorded_failure_without_a_seg(servers, tmp_path):
+    """MemoryLimitMb below what a series needs: libichseg refuses before allocating, the plugin
+    records out-of-memory on the series, stores nothing, and Orthanc keeps running."""
+    orthanc = servers(default_ichseg(tmp_path, MemoryLimitMb=1))
+    (series,) = orthanc.upload(FIXTURES / "series" / "implicit_le").values()
+    report = orthanc.wait_report(series)
+    assert report["status"] == "failed" and report["error"] == "out-of-memory", report
+    assert orthanc.state(series).startswith("failed: out-of-memory"), orthanc.state(series)
+    orthanc.wait_log(rf"series {series} failed \(out-of-memory\)")
+    assert orthanc.seg_instances() == []
+    assert orthanc.json("GET", "/ichseg/status")["failed"] == 1
+    assert orthanc.proc.poll() is None
