@@ -7,6 +7,7 @@ mod font;
 mod input;
 mod overlay;
 mod pseudo;
+mod shard;
 
 use clap::{Args, Parser, Subcommand};
 use ichseg::alloc::MemoryLimit;

@@ -1,6 +1,7 @@
 //! `ichseg pseudo-label`: pseudo masks from slice classifiers, for one scan or a BCIHM-layout
 //! dataset folder (resumable).
 
+use super::shard::Shard;
 use super::{engine, progress_bar, InputArgs, RunArgs};
 use clap::Args;
 use ichseg::crf::CrfParams;
@@ -51,6 +52,10 @@ pub struct PseudoLabelArgs {
     /// OUTPUT/NNN.nii.gz, skipping outputs that exist.
     #[arg(long, value_name = "DIR")]
     dataset: Option<PathBuf>,
+    /// With --dataset: process only shard I of N (0 <= I < N), so that N jobs (a SLURM array,
+    /// any scheduler) together cover every volume exactly once (docs/SCALE-OUT.md).
+    #[arg(long, value_name = "I/N")]
+    shard: Option<String>,
     /// Also write the fused map of each tap layer (SCAM, what the threshold sees) as one
     /// float32 4D NIfTI, one volume per tap layer.
     #[arg(long, conflicts_with = "dataset")]
@@ -149,6 +154,7 @@ impl PseudoLabelArgs {
 pub fn run(a: &PseudoLabelArgs) -> Result<()> {
     match (&a.dataset, &a.input) {
         (Some(dir), _) => dataset(a, dir),
+        (None, Some(_)) if a.shard.is_some() => Err(Error::arg("--shard splits a --dataset run; give --dataset DIR")),
         (None, Some(input)) => single(a, input),
         (None, None) => Err(Error::arg("give a CT volume or --dataset DIR")),
     }
@@ -300,7 +306,9 @@ struct Tally {
 fn dataset(a: &PseudoLabelArgs, dir: &Path) -> Result<()> {
     let started = Instant::now();
     let options = a.options()?;
-    let scans = dataset_scans(dir)?;
+    let shard = a.shard.as_deref().map(Shard::parse).transpose()?;
+    let all = dataset_scans(dir)?;
+    let scans: Vec<&PathBuf> = all.iter().filter(|s| shard.is_none_or(|sh| sh.holds(s))).collect();
     let table = if a.use_predictions {
         None
     } else {
@@ -317,7 +325,7 @@ fn dataset(a: &PseudoLabelArgs, dir: &Path) -> Result<()> {
     let labeler = PseudoLabeler::from_paths(&engine(&a.run)?, &a.classifiers, &options)?;
     let bar = volume_bar(a.run.quiet, scans.len());
     let mut tally = Tally::default();
-    for scan in &scans {
+    for &scan in &scans {
         let stem = volume_stem(scan).unwrap_or("volume").to_string();
         let out = a.output.join(format!("{stem}.nii.gz"));
         bar.set_message(stem.clone());
@@ -336,6 +344,9 @@ fn dataset(a: &PseudoLabelArgs, dir: &Path) -> Result<()> {
     }
     bar.finish_and_clear();
     if !a.run.quiet {
+        if let Some(sh) = shard {
+            println!("shard     {}/{}: {} of the dataset's {} volumes", sh.index, sh.count, scans.len(), all.len());
+        }
         println!(
             "volumes   {}: labelled {}, skipped {} (output exists), failed {}",
             scans.len(),

@@ -168,3 +168,45 @@ fn report_carries_slices_mask_size_and_timings() {
     let t = &r["timings"];
     assert!(t["total_s"].as_f64().unwrap() > 0.0 && t["load_s"].as_f64().unwrap() > 0.0, "{t}");
 }
+
+#[test]
+fn shards_together_label_every_volume_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = dir.path().join("bcihm");
+    std::fs::create_dir_all(ds.join("ct_scans")).unwrap();
+    let names: Vec<String> = (49..54).map(|k| format!("{k:03}.nii.gz")).collect();
+    for n in &names {
+        std::fs::copy(ct(), ds.join("ct_scans").join(n)).unwrap();
+    }
+    let whole = dir.path().join("whole");
+    let out = pseudo(&["--dataset", p(&ds), "-o", p(&whole), "--use-predictions"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let mut seen = Vec::new();
+    for i in 0..3 {
+        let part = dir.path().join(format!("shard{i}"));
+        let shard = format!("{i}/3");
+        let out = pseudo(&["--dataset", p(&ds), "-o", p(&part), "--use-predictions", "--shard", &shard]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let written: Vec<String> = std::fs::read_dir(&part)
+            .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        assert!(stdout(&out).contains(&format!("shard     {i}/3: {} of the dataset's 5 volumes", written.len())));
+        for n in &written {
+            let a = ichseg::io::nifti::read_mask(&part.join(n)).unwrap().1;
+            let b = ichseg::io::nifti::read_mask(&whole.join(n)).unwrap().1;
+            assert_eq!(a, b, "{n}: a shard's mask equals the whole run's");
+        }
+        seen.extend(written);
+    }
+    seen.sort();
+    assert_eq!(seen, names, "every volume in exactly one shard");
+
+    for bad in ["3/3", "1/0", "x"] {
+        let out = pseudo(&["--dataset", p(&ds), "-o", p(&dir.path().join("bad")), "--use-predictions", "--shard", bad]);
+        assert!(!out.status.success() && stderr(&out).contains("expected I/N"), "{bad}: {}", stderr(&out));
+        assert!(!dir.path().join("bad").exists(), "refused before any output");
+    }
+    let out = pseudo(&[p(&ct()), "-o", p(&dir.path().join("one.nii.gz")), "--use-predictions", "--shard", "0/2"]);
+    assert!(!out.status.success() && stderr(&out).contains("--dataset"), "{}", stderr(&out));
+}
