@@ -146,6 +146,18 @@ pub(crate) fn lesion_ids(mask: ArrayView3<u8>) -> Vec<u32> {
     labels
 }
 
+/// Each voxel's lesion size in voxels (0 for background), raster order (x fastest): the size of
+/// the 3D, 26-connected component it belongs to, as [`find_lesions`] counts it.
+pub(crate) fn lesion_sizes(mask: ArrayView3<u8>) -> Vec<u32> {
+    let (labels, k) = label_3d::<u32>(mask);
+    let mut voxels = vec![0u32; k + 1];
+    for l in &labels {
+        voxels[l.index()] += 1;
+    }
+    voxels[0] = 0;
+    labels.iter().map(|l| voxels[l.index()]).collect()
+}
+
 /// Sum of the lesions' volumes in millilitres.
 pub fn total_volume_ml(lesions: &[Lesion]) -> f64 {
     // f64's Sum starts at -0.0: an empty list would print as "-0.00 mL"

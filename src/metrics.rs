@@ -8,6 +8,11 @@
 //!   positive if it touches no ground-truth pixel. `CL = N_correct / N_GT`, `ML = 1 - CL`,
 //!   `FPL = N_FP / N_pred`. A lesion spanning several slices counts once per slice.
 //!
+//! - **By lesion size** (not in the paper; [`evaluate_sized`]): the same CL and FPL with every
+//!   site put in the bin of the 3D lesion it belongs to (26-connected, its volume in mL:
+//!   [`SIZE_BINS`]): a ground-truth site by the ground-truth lesion, a predicted site by the
+//!   predicted lesion. Small bleeds are what a weak detector misses first, and pooled CL hides it.
+//!
 //! Ratios that would divide by zero are resolved as follows (the paper is silent):
 //! - IoU or Dice with an empty union (neither prediction nor truth has the class anywhere) is
 //!   **1.0**: prediction and truth agree perfectly.
@@ -16,8 +21,12 @@
 //!   bias an average; the raw counts are reported alongside so callers can pool them.
 
 use crate::error::{Error, Result};
-use crate::lesions::label_2d;
-use ndarray::{ArrayView2, ArrayView3, Axis};
+use crate::lesions::{label_2d, lesion_sizes};
+use ndarray::{Array3, ArrayView2, ArrayView3, Axis};
+
+/// The lesion-size bins of [`evaluate_sized`], by 3D lesion volume: `[min_ml, max_ml)`, the last
+/// open-ended.
+pub const SIZE_BINS: [(f64, Option<f64>); 4] = [(0.0, Some(0.1)), (0.1, Some(1.0)), (1.0, Some(10.0)), (10.0, None)];
 
 /// Scores of one volume or of a whole evaluation set. Ratios are fractions in [0, 1].
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -46,6 +55,25 @@ pub struct Scores {
     pub n_fp: usize,
     /// Axial slices evaluated.
     pub slices: usize,
+    /// CL and FPL per lesion-size bin ([`SIZE_BINS`], in that order); `None` unless every pair
+    /// was scored with its voxel volume ([`evaluate_sized`], [`Pool::add_sized`]).
+    pub by_size: Option<Vec<SizeBinScores>>,
+}
+
+/// Localisation scores of the sites whose lesions fall in one size bin.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SizeBinScores {
+    /// The bin, `[min_ml, max_ml)` of 3D lesion volume; `max_ml` is `None` for the last.
+    pub min_ml: f64,
+    pub max_ml: Option<f64>,
+    /// `n_correct / n_gt_sites`; `None` without ground-truth sites in the bin.
+    pub cl: Option<f64>,
+    /// `n_fp / n_pred_sites`; `None` without predicted sites in the bin.
+    pub fpl: Option<f64>,
+    pub n_gt_sites: usize,
+    pub n_correct: usize,
+    pub n_pred_sites: usize,
+    pub n_fp: usize,
 }
 
 /// Scores pooled over all pairs (`overall`) and for each pair alone (`per_volume`, input order).
@@ -91,6 +119,39 @@ pub fn evaluate(pairs: &[(ArrayView3<u8>, ArrayView3<u8>)]) -> Result<Evaluation
     Ok(Evaluation { overall: pool.scores(), per_volume })
 }
 
+/// [`evaluate`] with the scores by lesion size ([`Scores::by_size`]): `voxel_ml[i]` is pair `i`'s
+/// voxel volume in mL (the product of its spacing in mm, / 1000).
+///
+/// Errors: as [`evaluate`], and [`Error::InvalidArgument`] when `voxel_ml` does not give one
+/// finite, positive volume per pair.
+///
+/// ```
+/// use ndarray::Array3;
+/// let mut gt = Array3::<u8>::zeros((1, 4, 4));
+/// gt[[0, 0, 0]] = 1; // a 1-voxel lesion: 0.001 mL at 1 mm^3 voxels
+/// gt.slice_mut(ndarray::s![0, 2.., 2..]).fill(1); // 4 voxels: 0.004 mL
+/// let pred = Array3::<u8>::zeros((1, 4, 4));
+/// let eval = ichseg::metrics::evaluate_sized(&[(pred.view(), gt.view())], &[0.001]).unwrap();
+/// let bins = eval.overall.by_size.unwrap();
+/// assert_eq!((bins[0].n_gt_sites, bins[0].cl), (2, Some(0.0)));
+/// assert_eq!((bins[3].n_gt_sites, bins[3].cl), (0, None));
+/// ```
+pub fn evaluate_sized(pairs: &[(ArrayView3<u8>, ArrayView3<u8>)], voxel_ml: &[f64]) -> Result<Evaluation> {
+    if pairs.is_empty() {
+        return Err(Error::arg("nothing to evaluate: no (prediction, ground truth) pairs given"));
+    }
+    if voxel_ml.len() != pairs.len() {
+        return Err(Error::arg(format!("{} voxel volumes for {} pairs", voxel_ml.len(), pairs.len())));
+    }
+    let mut pool = Pool::default();
+    let per_volume = pairs
+        .iter()
+        .zip(voxel_ml)
+        .map(|((pred, gt), &ml)| pool.add_sized(pred.view(), gt.view(), ml))
+        .collect::<Result<_>>()?;
+    Ok(Evaluation { overall: pool.scores(), per_volume })
+}
+
 /// [`evaluate`]'s pooled scores built one pair at a time, so that a caller scoring many
 /// volumes (or many variants of each) need not keep every mask in memory.
 ///
@@ -116,6 +177,25 @@ impl Pool {
     /// [`Error::InvalidArgument`] when the shapes differ or a slice has 2^32 pixels or more; the
     /// pool is then left unchanged.
     pub fn add(&mut self, pred: ArrayView3<u8>, gt: ArrayView3<u8>) -> Result<Scores> {
+        self.add_pair(pred, gt, None)
+    }
+
+    /// [`add`](Self::add), also scoring by lesion size with the pair's voxel volume in mL.
+    ///
+    /// # Errors
+    /// As [`add`](Self::add), and [`Error::InvalidArgument`] for a voxel volume that is not
+    /// finite and positive.
+    pub fn add_sized(&mut self, pred: ArrayView3<u8>, gt: ArrayView3<u8>, voxel_ml: f64) -> Result<Scores> {
+        if !(voxel_ml.is_finite() && voxel_ml > 0.0) {
+            return Err(Error::arg(format!(
+                "pair {}: voxel volume {voxel_ml} mL must be finite and positive",
+                self.pairs
+            )));
+        }
+        self.add_pair(pred, gt, Some(voxel_ml))
+    }
+
+    fn add_pair(&mut self, pred: ArrayView3<u8>, gt: ArrayView3<u8>, voxel_ml: Option<f64>) -> Result<Scores> {
         let index = self.pairs;
         if pred.shape() != gt.shape() {
             return Err(Error::arg(format!(
@@ -129,9 +209,18 @@ impl Pool {
         if ny.saturating_mul(nx) >= u32::MAX as usize {
             return Err(Error::arg(format!("pair {index}: axial slices of {ny}x{nx} pixels are too large to score")));
         }
-        let mut volume = Counts::default();
-        for (p, g) in pred.axis_iter(Axis(0)).zip(gt.axis_iter(Axis(0))) {
-            volume += slice_counts(p, g);
+        let mut volume = Counts { pairs: 1, ..Counts::default() };
+        if let Some(ml) = voxel_ml {
+            let (pred_bins, gt_bins) = (size_bins(pred, ml), size_bins(gt, ml));
+            let bins = pred_bins.axis_iter(Axis(0)).zip(gt_bins.axis_iter(Axis(0)));
+            for ((p, g), (pb, gb)) in pred.axis_iter(Axis(0)).zip(gt.axis_iter(Axis(0))).zip(bins) {
+                volume += slice_counts(p, g, Some((pb, gb)));
+            }
+            volume.sized = 1;
+        } else {
+            for (p, g) in pred.axis_iter(Axis(0)).zip(gt.axis_iter(Axis(0))) {
+                volume += slice_counts(p, g, None);
+            }
         }
         self.counts += volume;
         self.pairs += 1;
@@ -157,6 +246,19 @@ struct Counts {
     pred_sites: usize,
     fp: usize,
     slices: usize,
+    pairs: usize,
+    /// Pairs scored by lesion size; `by_size` is reported only when all were.
+    sized: usize,
+    bins: [BinCounts; SIZE_BINS.len()],
+}
+
+/// The site tallies of one lesion-size bin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct BinCounts {
+    gt_sites: usize,
+    correct: usize,
+    pred_sites: usize,
+    fp: usize,
 }
 
 impl std::ops::AddAssign for Counts {
@@ -171,6 +273,14 @@ impl std::ops::AddAssign for Counts {
         self.pred_sites = self.pred_sites.saturating_add(o.pred_sites);
         self.fp = self.fp.saturating_add(o.fp);
         self.slices = self.slices.saturating_add(o.slices);
+        self.pairs = self.pairs.saturating_add(o.pairs);
+        self.sized = self.sized.saturating_add(o.sized);
+        for (b, ob) in self.bins.iter_mut().zip(o.bins) {
+            b.gt_sites = b.gt_sites.saturating_add(ob.gt_sites);
+            b.correct = b.correct.saturating_add(ob.correct);
+            b.pred_sites = b.pred_sites.saturating_add(ob.pred_sites);
+            b.fp = b.fp.saturating_add(ob.fp);
+        }
     }
 }
 
@@ -195,6 +305,22 @@ impl Counts {
             n_pred_sites: self.pred_sites,
             n_fp: self.fp,
             slices: self.slices,
+            by_size: (self.pairs > 0 && self.sized == self.pairs).then(|| {
+                SIZE_BINS
+                    .iter()
+                    .zip(&self.bins)
+                    .map(|(&(min_ml, max_ml), b)| SizeBinScores {
+                        min_ml,
+                        max_ml,
+                        cl: (b.gt_sites > 0).then(|| b.correct as f64 / b.gt_sites as f64),
+                        fpl: (b.pred_sites > 0).then(|| b.fp as f64 / b.pred_sites as f64),
+                        n_gt_sites: b.gt_sites,
+                        n_correct: b.correct,
+                        n_pred_sites: b.pred_sites,
+                        n_fp: b.fp,
+                    })
+                    .collect()
+            }),
         }
     }
 }
@@ -208,8 +334,20 @@ fn ratio_or_one(num: usize, den: usize) -> f64 {
     }
 }
 
-/// Pixel and site tallies of one axial slice pair of equal shape.
-fn slice_counts(pred: ArrayView2<u8>, gt: ArrayView2<u8>) -> Counts {
+/// Each voxel's size bin plus one (0 for background): the bin of the 3D lesion it belongs to.
+fn size_bins(mask: ArrayView3<u8>, voxel_ml: f64) -> Array3<u8> {
+    let sizes = lesion_sizes(mask);
+    let bin = |voxels: u32| {
+        let ml = f64::from(voxels) * voxel_ml;
+        SIZE_BINS.iter().position(|&(_, max)| max.is_none_or(|m| ml < m)).unwrap_or(SIZE_BINS.len() - 1) as u8 + 1
+    };
+    let data = sizes.into_iter().map(|v| if v == 0 { 0 } else { bin(v) }).collect();
+    Array3::from_shape_vec(mask.raw_dim(), data).expect("one size per voxel")
+}
+
+/// Pixel and site tallies of one axial slice pair of equal shape; with `bins` (each pixel's size
+/// bin plus one, prediction then ground truth, from [`size_bins`]) also the tallies per bin.
+fn slice_counts(pred: ArrayView2<u8>, gt: ArrayView2<u8>, bins: Option<(ArrayView2<u8>, ArrayView2<u8>)>) -> Counts {
     let (pred_labels, pred_sites) = label_2d(pred);
     let (gt_labels, gt_sites) = label_2d(gt);
     let mut gt_found = vec![false; gt_sites + 1];
@@ -226,6 +364,27 @@ fn slice_counts(pred: ArrayView2<u8>, gt: ArrayView2<u8>) -> Counts {
     }
     c.correct = gt_found.iter().filter(|&&f| f).count();
     c.fp = pred_hits[1..].iter().filter(|&&h| !h).count();
+    if let Some((pred_bins, gt_bins)) = bins {
+        // A 2D site lies inside one 3D lesion (8-connected in plane implies 26-connected), so any
+        // of its pixels gives its bin.
+        let mut gt_bin = vec![0u8; gt_sites + 1];
+        let mut pred_bin = vec![0u8; pred_sites + 1];
+        for (((&p, &g), &pb), &gb) in pred_labels.iter().zip(gt_labels.iter()).zip(pred_bins.iter()).zip(gt_bins.iter())
+        {
+            gt_bin[g as usize] = gb;
+            pred_bin[p as usize] = pb;
+        }
+        for s in 1..=gt_sites {
+            let b = &mut c.bins[usize::from(gt_bin[s]) - 1];
+            b.gt_sites += 1;
+            b.correct += usize::from(gt_found[s]);
+        }
+        for s in 1..=pred_sites {
+            let b = &mut c.bins[usize::from(pred_bin[s]) - 1];
+            b.pred_sites += 1;
+            b.fp += usize::from(!pred_hits[s]);
+        }
+    }
     c
 }
 
@@ -367,6 +526,53 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("pair 1") && msg.contains("[2, 3, 4]") && msg.contains("[2, 4, 3]"), "{msg}");
         assert!(matches!(evaluate(&[]), Err(Error::InvalidArgument(_))));
+    }
+
+    /// Three ground-truth lesions of 1, 20 and 300 voxels at 0.005 mL per voxel (0.005, 0.1 and
+    /// 1.5 mL); the prediction finds the middle one on one of its two slices, misses the others,
+    /// and adds a 1-voxel false positive.
+    #[test]
+    fn localisation_by_lesion_size() {
+        let mut gt = Array3::<u8>::zeros((3, 40, 40));
+        gt[[0, 0, 0]] = 1;
+        gt.slice_mut(s![0..2, 10..12, 10..15]).fill(1); // 20 voxels over slices 0 and 1
+        gt.slice_mut(s![0..3, 20..30, 20..30]).fill(1); // 300 voxels
+        let mut pred = Array3::<u8>::zeros((3, 40, 40));
+        pred[[1, 10, 10]] = 1;
+        pred[[2, 0, 39]] = 1;
+        let e = evaluate_sized(&[(pred.view(), gt.view())], &[0.005]).unwrap();
+        let bins = e.overall.by_size.clone().unwrap();
+        let got: Vec<_> = bins.iter().map(|b| (b.n_gt_sites, b.n_correct, b.n_pred_sites, b.n_fp)).collect();
+        // Both predicted voxels are 1-voxel predicted lesions: the first bin, one of them false.
+        assert_eq!(got, [(1, 0, 2, 1), (2, 1, 0, 0), (3, 0, 0, 0), (0, 0, 0, 0)]);
+        assert_eq!((bins[0].cl, bins[0].fpl), (Some(0.0), Some(0.5)));
+        assert_eq!((bins[1].cl, bins[1].fpl), (Some(0.5), None));
+        assert_eq!((bins[3].cl, bins[3].fpl), (None, None));
+        assert_eq!((bins[1].min_ml, bins[1].max_ml), (0.1, Some(1.0)), "0.1 mL is the second bin's lower edge");
+        // The bins split the pooled counts.
+        let o = &e.overall;
+        assert_eq!(bins.iter().map(|b| b.n_gt_sites).sum::<usize>(), o.n_gt_sites);
+        assert_eq!(bins.iter().map(|b| b.n_fp).sum::<usize>(), o.n_fp);
+        // Unsized scores are the same apart from the bins.
+        let plain = evaluate(&[(pred.view(), gt.view())]).unwrap().overall;
+        assert_eq!(Scores { by_size: None, ..o.clone() }, plain);
+        assert_eq!(plain.by_size, None);
+        // One unsized pair in a pool: no bins for the pool.
+        let mut pool = Pool::default();
+        pool.add_sized(pred.view(), gt.view(), 0.005).unwrap();
+        pool.add(pred.view(), gt.view()).unwrap();
+        assert_eq!(pool.scores().by_size, None);
+    }
+
+    #[test]
+    fn sized_evaluation_refuses_bad_voxel_volumes() {
+        let m = Array3::<u8>::zeros((1, 2, 2));
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let e = evaluate_sized(&[(m.view(), m.view())], &[bad]).unwrap_err().to_string();
+            assert!(e.contains("finite and positive"), "{bad}: {e}");
+        }
+        let e = evaluate_sized(&[(m.view(), m.view())], &[]).unwrap_err().to_string();
+        assert!(e.contains("0 voxel volumes for 1 pairs"), "{e}");
     }
 
     #[test]

@@ -386,13 +386,15 @@ fn eval(a: &EvalArgs) -> Result<()> {
         return Err(Error::arg(format!("{} --pred but {} --gt: give them in pairs", a.pred.len(), a.gt.len())));
     }
     let mut masks = Vec::new();
+    let mut voxel_ml = Vec::new();
     for (p, g) in a.pred.iter().zip(&a.gt) {
         let (gh, gm) = nifti::read_mask(g)?;
         let pm = input::read_mask_like(p, &gh, g)?;
         masks.push((pm, gm));
+        voxel_ml.push(gh.spacing().iter().product::<f64>() / 1000.0);
     }
     let views: Vec<_> = masks.iter().map(|(p, g)| (p.view(), g.view())).collect();
-    let evaluation = ichseg::metrics::evaluate(&views)?;
+    let evaluation = ichseg::metrics::evaluate_sized(&views, &voxel_ml)?;
     if a.json {
         let per_volume: Vec<_> = a
             .pred
@@ -428,6 +430,18 @@ fn eval(a: &EvalArgs) -> Result<()> {
     }
     row(&format!("ALL ({} volumes)", a.pred.len()), &evaluation.overall);
     println!("(percent; dataset-level IoU over all slices; CL/ML/FPL from 2D 8-connected sites, n/a when undefined)");
+    if let Some(bins) = &evaluation.overall.by_size {
+        println!("\nby lesion size (all volumes; each site in the bin of its 3D lesion's volume)");
+        println!("{:<14} {:>7} {:>9} {:>7} {:>9}", "lesion", "CL", "GT sites", "FPL", "predicted");
+        for b in bins {
+            let range = match b.max_ml {
+                Some(max) if b.min_ml == 0.0 => format!("< {max} mL"),
+                Some(max) => format!("{}-{max} mL", b.min_ml),
+                None => format!(">= {} mL", b.min_ml),
+            };
+            println!("{:<14} {} {:>9} {} {:>9}", range, pct(b.cl), b.n_gt_sites, pct(b.fpl), b.n_pred_sites);
+        }
+    }
     Ok(())
 }
 

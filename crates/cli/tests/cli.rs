@@ -245,8 +245,16 @@ fn eval_scores_and_rejects_mismatched_geometry() {
     assert_eq!(v["overall"]["miou"], 1.0);
     assert_eq!(v["overall"]["cl"], 1.0);
     assert_eq!(v["per_volume"].as_array().unwrap().len(), 2);
+    // By lesion size: every site found, in the bins that hold the mask's lesions.
+    let bins = v["overall"]["by_size"].as_array().unwrap();
+    assert_eq!(bins.len(), 4);
+    let sites: u64 = bins.iter().map(|b| b["n_gt_sites"].as_u64().unwrap()).sum();
+    assert_eq!(sites, v["overall"]["n_gt_sites"].as_u64().unwrap());
+    assert!(bins.iter().all(|b| b["n_gt_sites"] == 0 || b["cl"] == 1.0), "{bins:?}");
+    assert_eq!((bins[3]["min_ml"].as_f64(), bins[3]["max_ml"].is_null()), (Some(10.0), true));
     let table = ichseg(&["eval", "--pred", p(&mask), "--gt", p(&mask)]);
-    assert!(String::from_utf8_lossy(&table.stdout).contains("mIoU"));
+    let text = stdout(&table);
+    assert!(text.contains("mIoU") && text.contains("by lesion size") && text.contains("0.1-1 mL"), "{text}");
     // different geometry
     let other = nifti_fixture("good/labels.nii.gz");
     let out = ichseg(&["eval", "--pred", p(&mask), "--gt", p(&other)]);
