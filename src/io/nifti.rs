@@ -38,8 +38,9 @@
 //! nifti::write_volume(&path, &header, &volume).unwrap();
 //!
 //! let image = nifti::read(&path).unwrap();
-//! // Voxels and geometry survive; `oriented` does not yet (header_for writes code 2 for any volume).
-//! assert_eq!((image.volume.data(), image.volume.spacing(), image.volume.affine()), (volume.data(), volume.spacing(), volume.affine()));
+//! // A volume built without an affine has no orientation, and its file says so (codes 0).
+//! assert_eq!(image.volume, volume);
+//! assert!(!image.volume.oriented());
 //! assert!(image.header.same_geometry(&header));
 //!
 //! let mask = Array3::<u8>::from_elem((2, 3, 4), 1); // [nz, ny, nx]
@@ -630,9 +631,11 @@ pub fn write_volume(path: &Path, header: &NiftiHeader, volume: &Volume) -> Resul
 /// the sform with `sform_code` 2 (aligned anatomical). The same affine is also stored as the
 /// qform (`qform_code` 2) when it is a rotation (or reflection) times the spacing, as for any
 /// scanner grid, so that readers which use only the qform agree; an affine with shear or with
-/// column lengths other than the spacing leaves `qform_code` 0.
+/// column lengths other than the spacing leaves `qform_code` 0. A volume without orientation
+/// ([`Volume::oriented`] false) gets codes 0 and 0 instead, so the file claims none either (its
+/// affine is then pixdim's scaling, which is what such a volume holds).
 pub fn header_for(volume: &Volume) -> NiftiHeader {
-    header_with_code(volume, 2)
+    header_with_code(volume, if volume.oriented() { 2 } else { 0 })
 }
 
 /// Like [`header_for`], for a volume whose affine is the scanner's own coordinates (a DICOM
@@ -667,6 +670,7 @@ fn header_with_code(volume: &Volume, code: i16) -> NiftiHeader {
         for (i, row) in affine.iter().take(3).enumerate() {
             h.set_f32(QOFFSET_X + 4 * i, row[3] as f32);
         }
+        // Code 0 (an unoriented volume) keeps the quaternion for readers that show it anyway.
         h.set_i16(QFORM_CODE, code);
     }
     for (i, p) in pixdim.into_iter().enumerate() {
@@ -963,8 +967,18 @@ mod tests {
         let n = dims.iter().product::<usize>();
         let data =
             Array3::from_shape_vec((dims[2], dims[1], dims[0]), (0..n).map(|i| i as f32 - 7.5).collect()).unwrap();
-        // header_for writes qform/sform codes 2, so what is read back is oriented: compare like.
-        Volume::from_array(data, spacing, affine).unwrap().with_oriented(true)
+        Volume::from_array(data, spacing, affine).unwrap()
+    }
+
+    #[test]
+    fn an_unoriented_volume_is_written_without_orientation_and_read_back_equal() {
+        let v = volume([4, 3, 2], [0.5, 0.75, 5.0], None);
+        let h = header_for(&v);
+        assert_eq!((h.qform_code(), h.sform_code()), (0, 0));
+        let data: Vec<u8> = v.data().iter().flat_map(|x| x.to_le_bytes()).collect();
+        let img = read_bytes(&encode(&h, &data), Path::new("mem.nii")).unwrap();
+        assert!(!img.volume.oriented());
+        assert_eq!(img.volume, v);
     }
 
     #[test]
@@ -1164,7 +1178,8 @@ mod tests {
 
     #[test]
     fn header_edge_cases() {
-        let v = volume([2, 2, 2], [1.0; 3], None);
+        // Oriented: the sform and qform codes are 2, so their contents are checked.
+        let v = volume([2, 2, 2], [1.0; 3], None).with_oriented(true);
         let base = header_for(&v);
         let body = vec![0u8; 32];
         let with = |f: &dyn Fn(&mut NiftiHeader)| {
@@ -1201,7 +1216,7 @@ mod tests {
 
     #[test]
     fn geometry_mismatch_names_the_field() {
-        let v = volume([2, 2, 2], [1.0; 3], None);
+        let v = volume([2, 2, 2], [1.0; 3], None).with_oriented(true);
         let a = header_for(&v);
         let mut b = a.clone();
         assert!(a.same_geometry(&b));
