@@ -33,6 +33,7 @@
 //! # Ok(()) }
 //! ```
 
+pub(crate) mod batch;
 #[cfg(feature = "gpu")]
 pub(crate) mod cuda;
 #[cfg(any(feature = "gpu", test))]

@@ -41,7 +41,8 @@
 use super::batching::for_each_batch;
 use super::tail::{TailOptions, TailOutput, TailStep};
 use crate::alloc::try_array3;
-use crate::cam::{self, tap_cam, CamMethod};
+use crate::cam::batch::{batch_maps, f32_view, TapOutputs};
+use crate::cam::{self, CamMethod};
 use crate::crf::{self, CrfParams};
 use crate::error::{Error, Result};
 use crate::lesions::check_min_lesion_ml;
@@ -50,10 +51,10 @@ use crate::model::{GradientGraph, GradientOptions, ModelKind, OnnxModel};
 use crate::pipeline::options::{
     check_batch, check_channels, check_input_size, check_normalize, check_window, Progress, DEFAULT_INPUT_SIZE,
 };
-use crate::preprocess::{model_input, resize_bilinear, window_u8, InputSpec};
+use crate::preprocess::{model_input, window_u8, InputSpec};
 use crate::sca::{self, Aggregate, ScfParams};
 use crate::volume::{Volume, Window};
-use ndarray::{Array2, Array3, ArrayView3, ArrayViewD, Axis, Ix2, Ix3};
+use ndarray::{Array2, Array3, Axis, Ix2};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -403,128 +404,27 @@ impl PseudoLabeler {
                 .map_err(|_| Error::Inference(format!("{}: logits are not [N, K]", cfg.name)))?;
             let batch_probs =
                 (0..count).map(|b| c.bleed_probability(logits.index_axis(Axis(0), b))).collect::<Result<Vec<_>>>()?;
-            let native = (volume.data().dim().1, volume.data().dim().2);
-            if let Some((batch_maps, in_place)) = self.gpu_maps(cfg, &outputs, count, native)? {
-                for (i, flat) in batch_maps.into_iter().enumerate() {
-                    let flat = Array3::from_shape_vec((count, native.0, native.1), flat).expect("count maps");
-                    maps[i].slice_mut(ndarray::s![first..first + count, .., ..]).assign(&flat);
-                }
-                cam_device.device = "cuda";
-                cam_device.taps_on_device &= in_place;
-            } else {
-                cam_device.taps_on_device = false;
-                let mut taps = Vec::with_capacity(cfg.taps.len());
-                for i in 0..cfg.taps.len() {
-                    let acts = f32_view(&outputs[GradientGraph::activation_output(i)], &cfg.name, &cfg.taps[i])?;
-                    let grads = f32_view(&outputs[GradientGraph::gradient_output(i)], &cfg.name, &cfg.taps[i])?;
-                    taps.push((acts, grads));
-                }
-                // Every (slice, tap) CAM of the batch at once, on the engine's threads.
-                let jobs: Vec<(usize, usize)> = (0..count).flat_map(|b| (0..taps.len()).map(move |i| (b, i))).collect();
-                let cams = self.engine.par_map(&jobs, |&(b, i)| -> Result<Array2<f32>> {
-                    let a = slice_view(&taps[i].0, b, &cfg.name, &cfg.taps[i])?;
-                    let g = slice_view(&taps[i].1, b, &cfg.name, &cfg.taps[i])?;
-                    let cam_in =
-                        tap_cam(self.options.cam, a, g, (cfg.input_rows, cfg.input_cols), i == 0, self.options.lambda)?;
-                    Ok(resize_bilinear(cam_in.view(), native.0, native.1))
-                });
-                for (&(b, i), cam) in jobs.iter().zip(cams) {
-                    maps[i].index_axis_mut(Axis(0), first + b).assign(&cam?);
-                }
+            let taps = TapOutputs {
+                outputs: &outputs,
+                model: &cfg.name,
+                taps: &cfg.taps,
+                count,
+                input: (cfg.input_rows, cfg.input_cols),
+                native: (volume.data().dim().1, volume.data().dim().2),
+            };
+            let batch = batch_maps(&self.engine, self.options.cam, self.options.lambda, &taps)?;
+            for (map, tap) in maps.iter_mut().zip(batch.maps) {
+                map.slice_mut(ndarray::s![first..first + count, .., ..]).assign(&tap);
             }
+            if batch.on_gpu {
+                cam_device.device = "cuda";
+            }
+            cam_device.taps_on_device &= batch.in_place;
             timings.cam_s += t.elapsed().as_secs_f64();
             probs.extend(batch_probs);
             ticker.advance(count)
         })?;
         Ok((probs, maps, batch))
-    }
-
-    /// The batch's maps per tap (`[count, rows, cols]` flattened, native grid) from the GPU
-    /// kernels ([`cam::cuda`]) when networks run on CUDA, the method is SF-CAM or LayerCAM and the
-    /// kernels load, with whether every tap was read in place on the device; `None` means the
-    /// CPU computes them.
-    ///
-    /// A tap the network left on the GPU ([`crate::model::gpu::device_f32`]) is read there, so
-    /// its activations and gradients never cross the bus; any other tap is read back and
-    /// uploaded, as is a tap whose in-place run fails other than for memory.
-    #[cfg(feature = "gpu")]
-    fn gpu_maps(
-        &self,
-        cfg: &ClassifierConfig,
-        outputs: &[TValue],
-        count: usize,
-        native: (usize, usize),
-    ) -> Result<Option<(Vec<Vec<f32>>, bool)>> {
-        use crate::model::gpu::device_f32;
-        use cam::device::{TapBatch, TapData};
-        if !self.engine.is_cuda() || self.options.cam == CamMethod::Grad || cam::cuda::available().is_err() {
-            return Ok(None);
-        }
-        let eigenvectors = |cov: &[f32], b: usize, k: usize| -> Vec<f64> {
-            let images: Vec<usize> = (0..b).collect();
-            let per_image = self.engine.par_map(&images, |&j| {
-                let m: Vec<f64> = cov[j * k * k..(j + 1) * k * k].iter().map(|&v| v as f64).collect();
-                cam::top_eigenvector(&m, k)
-            });
-            per_image.concat()
-        };
-        let mut out = Vec::with_capacity(cfg.taps.len());
-        let mut in_place = true;
-        for i in 0..cfg.taps.len() {
-            let (a, g) = (&outputs[GradientGraph::activation_output(i)], &outputs[GradientGraph::gradient_output(i)]);
-            let shape = a.shape();
-            if shape.len() != 4 || g.shape() != shape || shape[0] < count {
-                return Ok(None); // the CPU path reports the bad shape
-            }
-            let sf = self.options.cam == CamMethod::Sf;
-            let tap = |a, g| TapBatch {
-                a,
-                g,
-                batch: count,
-                k: shape[1],
-                h: shape[2],
-                w: shape[3],
-                sf,
-                amplify: (sf && i == 0).then_some(self.options.lambda),
-                input: (cfg.input_rows, cfg.input_cols),
-                native,
-            };
-            let on_device = match (device_f32(a), device_f32(g)) {
-                (Some(a), Some(g)) => {
-                    match cam::cuda::tap_maps(&tap(TapData::Device(a), TapData::Device(g)), &eigenvectors) {
-                        Err(Error::DeviceMemory(m)) => return Err(Error::DeviceMemory(m)),
-                        result => result.ok(),
-                    }
-                }
-                _ => None,
-            };
-            let maps = match on_device {
-                Some(maps) => maps,
-                None => {
-                    in_place = false;
-                    let per_image = shape[1] * shape[2] * shape[3];
-                    let host = |v| f32_view(v, &cfg.name, &cfg.taps[i]).map(|view| view.to_slice());
-                    let (Some(a), Some(g)) = (host(a)?, host(g)?) else {
-                        return Ok(None); // not contiguous: the CPU path reads any layout
-                    };
-                    let n = count * per_image;
-                    cam::cuda::tap_maps(&tap(TapData::Host(&a[..n]), TapData::Host(&g[..n])), &eigenvectors)?
-                }
-            };
-            out.push(maps);
-        }
-        Ok(Some((out, in_place)))
-    }
-
-    #[cfg(not(feature = "gpu"))]
-    fn gpu_maps(
-        &self,
-        _: &ClassifierConfig,
-        _: &[TValue],
-        _: usize,
-        _: (usize, usize),
-    ) -> Result<Option<(Vec<Vec<f32>>, bool)>> {
-        Ok(None)
     }
 
     /// The labeller's own tail settings.
@@ -866,23 +766,6 @@ fn resolve_taps(model: &OnnxModel, taps: Option<&[String]>, method: CamMethod) -
         )));
     }
     Ok(meta.taps.iter().cloned().unzip())
-}
-
-/// A float32 output as an array view.
-fn f32_view<'a>(value: &'a TValue, model: &str, what: &str) -> Result<ArrayViewD<'a, f32>> {
-    value
-        .to_plain_array_view::<f32>()
-        .map_err(|e| Error::Inference(format!("{model}: output {what} is not float32: {e}")))
-}
-
-/// Image `b` of an `[N, K, h, w]` tap output.
-fn slice_view<'a>(batch: &ArrayViewD<'a, f32>, b: usize, model: &str, tap: &str) -> Result<ArrayView3<'a, f32>> {
-    batch.clone().index_axis_move(Axis(0), b).into_dimensionality::<Ix3>().map_err(|_| {
-        Error::Inference(format!(
-            "{model}: tap {tap} has shape {:?}; CAMs need [N, K, h, w] feature maps",
-            batch.shape()
-        ))
-    })
 }
 
 #[cfg(test)]
