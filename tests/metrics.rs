@@ -1,8 +1,9 @@
 //! Cross-checks `metrics::evaluate` and `lesions::find_lesions` against an independent numpy /
-//! scipy.ndimage computation (tests/fixtures/metrics, made by training/fixtures/metrics.py).
+//! scipy.ndimage computation (tests/fixtures/metrics, made by training/fixtures/metrics.py), the
+//! scores by lesion size included.
 
 use ichseg::lesions::find_lesions;
-use ichseg::metrics::{evaluate, Scores};
+use ichseg::metrics::{evaluate, evaluate_sized, Scores, SizeBinScores};
 use ndarray::Array3;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -88,6 +89,44 @@ fn evaluate_matches_numpy_scipy() {
     // The fixture exercises every branch: missed sites, false positives, an empty ground truth.
     assert!(eval.overall.n_correct < eval.overall.n_gt_sites && eval.overall.n_fp > 0);
     assert!(eval.per_volume.iter().any(|s| s.cl.is_none()));
+}
+
+fn check_bins(ctx: &str, got: &[SizeBinScores], want: &Value) {
+    let want = want.as_array().unwrap_or_else(|| panic!("{ctx}: no bins in the fixture"));
+    assert_eq!(got.len(), want.len(), "{ctx}: bins");
+    for (k, (g, w)) in got.iter().zip(want).enumerate() {
+        let ctx = format!("{ctx} bin {k}");
+        assert_close(&format!("{ctx} min_ml"), g.min_ml, &w["min_ml"]);
+        assert_close_opt(&format!("{ctx} max_ml"), g.max_ml, &w["max_ml"]);
+        assert_close_opt(&format!("{ctx} cl"), g.cl, &w["cl"]);
+        assert_close_opt(&format!("{ctx} fpl"), g.fpl, &w["fpl"]);
+        for (name, value) in [
+            ("n_gt_sites", g.n_gt_sites),
+            ("n_correct", g.n_correct),
+            ("n_pred_sites", g.n_pred_sites),
+            ("n_fp", g.n_fp),
+        ] {
+            assert_eq!(Some(value as u64), w[name].as_u64(), "{ctx} {name}");
+        }
+    }
+}
+
+#[test]
+fn scores_by_lesion_size_match_numpy_scipy() {
+    let (doc, pairs) = load();
+    let views: Vec<_> = pairs.iter().map(|p| (p.pred.view(), p.gt.view())).collect();
+    let voxel_ml: Vec<f64> =
+        doc["volumes"].as_array().unwrap().iter().map(|v| v["voxel_ml"].as_f64().unwrap()).collect();
+    let eval = evaluate_sized(&views, &voxel_ml).unwrap();
+    check_bins("overall", eval.overall.by_size.as_ref().unwrap(), &doc["overall_by_size"]);
+    check_scores("overall", &eval.overall, &doc["overall"]);
+    for (i, got) in eval.per_volume.iter().enumerate() {
+        check_bins(&format!("volume {i}"), got.by_size.as_ref().unwrap(), &doc["volumes"][i]["by_size"]);
+    }
+    // Every bin holds sites somewhere, and some bins miss sites: the fixture tests the binning.
+    for (k, b) in eval.overall.by_size.unwrap().iter().enumerate() {
+        assert!(b.n_gt_sites > 0, "bin {k} has no ground-truth site");
+    }
 }
 
 #[test]
