@@ -87,7 +87,10 @@ pub struct SegmenterConfig {
 pub struct Timings {
     pub preprocess_s: f64,
     pub inference_s: f64,
+    /// Resizing the probabilities, the mask, the lesions and their findings.
     pub postprocess_s: f64,
+    /// The part of `postprocess_s` spent on the clinical findings (midline, ABC/2, density).
+    pub findings_s: f64,
     pub total_s: f64,
 }
 
@@ -279,7 +282,9 @@ impl Segmenter {
         remove_small_lesions(&mut mask, volume.spacing(), self.config.min_lesion_ml)?;
         let lesions = find_lesions(mask.view(), volume.spacing(), &volume.affine());
         let total_volume_ml = total_volume_ml(&lesions);
+        let t4 = Instant::now();
         let findings = Findings::new(volume, mask.view(), &lesions)?;
+        timings.findings_s = t4.elapsed().as_secs_f64();
         timings.postprocess_s += t3.elapsed().as_secs_f64();
         timings.total_s = started.elapsed().as_secs_f64();
         Ok(Segmentation { mask, probability, lesions, total_volume_ml, findings, batch, timings })

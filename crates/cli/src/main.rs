@@ -376,8 +376,13 @@ fn print_summary(r: &report::SegmentationReport) {
     }
     let t = &r.timings;
     println!(
-        "time      load {:.2} s, preprocess {:.2} s, inference {:.2} s, postprocess {:.2} s, total {:.2} s",
-        t.load_s, t.segment.preprocess_s, t.segment.inference_s, t.segment.postprocess_s, t.segment.total_s
+        "time      load {:.2} s, preprocess {:.2} s, inference {:.2} s, postprocess {:.2} s (findings {:.2} s), total {:.2} s",
+        t.load_s,
+        t.segment.preprocess_s,
+        t.segment.inference_s,
+        t.segment.postprocess_s,
+        t.segment.findings_s,
+        t.segment.total_s
     );
 }
 

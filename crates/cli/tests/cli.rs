@@ -48,9 +48,10 @@ fn segment_writes_mask_probability_and_report() {
     assert_eq!(r["lesions"][0]["voxels"], 408);
     assert_eq!(r["device"], "cpu");
     assert_eq!(r["threads"], 2);
-    for k in ["load_s", "preprocess_s", "inference_s", "postprocess_s", "total_s"] {
+    for k in ["load_s", "preprocess_s", "inference_s", "postprocess_s", "findings_s", "total_s"] {
         assert!(r["timings"][k].as_f64().unwrap() >= 0.0, "{k}");
     }
+    assert!(r["timings"]["findings_s"].as_f64() <= r["timings"]["postprocess_s"].as_f64());
     let total = r["total_volume_ml"].as_f64().unwrap();
     assert!((total - 610.0 * 0.45f32 as f64 * 0.45f32 as f64 * 5.0 / 1000.0).abs() < 1e-6, "{total}");
 }
