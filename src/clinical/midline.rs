@@ -30,6 +30,9 @@ pub const MAX_YAW_DEG: f64 = 30.0;
 pub const MAX_ROLL_DEG: f64 = 20.0;
 /// Most skull voxels scored per candidate plane (an evenly strided subset).
 pub const SAMPLES: usize = 20_000;
+/// The coarse grid and the first pattern steps score every this many samples: they only have to
+/// land in the right basin; the fine steps score all of them.
+const COARSE_STRIDE: usize = 8;
 
 /// The estimated midsagittal plane: the points `p` (world mm) with `normal . p = offset_mm`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -86,7 +89,8 @@ pub fn estimate(volume: &Volume, skull: &Array3<u8>) -> Result<Midline> {
         .step_by(stride)
         .map(|((z, y, x), _)| volume.voxel_to_world([x as f64, y as f64, z as f64]))
         .collect();
-    let search = Search { samples: &samples, target: &target, to_voxel };
+    let coarse: Vec<[f64; 3]> = samples.iter().step_by(COARSE_STRIDE).copied().collect();
+    let search = Search { target: &target, to_voxel };
 
     // Coarse grid, each candidate with the median offset (the centre of a symmetric skull).
     let mut best = (f64::NEG_INFINITY, 0.0, 0.0, 0.0);
@@ -95,8 +99,8 @@ pub fn estimate(volume: &Volume, skull: &Array3<u8>) -> Result<Midline> {
         let mut roll = -MAX_ROLL_DEG;
         while roll <= MAX_ROLL_DEG {
             let n = normal(yaw, roll);
-            let c = median_projection(&samples, n);
-            let s = search.score(n, c);
+            let c = median_projection(&coarse, n);
+            let s = search.score(&coarse, n, c);
             if s > best.0 {
                 best = (s, yaw, roll, c);
             }
@@ -104,31 +108,9 @@ pub fn estimate(volume: &Volume, skull: &Array3<u8>) -> Result<Midline> {
         }
         yaw += 5.0;
     }
-    // Pattern search: move to the best of the 26 neighbours until none is better.
-    for (da, dc) in [(2.5, 2.0), (1.0, 1.0), (0.5, 0.5), (0.25, 0.25)] {
-        for _ in 0..20 {
-            let mut moved = false;
-            let (_, y0, r0, c0) = best;
-            for sy in [-1.0, 0.0, 1.0] {
-                for sr in [-1.0, 0.0, 1.0] {
-                    for sc in [-1.0, 0.0, 1.0] {
-                        let (y, r, c) = (y0 + sy * da, r0 + sr * da, c0 + sc * dc);
-                        if y.abs() > MAX_YAW_DEG + 5.0 || r.abs() > MAX_ROLL_DEG + 5.0 {
-                            continue;
-                        }
-                        let s = search.score(normal(y, r), c);
-                        if s > best.0 {
-                            best = (s, y, r, c);
-                            moved = true;
-                        }
-                    }
-                }
-            }
-            if !moved {
-                break;
-            }
-        }
-    }
+    search.refine(&coarse, &mut best, &[(2.5, 2.0), (1.0, 1.0)]);
+    best.0 = search.score(&samples, normal(best.1, best.2), best.3);
+    search.refine(&samples, &mut best, &[(0.5, 0.5), (0.25, 0.25)]);
     let (score, yaw, roll, c) = best;
     if score < MIN_SCORE {
         return Ok(Midline::not_found(
@@ -157,17 +139,44 @@ fn median_projection(samples: &[[f64; 3]], n: [f64; 3]) -> f64 {
 }
 
 struct Search<'a> {
-    samples: &'a [[f64; 3]],
     target: &'a Array3<u8>,
     to_voxel: WorldToVoxel,
 }
 
 impl Search<'_> {
+    /// Pattern search from `best` (score, yaw, roll, offset): for each (angle step, offset step),
+    /// move to the best of the 26 neighbours until none is better.
+    fn refine(&self, samples: &[[f64; 3]], best: &mut (f64, f64, f64, f64), steps: &[(f64, f64)]) {
+        for &(da, dc) in steps {
+            for _ in 0..20 {
+                let mut moved = false;
+                let (_, y0, r0, c0) = *best;
+                for sy in [-1.0, 0.0, 1.0] {
+                    for sr in [-1.0, 0.0, 1.0] {
+                        for sc in [-1.0, 0.0, 1.0] {
+                            let (y, r, c) = (y0 + sy * da, r0 + sr * da, c0 + sc * dc);
+                            if y.abs() > MAX_YAW_DEG + 5.0 || r.abs() > MAX_ROLL_DEG + 5.0 {
+                                continue;
+                            }
+                            let s = self.score(samples, normal(y, r), c);
+                            if s > best.0 {
+                                *best = (s, y, r, c);
+                                moved = true;
+                            }
+                        }
+                    }
+                }
+                if !moved {
+                    break;
+                }
+            }
+        }
+    }
+
     /// Fraction of samples whose mirror image through `n . p = c` lands on the target.
-    fn score(&self, n: [f64; 3], c: f64) -> f64 {
+    fn score(&self, samples: &[[f64; 3]], n: [f64; 3], c: f64) -> f64 {
         let (nz, ny, nx) = self.target.dim();
-        let hits = self
-            .samples
+        let hits = samples
             .iter()
             .filter(|&&p| {
                 let d = 2.0 * (dot(n, p) - c);
@@ -180,7 +189,7 @@ impl Search<'_> {
                 self.target[[k as usize, j as usize, i as usize]] != 0
             })
             .count();
-        hits as f64 / self.samples.len().max(1) as f64
+        hits as f64 / samples.len().max(1) as f64
     }
 }
 
