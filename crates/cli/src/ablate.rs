@@ -400,7 +400,7 @@ pub fn run(a: &AblateArgs) -> Result<()> {
         let maps = Maps { positive, grad: grad_ens, single, ensemble };
         for (setting, pool) in settings.iter().zip(pools.iter_mut()) {
             for (mask, p) in masks(&maps, setting, tap, a, (&sf, volume))?.iter().zip(pool.iter_mut()) {
-                p.add(mask.view(), gt.view())?;
+                p.add_sized(mask.view(), gt.view(), volume.voxel_volume_ml())?;
             }
         }
         slices += nz;
