@@ -20,9 +20,13 @@ t0=$SECONDS
 # The CLI the tests compare against: the binary `cargo test` builds (scripts/test.sh's part
 # "rust tests" already did, so this is a no-op there). Not `cargo build -p ichseg-cli`: its
 # feature resolution differs from the test build's and would recompile the dependencies.
-cargo test --locked --no-run -q
+# ICHSEG_BIN names another binary to compare with instead.
+if [[ -z ${ICHSEG_BIN:-} ]]; then
+  cargo test --locked --no-run -q
+  export ICHSEG_BIN=$CARGO_TARGET_DIR/debug/ichseg
+fi
 t1=$SECONDS
 VIRTUAL_ENV=$venv "$venv/bin/maturin" develop --locked -q -m bindings/python/Cargo.toml
 t2=$SECONDS
-echo "run_tests.sh: cli build $((t1 - t0)) s, package build $((t2 - t1)) s"
-ICHSEG_BIN=$CARGO_TARGET_DIR/debug/ichseg "$venv/bin/python" -m pytest bindings/python/tests -q "$@"
+echo "run_tests.sh: CLI build $((t1 - t0)) s, package build $((t2 - t1)) s; comparing with $ICHSEG_BIN"
+"$venv/bin/python" -m pytest bindings/python/tests -q "$@"

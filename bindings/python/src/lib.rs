@@ -85,10 +85,7 @@ fn arg_error(py: Python<'_>, message: impl Into<String>) -> PyErr {
 }
 
 /// Runs `work` without the GIL, catching panics.
-fn detached<T: Send>(
-    py: Python<'_>,
-    work: impl FnOnce() -> Result<T, Failure> + Send,
-) -> PyResult<T> {
+fn detached<T: Send>(py: Python<'_>, work: impl FnOnce() -> Result<T, Failure> + Send) -> PyResult<T> {
     let out = py.detach(|| match catch_unwind(AssertUnwindSafe(work)) {
         Ok(r) => r,
         Err(payload) => Err(Failure::Panic(
@@ -176,7 +173,10 @@ fn array3<T: Copy>(
     if let Ok(a) = obj.cast::<PyArrayDyn<bool>>() {
         let ro = a.readonly();
         let view = ro.as_array();
-        let out: Vec<T> = view.iter().map(|&v| f(f64::from(u8::from(v)))).collect::<Result<_, _>>()
+        let out: Vec<T> = view
+            .iter()
+            .map(|&v| f(f64::from(u8::from(v))))
+            .collect::<Result<_, _>>()
             .map_err(|m| arg_error(py, format!("{what}: {m}")))?;
         return Array3::from_shape_vec(shape, out).map_err(|e| arg_error(py, e.to_string()));
     }
@@ -246,7 +246,11 @@ impl Image {
     /// "nifti" or "dicom".
     #[getter]
     fn kind(&self) -> &'static str {
-        if self.source.is_some() { "dicom" } else { "nifti" }
+        if self.source.is_some() {
+            "dicom"
+        } else {
+            "nifti"
+        }
     }
     /// The SeriesInstanceUID read, for DICOM input.
     #[getter]
@@ -307,14 +311,18 @@ fn header_like(
             if img.volume.data().dim() != shape {
                 return Err(arg_error(
                     py,
-                    format!("the array's shape {shape:?} is not the image's {:?} (nz, ny, nx)", img.volume.data().dim()),
+                    format!(
+                        "the array's shape {shape:?} is not the image's {:?} (nz, ny, nx)",
+                        img.volume.data().dim()
+                    ),
                 ));
             }
             Ok(img.header.clone())
         }
         (None, Some(spacing)) => {
             // header_for takes its geometry from a volume: a zero-valued one on the same grid.
-            let zeros = ichseg::alloc::try_array3(shape, 0f32, "the header's grid").map_err(|e| Failure::Lib(e).into_py(py))?;
+            let zeros =
+                ichseg::alloc::try_array3(shape, 0f32, "the header's grid").map_err(|e| Failure::Lib(e).into_py(py))?;
             let probe = Volume::from_array(zeros, spacing, affine).map_err(|e| Failure::Lib(e).into_py(py))?;
             Ok(nifti::header_for(&probe))
         }
@@ -349,7 +357,11 @@ fn write_probability(
     algorithm: &str,
 ) -> PyResult<()> {
     let p = array3(py, probability, "the probability map", |v| {
-        if (0.0..=1.0).contains(&v) { Ok(v as f32) } else { Err(format!("value {v} outside [0, 1]")) }
+        if (0.0..=1.0).contains(&v) {
+            Ok(v as f32)
+        } else {
+            Err(format!("value {v} outside [0, 1]"))
+        }
     })?;
     write_out(py, &path, Content::Probability(p), like.as_deref(), spacing, affine, algorithm)
 }
