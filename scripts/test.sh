@@ -11,8 +11,9 @@
 # volume too big for memory under `ulimit -v`); our CUDA kernels compiled with NVRTC (no GPU
 # needed); the library without the CLI and CUDA dependencies; the C and C++ programs under
 # valgrind; install + CMake/pkg-config/ITK consumers; the dry run of scripts/gpu-check.sh's
-# PyTorch-free parts; the Python tests of training/; the DICOM-SEG validator's tests (tests/dicom);
-# the Orthanc plugin in real Orthanc servers (tests/orthanc), when Orthanc is installed.
+# PyTorch-free parts; the Python tests of training/; the Python package ichseg built and tested
+# against the CLI (bindings/python); the DICOM-SEG validator's tests (tests/dicom); the Orthanc
+# plugin in real Orthanc servers (tests/orthanc), when Orthanc is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -86,6 +87,8 @@ gpu_check_dry() {
 }
 part "gpu-check dry run" gpu_check_dry
 part "python tests" python3 -m pytest training/tests -q
+# The Python package (bindings/python): a debug build into .venv-test, its results against the CLI's.
+part "python package" bindings/python/run_tests.sh
 # test-deps.sh installed dciodvfy and dcmqi: the validator's tests must run, not skip.
 part "dicom seg validator" env ICHSEG_REQUIRE_DICOM_TOOLS=1 python3 -m pytest tests/dicom -q
 # Skipped without Orthanc (test-deps.sh installs it only as root), unless ICHSEG_REQUIRE_ORTHANC=1.
