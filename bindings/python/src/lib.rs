@@ -645,16 +645,25 @@ impl NativePseudoLabeler {
     }
 }
 
-/// Scores (prediction, ground truth) pairs: JSON of `ichseg::metrics::Evaluation`.
+/// Scores (prediction, ground truth) pairs: JSON of `ichseg::metrics::Evaluation`; with each
+/// pair's voxel volume (mL), also by lesion size.
 #[pyfunction]
-fn evaluate(py: Python<'_>, pairs: Vec<(Bound<'_, PyAny>, Bound<'_, PyAny>)>) -> PyResult<String> {
+#[pyo3(signature = (pairs, voxel_ml=None))]
+fn evaluate(
+    py: Python<'_>,
+    pairs: Vec<(Bound<'_, PyAny>, Bound<'_, PyAny>)>,
+    voxel_ml: Option<Vec<f64>>,
+) -> PyResult<String> {
     let mut masks = Vec::with_capacity(pairs.len());
     for (i, (p, g)) in pairs.iter().enumerate() {
         masks.push((mask_array(py, p, &format!("pred[{i}]"))?, mask_array(py, g, &format!("gt[{i}]"))?));
     }
     detached(py, || {
         let views: Vec<_> = masks.iter().map(|(p, g)| (p.view(), g.view())).collect();
-        let e = ichseg::metrics::evaluate(&views)?;
+        let e = match &voxel_ml {
+            Some(ml) => ichseg::metrics::evaluate_sized(&views, ml)?,
+            None => ichseg::metrics::evaluate(&views)?,
+        };
         Ok(serde_json::to_string(&e).map_err(|e| Error::arg(e.to_string()))?)
     })
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import nibabel as nib
@@ -43,10 +44,19 @@ def test_equals_cli_on_the_sample(cli, engine, tmp_path):
         ichseg.write_mask(tmp_path / f"{name}.nii.gz", r.mask, like=image)
         preds.append(r.mask)
     gt = np.asarray(nib.load(SAMPLE_MASK).dataobj).T
-    ours = ichseg.eval(preds, [gt, gt])
+    ours = ichseg.eval(preds, [gt, gt], spacing=image.spacing)
     ref = json.loads(cli("eval", "--pred", tmp_path / "unet.nii.gz", "--gt", SAMPLE_MASK,
                          "--pred", tmp_path / "unet_weak.nii.gz", "--gt", SAMPLE_MASK, "--json").stdout)
-    assert ours.overall == ichseg.Scores(**ref["overall"])
-    assert ours.per_volume == [ichseg.Scores(**v["scores"]) for v in ref["per_volume"]]
+    assert ours.overall == ichseg.Scores.from_dict(ref["overall"])
+    assert ours.per_volume == [ichseg.Scores.from_dict(v["scores"]) for v in ref["per_volume"]]
+    assert len(ours.overall.by_size) == 4 and ours.overall.by_size[1].min_ml == 0.1
+    # Without the spacing there are no bins; the rest is the same.
+    plain = ichseg.eval(preds, [gt, gt])
+    assert plain.overall.by_size is None
+    assert dataclasses.replace(ours.overall, by_size=None) == plain.overall
+    with pytest.raises(ichseg.InvalidArgumentError, match="spacing must be"):
+        ichseg.eval(preds, [gt, gt], spacing=[(1, 1, 1)])
+    with pytest.raises(ichseg.InvalidArgumentError, match="finite and positive"):
+        ichseg.eval(preds, [gt, gt], spacing=(0, 1, 1))
     # README: the shipped U-Net scores mIoU 65.8 % on the sample.
     assert ours.per_volume[0].miou == pytest.approx(0.658, abs=0.0005)

@@ -232,8 +232,27 @@ class PseudoLabel:
 
 
 @dataclass(frozen=True)
+class SizeBin:
+    """CL and FPL of the sites whose 3D lesion (26-connected) has a volume in
+    ``[min_ml, max_ml)`` mL (``max_ml`` ``None``: no upper bound)."""
+
+    min_ml: float
+    max_ml: Optional[float]
+    cl: Optional[float]
+    fpl: Optional[float]
+    n_gt_sites: int
+    n_correct: int
+    n_pred_sites: int
+    n_fp: int
+
+
+@dataclass(frozen=True)
 class Scores:
-    """METHOD.md section 6; ratios are fractions in [0, 1], ``None`` where undefined."""
+    """METHOD.md section 6; ratios are fractions in [0, 1], ``None`` where undefined.
+
+    ``by_size``: CL and FPL per lesion-size bin (< 0.1, 0.1-1, 1-10, >= 10 mL), when
+    :func:`eval` was given the voxel spacing; else ``None``.
+    """
 
     iou_background: float
     iou_hemorrhage: float
@@ -247,6 +266,15 @@ class Scores:
     n_pred_sites: int
     n_fp: int
     slices: int
+    by_size: Optional[tuple] = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Scores":
+        """Scores from ``ichseg eval --json``'s ``overall`` or a ``per_volume`` entry's ``scores``."""
+        d = dict(d)
+        bins = d.get("by_size")
+        d["by_size"] = None if bins is None else tuple(_build(SizeBin, b) for b in bins)
+        return _build(cls, d)
 
 
 @dataclass(frozen=True)
@@ -410,13 +438,17 @@ def write_probability(path: PathArg, probability: Any, like: Optional["Image"] =
                               _triple(spacing, "spacing"), _affine(affine), algorithm)
 
 
-def eval(pred: Any, gt: Any) -> Evaluation:  # noqa: A001 - the issue's name for it
+def eval(pred: Any, gt: Any, spacing: Any = None) -> Evaluation:  # noqa: A001 - the issue's name for it
     """Scores predictions against ground truth as the paper does (METHOD.md section 6).
 
     ``pred`` and ``gt``: one mask each, or equal-length lists of masks (pairs may differ in
     shape from one another; each prediction must have its ground truth's shape). Nonzero is
     hemorrhage. ``overall`` pools every pair (sums of intersections and unions over all
     slices), as ``ichseg eval`` does.
+
+    ``spacing`` (x, y, z mm; one for every pair, or one per pair) adds the scores by lesion
+    size (``Scores.by_size``), which need each lesion's volume; ``ichseg eval`` takes it from
+    the ground truth's header.
     """
     if isinstance(pred, (list, tuple)) != isinstance(gt, (list, tuple)):
         raise InvalidArgumentError("give pred and gt both as masks or both as lists of masks")
@@ -425,14 +457,23 @@ def eval(pred: Any, gt: Any) -> Evaluation:  # noqa: A001 - the issue's name for
     if len(preds) != len(gts):
         raise InvalidArgumentError(f"{len(preds)} predictions but {len(gts)} ground truths: give them in pairs")
     pairs = [(_array(p, f"pred[{i}]"), _array(g, f"gt[{i}]")) for i, (p, g) in enumerate(zip(preds, gts))]
-    r = json.loads(_native.evaluate(pairs))
-    return Evaluation(overall=_build(Scores, r["overall"]),
-                      per_volume=[_build(Scores, s) for s in r["per_volume"]])
+    voxel_ml = None
+    if spacing is not None:
+        per_pair = np.asarray(spacing, dtype=np.float64)
+        if per_pair.shape == (3,):
+            per_pair = np.tile(per_pair, (len(pairs), 1))
+        if per_pair.shape != (len(pairs), 3):
+            raise InvalidArgumentError(
+                f"spacing must be (x, y, z) mm or one such triple per pair ({len(pairs)}), got shape {per_pair.shape}")
+        voxel_ml = [float(np.prod(t)) / 1000.0 for t in per_pair]
+    r = json.loads(_native.evaluate(pairs, voxel_ml))
+    return Evaluation(overall=Scores.from_dict(r["overall"]),
+                      per_volume=[Scores.from_dict(s) for s in r["per_volume"]])
 
 
 __all__ = [
     "Engine", "Segmenter", "PseudoLabeler", "Image", "Segmentation", "PseudoLabel", "Lesion",
-    "Abc2", "Density", "Flags", "Midline", "Scores", "Evaluation", "read_volume", "write_mask",
+    "Abc2", "Density", "Flags", "Midline", "Scores", "SizeBin", "Evaluation", "read_volume", "write_mask",
     "write_probability", "eval", "Error", "InvalidArgumentError", "IoError", "InvalidImageError",
     "NonFiniteError", "InvalidModelError", "InferenceError", "OutOfMemoryError", "UnsupportedError",
     "CancelledError", "PanicError", "__version__",
