@@ -39,6 +39,7 @@ pub mod model;
 pub mod pipeline;
 pub mod preprocess;
 pub mod sca;
+pub mod skull;
 pub mod volume;
 
 pub use cam::CamMethod;

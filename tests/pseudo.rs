@@ -205,6 +205,7 @@ fn the_tail_runs_its_steps_in_order_and_its_crf_is_the_per_slice_crf() {
         threshold: 0.5,
         aggregate: Aggregate::Or,
         crf: Some(params),
+        intracranial_margin_mm: None,
         max_hu: None,
         min_lesion_ml: None,
     };

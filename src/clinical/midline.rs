@@ -1,7 +1,7 @@
 //! The midsagittal plane, estimated from the symmetry of the skull (docs/FINDINGS.md).
 //!
 //! Bone is the skull (the largest 26-connected component of voxels at or above
-//! [`super::BONE_HU`]); the brain is not used, so a haematoma's mass effect (midline shift)
+//! [`crate::skull::BONE_HU`]); the brain is not used, so a haematoma's mass effect (midline shift)
 //! does not move the plane. A plane `n . p = c` (world mm, RAS+) is good when the skull's
 //! voxels, mirrored through it, land on skull again: the score is the fraction of (up to
 //! [`SAMPLES`]) skull voxels whose mirror image falls on the skull dilated by about 1.5 mm.
@@ -81,7 +81,7 @@ pub fn estimate(volume: &Volume, skull: &Array3<u8>) -> Result<Midline> {
     };
     let spacing = volume.spacing();
     let radius = spacing.map(|s| (1.5 / s).round() as usize);
-    let target = super::dilate_box(skull, [radius[0].max(1), radius[1].max(1), radius[2]])?;
+    let target = crate::skull::dilate_box(skull, [radius[0].max(1), radius[1].max(1), radius[2]])?;
     let stride = count.div_ceil(SAMPLES).max(1);
     let samples: Vec<[f64; 3]> = skull
         .indexed_iter()

@@ -3,23 +3,22 @@
 //! inner-table flags, totals and a one-line summary.
 //!
 //! One pass over the volume per step, so the cost stays linear in voxels: the skull (largest
-//! component of bone), the plane ([`midline`]), a dilation of the skull for the inner-table
+//! component of bone, [`crate::skull`]), the plane ([`midline`]), a dilation of the skull for the inner-table
 //! flag, then one pass over the lesion labels.
 
 pub mod abc2;
 pub mod midline;
 
-use crate::alloc::{try_array3, try_map3};
 use crate::error::{Error, Result};
 use crate::lesions::{lesion_ids, total_volume_ml, Lesion};
+use crate::skull::{dilate_box, skull};
 use crate::volume::Volume;
 use abc2::Abc2;
 use midline::Midline;
-use ndarray::{Array3, ArrayView3, Axis, Zip};
+use ndarray::ArrayView3;
 
-/// Voxels at or above this many HU are bone (cortical bone is 700 HU and more; blood stays
-/// below 100 HU even when clotted).
-pub const BONE_HU: f32 = 300.0;
+/// Bone threshold, shared with the intracranial mask ([`crate::skull`]).
+pub use crate::skull::BONE_HU;
 /// A lesion touches the inner table when one of its voxels lies within this distance of a
 /// skull voxel along each axis (and at least one voxel).
 pub const INNER_TABLE_MM: f64 = 1.5;
@@ -237,62 +236,9 @@ fn density(mut hu: Vec<f32>) -> Density {
     Density { mean_hu, median_hu, max_hu }
 }
 
-/// The skull: the largest 26-connected component of voxels at or above [`BONE_HU`] (so that
-/// calcifications inside the brain do not count), as 0/1 of shape `[nz, ny, nx]`.
-fn skull(volume: &Volume) -> Result<Array3<u8>> {
-    let mut bone = try_map3(volume.data(), "the bone mask", |&hu| u8::from(hu >= BONE_HU))?;
-    let ids = lesion_ids(bone.view());
-    for (b, &id) in bone.iter_mut().zip(&ids) {
-        *b = u8::from(id == 1);
-    }
-    Ok(bone)
-}
-
-/// Box dilation of a 0/1 mask by `r` voxels along x, y, z (separable, linear in voxels).
-pub(crate) fn dilate_box(mask: &Array3<u8>, r: [usize; 3]) -> Result<Array3<u8>> {
-    let mut cur = mask.clone();
-    // axes of the [nz, ny, nx] array: z = 0, y = 1, x = 2
-    for (axis, radius) in [(2, r[0]), (1, r[1]), (0, r[2])] {
-        if radius == 0 {
-            continue;
-        }
-        let mut next = try_array3(cur.dim(), 0u8, "a dilated mask")?;
-        Zip::from(next.lanes_mut(Axis(axis))).and(cur.lanes(Axis(axis))).for_each(|mut out, line| {
-            let n = line.len();
-            // count of ones in the window [j - radius, j + radius]
-            let mut count: usize = line.iter().take(radius.min(n)).map(|&v| usize::from(v != 0)).sum();
-            for j in 0..n {
-                if j + radius < n {
-                    count += usize::from(line[j + radius] != 0);
-                }
-                if j > radius {
-                    count -= usize::from(line[j - radius - 1] != 0);
-                }
-                out[j] = u8::from(count > 0);
-            }
-        });
-        cur = next;
-    }
-    Ok(cur)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dilation_matches_brute_force() {
-        let mut m = Array3::<u8>::zeros((4, 7, 9));
-        m[[1, 3, 4]] = 1;
-        m[[3, 0, 8]] = 1;
-        let d = dilate_box(&m, [2, 1, 1]).unwrap();
-        for ((z, y, x), &v) in d.indexed_iter() {
-            let near = m
-                .indexed_iter()
-                .any(|((zz, yy, xx), &o)| o != 0 && z.abs_diff(zz) <= 1 && y.abs_diff(yy) <= 1 && x.abs_diff(xx) <= 2);
-            assert_eq!(v != 0, near, "{z} {y} {x}");
-        }
-    }
 
     #[test]
     fn density_mean_median_max() {

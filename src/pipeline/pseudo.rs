@@ -53,6 +53,7 @@ use crate::pipeline::options::{
 };
 use crate::preprocess::{model_input, window_u8, InputSpec};
 use crate::sca::{self, Aggregate, ScfParams};
+use crate::skull::intracranial::IntracranialMask;
 use crate::volume::{Volume, Window};
 use ndarray::{Array2, Array3, Axis, Ix2};
 use std::path::Path;
@@ -95,6 +96,11 @@ pub struct PseudoOptions {
     pub aggregate: Aggregate,
     /// Dense CRF refinement; default `Some(CrfParams::default())` (METHOD.md 4.5). `None` skips it.
     pub crf: Option<CrfParams>,
+    /// Intracranial mask, not in METHOD.md: `Some(margin_mm)` zeroes the fused maps outside the
+    /// skull's inside eroded by that margin ([`crate::skull::intracranial`]) before BLA and the
+    /// CRF, and cuts the CRF's output to it. Default `None` (the paper's pipeline); `ichseg`
+    /// suggests [`crate::skull::intracranial::DEFAULT_MARGIN_MM`].
+    pub intracranial_margin_mm: Option<f64>,
     /// Bone cut, not in METHOD.md: drop from the final mask every voxel above this CT value
     /// (HU), see [`bone_cut`]. Default `None` (the paper's pipeline).
     pub max_hu: Option<f32>,
@@ -121,6 +127,7 @@ impl Default for PseudoOptions {
             threshold: sca::DEFAULT_THRESHOLD,
             aggregate: Aggregate::Or,
             crf: Some(CrfParams::default()),
+            intracranial_margin_mm: None,
             max_hu: None,
             min_lesion_ml: 0.0,
             batch: 1,
@@ -186,6 +193,8 @@ pub struct PseudoLabel {
     /// Slices per network run at the end (the smallest over the classifiers): the configured
     /// batch, or less when the GPU ran out of memory and it was halved ([`Error::DeviceMemory`]).
     pub batch: usize,
+    /// The intracranial mask the maps and the mask were cut to, when that option is on.
+    pub intracranial: Option<IntracranialMask>,
     pub timings: PseudoTimings,
 }
 
@@ -267,13 +276,15 @@ impl PseudoLabeler {
 
     /// Bytes of the buffers [`PseudoLabeler::label`] allocates for a volume of `dims` (None: more
     /// than a usize holds): every classifier's map per tap, the fused maps (4 bytes a voxel
-    /// each), the mask and its lesion labelling (1 + 4 bytes a voxel). The networks' weights and
+    /// each), the mask and its lesion labelling (1 + 4 bytes a voxel), and the intracranial mask
+    /// when it is on (1 byte a voxel). The networks' weights and
     /// activations and the CRF's per-slice work are not included: they do not grow with the
     /// number of slices.
     pub fn buffer_bytes(&self, dims: [usize; 3]) -> Option<usize> {
         let voxels = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))?;
         let maps = self.classifiers.iter().map(|c| c.config.taps.len()).sum::<usize>() + self.layer_count();
-        voxels.checked_mul(maps.checked_mul(4)?.checked_add(5)?)
+        let masks = if self.options.intracranial_margin_mm.is_some() { 6 } else { 5 };
+        voxels.checked_mul(maps.checked_mul(4)?.checked_add(masks)?)
     }
 
     /// [`PseudoLabeler::new`] with the classifiers loaded from `.onnx` files.
@@ -348,7 +359,7 @@ impl PseudoLabeler {
             .collect::<Result<Vec<_>>>()?;
         // Fusion is SCF + BLA; the CRF's time runs from there to its own end.
         let (mut fused_at, mut crf_at) = (None, None);
-        let TailOutput { fused, mask, crf_device } =
+        let TailOutput { fused, mask, crf_device, intracranial } =
             self.tail(volume, ensemble, &positive, &self.tail_options(), &mut ticker, &mut |step, _| match step {
                 TailStep::Bla => fused_at = Some(Instant::now()),
                 TailStep::Crf => crf_at = Some(Instant::now()),
@@ -370,6 +381,7 @@ impl PseudoLabeler {
             taps_on_device,
             crf_device,
             batch,
+            intracranial,
             timings,
         })
     }
@@ -593,6 +605,7 @@ fn tail_options(o: &PseudoOptions) -> TailOptions {
         threshold: o.threshold,
         aggregate: o.aggregate,
         crf: o.crf.clone(),
+        intracranial_margin_mm: o.intracranial_margin_mm,
         max_hu: o.max_hu,
         min_lesion_ml: (o.min_lesion_ml > 0.0).then_some(o.min_lesion_ml),
     }

@@ -8,6 +8,7 @@ use crate::io::atomic::write_atomic;
 use crate::lesions::Lesion;
 use crate::pipeline::pseudo::{PseudoLabel, PseudoLabeler};
 use crate::pipeline::segment::{Segmentation, Segmenter, SegmenterConfig, Timings};
+use crate::skull::intracranial::{IntracranialMask, IntracranialSummary};
 use crate::volume::Volume;
 use std::path::Path;
 
@@ -35,8 +36,25 @@ pub struct SegmentationReport {
     pub summary: String,
     /// The midsagittal plane the sides refer to (docs/FINDINGS.md).
     pub midline: Midline,
+    /// Whether the output was cut to the intracranial mask, its margin and size.
+    pub intracranial_mask: IntracranialReport,
     pub lesions: Vec<ReportLesion>,
     pub timings: ReportTimings,
+}
+
+/// The intracranial mask in a report (docs/INTRACRANIAL.md): `applied`, and when it was, the
+/// margin, voxels, mL and how many slices were enclosed, bridged by the hull or empty.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IntracranialReport {
+    pub applied: bool,
+    #[serde(flatten)]
+    pub summary: Option<IntracranialSummary>,
+}
+
+impl IntracranialReport {
+    pub fn new(mask: Option<&IntracranialMask>, voxel_ml: f64) -> Self {
+        IntracranialReport { applied: mask.is_some(), summary: mask.map(|m| m.summary(voxel_ml)) }
+    }
 }
 
 /// One lesion in the report: its geometry and its clinical findings, side by side.
@@ -86,6 +104,7 @@ impl SegmentationReport {
             largest_lesion_ml: result.findings.largest_lesion_ml,
             summary: result.findings.summary.clone(),
             midline: result.findings.midline.clone(),
+            intracranial_mask: IntracranialReport::new(result.intracranial.as_ref(), volume.voxel_volume_ml()),
             lesions: result
                 .lesions
                 .iter()
@@ -126,6 +145,7 @@ pub fn pseudo_label_report(
                    "aggregate": format!("{:?}", o.aggregate), "scf": o.scf.map(|s| [s.c as f64, s.w as f64]),
                    "crf": o.crf.is_some(), "max_hu": o.max_hu,
                    "min_lesion_ml": o.min_lesion_ml},
+        "intracranial_mask": IntracranialReport::new(r.intracranial.as_ref(), voxel_ml),
         "device": e.device_name(), "device_note": e.device_note(), "threads": e.threads(),
         "cam_device": r.cam_device, "taps_on_device": r.taps_on_device, "crf_device": r.crf_device, "batch": r.batch,
         "positive_slices": r.positive.iter().enumerate().filter(|(_, &p)| p).map(|(z, _)| z).collect::<Vec<_>>(),

@@ -12,6 +12,7 @@ use crate::pipeline::options::{
     DEFAULT_INPUT_SIZE,
 };
 use crate::preprocess::{model_input, resize_bilinear, InputSpec};
+use crate::skull::intracranial::{check_margin_mm, intracranial_mask, zero_outside, IntracranialMask};
 use crate::volume::{Volume, Window};
 use ndarray::{Array2, Array3, Axis};
 use std::sync::Arc;
@@ -40,6 +41,10 @@ pub struct SegmenterOptions {
     /// lesion list is made ([`crate::lesions::remove_small_lesions`]; not in METHOD.md). Default
     /// 0: every lesion is kept.
     pub min_lesion_ml: f64,
+    /// Intracranial mask, not in METHOD.md: `Some(margin_mm)` zeroes the probability and the
+    /// mask outside the skull's inside eroded by that margin ([`crate::skull::intracranial`]),
+    /// before the small-lesion filter and the lesion list. Default `None`.
+    pub intracranial_margin_mm: Option<f64>,
 }
 
 impl Default for SegmenterOptions {
@@ -53,6 +58,7 @@ impl Default for SegmenterOptions {
             normalize: None,
             bleed_index: None,
             min_lesion_ml: 0.0,
+            intracranial_margin_mm: None,
         }
     }
 }
@@ -80,6 +86,8 @@ pub struct SegmenterConfig {
     pub normalize: Option<(f32, f32)>,
     pub activation: OutputActivation,
     pub min_lesion_ml: f64,
+    /// The intracranial mask's margin in mm; `None`: no mask.
+    pub intracranial_margin_mm: Option<f64>,
 }
 
 /// Wall-clock seconds spent in each stage of one [`Segmenter::segment`] call.
@@ -104,6 +112,8 @@ pub struct Segmentation {
     /// 3D connected components (26-connectivity), largest first.
     pub lesions: Vec<Lesion>,
     pub total_volume_ml: f64,
+    /// The intracranial mask the output was cut to, when that option is on.
+    pub intracranial: Option<IntracranialMask>,
     /// ABC/2, density, side and flags of each lesion (same order as `lesions`), the midline,
     /// totals and the one-line summary ([`crate::clinical`]).
     pub findings: Findings,
@@ -187,6 +197,9 @@ impl Segmenter {
         check_input_size(options.input_size)?;
         check_normalize(options.normalize)?;
         check_min_lesion_ml(options.min_lesion_ml)?;
+        if let Some(m) = options.intracranial_margin_mm {
+            check_margin_mm(m)?;
+        }
         let meta = &model.metadata;
         let channels = pick("channels", input.fixed_dim(1), options.channels, meta.channels, 1)?;
         if channels != 1 && channels != 3 {
@@ -213,6 +226,7 @@ impl Segmenter {
                 normalize,
                 activation: OutputActivation::Sigmoid, // settled below from the plan's output shape
                 min_lesion_ml: options.min_lesion_ml,
+                intracranial_margin_mm: options.intracranial_margin_mm,
             },
             fixed_batch,
             plans: PlanCache::default(),
@@ -279,6 +293,12 @@ impl Segmenter {
         let t3 = Instant::now();
         let threshold = self.config.threshold;
         let mut mask = try_map3(&probability, "the mask", |&p| u8::from(p >= threshold))?;
+        let intracranial = self.config.intracranial_margin_mm.map(|m| intracranial_mask(volume, m)).transpose()?;
+        if let Some(ic) = &intracranial {
+            zero_outside(&mut probability, &ic.mask)?;
+            // Not only the probability: a threshold of 0 would mark the zeros again.
+            zero_outside(&mut mask, &ic.mask)?;
+        }
         remove_small_lesions(&mut mask, volume.spacing(), self.config.min_lesion_ml)?;
         let lesions = find_lesions(mask.view(), volume.spacing(), &volume.affine());
         let total_volume_ml = total_volume_ml(&lesions);
@@ -287,13 +307,14 @@ impl Segmenter {
         timings.findings_s = t4.elapsed().as_secs_f64();
         timings.postprocess_s += t3.elapsed().as_secs_f64();
         timings.total_s = started.elapsed().as_secs_f64();
-        Ok(Segmentation { mask, probability, lesions, total_volume_ml, findings, batch, timings })
+        Ok(Segmentation { mask, probability, lesions, total_volume_ml, intracranial, findings, batch, timings })
     }
 
     /// Bytes of the buffers [`Segmenter::segment`] allocates for a volume of `dims` (None: more
     /// than a usize holds): the probability map, the mask and the lesion labelling (4 + 1 + 4
     /// bytes a voxel), the findings' skull mask, its dilations and a label map (6 more bytes a
-    /// voxel at their peak), one batch of probability slices at the native size and the network input.
+    /// voxel at their peak; one more for the intracranial mask when it is on), one batch of
+    /// probability slices at the native size and the network input.
     /// The model's weights and activations are not included: they do not grow with the volume.
     pub fn buffer_bytes(&self, dims: [usize; 3]) -> Option<usize> {
         let [nx, ny, nz] = dims;
@@ -302,7 +323,8 @@ impl Segmenter {
         let slices = nx.checked_mul(ny)?.checked_mul(c.batch)?.checked_mul(4)?;
         let input =
             c.batch.checked_mul(c.channels)?.checked_mul(c.input_rows)?.checked_mul(c.input_cols)?.checked_mul(4)?;
-        voxels.checked_mul(15)?.checked_add(slices)?.checked_add(input)
+        let per_voxel = if c.intracranial_margin_mm.is_some() { 16 } else { 15 };
+        voxels.checked_mul(per_voxel)?.checked_add(slices)?.checked_add(input)
     }
 
     /// Runs the network alone on a preprocessed `[B, C, H, W]` batch and returns its first

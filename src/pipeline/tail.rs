@@ -1,6 +1,7 @@
 //! The pseudo-labelling steps after the class activation maps, as one function: spatial context
-//! fusion (METHOD.md 4.3), bi-layer aggregation (4.4), the dense CRF (4.5), then our two optional
-//! steps, the bone cut and the small-lesion filter. [`PseudoLabeler::label`] runs it with the
+//! fusion (METHOD.md 4.3), bi-layer aggregation (4.4), the dense CRF (4.5), then our optional
+//! steps: the intracranial mask (fused maps zeroed outside it before BLA and the CRF, and the
+//! CRF's output cut to it), the bone cut and the small-lesion filter. [`PseudoLabeler::label`] runs it with the
 //! labeller's options; `ichseg ablate` runs it with each setting of its grid through
 //! [`PseudoLabeler::finish`] and records the mask after every step. The order of the steps lives
 //! here only.
@@ -11,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::lesions::{check_min_lesion_ml, remove_small_lesions};
 use crate::pipeline::options::check_threshold;
 use crate::sca::{self, Aggregate, ScfParams};
+use crate::skull::intracranial::{check_margin_mm, intracranial_mask, zero_outside, IntracranialMask};
 use crate::volume::Volume;
 use ndarray::{Array3, ArrayView3};
 
@@ -24,6 +26,10 @@ pub struct TailOptions {
     pub threshold: f32,
     pub aggregate: Aggregate,
     pub crf: Option<CrfParams>,
+    /// The intracranial mask's margin (mm), not in METHOD.md: the fused maps are zeroed outside
+    /// the mask before BLA, so the CRF starts from nothing over bone, and the CRF's output is
+    /// cut to the mask, since its pairwise terms can still pull labels across the boundary.
+    pub intracranial_margin_mm: Option<f64>,
     /// The bone cut (HU), not in METHOD.md.
     pub max_hu: Option<f32>,
     /// The small-lesion filter (mL), not in METHOD.md.
@@ -41,6 +47,9 @@ impl TailOptions {
         }
         if let Some(crf) = &self.crf {
             crf.validate()?;
+        }
+        if let Some(m) = self.intracranial_margin_mm {
+            check_margin_mm(m)?;
         }
         if let Some(h) = self.max_hu.filter(|h| !h.is_finite()) {
             return Err(Error::arg(format!("max_hu must be a finite HU value, got {h}")));
@@ -66,6 +75,8 @@ pub struct TailOutput {
     pub mask: Array3<u8>,
     /// Where the CRF ran last: "cpu" or "cuda" ("cpu" when it did not run).
     pub crf_device: &'static str,
+    /// The intracranial mask, when it was applied.
+    pub intracranial: Option<IntracranialMask>,
 }
 
 impl PseudoLabeler {
@@ -103,14 +114,23 @@ impl PseudoLabeler {
             )));
         }
         let scf = options.scf.unwrap_or(ScfParams { c: 0, w: 0.0 });
+        let intracranial = options.intracranial_margin_mm.map(|m| intracranial_mask(volume, m)).transpose()?;
         // Each ensemble map is freed as soon as it is fused: one set of maps alive, not two.
-        let fused = ensemble.into_iter().map(|e| sca::scf(e.view(), positive, &scf)).collect::<Result<Vec<_>>>()?;
+        let mut fused = ensemble.into_iter().map(|e| sca::scf(e.view(), positive, &scf)).collect::<Result<Vec<_>>>()?;
+        if let Some(ic) = &intracranial {
+            for map in &mut fused {
+                zero_outside(map, &ic.mask)?;
+            }
+        }
         let views: Vec<ArrayView3<f32>> = fused.iter().map(|m| m.view()).collect();
         let mut mask = sca::bla(&views, options.threshold, options.aggregate)?;
         observe(TailStep::Bla, &mask);
         let mut crf_device = "cpu";
         if let Some(params) = &options.crf {
             crf_device = self.refine(volume, &mut mask, params, ticker)?;
+            if let Some(ic) = &intracranial {
+                zero_outside(&mut mask, &ic.mask)?;
+            }
             observe(TailStep::Crf, &mask);
         }
         if let Some(max_hu) = options.max_hu {
@@ -121,6 +141,6 @@ impl PseudoLabeler {
             remove_small_lesions(&mut mask, volume.spacing(), ml)?;
             observe(TailStep::SmallLesions, &mask);
         }
-        Ok(TailOutput { fused, mask, crf_device })
+        Ok(TailOutput { fused, mask, crf_device, intracranial })
     }
 }

@@ -325,6 +325,7 @@ fn masks(
         threshold: s.threshold,
         aggregate: a.aggregate,
         crf: Some(s.crf.clone()),
+        intracranial_margin_mm: None,
         max_hu: a.max_hu,
         min_lesion_ml: a.min_lesion_ml,
     };

@@ -105,6 +105,14 @@ struct ModelArgs {
     /// the lesion list; not in the paper. 0 keeps every lesion.
     #[arg(long, value_name = "ML", default_value_t = 0.0)]
     min_lesion_ml: f64,
+    /// Zero the probability and the mask outside the skull's inside, found in the CT (bone
+    /// ring filled, an open ring bridged by its convex hull, eroded by
+    /// --intracranial-margin-mm; docs/INTRACRANIAL.md); not in the paper [default: off].
+    #[arg(long)]
+    intracranial_mask: bool,
+    /// The intracranial mask's margin inside the inner table, in mm (in-plane).
+    #[arg(long, value_name = "MM", default_value_t = ichseg::skull::intracranial::DEFAULT_MARGIN_MM, requires = "intracranial_mask")]
+    intracranial_margin_mm: f64,
     #[command(flatten)]
     input: InputArgs,
 }
@@ -121,6 +129,7 @@ impl ModelArgs {
             normalize: i.normalize,
             bleed_index: i.bleed_index,
             min_lesion_ml: self.min_lesion_ml,
+            intracranial_margin_mm: self.intracranial_mask.then_some(self.intracranial_margin_mm),
         }
     }
 }

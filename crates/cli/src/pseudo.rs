@@ -92,6 +92,15 @@ pub struct PseudoLabelArgs {
     /// BLA across tap layers: or, and.
     #[arg(long, default_value = "or", value_parser = parse_aggregate)]
     aggregate: Aggregate,
+    /// Intracranial mask (not in the paper): zero the fused maps outside the skull's inside,
+    /// found in the CT (bone ring filled, an open ring bridged by its convex hull, eroded by
+    /// --intracranial-margin-mm), before BLA and the dense CRF, and cut the CRF's output to it
+    /// (docs/INTRACRANIAL.md) [default: off].
+    #[arg(long)]
+    intracranial_mask: bool,
+    /// The intracranial mask's margin inside the inner table, in mm (in-plane).
+    #[arg(long, value_name = "MM", default_value_t = ichseg::skull::intracranial::DEFAULT_MARGIN_MM, requires = "intracranial_mask")]
+    intracranial_margin_mm: f64,
     /// Bone cut (not in the paper): drop from the final mask every voxel above this CT value;
     /// blood is 50-90 HU, and without it the CRF spreads the maps' skull-edge ring over the
     /// bone (docs/RESULTS.md; 100 HU suggested) [default: off].
@@ -143,6 +152,7 @@ impl PseudoLabelArgs {
             threshold: self.threshold,
             aggregate: self.aggregate,
             crf: (!self.no_crf).then(CrfParams::default),
+            intracranial_margin_mm: self.intracranial_mask.then_some(self.intracranial_margin_mm),
             max_hu: self.max_hu,
             min_lesion_ml: self.min_lesion_ml,
             batch: self.model_input.batch,
@@ -258,12 +268,13 @@ fn print_summary(input: &Path, labeler: &PseudoLabeler, r: &PseudoLabel, labelle
     }
     let o = labeler.options();
     println!(
-        "method    {} CAM, SCF {}, BLA {:?} > {}, CRF {}{}",
+        "method    {} CAM, {}SCF {}, BLA {:?} > {}, CRF {}{}",
         match o.cam {
             CamMethod::Sf => "SF",
             CamMethod::Layer => "Layer",
             CamMethod::Grad => "Grad",
         },
+        o.intracranial_margin_mm.map_or(String::new(), |m| format!("intracranial mask (margin {m} mm), ")),
         o.scf.map_or("off".to_string(), |s| format!("c={} w={}", s.c, s.w)),
         o.aggregate,
         o.threshold,

@@ -332,3 +332,37 @@ fn doctor_reports_the_cuda_stack_and_the_auto_choice() {
         assert!(stderr(&o).contains("CUDA"), "{}", stderr(&o));
     }
 }
+
+#[test]
+fn segment_reports_the_intracranial_mask_and_refuses_bad_margins() {
+    let dir = tempfile::tempdir().unwrap();
+    let mask = dir.path().join("m.nii.gz");
+    let (model, ct) = (unet("unet_transpose.onnx"), unet("ct_small.nii.gz"));
+    let run = |extra: &[&str]| {
+        let mut args = vec!["segment", "--model", p(&model), p(&ct), "-o", p(&mask), "--json"];
+        args.extend_from_slice(extra);
+        ichseg(&args)
+    };
+    let plain = run(&[]);
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    let r: serde_json::Value = serde_json::from_slice(&plain.stdout).unwrap();
+    assert_eq!(r["intracranial_mask"], serde_json::json!({"applied": false}));
+    let masked = run(&["--intracranial-mask", "--intracranial-margin-mm", "3.5"]);
+    assert!(masked.status.success(), "{}", stderr(&masked));
+    let r: serde_json::Value = serde_json::from_slice(&masked.stdout).unwrap();
+    let ic = &r["intracranial_mask"];
+    assert_eq!((ic["applied"].as_bool(), ic["margin_mm"].as_f64()), (Some(true), Some(3.5)), "{ic}");
+    assert_eq!(r["model"]["config"]["intracranial_margin_mm"], 3.5);
+    let slices = ["slices_enclosed", "slices_hull", "slices_empty"].map(|k| ic[k].as_u64().unwrap());
+    assert_eq!(slices.iter().sum::<u64>(), 4, "{ic}");
+    // the written mask holds no voxel the report's mask does not
+    let (_, m) = ichseg::io::nifti::read_mask(&mask).unwrap();
+    assert!(m.iter().filter(|&&v| v != 0).count() as u64 <= ic["voxels"].as_u64().unwrap());
+    for bad in ["-1", "NaN"] {
+        let out = run(&["--intracranial-mask", &format!("--intracranial-margin-mm={bad}")]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("intracranial margin"), "{}", stderr(&out));
+    }
+    let alone = run(&["--intracranial-margin-mm", "2"]);
+    assert!(!alone.status.success() && stderr(&alone).contains("--intracranial-mask"), "{}", stderr(&alone));
+}
