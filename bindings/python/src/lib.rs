@@ -473,7 +473,7 @@ struct NativeSegmenter {
 impl NativeSegmenter {
     #[new]
     #[pyo3(signature = (engine, model, threshold=0.5, batch=1, window=None, input_size=None, channels=None,
-                        normalize=None, bleed_index=None, min_lesion_ml=0.0))]
+                        normalize=None, bleed_index=None, min_lesion_ml=0.0, intracranial_margin_mm=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -487,6 +487,7 @@ impl NativeSegmenter {
         normalize: Option<(f32, f32)>,
         bleed_index: Option<usize>,
         min_lesion_ml: f64,
+        intracranial_margin_mm: Option<f64>,
     ) -> PyResult<Self> {
         let options = SegmenterOptions {
             threshold,
@@ -497,6 +498,7 @@ impl NativeSegmenter {
             normalize,
             bleed_index,
             min_lesion_ml,
+            intracranial_margin_mm,
         };
         let engine = engine.engine.clone();
         let (segmenter, load_s) = detached(py, move || {
@@ -547,7 +549,8 @@ impl NativePseudoLabeler {
     #[new]
     #[pyo3(signature = (engine, classifiers, taps=Vec::new(), cam="sf", threshold=ichseg::sca::DEFAULT_THRESHOLD,
                         scf=Some((2, 0.5)), crf=true, aggregate="or", max_hu=None, min_lesion_ml=0.0,
-                        batch=1, window=None, input_size=None, channels=None, normalize=None, bleed_index=None))]
+                        batch=1, window=None, input_size=None, channels=None, normalize=None, bleed_index=None,
+                        intracranial_margin_mm=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -567,6 +570,7 @@ impl NativePseudoLabeler {
         channels: Option<usize>,
         normalize: Option<(f32, f32)>,
         bleed_index: Option<usize>,
+        intracranial_margin_mm: Option<f64>,
     ) -> PyResult<Self> {
         let cam: CamMethod = cam.parse().map_err(|e: Error| Failure::Lib(e).into_py(py))?;
         let aggregate = match aggregate {
@@ -589,6 +593,7 @@ impl NativePseudoLabeler {
             crf: crf.then(CrfParams::default),
             max_hu,
             min_lesion_ml,
+            intracranial_margin_mm,
             batch,
             ..Default::default()
         };

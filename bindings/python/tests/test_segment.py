@@ -87,3 +87,20 @@ def test_options_match_cli_flags(cli, engine, tmp_path):
 def test_engine_reports_device():
     e = ichseg.Engine(device="cpu", threads=1)
     assert e.device == "cpu" and e.threads == 1 and "CPU" in e.device_note
+
+
+def test_intracranial_mask_option_equals_the_cli(cli, engine, tmp_path):
+    """segment with intracranial_margin_mm gives the CLI's --intracranial-mask result, and never
+    marks voxels the plain run's mask keeps outside it."""
+    image = ichseg.read_volume(SAMPLE)
+    ours = ichseg.Segmenter(engine, MODELS / "unet.onnx", intracranial_margin_mm=2.0).segment(image)
+    out = tmp_path / "m.nii.gz"
+    cli("segment", "-m", MODELS / "unet.onnx", SAMPLE, "-o", out, "--intracranial-mask",
+        "--intracranial-margin-mm", "2", "-q")
+    theirs = np.asarray(nib.load(out).dataobj).T
+    np.testing.assert_array_equal(ours.mask, theirs)
+    assert ours.report["intracranial_mask"]["applied"] is True
+    plain = ichseg.Segmenter(engine, MODELS / "unet.onnx").segment(image)
+    assert (ours.mask <= plain.mask).all()
+    with pytest.raises(ichseg.InvalidArgumentError, match="intracranial margin"):
+        ichseg.Segmenter(engine, MODELS / "unet.onnx", intracranial_margin_mm=-1.0)

@@ -318,17 +318,20 @@ class Segmenter:
 
     Options (each overrides the model's ``ichseg.*`` metadata, as the CLI's flags do):
     ``threshold`` (0.5), ``batch`` (1), ``window=(level, width)`` HU, ``input_size=(rows, cols)``,
-    ``channels`` (1 or 3), ``normalize=(mean, std)``, ``bleed_index``, ``min_lesion_ml`` (0).
+    ``channels`` (1 or 3), ``normalize=(mean, std)``, ``bleed_index``, ``min_lesion_ml`` (0),
+    ``intracranial_margin_mm`` (``None``: off; a margin in mm zeroes everything outside the
+    intracranial mask, docs/INTRACRANIAL.md).
     """
 
     def __init__(self, engine: Engine, model: PathArg, *, threshold: float = 0.5, batch: int = 1,
                  window: Optional[Sequence[float]] = None, input_size: Optional[Sequence[int]] = None,
                  channels: Optional[int] = None, normalize: Optional[Sequence[float]] = None,
-                 bleed_index: Optional[int] = None, min_lesion_ml: float = 0.0) -> None:
+                 bleed_index: Optional[int] = None, min_lesion_ml: float = 0.0,
+                 intracranial_margin_mm: Optional[float] = None) -> None:
         self._native = _native.NativeSegmenter(
             engine._native, str(model), threshold, batch, _pair(window, "window"),
             _pair(input_size, "input_size"), channels, _pair(normalize, "normalize"), bleed_index,
-            min_lesion_ml)
+            min_lesion_ml, intracranial_margin_mm)
 
     @property
     def config(self) -> dict:
@@ -357,8 +360,9 @@ class PseudoLabeler:
     classifier; default each model's ``ichseg.taps``), ``cam`` (``"sf"``, ``"layer"``,
     ``"grad"``), ``threshold`` (0.2), ``scf=(c, w)`` (``(2, 0.5)``; ``None`` = no SCF),
     ``crf`` (True), ``aggregate`` (``"or"``/``"and"``), ``max_hu`` (bone cut, off),
-    ``min_lesion_ml`` (0), ``batch``, ``window``, ``input_size``, ``channels``, ``normalize``,
-    ``bleed_index``.
+    ``min_lesion_ml`` (0), ``intracranial_margin_mm`` (off; the fused maps are zeroed outside
+    the intracranial mask before the threshold and the CRF), ``batch``, ``window``,
+    ``input_size``, ``channels``, ``normalize``, ``bleed_index``.
     """
 
     def __init__(self, engine: Engine, classifiers: Iterable[PathArg], *,
@@ -367,7 +371,7 @@ class PseudoLabeler:
                  max_hu: Optional[float] = None, min_lesion_ml: float = 0.0, batch: int = 1,
                  window: Optional[Sequence[float]] = None, input_size: Optional[Sequence[int]] = None,
                  channels: Optional[int] = None, normalize: Optional[Sequence[float]] = None,
-                 bleed_index: Optional[int] = None) -> None:
+                 bleed_index: Optional[int] = None, intracranial_margin_mm: Optional[float] = None) -> None:
         if isinstance(classifiers, (str, bytes, PathLike)):
             raise InvalidArgumentError("classifiers must be a list of model paths")
         scf_pair = _pair(scf, "scf")
@@ -379,7 +383,8 @@ class PseudoLabeler:
         self._native = _native.NativePseudoLabeler(
             engine._native, [str(c) for c in classifiers], [list(t) for t in (taps or [])], cam,
             threshold, scf_pair, crf, aggregate, max_hu, min_lesion_ml, batch, _pair(window, "window"),
-            _pair(input_size, "input_size"), channels, _pair(normalize, "normalize"), bleed_index)
+            _pair(input_size, "input_size"), channels, _pair(normalize, "normalize"), bleed_index,
+            intracranial_margin_mm)
 
     @property
     def layer_count(self) -> int:

@@ -41,7 +41,8 @@ class NativeSegmenter:
     def __init__(self, engine: NativeEngine, model: str, threshold: float = 0.5, batch: int = 1,
                  window: Optional[tuple[float, float]] = None, input_size: Optional[tuple[int, int]] = None,
                  channels: Optional[int] = None, normalize: Optional[tuple[float, float]] = None,
-                 bleed_index: Optional[int] = None, min_lesion_ml: float = 0.0) -> None: ...
+                 bleed_index: Optional[int] = None, min_lesion_ml: float = 0.0,
+                 intracranial_margin_mm: Optional[float] = None) -> None: ...
     @property
     def config_json(self) -> str: ...
     def segment(self, volume: Any, spacing: _Triple = None, affine: _Affine = None,
@@ -53,7 +54,8 @@ class NativePseudoLabeler:
                  crf: bool = True, aggregate: str = "or", max_hu: Optional[float] = None,
                  min_lesion_ml: float = 0.0, batch: int = 1, window: Optional[tuple[float, float]] = None,
                  input_size: Optional[tuple[int, int]] = None, channels: Optional[int] = None,
-                 normalize: Optional[tuple[float, float]] = None, bleed_index: Optional[int] = None) -> None: ...
+                 normalize: Optional[tuple[float, float]] = None, bleed_index: Optional[int] = None,
+                 intracranial_margin_mm: Optional[float] = None) -> None: ...
     @property
     def layer_count(self) -> int: ...
     def label(self, volume: Any, spacing: _Triple = None, affine: _Affine = None,
