@@ -359,6 +359,7 @@ def main(argv=None):
     (models / "samples").mkdir(exist_ok=True)
     shutil.copyfile(data / "ct_scans" / f"{sample}.nii.gz", models / "samples" / "sample.nii.gz")
     shutil.copyfile(data / "masks" / f"{sample}.nii.gz", models / "samples" / "sample_mask.nii.gz")
+    write_slice_labels(models / "samples" / "sample_mask.nii.gz", models / "samples" / "sample_slices.csv")
     demo = run_step(steps, "demo", [exe, "demo", "--out", work / "demo-out"], logs, cwd=models.resolve().parent)
 
     portable_records(models, str(work), exe)
@@ -389,6 +390,19 @@ def read_records(models) -> dict:
 # where a thin collection runs along an obliquely cut skull the 5 mm slice averages it with bone,
 # and a few volumes (4 of 160 test volumes of the 800-phantom set) have most mask voxels bone-dense.
 SAMPLE_MAX_MEDIAN_HU = 100.0
+
+
+def write_slice_labels(mask_path, out_csv) -> None:
+    """The slice labels of a mask (1 where the slice holds mask voxels), as the `slice,label` CSV
+    (0-based axial slice) that `ichseg pseudo-label --labels` reads: the shipped sample's, so that
+    pseudo-labelling it needs no guessing."""
+    import nibabel as nib
+    import numpy as np
+
+    mask = np.asarray(nib.load(str(mask_path)).dataobj) > 0  # (x, y, z)
+    bleeding = mask.reshape(-1, mask.shape[2]).any(axis=0)
+    lines = ["slice,label"] + [f"{z},{int(b)}" for z, b in enumerate(bleeding)]
+    pathlib.Path(out_csv).write_text("\n".join(lines) + "\n")
 
 
 def pick_sample(data, unet_eval) -> str:
@@ -646,8 +660,10 @@ def write_models_md(models, doc, records, split, works=()):
                 f"{rec['parameters']:,} parameters, **fully supervised**" if f == UNET_FILE else
                 "the same U-Net, **weakly supervised**: trained on pseudo masks (section \"Weakly supervised U-Net\")")
         w(f"| `{f}` | {what} | {_mb(rec['onnx']['bytes'])} |")
-    for f in ("samples/sample.nii.gz", "samples/sample_mask.nii.gz"):
-        what = "held-out phantom CT (int16, HU + 1024)" if "mask" not in f else "its ground-truth mask"
+    for f in ("samples/sample.nii.gz", "samples/sample_mask.nii.gz", "samples/sample_slices.csv"):
+        what = ("held-out phantom CT (int16, HU + 1024)" if f.endswith("sample.nii.gz") else
+                "its ground-truth mask" if "mask" in f else
+                "its slice labels from the mask (`slice,label`, for `pseudo-label --labels`)")
         w(f"| `{f}` | {what}, test-split volume `{doc['sample']}` | {_mb((models / f).stat().st_size)} |")
     total = sum(p.stat().st_size for p in models.rglob("*") if p.is_file() and p.name != "MODELS.md")
     w("")

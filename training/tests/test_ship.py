@@ -1,5 +1,6 @@
 """``ship``'s choice of the pseudo-labelling threshold from ``ichseg ablate --json`` (no torch)."""
 import math
+import pathlib
 
 import pytest
 
@@ -86,3 +87,21 @@ def test_an_earlier_runs_training_steps_are_carried():
     fresh = {"steps": [{"step": "train slim34"}, {"step": "train unet"}, {"step": "train unet_weak"}]}
     ship.carry_earlier_run(fresh, earlier)
     assert "earlier_run" not in fresh and len(fresh["steps"]) == 3
+
+
+def test_slice_labels_of_a_mask(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    mask = np.zeros((4, 3, 5), np.uint8)  # (x, y, z)
+    mask[1, 2, 1] = 1
+    mask[0, 0, 3] = 1
+    nib.save(nib.Nifti1Image(mask, np.eye(4)), str(tmp_path / "m.nii.gz"))
+    ship.write_slice_labels(tmp_path / "m.nii.gz", tmp_path / "s.csv")
+    assert (tmp_path / "s.csv").read_text() == "slice,label\n0,0\n1,1\n2,0\n3,1\n4,0\n"
+
+
+def test_the_shipped_sample_carries_its_mask_slice_labels(tmp_path):
+    models = pathlib.Path(__file__).resolve().parents[2] / "models" / "samples"
+    ship.write_slice_labels(models / "sample_mask.nii.gz", tmp_path / "s.csv")
+    assert (models / "sample_slices.csv").read_text() == (tmp_path / "s.csv").read_text()
