@@ -3,10 +3,12 @@
 //! above the head and anisotropic pixels; then pseudo-labelling and segmentation with the mask
 //! on, which must never mark a voxel outside it.
 
+mod common;
+use common::{engine, fixture, tiny};
+
 use ichseg::skull::intracranial::{intracranial_mask, slice_mask, SliceRegion, DEFAULT_MARGIN_MM};
-use ichseg::{Engine, EngineOptions, OnnxModel, PseudoLabeler, PseudoOptions, Segmenter, SegmenterOptions, Volume};
+use ichseg::{OnnxModel, PseudoLabeler, PseudoOptions, Segmenter, SegmenterOptions, Volume};
 use ndarray::{Array2, Array3, Axis};
-use std::path::{Path, PathBuf};
 
 const AIR: f32 = -1000.0;
 const SCALP: f32 = 40.0;
@@ -237,15 +239,6 @@ fn bad_margins_are_clear_errors() {
     }
 }
 
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
-}
-fn engine() -> Engine {
-    Engine::new(&EngineOptions { threads: 2, ..Default::default() }).unwrap()
-}
-fn tiny() -> OnnxModel {
-    OnnxModel::load(&fixture("classifier/tiny_classifier.onnx")).unwrap()
-}
 fn tiny_taps() -> Vec<String> {
     vec!["/layer1/relu_1/Relu_output_0".into(), "/layer2/relu_1/Relu_output_0".into()]
 }

@@ -2,6 +2,9 @@
 //! geometry, labels against predictions, each module's effect, CAM plumbing parity with
 //! `ichseg::cam`, error paths and cancellation.
 
+mod common;
+use common::{engine, fixture, tiny};
+
 use ichseg::cam;
 use ichseg::cam::tap_cam;
 use ichseg::crf::CrfParams;
@@ -11,21 +14,11 @@ use ichseg::preprocess::{model_input, resize_bilinear, InputSpec};
 use ichseg::sca::{self, Aggregate, ScfParams};
 use ichseg::{CamMethod, Engine, EngineOptions, Error, OnnxModel, PseudoLabeler, PseudoOptions, Volume, Window};
 use ndarray::{s, Array2, Array3, ArrayView3, Axis, Ix3};
-use std::path::{Path, PathBuf};
 use tract_onnx::prelude::*;
 
 const TINY_TAPS: [&str; 2] = ["/layer1/relu_1/Relu_output_0", "/layer2/relu_1/Relu_output_0"];
 const RESNET_TAPS: [&str; 2] = ["/layer1/layer1.1/relu_1/Relu_output_0", "/layer2/layer2.1/relu_1/Relu_output_0"];
 
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
-}
-fn engine() -> Engine {
-    Engine::new(&EngineOptions { threads: 2, ..Default::default() }).unwrap()
-}
-fn tiny() -> OnnxModel {
-    OnnxModel::load(&fixture("classifier/tiny_classifier.onnx")).unwrap()
-}
 fn resnet() -> OnnxModel {
     OnnxModel::load(&fixture("grad/resnet_basic_op17_fused.onnx")).unwrap()
 }
