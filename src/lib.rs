@@ -32,6 +32,7 @@ pub mod crf;
 pub mod error;
 #[cfg(any(feature = "gpu", test))]
 mod gpu;
+mod hull;
 pub mod io;
 pub mod lesions;
 pub mod metrics;

@@ -215,31 +215,15 @@ fn convex_hull(set: &Array2<bool>) -> Option<Vec<(f64, f64)>> {
         let first = row.iter().position(|&b| b);
         let last = row.iter().rposition(|&b| b);
         if let (Some(a), Some(b)) = (first, last) {
-            points.push((a as i64, y as i64));
+            points.push((a as f64, y as f64));
             if b != a {
-                points.push((b as i64, y as i64));
+                points.push((b as f64, y as f64));
             }
         }
     }
-    points.sort_unstable();
-    let cross = |o: (i64, i64), a: (i64, i64), b: (i64, i64)| (a.0 - o.0) * (b.1 - o.1) - (a.1 - o.1) * (b.0 - o.0);
-    let mut hull: Vec<(i64, i64)> = Vec::with_capacity(points.len() + 1);
-    for pass in 0..2 {
-        let start = hull.len();
-        let ordered: Box<dyn Iterator<Item = &(i64, i64)>> =
-            if pass == 0 { Box::new(points.iter()) } else { Box::new(points.iter().rev()) };
-        for &p in ordered {
-            while hull.len() >= start + 2 && cross(hull[hull.len() - 2], hull[hull.len() - 1], p) <= 0 {
-                hull.pop();
-            }
-            hull.push(p);
-        }
-        hull.pop(); // each chain's last point starts the other chain
-    }
-    if hull.len() < 3 {
-        return None;
-    }
-    Some(hull.into_iter().map(|(x, y)| (x as f64, y as f64)).collect())
+    // Pixel centres are small integers: the f64 cross products are exact.
+    let hull = crate::hull::convex_hull(points);
+    (hull.len() >= 3).then_some(hull)
 }
 
 /// The pixels whose centres lie in the convex polygon `hull` (`(x, y)` vertices), as
