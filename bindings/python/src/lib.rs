@@ -12,6 +12,7 @@ use ichseg::alloc::MemoryLimit;
 use ichseg::crf::CrfParams;
 use ichseg::io::dicom::{self, seg, SourceSeries};
 use ichseg::io::nifti::{self, NiftiHeader};
+use ichseg::io::slice_labels::SliceLabelTable;
 use ichseg::pipeline::report;
 use ichseg::sca::{Aggregate, ScfParams};
 use ichseg::{
@@ -673,6 +674,30 @@ fn evaluate(
     })
 }
 
+/// A slice-label CSV (the simple `slice,label` layout or BCIHM's), as `ichseg pseudo-label`
+/// reads it for `--labels` and `--dataset`.
+#[pyclass(module = "ichseg._native", frozen)]
+struct NativeSliceLabels(SliceLabelTable);
+
+#[pymethods]
+impl NativeSliceLabels {
+    #[staticmethod]
+    fn read(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        detached(py, move || Ok(Self(SliceLabelTable::read(&path)?)))
+    }
+
+    /// The BCIHM patient numbers (empty for the simple layout).
+    fn patients(&self) -> Vec<u32> {
+        self.0.patients()
+    }
+
+    /// One label per slice of a volume with `slices` slices (`patient` None: the simple layout).
+    #[pyo3(signature = (patient, slices))]
+    fn labels(&self, py: Python<'_>, patient: Option<u32>, slices: usize) -> PyResult<Vec<bool>> {
+        self.0.labels(patient, slices).map_err(|e| Failure::Lib(e).into_py(py))
+    }
+}
+
 /// Raises the error a library error maps to (tests of the mapping for errors hard to provoke).
 #[pyfunction]
 fn _raise_library_error(py: Python<'_>, kind: &str) -> PyResult<()> {
@@ -695,6 +720,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeEngine>()?;
     m.add_class::<NativeSegmenter>()?;
     m.add_class::<NativePseudoLabeler>()?;
+    m.add_class::<NativeSliceLabels>()?;
     m.add_function(wrap_pyfunction!(read_volume, m)?)?;
     m.add_function(wrap_pyfunction!(write_mask, m)?)?;
     m.add_function(wrap_pyfunction!(write_probability, m)?)?;

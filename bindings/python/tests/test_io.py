@@ -117,3 +117,41 @@ def test_segment_a_dicom_series_equals_cli(cli, engine, tmp_path):
     result = ichseg.Segmenter(engine, MODELS / "unet.onnx").segment(ichseg.read_volume(series))
     np.testing.assert_array_equal(result.mask, np.asarray(nib.load(cli_mask).dataobj).T)
     assert result.summary == json.loads(out.stdout)["summary"]
+
+
+def test_slice_label_table_reads_both_layouts(tmp_path):
+    bcihm = tmp_path / "hemorrhage_diagnosis_raw_ct.csv"
+    bcihm.write_text("PatientNumber,SliceNumber,No_Hemorrhage,Fracture_Yes_No\n49,1,1,0\n49,2,0,0\n50,1,0,0\n")
+    t = ichseg.SliceLabelTable(bcihm)
+    assert t.patients == [49, 50]
+    assert t.labels(2, patient=49) == [False, True]
+    assert t.labels(1, patient=50) == [True]
+    with pytest.raises(ichseg.InvalidArgumentError, match="51"):
+        t.labels(1, patient=51)
+    with pytest.raises(ichseg.InvalidArgumentError):
+        t.labels(3, patient=49)  # slice 3 has no label
+    simple = tmp_path / "labels.csv"
+    simple.write_text("slice,label\n0,0\n1,1\n")
+    assert ichseg.SliceLabelTable(simple).labels(2) == [False, True]
+    assert ichseg.SliceLabelTable(simple).patients == []
+    bad = tmp_path / "bad.csv"
+    bad.write_text("slice,label\n0,2\n")
+    with pytest.raises(ichseg.InvalidArgumentError, match="bad.csv"):
+        ichseg.SliceLabelTable(bad)
+    with pytest.raises(ichseg.IoError):
+        ichseg.SliceLabelTable(tmp_path / "missing.csv")
+
+
+def test_slice_label_table_decides_like_the_cli(cli, engine, tmp_path):
+    """The sample's shipped slice labels through SliceLabelTable give the CLI's --labels mask."""
+    csv = MODELS / "samples" / "sample_slices.csv"
+    image = ichseg.read_volume(SAMPLE)
+    labels = ichseg.SliceLabelTable(csv).labels(image.shape[0])
+    assert any(labels) and not all(labels)
+    tiny = FIXTURES / "classifier" / "tiny_classifier.onnx"
+    taps = ["/layer1/relu_1/Relu_output_0", "/layer2/relu_1/Relu_output_0"]
+    ours = ichseg.PseudoLabeler(engine, [tiny], taps=[taps], crf=False).label(image, slice_labels=labels)
+    out = tmp_path / "m.nii.gz"
+    cli("pseudo-label", "--classifier", tiny, "--taps", ",".join(taps), "--no-crf", SAMPLE, "-o", out,
+        "--labels", csv, "--threads", "2", "--device", "cpu")
+    assert np.array_equal(ours.mask, np.asarray(nib.load(out).dataobj).T)

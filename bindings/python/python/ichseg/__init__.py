@@ -415,6 +415,27 @@ class PseudoLabeler:
                            slice_probabilities=r["slice_probabilities"], report=r)
 
 
+class SliceLabelTable:
+    """Slice labels from a CSV file, read as ``ichseg pseudo-label --labels`` and ``--dataset``
+    read them: the simple layout (``slice,label``, 0-based slices, one volume) or BCIHM's
+    ``hemorrhage_diagnosis_raw_ct.csv`` (``PatientNumber``, 1-based ``SliceNumber``,
+    ``No_Hemorrhage``; any number of patients). Pass :meth:`labels` to
+    :meth:`PseudoLabeler.label` as ``slice_labels``."""
+
+    def __init__(self, path: PathArg) -> None:
+        self._native = _native.NativeSliceLabels.read(str(path))
+
+    @property
+    def patients(self) -> list:
+        """The BCIHM patient numbers, ascending (empty for the simple layout)."""
+        return self._native.patients()
+
+    def labels(self, slices: int, patient: Optional[int] = None) -> list:
+        """One bool per slice of a volume with ``slices`` slices (``patient``: its BCIHM patient
+        number; ``None`` for the simple layout). Every slice must be labelled exactly once."""
+        return self._native.labels(patient, int(slices))
+
+
 def read_volume(path: PathArg, *, series: Optional[str] = None, allow_non_ct: bool = False,
                 memory_limit_mb: int = 0) -> "Image":
     """Reads a NIfTI-1 file (``.nii``, ``.nii.gz``) or a DICOM CT series (its folder, searched
@@ -478,7 +499,7 @@ def eval(pred: Any, gt: Any, spacing: Any = None) -> Evaluation:  # noqa: A001 -
 
 __all__ = [
     "Engine", "Segmenter", "PseudoLabeler", "Image", "Segmentation", "PseudoLabel", "Lesion",
-    "Abc2", "Density", "Flags", "Midline", "Scores", "SizeBin", "Evaluation", "read_volume", "write_mask",
+    "Abc2", "Density", "Flags", "Midline", "Scores", "SizeBin", "Evaluation", "SliceLabelTable", "read_volume", "write_mask",
     "write_probability", "eval", "Error", "InvalidArgumentError", "IoError", "InvalidImageError",
     "NonFiniteError", "InvalidModelError", "InferenceError", "OutOfMemoryError", "UnsupportedError",
     "CancelledError", "PanicError", "__version__",
