@@ -217,6 +217,20 @@ typedef enum IchsegAggregate {
 } IchsegAggregate;
 
 /**
+ * What pseudo-labelling settings left to the classifiers follow.
+ */
+typedef enum IchsegPreset {
+    /**
+     * The classifiers' tuned settings (ichseg.pseudo.* metadata), else METHOD.md's defaults.
+     */
+    ICHSEG_PRESET_MODEL = 0,
+    /**
+     * METHOD.md exactly: threshold 0.2, no intracranial mask, bone cut or small-lesion filter.
+     */
+    ICHSEG_PRESET_PAPER = 1,
+} IchsegPreset;
+
+/**
  * Side of a lesion relative to the midsagittal plane estimated from the skull's symmetry.
  * Left and right are the patient's, and need the volume's affine in RAS+
  * (IchsegVolumeDesc.affine); without one the side is ICHSEG_SIDE_UNKNOWN.
@@ -488,7 +502,8 @@ typedef struct IchsegPseudoOptions {
      */
     enum IchsegCamMethod cam;
     /**
-     * BLA threshold TH in [0, 1]; default 0.2.
+     * BLA threshold TH in [0, 1]. NaN (the default): the classifiers' tuned
+     * ichseg.pseudo.threshold (see `preset`), else 0.2.
      */
     float threshold;
     /**
@@ -513,21 +528,42 @@ typedef struct IchsegPseudoOptions {
      */
     uint32_t batch;
     /**
-     * (v2) Nonzero: the bone cut, not in the paper: voxels above max_hu HU are dropped from
-     * the final mask (blood is 50-90 HU; without it the CRF spreads over the skull on the
-     * shipped phantom models). Default 0 (off); v1 structs read as 0.
+     * (v2) The bone cut, not in the paper: voxels above max_hu HU are dropped from the final
+     * mask (blood is 50-90 HU; without it the CRF spreads over the skull on the shipped
+     * phantom models). 1: on, 0: off, -1 (the default; also for v1 structs): the classifiers'
+     * ichseg.pseudo.max_hu (see `preset`), else off.
      */
     int32_t use_max_hu;
     /**
-     * (v2) The bone cut's CT value in HU, finite; default 100.
+     * (v2) The bone cut's CT value in HU when use_max_hu is 1, finite; default 100.
      */
     float max_hu;
     /**
      * (v3) The small-lesion filter, not in the paper: lesions (3D components) smaller than this
-     * many millilitres leave the final mask, after the bone cut. Finite and >= 0; default 0
-     * (every lesion kept); v1 and v2 structs read as 0.
+     * many millilitres leave the final mask, after the bone cut. Finite and >= 0 (0 keeps every
+     * lesion); NaN (the default; also for v1 and v2 structs): the classifiers'
+     * ichseg.pseudo.min_lesion_ml (see `preset`), else 0.
      */
     double min_lesion_ml;
+    /**
+     * (v4) The intracranial mask, not in the paper (docs/INTRACRANIAL.md): the fused maps are
+     * zeroed outside the skull's inside, eroded by intracranial_margin_mm, before the threshold
+     * and the CRF. 1: on, 0: off, -1 (the default; also for older structs): the classifiers'
+     * ichseg.pseudo.intracranial_margin_mm (see `preset`), else off.
+     */
+    int32_t use_intracranial_mask;
+    /**
+     * (v4) The intracranial mask's margin in mm when use_intracranial_mask is 1, finite and
+     * >= 0; default 2.
+     */
+    double intracranial_margin_mm;
+    /**
+     * (v4) What the settings left to the classifiers (threshold NaN, use_max_hu -1,
+     * min_lesion_ml NaN, use_intracranial_mask -1) follow: ICHSEG_PRESET_MODEL (the default:
+     * the classifiers' tuned ichseg.pseudo.* metadata where they have it, else METHOD.md's
+     * defaults) or ICHSEG_PRESET_PAPER (METHOD.md exactly).
+     */
+    enum IchsegPreset preset;
 } IchsegPseudoOptions;
 
 /**
@@ -924,8 +960,9 @@ enum IchsegStatus ichseg_model_load_from_memory(const struct IchsegEngine *engin
 void ichseg_model_free(struct IchsegModel *model);
 
 /**
- * Fills `opts` with the defaults (SF-CAM, threshold 0.2, SCF on with c 2 and w 0.5, OR
- * aggregation, CRF on, batch 1, bone cut off at 100 HU, min_lesion_ml 0). Call it through the
+ * Fills `opts` with the defaults (SF-CAM, SCF on with c 2 and w 0.5, OR aggregation, CRF on,
+ * batch 1; threshold, bone cut, small-lesion filter and intracranial mask left to the
+ * classifiers' tuned metadata, preset ICHSEG_PRESET_MODEL). Call it through the
  * macro ichseg_pseudo_options_init(opts), which passes `size` = sizeof(IchsegPseudoOptions) of
  * the caller's header; see ichseg_engine_options_init_sized(). Does nothing when `opts` is
  * NULL.

@@ -51,4 +51,5 @@ pub use model::{ModelKind, ModelMetadata, OnnxModel};
 pub use pipeline::options::Progress;
 pub use pipeline::pseudo::{PseudoLabel, PseudoLabeler, PseudoOptions};
 pub use pipeline::segment::{Segmentation, Segmenter, SegmenterOptions};
+pub use pipeline::tuned::{Preset, Tuned};
 pub use volume::{Volume, Window};

@@ -7,7 +7,7 @@ mod common;
 use common::{engine, fixture, tiny};
 
 use ichseg::skull::intracranial::{intracranial_mask, slice_mask, SliceRegion, DEFAULT_MARGIN_MM};
-use ichseg::{OnnxModel, PseudoLabeler, PseudoOptions, Segmenter, SegmenterOptions, Volume};
+use ichseg::{OnnxModel, PseudoLabeler, PseudoOptions, Segmenter, SegmenterOptions, Tuned, Volume};
 use ndarray::{Array2, Array3, Axis};
 
 const AIR: f32 = -1000.0;
@@ -233,7 +233,8 @@ fn bad_margins_are_clear_errors() {
         let e =
             Segmenter::new(&engine, OnnxModel::load(&fixture("unet/unet_transpose.onnx")).unwrap(), &o).unwrap_err();
         assert!(e.to_string().contains("intracranial margin"), "{e}");
-        let o = PseudoOptions { intracranial_margin_mm: Some(bad), taps: vec![tiny_taps()], ..Default::default() };
+        let o =
+            PseudoOptions { intracranial_margin_mm: Tuned::Set(bad), taps: vec![tiny_taps()], ..Default::default() };
         let e = PseudoLabeler::new(&engine, vec![tiny()], &o).unwrap_err();
         assert!(e.to_string().contains("intracranial margin"), "{e}");
     }
@@ -271,9 +272,9 @@ fn pseudo_labels_with_the_mask_never_leave_it() {
         let run = |margin: Option<f64>| {
             let o = PseudoOptions {
                 taps: vec![tiny_taps()],
-                threshold: 0.0,
+                threshold: Tuned::Set(0.0),
                 crf: crf.clone(),
-                intracranial_margin_mm: margin,
+                intracranial_margin_mm: Tuned::from_option(margin),
                 ..Default::default()
             };
             PseudoLabeler::new(&engine(), vec![tiny()], &o).unwrap().label(&volume, Some(&labels)).unwrap()

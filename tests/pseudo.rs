@@ -12,7 +12,9 @@ use ichseg::io::nifti;
 use ichseg::pipeline::tail::{TailOptions, TailStep};
 use ichseg::preprocess::{model_input, resize_bilinear, InputSpec};
 use ichseg::sca::{self, Aggregate, ScfParams};
-use ichseg::{CamMethod, Engine, EngineOptions, Error, OnnxModel, PseudoLabeler, PseudoOptions, Volume, Window};
+use ichseg::{
+    CamMethod, Engine, EngineOptions, Error, OnnxModel, Preset, PseudoLabeler, PseudoOptions, Tuned, Volume, Window,
+};
 use ndarray::{s, Array2, Array3, ArrayView3, Axis, Ix3};
 use tract_onnx::prelude::*;
 
@@ -114,7 +116,7 @@ fn without_crf_the_mask_is_the_thresholded_fused_map() {
         .label(&volume, Some(&labels))
         .unwrap();
     assert!(and.mask.iter().zip(plain.mask.iter()).all(|(&a, &o)| a <= o), "AND is inside OR");
-    let none = two_models(PseudoOptions { crf: None, threshold: 1.0, ..Default::default() })
+    let none = two_models(PseudoOptions { crf: None, threshold: Tuned::Set(1.0), ..Default::default() })
         .label(&volume, Some(&labels))
         .unwrap();
     assert!(none.mask.iter().all(|&v| v == 0), "nothing exceeds 1");
@@ -289,16 +291,57 @@ fn cam_parity_with_the_cam_module() {
 
 /// A copy of the tiny classifier carrying `ichseg.taps` (and `ichseg.deep_tap`) metadata.
 fn tiny_with_tap_metadata() -> OnnxModel {
+    tiny_with(&[], "tiny_meta.onnx")
+}
+
+/// The tiny classifier with its taps and `extra` metadata entries, named `name`.
+fn tiny_with(extra: &[(&str, &str)], name: &str) -> OnnxModel {
     use prost::Message;
     let bytes = std::fs::read(fixture("classifier/tiny_classifier.onnx")).unwrap();
     let mut proto = tract_onnx::pb::ModelProto::decode(&*bytes).unwrap();
-    for (k, v) in [
+    let taps = [
         ("ichseg.taps", format!("layer1={},layer2={}", TINY_TAPS[0], TINY_TAPS[1])),
         ("ichseg.deep_tap", TINY_TAPS[1].to_string()),
-    ] {
+    ];
+    for (k, v) in taps.into_iter().chain(extra.iter().map(|(k, v)| (*k, v.to_string()))) {
         proto.metadata_props.push(tract_onnx::pb::StringStringEntryProto { key: k.into(), value: v });
     }
-    OnnxModel::from_bytes(&proto.encode_to_vec(), "tiny_meta.onnx").unwrap()
+    OnnxModel::from_bytes(&proto.encode_to_vec(), name).unwrap()
+}
+
+#[test]
+fn tuned_settings_come_from_the_classifiers_unless_set_or_the_paper_preset() {
+    let volume = ct();
+    let labels = [true; 4];
+    let label = |models: Vec<OnnxModel>, o: PseudoOptions| {
+        let l = PseudoLabeler::new(&engine(), models, &o).unwrap();
+        let settings = l.settings().clone();
+        (l.label(&volume, Some(&labels)).unwrap(), settings)
+    };
+    let plain = || tiny_with(&[], "plain.onnx");
+    let tuned = || tiny_with(&[("ichseg.pseudo.threshold", "1"), ("ichseg.pseudo.max_hu", "off")], "tuned.onnx");
+    let (paper, s) = label(vec![plain()], PseudoOptions::default());
+    assert!(paper.mask.iter().any(|&v| v != 0), "the fixture needs a mask at TH 0.2");
+    assert_eq!((s.threshold(), s.threshold.source.as_str()), (0.2, "default"));
+
+    // TH 1 from the metadata: nothing exceeds it
+    let (from_model, s) = label(vec![tuned()], PseudoOptions::default());
+    assert!(from_model.mask.iter().all(|&v| v == 0), "the model's threshold applies");
+    assert_eq!((s.threshold(), s.threshold.source.as_str()), (1.0, "model: tuned.onnx"));
+    assert_eq!((s.max_hu.value, s.max_hu.source.as_str()), (None, "model: tuned.onnx"));
+    assert_eq!(s.min_lesion_ml.source, "default");
+
+    // the caller's value wins; the paper preset ignores the metadata
+    let (set, s) = label(vec![tuned()], PseudoOptions { threshold: Tuned::Set(0.2), ..Default::default() });
+    assert_eq!((set.mask.clone(), s.threshold.source.as_str()), (paper.mask.clone(), "option"));
+    let (preset, s) = label(vec![tuned()], PseudoOptions { preset: Preset::Paper, ..Default::default() });
+    assert_eq!(preset.mask, paper.mask);
+    assert_eq!((s.threshold.source.as_str(), s.preset), ("default", Preset::Paper));
+
+    // two classifiers that disagree must be settled by the caller
+    let other = tiny_with(&[("ichseg.pseudo.threshold", "0.5")], "other.onnx");
+    let err = PseudoLabeler::new(&engine(), vec![tuned(), other], &PseudoOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("tuned.onnx says 1") && err.contains("other.onnx says 0.5"), "{err}");
 }
 
 #[test]
@@ -392,15 +435,17 @@ fn bad_inputs_are_clear_errors() {
     let too_many = PseudoOptions { taps: vec![vec![], vec![]], ..Default::default() };
     assert!(PseudoLabeler::new(&e, vec![tiny()], &too_many).unwrap_err().to_string().contains("tap list"));
     for bad in [
-        PseudoOptions { threshold: 1.5, ..opts.clone() },
+        PseudoOptions { threshold: Tuned::Set(1.5), ..opts.clone() },
+        PseudoOptions { threshold: Tuned::Off, ..opts.clone() },
         PseudoOptions { batch: 0, ..opts.clone() },
         PseudoOptions { lambda: f32::NAN, ..opts.clone() },
         PseudoOptions { scf: Some(ScfParams { c: 2, w: -1.0 }), ..opts.clone() },
         PseudoOptions { input_size: Some((32, 32)), ..opts.clone() },
-        PseudoOptions { max_hu: Some(f32::NAN), ..opts.clone() },
-        PseudoOptions { max_hu: Some(f32::INFINITY), ..opts.clone() },
-        PseudoOptions { min_lesion_ml: f64::NAN, ..opts.clone() },
-        PseudoOptions { min_lesion_ml: -0.5, ..opts.clone() },
+        PseudoOptions { max_hu: Tuned::Set(f32::NAN), ..opts.clone() },
+        PseudoOptions { max_hu: Tuned::Set(f32::INFINITY), ..opts.clone() },
+        PseudoOptions { min_lesion_ml: Tuned::Set(f64::NAN), ..opts.clone() },
+        PseudoOptions { min_lesion_ml: Tuned::Set(-0.5), ..opts.clone() },
+        PseudoOptions { intracranial_margin_mm: Tuned::Set(-1.0), ..opts.clone() },
     ] {
         assert!(PseudoLabeler::new(&e, vec![tiny()], &bad).is_err(), "{bad:?}");
     }
@@ -422,8 +467,9 @@ fn bone_cut_drops_the_voxels_above_max_hu_from_the_final_mask() {
     assert!(under.len() > 10, "the fixture's mask has too few voxels to test the cut");
     under.sort_by(f32::total_cmp);
     let max_hu = under[under.len() / 2];
-    let cut =
-        two_models(PseudoOptions { max_hu: Some(max_hu), ..Default::default() }).label(&volume, Some(&labels)).unwrap();
+    let cut = two_models(PseudoOptions { max_hu: Tuned::Set(max_hu), ..Default::default() })
+        .label(&volume, Some(&labels))
+        .unwrap();
     let want = Array3::from_shape_fn(full.mask.dim(), |i| u8::from(full.mask[i] != 0 && volume.data()[i] <= max_hu));
     assert_eq!(cut.mask, want, "the cut is a voxel-wise AND with HU <= max_hu, after the CRF");
     let (kept, dropped) =
@@ -445,12 +491,13 @@ fn bone_cut_drops_the_voxels_above_max_hu_from_the_final_mask() {
 fn min_lesion_ml_drops_small_lesions_from_the_final_mask_after_the_bone_cut() {
     let volume = ct();
     let labels = [true; 4];
-    let base = PseudoOptions { max_hu: Some(60.0), ..Default::default() };
+    let base = PseudoOptions { max_hu: Tuned::Set(60.0), ..Default::default() };
     let full = two_models(base.clone()).label(&volume, Some(&labels)).unwrap();
     let lesions = ichseg::lesions::find_lesions(full.mask.view(), volume.spacing(), &volume.affine());
     assert!(lesions.len() >= 2, "the fixture's mask needs lesions of several sizes: {}", lesions.len());
     let cut = lesions[0].volume_ml; // keeps only the largest lesion(s)
-    let filtered = two_models(PseudoOptions { min_lesion_ml: cut, ..base }).label(&volume, Some(&labels)).unwrap();
+    let filtered =
+        two_models(PseudoOptions { min_lesion_ml: Tuned::Set(cut), ..base }).label(&volume, Some(&labels)).unwrap();
     let mut want = full.mask.clone();
     let removed = ichseg::lesions::remove_small_lesions(&mut want, volume.spacing(), cut).unwrap();
     assert!(removed > 0);

@@ -504,38 +504,51 @@ struct PseudoLabelerFree {
 };
 }  // namespace detail
 
-/// Options of PseudoLabeler; defaults read from ichseg_pseudo_options_init (SF-CAM, threshold
-/// 0.2, SCF c 2 w 0.5, OR, CRF on, batch 1, bone cut off at 100 HU today).
+/// Options of PseudoLabeler; defaults read from ichseg_pseudo_options_init (SF-CAM, SCF c 2
+/// w 0.5, OR, CRF on, batch 1).
+///
+/// The tuned settings (threshold, bone cut, small-lesion filter, intracranial mask) left unset
+/// follow `preset`: ICHSEG_PRESET_MODEL (the classifiers' tuned ichseg.pseudo.* metadata, else
+/// METHOD.md's defaults) or ICHSEG_PRESET_PAPER (METHOD.md exactly). Set one to override it;
+/// `bone_cut = false` or `intracranial_mask = false` turns a step off whatever the metadata says.
 struct PseudoOptions {
     IchsegCamMethod cam = detail::pseudo_defaults().cam;
-    float threshold = detail::pseudo_defaults().threshold;
     bool scf = detail::pseudo_defaults().use_scf != 0;
     uint32_t scf_c = detail::pseudo_defaults().scf_c;
     float scf_w = detail::pseudo_defaults().scf_w;
     IchsegAggregate aggregate = detail::pseudo_defaults().aggregate;
     bool crf = detail::pseudo_defaults().use_crf != 0;
     uint32_t batch = detail::pseudo_defaults().batch;
+    IchsegPreset preset = detail::pseudo_defaults().preset;
+    /// BLA threshold in [0, 1].
+    std::optional<float> threshold;
     /// The bone cut (not in the paper): drop voxels above max_hu HU from the final mask.
-    bool bone_cut = detail::pseudo_defaults().use_max_hu != 0;
+    std::optional<bool> bone_cut;
     float max_hu = detail::pseudo_defaults().max_hu;
     /// The small-lesion filter (not in the paper): lesions smaller than this (mL) leave the
     /// final mask after the bone cut; 0 keeps all.
-    double min_lesion_ml = detail::pseudo_defaults().min_lesion_ml;
+    std::optional<double> min_lesion_ml;
+    /// The intracranial mask (not in the paper, docs/INTRACRANIAL.md), eroded by the margin.
+    std::optional<bool> intracranial_mask;
+    double intracranial_margin_mm = detail::pseudo_defaults().intracranial_margin_mm;
 
     IchsegPseudoOptions to_c() const noexcept {
         IchsegPseudoOptions o;
         ichseg_pseudo_options_init(&o);
         o.cam = cam;
-        o.threshold = threshold;
         o.use_scf = scf ? 1 : 0;
         o.scf_c = scf_c;
         o.scf_w = scf_w;
         o.aggregate = aggregate;
         o.use_crf = crf ? 1 : 0;
         o.batch = batch;
-        o.use_max_hu = bone_cut ? 1 : 0;
+        o.preset = preset;
+        if (threshold) o.threshold = *threshold;
+        if (bone_cut) o.use_max_hu = *bone_cut ? 1 : 0;
         o.max_hu = max_hu;
-        o.min_lesion_ml = min_lesion_ml;
+        if (min_lesion_ml) o.min_lesion_ml = *min_lesion_ml;
+        if (intracranial_mask) o.use_intracranial_mask = *intracranial_mask ? 1 : 0;
+        o.intracranial_margin_mm = intracranial_margin_mm;
         return o;
     }
 };

@@ -8,6 +8,7 @@ use super::status::IchsegStatus;
 use crate::cam::CamMethod;
 use crate::crf::CrfParams;
 use crate::pipeline::pseudo::{PseudoLabeler, PseudoOptions};
+use crate::pipeline::tuned::{Preset, Tuned};
 use crate::sca::{Aggregate, ScfParams};
 use std::ffi::{c_char, c_void, CStr};
 use std::ptr::addr_of;
@@ -53,7 +54,8 @@ pub struct IchsegPseudoOptions {
     pub struct_size: usize,
     /// Default ICHSEG_CAM_METHOD_SF.
     pub cam: IchsegCamMethod,
-    /// BLA threshold TH in [0, 1]; default 0.2.
+    /// BLA threshold TH in [0, 1]. NaN (the default): the classifiers' tuned
+    /// ichseg.pseudo.threshold (see `preset`), else 0.2.
     pub threshold: f32,
     /// Nonzero (default): spatial context fusion over neighbouring positive slices.
     pub use_scf: i32,
@@ -66,45 +68,79 @@ pub struct IchsegPseudoOptions {
     pub use_crf: i32,
     /// Slices per network run, 1..=256 (as for IchsegSegmentOptions); default 1.
     pub batch: u32,
-    /// (v2) Nonzero: the bone cut, not in the paper: voxels above max_hu HU are dropped from
-    /// the final mask (blood is 50-90 HU; without it the CRF spreads over the skull on the
-    /// shipped phantom models). Default 0 (off); v1 structs read as 0.
+    /// (v2) The bone cut, not in the paper: voxels above max_hu HU are dropped from the final
+    /// mask (blood is 50-90 HU; without it the CRF spreads over the skull on the shipped
+    /// phantom models). 1: on, 0: off, -1 (the default; also for v1 structs): the classifiers'
+    /// ichseg.pseudo.max_hu (see `preset`), else off.
     pub use_max_hu: i32,
-    /// (v2) The bone cut's CT value in HU, finite; default 100.
+    /// (v2) The bone cut's CT value in HU when use_max_hu is 1, finite; default 100.
     pub max_hu: f32,
     /// (v3) The small-lesion filter, not in the paper: lesions (3D components) smaller than this
-    /// many millilitres leave the final mask, after the bone cut. Finite and >= 0; default 0
-    /// (every lesion kept); v1 and v2 structs read as 0.
+    /// many millilitres leave the final mask, after the bone cut. Finite and >= 0 (0 keeps every
+    /// lesion); NaN (the default; also for v1 and v2 structs): the classifiers'
+    /// ichseg.pseudo.min_lesion_ml (see `preset`), else 0.
     pub min_lesion_ml: f64,
+    /// (v4) The intracranial mask, not in the paper (docs/INTRACRANIAL.md): the fused maps are
+    /// zeroed outside the skull's inside, eroded by intracranial_margin_mm, before the threshold
+    /// and the CRF. 1: on, 0: off, -1 (the default; also for older structs): the classifiers'
+    /// ichseg.pseudo.intracranial_margin_mm (see `preset`), else off.
+    pub use_intracranial_mask: i32,
+    /// (v4) The intracranial mask's margin in mm when use_intracranial_mask is 1, finite and
+    /// >= 0; default 2.
+    pub intracranial_margin_mm: f64,
+    /// (v4) What the settings left to the classifiers (threshold NaN, use_max_hu -1,
+    /// min_lesion_ml NaN, use_intracranial_mask -1) follow: ICHSEG_PRESET_MODEL (the default:
+    /// the classifiers' tuned ichseg.pseudo.* metadata where they have it, else METHOD.md's
+    /// defaults) or ICHSEG_PRESET_PAPER (METHOD.md exactly).
+    pub preset: IchsegPreset,
 }
+
+/// What pseudo-labelling settings left to the classifiers follow.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IchsegPreset {
+    /// The classifiers' tuned settings (ichseg.pseudo.* metadata), else METHOD.md's defaults.
+    Model = 0,
+    /// METHOD.md exactly: threshold 0.2, no intracranial mask, bone cut or small-lesion filter.
+    Paper = 1,
+}
+
+const _: () = assert!(std::mem::size_of::<IchsegPreset>() == std::mem::size_of::<u32>());
 
 /// The struct before `use_max_hu` and `max_hu`: callers compiled against it still work.
 const PSEUDO_OPTIONS_V1: usize = std::mem::offset_of!(IchsegPseudoOptions, use_max_hu);
-const PSEUDO_OPTIONS_V3: usize = std::mem::size_of::<IchsegPseudoOptions>();
+const PSEUDO_OPTIONS_V4: usize = std::mem::size_of::<IchsegPseudoOptions>();
 
 impl Default for IchsegPseudoOptions {
     fn default() -> Self {
         let d = PseudoOptions::default();
         let scf = ScfParams::default();
         IchsegPseudoOptions {
-            struct_size: PSEUDO_OPTIONS_V3,
+            struct_size: PSEUDO_OPTIONS_V4,
             cam: IchsegCamMethod::Sf,
-            threshold: d.threshold,
+            threshold: f32::NAN,
             use_scf: 1,
             scf_c: scf.c as u32,
             scf_w: scf.w,
             aggregate: IchsegAggregate::Or,
             use_crf: 1,
             batch: 1,
-            use_max_hu: 0,
+            use_max_hu: -1,
             max_hu: crate::pipeline::pseudo::DEFAULT_MAX_HU,
-            min_lesion_ml: 0.0,
+            min_lesion_ml: f64::NAN,
+            use_intracranial_mask: -1,
+            intracranial_margin_mm: crate::skull::intracranial::DEFAULT_MARGIN_MM,
+            preset: match d.preset {
+                Preset::Model => IchsegPreset::Model,
+                Preset::Paper => IchsegPreset::Paper,
+            },
         }
     }
 }
 
-/// Fills `opts` with the defaults (SF-CAM, threshold 0.2, SCF on with c 2 and w 0.5, OR
-/// aggregation, CRF on, batch 1, bone cut off at 100 HU, min_lesion_ml 0). Call it through the
+/// Fills `opts` with the defaults (SF-CAM, SCF on with c 2 and w 0.5, OR aggregation, CRF on,
+/// batch 1; threshold, bone cut, small-lesion filter and intracranial mask left to the
+/// classifiers' tuned metadata, preset ICHSEG_PRESET_MODEL). Call it through the
 /// macro ichseg_pseudo_options_init(opts), which passes `size` = sizeof(IchsegPseudoOptions) of
 /// the caller's header; see ichseg_engine_options_init_sized(). Does nothing when `opts` is
 /// NULL.
@@ -117,6 +153,16 @@ pub unsafe extern "C" fn ichseg_pseudo_options_init_sized(opts: *mut IchsegPseud
     boundary("ichseg_pseudo_options_init", || unsafe {
         init_sized(opts, size, PSEUDO_OPTIONS_V1, IchsegPseudoOptions::default())
     })
+}
+
+/// A tuned step's switch: 1 on (with `value`), 0 off, -1 the classifiers' metadata.
+fn tristate<T>(switch: i32, value: T, name: &str) -> FfiResult<Tuned<T>> {
+    match switch {
+        -1 => Ok(Tuned::Auto),
+        0 => Ok(Tuned::Off),
+        1 => Ok(Tuned::Set(value)),
+        other => Err(FfiError::invalid(format!("IchsegPseudoOptions.{name} is {other}, not -1, 0 or 1"))),
+    }
 }
 
 /// Reads and checks the caller's options (NULL: the defaults).
@@ -159,6 +205,17 @@ unsafe fn read_options(p: *const IchsegPseudoOptions) -> FfiResult<PseudoOptions
                 use_max_hu: field(p, size, addr_of!((*p).use_max_hu)).unwrap_or(d.use_max_hu),
                 max_hu: field(p, size, addr_of!((*p).max_hu)).unwrap_or(d.max_hu),
                 min_lesion_ml: field(p, size, addr_of!((*p).min_lesion_ml)).unwrap_or(d.min_lesion_ml),
+                use_intracranial_mask: field(p, size, addr_of!((*p).use_intracranial_mask))
+                    .unwrap_or(d.use_intracranial_mask),
+                intracranial_margin_mm: field(p, size, addr_of!((*p).intracranial_margin_mm))
+                    .unwrap_or(d.intracranial_margin_mm),
+                preset: match field(p, size, addr_of!((*p).preset).cast::<u32>()).unwrap_or(d.preset as u32) {
+                    0 => IchsegPreset::Model,
+                    1 => IchsegPreset::Paper,
+                    other => {
+                        return Err(FfiError::invalid(format!("IchsegPseudoOptions.preset is {other}, not 0 or 1")))
+                    }
+                },
             }
         }
     };
@@ -169,15 +226,20 @@ unsafe fn read_options(p: *const IchsegPseudoOptions) -> FfiResult<PseudoOptions
             IchsegCamMethod::Layer => CamMethod::Layer,
             IchsegCamMethod::Grad => CamMethod::Grad,
         },
-        threshold: o.threshold,
+        threshold: if o.threshold.is_nan() { Tuned::Auto } else { Tuned::Set(o.threshold) },
         scf: (o.use_scf != 0).then_some(ScfParams { c: o.scf_c as usize, w: o.scf_w }),
         aggregate: match o.aggregate {
             IchsegAggregate::Or => Aggregate::Or,
             IchsegAggregate::And => Aggregate::And,
         },
         crf: (o.use_crf != 0).then(CrfParams::default),
-        max_hu: (o.use_max_hu != 0).then_some(o.max_hu),
-        min_lesion_ml: o.min_lesion_ml,
+        max_hu: tristate(o.use_max_hu, o.max_hu, "use_max_hu")?,
+        min_lesion_ml: if o.min_lesion_ml.is_nan() { Tuned::Auto } else { Tuned::Set(o.min_lesion_ml) },
+        intracranial_margin_mm: tristate(o.use_intracranial_mask, o.intracranial_margin_mm, "use_intracranial_mask")?,
+        preset: match o.preset {
+            IchsegPreset::Model => Preset::Model,
+            IchsegPreset::Paper => Preset::Paper,
+        },
         batch: o.batch as usize,
         ..PseudoOptions::default()
     })

@@ -15,6 +15,19 @@ pub enum ModelKind {
     Segmenter,
 }
 
+/// The pseudo-labelling settings a classifier was tuned with: `ichseg.pseudo.threshold`,
+/// `ichseg.pseudo.intracranial_margin_mm`, `ichseg.pseudo.max_hu` (a number, or `off`) and
+/// `ichseg.pseudo.min_lesion_ml`. `None`: the model does not say.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct PseudoDefaults {
+    pub threshold: Option<f32>,
+    /// `Some(None)`: the model says off.
+    pub intracranial_margin_mm: Option<Option<f64>>,
+    /// `Some(None)`: the model says off.
+    pub max_hu: Option<Option<f32>>,
+    pub min_lesion_ml: Option<f64>,
+}
+
 /// The parsed `ichseg.*` metadata of a model.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct ModelMetadata {
@@ -32,6 +45,9 @@ pub struct ModelMetadata {
     pub taps: Vec<(String, String)>,
     pub deep_tap: Option<String>,
     pub trained_on: Option<String>,
+    /// A classifier's tuned pseudo-labelling settings (`ichseg.pseudo.*`), which
+    /// [`crate::PseudoLabeler`] applies unless the caller sets them.
+    pub pseudo: PseudoDefaults,
     /// Every `ichseg.*` key as written in the file, for display.
     pub raw: BTreeMap<String, String>,
 }
@@ -90,6 +106,22 @@ impl ModelMetadata {
                 }
                 "deep_tap" => m.deep_tap = Some(value.to_string()),
                 "trained_on" => m.trained_on = Some(value.to_string()),
+                "pseudo.threshold" => {
+                    let t = parse_finite(value).filter(|t| (0.0..=1.0).contains(t));
+                    m.pseudo.threshold = Some(t.ok_or_else(|| bad("a threshold in [0, 1]"))? as f32)
+                }
+                "pseudo.intracranial_margin_mm" => {
+                    let margin = parse_or_off(value).filter(|m| m.is_none_or(|m| m >= 0.0));
+                    m.pseudo.intracranial_margin_mm = Some(margin.ok_or_else(|| bad("a margin in mm (>= 0), or off"))?)
+                }
+                "pseudo.max_hu" => {
+                    let hu = parse_or_off(value).ok_or_else(|| bad("a CT value in HU, or off"))?;
+                    m.pseudo.max_hu = Some(hu.map(|h| h as f32))
+                }
+                "pseudo.min_lesion_ml" => {
+                    let ml = parse_finite(value).filter(|v| *v >= 0.0);
+                    m.pseudo.min_lesion_ml = Some(ml.ok_or_else(|| bad("a volume in mL, >= 0"))?)
+                }
                 _ => {} // unknown keys are kept in `raw` for display, not an error: newer models may add keys
             }
         }
@@ -99,6 +131,19 @@ impl ModelMetadata {
 
 fn parse_positive(s: &str) -> Option<usize> {
     s.trim().parse().ok().filter(|&v| v > 0)
+}
+
+fn parse_finite(s: &str) -> Option<f64> {
+    s.trim().parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
+/// A finite number, or `off` (`Some(None)`).
+fn parse_or_off(s: &str) -> Option<Option<f64>> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        Some(None)
+    } else {
+        parse_finite(s).map(Some)
+    }
 }
 
 fn parse_pair(s: &str) -> Option<(f32, f32)> {
@@ -133,6 +178,22 @@ mod tests {
         assert_eq!(m.normalize, Some((0.5, 0.25)));
         assert_eq!(m.taps[1], ("layer2".to_string(), "/l2/Relu_output_0".to_string()));
         assert_eq!(m.raw.len(), 8);
+        assert_eq!(m.pseudo, PseudoDefaults::default(), "no ichseg.pseudo.* keys: nothing tuned");
+    }
+
+    #[test]
+    fn parses_tuned_pseudo_settings() {
+        let m = ModelMetadata::parse([
+            ("ichseg.pseudo.threshold", "0.25"),
+            ("ichseg.pseudo.intracranial_margin_mm", "off"),
+            ("ichseg.pseudo.max_hu", " 100 "),
+            ("ichseg.pseudo.min_lesion_ml", "0.1"),
+        ])
+        .unwrap();
+        assert_eq!(m.pseudo.threshold, Some(0.25));
+        assert_eq!(m.pseudo.intracranial_margin_mm, Some(None));
+        assert_eq!(m.pseudo.max_hu, Some(Some(100.0)));
+        assert_eq!(m.pseudo.min_lesion_ml, Some(0.1));
     }
 
     #[test]
@@ -146,6 +207,11 @@ mod tests {
             ("ichseg.normalize", "a,b"),
             ("ichseg.kind", "detector"),
             ("ichseg.taps", "layer1"),
+            ("ichseg.pseudo.threshold", "1.5"),
+            ("ichseg.pseudo.threshold", "off"),
+            ("ichseg.pseudo.max_hu", "NaN"),
+            ("ichseg.pseudo.min_lesion_ml", "-1"),
+            ("ichseg.pseudo.intracranial_margin_mm", "wide"),
         ] {
             let err = ModelMetadata::parse([(k, v)]).unwrap_err().to_string();
             assert!(err.contains(k), "{err}");

@@ -9,7 +9,7 @@ pub mod onnx_grad;
 pub mod runtime;
 
 use crate::error::{Error, Result};
-pub use metadata::{ModelKind, ModelMetadata};
+pub use metadata::{ModelKind, ModelMetadata, PseudoDefaults};
 pub use onnx_grad::{GradientGraph, GradientOptions};
 use std::path::Path;
 use tract_onnx::pb;

@@ -1,7 +1,8 @@
 //! The two jobs of METHOD.md on top of the stages: segmentation (a U-Net: [`segment`]) and
 //! pseudo-labelling (classifiers, CAMs, SCA, CRF: [`pseudo`], whose steps after the CAMs are one
-//! function, [`tail`], that the ablation reuses), the options they share, validated once
-//! ([`options`]), slice batching, and their JSON reports ([`report`]).
+//! function, [`tail`], that the ablation reuses, and whose tuned settings a classifier's metadata
+//! may carry, [`tuned`]), the options they share, validated once ([`options`]), slice
+//! batching, and their JSON reports ([`report`]).
 
 mod batching;
 pub mod options;
@@ -9,3 +10,4 @@ pub mod pseudo;
 pub mod report;
 pub mod segment;
 pub mod tail;
+pub mod tuned;

@@ -51,6 +51,7 @@ use crate::model::{GradientGraph, GradientOptions, ModelKind, OnnxModel};
 use crate::pipeline::options::{
     check_batch, check_channels, check_input_size, check_normalize, check_window, Progress, DEFAULT_INPUT_SIZE,
 };
+use crate::pipeline::tuned::{Preset, Tuned, TunedChoices, TunedSettings};
 use crate::preprocess::{model_input, window_u8, InputSpec};
 use crate::sca::{self, Aggregate, ScfParams};
 use crate::skull::intracranial::IntracranialMask;
@@ -90,24 +91,30 @@ pub struct PseudoOptions {
     /// Spatial context fusion; default `Some(c = 2, w = 0.5)` (METHOD.md 4.3). `None` skips the
     /// fusion but still empties negative slices.
     pub scf: Option<ScfParams>,
-    /// BLA threshold `TH` (default [`sca::DEFAULT_THRESHOLD`] = 0.2, METHOD.md 4.4).
-    pub threshold: f32,
+    /// BLA threshold `TH` (METHOD.md 4.4). [`Tuned::Auto`] (the default): the classifiers'
+    /// `ichseg.pseudo.threshold`, else [`sca::DEFAULT_THRESHOLD`] = 0.2.
+    pub threshold: Tuned<f32>,
     /// BLA aggregation across taps (default OR, METHOD.md 4.4).
     pub aggregate: Aggregate,
     /// Dense CRF refinement; default `Some(CrfParams::default())` (METHOD.md 4.5). `None` skips it.
     pub crf: Option<CrfParams>,
-    /// Intracranial mask, not in METHOD.md: `Some(margin_mm)` zeroes the fused maps outside the
-    /// skull's inside eroded by that margin ([`crate::skull::intracranial`]) before BLA and the
-    /// CRF, and cuts the CRF's output to it. Default `None` (the paper's pipeline); `ichseg`
+    /// Intracranial mask, not in METHOD.md: a margin (mm) zeroes the fused maps outside the
+    /// skull's inside eroded by it ([`crate::skull::intracranial`]) before BLA and the CRF,
+    /// and cuts the CRF's output to it. [`Tuned::Auto`] (the default): the classifiers'
+    /// `ichseg.pseudo.intracranial_margin_mm`, else off (the paper's pipeline); `ichseg`
     /// suggests [`crate::skull::intracranial::DEFAULT_MARGIN_MM`].
-    pub intracranial_margin_mm: Option<f64>,
+    pub intracranial_margin_mm: Tuned<f64>,
     /// Bone cut, not in METHOD.md: drop from the final mask every voxel above this CT value
-    /// (HU), see [`bone_cut`]. Default `None` (the paper's pipeline).
-    pub max_hu: Option<f32>,
+    /// (HU), see [`bone_cut`]. [`Tuned::Auto`]: the classifiers' `ichseg.pseudo.max_hu`, else off.
+    pub max_hu: Tuned<f32>,
     /// Small-lesion filter, not in METHOD.md: lesions (3D components) smaller than this many
     /// millilitres leave the final mask, after the bone cut
-    /// ([`crate::lesions::remove_small_lesions`]). Default 0: every lesion is kept.
-    pub min_lesion_ml: f64,
+    /// ([`crate::lesions::remove_small_lesions`]); 0 keeps every lesion. [`Tuned::Auto`]: the
+    /// classifiers' `ichseg.pseudo.min_lesion_ml`, else 0.
+    pub min_lesion_ml: Tuned<f64>,
+    /// What the four settings above follow when left [`Tuned::Auto`]: the classifiers'
+    /// metadata ([`Preset::Model`], the default) or METHOD.md exactly ([`Preset::Paper`]).
+    pub preset: Preset,
     /// Slices per network run (default 1), and per round of the dense CRF on the GPU (at most 16).
     pub batch: usize,
 }
@@ -124,12 +131,13 @@ impl Default for PseudoOptions {
             channels: None,
             normalize: None,
             scf: Some(ScfParams::default()),
-            threshold: sca::DEFAULT_THRESHOLD,
+            threshold: Tuned::Auto,
             aggregate: Aggregate::Or,
             crf: Some(CrfParams::default()),
-            intracranial_margin_mm: None,
-            max_hu: None,
-            min_lesion_ml: 0.0,
+            intracranial_margin_mm: Tuned::Auto,
+            max_hu: Tuned::Auto,
+            min_lesion_ml: Tuned::Auto,
+            preset: Preset::Model,
             batch: 1,
         }
     }
@@ -220,6 +228,8 @@ pub struct PseudoLabeler {
     engine: Engine,
     classifiers: Vec<Classifier>,
     options: PseudoOptions,
+    /// The tuned settings as resolved against the classifiers' metadata.
+    settings: TunedSettings,
     /// The window of the CRF's grey image (the first classifier's).
     crf_window: Window,
 }
@@ -241,6 +251,9 @@ impl PseudoLabeler {
     /// or a model without taps.
     pub fn new(engine: &Engine, classifiers: Vec<OnnxModel>, options: &PseudoOptions) -> Result<Self> {
         check_options(options, classifiers.len())?;
+        let tuned: Vec<_> = classifiers.iter().map(|m| (m.name.clone(), m.metadata.pseudo)).collect();
+        let settings = TunedSettings::resolve(&options.tuned_choices(), &tuned)?;
+        tail_options(options, &settings).check()?;
         let built: Vec<Classifier> = classifiers
             .into_iter()
             .enumerate()
@@ -265,7 +278,7 @@ impl PseudoLabeler {
         if engine.is_cuda() && options.cam != CamMethod::Grad {
             let _ = cam::cuda::available();
         }
-        Ok(PseudoLabeler { engine: engine.clone(), classifiers: built, options: options.clone(), crf_window })
+        Ok(PseudoLabeler { engine: engine.clone(), classifiers: built, options: options.clone(), settings, crf_window })
     }
 
     /// The number of tap layers: the length of [`PseudoLabel::fused`] (the same for every
@@ -283,7 +296,7 @@ impl PseudoLabeler {
     pub fn buffer_bytes(&self, dims: [usize; 3]) -> Option<usize> {
         let voxels = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))?;
         let maps = self.classifiers.iter().map(|c| c.config.taps.len()).sum::<usize>() + self.layer_count();
-        let masks = if self.options.intracranial_margin_mm.is_some() { 6 } else { 5 };
+        let masks = if self.settings.intracranial_margin_mm.value.is_some() { 6 } else { 5 };
         voxels.checked_mul(maps.checked_mul(4)?.checked_add(masks)?)
     }
 
@@ -297,9 +310,14 @@ impl PseudoLabeler {
     pub fn configs(&self) -> Vec<ClassifierConfig> {
         self.classifiers.iter().map(|c| c.config.clone()).collect()
     }
-    /// The options in use.
+    /// The options as given.
     pub fn options(&self) -> &PseudoOptions {
         &self.options
+    }
+    /// The tuned settings in use (threshold, intracranial mask, bone cut, small-lesion filter),
+    /// each with where it came from.
+    pub fn settings(&self) -> &TunedSettings {
+        &self.settings
     }
     /// The engine (device, threads) it runs on.
     pub fn engine(&self) -> &Engine {
@@ -441,7 +459,7 @@ impl PseudoLabeler {
 
     /// The labeller's own tail settings.
     fn tail_options(&self) -> TailOptions {
-        tail_options(&self.options)
+        tail_options(&self.options, &self.settings)
     }
 
     /// Dense CRF over every slice with foreground ([`refine_in_rounds`]); returns where it ran.
@@ -598,16 +616,28 @@ impl Ticker<'_> {
     }
 }
 
-/// The tail settings of `o`.
-fn tail_options(o: &PseudoOptions) -> TailOptions {
+impl PseudoOptions {
+    fn tuned_choices(&self) -> TunedChoices {
+        TunedChoices {
+            preset: self.preset,
+            threshold: self.threshold,
+            intracranial_margin_mm: self.intracranial_margin_mm,
+            max_hu: self.max_hu,
+            min_lesion_ml: self.min_lesion_ml,
+        }
+    }
+}
+
+/// The tail settings of `o` with its tuned settings resolved.
+fn tail_options(o: &PseudoOptions, s: &TunedSettings) -> TailOptions {
     TailOptions {
         scf: o.scf,
-        threshold: o.threshold,
+        threshold: s.threshold(),
         aggregate: o.aggregate,
         crf: o.crf.clone(),
-        intracranial_margin_mm: o.intracranial_margin_mm,
-        max_hu: o.max_hu,
-        min_lesion_ml: (o.min_lesion_ml > 0.0).then_some(o.min_lesion_ml),
+        intracranial_margin_mm: s.intracranial_margin_mm.value,
+        max_hu: s.max_hu.value,
+        min_lesion_ml: s.min_lesion_ml.value.filter(|&ml| ml != 0.0),
     }
 }
 
@@ -622,8 +652,9 @@ fn check_options(options: &PseudoOptions, classifiers: usize) -> Result<()> {
         )));
     }
     // The tail sees the filter only when it is on: check the value as given first.
-    check_min_lesion_ml(options.min_lesion_ml)?;
-    tail_options(options).check()?;
+    if let Tuned::Set(ml) = options.min_lesion_ml {
+        check_min_lesion_ml(ml)?;
+    }
     if !(options.lambda.is_finite() && options.lambda >= 0.0) {
         return Err(Error::arg(format!("lambda must be finite and >= 0, got {}", options.lambda)));
     }

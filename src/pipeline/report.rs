@@ -125,7 +125,7 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
 }
 
 /// The JSON report `ichseg pseudo-label --report` writes: the models and method as run, the
-/// device, the slices decided positive, the mask volume and the stage timings.
+/// tuned settings with where each came from (`settings`), the device, the slices decided positive, the mask volume and the stage timings.
 pub fn pseudo_label_report(
     input: &str,
     labeler: &PseudoLabeler,
@@ -135,16 +135,18 @@ pub fn pseudo_label_report(
 ) -> serde_json::Value {
     let voxels = r.mask.iter().filter(|&&v| v != 0).count();
     let o = labeler.options();
+    let t = labeler.settings();
     let e = labeler.engine();
     let mut timings = serde_json::to_value(&r.timings).unwrap_or_default();
     timings["load_s"] = load_s.into();
     serde_json::json!({
         "input": input, "dims": [r.mask.dim().2, r.mask.dim().1, r.mask.dim().0],
         "models": labeler.configs(),
-        "method": {"cam": format!("{:?}", o.cam), "lambda": o.lambda, "threshold": o.threshold,
+        "method": {"cam": format!("{:?}", o.cam), "lambda": o.lambda, "threshold": t.threshold(),
                    "aggregate": format!("{:?}", o.aggregate), "scf": o.scf.map(|s| [s.c as f64, s.w as f64]),
-                   "crf": o.crf.is_some(), "max_hu": o.max_hu,
-                   "min_lesion_ml": o.min_lesion_ml},
+                   "crf": o.crf.is_some(), "max_hu": t.max_hu.value,
+                   "min_lesion_ml": t.min_lesion_ml.value.unwrap_or(0.0)},
+        "settings": t,
         "intracranial_mask": IntracranialReport::new(r.intracranial.as_ref(), voxel_ml),
         "device": e.device_name(), "device_note": e.device_note(), "threads": e.threads(),
         "cam_device": r.cam_device, "taps_on_device": r.taps_on_device, "crf_device": r.crf_device, "batch": r.batch,

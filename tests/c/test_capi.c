@@ -1164,10 +1164,12 @@ static void test_pseudo(const char *dir, const Reference *r)
     eo.device = ICHSEG_DEVICE_CPU;
     OK(ichseg_engine_create(&eo, &engine));
     ichseg_pseudo_options_init(&po);
-    CHECK(po.struct_size == sizeof po && po.cam == ICHSEG_CAM_METHOD_SF && po.threshold == 0.2f &&
+    /* the tuned settings are left to the classifiers: threshold and min_lesion_ml NaN, switches -1 */
+    CHECK(po.struct_size == sizeof po && po.cam == ICHSEG_CAM_METHOD_SF && isnan(po.threshold) &&
               po.use_scf == 1 && po.scf_c == 2 && po.scf_w == 0.5f &&
-              po.aggregate == ICHSEG_AGGREGATE_OR && po.use_crf == 1 && po.batch == 1 && po.use_max_hu == 0 &&
-              po.max_hu == 100.0f && po.min_lesion_ml == 0.0,
+              po.aggregate == ICHSEG_AGGREGATE_OR && po.use_crf == 1 && po.batch == 1 && po.use_max_hu == -1 &&
+              po.max_hu == 100.0f && isnan(po.min_lesion_ml) && po.use_intracranial_mask == -1 &&
+              po.intracranial_margin_mm == 2.0 && po.preset == ICHSEG_PRESET_MODEL,
           "pseudo option defaults");
     {
         /* the struct of a caller built before the bone cut: init writes no byte past it */
@@ -1243,6 +1245,29 @@ static void test_pseudo(const char *dir, const Reference *r)
     bad.min_lesion_ml = -0.5;
     EXPECT(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl), ICHSEG_STATUS_INVALID_ARGUMENT,
            "min_lesion_ml");
+    bad = po;
+    bad.use_max_hu = 2;
+    EXPECT(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl), ICHSEG_STATUS_INVALID_ARGUMENT,
+           "use_max_hu is 2, not -1, 0 or 1");
+    bad = po;
+    bad.use_intracranial_mask = 5;
+    EXPECT(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl), ICHSEG_STATUS_INVALID_ARGUMENT,
+           "use_intracranial_mask");
+    bad = po;
+    bad.use_intracranial_mask = 1;
+    bad.intracranial_margin_mm = -1.0;
+    EXPECT(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl), ICHSEG_STATUS_INVALID_ARGUMENT,
+           "margin");
+    bad = po;
+    bad.preset = (IchsegPreset)7;
+    EXPECT(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl), ICHSEG_STATUS_INVALID_ARGUMENT,
+           "preset is 7");
+    /* a caller compiled before the intracranial mask and the preset (v3): accepted */
+    bad = po;
+    bad.struct_size = offsetof(IchsegPseudoOptions, use_intracranial_mask);
+    OK(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl));
+    ichseg_pseudo_labeler_free(pl);
+    pl = NULL;
     /* a caller compiled before the bone cut (struct ends at batch): its fields are not read */
     bad.struct_size = offsetof(IchsegPseudoOptions, use_max_hu);
     OK(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl));
@@ -1294,6 +1319,23 @@ static void test_pseudo(const char *dir, const Reference *r)
         OK(ichseg_pseudo_label(cutter, &v, pos, 3, mask2, r->n, NULL, 0, NULL, NULL));
         CHECK(count_nonzero(mask2, r->n) == 0, "min_lesion_ml 1e9 leaves no voxel");
         ichseg_pseudo_labeler_free(cutter);
+        /* these classifiers carry no tuned settings: threshold 0.2 given, or the paper preset,
+           labels as the defaults do */
+        for (i = 0; i < 2; i++) {
+            cut = po;
+            if (i == 0) {
+                cut.threshold = 0.2f;
+            } else {
+                cut.preset = ICHSEG_PRESET_PAPER;
+            }
+            OK(ichseg_engine_create(&eo, &engine));
+            OK(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &cut, &cutter));
+            ichseg_engine_free(engine);
+            memset(mask2, 0xAB, r->n);
+            OK(ichseg_pseudo_label(cutter, &v, pos, 3, mask2, r->n, NULL, 0, NULL, NULL));
+            CHECK(memcmp(mask, mask2, r->n) == 0, "explicit TH 0.2 / paper preset = the defaults (%zu)", i);
+            ichseg_pseudo_labeler_free(cutter);
+        }
     }
 
     /* every slice labelled negative: an empty mask; predictions: runs */

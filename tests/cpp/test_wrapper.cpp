@@ -526,11 +526,26 @@ static void test_pseudo(const ichseg::Engine& engine, const std::string& dir, co
     // The wrapper's defaults are the C library's (read from ichseg_pseudo_options_init).
     IchsegPseudoOptions c;
     ichseg_pseudo_options_init(&c);
-    CHECK(o.threshold == c.threshold && o.scf_c == c.scf_c && o.scf_w == c.scf_w && o.batch == c.batch &&
-              o.scf == (c.use_scf != 0) && o.crf == (c.use_crf != 0) && o.cam == c.cam && o.aggregate == c.aggregate &&
-              o.bone_cut == (c.use_max_hu != 0) && o.max_hu == c.max_hu && o.min_lesion_ml == c.min_lesion_ml,
+    CHECK(o.scf_c == c.scf_c && o.scf_w == c.scf_w && o.batch == c.batch && o.scf == (c.use_scf != 0) &&
+              o.crf == (c.use_crf != 0) && o.cam == c.cam && o.aggregate == c.aggregate && o.max_hu == c.max_hu &&
+              o.preset == c.preset && o.intracranial_margin_mm == c.intracranial_margin_mm,
           "C++ pseudo defaults equal the C ones");
-    CHECK(c.threshold == 0.2f && c.scf_c == 2 && c.use_crf == 1, "C defaults as documented");
+    CHECK(c.scf_c == 2 && c.use_crf == 1, "C defaults as documented");
+    // unset tuned settings stay the C sentinels (left to the classifiers); set ones are passed on
+    const IchsegPseudoOptions unset = o.to_c();
+    CHECK(std::isnan(unset.threshold) && unset.use_max_hu == -1 && std::isnan(unset.min_lesion_ml) &&
+              unset.use_intracranial_mask == -1 && unset.preset == ICHSEG_PRESET_MODEL,
+          "tuned settings left to the classifiers");
+    ichseg::PseudoOptions set;
+    set.threshold = 0.3f;
+    set.bone_cut = false;
+    set.min_lesion_ml = 0.1;
+    set.intracranial_mask = true;
+    set.preset = ICHSEG_PRESET_PAPER;
+    const IchsegPseudoOptions given = set.to_c();
+    CHECK(given.threshold == 0.3f && given.use_max_hu == 0 && given.min_lesion_ml == 0.1 &&
+              given.use_intracranial_mask == 1 && given.preset == ICHSEG_PRESET_PAPER,
+          "tuned settings given");
     o.batch = 2;
     const ichseg::PseudoLabeler pl = ichseg::PseudoLabeler::create(engine, {cls, cls}, {taps, taps}, o);
     CHECK(pl.layer_count() == 2, "%zu layers", pl.layer_count());

@@ -342,3 +342,41 @@ def start_run(args, argv):
     seed_everything(args.seed)
     argv_used = sys.argv[1:] if argv is None else list(argv)
     return argv_used, out, ckpt_dir, log, pick_device(args.device), parse_size(args.size)
+
+
+# The pseudo-labelling settings a classifier carries tuned (METHOD.md section 8, docs/MODELS.md):
+# libichseg applies them unless the caller sets them (`--preset paper`: METHOD.md's).
+TUNED_KEYS = ("threshold", "intracranial_margin_mm", "max_hu", "min_lesion_ml")
+
+
+def write_tuned(path, **settings) -> dict:
+    """Sets ``ichseg.pseudo.KEY`` in the ONNX file ``path`` for each setting given (a number, or
+    ``"off"``; ``None`` removes the key), keeping every other key; returns the new metadata."""
+    import pathlib
+
+    import onnx
+
+    unknown = set(settings) - set(TUNED_KEYS)
+    if unknown:
+        raise ValueError(f"unknown tuned settings {sorted(unknown)}; expected {TUNED_KEYS}")
+    proto = onnx.load(str(path))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    for key, value in settings.items():
+        if value is None:
+            meta.pop(f"ichseg.pseudo.{key}", None)
+        else:
+            meta[f"ichseg.pseudo.{key}"] = value if value == "off" else f"{float(value):g}"
+    del proto.metadata_props[:]
+    for key in sorted(meta):
+        e = proto.metadata_props.add()
+        e.key, e.value = key, meta[key]
+    pathlib.Path(path).write_bytes(proto.SerializeToString(deterministic=True))
+    # The model's training record (NAME.train.json beside it, when there is one) describes the
+    # file as it now is.
+    record = record_path(path)
+    if record.is_file():
+        rec = json.loads(record.read_text())
+        rec["metadata"] = meta
+        rec.setdefault("onnx", {}).update(bytes=pathlib.Path(path).stat().st_size, sha256=sha256(path))
+        record.write_text(json.dumps(rec, indent=1) + "\n")
+    return meta

@@ -332,6 +332,9 @@ def main(argv=None):
         steps, "ablate val", [*ablate, "--subset", "val", "--threshold", THRESHOLDS],
         logs, stdout=work / "eval" / "ablation_val.json"))
     threshold = scores["pseudo_threshold"] = best_threshold(scores["ablation_val"])
+    # The shipped classifiers carry these settings, so `pseudo-label` with no flags runs them.
+    for f, *_ in CLASSIFIERS:
+        C.write_tuned(models / f, threshold=threshold, max_hu=MAX_HU, min_lesion_ml=MIN_LESION_ML)
     scores["ablation_test"] = json.loads(run_step(
         steps, "ablate test", [*ablate, "--subset", "test", "--threshold", f"{threshold:g}"], logs,
         stdout=work / "eval" / "ablation_test.json"))
@@ -597,6 +600,12 @@ def write_ablation(w, doc):
     w("")
 
 
+TUNED_NOTE = ("Tuned pseudo-labelling settings, written by `ship` after it picks TH on the validation split "
+              "(`common.write_tuned`); `ichseg pseudo-label`, the C ABI, the C++ wrapper and the Python package "
+              "apply them unless the caller sets them (`--preset paper`: METHOD.md's defaults), and the report "
+              "names their source:")
+
+
 def write_models_md(models, doc, records, split, works=()):
     """Writes ``models/MODELS.md`` from the ship record ``doc`` and the run records; the work
     folder (``doc["work"]`` and any other spelling in ``works``) is shown as ``$DATA`` and the
@@ -751,6 +760,13 @@ def write_models_md(models, doc, records, split, works=()):
     for f, *_ in CLASSIFIERS:
         m = records[f]["metadata"]
         w(f"- `{f}`: {', '.join(f'`{t}`' for t in m['ichseg.taps'].split(','))}; deep tap `{m['ichseg.deep_tap']}`")
+    w("")
+    w(TUNED_NOTE)
+    w("")
+    for f, *_ in CLASSIFIERS:
+        m = records[f]["metadata"]
+        tuned = [f"`{k}` = {v}" for k, v in sorted(m.items()) if k.startswith("ichseg.pseudo.")]
+        w(f"- `{f}`: {', '.join(tuned) if tuned else 'none'}")
     w("")
     w("## U-Net")
     w("")

@@ -16,8 +16,8 @@ use ichseg::io::slice_labels::SliceLabelTable;
 use ichseg::pipeline::report;
 use ichseg::sca::{Aggregate, ScfParams};
 use ichseg::{
-    CamMethod, Device, Engine, EngineOptions, Error, OnnxModel, Progress, PseudoLabeler, PseudoOptions, Segmenter,
-    SegmenterOptions, Volume, Window,
+    CamMethod, Device, Engine, EngineOptions, Error, OnnxModel, Preset, Progress, PseudoLabeler, PseudoOptions, Segmenter,
+    SegmenterOptions, Tuned, Volume, Window,
 };
 use ndarray::{Array3, ArrayViewD};
 use numpy::{IntoPyArray, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
@@ -548,10 +548,10 @@ struct NativePseudoLabeler {
 #[pymethods]
 impl NativePseudoLabeler {
     #[new]
-    #[pyo3(signature = (engine, classifiers, taps=Vec::new(), cam="sf", threshold=ichseg::sca::DEFAULT_THRESHOLD,
-                        scf=Some((2, 0.5)), crf=true, aggregate="or", max_hu=None, min_lesion_ml=0.0,
+    #[pyo3(signature = (engine, classifiers, taps=Vec::new(), cam="sf", threshold=None,
+                        scf=Some((2, 0.5)), crf=true, aggregate="or", max_hu=None, min_lesion_ml=None,
                         batch=1, window=None, input_size=None, channels=None, normalize=None, bleed_index=None,
-                        intracranial_margin_mm=None))]
+                        intracranial_margin_mm=None, off=Vec::new(), preset="model"))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -559,12 +559,12 @@ impl NativePseudoLabeler {
         classifiers: Vec<PathBuf>,
         taps: Vec<Vec<String>>,
         cam: &str,
-        threshold: f32,
+        threshold: Option<f32>,
         scf: Option<(usize, f32)>,
         crf: bool,
         aggregate: &str,
         max_hu: Option<f32>,
-        min_lesion_ml: f64,
+        min_lesion_ml: Option<f64>,
         batch: usize,
         window: Option<(f32, f32)>,
         input_size: Option<(usize, usize)>,
@@ -572,7 +572,15 @@ impl NativePseudoLabeler {
         normalize: Option<(f32, f32)>,
         bleed_index: Option<usize>,
         intracranial_margin_mm: Option<f64>,
+        off: Vec<String>,
+        preset: &str,
     ) -> PyResult<Self> {
+        let preset: Preset = preset.parse().map_err(|e: Error| Failure::Lib(e).into_py(py))?;
+        // A tuned setting: a value, "off" (named in `off`), or None: the classifiers' metadata.
+        let tuned_off = |name: &str| off.iter().any(|o| o == name);
+        if let Some(bad) = off.iter().find(|o| !matches!(o.as_str(), "max_hu" | "intracranial_margin_mm")) {
+            return Err(arg_error(py, format!("{bad} cannot be \"off\"")));
+        }
         let cam: CamMethod = cam.parse().map_err(|e: Error| Failure::Lib(e).into_py(py))?;
         let aggregate = match aggregate {
             "or" => Aggregate::Or,
@@ -589,12 +597,17 @@ impl NativePseudoLabeler {
             channels,
             normalize,
             scf: scf.map(|(c, w)| ScfParams { c, w }),
-            threshold,
+            threshold: threshold.map_or(Tuned::Auto, Tuned::Set),
             aggregate,
             crf: crf.then(CrfParams::default),
-            max_hu,
-            min_lesion_ml,
-            intracranial_margin_mm,
+            max_hu: if tuned_off("max_hu") { Tuned::Off } else { max_hu.map_or(Tuned::Auto, Tuned::Set) },
+            min_lesion_ml: min_lesion_ml.map_or(Tuned::Auto, Tuned::Set),
+            intracranial_margin_mm: if tuned_off("intracranial_margin_mm") {
+                Tuned::Off
+            } else {
+                intracranial_margin_mm.map_or(Tuned::Auto, Tuned::Set)
+            },
+            preset,
             batch,
             ..Default::default()
         };
@@ -605,6 +618,13 @@ impl NativePseudoLabeler {
             Ok((l, t.elapsed().as_secs_f64()))
         })?;
         Ok(NativePseudoLabeler { labeler, load_s })
+    }
+
+    /// The tuned settings in use, each with its source (JSON of `ichseg::pipeline::tuned::TunedSettings`).
+    #[getter]
+    fn settings_json(&self) -> String {
+        // through a JSON value, as the report is made, so both print the f32 values alike
+        serde_json::to_value(self.labeler.settings()).map(|v| v.to_string()).unwrap_or_default()
     }
 
     /// Tap layers per classifier (the number of fused maps).

@@ -86,3 +86,35 @@ def test_slice_labels_replace_predictions(engine):
     one = labeler.label(image, slice_labels=np.eye(nz, dtype=bool)[nz // 2])
     assert one.positive_slices == [nz // 2]
     assert not np.delete(one.mask, nz // 2, axis=0).any()
+
+
+def test_tuned_settings_follow_the_classifiers_or_the_paper_preset(cli, engine, tmp_path):
+    """No options: the shipped classifiers' ichseg.pseudo.* metadata, as the CLI with no flags;
+    preset="paper": METHOD.md, as --preset paper; "off" turns a step off."""
+    classifiers = [(MODELS / "classifier_slim34.onnx", None), (MODELS / "classifier_slim50.onnx", None)]
+    paths = [c for c, _ in classifiers]
+    csv = MODELS / "samples" / "sample_slices.csv"
+    image = ichseg.read_volume(SAMPLE)
+    labels = ichseg.SliceLabelTable(csv).labels(image.shape[0])
+    both = "model: classifier_slim34.onnx, classifier_slim50.onnx"
+    for preset, flags in (("model", []), ("paper", ["--preset", "paper"])):
+        (tmp_path / preset).mkdir()
+        mask, _, report = cli_pseudo(cli, tmp_path / preset, classifiers, SAMPLE, "--labels", csv, *flags)
+        labeler = ichseg.PseudoLabeler(engine, paths, preset=preset)
+        r = labeler.label(image, slice_labels=labels)
+        np.testing.assert_array_equal(r.mask, mask)
+        assert labeler.settings == report["settings"] == r.report["settings"]
+        s = labeler.settings
+        if preset == "model":
+            assert s["max_hu"] == {"value": 100.0, "source": both} and s["min_lesion_ml"]["value"] == 0.1
+            tuned = r.mask
+        else:
+            assert s["max_hu"] == {"value": None, "source": "default"} and s["preset"] == "paper"
+            assert (r.mask != 0).sum() > (tuned != 0).sum(), "the paper's pipeline keeps the bone"
+    off = ichseg.PseudoLabeler(engine, paths, max_hu="off", min_lesion_ml=0)
+    assert off.settings["max_hu"] == {"value": None, "source": "option"}
+    np.testing.assert_array_equal(off.label(image, slice_labels=labels).mask, r.mask)  # = paper's
+    with pytest.raises(ichseg.InvalidArgumentError, match="max_hu"):
+        ichseg.PseudoLabeler(engine, paths, max_hu="none")
+    with pytest.raises(ichseg.InvalidArgumentError, match="preset"):
+        ichseg.PseudoLabeler(engine, paths, preset="best")

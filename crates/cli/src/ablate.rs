@@ -31,7 +31,7 @@ use ichseg::metrics::{Pool, Scores};
 use ichseg::model::OnnxModel;
 use ichseg::pipeline::tail::TailOptions;
 use ichseg::sca::{self, Aggregate, ScfParams};
-use ichseg::{CamMethod, Error, PseudoLabeler, PseudoOptions, Result};
+use ichseg::{CamMethod, Error, Preset, PseudoLabeler, PseudoOptions, Result};
 use ndarray::Array3;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -203,6 +203,8 @@ impl AblateArgs {
             scf: None,
             crf: None,
             batch: i.batch,
+            // the grid's own tail settings apply, not the classifiers' tuned ones
+            preset: Preset::Paper,
             ..Default::default()
         }
     }

@@ -9,7 +9,7 @@ use ichseg::io::nifti;
 use ichseg::io::slice_labels::SliceLabelTable;
 use ichseg::pipeline::report;
 use ichseg::sca::{Aggregate, ScfParams};
-use ichseg::{CamMethod, Error, Progress, PseudoLabel, PseudoLabeler, PseudoOptions, Result};
+use ichseg::{CamMethod, Error, Preset, Progress, PseudoLabel, PseudoLabeler, PseudoOptions, Result, Tuned};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -74,9 +74,15 @@ pub struct PseudoLabelArgs {
     /// sf (SF-CAM), layer (LayerCAM) or grad (Grad-CAM baseline).
     #[arg(long, default_value = "sf")]
     cam: CamMethod,
-    /// BLA threshold TH: foreground where a fused map exceeds it.
-    #[arg(long, default_value_t = ichseg::sca::DEFAULT_THRESHOLD)]
-    threshold: f32,
+    /// What the threshold, the intracranial mask, the bone cut and the small-lesion filter
+    /// follow unless given here: model (the classifiers' tuned ichseg.pseudo.* metadata, else
+    /// METHOD.md's defaults) or paper (METHOD.md exactly). The report says where each came from.
+    #[arg(long, default_value = "model", value_parser = parse_preset)]
+    preset: Preset,
+    /// BLA threshold TH: foreground where a fused map exceeds it [default: the classifiers'
+    /// ichseg.pseudo.threshold, else 0.2].
+    #[arg(long)]
+    threshold: Option<f32>,
     /// SCF reach c (slices each side).
     #[arg(long, default_value_t = 2)]
     scf_c: usize,
@@ -95,27 +101,39 @@ pub struct PseudoLabelArgs {
     /// Intracranial mask (not in the paper): zero the fused maps outside the skull's inside,
     /// found in the CT (bone ring filled, an open ring bridged by its convex hull, eroded by
     /// --intracranial-margin-mm), before BLA and the dense CRF, and cut the CRF's output to it
-    /// (docs/INTRACRANIAL.md) [default: off].
-    #[arg(long)]
+    /// (docs/INTRACRANIAL.md) [default: the classifiers' ichseg.pseudo.intracranial_margin_mm,
+    /// else off].
+    #[arg(long, conflicts_with = "no_intracranial_mask")]
     intracranial_mask: bool,
     /// The intracranial mask's margin inside the inner table, in mm (in-plane).
     #[arg(long, value_name = "MM", default_value_t = ichseg::skull::intracranial::DEFAULT_MARGIN_MM, requires = "intracranial_mask")]
     intracranial_margin_mm: f64,
+    /// No intracranial mask, whatever the classifiers' metadata says.
+    #[arg(long)]
+    no_intracranial_mask: bool,
     /// Bone cut (not in the paper): drop from the final mask every voxel above this CT value;
     /// blood is 50-90 HU, and without it the CRF spreads the maps' skull-edge ring over the
-    /// bone (docs/RESULTS.md; 100 HU suggested) [default: off].
-    #[arg(long, value_name = "HU")]
+    /// bone (docs/RESULTS.md; 100 HU suggested) [default: the classifiers' ichseg.pseudo.max_hu,
+    /// else off].
+    #[arg(long, value_name = "HU", conflicts_with = "no_bone_cut")]
     max_hu: Option<f32>,
+    /// No bone cut, whatever the classifiers' metadata says.
+    #[arg(long)]
+    no_bone_cut: bool,
     /// Small-lesion filter (not in the paper): drop lesions (3D connected components) smaller
     /// than ML millilitres from the final mask, after the bone cut; most false components of
-    /// the phantom pseudo masks are specks of a few voxels (docs/RESULTS.md; 0.05 suggested).
-    /// 0 keeps every lesion.
-    #[arg(long, value_name = "ML", default_value_t = 0.0)]
-    min_lesion_ml: f64,
+    /// the phantom pseudo masks are specks of a few voxels (docs/RESULTS.md). 0 keeps every
+    /// lesion [default: the classifiers' ichseg.pseudo.min_lesion_ml, else 0].
+    #[arg(long, value_name = "ML")]
+    min_lesion_ml: Option<f64>,
     #[command(flatten)]
     model_input: InputArgs,
     #[command(flatten)]
     run: RunArgs,
+}
+
+fn parse_preset(s: &str) -> std::result::Result<Preset, String> {
+    s.parse().map_err(|e: Error| e.to_string())
 }
 
 pub(super) fn parse_aggregate(s: &str) -> std::result::Result<Aggregate, String> {
@@ -123,6 +141,15 @@ pub(super) fn parse_aggregate(s: &str) -> std::result::Result<Aggregate, String>
         "or" => Ok(Aggregate::Or),
         "and" => Ok(Aggregate::And),
         _ => Err(format!("{s:?}: expected or or and")),
+    }
+}
+
+/// A tuned step's flags: a value, `--no-...`, or neither (the classifiers' metadata decides).
+fn flag<T>(value: Option<T>, off: bool) -> Tuned<T> {
+    match (value, off) {
+        (Some(v), _) => Tuned::Set(v),
+        (None, true) => Tuned::Off,
+        (None, false) => Tuned::Auto,
     }
 }
 
@@ -149,12 +176,16 @@ impl PseudoLabelArgs {
             channels: self.model_input.channels,
             normalize: self.model_input.normalize,
             scf: (!self.no_scf).then_some(ScfParams { c: self.scf_c, w: self.scf_w }),
-            threshold: self.threshold,
+            threshold: self.threshold.map_or(Tuned::Auto, Tuned::Set),
             aggregate: self.aggregate,
             crf: (!self.no_crf).then(CrfParams::default),
-            intracranial_margin_mm: self.intracranial_mask.then_some(self.intracranial_margin_mm),
-            max_hu: self.max_hu,
-            min_lesion_ml: self.min_lesion_ml,
+            intracranial_margin_mm: flag(
+                self.intracranial_mask.then_some(self.intracranial_margin_mm),
+                self.no_intracranial_mask,
+            ),
+            max_hu: flag(self.max_hu, self.no_bone_cut),
+            min_lesion_ml: self.min_lesion_ml.map_or(Tuned::Auto, Tuned::Set),
+            preset: self.preset,
             batch: self.model_input.batch,
             ..Default::default()
         })
@@ -267,20 +298,35 @@ fn print_summary(input: &Path, labeler: &PseudoLabeler, r: &PseudoLabel, labelle
         );
     }
     let o = labeler.options();
+    let t = labeler.settings();
     println!(
-        "method    {} CAM, {}SCF {}, BLA {:?} > {}, CRF {}{}",
+        "method    {} CAM, {}SCF {}, BLA {:?} > {}, CRF {}{}{}",
         match o.cam {
             CamMethod::Sf => "SF",
             CamMethod::Layer => "Layer",
             CamMethod::Grad => "Grad",
         },
-        o.intracranial_margin_mm.map_or(String::new(), |m| format!("intracranial mask (margin {m} mm), ")),
+        t.intracranial_margin_mm.value.map_or(String::new(), |m| format!("intracranial mask (margin {m} mm), ")),
         o.scf.map_or("off".to_string(), |s| format!("c={} w={}", s.c, s.w)),
         o.aggregate,
-        o.threshold,
+        t.threshold(),
         if o.crf.is_some() { "on" } else { "off" },
-        o.max_hu.map_or(String::new(), |h| format!(", bone cut > {h} HU"))
+        t.max_hu.value.map_or(String::new(), |h| format!(", bone cut > {h} HU")),
+        t.min_lesion_ml.value.filter(|&ml| ml > 0.0).map_or(String::new(), |ml| format!(", lesions < {ml} mL dropped"))
     );
+    let from_models: Vec<&str> = [
+        ("threshold", &t.threshold.source),
+        ("intracranial mask", &t.intracranial_margin_mm.source),
+        ("bone cut", &t.max_hu.source),
+        ("small-lesion filter", &t.min_lesion_ml.source),
+    ]
+    .into_iter()
+    .filter(|(_, source)| source.starts_with("model"))
+    .map(|(what, _)| what)
+    .collect();
+    if !from_models.is_empty() {
+        println!("settings  {} from the classifiers' metadata (--preset paper: METHOD.md's)", from_models.join(", "));
+    }
     let e = labeler.engine();
     println!("device    {} x{} threads ({})", e.device_name(), e.threads(), e.device_note());
     let positive: Vec<String> = r.positive.iter().enumerate().filter(|(_, &p)| p).map(|(z, _)| z.to_string()).collect();

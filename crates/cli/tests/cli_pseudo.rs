@@ -210,3 +210,79 @@ fn shards_together_label_every_volume_exactly_once() {
     let out = pseudo(&[p(&ct()), "-o", p(&dir.path().join("one.nii.gz")), "--use-predictions", "--shard", "0/2"]);
     assert!(!out.status.success() && stderr(&out).contains("--dataset"), "{}", stderr(&out));
 }
+
+/// The shipped classifiers carry tuned settings (`ichseg.pseudo.*`): `pseudo-label` applies them
+/// with no flags, says so and reports each setting's source; a flag wins; `--preset paper` runs
+/// METHOD.md's defaults.
+#[test]
+fn shipped_classifiers_bring_their_tuned_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = root().join("models");
+    let (slim34, slim50) = (models.join("classifier_slim34.onnx"), models.join("classifier_slim50.onnx"));
+    let sample = models.join("samples/sample.nii.gz");
+    let labels = models.join("samples/sample_slices.csv");
+    let run = |name: &str, extra: &[&str]| {
+        let (mask, report) = (dir.path().join(format!("{name}.nii.gz")), dir.path().join(format!("{name}.json")));
+        let mut args = vec!["pseudo-label", p(&sample), "--classifier", p(&slim34), "--classifier", p(&slim50)];
+        args.extend([
+            "--labels",
+            p(&labels),
+            "--threads",
+            "2",
+            "--device",
+            "cpu",
+            "-o",
+            p(&mask),
+            "--report",
+            p(&report),
+        ]);
+        args.extend(extra);
+        let out = ichseg(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        (ichseg::io::nifti::read_mask(&mask).unwrap().1, r, stdout(&out))
+    };
+    let (tuned, r, text) = run("tuned", &[]);
+    let s = &r["settings"];
+    let from_both = "model: classifier_slim34.onnx, classifier_slim50.onnx";
+    assert_eq!(
+        (s["threshold"]["value"].as_f64(), s["threshold"]["source"].as_str()),
+        (Some(0.2f32 as f64), Some(from_both))
+    );
+    assert_eq!((s["max_hu"]["value"].as_f64(), s["max_hu"]["source"].as_str()), (Some(100.0), Some(from_both)));
+    assert_eq!(s["min_lesion_ml"]["value"].as_f64(), Some(0.1));
+    assert_eq!(s["intracranial_margin_mm"]["source"], "default");
+    assert_eq!(r["method"]["max_hu"].as_f64(), Some(100.0));
+    assert!(
+        text.contains("settings  threshold, bone cut, small-lesion filter from the classifiers' metadata"),
+        "{text}"
+    );
+
+    let (paper, r, text) = run("paper", &["--preset", "paper"]);
+    assert_eq!(r["settings"]["max_hu"]["source"], "default");
+    assert!(r["settings"]["max_hu"]["value"].is_null() && !text.contains("settings  "), "{text}");
+    let (flags, r, _) = run("flags", &["--max-hu", "100", "--min-lesion-ml", "0.1"]);
+    assert_eq!(r["settings"]["max_hu"]["source"], "option");
+    let (off, _, _) = run("off", &["--no-bone-cut", "--min-lesion-ml", "0"]);
+    let count = |m: &ndarray::Array3<u8>| m.iter().filter(|&&v| v != 0).count();
+    assert_eq!(flags, tuned, "the metadata gives what the flags give");
+    assert_eq!(off, paper, "with the cut and the filter off, the metadata's threshold is the paper's");
+    assert!(
+        count(&tuned) < count(&paper),
+        "the cut and the filter remove voxels: {} vs {}",
+        count(&tuned),
+        count(&paper)
+    );
+
+    let bad = ichseg(&[
+        "pseudo-label",
+        p(&sample),
+        "--classifier",
+        p(&slim34),
+        "-o",
+        p(&dir.path().join("x.nii.gz")),
+        "--preset",
+        "best",
+    ]);
+    assert!(!bad.status.success() && stderr(&bad).contains("expected model or paper"), "{}", stderr(&bad));
+}

@@ -358,20 +358,29 @@ class PseudoLabeler:
 
     Options, as ``ichseg pseudo-label``'s flags: ``taps`` (one list of tap tensor names per
     classifier; default each model's ``ichseg.taps``), ``cam`` (``"sf"``, ``"layer"``,
-    ``"grad"``), ``threshold`` (0.2), ``scf=(c, w)`` (``(2, 0.5)``; ``None`` = no SCF),
-    ``crf`` (True), ``aggregate`` (``"or"``/``"and"``), ``max_hu`` (bone cut, off),
-    ``min_lesion_ml`` (0), ``intracranial_margin_mm`` (off; the fused maps are zeroed outside
-    the intracranial mask before the threshold and the CRF), ``batch``, ``window``,
-    ``input_size``, ``channels``, ``normalize``, ``bleed_index``.
+    ``"grad"``), ``scf=(c, w)`` (``(2, 0.5)``; ``None`` = no SCF), ``crf`` (True),
+    ``aggregate`` (``"or"``/``"and"``), ``batch``, ``window``, ``input_size``, ``channels``,
+    ``normalize``, ``bleed_index``.
+
+    Tuned settings: ``threshold``, ``max_hu`` (the bone cut), ``min_lesion_ml`` (the
+    small-lesion filter; 0 keeps every lesion) and ``intracranial_margin_mm`` (the intracranial
+    mask: the fused maps are zeroed outside it before the threshold and the CRF). ``None`` (the
+    default) leaves each to ``preset``: ``"model"`` takes the classifiers' tuned
+    ``ichseg.pseudo.*`` metadata where they have it, else METHOD.md's defaults (0.2, off, 0,
+    off); ``"paper"`` is METHOD.md exactly. ``max_hu="off"`` and
+    ``intracranial_margin_mm="off"`` turn a step off whatever the metadata says.
+    :attr:`settings` says what is in use and where each came from.
     """
 
     def __init__(self, engine: Engine, classifiers: Iterable[PathArg], *,
-                 taps: Optional[Sequence[Sequence[str]]] = None, cam: str = "sf", threshold: float = 0.2,
-                 scf: Optional[Sequence[float]] = (2, 0.5), crf: bool = True, aggregate: str = "or",
-                 max_hu: Optional[float] = None, min_lesion_ml: float = 0.0, batch: int = 1,
+                 taps: Optional[Sequence[Sequence[str]]] = None, cam: str = "sf",
+                 threshold: Optional[float] = None, scf: Optional[Sequence[float]] = (2, 0.5), crf: bool = True,
+                 aggregate: str = "or", max_hu: Union[None, float, str] = None,
+                 min_lesion_ml: Optional[float] = None, batch: int = 1,
                  window: Optional[Sequence[float]] = None, input_size: Optional[Sequence[int]] = None,
                  channels: Optional[int] = None, normalize: Optional[Sequence[float]] = None,
-                 bleed_index: Optional[int] = None, intracranial_margin_mm: Optional[float] = None) -> None:
+                 bleed_index: Optional[int] = None, intracranial_margin_mm: Union[None, float, str] = None,
+                 preset: str = "model") -> None:
         if isinstance(classifiers, (str, bytes, PathLike)):
             raise InvalidArgumentError("classifiers must be a list of model paths")
         scf_pair = _pair(scf, "scf")
@@ -380,11 +389,24 @@ class PseudoLabeler:
             if int(c) != c:
                 raise InvalidArgumentError(f"scf reach c must be a whole number, got {c!r}")
             scf_pair = (int(c), float(w))
+        off = []
+        for name, v in (("max_hu", max_hu), ("intracranial_margin_mm", intracranial_margin_mm)):
+            if isinstance(v, str):
+                if v != "off":
+                    raise InvalidArgumentError(f"{name} must be a number, None or \"off\", got {v!r}")
+                off.append(name)
         self._native = _native.NativePseudoLabeler(
             engine._native, [str(c) for c in classifiers], [list(t) for t in (taps or [])], cam,
-            threshold, scf_pair, crf, aggregate, max_hu, min_lesion_ml, batch, _pair(window, "window"),
-            _pair(input_size, "input_size"), channels, _pair(normalize, "normalize"), bleed_index,
-            intracranial_margin_mm)
+            threshold, scf_pair, crf, aggregate, None if "max_hu" in off else max_hu, min_lesion_ml, batch,
+            _pair(window, "window"), _pair(input_size, "input_size"), channels, _pair(normalize, "normalize"),
+            bleed_index, None if "intracranial_margin_mm" in off else intracranial_margin_mm, off, preset)
+
+    @property
+    def settings(self) -> dict:
+        """The tuned settings in use: ``preset``, and for ``threshold``, ``intracranial_margin_mm``,
+        ``max_hu`` and ``min_lesion_ml`` a dict of ``value`` (``None``: off) and ``source``
+        (``"option"``, ``"model: NAME, ..."`` or ``"default"``)."""
+        return json.loads(self._native.settings_json)
 
     @property
     def layer_count(self) -> int:

@@ -50,12 +50,15 @@ class NativeSegmenter:
 
 class NativePseudoLabeler:
     def __init__(self, engine: NativeEngine, classifiers: list[str], taps: list[list[str]] = ...,
-                 cam: str = "sf", threshold: float = 0.2, scf: Optional[tuple[int, float]] = (2, 0.5),
+                 cam: str = "sf", threshold: Optional[float] = None, scf: Optional[tuple[int, float]] = (2, 0.5),
                  crf: bool = True, aggregate: str = "or", max_hu: Optional[float] = None,
-                 min_lesion_ml: float = 0.0, batch: int = 1, window: Optional[tuple[float, float]] = None,
+                 min_lesion_ml: Optional[float] = None, batch: int = 1, window: Optional[tuple[float, float]] = None,
                  input_size: Optional[tuple[int, int]] = None, channels: Optional[int] = None,
                  normalize: Optional[tuple[float, float]] = None, bleed_index: Optional[int] = None,
-                 intracranial_margin_mm: Optional[float] = None) -> None: ...
+                 intracranial_margin_mm: Optional[float] = None, off: list[str] = ...,
+                 preset: str = "model") -> None: ...
+    @property
+    def settings_json(self) -> str: ...
     @property
     def layer_count(self) -> int: ...
     def label(self, volume: Any, spacing: _Triple = None, affine: _Affine = None,
