@@ -407,10 +407,11 @@ fn write_out(
     }
     let header = header_like(py, like, shape, spacing, affine)?;
     detached(py, || {
-        Ok(match &content {
+        match &content {
             Content::Mask(m) => nifti::write_mask(path, &header, m)?,
             Content::Probability(p) => nifti::write_f32(path, &header, p)?,
-        })
+        }
+        Ok(())
     })
 }
 
@@ -634,6 +635,7 @@ impl NativePseudoLabeler {
     }
 
     /// Returns (mask, [fused map per tap], [[CAM per tap] per classifier], report JSON).
+    #[allow(clippy::type_complexity)] // the tuple Python unpacks; a type alias would only hide it
     #[pyo3(signature = (volume, spacing=None, affine=None, slice_labels=None, progress=None))]
     fn label<'py>(
         &self,
