@@ -55,8 +55,13 @@
  * IchsegLesionFindings (ABC/2, HU density, side, flags) via ichseg_result_lesion_findings(),
  * IchsegMidline via ichseg_result_midline(), ichseg_result_total_abc2_ml() and
  * ichseg_result_summary(); IchsegVolumeDesc.affine is RAS+, and NULL means the side is unknown.
+ * Version 5: IchsegPseudoOptions v4 leaves the threshold, the bone cut and the small-lesion
+ * filter to the classifiers' tuned ichseg.pseudo.* metadata by default (threshold and
+ * min_lesion_ml NaN, use_max_hu -1) and adds use_intracranial_mask, intracranial_margin_mm and
+ * preset (IchsegPreset); IchsegSegmentOptions v3 adds use_intracranial_mask and
+ * intracranial_margin_mm.
  */
-#define ICHSEG_ABI_VERSION 4
+#define ICHSEG_ABI_VERSION 5
 
 /**
  * IchsegLesionFindings.flags bit: the voxel-counted volume is >= 30 mL.
@@ -485,6 +490,16 @@ typedef struct IchsegSegmentOptions {
      * the lesion list; finite and >= 0, default 0 (every lesion kept). Not in the paper.
      */
     double min_lesion_ml;
+    /**
+     * (v3) Nonzero: the intracranial mask, not in the paper (docs/INTRACRANIAL.md): the
+     * probability and the mask are zeroed outside the skull's inside found in the CT, eroded
+     * by intracranial_margin_mm. Default 0 (off); v1 and v2 structs read as 0.
+     */
+    int32_t use_intracranial_mask;
+    /**
+     * (v3) The intracranial mask's margin in mm, finite and >= 0; default 2.
+     */
+    double intracranial_margin_mm;
 } IchsegSegmentOptions;
 
 /**
@@ -702,7 +717,7 @@ extern "C" {
 #endif // __cplusplus
 
 /**
- * The C ABI version of the loaded library (4 for this header; see ICHSEG_ABI_VERSION).
+ * The C ABI version of the loaded library (5 for this header; see ICHSEG_ABI_VERSION).
  *
  * Thread-safe; never fails.
  */
@@ -909,7 +924,7 @@ enum IchsegStatus ichseg_engine_threads(const struct IchsegEngine *engine, uint3
 
 /**
  * Fills `opts` with the defaults (threshold 0.5, batch 1, window NaN/NaN, input 0x0 and
- * channels 0, i.e. from the model; min_lesion_ml 0). Call it through the macro
+ * channels 0, i.e. from the model; min_lesion_ml 0; intracranial mask off, margin 2 mm). Call it through the macro
  * ichseg_segment_options_init(opts), which passes `size` = sizeof(IchsegSegmentOptions) of the
  * caller's header; see ichseg_engine_options_init_sized(). Does nothing when `opts` is NULL.
  *

@@ -201,6 +201,10 @@ struct SegmentOptions {
     /// Lesions smaller than this (mL) leave the mask before the lesion list; 0 keeps all (not
     /// in the paper).
     double min_lesion_ml = detail::segment_defaults().min_lesion_ml;
+    /// The intracranial mask (not in the paper, docs/INTRACRANIAL.md): probability and mask
+    /// zeroed outside the skull's inside, eroded by the margin.
+    bool intracranial_mask = detail::segment_defaults().use_intracranial_mask != 0;
+    double intracranial_margin_mm = detail::segment_defaults().intracranial_margin_mm;
 
     IchsegSegmentOptions to_c() const noexcept {
         IchsegSegmentOptions o;
@@ -213,6 +217,8 @@ struct SegmentOptions {
         o.input_cols = input_cols;
         o.channels = channels;
         o.min_lesion_ml = min_lesion_ml;
+        o.use_intracranial_mask = intracranial_mask ? 1 : 0;
+        o.intracranial_margin_mm = intracranial_margin_mm;
         return o;
     }
 };

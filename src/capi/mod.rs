@@ -55,9 +55,14 @@ use std::ffi::c_char;
 /// IchsegLesionFindings (ABC/2, HU density, side, flags) via ichseg_result_lesion_findings(),
 /// IchsegMidline via ichseg_result_midline(), ichseg_result_total_abc2_ml() and
 /// ichseg_result_summary(); IchsegVolumeDesc.affine is RAS+, and NULL means the side is unknown.
-pub const ICHSEG_ABI_VERSION: u32 = 4;
+/// Version 5: IchsegPseudoOptions v4 leaves the threshold, the bone cut and the small-lesion
+/// filter to the classifiers' tuned ichseg.pseudo.* metadata by default (threshold and
+/// min_lesion_ml NaN, use_max_hu -1) and adds use_intracranial_mask, intracranial_margin_mm and
+/// preset (IchsegPreset); IchsegSegmentOptions v3 adds use_intracranial_mask and
+/// intracranial_margin_mm.
+pub const ICHSEG_ABI_VERSION: u32 = 5;
 
-/// The C ABI version of the loaded library (4 for this header; see ICHSEG_ABI_VERSION).
+/// The C ABI version of the loaded library (5 for this header; see ICHSEG_ABI_VERSION).
 ///
 /// Thread-safe; never fails.
 #[no_mangle]

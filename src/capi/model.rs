@@ -48,17 +48,23 @@ pub struct IchsegSegmentOptions {
     /// (v2) Lesions (3D components) smaller than this many millilitres leave the mask before
     /// the lesion list; finite and >= 0, default 0 (every lesion kept). Not in the paper.
     pub min_lesion_ml: f64,
+    /// (v3) Nonzero: the intracranial mask, not in the paper (docs/INTRACRANIAL.md): the
+    /// probability and the mask are zeroed outside the skull's inside found in the CT, eroded
+    /// by intracranial_margin_mm. Default 0 (off); v1 and v2 structs read as 0.
+    pub use_intracranial_mask: i32,
+    /// (v3) The intracranial mask's margin in mm, finite and >= 0; default 2.
+    pub intracranial_margin_mm: f64,
 }
 
 /// The struct before `min_lesion_ml`: callers compiled against it still work.
 const SEGMENT_OPTIONS_V1: usize = std::mem::offset_of!(IchsegSegmentOptions, min_lesion_ml);
-const SEGMENT_OPTIONS_V2: usize = std::mem::size_of::<IchsegSegmentOptions>();
+const SEGMENT_OPTIONS_V3: usize = std::mem::size_of::<IchsegSegmentOptions>();
 
 impl Default for IchsegSegmentOptions {
     fn default() -> Self {
         let d = SegmenterOptions::default();
         IchsegSegmentOptions {
-            struct_size: SEGMENT_OPTIONS_V2,
+            struct_size: SEGMENT_OPTIONS_V3,
             threshold: d.threshold,
             batch: u32::try_from(d.batch).unwrap_or(1),
             window_level: f32::NAN,
@@ -67,6 +73,8 @@ impl Default for IchsegSegmentOptions {
             input_cols: 0,
             channels: 0,
             min_lesion_ml: d.min_lesion_ml,
+            use_intracranial_mask: i32::from(d.intracranial_margin_mm.is_some()),
+            intracranial_margin_mm: crate::skull::intracranial::DEFAULT_MARGIN_MM,
         }
     }
 }
@@ -93,6 +101,10 @@ unsafe fn segmenter_options(opts: *const IchsegSegmentOptions) -> FfiResult<Call
             input_cols: field(opts, size, addr_of!((*opts).input_cols)).unwrap_or(d.input_cols),
             channels: field(opts, size, addr_of!((*opts).channels)).unwrap_or(d.channels),
             min_lesion_ml: field(opts, size, addr_of!((*opts).min_lesion_ml)).unwrap_or(d.min_lesion_ml),
+            use_intracranial_mask: field(opts, size, addr_of!((*opts).use_intracranial_mask))
+                .unwrap_or(d.use_intracranial_mask),
+            intracranial_margin_mm: field(opts, size, addr_of!((*opts).intracranial_margin_mm))
+                .unwrap_or(d.intracranial_margin_mm),
         }))
     }
 }
@@ -131,13 +143,14 @@ impl CallerOptions {
             input_size,
             channels: (o.channels != 0).then_some(o.channels as usize),
             min_lesion_ml: o.min_lesion_ml,
+            intracranial_margin_mm: (o.use_intracranial_mask != 0).then_some(o.intracranial_margin_mm),
             ..SegmenterOptions::default()
         })
     }
 }
 
 /// Fills `opts` with the defaults (threshold 0.5, batch 1, window NaN/NaN, input 0x0 and
-/// channels 0, i.e. from the model; min_lesion_ml 0). Call it through the macro
+/// channels 0, i.e. from the model; min_lesion_ml 0; intracranial mask off, margin 2 mm). Call it through the macro
 /// ichseg_segment_options_init(opts), which passes `size` = sizeof(IchsegSegmentOptions) of the
 /// caller's header; see ichseg_engine_options_init_sized(). Does nothing when `opts` is NULL.
 ///

@@ -350,7 +350,7 @@ static void test_versions(void)
     const char *v = ichseg_version_string();
     printf("versions\n");
     CHECK(ichseg_abi_version() == ICHSEG_ABI_VERSION, "abi %u", (unsigned)ichseg_abi_version());
-    CHECK(ICHSEG_ABI_VERSION == 4, "header ABI %d", ICHSEG_ABI_VERSION);
+    CHECK(ICHSEG_ABI_VERSION == 5, "header ABI %d", ICHSEG_ABI_VERSION);
     CHECK(ICHSEG_STATUS_OUT_OF_MEMORY == 12 &&
               strcmp(ichseg_status_name(ICHSEG_STATUS_OUT_OF_MEMORY), "ICHSEG_STATUS_OUT_OF_MEMORY") == 0,
           "out-of-memory status");
@@ -539,7 +539,7 @@ static void test_model_errors(IchsegEngine *engine, const char *dir)
 
     /* The message stays valid, and unchanged, across successful calls on this thread. */
     msg = ichseg_last_error_message();
-    CHECK(ichseg_abi_version() == 4 && ichseg_last_error_message() == msg, "message pointer kept");
+    CHECK(ichseg_abi_version() == ICHSEG_ABI_VERSION && ichseg_last_error_message() == msg, "message pointer kept");
     ichseg_model_free(NULL); /* a no-op */
     free(path);
     free(not_a_model);
@@ -743,6 +743,46 @@ static void test_reference_float(const IchsegModel *model, const Reference *r, u
            r->n, count_nonzero(mask_out, r->n), near_half);
     check_findings(res, mask_out, r->hu, r->n, 0);
     ichseg_result_free(res);
+}
+
+/* (v3) The intracranial mask: probability and mask zeroed outside the skull's inside, so the
+   mask is inside the plain one and smaller (this fixture has no skull to enclose its bleeds). */
+static void test_intracranial(const char *dir, const Reference *r, const uint8_t *plain)
+{
+    IchsegEngineOptions eo;
+    IchsegEngine *engine = NULL;
+    IchsegSegmentOptions so;
+    IchsegModel *model = NULL;
+    IchsegVolumeDesc d = describe(ICHSEG_VOXEL_TYPE_F32, r->hu, r->dims);
+    uint8_t *mask = malloc(r->n);
+    float *prob = malloc(r->n * 4);
+    char *path = join(dir, "unet_transpose.onnx");
+    size_t i, outside = 0;
+
+    printf("intracranial mask\n");
+    REQUIRE(mask && prob && path);
+    ichseg_engine_options_init(&eo);
+    eo.device = ICHSEG_DEVICE_CPU;
+    OK(ichseg_engine_create(&eo, &engine));
+    ichseg_segment_options_init(&so);
+    CHECK(so.use_intracranial_mask == 0 && so.intracranial_margin_mm == 2.0, "intracranial defaults: off, 2 mm");
+    so.use_intracranial_mask = 1;
+    so.intracranial_margin_mm = -1.0;
+    EXPECT(ichseg_model_load(engine, path, &so, &model), ICHSEG_STATUS_INVALID_ARGUMENT, "margin");
+    so.intracranial_margin_mm = 2.0;
+    OK(ichseg_model_load(engine, path, &so, &model));
+    OK(ichseg_segment(model, &d, mask, r->n, prob, r->n, NULL, NULL, NULL));
+    for (i = 0; i < r->n; i++) {
+        outside += mask[i] && !plain[i];
+    }
+    CHECK(outside == 0, "%zu voxels outside the plain mask", outside);
+    CHECK(count_nonzero(mask, r->n) < count_nonzero(plain, r->n), "the mask removes voxels (%zu of %zu)",
+          count_nonzero(mask, r->n), count_nonzero(plain, r->n));
+    ichseg_model_free(model);
+    ichseg_engine_free(engine);
+    free(path);
+    free(mask);
+    free(prob);
 }
 
 /* int16 with slope/intercept gives exactly what the same HU as float32 give; lesions; progress. */
@@ -1423,6 +1463,7 @@ int main(int argc, char **argv)
     prob = malloc(r.n * 4);
     REQUIRE(mask && prob);
     test_reference_float(model_path, &r, mask, prob);
+    test_intracranial(dir, &r, mask);
     test_int16(model_path, model_mem, &r);
     test_cancel(model_mem, &r);
     test_segment_errors(model_path, &r);

@@ -232,6 +232,13 @@ static void test_model_errors(const ichseg::Engine& engine, const std::string& d
     so.min_lesion_ml = -1.0;
     EXPECT_ERROR(ichseg::Model::load(engine, dir + "/unet_transpose.onnx", so), ICHSEG_STATUS_INVALID_ARGUMENT,
                  "min_lesion_ml must be finite and >= 0");
+    so = {};
+    CHECK(!so.intracranial_mask && so.intracranial_margin_mm == 2.0, "no intracranial mask by default, 2 mm");
+    so.intracranial_mask = true;
+    so.intracranial_margin_mm = -1.0;
+    CHECK(so.to_c().use_intracranial_mask == 1, "the switch reaches the C struct");
+    EXPECT_ERROR(ichseg::Model::load(engine, dir + "/unet_transpose.onnx", so), ICHSEG_STATUS_INVALID_ARGUMENT,
+                 "intracranial margin");
 }
 
 // The lesions agree with the mask and with each other.
