@@ -20,6 +20,11 @@ if [[ "${1:-}" == "--dry-run" ]]; then dry=(--dry-run); shift; fi
 out=${1:-gpu-check-out}
 bin=${ICHSEG_BIN:-target/release/ichseg}
 mkdir -p "$out"
+# A binary with its symbols (for readable backtraces) is too large to carry as is: carry it
+# gzipped (`gzip -c target/release/ichseg > DIR/ichseg.gz`, ICHSEG_BIN=DIR/ichseg.gz).
+if [[ $bin == *.gz && -f $bin ]]; then
+  gunzip -c "$bin" > /tmp/ichseg-bin && chmod +x /tmp/ichseg-bin && bin=/tmp/ichseg-bin
+fi
 [[ -x "$bin" ]] || { echo "gpu-check: $bin not found: run \`cargo build --release\` and carry it" >&2; exit 2; }
 
 py=$(command -v python3)
@@ -127,30 +132,52 @@ if want memory && [[ -f /tmp/ichseg-pseudo-work/resnet50_1.onnx ]]; then
   echo "== memory: exit $rc; $("$py" -c "import json; r = json.load(open('$out/memory.json')); print('batch asked 256, ran', r['batch'], '| timings', r['timings'])" 2>&1)"
   [[ $rc -eq 0 ]] || status=1
 fi
-# oom: the benchmark U-Net (base 64, its fixed 384x384 input) on 512 slices in one batch needs
-# more than a card's memory (about 0.3 GB per slice); segmentation must halve the batch until it
-# fits and say so in the report. A dry run goes through the same commands with a fixture U-Net,
-# a small volume and `--device auto`.
+# oom: the benchmark U-Net (base 64, its fixed 384x384 input) on 256 slices in one batch (the
+# largest batch the library takes) while another process holds all but GPU_CHECK_OOM_FREE_GB
+# (default 40) of the card: a real out-of-memory, whatever the card's size. Segmentation must
+# halve the batch until it fits and say so in the report. A dry run goes through the same
+# commands with a fixture U-Net, a small volume, no holder and `--device auto`.
 if want oom; then
+  holder=
   if [[ ${#dry[@]} -eq 0 ]]; then
-    unet=/tmp/ichseg-gpu-work/unet64.onnx size=256 slices=${GPU_CHECK_OOM_SLICES:-512} dev=cuda
+    unet=/tmp/ichseg-gpu-work/unet64.onnx size=256 slices=${GPU_CHECK_OOM_SLICES:-256} dev=cuda
+    rm -f /tmp/ichseg-oom-held
+    GPU_CHECK_OOM_FREE_GB=${GPU_CHECK_OOM_FREE_GB:-40} "$py" - <<'PY' &
+import os, time, torch
+free, _ = torch.cuda.mem_get_info()
+keep = int(float(os.environ["GPU_CHECK_OOM_FREE_GB"]) * 2**30)
+held = torch.empty(max(free - keep, 0), dtype=torch.uint8, device="cuda")
+torch.cuda.synchronize()
+open("/tmp/ichseg-oom-held", "w").write(f"{held.numel() / 2**30:.1f} GiB held of {free / 2**30:.1f} GiB free")
+time.sleep(300)
+PY
+    holder=$!
+    for _ in $(seq 60); do [[ -s /tmp/ichseg-oom-held ]] && break; sleep 1; done
+    echo "== oom: $(cat /tmp/ichseg-oom-held 2>/dev/null || echo 'no memory held')"
   else
     unet=tests/fixtures/unet/unet_transpose.onnx size=32 slices=8 dev=auto
   fi
   if [[ -f $unet ]]; then
     big=/tmp/ichseg-oom.nii.gz
     "$py" -c "import sys; sys.path.insert(0, 'scripts'); import bench_segment as bs; import pathlib; bs.write_nifti(pathlib.Path('$big'), bs.make_volume($size, $slices))"
-    "$bin" segment --model "$unet" "$big" -o "$out/oom_mask.nii.gz" --device $dev --batch $slices \
-      --report "$out/oom.json" --quiet 2>&1 | tail -3
-    rc=${PIPESTATUS[0]}
+    # the whole stderr, with a backtrace: a real out-of-memory once aborted the process here
+    RUST_BACKTRACE=1 "$bin" segment --model "$unet" "$big" -o "$out/oom_mask.nii.gz" --device $dev --batch $slices \
+      --report "$out/oom.json" --quiet > "$out/oom_stderr.txt" 2>&1
+    rc=$?
+    grep -v '^ *at /rustc' "$out/oom_stderr.txt" | head -60
     echo "== oom: exit $rc; $("$py" -c "import json; r = json.load(open('$out/oom.json')); b = r['batch']; print('batch asked $slices, ran', b, '(halving provoked)' if b < $slices else '(it fit: not provoked)', '| timings', r['timings'])" 2>&1)"
     [[ $rc -eq 0 ]] || status=1
   fi
+  [[ -n $holder ]] && kill "$holder" 2>/dev/null && wait "$holder" 2>/dev/null
 fi
 # profile: an nsys timeline of one U-Net segmentation of the benchmark volume (after segment),
 # summarised per GPU kernel, per CUDA API call and per memory copy: where the distance to
 # PyTorch goes (issue 5). Needs nsys (CUDA toolkit or Nsight Systems); skipped without it.
 if want profile && [[ ${#dry[@]} -eq 0 && -f /tmp/ichseg-gpu-work/unet64.onnx ]]; then
+  # the host's side first: per network run, where tract's plan spends its time (ICHSEG_PROFILE_OPS)
+  ICHSEG_PROFILE_OPS=1 "$bin" segment --model /tmp/ichseg-gpu-work/unet64.onnx /tmp/ichseg-gpu-work/ct.nii.gz \
+    -o /tmp/ichseg-prof-mask.nii.gz --device cuda --batch 8 --report "$out/profile_host.json" --quiet \
+    2>&1 | tee "$out/profile_host.txt" | cut -c1-400
   nsys=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
   if [[ -n $nsys ]]; then
     rep=/tmp/ichseg-prof-unet
@@ -162,8 +189,23 @@ if want profile && [[ ${#dry[@]} -eq 0 && -f /tmp/ichseg-gpu-work/unet64.onnx ]]
     for f in "$out"/profile_unet_*.csv; do
       [[ -f $f ]] && { echo "== profile: $(basename "$f") (top 15)"; head -16 "$f" | cut -c1-220; }
     done
-  else
-    echo "== profile: skipped (no nsys on this machine)"
+  fi
+  # without nsys, or where nsys made no report (it cannot on some GPU sandboxes): Nsight Compute's
+  # per-kernel durations of one batch of 8 slices (ncu replays each kernel, so a whole volume
+  # would take minutes)
+  if ! compgen -G "$out/profile_unet_*.csv" >/dev/null; then
+    ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    if [[ -n $ncu ]]; then
+      small=/tmp/ichseg-prof-8.nii.gz
+      "$py" -c "import sys; sys.path.insert(0, 'scripts'); import bench_segment as bs; import pathlib; bs.write_nifti(pathlib.Path('$small'), bs.make_volume(512, 8))"
+      timeout 200 "$ncu" --clock-control none --metrics gpu__time_duration.sum --csv \
+        "$bin" segment --model /tmp/ichseg-gpu-work/unet64.onnx "$small" -o /tmp/ichseg-prof-mask.nii.gz \
+        --device cuda --batch 8 --report "$out/profile_unet_ncu.json" --quiet > "$out/profile_unet_ncu.csv" 2> "$out/profile_unet_ncu.err"
+      echo "== profile: ncu exit $?; per-kernel summary (gpu__time_duration.sum), $(wc -l < "$out/profile_unet_ncu.csv") lines"
+      "$py" scripts/ncu_summary.py "$out/profile_unet_ncu.csv" 2>&1 | tee "$out/profile_unet_ncu.md"
+    else
+      echo "== profile: skipped (neither nsys with a report nor ncu on this machine)"
+    fi
   fi
 fi
 exit $status

@@ -12,7 +12,7 @@
 //! - any other 2D MaxPool without dilation (the classifier stem's 3x3 stride-2 padded pool):
 //!   per spatial axis, pad with -inf (or trim unused tail elements) to `m * s`, split into
 //!   `(m, s)`, and take the max over the window's `k` shifted slices (tap `t = q * s + r` is
-//!   rows `q..q + out` of column `r`), stacked on a new axis;
+//!   rows `q..q + out` of column `r`);
 //! - ConvTranspose with kernel = stride, no padding (the U-Net up-convolution): a 1x1
 //!   convolution to `C_out * k_h * k_w` channels, then a depth-to-space reshuffle;
 //! - Downsample (keep every s-th element): split the axis into (size / s, s) and keep the
@@ -20,6 +20,10 @@
 //! - bilinear Resize by exactly 2 with half-pixel centres (PyTorch's `align_corners=False`
 //!   upsampling): per axis, `0.75 * x[i] + 0.25 * x[i -/+ 1]` (edges repeated) for the even / odd
 //!   outputs, interleaved.
+//!
+//! A max over a few elements is a chain of element-wise maxima of slices, never a `Reduce`:
+//! tract-cuda's Reduce launches a thread block per output element, which made the U-Net's pools
+//! most of its GPU time (docs/BENCHMARKS.md).
 //!
 //! Each rewrite computes the same numbers as the operator it replaces (up to float summation
 //! order); the tests check that on the CPU, where no GPU is needed.
@@ -30,9 +34,9 @@ use tract_onnx::tract_core::ops::array::{Slice, TypedConcat};
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
 use tract_onnx::tract_core::ops::cnn::{Conv, Deconv, KernelFormat, MaxPool, PaddingSpec, PoolSpec};
 use tract_onnx::tract_core::ops::downsample::Downsample;
-use tract_onnx::tract_core::ops::math::{add, mul};
+use tract_onnx::tract_core::ops::math::{add, max, mul};
 use tract_onnx::tract_core::ops::nn::resize::{CoordTransformer, Interpolator, Resize};
-use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer};
+use tract_onnx::tract_core::ops::nn::DataFormat;
 
 /// Applies every rewrite until none applies.
 pub fn rewrite_for_gpu(model: &mut TypedModel) -> TractResult<()> {
@@ -82,9 +86,13 @@ fn maxpool_as_reduce(
     // [N, C, H, W] -> [N, C, H/kh, kh, W/kw, kw]
     x = patch.wire_node(format!("{name}.split_h"), split_axis(2, h, kh), &[x])?[0];
     x = patch.wire_node(format!("{name}.split_w"), split_axis(4, w, kw), &[x])?[0];
-    for axis in [5, 3] {
-        x = patch.wire_node(format!("{name}.max{axis}"), Reduce::new(tvec!(axis), Reducer::Max), &[x])?[0];
-        x = patch.wire_node(format!("{name}.rm{axis}"), AxisOp::Rm(axis), &[x])?[0];
+    for (axis, k) in [(5, kw), (3, kh)] {
+        let n = |what: &str| format!("{name}.ax{axis}.{what}");
+        let taps = (0..k)
+            .map(|i| Ok(patch.wire_node(n(&format!("t{i}")), Slice::new(axis, i, i + 1), &[x])?[0]))
+            .collect::<TractResult<Vec<_>>>()?;
+        x = max_of(&mut patch, &n("max"), &taps)?;
+        x = patch.wire_node(n("rm"), AxisOp::Rm(axis), &[x])?[0];
     }
     patch.shunt_outside(model, node.id.into(), x)?;
     Ok(Some(patch))
@@ -145,14 +153,23 @@ fn maxpool_windows_as_slices(
             let col = patch.wire_node(n(&format!("t{t}.col")), Slice::new(axis + 1, r, r + 1), &[rows])?[0];
             taps.push(col);
         }
-        // Taps stacked on the length-1 column axis, then the max over it.
-        x = patch.wire_node(n("stack"), TypedConcat::new(axis + 1), &taps)?[0];
-        x = patch.wire_node(n("max"), Reduce::new(tvec!(axis + 1), Reducer::Max), &[x])?[0];
+        // the max over the taps, then the length-1 column axis dropped
+        x = max_of(&mut patch, &n("max"), &taps)?;
         x = patch.wire_node(n("rm"), AxisOp::Rm(axis + 1), &[x])?[0];
         shape[axis] = out;
     }
     patch.shunt_outside(model, node.id.into(), x)?;
     Ok(Some(patch))
+}
+
+/// The element-wise max of `taps` (same shapes), as a chain of binary maxima.
+fn max_of(patch: &mut TypedModelPatch, name: &str, taps: &[OutletId]) -> TractResult<OutletId> {
+    let Some((first, rest)) = taps.split_first() else { return Err(TractError::msg("a max over no taps")) };
+    let mut acc = *first;
+    for (i, tap) in rest.iter().enumerate() {
+        acc = patch.wire_node(format!("{name}{i}"), max(), &[acc, *tap])?[0];
+    }
+    Ok(acc)
 }
 
 /// A constant f32 tensor of `-inf`, the max's identity, for padding.
@@ -322,6 +339,7 @@ mod tests {
     use super::*;
     use crate::model::OnnxModel;
     use std::path::PathBuf;
+    use tract_onnx::tract_core::ops::nn::Reduce;
 
     fn fixture(path: &str) -> OnnxModel {
         OnnxModel::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)).unwrap()
@@ -348,6 +366,9 @@ mod tests {
             assert!(count(&typed, op) > 0, "the fixture has no {op} to rewrite");
             assert_eq!(count(&rewritten, op), 0, "{op} left after the rewrite");
         }
+        // slow on the GPU for small axes: the rewrites use element-wise maxima instead
+        let reduces = |m: &TypedModel| m.nodes.iter().filter(|n| n.op_is::<Reduce>()).count();
+        assert_eq!(reduces(&rewritten), reduces(&typed), "the rewrite added a Reduce");
         let n: usize = shape.iter().product();
         let mut state = 12345u64;
         let data: Vec<f32> = (0..n)

@@ -133,9 +133,17 @@ impl Engine {
     /// the per-slice work around the networks.
     pub(crate) fn par_map<T: Sync, R: Send>(&self, items: &[T], f: impl Fn(&T) -> R + Sync + Send) -> Vec<R> {
         use rayon::prelude::*;
+        match self.pool() {
+            Some(pool) => pool.install(|| items.par_iter().map(f).collect()),
+            None => items.iter().map(f).collect(),
+        }
+    }
+
+    /// This engine's thread pool; `None` with one thread.
+    pub(crate) fn pool(&self) -> Option<&rayon::ThreadPool> {
         match &self.executor {
-            Executor::MultiThread(pool) => pool.install(|| items.par_iter().map(f).collect()),
-            _ => items.iter().map(f).collect(),
+            Executor::MultiThread(pool) => Some(pool.as_ref()),
+            _ => None,
         }
     }
 
@@ -144,7 +152,16 @@ impl Engine {
     /// [`Error::DeviceMemory`] (the callers then retry with a smaller batch); any other panic an
     /// [`Error::Inference`].
     pub(crate) fn run(&self, plan: &Arc<TypedRunnableModel>, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
-        let run = std::panic::AssertUnwindSafe(|| multithread_tract_scope(self.executor.clone(), || plan.run(inputs)));
+        let profiled = std::env::var_os("ICHSEG_PROFILE_OPS").is_some();
+        let run = std::panic::AssertUnwindSafe(|| {
+            multithread_tract_scope(self.executor.clone(), || {
+                if profiled {
+                    run_profiled(plan, inputs)
+                } else {
+                    plan.run(inputs)
+                }
+            })
+        });
         let message = match std::panic::catch_unwind(run) {
             Ok(Ok(outputs)) => return Ok(outputs),
             Ok(Err(e)) => format!("{e:#}"),
@@ -159,6 +176,42 @@ impl Engine {
         };
         Err(if is_out_of_memory(&message) { Error::DeviceMemory(message) } else { Error::Inference(message) })
     }
+}
+
+/// A plan run that prints, to stderr, where its host time went: spawning the state, each kind of
+/// operator (count and time), and the rest (the turn handler's set-up, such as tract-gpu's
+/// device memory arena, and the outputs). `ICHSEG_PROFILE_OPS=1` turns it on: a diagnostic for
+/// GPU plans, whose kernels run asynchronously, so this is the host's side; a kernel profiler
+/// gives the device's (scripts/gpu-check.sh).
+fn run_profiled(plan: &Arc<TypedRunnableModel>, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+    use std::time::{Duration, Instant};
+    let start = Instant::now();
+    let mut state = plan.spawn()?;
+    let spawned = start.elapsed();
+    let mut per_op: std::collections::BTreeMap<String, (usize, Duration)> = Default::default();
+    let outputs = state.run_plan_with_eval(inputs, |ctx, op_state, node, input| {
+        let t = Instant::now();
+        let result = tract_onnx::tract_core::plan::eval(ctx, op_state, node, input);
+        let entry = per_op.entry(node.op().name().to_string()).or_default();
+        entry.0 += 1;
+        entry.1 += t.elapsed();
+        result
+    })?;
+    let total = start.elapsed();
+    let in_ops: Duration = per_op.values().map(|(_, d)| *d).sum();
+    let mut ops: Vec<_> = per_op.into_iter().collect();
+    ops.sort_by_key(|(_, (_, d))| std::cmp::Reverse(*d));
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let top: Vec<String> = ops.iter().take(8).map(|(name, (n, d))| format!("{name} x{n} {:.1}", ms(*d))).collect();
+    eprintln!(
+        "ichseg-profile: run {:.1} ms = spawn {:.1} + ops {:.1} + rest {:.1}; ops (ms): {}",
+        ms(total),
+        ms(spawned),
+        ms(in_ops),
+        ms(total.saturating_sub(spawned + in_ops)),
+        top.join(", ")
+    );
+    Ok(outputs)
 }
 
 /// Whether a failure message is CUDA's (or an allocator's) "out of memory".

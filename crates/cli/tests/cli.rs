@@ -366,3 +366,33 @@ fn segment_reports_the_intracranial_mask_and_refuses_bad_margins() {
     let alone = run(&["--intracranial-margin-mm", "2"]);
     assert!(!alone.status.success() && stderr(&alone).contains("--intracranial-mask"), "{}", stderr(&alone));
 }
+
+#[test]
+fn profile_ops_prints_where_each_network_run_spent_its_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |profile: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ichseg"));
+        cmd.args(["segment", "--model", p(&unet("unet_transpose.onnx")), p(&unet("ct_small.nii.gz"))]).args([
+            "-o",
+            p(&dir.path().join("m.nii.gz")),
+            "--batch",
+            "4",
+            "--quiet",
+        ]);
+        if profile {
+            cmd.env("ICHSEG_PROFILE_OPS", "1");
+        } else {
+            cmd.env_remove("ICHSEG_PROFILE_OPS");
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(true);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<String> =
+        stderr(&out).lines().filter(|l| l.starts_with("ichseg-profile: run ")).map(String::from).collect();
+    // ct_small has 4 slices: one run of a batch of 4
+    assert_eq!(lines.len(), 1, "{}", stderr(&out));
+    assert!(lines[0].contains("= spawn ") && lines[0].contains("WinogradConv x"), "{}", lines[0]);
+    let quiet = run(false);
+    assert!(quiet.status.success() && !stderr(&quiet).contains("ichseg-profile"), "{}", stderr(&quiet));
+}
