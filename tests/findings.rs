@@ -87,6 +87,9 @@ fn head(h: &Head, bleeds: &[Bleed], oriented: bool) -> (Volume, Array3<u8>) {
 fn findings(volume: &Volume, mask: &Array3<u8>) -> (Vec<ichseg::Lesion>, Findings) {
     let lesions = find_lesions(mask.view(), volume.spacing(), &volume.affine());
     let f = Findings::new(volume, mask.view(), &lesions).unwrap();
+    // the midline search scored on a pool finds the same plane, to the last bit
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+    assert_eq!(Findings::on_pool(volume, mask.view(), &lesions, Some(&pool)).unwrap(), f);
     (lesions, f)
 }
 

@@ -62,8 +62,9 @@ impl Midline {
     }
 }
 
-/// Estimates the plane from `skull` (shape `[nz, ny, nx]`, nonzero = skull) of `volume`.
-pub fn estimate(volume: &Volume, skull: &Array3<u8>) -> Result<Midline> {
+/// Estimates the plane from `skull` (shape `[nz, ny, nx]`, nonzero = skull) of `volume`; the
+/// candidate planes of each step are scored on `pool` when given.
+pub fn estimate(volume: &Volume, skull: &Array3<u8>, pool: Option<&rayon::ThreadPool>) -> Result<Midline> {
     if !volume.oriented() {
         return Ok(Midline::not_found(
             "the volume's orientation is unknown (no affine, or a NIfTI with qform_code and sform_code 0)",
@@ -90,24 +91,21 @@ pub fn estimate(volume: &Volume, skull: &Array3<u8>) -> Result<Midline> {
         .map(|((z, y, x), _)| volume.voxel_to_world([x as f64, y as f64, z as f64]))
         .collect();
     let coarse: Vec<[f64; 3]> = samples.iter().step_by(COARSE_STRIDE).copied().collect();
-    let search = Search { target: &target, to_voxel };
+    let search = Search { target: &target, to_voxel, pool };
 
     // Coarse grid, each candidate with the median offset (the centre of a symmetric skull).
-    let mut best = (f64::NEG_INFINITY, 0.0, 0.0, 0.0);
+    let mut grid = vec![];
     let mut yaw = -MAX_YAW_DEG;
     while yaw <= MAX_YAW_DEG {
         let mut roll = -MAX_ROLL_DEG;
         while roll <= MAX_ROLL_DEG {
-            let n = normal(yaw, roll);
-            let c = median_projection(&coarse, n);
-            let s = search.score(&coarse, n, c);
-            if s > best.0 {
-                best = (s, yaw, roll, c);
-            }
+            grid.push((yaw, roll, median_projection(&coarse, normal(yaw, roll))));
             roll += 5.0;
         }
         yaw += 5.0;
     }
+    let mut best = (f64::NEG_INFINITY, 0.0, 0.0, 0.0);
+    search.take_best(&coarse, &grid, &mut best);
     search.refine(&coarse, &mut best, &[(2.5, 2.0), (1.0, 1.0)]);
     best.0 = search.score(&samples, normal(best.1, best.2), best.3);
     search.refine(&samples, &mut best, &[(0.5, 0.5), (0.25, 0.25)]);
@@ -141,6 +139,7 @@ fn median_projection(samples: &[[f64; 3]], n: [f64; 3]) -> f64 {
 struct Search<'a> {
     target: &'a Array3<u8>,
     to_voxel: WorldToVoxel,
+    pool: Option<&'a rayon::ThreadPool>,
 }
 
 impl Search<'_> {
@@ -149,28 +148,44 @@ impl Search<'_> {
     fn refine(&self, samples: &[[f64; 3]], best: &mut (f64, f64, f64, f64), steps: &[(f64, f64)]) {
         for &(da, dc) in steps {
             for _ in 0..20 {
-                let mut moved = false;
                 let (_, y0, r0, c0) = *best;
+                let mut neighbours = vec![];
                 for sy in [-1.0, 0.0, 1.0] {
                     for sr in [-1.0, 0.0, 1.0] {
                         for sc in [-1.0, 0.0, 1.0] {
                             let (y, r, c) = (y0 + sy * da, r0 + sr * da, c0 + sc * dc);
-                            if y.abs() > MAX_YAW_DEG + 5.0 || r.abs() > MAX_ROLL_DEG + 5.0 {
-                                continue;
-                            }
-                            let s = self.score(samples, normal(y, r), c);
-                            if s > best.0 {
-                                *best = (s, y, r, c);
-                                moved = true;
+                            if y.abs() <= MAX_YAW_DEG + 5.0 && r.abs() <= MAX_ROLL_DEG + 5.0 {
+                                neighbours.push((y, r, c));
                             }
                         }
                     }
                 }
-                if !moved {
+                if !self.take_best(samples, &neighbours, best) {
                     break;
                 }
             }
         }
+    }
+
+    /// Scores the `(yaw, roll, offset)` candidates (on the pool when there is one) and moves
+    /// `best` to the highest score above it, the first of equals; whether it moved.
+    fn take_best(&self, samples: &[[f64; 3]], candidates: &[(f64, f64, f64)], best: &mut (f64, f64, f64, f64)) -> bool {
+        let score = |&(y, r, c): &(f64, f64, f64)| self.score(samples, normal(y, r), c);
+        let scores: Vec<f64> = match self.pool {
+            Some(pool) => {
+                use rayon::prelude::*;
+                pool.install(|| candidates.par_iter().map(score).collect())
+            }
+            None => candidates.iter().map(score).collect(),
+        };
+        let mut moved = false;
+        for (&(y, r, c), s) in candidates.iter().zip(scores) {
+            if s > best.0 {
+                *best = (s, y, r, c);
+                moved = true;
+            }
+        }
+        moved
     }
 
     /// Fraction of samples whose mirror image through `n . p = c` lands on the target.

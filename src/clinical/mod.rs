@@ -95,6 +95,17 @@ impl Findings {
     /// Findings for `lesions`, the result of [`crate::lesions::find_lesions`] on `mask` (shape
     /// `[nz, ny, nx]` as `volume`), with HU and geometry from `volume`.
     pub fn new(volume: &Volume, mask: ArrayView3<u8>, lesions: &[Lesion]) -> Result<Findings> {
+        Self::on_pool(volume, mask, lesions, None)
+    }
+
+    /// [`Findings::new`], with the midline search's candidate planes scored on `pool` (a
+    /// segmenter passes its engine's threads); the result is the same.
+    pub fn on_pool(
+        volume: &Volume,
+        mask: ArrayView3<u8>,
+        lesions: &[Lesion],
+        pool: Option<&rayon::ThreadPool>,
+    ) -> Result<Findings> {
         let dim = volume.data().dim();
         if mask.dim() != dim {
             return Err(Error::arg(format!("mask is {:?} but the volume is {dim:?} ([nz, ny, nx])", mask.dim())));
@@ -105,7 +116,7 @@ impl Findings {
             (Midline::not_found("no lesions", 0.0), None)
         } else {
             let skull = skull(volume)?;
-            let midline = midline::estimate(volume, &skull)?;
+            let midline = midline::estimate(volume, &skull, pool)?;
             let r = spacing.map(|s| ((INNER_TABLE_MM / s).ceil() as usize).max(1));
             (midline, Some(dilate_box(&skull, r)?))
         };

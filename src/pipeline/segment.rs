@@ -303,7 +303,7 @@ impl Segmenter {
         let lesions = find_lesions(mask.view(), volume.spacing(), &volume.affine());
         let total_volume_ml = total_volume_ml(&lesions);
         let t4 = Instant::now();
-        let findings = Findings::new(volume, mask.view(), &lesions)?;
+        let findings = Findings::on_pool(volume, mask.view(), &lesions, self.engine.pool())?;
         timings.findings_s = t4.elapsed().as_secs_f64();
         timings.postprocess_s += t3.elapsed().as_secs_f64();
         timings.total_s = started.elapsed().as_secs_f64();
