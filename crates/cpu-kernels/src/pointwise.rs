@@ -145,6 +145,7 @@ mod tests {
         for level in levels() {
             let mut conv = PointwiseConv::new(&weights, &bias, cout, rows * cols, parts.clone());
             conv.conv.level = level;
+            assert!(conv.info().unwrap()[0].ends_with(&format!(", {level}")));
             let mut y = vec![f32::NAN; images * cout * rows * cols];
             let slices: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
             threads(threads_, || conv.convolve(&slices, images, &mut y));

@@ -1,19 +1,20 @@
 //! The f32 matrix product the convolution kernels use, `dst = (accumulate ? dst : 0) + lhs rhs`
 //! on row-major matrices, at one of three instruction-set levels ([`CpuLevel`]):
-//! - `Avx512`: our own packed kernel with AVX-512 intrinsics (stable Rust);
+//! - `Avx512`: our own blocked kernel with AVX-512 intrinsics (stable Rust);
 //! - `Avx2`: the `gemm` crate, which without its nightly feature stops at AVX2 + FMA;
-//! - `Portable`: the same packed algorithm as `Avx512` with a plain-Rust microkernel, for CPUs
+//! - `Portable`: the same blocked algorithm as `Avx512` with a plain-Rust microkernel, for CPUs
 //!   without AVX2 and as a reference that runs everywhere.
 //!
 //! The level is detected once at run time ([`cpu_level`]); `ICHSEG_CPU_LEVEL=avx512|avx2|portable`
 //! in the environment forces a lower one, for comparisons. A level above what the CPU has, or an
 //! unknown value, is ignored: the detected level is kept.
 //!
-//! The packed algorithm is the usual one (Goto & van de Geijn): `rhs` is packed a block of
-//! `KC x NC` at a time into panels of `NR` columns, `lhs` a block of `MC x KC` at a time into
-//! panels of `MR` rows, and a microkernel keeps an `MR x NR` tile of `dst` in registers over
-//! the block's `KC`. Panels are zero-padded at the edges, so the microkernel always computes a
-//! whole tile and only its loads and stores of `dst` are cut to the matrix.
+//! The blocked algorithm follows Goto & van de Geijn: `rhs` is packed a block of `KC x NC` at a
+//! time into zero-padded panels of `NR` columns, and a microkernel keeps an `MR x NR` tile of
+//! `dst` in registers over the block's depth, broadcasting `lhs` values read in place from `MR`
+//! rows (the last rows of `lhs` are copied into `MR` zero-padded ones). `lhs` is not packed:
+//! its rows are read sequentially, which measured as fast or faster than a transposing copy on
+//! the kernels' shapes. Only the microkernel's loads and stores of `dst` are cut to the matrix.
 
 use std::cell::RefCell;
 use std::sync::OnceLock;
@@ -174,23 +175,22 @@ trait Kernel {
     const MR: usize;
     /// Columns of `dst` per tile (a panel of `rhs`).
     const NR: usize;
-    /// Depth of the packed blocks: a panel of `lhs` stays in L1.
+    /// Depth of the packed blocks: MR rows of `lhs` this long stay in L1.
     const KC: usize = 256;
-    /// Rows of `lhs` packed at a time (a multiple of MR): the block stays in L2.
-    const MC: usize;
-    /// Columns of `rhs` packed at a time (a multiple of NR): the block stays in L2.
+    /// Columns of `rhs` packed at a time (a multiple of NR): the `KC x NC` block stays in L2.
     const NC: usize;
 
-    /// `dst[i][j] = (overwrite ? 0 : dst[i][j]) + sum_p a[p][i] b[p][j]` for `i < rows`,
+    /// `dst[i][j] = (overwrite ? 0 : dst[i][j]) + sum_p a[i][p] b[p][j]` for `i < rows`,
     /// `j < cols`.
     ///
     /// # Safety
-    /// `a` holds `k` x MR packed values, `b` `k` x NR; `dst` is valid for `rows` rows of `cols`
-    /// values `ldd` apart.
+    /// `a` holds MR rows of `k` values `lda` apart, `b` `k` x NR packed values; `dst` is valid
+    /// for `rows` rows of `cols` values `ldd` apart.
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile(
         k: usize,
         a: *const f32,
+        lda: usize,
         b: *const f32,
         dst: *mut f32,
         ldd: usize,
@@ -216,24 +216,30 @@ unsafe fn blocked<K: Kernel>(p: &Product) {
         return;
     }
     let b_len = K::KC * K::NC;
-    with_packing(b_len + K::KC * K::MC, |packed| {
-        let (b_packed, a_packed) = packed.split_at_mut(b_len);
+    with_packing(b_len + K::KC * K::MR, |packed| {
+        let (b_packed, edge) = packed.split_at_mut(b_len);
         for jc in (0..p.n).step_by(K::NC) {
             let nc = K::NC.min(p.n - jc);
             for pc in (0..p.k).step_by(K::KC) {
                 let kc = K::KC.min(p.k - pc);
                 pack_rhs::<K>(p.rhs.add(pc * p.ldb + jc), p.ldb, kc, nc, b_packed);
                 let overwrite = pc == 0 && !p.accumulate;
-                for ic in (0..p.m).step_by(K::MC) {
-                    let mc = K::MC.min(p.m - ic);
-                    pack_lhs::<K>(p.lhs.add(ic * p.lda + pc), p.lda, mc, kc, a_packed);
-                    for ir in (0..mc).step_by(K::MR) {
-                        let a = a_packed.as_ptr().add(ir * kc);
-                        for jr in (0..nc).step_by(K::NR) {
-                            let dst = p.dst.add((ic + ir) * p.ldd + jc + jr);
-                            let (rows, cols) = (K::MR.min(mc - ir), K::NR.min(nc - jr));
-                            K::tile(kc, a, b_packed.as_ptr().add(jr * kc), dst, p.ldd, rows, cols, overwrite);
+                for i0 in (0..p.m).step_by(K::MR) {
+                    let rows = K::MR.min(p.m - i0);
+                    // lhs is read in place; the last rows are copied into MR zero-padded ones
+                    let (a, lda) = if rows == K::MR {
+                        (p.lhs.add(i0 * p.lda + pc), p.lda)
+                    } else {
+                        edge.fill(0.);
+                        for (i, row) in edge.chunks_exact_mut(kc).take(rows).enumerate() {
+                            std::ptr::copy_nonoverlapping(p.lhs.add((i0 + i) * p.lda + pc), row.as_mut_ptr(), kc);
                         }
+                        (edge.as_ptr(), kc)
+                    };
+                    for jr in (0..nc).step_by(K::NR) {
+                        let dst = p.dst.add(i0 * p.ldd + jc + jr);
+                        let cols = K::NR.min(nc - jr);
+                        K::tile(kc, a, lda, b_packed.as_ptr().add(jr * kc), dst, p.ldd, rows, cols, overwrite);
                     }
                 }
             }
@@ -255,32 +261,6 @@ unsafe fn pack_rhs<K: Kernel>(rhs: *const f32, ld: usize, kc: usize, nc: usize, 
             } else {
                 std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), cols);
                 dst[cols..].fill(0.);
-            }
-        }
-    }
-}
-
-/// Packs `mc` rows of `kc` values of `lhs` (`ld` apart) into panels of MR rows, each
-/// `[kc][MR]` (transposed), zero-padded.
-#[inline(always)]
-unsafe fn pack_lhs<K: Kernel>(lhs: *const f32, ld: usize, mc: usize, kc: usize, packed: &mut [f32]) {
-    assert!(packed.len() >= mc.next_multiple_of(K::MR) * kc);
-    for (panel, i0) in (0..mc).step_by(K::MR).enumerate() {
-        let rows = K::MR.min(mc - i0);
-        let src = lhs.add(i0 * ld);
-        let dst = packed.as_mut_ptr().add(panel * kc * K::MR);
-        // MR rows read side by side, each sequentially; a whole panel without tests
-        if rows == K::MR {
-            for p in 0..kc {
-                for i in 0..K::MR {
-                    *dst.add(p * K::MR + i) = *src.add(i * ld + p);
-                }
-            }
-        } else {
-            for p in 0..kc {
-                for i in 0..K::MR {
-                    *dst.add(p * K::MR + i) = if i < rows { *src.add(i * ld + p) } else { 0. };
-                }
             }
         }
     }
@@ -322,13 +302,13 @@ const PORTABLE_NR: usize = 16;
 impl Kernel for Portable {
     const MR: usize = PORTABLE_MR;
     const NR: usize = PORTABLE_NR;
-    const MC: usize = 128;
     const NC: usize = 512;
 
     #[inline]
     unsafe fn tile(
         k: usize,
         a: *const f32,
+        lda: usize,
         b: *const f32,
         dst: *mut f32,
         ldd: usize,
@@ -338,11 +318,11 @@ impl Kernel for Portable {
     ) {
         let mut acc = [[0f32; PORTABLE_NR]; PORTABLE_MR];
         for p in 0..k {
-            let a = &*(a.add(p * PORTABLE_MR) as *const [f32; PORTABLE_MR]);
             let b = &*(b.add(p * PORTABLE_NR) as *const [f32; PORTABLE_NR]);
-            for i in 0..PORTABLE_MR {
-                for j in 0..PORTABLE_NR {
-                    acc[i][j] += a[i] * b[j];
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let a = *a.add(i * lda + p);
+                for (acc, b) in acc.iter_mut().zip(b) {
+                    *acc += a * b;
                 }
             }
         }
@@ -381,13 +361,13 @@ mod avx512 {
     impl Kernel for Avx512 {
         const MR: usize = MR;
         const NR: usize = NR;
-        const MC: usize = 128;
         const NC: usize = 480;
 
         #[inline]
         unsafe fn tile(
             k: usize,
             a: *const f32,
+            lda: usize,
             b: *const f32,
             dst: *mut f32,
             ldd: usize,
@@ -396,7 +376,7 @@ mod avx512 {
             overwrite: bool,
         ) {
             // SAFETY: only called from `sgemm` above, on a CPU with AVX-512 F.
-            tile(k, a, b, dst, ldd, rows, cols, overwrite)
+            tile(k, a, lda, b, dst, ldd, rows, cols, overwrite)
         }
     }
 
@@ -405,6 +385,7 @@ mod avx512 {
     unsafe fn tile(
         k: usize,
         a: *const f32,
+        lda: usize,
         b: *const f32,
         dst: *mut f32,
         ldd: usize,
@@ -413,16 +394,15 @@ mod avx512 {
         overwrite: bool,
     ) {
         let mut acc = [[_mm512_setzero_ps(); VECTORS]; MR];
-        let (mut a, mut b) = (a, b);
-        for _ in 0..k {
+        let mut b = b;
+        for p in 0..k {
             let bv: [__m512; VECTORS] = std::array::from_fn(|v| _mm512_loadu_ps(b.add(16 * v)));
             for (i, acc) in acc.iter_mut().enumerate() {
-                let ai = _mm512_set1_ps(*a.add(i));
+                let ai = _mm512_set1_ps(*a.add(i * lda + p));
                 for (acc, &bv) in acc.iter_mut().zip(&bv) {
                     *acc = _mm512_fmadd_ps(ai, bv, *acc);
                 }
             }
-            a = a.add(MR);
             b = b.add(NR);
         }
         // lanes of each vector inside the matrix; masked lanes are neither read nor written
