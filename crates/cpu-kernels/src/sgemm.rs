@@ -249,6 +249,9 @@ unsafe fn blocked<K: Kernel>(p: &Product) {
 
 /// Packs `kc` rows of `nc` values of `rhs` (`ld` apart) into panels of NR columns, each
 /// `[kc][NR]`, zero-padded.
+///
+/// # Safety
+/// `rhs` is valid for reads of `kc` rows of `nc` values `ld` apart.
 #[inline(always)]
 unsafe fn pack_rhs<K: Kernel>(rhs: *const f32, ld: usize, kc: usize, nc: usize, packed: &mut [f32]) {
     for (panel, j0) in (0..nc).step_by(K::NR).enumerate() {
@@ -478,6 +481,7 @@ mod tests {
             let mut dst = [1f32; 4];
             // SAFETY: nothing is read or written.
             unsafe { sgemm(level, 0, 4, 3, dst.as_mut_ptr(), 4, false, [].as_ptr(), 3, [].as_ptr(), 4) };
+            // SAFETY: as above.
             unsafe { sgemm(level, 1, 0, 3, dst.as_mut_ptr(), 4, false, [].as_ptr(), 3, [].as_ptr(), 4) };
             assert_eq!(dst, [1.; 4]);
         }
