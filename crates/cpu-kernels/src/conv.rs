@@ -1,6 +1,7 @@
 //! What our convolution ops share: where their inputs come from, their constants, the output
 //! written by several threads, per-thread scratch buffers, and tasks spread over tract's pool.
 
+use crate::sgemm::{cpu_level, CpuLevel};
 use std::sync::Arc;
 use tract_linalg::multithread::{current_tract_executor, Executor};
 use tract_onnx::prelude::*;
@@ -79,21 +80,22 @@ impl std::fmt::Display for ConvParts {
     }
 }
 
-/// The constants of a rewritten convolution: its weights (in the op's own layout), bias, and
-/// where its input channels come from.
+/// The constants of a rewritten convolution: its weights (in the op's own layout), bias, where
+/// its input channels come from, and the instruction set of its matrix products.
 #[derive(Debug, Clone)]
 pub struct ConvWeights {
     pub cout: usize,
     pub weights: Arc<Vec<f32>>,
     pub bias: Arc<Vec<f32>>,
     pub parts: ConvParts,
+    pub level: CpuLevel,
 }
 
 // Two ops are equal when they share their weights (tract compares ops when it merges identical
 // nodes); f32 weights have no total equality of their own.
 impl PartialEq for ConvWeights {
     fn eq(&self, other: &Self) -> bool {
-        (self.cout, &self.parts) == (other.cout, &other.parts)
+        (self.cout, &self.parts, self.level) == (other.cout, &other.parts, other.level)
             && Arc::ptr_eq(&self.weights, &other.weights)
             && Arc::ptr_eq(&self.bias, &other.bias)
     }
@@ -101,14 +103,17 @@ impl PartialEq for ConvWeights {
 impl Eq for ConvWeights {}
 
 impl ConvWeights {
-    /// `weights` for `bias.len()` output channels.
+    /// `weights` for `bias.len()` output channels, multiplied at the default level ([`cpu_level`]).
     pub fn new(weights: Vec<f32>, bias: &[f32], parts: ConvParts) -> Self {
-        ConvWeights { cout: bias.len(), weights: Arc::new(weights), bias: Arc::new(bias.to_vec()), parts }
+        let (weights, bias) = (Arc::new(weights), Arc::new(bias.to_vec()));
+        ConvWeights { cout: bias.len(), weights, bias, parts, level: cpu_level() }
     }
 
-    /// "{inputs}->{cout} channels", with ", Relu" when one is folded: for the ops' `info`.
+    /// "{inputs}->{cout} channels", with ", Relu" when one is folded, and the level: for the
+    /// ops' `info`.
     pub fn describe(&self) -> String {
-        format!("{}->{} channels{}", self.parts, self.cout, if self.parts.relu { ", Relu" } else { "" })
+        let relu = if self.parts.relu { ", Relu" } else { "" };
+        format!("{}->{} channels{relu}, {}", self.parts, self.cout, self.level)
     }
 
     /// An op's `eval`: checks `inputs` against the parts, asks `output_hw` (which checks the
@@ -171,6 +176,7 @@ pub fn with_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 pub(crate) mod test_support {
     use super::ConvParts;
     use crate::gemm_conv::ConvGeometry;
+    use crate::sgemm::CpuLevel;
     use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
     /// Seeded values in [-0.5, 0.5).
@@ -180,6 +186,20 @@ pub(crate) mod test_support {
             .map(|_| {
                 s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    /// The instruction-set levels this CPU has, highest first; says which it skips.
+    pub fn levels() -> Vec<CpuLevel> {
+        CpuLevel::ALL
+            .into_iter()
+            .filter(|level| {
+                let available = level.is_available();
+                if !available {
+                    eprintln!("skipped: this CPU has no {level}");
+                }
+                available
             })
             .collect()
     }

@@ -5,10 +5,11 @@
 //! tract does the same in principle, but spends much of its time building the whole patch matrix
 //! (the ResNet stem: docs/BENCHMARKS.md). [`GemmConv`] gathers one
 //! block's patch matrix `[cin x kh x kw][pixels]` into a per-thread buffer that stays in cache and
-//! multiplies it with the `gemm` crate's kernels, starting from the bias; a folded Relu is applied
+//! multiplies it ([`sgemm`]), starting from the bias; a folded Relu is applied
 //! while the block is in cache.
 
 use crate::conv::{executor_threads, run_tasks, with_buffer, ConvParts, ConvWeights, OutPtr};
+use crate::sgemm::sgemm;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -103,26 +104,18 @@ impl GemmConv {
                     for o in 0..cout {
                         std::slice::from_raw_parts_mut(out.get().add(at(o)), pixels).fill(self.conv.bias[o]);
                     }
-                    gemm::gemm(
+                    sgemm(
+                        self.conv.level,
                         cout,
                         pixels,
                         depth,
                         out.get().add(at(0)),
-                        1,
-                        (oh * ow) as isize,
+                        oh * ow,
                         true,
                         self.conv.weights.as_ptr(),
-                        1,
-                        depth as isize,
+                        depth,
                         patches.as_ptr(),
-                        1,
-                        pixels as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
+                        pixels,
                     );
                     if self.conv.parts.relu {
                         for o in 0..cout {
@@ -213,7 +206,7 @@ impl TypedOp for GemmConv {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conv::test_support::{random, reference, threads};
+    use crate::conv::test_support::{levels, random, reference, threads};
 
     fn check(images: usize, sizes: &[usize], cout: usize, window: ConvGeometry, relu: bool, threads_: usize) {
         let parts = ConvParts { sizes: sizes.to_vec(), relu };
@@ -223,14 +216,18 @@ mod tests {
         let [rows, cols] = window.input;
         let inputs: Vec<Vec<f32>> =
             sizes.iter().enumerate().map(|(k, &c)| random(images * c * rows * cols, 3 + k as u64)).collect();
-        let conv = GemmConv::new(&weights, &bias, cout, window, parts.clone());
-        let [oh, ow] = window.output();
-        let mut y = vec![f32::NAN; images * cout * oh * ow];
-        let slices: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
-        threads(threads_, || conv.convolve(&slices, images, &mut y));
         let want = reference(&weights, &bias, &inputs, &parts, images, cout, &window);
-        let err = y.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(err <= 1e-5, "{window:?} {sizes:?}->{cout}: error {err}");
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for level in levels() {
+            let mut conv = GemmConv::new(&weights, &bias, cout, window, parts.clone());
+            conv.conv.level = level;
+            let [oh, ow] = window.output();
+            let mut y = vec![f32::NAN; images * cout * oh * ow];
+            let slices: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+            threads(threads_, || conv.convolve(&slices, images, &mut y));
+            let err = y.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err <= 1e-5 * scale.max(1.0), "{level} {window:?} {sizes:?}->{cout}: error {err}");
+        }
     }
 
     #[test]

@@ -15,8 +15,15 @@
 //! onnxruntime, per CPU: docs/BENCHMARKS.md.
 //! `ICHSEG_TRACT_CONV=1` in the environment keeps tract's convolutions, for comparisons.
 //!
-//! The crate's one entry point is the pass ([`rewrite`], with [`enabled`]); the ops themselves
-//! are private. [`relu_grad`] also owns the ONNX form of a Relu gradient that gradient graphs
+//! All three convolutions do their matrix products with [`sgemm::sgemm`] (sgemm.rs), at the
+//! instruction-set level ([`CpuLevel`]) the op was built with: our AVX-512 kernel, the `gemm`
+//! crate's AVX2 kernels, or our portable kernel. The level is detected once at run time
+//! ([`cpu_level`], which the library can report); `ICHSEG_CPU_LEVEL=avx2` or `=portable` in the
+//! environment forces a lower one for comparisons (a higher level than the CPU has, or an unknown
+//! value, keeps the detected one).
+//!
+//! The crate's entry point is the pass ([`rewrite`], with [`enabled`]); the ops themselves are
+//! private, the matrix product public for benchmarks. [`relu_grad`] also owns the ONNX form of a Relu gradient that gradient graphs
 //! emit and the pass recognises ([`relu_grad::emit_onnx`]), so the two sides cannot drift.
 
 mod conv;
@@ -24,6 +31,8 @@ mod gemm_conv;
 mod pass;
 mod pointwise;
 pub mod relu_grad;
+pub mod sgemm;
 mod winograd;
 
 pub use pass::{enabled, rewrite};
+pub use sgemm::{cpu_level, CpuLevel};

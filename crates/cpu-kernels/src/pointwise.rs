@@ -3,11 +3,12 @@
 //! In NCHW a 1x1 convolution of one image is `Y[cout][pixels] = W[cout][cin] X[cin][pixels]`: no
 //! data movement is needed. tract's plan moves the channel axis of every input first (a
 //! `MoveAxis` copy that cost ResNet50's gradient graph more time than the products themselves:
-//! docs/BENCHMARKS.md). [`PointwiseConv`] multiplies in place with the `gemm` crate's kernels, per image
+//! docs/BENCHMARKS.md). [`PointwiseConv`] multiplies in place ([`sgemm`]), per image
 //! and range of pixels, starting from the bias; a folded Relu is applied to each range while it is
 //! in cache, and a folded channel Concat becomes one product per input.
 
 use crate::conv::{executor_threads, run_tasks, ConvParts, ConvWeights, OutPtr};
+use crate::sgemm::sgemm;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -61,26 +62,18 @@ impl PointwiseConv {
                 }
                 let mut channel = 0;
                 for (x, &channels) in inputs.iter().zip(&self.conv.parts.sizes) {
-                    gemm::gemm(
+                    sgemm(
+                        self.conv.level,
                         cout,
                         width,
                         channels,
                         out.get().offset(dst(0)),
-                        1,
-                        pixels as isize,
+                        pixels,
                         true,
                         self.conv.weights.as_ptr().add(channel),
-                        1,
-                        cin as isize,
+                        cin,
                         x.as_ptr().add(n * channels * pixels + p0),
-                        1,
-                        pixels as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
+                        pixels,
                     );
                     channel += channels;
                 }
@@ -137,7 +130,7 @@ impl TypedOp for PointwiseConv {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conv::test_support::{random, reference, threads, unit_window};
+    use crate::conv::test_support::{levels, random, reference, threads, unit_window};
 
     fn check(images: usize, sizes: &[usize], cout: usize, rows: usize, cols: usize, relu: bool, threads_: usize) {
         let cin: usize = sizes.iter().sum();
@@ -146,14 +139,19 @@ mod tests {
         let inputs: Vec<Vec<f32>> =
             sizes.iter().enumerate().map(|(k, &c)| random(images * c * rows * cols, 3 + k as u64)).collect();
         let parts = ConvParts { sizes: sizes.to_vec(), relu };
-        let conv = PointwiseConv::new(&weights, &bias, cout, rows * cols, parts.clone());
-        let mut y = vec![f32::NAN; images * cout * rows * cols];
-        let slices: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
-        threads(threads_, || conv.convolve(&slices, images, &mut y));
         let reference =
             reference(&weights, &bias, &inputs, &parts, images, cout, &unit_window(1, [0; 4], [rows, cols]));
-        let err = y.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(err <= 1e-5, "{images}x{sizes:?}->{cout} {rows}x{cols}: error {err}");
+        let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for level in levels() {
+            let mut conv = PointwiseConv::new(&weights, &bias, cout, rows * cols, parts.clone());
+            conv.conv.level = level;
+            assert!(conv.info().unwrap()[0].ends_with(&format!(", {level}")));
+            let mut y = vec![f32::NAN; images * cout * rows * cols];
+            let slices: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+            threads(threads_, || conv.convolve(&slices, images, &mut y));
+            let err = y.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err <= 1e-5 * scale.max(1.0), "{level} {images}x{sizes:?}->{cout} {rows}x{cols}: error {err}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! - the kernel is transformed once, U = G g Gᵀ (in f64), into 36 matrices `[cout][cin]`;
 //! - the input is cut into overlapping 6x6 tiles, transformed V = Bᵀ d B, a block of tile rows at
 //!   a time so that V stays in cache;
-//! - 36 matrix products M = U V (the `gemm` crate's kernels);
+//! - 36 matrix products M = U V ([`sgemm`], at the op's instruction-set level);
 //! - each tile's output is Aᵀ M A plus the bias.
 //!
 //! The transforms run vectorised across the tiles of a row: input rows are first split into the
@@ -16,6 +16,7 @@
 //! (tests below).
 
 use crate::conv::{executor_threads, run_tasks, with_buffer, ConvParts, ConvWeights, OutPtr};
+use crate::sgemm::sgemm;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -268,29 +269,21 @@ impl WinogradConv {
     /// `work` holds V for all channels; no one else writes these points of M.
     #[inline(always)]
     unsafe fn multiply(&self, points: std::ops::Range<usize>, work: &Work) {
-        let (cin, cout, stride) = (self.cin, self.conv.cout, work.stride as isize);
+        let (cin, cout, stride) = (self.cin, self.conv.cout, work.stride);
         for point in points {
             // row-major [cout][cin] x [cin][tiles] -> [cout][tiles], rows `stride` apart
-            gemm::gemm(
+            sgemm(
+                self.conv.level,
                 cout,
                 work.tiles,
                 cin,
                 work.m.add(point * cout * work.stride),
-                1,
                 stride,
                 false,
                 self.conv.weights.as_ptr().add(point * cout * cin),
-                1,
-                cin as isize,
+                cin,
                 work.v.add(point * cin * work.stride),
-                1,
                 stride,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
             );
         }
     }
@@ -444,7 +437,7 @@ impl Work {
 }
 
 /// `f` compiled for AVX2 + FMA where the CPU has them (the transforms are vectorised by the
-/// compiler; the matrix products pick their own kernels at run time).
+/// compiler; the matrix products have their own kernels per level).
 #[inline(always)]
 fn simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
@@ -512,7 +505,7 @@ impl TypedOp for WinogradConv {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conv::test_support::{random, reference, threads, unit_window};
+    use crate::conv::test_support::{levels, random, reference, threads, unit_window};
 
     // The transforms' matrices (Lavin & Gray, F(4x4, 3x3)), against which the hand-factored
     // `input_transform` and `output_transform` are checked.
@@ -578,18 +571,21 @@ mod tests {
         let bias = random(cout, 2);
         let inputs: Vec<Vec<f32>> =
             sizes.iter().enumerate().map(|(k, &c)| random(n * c * h * w, 3 + k as u64)).collect();
-        let conv = WinogradConv::new(&weights, &bias, cout, h, w, pads, parts.clone());
-        let (oh, ow) = conv.output_hw();
-        let mut y = vec![f32::NAN; n * cout * oh * ow];
-        let slices: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
-        threads(threads_, || conv.convolve(&slices, n, &mut y));
         let reference = reference(&weights, &bias, &inputs, &parts, n, cout, &unit_window(3, pads, [h, w]));
         let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let err = y.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(
-            err <= 1e-5 * scale.max(1.0),
-            "{n}x{sizes:?}->{cout} {h}x{w} pads {pads:?}: error {err} (scale {scale})"
-        );
+        for level in levels() {
+            let mut conv = WinogradConv::new(&weights, &bias, cout, h, w, pads, parts.clone());
+            conv.conv.level = level;
+            let (oh, ow) = conv.output_hw();
+            let mut y = vec![f32::NAN; n * cout * oh * ow];
+            let slices: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+            threads(threads_, || conv.convolve(&slices, n, &mut y));
+            let err = y.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                err <= 1e-5 * scale.max(1.0),
+                "{level} {n}x{sizes:?}->{cout} {h}x{w} pads {pads:?}: error {err} (scale {scale})"
+            );
+        }
     }
 
     #[test]
