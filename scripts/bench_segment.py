@@ -62,6 +62,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ichseg", type=pathlib.Path, default=ROOT / "target" / "release" / "ichseg",
                    help="ichseg binary (default target/release/ichseg)")
     p.add_argument("--skip-ichseg", action="store_true", help="time onnxruntime only")
+    p.add_argument("--cpu-levels", default="default",
+                   help="ichseg runs per CPU kernel level, comma-separated: default (the CPU's best) "
+                        "and/or avx2, portable (ICHSEG_CPU_LEVEL), e.g. default,avx2 on an AVX-512 CPU")
     p.add_argument("--keep", type=pathlib.Path, default=None, help="keep model, volume and outputs here")
     p.add_argument("--dry-run", action="store_true",
                    help="tiny U-Net (base 4, depth 2, 64x64 input), 2 slices of 128x128")
@@ -241,7 +244,7 @@ def ichseg_version(binary: pathlib.Path) -> str:
     return (m.group(1) if m else "?") + " (Cargo.toml)"
 
 
-def bench_ichseg(args, model: pathlib.Path, volume: pathlib.Path, work: pathlib.Path):
+def bench_ichseg(args, model: pathlib.Path, volume: pathlib.Path, work: pathlib.Path, level: str = "default"):
     binary = args.ichseg
     if not binary.is_file() or not os.access(binary, os.X_OK):
         print(f"[bench] ichseg binary not found at {binary}: build it with `cargo build --release` "
@@ -252,15 +255,19 @@ def bench_ichseg(args, model: pathlib.Path, volume: pathlib.Path, work: pathlib.
     for i in range(args.repeat):
         cmd = [str(binary), "segment", "--model", str(model), str(volume), "-o", str(out),
                "--report", str(report), "--threads", str(args.threads), "--quiet"]
+        env = {k: v for k, v in os.environ.items() if k != "ICHSEG_CPU_LEVEL"}
+        if level != "default":
+            env["ICHSEG_CPU_LEVEL"] = level
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             print(f"[bench] ichseg failed (exit {proc.returncode}): {shlex.join(cmd)}\n"
                   f"{proc.stderr.strip()}", file=sys.stderr)
             return None
         try:
-            timings = json.loads(report.read_text())["timings"]
+            rep = json.loads(report.read_text())
+            timings, kernels = rep["timings"], rep.get("cpu_kernels", "?")
             runs.append({k: float(timings[k]) for k in ("load_s", "inference_s", "total_s")} | {"wall_s": wall})
             if "preprocess_s" in timings and "postprocess_s" in timings:
                 runs[-1] |= {k: float(timings[k]) for k in ("preprocess_s", "postprocess_s")}
@@ -270,6 +277,7 @@ def bench_ichseg(args, model: pathlib.Path, volume: pathlib.Path, work: pathlib.
             return None
     res = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     res["runs"] = runs
+    res["kernels"] = kernels
     res["mask"] = read_mask(out)
     res["version"] = ichseg_version(binary)
     return res
@@ -300,10 +308,25 @@ def machine() -> str:
     except AttributeError:
         usable = logical
     cores = f"{logical} logical cores" + (f" ({usable} usable)" if usable != logical else "")
-    return f"{cpu}, {cores}, {platform.system()} {platform.release()}"
+    family = model = ""
+    flags: set[str] = set()
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = (x.strip() for x in line.partition(":"))
+            if key == "cpu family" and not family:
+                family = value
+            elif key == "model" and not model:
+                model = value
+            elif key == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    ident = f", family {family} model {model}" if family else ""
+    return f"{cpu}{ident} ({isa}), {cores}, {platform.system()} {platform.release()}"
 
 
-def markdown(args, ort_res: dict, ich, agreement, n_params: int, command: str) -> str:
+def markdown(args, ort_res: dict, ichs: list, command: str, n_params: int) -> str:
     import onnxruntime
 
     nz = args.slices
@@ -326,21 +349,24 @@ def markdown(args, ort_res: dict, ich, agreement, n_params: int, command: str) -
         f"| onnxruntime {onnxruntime.__version__} | {ort_res['load_s']:.3f} | {ort_res['volume_s']:.3f} | "
         f"{ort_res['volume_s'] / nz:.4f} | 1.00 | {ort_res['inference_s']:.3f} | 1.00 |",
     ]
-    if ich is not None:
+    for level, ich, _ in ichs:
+        if ich is None:
+            why = "skipped (--skip-ichseg)" if args.skip_ichseg else "not run (binary missing or failed)"
+            lines.append(f"| ichseg ({level}) | - | - | - | {why} | - | - |")
+            continue
         lines.append(
-            f"| ichseg {ich['version']} | {ich['load_s']:.3f} | {ich['total_s']:.3f} | "
+            f"| ichseg {ich['version']}, kernels {ich['kernels']} | {ich['load_s']:.3f} | {ich['total_s']:.3f} | "
             f"{ich['total_s'] / nz:.4f} | {ich['total_s'] / ort_res['volume_s']:.2f} | "
             f"{ich['inference_s']:.3f} | {ich['inference_s'] / ort_res['inference_s']:.2f} |")
-    else:
-        why = "skipped (--skip-ichseg)" if args.skip_ichseg else "not run (binary missing or failed)"
-        lines.append(f"| ichseg | - | - | - | {why} | - | - |")
     lines.append("")
-    if ich is not None:
-        lines.append(f"ichseg process wall clock {ich['wall_s']:.3f} s (NIfTI read/write, model load, "
-                     "lesions and report included). "
-                     f"Mask agreement with onnxruntime: {agreement * 100:.4f} % of voxels "
-                     f"({int(ich['mask'].sum())} vs {int(ort_res['mask'].sum())} mask voxels).")
-        lines.append("")
+    for level, ich, agreement in ichs:
+        if ich is not None:
+            lines.append(f"ichseg (kernels {ich['kernels']}) process wall clock {ich['wall_s']:.3f} s (NIfTI "
+                         "read/write, model load, lesions and report included). "
+                         f"Mask agreement with onnxruntime: {agreement * 100:.4f} % of voxels "
+                         f"({int(ich['mask'].sum())} vs {int(ort_res['mask'].sum())} mask voxels).")
+            lines.append("")
+    ich = next((i for _, i, _ in ichs if i is not None), None)
     lines += [
         f"- Machine: {machine()}",
         f"- Versions: onnxruntime {onnxruntime.__version__}, ichseg "
@@ -383,30 +409,39 @@ def main() -> int:
         print(f"[bench]   load {ort_res['load_s']:.3f} s, per volume {ort_res['volume_s']:.3f} s "
               f"({ort_res['volume_s'] / args.slices:.4f} s/slice), network {ort_res['inference_s']:.3f} s, mask {int(ort_res['mask'].sum())} voxels")
 
-        ich, agreement = None, None
-        if not args.skip_ichseg:
-            print(f"[bench] ichseg {args.ichseg}, {args.threads} thread(s), {args.repeat} run(s)")
-            ich = bench_ichseg(args, model, volume, work)
-        if ich is not None:
-            if ich["mask"].shape != ort_res["mask"].shape:
-                print(f"[bench] mask shapes differ: ichseg {ich['mask'].shape} vs onnxruntime "
-                      f"{ort_res['mask'].shape}", file=sys.stderr)
-                agreement = 0.0
-            else:
-                agreement = float(np.mean(ich["mask"] == ort_res["mask"].astype(bool)))
-            print(f"[bench]   load {ich['load_s']:.3f} s, per volume {ich['total_s']:.3f} s "
-                  f"({ich['total_s'] / args.slices:.4f} s/slice), network {ich['inference_s']:.3f} s, "
-                  f"process wall {ich['wall_s']:.3f} s; ratio ichseg/onnxruntime "
-                  f"{ich['total_s'] / ort_res['volume_s']:.2f} (network {ich['inference_s'] / ort_res['inference_s']:.2f}); "
-                  f"mask agreement {agreement * 100:.4f} %")
+        ichs = []
+        for level in args.cpu_levels.split(","):
+            ich, agreement = None, None
+            if not args.skip_ichseg:
+                print(f"[bench] ichseg {args.ichseg} (CPU level {level}), {args.threads} thread(s), {args.repeat} run(s)")
+                ich = bench_ichseg(args, model, volume, work, level)
+            ichs.append((level, ich, report_ichseg(args, ort_res, ich)))
 
-        section = markdown(args, ort_res, ich, agreement, n_params, command)
+        section = markdown(args, ort_res, ichs, command, n_params)
         if args.out is not None:
             update_markdown(args.out, section)
             print(f"[bench] updated {args.out}")
         else:
             print(section)
     return 0
+
+
+def report_ichseg(args, ort_res: dict, ich) -> float | None:
+    """Prints one ichseg run's numbers against onnxruntime's; the mask agreement."""
+    agreement = None
+    if ich is not None:
+        if ich["mask"].shape != ort_res["mask"].shape:
+            print(f"[bench] mask shapes differ: ichseg {ich['mask'].shape} vs onnxruntime "
+                  f"{ort_res['mask'].shape}", file=sys.stderr)
+            agreement = 0.0
+        else:
+            agreement = float(np.mean(ich["mask"] == ort_res["mask"].astype(bool)))
+        print(f"[bench]   load {ich['load_s']:.3f} s, per volume {ich['total_s']:.3f} s "
+              f"({ich['total_s'] / args.slices:.4f} s/slice), network {ich['inference_s']:.3f} s, "
+              f"process wall {ich['wall_s']:.3f} s; ratio ichseg/onnxruntime "
+              f"{ich['total_s'] / ort_res['volume_s']:.2f} (network {ich['inference_s'] / ort_res['inference_s']:.2f}); "
+              f"mask agreement {agreement * 100:.4f} %")
+    return agreement
 
 
 if __name__ == "__main__":

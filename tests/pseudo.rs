@@ -504,3 +504,12 @@ fn min_lesion_ml_drops_small_lesions_from_the_final_mask_after_the_bone_cut() {
     assert_eq!(filtered.mask, want);
     assert_eq!(filtered.fused, full.fused, "the filter only touches the mask");
 }
+
+#[test]
+fn a_classifier_whose_encoded_file_was_released_is_refused_with_the_reason() {
+    let mut model = tiny();
+    model.release_source();
+    let options = PseudoOptions { taps: vec![taps(&TINY_TAPS)], ..Default::default() };
+    let err = PseudoLabeler::new(&engine(), vec![model], &options).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)) && err.to_string().contains("release_source"), "{err}");
+}

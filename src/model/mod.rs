@@ -153,9 +153,15 @@ impl OnnxModel {
         })
     }
 
-    /// The encoded ONNX model this was parsed from.
+    /// The encoded ONNX model this was parsed from; empty after [`OnnxModel::release_source`].
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
+    }
+
+    /// Frees the encoded file kept for building derived graphs (gradient graphs for CAMs), as
+    /// large as the weights: a model that only runs forward does not need it.
+    pub fn release_source(&mut self) {
+        self.bytes = std::sync::Arc::from([]);
     }
 
     /// The optimised tract plan libichseg runs for one f32 input of `shape`: tract's optimiser

@@ -103,6 +103,15 @@ impl Engine {
     pub fn threads(&self) -> usize {
         self.threads
     }
+    /// What runs the convolutions on the CPU: our kernels at their instruction set (`avx512`,
+    /// `avx2`, `portable`; `ICHSEG_CPU_LEVEL` lowers it), or `tract` with `ICHSEG_TRACT_CONV=1`.
+    pub fn cpu_kernels(&self) -> String {
+        if ichseg_cpu_kernels::enabled() {
+            ichseg_cpu_kernels::cpu_level().to_string()
+        } else {
+            "tract".to_string()
+        }
+    }
     /// `"cpu"` or `"cuda:N"`.
     pub fn device_name(&self) -> &str {
         &self.device_name

@@ -706,6 +706,12 @@ impl Classifier {
             channels,
             ..Default::default()
         };
+        if model.bytes().is_empty() {
+            return Err(Error::arg(format!(
+                "{}: its encoded file was released (OnnxModel::release_source): load the model again",
+                model.name
+            )));
+        }
         let graph = GradientGraph::build(model.bytes(), &model.name, &grad_options)?;
         let [_, channels, rows, cols] = graph.input_shape;
         if channels != 1 && channels != 3 {

@@ -24,6 +24,8 @@ pub struct SegmentationReport {
     pub device: String,
     pub device_note: String,
     pub threads: usize,
+    /// What runs the convolutions on the CPU ([`crate::Engine::cpu_kernels`]).
+    pub cpu_kernels: String,
     /// Slices per network run at the end (below the configured batch when the GPU ran out of
     /// memory and it was halved).
     pub batch: usize,
@@ -97,6 +99,7 @@ impl SegmentationReport {
             device: segmenter.engine().device_name().to_string(),
             device_note: segmenter.engine().device_note().to_string(),
             threads: segmenter.engine().threads(),
+            cpu_kernels: segmenter.engine().cpu_kernels(),
             batch: result.batch,
             lesion_count: result.lesions.len(),
             total_volume_ml: result.total_volume_ml,
@@ -149,6 +152,7 @@ pub fn pseudo_label_report(
         "settings": t,
         "intracranial_mask": IntracranialReport::new(r.intracranial.as_ref(), voxel_ml),
         "device": e.device_name(), "device_note": e.device_note(), "threads": e.threads(),
+        "cpu_kernels": e.cpu_kernels(),
         "cam_device": r.cam_device, "taps_on_device": r.taps_on_device, "crf_device": r.crf_device, "batch": r.batch,
         "positive_slices": r.positive.iter().enumerate().filter(|(_, &p)| p).map(|(z, _)| z).collect::<Vec<_>>(),
         "slice_probabilities": r.slice_probabilities,

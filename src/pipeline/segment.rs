@@ -155,7 +155,9 @@ impl std::fmt::Debug for Segmenter {
 
 impl Segmenter {
     /// Checks that `model` is a usable U-Net, resolves the settings and builds its tract plan.
-    pub fn new(engine: &Engine, model: OnnxModel, options: &SegmenterOptions) -> Result<Self> {
+    pub fn new(engine: &Engine, mut model: OnnxModel, options: &SegmenterOptions) -> Result<Self> {
+        // Segmentation builds no derived graphs: the encoded file would only hold memory.
+        model.release_source();
         if model.metadata.kind == Some(ModelKind::Classifier) {
             return Err(Error::InvalidModel(format!(
                 "{} is a classifier (ichseg.kind = classifier); segmentation needs a U-Net",

@@ -18,12 +18,17 @@ pub fn run(a: &DoctorArgs) -> Result<()> {
         let out = serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"), "cuda": report,
             "auto": {"device": engine.device_name(), "why": engine.device_note(), "threads": engine.threads()},
+            "cpu_kernels": engine.cpu_kernels(),
         });
         println!("{}", serde_json::to_string_pretty(&out).map_err(|e| Error::arg(e.to_string()))?);
         return Ok(());
     }
     print_text(&report);
     println!("auto      {} x{} threads: {}", engine.device_name(), engine.threads(), engine.device_note());
+    println!(
+        "cpu conv  {} (ICHSEG_CPU_LEVEL=avx2|portable lowers it; ICHSEG_TRACT_CONV=1: tract's)",
+        engine.cpu_kernels()
+    );
     Ok(())
 }
 

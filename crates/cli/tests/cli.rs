@@ -396,3 +396,28 @@ fn profile_ops_prints_where_each_network_run_spent_its_time() {
     let quiet = run(false);
     assert!(quiet.status.success() && !stderr(&quiet).contains("ichseg-profile"), "{}", stderr(&quiet));
 }
+
+#[test]
+fn the_report_names_the_cpu_kernels_and_the_switches_lower_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("r.json");
+    let kernels = |env: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ichseg"));
+        cmd.args(["segment", "--model", p(&unet("unet_transpose.onnx")), p(&unet("ct_small.nii.gz"))])
+            .args(["-o", p(&dir.path().join("m.nii.gz")), "--report", p(&report), "--quiet"])
+            .env_remove("ICHSEG_CPU_LEVEL")
+            .env_remove("ICHSEG_TRACT_CONV")
+            .envs(env.iter().copied());
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        (r["cpu_kernels"].as_str().unwrap().to_string(), r["lesion_count"].clone())
+    };
+    let (detected, lesions) = kernels(&[]);
+    assert!(["avx512", "avx2", "portable"].contains(&detected.as_str()), "{detected}");
+    // every level finds the same lesions
+    assert_eq!(kernels(&[("ICHSEG_CPU_LEVEL", "portable")]), ("portable".to_string(), lesions.clone()));
+    // a level above the CPU's, or an unknown one, keeps the detected level
+    assert_eq!(kernels(&[("ICHSEG_CPU_LEVEL", "avx9000")]).0, detected);
+    assert_eq!(kernels(&[("ICHSEG_TRACT_CONV", "1")]), ("tract".to_string(), lesions));
+}
