@@ -59,9 +59,9 @@
  * filter to the classifiers' tuned ichseg.pseudo.* metadata by default (threshold and
  * min_lesion_ml NaN, use_max_hu -1) and adds use_intracranial_mask, intracranial_margin_mm and
  * preset (IchsegPreset); IchsegSegmentOptions v3 adds use_intracranial_mask and
- * intracranial_margin_mm.
+ * intracranial_margin_mm. Version 6: IchsegEngineOptions v4 adds low_memory.
  */
-#define ICHSEG_ABI_VERSION 5
+#define ICHSEG_ABI_VERSION 6
 
 /**
  * IchsegLesionFindings.flags bit: the voxel-counted volume is >= 30 mL.
@@ -442,6 +442,13 @@ typedef struct IchsegEngineOptions {
      * system refuses are ICHSEG_STATUS_OUT_OF_MEMORY either way.
      */
     uint64_t memory_limit_mb;
+    /**
+     * (v4) 1: trade speed for memory: on the CPU, 3x3 convolutions keep their weights as they
+     * are instead of Winograd's transformed copies, 4x their size (peak memory and speed:
+     * docs/BENCHMARKS.md, Memory). No effect on a GPU. 0 (the default): off. Other values:
+     * ICHSEG_STATUS_INVALID_ARGUMENT.
+     */
+    uint32_t low_memory;
 } IchsegEngineOptions;
 
 /**
@@ -717,7 +724,7 @@ extern "C" {
 #endif // __cplusplus
 
 /**
- * The C ABI version of the loaded library (5 for this header; see ICHSEG_ABI_VERSION).
+ * The C ABI version of the loaded library (6 for this header; see ICHSEG_ABI_VERSION).
  *
  * Thread-safe; never fails.
  */
@@ -861,7 +868,7 @@ void ichseg_bytes_free(uint8_t *bytes, size_t len);
 
 /**
  * Fills `opts` with the defaults (threads 0 = one per core, ICHSEG_DEVICE_AUTO, cuda_device
- * 0, memory_limit_mb 0 = none). Call it through the macro ichseg_engine_options_init(opts), which passes `size` =
+ * 0, memory_limit_mb 0 = none, low_memory 0). Call it through the macro ichseg_engine_options_init(opts), which passes `size` =
  * sizeof(IchsegEngineOptions) of the caller's header: the library writes exactly that many
  * bytes (no more than its own struct) and sets struct_size to them, so callers built against
  * older headers stay safe. Does nothing when `opts` is NULL or `size` is below the first

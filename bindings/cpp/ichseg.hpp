@@ -176,6 +176,9 @@ struct EngineOptions {
     /// Cap in MiB on the buffers one call allocates for its volume; 0 = none. Work over it
     /// throws Error(OUT_OF_MEMORY) before anything is allocated.
     uint64_t memory_limit_mb = detail::engine_defaults().memory_limit_mb;
+    /// Trade speed for memory: on the CPU, 3x3 convolutions keep their weights as they are
+    /// instead of Winograd's copies, 4x their size.
+    bool low_memory = detail::engine_defaults().low_memory != 0;
 
     IchsegEngineOptions to_c() const noexcept {
         IchsegEngineOptions o;
@@ -184,6 +187,7 @@ struct EngineOptions {
         o.device = static_cast<IchsegDevice>(device);
         o.cuda_device = cuda_device;
         o.memory_limit_mb = memory_limit_mb;
+        o.low_memory = low_memory ? 1 : 0;
         return o;
     }
 };

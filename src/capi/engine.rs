@@ -53,6 +53,11 @@ pub struct IchsegEngineOptions {
     /// allocated. 0 (the default) = no cap beyond what the system grants; allocations the
     /// system refuses are ICHSEG_STATUS_OUT_OF_MEMORY either way.
     pub memory_limit_mb: u64,
+    /// (v4) 1: trade speed for memory: on the CPU, 3x3 convolutions keep their weights as they
+    /// are instead of Winograd's transformed copies, 4x their size (peak memory and speed:
+    /// docs/BENCHMARKS.md, Memory). No effect on a GPU. 0 (the default): off. Other values:
+    /// ICHSEG_STATUS_INVALID_ARGUMENT.
+    pub low_memory: u32,
 }
 
 /// The struct before `memory_limit_mb`: callers compiled against it still work.
@@ -67,6 +72,7 @@ impl Default for IchsegEngineOptions {
             device: IchsegDevice::Auto,
             cuda_device: 0,
             memory_limit_mb: 0,
+            low_memory: 0,
         }
     }
 }
@@ -82,7 +88,7 @@ unsafe fn engine_options(opts: *const IchsegEngineOptions) -> FfiResult<EngineOp
     let d = IchsegEngineOptions::default();
     // SAFETY: non-NULL; the caller promises struct_size readable bytes, which struct_size()
     // checks covers v1 and field() checks for every field.
-    let (threads, device, cuda_device, limit_mb) = unsafe {
+    let (threads, device, cuda_device, limit_mb, low_memory) = unsafe {
         let size = struct_size(opts, ENGINE_OPTIONS_V1, "IchsegEngineOptions", "ichseg_engine_options_init")?;
         (
             field(opts, size, addr_of!((*opts).threads)).unwrap_or(d.threads),
@@ -90,7 +96,13 @@ unsafe fn engine_options(opts: *const IchsegEngineOptions) -> FfiResult<EngineOp
             field(opts, size, addr_of!((*opts).device).cast::<u32>()).unwrap_or(d.device as u32),
             field(opts, size, addr_of!((*opts).cuda_device)).unwrap_or(d.cuda_device),
             field(opts, size, addr_of!((*opts).memory_limit_mb)).unwrap_or(d.memory_limit_mb),
+            field(opts, size, addr_of!((*opts).low_memory)).unwrap_or(d.low_memory),
         )
+    };
+    let low_memory = match low_memory {
+        0 => false,
+        1 => true,
+        other => return Err(FfiError::invalid(format!("IchsegEngineOptions.low_memory must be 0 or 1, got {other}"))),
     };
     let device = match device {
         0 => Device::Auto,
@@ -107,11 +119,11 @@ unsafe fn engine_options(opts: *const IchsegEngineOptions) -> FfiResult<EngineOp
     };
     let memory_limit = MemoryLimit::from_mib(limit_mb)
         .ok_or_else(|| FfiError::invalid(format!("IchsegEngineOptions.memory_limit_mb {limit_mb} is too large")))?;
-    Ok(EngineOptions { threads: threads as usize, device, memory_limit })
+    Ok(EngineOptions { threads: threads as usize, device, memory_limit, low_memory })
 }
 
 /// Fills `opts` with the defaults (threads 0 = one per core, ICHSEG_DEVICE_AUTO, cuda_device
-/// 0, memory_limit_mb 0 = none). Call it through the macro ichseg_engine_options_init(opts), which passes `size` =
+/// 0, memory_limit_mb 0 = none, low_memory 0). Call it through the macro ichseg_engine_options_init(opts), which passes `size` =
 /// sizeof(IchsegEngineOptions) of the caller's header: the library writes exactly that many
 /// bytes (no more than its own struct) and sets struct_size to them, so callers built against
 /// older headers stay safe. Does nothing when `opts` is NULL or `size` is below the first

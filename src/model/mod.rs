@@ -167,11 +167,20 @@ impl OnnxModel {
     /// The optimised tract plan libichseg runs for one f32 input of `shape`: tract's optimiser
     /// with our knobs ([`runtime::plan_knobs`]).
     pub fn plan(&self, shape: [usize; 4]) -> Result<std::sync::Arc<TypedRunnableModel>> {
+        self.plan_with(shape, &Default::default())
+    }
+
+    /// [`OnnxModel::plan`] with these choices of our CPU kernels.
+    pub(crate) fn plan_with(
+        &self,
+        shape: [usize; 4],
+        kernels: &ichseg_cpu_kernels::RewriteOptions,
+    ) -> Result<std::sync::Arc<TypedRunnableModel>> {
         runtime::plan_knobs()
             .enter(|| {
                 let mut typed = self.decluttered(shape)?;
                 if ichseg_cpu_kernels::enabled() {
-                    ichseg_cpu_kernels::rewrite(&mut typed)?;
+                    ichseg_cpu_kernels::rewrite_with(&mut typed, kernels)?;
                 }
                 typed.into_optimized()?.into_runnable()
             })

@@ -46,6 +46,10 @@ pub struct EngineOptions {
     /// (outputs, maps, per-slice buffers; not the model's own weights and activations): work
     /// over it is refused before anything is allocated. Default: none.
     pub memory_limit: MemoryLimit,
+    /// Smaller footprint, slower: on the CPU, 3x3 convolutions keep their weights as they are
+    /// (im2col matrix products) instead of Winograd's transformed copies, 4x their size
+    /// (docs/BENCHMARKS.md). No effect on the GPU. Default off.
+    pub low_memory: bool,
 }
 
 /// An execution context: the chosen device and a private thread pool.
@@ -59,6 +63,7 @@ pub struct Engine {
     device_name: String,
     device_note: String,
     memory_limit: MemoryLimit,
+    low_memory: bool,
 }
 
 impl Engine {
@@ -96,7 +101,8 @@ impl Engine {
             }
         })
         .map_err(|_| Error::Unsupported(format!("could not start a pool of {threads} threads")))?;
-        Ok(Engine { executor, threads, cuda, device_name, device_note, memory_limit: options.memory_limit })
+        let memory_limit = options.memory_limit;
+        Ok(Engine { executor, threads, cuda, device_name, device_note, memory_limit, low_memory: options.low_memory })
     }
 
     /// Worker threads used by the networks (and by operators left on the CPU on a GPU).
@@ -104,13 +110,22 @@ impl Engine {
         self.threads
     }
     /// What runs the convolutions on the CPU: our kernels at their instruction set (`avx512`,
-    /// `avx2`, `portable`; `ICHSEG_CPU_LEVEL` lowers it), or `tract` with `ICHSEG_TRACT_CONV=1`.
+    /// `avx2`, `portable`; `ICHSEG_CPU_LEVEL` lowers it), with `, low-memory` in that mode, or
+    /// `tract` with `ICHSEG_TRACT_CONV=1`.
     pub fn cpu_kernels(&self) -> String {
-        if ichseg_cpu_kernels::enabled() {
-            ichseg_cpu_kernels::cpu_level().to_string()
-        } else {
-            "tract".to_string()
+        if !ichseg_cpu_kernels::enabled() {
+            return "tract".to_string();
         }
+        let level = ichseg_cpu_kernels::cpu_level();
+        if self.low_memory {
+            format!("{level}, low-memory")
+        } else {
+            level.to_string()
+        }
+    }
+    /// Whether the engine trades speed for memory ([`EngineOptions::low_memory`]).
+    pub fn low_memory(&self) -> bool {
+        self.low_memory
     }
     /// `"cpu"` or `"cuda:N"`.
     pub fn device_name(&self) -> &str {
@@ -135,7 +150,7 @@ impl Engine {
         if self.cuda {
             return super::gpu::plan(model, shape, self.executor.clone());
         }
-        model.plan(shape)
+        model.plan_with(shape, &ichseg_cpu_kernels::RewriteOptions { winograd: !self.low_memory })
     }
 
     /// `f` over `items` on this engine's thread pool (in order; sequential with one thread), for

@@ -350,7 +350,7 @@ static void test_versions(void)
     const char *v = ichseg_version_string();
     printf("versions\n");
     CHECK(ichseg_abi_version() == ICHSEG_ABI_VERSION, "abi %u", (unsigned)ichseg_abi_version());
-    CHECK(ICHSEG_ABI_VERSION == 5, "header ABI %d", ICHSEG_ABI_VERSION);
+    CHECK(ICHSEG_ABI_VERSION == 6, "header ABI %d", ICHSEG_ABI_VERSION);
     CHECK(ICHSEG_STATUS_OUT_OF_MEMORY == 12 &&
               strcmp(ichseg_status_name(ICHSEG_STATUS_OUT_OF_MEMORY), "ICHSEG_STATUS_OUT_OF_MEMORY") == 0,
           "out-of-memory status");
@@ -373,7 +373,7 @@ static IchsegEngine *test_engine(void)
     ichseg_engine_options_init(&o);
     ichseg_engine_options_init(NULL); /* a no-op */
     CHECK(o.struct_size == sizeof o && o.threads == 0 && o.device == ICHSEG_DEVICE_AUTO &&
-              o.cuda_device == 0 && o.memory_limit_mb == 0,
+              o.cuda_device == 0 && o.memory_limit_mb == 0 && o.low_memory == 0,
           "engine defaults");
     {
         /* a caller built before memory_limit_mb (v1/v2 headers): init writes no byte past its
@@ -429,6 +429,9 @@ static IchsegEngine *test_engine(void)
     bad = o;
     bad.threads = 5000;
     EXPECT(ichseg_engine_create(&bad, &e), ICHSEG_STATUS_INVALID_ARGUMENT, "5000 threads");
+    bad = o;
+    bad.low_memory = 2;
+    EXPECT(ichseg_engine_create(&bad, &e), ICHSEG_STATUS_INVALID_ARGUMENT, "low_memory must be 0 or 1, got 2");
     EXPECT(ichseg_engine_device_name(NULL, &name), ICHSEG_STATUS_NULL_POINTER, "`engine`");
     EXPECT(ichseg_engine_device_name(engine, NULL), ICHSEG_STATUS_NULL_POINTER, "`out`");
     EXPECT(ichseg_engine_device_note(NULL, &note), ICHSEG_STATUS_NULL_POINTER, "`engine`");
@@ -783,6 +786,38 @@ static void test_intracranial(const char *dir, const Reference *r, const uint8_t
     free(path);
     free(mask);
     free(prob);
+}
+
+/* (v4 engine options) A low-memory engine (3x3 convolutions without Winograd's copies of the
+   weights) segments to the default engine's mask. */
+static void test_low_memory(const char *dir, const Reference *r, const uint8_t *plain)
+{
+    IchsegEngineOptions eo;
+    IchsegEngine *engine = NULL;
+    IchsegSegmentOptions so;
+    IchsegModel *model = NULL;
+    IchsegVolumeDesc d = describe(ICHSEG_VOXEL_TYPE_F32, r->hu, r->dims);
+    uint8_t *mask = malloc(r->n);
+    char *path = join(dir, "unet_transpose.onnx");
+    size_t i, differ = 0;
+
+    printf("low memory\n");
+    REQUIRE(mask && path);
+    ichseg_engine_options_init(&eo);
+    eo.device = ICHSEG_DEVICE_CPU;
+    eo.low_memory = 1;
+    OK(ichseg_engine_create(&eo, &engine));
+    ichseg_segment_options_init(&so);
+    OK(ichseg_model_load(engine, path, &so, &model));
+    OK(ichseg_segment(model, &d, mask, r->n, NULL, 0, NULL, NULL, NULL));
+    for (i = 0; i < r->n; i++) {
+        differ += mask[i] != plain[i];
+    }
+    CHECK(differ == 0, "%zu voxels differ from the default engine's mask", differ);
+    ichseg_model_free(model);
+    ichseg_engine_free(engine);
+    free(path);
+    free(mask);
 }
 
 /* int16 with slope/intercept gives exactly what the same HU as float32 give; lesions; progress. */
@@ -1464,6 +1499,7 @@ int main(int argc, char **argv)
     REQUIRE(mask && prob);
     test_reference_float(model_path, &r, mask, prob);
     test_intracranial(dir, &r, mask);
+    test_low_memory(dir, &r, mask);
     test_int16(model_path, model_mem, &r);
     test_cancel(model_mem, &r);
     test_segment_errors(model_path, &r);

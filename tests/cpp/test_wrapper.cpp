@@ -207,6 +207,23 @@ static void test_memory_limit(const std::string& dir, const Ct& ct) {
     model.segment(ichseg::VolumeView(ct.voxels, ct.dims, ct.spacing).rescale(ct.slope, ct.intercept), small);
 }
 
+// A low-memory engine segments to the default engine's mask.
+static void test_low_memory(const std::string& dir, const Ct& ct) {
+    std::printf("low memory\n");
+    CHECK(!ichseg::EngineOptions{}.low_memory, "default: off");
+    const auto view = ichseg::VolumeView(ct.voxels, ct.dims, ct.spacing).rescale(ct.slope, ct.intercept);
+    std::vector<uint8_t> masks[2];
+    for (int low = 0; low < 2; low++) {
+        ichseg::EngineOptions options{1, ichseg::Device::Cpu, 0};
+        options.low_memory = low == 1;
+        ichseg::Engine engine(options);
+        const ichseg::Model model = ichseg::Model::load(engine, dir + "/unet_transpose.onnx");
+        masks[low].assign(ct.n, 0);
+        model.segment(view, masks[low]);
+    }
+    CHECK(masks[0] == masks[1], "low-memory mask differs");
+}
+
 static void test_model_errors(const ichseg::Engine& engine, const std::string& dir) {
     std::printf("model errors\n");
     EXPECT_ERROR(ichseg::Model::load(engine, "/nonexistent/dir/model.onnx"), ICHSEG_STATUS_IO,
@@ -647,6 +664,7 @@ int main(int argc, char** argv) {
         test_model_errors(engine, dir);
         const Ct ct = load_ct(argv[2]);
         test_memory_limit(dir, ct);
+        test_low_memory(dir, ct);
         const ichseg::Model model = ichseg::Model::load(engine, dir + "/unet_transpose.onnx");
         ichseg::SegmentOptions so;
         so.batch = 2;

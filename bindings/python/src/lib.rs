@@ -424,17 +424,21 @@ struct NativeEngine {
 #[pymethods]
 impl NativeEngine {
     #[new]
-    #[pyo3(signature = (device="auto", threads=0, memory_limit_mb=0))]
-    fn new(py: Python<'_>, device: &str, threads: usize, memory_limit_mb: u64) -> PyResult<Self> {
+    #[pyo3(signature = (device="auto", threads=0, memory_limit_mb=0, low_memory=false))]
+    fn new(py: Python<'_>, device: &str, threads: usize, memory_limit_mb: u64, low_memory: bool) -> PyResult<Self> {
         let device: Device = device.parse().map_err(|e: Error| Failure::Lib(e).into_py(py))?;
         let memory_limit = memory_limit(py, memory_limit_mb)?;
-        let options = EngineOptions { threads, device, memory_limit };
+        let options = EngineOptions { threads, device, memory_limit, low_memory };
         let engine = detached(py, || Ok(Engine::new(&options)?))?;
         Ok(NativeEngine { engine })
     }
     #[getter]
     fn device(&self) -> String {
         self.engine.device_name().to_string()
+    }
+    #[getter]
+    fn low_memory(&self) -> bool {
+        self.engine.low_memory()
     }
     #[getter]
     fn device_note(&self) -> String {

@@ -103,3 +103,12 @@ def test_gil_is_released_during_work(engine):
         t.join()
     # With the GIL held for the whole call the other thread could not count at all meanwhile.
     assert elapsed > 0.05 and during > 1000, (elapsed, during)
+
+
+def test_a_low_memory_engine_gives_the_same_mask(case):
+    seg, image, hu, ref = case
+    low = ichseg.Engine(device="cpu", threads=2, low_memory=True)
+    assert low.low_memory and not ichseg.Engine(device="cpu", threads=1).low_memory
+    out = ichseg.Segmenter(low, MODELS / "unet.onnx").segment(hu, image.spacing, image.affine)
+    assert np.array_equal(out.mask, ref.mask)
+    assert np.abs(out.probability - ref.probability).max() < 1e-5

@@ -66,6 +66,10 @@ struct RunArgs {
     /// outputs, maps) exceed this many MiB; 0 = no limit.
     #[arg(long, default_value_t = 0)]
     memory_limit_mb: u64,
+    /// Trade speed for memory: on the CPU, 3x3 convolutions keep their weights as they are
+    /// instead of Winograd's copies, 4x their size (slower; docs/BENCHMARKS.md).
+    #[arg(long)]
+    low_memory: bool,
     /// Hide the progress bar and the summary.
     #[arg(long, short)]
     quiet: bool,
@@ -255,7 +259,12 @@ fn main() -> ExitCode {
 }
 
 fn engine(run: &RunArgs) -> Result<Engine> {
-    Engine::new(&EngineOptions { threads: run.threads, device: run.device, memory_limit: run.memory_limit()? })
+    Engine::new(&EngineOptions {
+        threads: run.threads,
+        device: run.device,
+        memory_limit: run.memory_limit()?,
+        low_memory: run.low_memory,
+    })
 }
 
 impl RunArgs {

@@ -420,4 +420,19 @@ fn the_report_names_the_cpu_kernels_and_the_switches_lower_them() {
     // a level above the CPU's, or an unknown one, keeps the detected level
     assert_eq!(kernels(&[("ICHSEG_CPU_LEVEL", "avx9000")]).0, detected);
     assert_eq!(kernels(&[("ICHSEG_TRACT_CONV", "1")]), ("tract".to_string(), lesions));
+    let out = ichseg(&[
+        "segment",
+        "--model",
+        p(&unet("unet_transpose.onnx")),
+        p(&unet("ct_small.nii.gz")),
+        "-o",
+        p(&dir.path().join("m.nii.gz")),
+        "--report",
+        p(&report),
+        "--low-memory",
+        "--quiet",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["cpu_kernels"], format!("{detected}, low-memory"));
 }

@@ -34,5 +34,5 @@ pub mod relu_grad;
 pub mod sgemm;
 mod winograd;
 
-pub use pass::{enabled, rewrite};
+pub use pass::{enabled, rewrite, rewrite_with, RewriteOptions};
 pub use sgemm::{cpu_level, CpuLevel};

@@ -17,9 +17,29 @@ pub fn enabled() -> bool {
     std::env::var("ICHSEG_TRACT_CONV").map(|v| v != "1").unwrap_or(true)
 }
 
+/// Choices of [`rewrite_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RewriteOptions {
+    /// 3x3 stride-1 convolutions by Winograd F(4x4, 3x3) (the default); `false` takes them by
+    /// im2col matrix products, which keep the weights as they are instead of transformed to 4x
+    /// their size: slower, for a smaller memory footprint.
+    pub winograd: bool,
+}
+
+impl Default for RewriteOptions {
+    fn default() -> Self {
+        RewriteOptions { winograd: true }
+    }
+}
+
 /// Replaces every eligible `Conv` of `model` and the Relu gradients (see the module comment);
 /// returns how many operators were replaced.
 pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
+    rewrite_with(model, &RewriteOptions::default())
+}
+
+/// [`rewrite`] with these choices.
+pub fn rewrite_with(model: &mut TypedModel, options: &RewriteOptions) -> TractResult<usize> {
     let mut count = relu_grad::rewrite(model)?;
     for id in model.eval_order()? {
         let node = model.node(id);
@@ -42,7 +62,7 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
             parts.relu = true;
             replaced = OutletId::new(relu, 0);
         }
-        let Some(op) = spec.op(parts) else { continue };
+        let Some(op) = spec.op(parts, options) else { continue };
         let mut patch = TypedModelPatch::default();
         let taps = patch.taps(model, &inputs)?;
         let wire = patch.wire_node(&node.name, op, &taps)?[0];
@@ -163,7 +183,7 @@ impl ConvSpec {
 
     /// Our op for this convolution, reading `parts`, if it computes the output shape the graph
     /// expects.
-    fn op(&self, parts: ConvParts) -> Option<Box<dyn TypedOp>> {
+    fn op(&self, parts: ConvParts, options: &RewriteOptions) -> Option<Box<dyn TypedOp>> {
         let w = &self.window;
         let [n, _, rows, cols] = self.input;
         let [oh, ow] = w.output();
@@ -172,7 +192,7 @@ impl ConvSpec {
         }
         let unit = w.strides == [1, 1] && w.dilations == [1, 1];
         Some(match w.kernel {
-            [3, 3] if unit && WinogradConv::takes(self.cin, self.cout) => {
+            [3, 3] if unit && options.winograd && WinogradConv::takes(self.cin, self.cout) => {
                 Box::new(WinogradConv::new(&self.kernel, &self.bias, self.cout, rows, cols, w.pads, parts))
             }
             [1, 1] if unit && w.pads == [0; 4] => {

@@ -288,14 +288,17 @@ class Evaluation:
 class Engine:
     """Where networks run: ``device`` ``"auto"`` (CUDA when usable, else the CPU), ``"cpu"``,
     ``"cuda"`` or ``"cuda:N"``; ``threads`` 0 = one per core; ``memory_limit_mb`` refuses work
-    whose buffers sized by the volume would exceed it (0 = no limit).
+    whose buffers sized by the volume would exceed it (0 = no limit); ``low_memory`` trades speed
+    for memory (on the CPU, 3x3 convolutions keep their weights as they are instead of
+    Winograd's copies, 4x their size).
 
     ``device`` and ``device_note`` say what was chosen and why. Engines are thread-safe and may
     be shared by segmenters and pseudo-labellers.
     """
 
-    def __init__(self, device: str = "auto", threads: int = 0, memory_limit_mb: int = 0) -> None:
-        self._native = _native.NativeEngine(device, threads, memory_limit_mb)
+    def __init__(self, device: str = "auto", threads: int = 0, memory_limit_mb: int = 0,
+                 low_memory: bool = False) -> None:
+        self._native = _native.NativeEngine(device, threads, memory_limit_mb, low_memory)
 
     @property
     def device(self) -> str:
@@ -308,6 +311,10 @@ class Engine:
     @property
     def threads(self) -> int:
         return self._native.threads
+
+    @property
+    def low_memory(self) -> bool:
+        return self._native.low_memory
 
     def __repr__(self) -> str:
         return f"Engine(device={self.device!r}, threads={self.threads})"
