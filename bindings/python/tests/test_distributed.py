@@ -160,7 +160,6 @@ def test_pseudo_label_survives_a_killed_worker_and_equals_the_cli(cluster, phant
         "no partial file, no temporary, nothing for the corrupt volume"
     for name in expected:
         assert _voxels(out / name) == _voxels(ref / name), f"{name}: the Ray mask equals the CLI's"
-    assert {r["node"] for r in summary["results"] if r["status"] == "written"}.__len__() >= 1
 
     # a rerun writes nothing: every mask exists; the corrupt volume is tried and fails again
     stamps = {n: (out / n).stat().st_mtime_ns for n in expected}
