@@ -215,7 +215,7 @@ fn a_low_memory_engine_gives_the_same_segmentation() {
     let run = |low_memory: bool| {
         let engine = Engine::new(&EngineOptions { threads: 2, low_memory, ..Default::default() }).unwrap();
         assert_eq!(engine.low_memory(), low_memory);
-        assert_eq!(engine.cpu_kernels().ends_with(", low-memory"), low_memory && ichseg_cpu_kernels_enabled());
+        assert_eq!(engine.cpu_kernels().ends_with(", low-memory"), low_memory && ichseg_cpu_kernels::enabled());
         let model = OnnxModel::load(&fixture("unet_transpose.onnx")).unwrap();
         Segmenter::new(&engine, model, &SegmenterOptions::default()).unwrap().segment(&ct.volume).unwrap()
     };
@@ -223,9 +223,4 @@ fn a_low_memory_engine_gives_the_same_segmentation() {
     assert_eq!(normal.mask, low.mask);
     let err = normal.probability.iter().zip(low.probability.iter()).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(err < 1e-5, "{err}");
-}
-
-/// Our kernels are on unless ICHSEG_TRACT_CONV=1 (then cpu_kernels says "tract").
-fn ichseg_cpu_kernels_enabled() -> bool {
-    std::env::var("ICHSEG_TRACT_CONV").map(|v| v != "1").unwrap_or(true)
 }

@@ -41,7 +41,7 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 /// Applies every rewrite until none applies.
 pub fn rewrite_for_gpu(model: &mut TypedModel) -> TractResult<()> {
     Rewriter::default()
-        .with_rule_for("maxpool-as-reduce", maxpool_as_reduce)
+        .with_rule_for("maxpool-tiles-as-maxima", maxpool_tiles_as_maxima)
         .with_rule_for("maxpool-windows-as-slices", maxpool_windows_as_slices)
         .with_rule_for("deconv-as-conv-and-shuffle", deconv_as_conv)
         .with_rule_for("downsample-as-slice", downsample_as_slice)
@@ -69,7 +69,7 @@ fn tiled_spatial(model: &TypedModel, node: &TypedNode, spec: &PoolSpec) -> Tract
     Ok(ok.then_some([shape[2], shape[3]]))
 }
 
-fn maxpool_as_reduce(
+fn maxpool_tiles_as_maxima(
     _: &(),
     model: &TypedModel,
     node: &TypedNode,
