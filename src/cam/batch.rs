@@ -43,6 +43,7 @@ pub(crate) fn batch_maps(engine: &Engine, method: CamMethod, lambda: f32, t: &Ta
             .collect();
         return Ok(BatchMaps { maps, on_gpu: true, in_place });
     }
+    to_host(engine, t.outputs)?;
     let mut taps = Vec::with_capacity(t.taps.len());
     for (i, name) in t.taps.iter().enumerate() {
         let acts = f32_view(&t.outputs[GradientGraph::activation_output(i)], t.model, name)?;
@@ -119,6 +120,7 @@ fn gpu_maps(engine: &Engine, method: CamMethod, lambda: f32, t: &TapOutputs) -> 
             Some(maps) => maps,
             None => {
                 in_place = false;
+                to_host(engine, &[a.clone(), g.clone()])?;
                 let per_image = shape[1] * shape[2] * shape[3];
                 let host = |v| f32_view(v, t.model, &t.taps[i]).map(|view| view.to_slice());
                 let (Some(a), Some(g)) = (host(a)?, host(g)?) else {
@@ -143,6 +145,18 @@ pub(crate) fn f32_view<'a>(value: &'a TValue, model: &str, what: &str) -> Result
     value
         .to_plain_array_view::<f32>()
         .map_err(|e| Error::Inference(format!("{model}: output {what} is not float32: {e}")))
+}
+
+/// Outputs a GPU run left on the device ([`Engine::run_leaving_on_device`]), read back for the
+/// host; on the CPU there is nothing to do.
+fn to_host(engine: &Engine, outputs: &[TValue]) -> Result<()> {
+    #[cfg(feature = "gpu")]
+    if engine.is_cuda() {
+        let tensors: Vec<&Tensor> = outputs.iter().map(|v| &**v).collect();
+        return crate::model::gpu::to_host(&tensors);
+    }
+    let _ = (engine, outputs);
+    Ok(())
 }
 
 /// Image `b` of an `[N, K, h, w]` tap output.

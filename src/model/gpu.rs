@@ -5,6 +5,7 @@
 //! the toolkit headers its NVRTC kernels need, and only then create the context, behind a panic
 //! guard. The verdict is computed once per process.
 
+use super::cuda_thread::on_cuda_thread;
 use super::runtime::{CudaLibrary, CudaReport, DevicePlacement, GpuDevice};
 use crate::error::{Error, Result};
 use std::ffi::{c_char, CStr, CString};
@@ -149,28 +150,31 @@ fn devices() -> std::result::Result<Vec<GpuDevice>, String> {
 pub fn usable() -> std::result::Result<&'static str, &'static str> {
     static VERDICT: OnceLock<std::result::Result<String, String>> = OnceLock::new();
     VERDICT
-        .get_or_init(|| {
-            let missing: Vec<&str> = LIBRARIES
-                .iter()
-                .filter(|(l, s, sym)| find_library(l, s, sym).path.is_none())
-                .map(|(l, _, _)| *l)
-                .collect();
-            if !missing.is_empty() {
-                return Err(format!("CUDA libraries not found: {} (see `ichseg doctor`)", missing.join(", ")));
-            }
-            toolkit_headers()?;
-            tract_cuda::utils::ensure_cuda_runtime_dependencies("CUDA is not usable").map_err(|e| format!("{e:#}"))?;
-            let name = devices()?.into_iter().next().map(|d| d.name).ok_or("no CUDA device is visible")?;
-            // tract-cuda's context and streams `expect` success: contain a failure here.
-            match std::panic::catch_unwind(|| tract_cuda::with_cuda_stream(|_| Ok(()))) {
-                Ok(Ok(())) => Ok(name),
-                Ok(Err(e)) => Err(format!("cannot start CUDA: {e:#}")),
-                Err(_) => Err("cannot start CUDA: tract-cuda failed while creating its context".to_string()),
-            }
-        })
+        .get_or_init(|| on_cuda_thread(verdict))
         .as_ref()
         .map(|s| s.as_str())
         .map_err(|s| s.as_str())
+}
+
+/// The verdict of [`usable`], worked out on the CUDA thread (tract-cuda's first stream lives there).
+fn verdict() -> std::result::Result<String, String> {
+    let missing: Vec<&str> = LIBRARIES
+        .iter()
+        .filter(|(l, s, sym)| find_library(l, s, sym).path.is_none())
+        .map(|(l, _, _)| *l)
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!("CUDA libraries not found: {} (see `ichseg doctor`)", missing.join(", ")));
+    }
+    toolkit_headers()?;
+    tract_cuda::utils::ensure_cuda_runtime_dependencies("CUDA is not usable").map_err(|e| format!("{e:#}"))?;
+    let name = devices()?.into_iter().next().map(|d| d.name).ok_or("no CUDA device is visible")?;
+    // tract-cuda's context and streams `expect` success: contain a failure here.
+    match std::panic::catch_unwind(|| tract_cuda::with_cuda_stream(|_| Ok(()))) {
+        Ok(Ok(())) => Ok(name),
+        Ok(Err(e)) => Err(format!("cannot start CUDA: {e:#}")),
+        Err(_) => Err("cannot start CUDA: tract-cuda failed while creating its context".to_string()),
+    }
 }
 
 /// The device address of a network output that is still on the GPU, for our kernels to read in
@@ -192,18 +196,65 @@ pub(crate) fn device_f32(value: &TValue) -> Option<u64> {
     }
     // Reading the address goes through tract-cuda's per-thread stream, which it creates on first
     // use and `unwrap`s.
-    let address = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tensor.device_buffer_ptr() as u64));
+    let address = on_cuda_thread(|| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tensor.device_buffer_ptr() as u64))
+    });
     address.ok().filter(|&a| a != 0)
 }
 
+/// Brings network outputs still on the GPU back to the host, on the CUDA thread, so that reading
+/// them later touches no tract-cuda thread-local; host tensors are left as they are.
+pub(crate) fn to_host(values: &[&Tensor]) -> Result<()> {
+    use tract_gpu::tensor::LazyHostStorage;
+    use tract_onnx::tract_core::internal::TensorStorage;
+    let lazy: Vec<&LazyHostStorage> = values.iter().filter_map(|v| v.storage_as::<LazyHostStorage>()).collect();
+    if lazy.iter().all(|l| l.is_materialized()) {
+        return Ok(());
+    }
+    // Each storage reads its device buffer back once and keeps the host copy.
+    let read = on_cuda_thread(|| lazy.iter().try_for_each(|l| l.materialize_plain_ram().map(|_| ())));
+    read.map_err(|e| {
+        let message = format!("cannot read a network output back from the GPU: {e:#}");
+        if super::runtime::is_out_of_memory(&message) {
+            Error::DeviceMemory(message)
+        } else {
+            Error::Inference(message)
+        }
+    })
+}
+
 fn decluttered(model: &super::OnnxModel, shape: [usize; 4]) -> Result<TypedModel> {
-    super::runtime::plan_knobs()
+    let typed = super::runtime::plan_knobs()
         .enter(|| -> TractResult<TypedModel> {
             let mut typed = model.decluttered(shape)?;
             super::gpu_rewrite::rewrite_for_gpu(&mut typed)?;
             Ok(typed)
         })
-        .map_err(|e| Error::InvalidModel(format!("{}: cannot type the graph for input {shape:?}: {e:#}", model.name)))
+        .map_err(|e| Error::InvalidModel(format!("{}: cannot type the graph for input {shape:?}: {e:#}", model.name)))?;
+    within_cudnn_limit(&typed, &model.name, shape)?;
+    Ok(typed)
+}
+
+/// cuDNN describes a tensor with 32-bit element counts and refuses larger ones
+/// (`CUDNN_STATUS_NOT_SUPPORTED` in the middle of a run). A plan with such a tensor is refused
+/// up front as [`Error::DeviceMemory`], so that the callers halve the batch as they do when
+/// memory runs out.
+fn within_cudnn_limit(typed: &TypedModel, model: &str, shape: [usize; 4]) -> Result<()> {
+    const LIMIT: usize = i32::MAX as usize;
+    let largest = typed
+        .nodes
+        .iter()
+        .flat_map(|node| node.outputs.iter().map(move |o| (node, o.fact.shape.as_concrete())))
+        .filter_map(|(node, dims)| Some((node, dims?.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or(usize::MAX))))
+        .max_by_key(|(_, len)| *len);
+    match largest {
+        Some((node, len)) if len > LIMIT => Err(Error::DeviceMemory(format!(
+            "{model}: for input {shape:?}, {:?} makes a tensor of {len} values, over cuDNN's limit of {LIMIT}: \
+             a smaller batch is needed",
+            node.name
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// A plan whose translatable operators run on the GPU; inputs and outputs stay host tensors.
@@ -219,9 +270,29 @@ pub fn plan(
         .map_err(fail)?
         .ok_or_else(|| Error::Unsupported("tract-cuda's runtime is not registered in this build".into()))?;
     let options = RunOptions { executor: Some(executor), ..Default::default() };
-    let runnable =
-        super::runtime::plan_knobs().enter(|| runtime.prepare_with_options(typed, &options)).map_err(fail)?;
+    // Translating uploads the weights through tract-cuda's per-thread stream.
+    let prepare = || super::runtime::plan_knobs().enter(|| runtime.prepare_with_options(typed, &options));
+    let runnable = on_cuda_thread(prepare).map_err(fail)?;
     runnable.typed_plan().cloned().ok_or_else(|| Error::Inference("tract-cuda returned a plan of another kind".into()))
+}
+
+/// Runs a GPU plan (`run`) on the CUDA thread. Outputs come back as host tensors, read back there,
+/// except those `on_device` keeps on the GPU for our kernels to read in place ([`device_f32`];
+/// read them on the host through [`to_host`]).
+pub(crate) fn run(
+    inputs: TVec<TValue>,
+    on_device: &(dyn Fn(usize) -> bool + Sync),
+    run: impl FnOnce(TVec<TValue>) -> TractResult<TVec<TValue>> + Send,
+) -> TractResult<TVec<TValue>> {
+    let inputs: Vec<Tensor> = inputs.into_iter().map(TValue::into_tensor).collect();
+    let outputs = on_cuda_thread(|| -> TractResult<Vec<Tensor>> {
+        let outputs = run(inputs.into_iter().map(Tensor::into_tvalue).collect())?;
+        let outputs: Vec<Tensor> = outputs.into_iter().map(TValue::into_tensor).collect();
+        let host: Vec<&Tensor> = outputs.iter().enumerate().filter(|(i, _)| !on_device(*i)).map(|(_, t)| t).collect();
+        to_host(&host)?;
+        Ok(outputs)
+    })?;
+    Ok(outputs.into_iter().map(Tensor::into_tvalue).collect())
 }
 
 /// Translates the model for CUDA and reports what stays on the CPU. Needs a usable GPU,
@@ -230,8 +301,7 @@ pub fn placement(model: &super::OnnxModel, shape: [usize; 4]) -> Result<DevicePl
     usable().map_err(|e| Error::Unsupported(e.to_string()))?;
     let mut typed = decluttered(model, shape)?;
     use tract_onnx::tract_core::transform::ModelTransform;
-    tract_cuda::CudaTransform
-        .transform(&mut typed)
+    on_cuda_thread(|| tract_cuda::CudaTransform.transform(&mut typed))
         .map_err(|e| Error::InvalidModel(format!("{}: cannot translate for CUDA: {e:#}", model.name)))?;
     let mut placement = DevicePlacement { cpu_ops: vec![], gpu_ops: 0, transfers: 0 };
     for node in &typed.nodes {
@@ -250,6 +320,18 @@ pub fn placement(model: &super::OnnxModel, shape: [usize; 4]) -> Result<DevicePl
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plan_with_a_tensor_over_cudnns_limit_is_a_memory_error() {
+        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unet/unet_transpose.onnx");
+        let model = super::super::OnnxModel::load(&path).unwrap();
+        assert!(decluttered(&model, [4, 1, 64, 64]).is_ok());
+        // 2^19 slices of 64 x 64: the input alone has 2^31 values.
+        match decluttered(&model, [1 << 19, 1, 64, 64]) {
+            Err(Error::DeviceMemory(m)) => assert!(m.contains("cuDNN's limit of 2147483647"), "{m}"),
+            other => panic!("expected a device-memory error, got {:?}", other.map(|_| ())),
+        }
+    }
 
     #[test]
     fn a_host_tensor_has_no_device_address() {

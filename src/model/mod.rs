@@ -1,6 +1,8 @@
 //! ONNX models: loading, their self-description, and where they run.
 
 #[cfg(feature = "gpu")]
+mod cuda_thread;
+#[cfg(feature = "gpu")]
 pub mod gpu;
 #[cfg(any(feature = "gpu", test))]
 mod gpu_rewrite;

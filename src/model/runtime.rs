@@ -176,8 +176,20 @@ impl Engine {
     /// [`Error::DeviceMemory`] (the callers then retry with a smaller batch); any other panic an
     /// [`Error::Inference`].
     pub(crate) fn run(&self, plan: &Arc<TypedRunnableModel>, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
+        self.run_leaving_on_device(plan, inputs, &|_| false)
+    }
+
+    /// [`Engine::run`], where on the GPU the outputs `on_device` names stay there for our kernels
+    /// to read in place ([`super::gpu::device_f32`]; on the host through
+    /// [`super::gpu::to_host`]). On the CPU the same as [`Engine::run`].
+    pub(crate) fn run_leaving_on_device(
+        &self,
+        plan: &Arc<TypedRunnableModel>,
+        inputs: TVec<TValue>,
+        on_device: &(dyn Fn(usize) -> bool + Sync),
+    ) -> Result<TVec<TValue>> {
         let profiled = std::env::var_os("ICHSEG_PROFILE_OPS").is_some();
-        let run = std::panic::AssertUnwindSafe(|| {
+        let run_here = |plan: &Arc<TypedRunnableModel>, inputs: TVec<TValue>| {
             multithread_tract_scope(self.executor.clone(), || {
                 if profiled {
                     run_profiled(plan, inputs)
@@ -185,6 +197,14 @@ impl Engine {
                     plan.run(inputs)
                 }
             })
+        };
+        let run = std::panic::AssertUnwindSafe(|| {
+            #[cfg(feature = "gpu")]
+            if self.cuda {
+                return super::gpu::run(inputs, on_device, |inputs| run_here(plan, inputs));
+            }
+            let _ = on_device;
+            run_here(plan, inputs)
         });
         let message = match std::panic::catch_unwind(run) {
             Ok(Ok(outputs)) => return Ok(outputs),

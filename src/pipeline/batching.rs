@@ -29,9 +29,32 @@ pub(crate) fn for_each_batch(
     Ok(batch)
 }
 
+/// `plan(batch)`, halving `batch` (when `can_shrink`) on [`Error::DeviceMemory`] as
+/// [`for_each_batch`] does: a GPU plan can be refused for its size before anything runs.
+pub(crate) fn plan_shrinking<T>(batch: usize, can_shrink: bool, mut plan: impl FnMut(usize) -> Result<T>) -> Result<T> {
+    let mut batch = batch.max(1);
+    loop {
+        match plan(batch) {
+            Err(Error::DeviceMemory(_)) if can_shrink && batch > 1 => batch /= 2,
+            result => return result,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plan_too_large_for_the_device_is_made_for_a_smaller_batch() {
+        let refuse_over = |limit: usize| move |b: usize| if b > limit { Err(Error::DeviceMemory(format!("{b}"))) } else { Ok(b) };
+        assert_eq!(plan_shrinking(256, true, refuse_over(100)).ok(), Some(64));
+        assert_eq!(plan_shrinking(8, true, refuse_over(100)).ok(), Some(8));
+        assert!(matches!(plan_shrinking(256, false, refuse_over(100)), Err(Error::DeviceMemory(_))));
+        assert!(matches!(plan_shrinking(4, true, refuse_over(0)), Err(Error::DeviceMemory(_))));
+        let other = plan_shrinking(4, true, |_| -> Result<usize> { Err(Error::Inference("x".into())) });
+        assert!(matches!(other, Err(Error::Inference(_))), "other errors are not retried");
+    }
 
     #[test]
     fn covers_every_slice_once_in_order() {

@@ -38,7 +38,7 @@
 //! # Ok(()) }
 //! ```
 
-use super::batching::for_each_batch;
+use super::batching::{for_each_batch, plan_shrinking};
 use super::tail::{TailOptions, TailOutput, TailStep};
 use crate::alloc::try_array3;
 use crate::cam::batch::{batch_maps, f32_view, TapOutputs};
@@ -426,7 +426,9 @@ impl PseudoLabeler {
             timings.preprocess_s += t.elapsed().as_secs_f64();
             let t = Instant::now();
             let plan = c.plan(&self.engine, input.dim().0)?;
-            let outputs = self.engine.run(&plan, tvec!(Tensor::from(input).into_tvalue()))?;
+            // The logits come to the host; the taps may stay on the GPU for the CAM kernels.
+            let input = tvec!(Tensor::from(input).into_tvalue());
+            let outputs = self.engine.run_leaving_on_device(&plan, input, &|output| output > 0)?;
             timings.inference_s += t.elapsed().as_secs_f64();
             let t = Instant::now();
             let logits = f32_view(&outputs[0], &cfg.name, "logits")?
@@ -746,7 +748,8 @@ impl Classifier {
             fixed_batch,
             plans: PlanCache::default(),
         };
-        let plan = classifier.plan(engine, classifier.config.batch)?;
+        let can_shrink = classifier.fixed_batch.is_none();
+        let plan = plan_shrinking(classifier.config.batch, can_shrink, |b| classifier.plan(engine, b))?;
         let classes = classifier.logit_count(&plan)?;
         Ok(Classifier { config: ClassifierConfig { classes, ..classifier.config.clone() }, ..classifier })
     }

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::lesions::{check_min_lesion_ml, find_lesions, remove_small_lesions, total_volume_ml, Lesion};
 use crate::model::runtime::{Engine, PlanCache};
 use crate::model::{ModelKind, OnnxModel};
-use crate::pipeline::batching::for_each_batch;
+use crate::pipeline::batching::{for_each_batch, plan_shrinking};
 use crate::pipeline::options::{
     check_batch, check_channels, check_input_size, check_normalize, check_threshold, check_window, Progress,
     DEFAULT_INPUT_SIZE,
@@ -234,7 +234,7 @@ impl Segmenter {
             plans: PlanCache::default(),
             model,
         };
-        let plan = seg.plan(seg.config.batch)?;
+        let plan = plan_shrinking(seg.config.batch, seg.fixed_batch.is_none(), |b| seg.plan(b))?;
         seg.config.activation = seg.activation_of(&plan, options.bleed_index)?;
         Ok(seg)
     }
