@@ -33,6 +33,45 @@ pub(crate) struct BatchMaps {
     pub in_place: bool,
 }
 
+/// Compiles and loads the GPU CAM kernels when `engine` will use them for `method`, so that it
+/// happens with the plans rather than in the first call's timing; a failure only means the CPU
+/// computes the CAMs.
+pub(crate) fn prepare(engine: &Engine, method: CamMethod) {
+    #[cfg(feature = "gpu")]
+    if engine.is_cuda() && method != CamMethod::Grad {
+        let _ = super::cuda::available();
+    }
+    let _ = (engine, method);
+}
+
+/// Where a call's CAMs were computed, over all its batches.
+pub(crate) struct CamPlace {
+    on_gpu: bool,
+    in_place: bool,
+}
+
+impl CamPlace {
+    pub(crate) fn new() -> Self {
+        CamPlace { on_gpu: false, in_place: true }
+    }
+    pub(crate) fn add(&mut self, batch: &BatchMaps) {
+        self.on_gpu |= batch.on_gpu;
+        self.in_place &= batch.in_place;
+    }
+    /// `"cuda"` when any batch's CAMs ran on the GPU kernels, else `"cpu"`.
+    pub(crate) fn device(&self) -> &'static str {
+        if self.on_gpu {
+            "cuda"
+        } else {
+            "cpu"
+        }
+    }
+    /// Whether the GPU kernels read every tap in place (false on the CPU).
+    pub(crate) fn taps_on_device(&self) -> bool {
+        self.on_gpu && self.in_place
+    }
+}
+
 /// CAMs of every tap of every slice of the batch ([`tap_cam`]; tap 0 is the one SF-CAM
 /// amplifies by `tanh(lambda * .)`).
 pub(crate) fn batch_maps(engine: &Engine, method: CamMethod, lambda: f32, t: &TapOutputs) -> Result<BatchMaps> {

@@ -41,7 +41,7 @@
 use super::batching::{for_each_batch, plan_shrinking};
 use super::tail::{TailOptions, TailOutput, TailStep};
 use crate::alloc::try_array3;
-use crate::cam::batch::{batch_maps, f32_view, TapOutputs};
+use crate::cam::batch::{batch_maps, f32_view, CamPlace, TapOutputs};
 use crate::cam::{self, CamMethod};
 use crate::crf::{self, CrfParams};
 use crate::error::{Error, Result};
@@ -206,12 +206,6 @@ pub struct PseudoLabel {
     pub timings: PseudoTimings,
 }
 
-/// Where a call's CAMs were computed ([`PseudoLabel::cam_device`] and `taps_on_device`).
-struct CamPlace {
-    device: &'static str,
-    taps_on_device: bool,
-}
-
 /// One classifier: its gradient graph and the tract plans built for it.
 struct Classifier {
     config: ClassifierConfig,
@@ -272,12 +266,7 @@ impl PseudoLabeler {
             }
         }
         let crf_window = built[0].spec.window;
-        // Compile and load the GPU CAM kernels now, with the plans, not in the first call's
-        // timing; a failure only means the CPU computes the CAMs.
-        #[cfg(feature = "gpu")]
-        if engine.is_cuda() && options.cam != CamMethod::Grad {
-            let _ = cam::cuda::available();
-        }
+        cam::batch::prepare(engine, options.cam);
         Ok(PseudoLabeler { engine: engine.clone(), classifiers: built, options: options.clone(), settings, crf_window })
     }
 
@@ -361,7 +350,7 @@ impl PseudoLabeler {
         let mut timings = PseudoTimings::default();
         let mut cams = Vec::with_capacity(self.classifiers.len());
         let mut slice_probabilities = Vec::with_capacity(self.classifiers.len());
-        let mut cam_place = CamPlace { device: "cpu", taps_on_device: true };
+        let mut cam_place = CamPlace::new();
         let mut batch = usize::MAX;
         for c in &self.classifiers {
             let (probs, maps, used) = self.run_classifier(c, volume, &mut timings, &mut ticker, &mut cam_place)?;
@@ -388,7 +377,7 @@ impl PseudoLabeler {
             timings.crf_s = crf_at.map_or(0.0, |c| (c - f).as_secs_f64());
         }
         timings.total_s = started.elapsed().as_secs_f64();
-        let (cam_device, taps_on_device) = (cam_place.device, cam_place.device == "cuda" && cam_place.taps_on_device);
+        let (cam_device, taps_on_device) = (cam_place.device(), cam_place.taps_on_device());
         Ok(PseudoLabel {
             mask,
             cams,
@@ -412,7 +401,7 @@ impl PseudoLabeler {
         volume: &Volume,
         timings: &mut PseudoTimings,
         ticker: &mut Ticker,
-        cam_device: &mut CamPlace,
+        cam_place: &mut CamPlace,
     ) -> Result<(Vec<f32>, Vec<Array3<f32>>, usize)> {
         let nz = volume.num_slices();
         let cfg = &c.config;
@@ -445,13 +434,10 @@ impl PseudoLabeler {
                 native: (volume.data().dim().1, volume.data().dim().2),
             };
             let batch = batch_maps(&self.engine, self.options.cam, self.options.lambda, &taps)?;
+            cam_place.add(&batch);
             for (map, tap) in maps.iter_mut().zip(batch.maps) {
                 map.slice_mut(ndarray::s![first..first + count, .., ..]).assign(&tap);
             }
-            if batch.on_gpu {
-                cam_device.device = "cuda";
-            }
-            cam_device.taps_on_device &= batch.in_place;
             timings.cam_s += t.elapsed().as_secs_f64();
             probs.extend(batch_probs);
             ticker.advance(count)
