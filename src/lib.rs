@@ -48,6 +48,7 @@ pub use error::{Error, Result};
 pub use lesions::Lesion;
 pub use model::runtime::{Device, Engine, EngineOptions};
 pub use model::{ModelKind, ModelMetadata, OnnxModel};
+pub use pipeline::options::ModelOverrides;
 pub use pipeline::options::Progress;
 pub use pipeline::pseudo::{PseudoLabel, PseudoLabeler, PseudoOptions};
 pub use pipeline::segment::{Segmentation, Segmenter, SegmenterOptions};

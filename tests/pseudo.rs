@@ -12,6 +12,7 @@ use ichseg::io::nifti;
 use ichseg::pipeline::tail::{TailOptions, TailStep};
 use ichseg::preprocess::{model_input, resize_bilinear, InputSpec};
 use ichseg::sca::{self, Aggregate, ScfParams};
+use ichseg::ModelOverrides;
 use ichseg::{
     CamMethod, Engine, EngineOptions, Error, OnnxModel, Preset, PseudoLabeler, PseudoOptions, Tuned, Volume, Window,
 };
@@ -440,7 +441,7 @@ fn bad_inputs_are_clear_errors() {
         PseudoOptions { batch: 0, ..opts.clone() },
         PseudoOptions { lambda: f32::NAN, ..opts.clone() },
         PseudoOptions { scf: Some(ScfParams { c: 2, w: -1.0 }), ..opts.clone() },
-        PseudoOptions { input_size: Some((32, 32)), ..opts.clone() },
+        PseudoOptions { model: ModelOverrides { input_size: Some((32, 32)), ..opts.model }, ..opts.clone() },
         PseudoOptions { max_hu: Tuned::Set(f32::NAN), ..opts.clone() },
         PseudoOptions { max_hu: Tuned::Set(f32::INFINITY), ..opts.clone() },
         PseudoOptions { min_lesion_ml: Tuned::Set(f64::NAN), ..opts.clone() },

@@ -2,7 +2,7 @@
 //! segmenter's error paths.
 
 use ichseg::io::nifti;
-use ichseg::{Engine, EngineOptions, Error, OnnxModel, Segmenter, SegmenterOptions};
+use ichseg::{Engine, EngineOptions, Error, ModelOverrides, OnnxModel, Segmenter, SegmenterOptions};
 use ndarray::{Array4, ArrayD, IxDyn};
 use std::path::{Path, PathBuf};
 
@@ -167,6 +167,10 @@ fn load_error(name: &str, options: &SegmenterOptions) -> String {
     segmenter(name, options).unwrap_err().to_string()
 }
 
+fn with_model(model: ModelOverrides) -> SegmenterOptions {
+    SegmenterOptions { model, ..Default::default() }
+}
+
 #[test]
 fn bad_models_and_options_give_specific_errors() {
     let d = SegmenterOptions::default();
@@ -174,14 +178,18 @@ fn bad_models_and_options_give_specific_errors() {
     let rank = load_error("unet_badrank.onnx", &d);
     assert!(rank.contains("rank 4") && rank.contains("[N, 32, 32]"), "{rank}");
     assert!(load_error("missing.onnx", &d).contains("missing.onnx"));
-    let ch = load_error("unet_transpose.onnx", &SegmenterOptions { channels: Some(3), ..Default::default() });
+    let ch = load_error("unet_transpose.onnx", &with_model(ModelOverrides { channels: Some(3), ..Default::default() }));
     assert!(ch.contains("channels 3 was requested but the model input is fixed at 1"), "{ch}");
-    let size =
-        load_error("unet_transpose.onnx", &SegmenterOptions { input_size: Some((32, 32)), ..Default::default() });
+    let size = load_error(
+        "unet_transpose.onnx",
+        &with_model(ModelOverrides { input_size: Some((32, 32)), ..Default::default() }),
+    );
     assert!(size.contains("fixed at 64"), "{size}");
-    let bleed = load_error("unet_transpose.onnx", &SegmenterOptions { bleed_index: Some(2), ..Default::default() });
+    let bleed =
+        load_error("unet_transpose.onnx", &with_model(ModelOverrides { bleed_index: Some(2), ..Default::default() }));
     assert!(bleed.contains("bleed index 2 is out of range for 2 output classes"), "{bleed}");
-    let sig = load_error("unet_resize.onnx", &SegmenterOptions { bleed_index: Some(1), ..Default::default() });
+    let sig =
+        load_error("unet_resize.onnx", &with_model(ModelOverrides { bleed_index: Some(1), ..Default::default() }));
     assert!(sig.contains("single (sigmoid) logit"), "{sig}");
     for t in [f32::NAN, -0.1, 1.5] {
         let e = load_error("unet_transpose.onnx", &SegmenterOptions { threshold: t, ..Default::default() });

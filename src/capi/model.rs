@@ -4,6 +4,7 @@ use super::boundary::{arg, boundary, field, handle_out, init_sized, struct_size,
 use super::engine::IchsegEngine;
 use super::status::IchsegStatus;
 use crate::model::{ModelMetadata, OnnxModel};
+use crate::pipeline::options::ModelOverrides;
 use crate::pipeline::segment::{Segmenter, SegmenterOptions};
 use crate::volume::Window;
 use std::ffi::{c_char, CStr};
@@ -139,12 +140,15 @@ impl CallerOptions {
         Ok(SegmenterOptions {
             threshold: o.threshold,
             batch: o.batch as usize,
-            window,
-            input_size,
-            channels: (o.channels != 0).then_some(o.channels as usize),
+            model: ModelOverrides {
+                window,
+                input_size,
+                channels: (o.channels != 0).then_some(o.channels as usize),
+                // not in the C options: from the model's metadata
+                ..ModelOverrides::default()
+            },
             min_lesion_ml: o.min_lesion_ml,
             intracranial_margin_mm: (o.use_intracranial_mask != 0).then_some(o.intracranial_margin_mm),
-            ..SegmenterOptions::default()
         })
     }
 }

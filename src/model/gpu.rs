@@ -149,20 +149,13 @@ fn devices() -> std::result::Result<Vec<GpuDevice>, String> {
 /// stream with its cuBLAS and cuDNN handles. `Ok` carries the device's name.
 pub fn usable() -> std::result::Result<&'static str, &'static str> {
     static VERDICT: OnceLock<std::result::Result<String, String>> = OnceLock::new();
-    VERDICT
-        .get_or_init(|| on_cuda_thread(verdict))
-        .as_ref()
-        .map(|s| s.as_str())
-        .map_err(|s| s.as_str())
+    VERDICT.get_or_init(|| on_cuda_thread(verdict)).as_ref().map(|s| s.as_str()).map_err(|s| s.as_str())
 }
 
 /// The verdict of [`usable`], worked out on the CUDA thread (tract-cuda's first stream lives there).
 fn verdict() -> std::result::Result<String, String> {
-    let missing: Vec<&str> = LIBRARIES
-        .iter()
-        .filter(|(l, s, sym)| find_library(l, s, sym).path.is_none())
-        .map(|(l, _, _)| *l)
-        .collect();
+    let missing: Vec<&str> =
+        LIBRARIES.iter().filter(|(l, s, sym)| find_library(l, s, sym).path.is_none()).map(|(l, _, _)| *l).collect();
     if !missing.is_empty() {
         return Err(format!("CUDA libraries not found: {} (see `ichseg doctor`)", missing.join(", ")));
     }
@@ -196,9 +189,8 @@ pub(crate) fn device_f32(value: &TValue) -> Option<u64> {
     }
     // Reading the address goes through tract-cuda's per-thread stream, which it creates on first
     // use and `unwrap`s.
-    let address = on_cuda_thread(|| {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tensor.device_buffer_ptr() as u64))
-    });
+    let address =
+        on_cuda_thread(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tensor.device_buffer_ptr() as u64)));
     address.ok().filter(|&a| a != 0)
 }
 
@@ -230,7 +222,9 @@ fn decluttered(model: &super::OnnxModel, shape: [usize; 4]) -> Result<TypedModel
             super::gpu_rewrite::rewrite_for_gpu(&mut typed)?;
             Ok(typed)
         })
-        .map_err(|e| Error::InvalidModel(format!("{}: cannot type the graph for input {shape:?}: {e:#}", model.name)))?;
+        .map_err(|e| {
+            Error::InvalidModel(format!("{}: cannot type the graph for input {shape:?}: {e:#}", model.name))
+        })?;
     within_cudnn_limit(&typed, &model.name, shape)?;
     Ok(typed)
 }
@@ -245,7 +239,9 @@ fn within_cudnn_limit(typed: &TypedModel, model: &str, shape: [usize; 4]) -> Res
         .nodes
         .iter()
         .flat_map(|node| node.outputs.iter().map(move |o| (node, o.fact.shape.as_concrete())))
-        .filter_map(|(node, dims)| Some((node, dims?.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or(usize::MAX))))
+        .filter_map(|(node, dims)| {
+            Some((node, dims?.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or(usize::MAX)))
+        })
         .max_by_key(|(_, len)| *len);
     match largest {
         Some((node, len)) if len > LIMIT => Err(Error::DeviceMemory(format!(

@@ -181,7 +181,6 @@ fn input_shape(
 mod tests {
     use super::*;
 
-
     #[test]
     fn unknown_tap_and_garbage_are_clear_errors() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/classifier/tiny_classifier.onnx");

@@ -47,7 +47,8 @@ mod tests {
 
     #[test]
     fn a_plan_too_large_for_the_device_is_made_for_a_smaller_batch() {
-        let refuse_over = |limit: usize| move |b: usize| if b > limit { Err(Error::DeviceMemory(format!("{b}"))) } else { Ok(b) };
+        let refuse_over =
+            |limit: usize| move |b: usize| if b > limit { Err(Error::DeviceMemory(format!("{b}"))) } else { Ok(b) };
         assert_eq!(plan_shrinking(256, true, refuse_over(100)).ok(), Some(64));
         assert_eq!(plan_shrinking(8, true, refuse_over(100)).ok(), Some(8));
         assert!(matches!(plan_shrinking(256, false, refuse_over(100)), Err(Error::DeviceMemory(_))));

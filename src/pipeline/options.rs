@@ -20,6 +20,36 @@ pub struct Progress {
     pub total: usize,
 }
 
+/// What a caller may set in place of a model's `ichseg.*` metadata (METHOD.md section 8), the
+/// same for segmentation and pseudo-labelling. `None` falls back to the model (its fixed input
+/// shape, then its metadata), then to the default listed.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ModelOverrides {
+    /// Default: level 50 / width 130 HU.
+    pub window: Option<Window>,
+    /// `(rows, cols)`; default 384x384 ([`DEFAULT_INPUT_SIZE`]).
+    pub input_size: Option<(usize, usize)>,
+    /// 1 or 3; default 1.
+    pub channels: Option<usize>,
+    /// `(mean, std)` after windowing; default: none.
+    pub normalize: Option<(f32, f32)>,
+    /// Logit index of the bleed class: for a segmenter's softmax output, and the gradient target
+    /// of pseudo-labelling; default 1.
+    pub bleed_index: Option<usize>,
+}
+
+impl ModelOverrides {
+    /// Checks every value that is set.
+    pub(crate) fn check(&self) -> Result<()> {
+        check_channels(self.channels)?;
+        check_input_size(self.input_size)?;
+        if let Some(w) = self.window {
+            check_window(w)?;
+        }
+        check_normalize(self.normalize)
+    }
+}
+
 /// A probability or map threshold: in [0, 1].
 pub(crate) fn check_threshold(threshold: f32) -> Result<()> {
     if threshold.is_finite() && (0.0..=1.0).contains(&threshold) {
@@ -93,5 +123,27 @@ mod tests {
         assert!(check_window(Window { level: 50.0, width: 130.0 }).is_ok());
         assert!(check_window(Window { level: 50.0, width: 0.0 }).is_err());
         assert!(check_normalize(Some((0.5, 0.0))).is_err() && check_normalize(None).is_ok());
+    }
+
+    #[test]
+    fn model_overrides_check_every_value_set() {
+        let none = ModelOverrides::default();
+        assert!(none.check().is_ok());
+        let set = ModelOverrides {
+            window: Some(Window { level: 40.0, width: 80.0 }),
+            input_size: Some((256, 256)),
+            channels: Some(3),
+            normalize: Some((0.5, 0.25)),
+            bleed_index: Some(0),
+        };
+        assert!(set.check().is_ok());
+        for bad in [
+            ModelOverrides { window: Some(Window { level: 40.0, width: -1.0 }), ..set },
+            ModelOverrides { input_size: Some((0, 256)), ..set },
+            ModelOverrides { channels: Some(2), ..set },
+            ModelOverrides { normalize: Some((f32::NAN, 1.0)), ..set },
+        ] {
+            assert!(matches!(bad.check(), Err(Error::InvalidArgument(_))), "{bad:?}");
+        }
     }
 }

@@ -48,9 +48,7 @@ use crate::error::{Error, Result};
 use crate::lesions::check_min_lesion_ml;
 use crate::model::runtime::{Engine, PlanCache};
 use crate::model::{GradientGraph, GradientOptions, ModelKind, OnnxModel};
-use crate::pipeline::options::{
-    check_batch, check_channels, check_input_size, check_normalize, check_window, Progress, DEFAULT_INPUT_SIZE,
-};
+use crate::pipeline::options::{check_batch, ModelOverrides, Progress, DEFAULT_INPUT_SIZE};
 use crate::pipeline::tuned::{Preset, Tuned, TunedChoices, TunedSettings};
 use crate::preprocess::{model_input, window_u8, InputSpec};
 use crate::sca::{self, Aggregate, ScfParams};
@@ -78,16 +76,9 @@ pub struct PseudoOptions {
     /// Tap tensor names per classifier, shallow first, in the order of the classifiers; a
     /// missing or empty entry means the model's `ichseg.taps` (for Grad-CAM: `ichseg.deep_tap`).
     pub taps: Vec<Vec<String>>,
-    /// Logit index of the bleed class, the gradient target; default: metadata, else 1.
-    pub bleed_index: Option<usize>,
-    /// Default: metadata, else level 50 / width 130 HU.
-    pub window: Option<Window>,
-    /// `(rows, cols)`; default: the model's fixed input shape, metadata, else 384x384.
-    pub input_size: Option<(usize, usize)>,
-    /// 1 or 3; default: the model's fixed input shape, metadata, else 1.
-    pub channels: Option<usize>,
-    /// `(mean, std)` after windowing; default: metadata, else none.
-    pub normalize: Option<(f32, f32)>,
+    /// Window, input size, channels, normalisation and bleed logit (the gradient target) in
+    /// place of each classifier's.
+    pub model: ModelOverrides,
     /// Spatial context fusion; default `Some(c = 2, w = 0.5)` (METHOD.md 4.3). `None` skips the
     /// fusion but still empties negative slices.
     pub scf: Option<ScfParams>,
@@ -125,11 +116,7 @@ impl Default for PseudoOptions {
             cam: CamMethod::Sf,
             lambda: cam::DEFAULT_LAMBDA,
             taps: vec![],
-            bleed_index: None,
-            window: None,
-            input_size: None,
-            channels: None,
-            normalize: None,
+            model: ModelOverrides::default(),
             scf: Some(ScfParams::default()),
             threshold: Tuned::Auto,
             aggregate: Aggregate::Or,
@@ -647,12 +634,7 @@ fn check_options(options: &PseudoOptions, classifiers: usize) -> Result<()> {
         return Err(Error::arg(format!("lambda must be finite and >= 0, got {}", options.lambda)));
     }
     check_batch(options.batch)?;
-    check_channels(options.channels)?;
-    check_input_size(options.input_size)?;
-    if let Some(w) = options.window {
-        check_window(w)?;
-    }
-    check_normalize(options.normalize)
+    options.model.check()
 }
 
 impl Classifier {
@@ -671,9 +653,9 @@ impl Classifier {
             ))
         })?;
         let (layers, tensors) = resolve_taps(&model, taps, options.cam)?;
-        let bleed_index = options.bleed_index.or(meta.bleed_index).unwrap_or(1);
+        let bleed_index = options.model.bleed_index.or(meta.bleed_index).unwrap_or(1);
         let declared = input.fixed_dim(2).zip(input.fixed_dim(3));
-        let size = match (declared, options.input_size) {
+        let size = match (declared, options.model.input_size) {
             (Some(d), Some(o)) if d != o => {
                 return Err(Error::InvalidModel(format!(
                     "{name}: input size {}x{} was requested but the model input is fixed at {}x{}",
@@ -684,8 +666,8 @@ impl Classifier {
             (None, o) => o.or(meta.input_size).unwrap_or(DEFAULT_INPUT_SIZE),
         };
         let channels = match input.fixed_dim(1) {
-            Some(_) => options.channels,
-            None => Some(options.channels.or(meta.channels).unwrap_or(1)),
+            Some(_) => options.model.channels,
+            None => Some(options.model.channels.or(meta.channels).unwrap_or(1)),
         };
         let grad_options = GradientOptions {
             target: bleed_index,
@@ -708,11 +690,11 @@ impl Classifier {
         let graph_model = graph.model(&format!("{name} (gradients)"))?;
         let fixed_batch = input.fixed_dim(0);
         let spec = InputSpec {
-            window: options.window.or(meta.window).unwrap_or_default(),
+            window: options.model.window.or(meta.window).unwrap_or_default(),
             rows,
             cols,
             channels,
-            normalize: options.normalize.or(meta.normalize),
+            normalize: options.model.normalize.or(meta.normalize),
         };
         let classifier = Classifier {
             config: ClassifierConfig {

@@ -8,8 +8,7 @@ use crate::model::runtime::{Engine, PlanCache};
 use crate::model::{ModelKind, OnnxModel};
 use crate::pipeline::batching::{for_each_batch, plan_shrinking};
 use crate::pipeline::options::{
-    check_batch, check_channels, check_input_size, check_normalize, check_threshold, check_window, Progress,
-    DEFAULT_INPUT_SIZE,
+    check_batch, check_normalize, check_threshold, check_window, ModelOverrides, Progress, DEFAULT_INPUT_SIZE,
 };
 use crate::preprocess::{model_input, resize_bilinear, InputSpec};
 use crate::skull::intracranial::{check_margin_mm, intracranial_mask, zero_outside, IntracranialMask};
@@ -27,16 +26,8 @@ pub struct SegmenterOptions {
     pub threshold: f32,
     /// Slices per network run (default 1: measured fastest per slice on tract's CPU engine).
     pub batch: usize,
-    /// Default: metadata, else level 50 / width 130 HU.
-    pub window: Option<Window>,
-    /// `(rows, cols)`; default: the model's fixed input shape, metadata, else 384x384.
-    pub input_size: Option<(usize, usize)>,
-    /// 1 or 3; default: the model's fixed input shape, metadata, else 1.
-    pub channels: Option<usize>,
-    /// `(mean, std)` after windowing; default: metadata, else none.
-    pub normalize: Option<(f32, f32)>,
-    /// Logit index of the bleed class for softmax outputs; default: metadata, else 1.
-    pub bleed_index: Option<usize>,
+    /// Window, input size, channels, normalisation and bleed logit in place of the model's.
+    pub model: ModelOverrides,
     /// Lesions (3D components) smaller than this many millilitres leave the mask before the
     /// lesion list is made ([`crate::lesions::remove_small_lesions`]; not in METHOD.md). Default
     /// 0: every lesion is kept.
@@ -52,11 +43,7 @@ impl Default for SegmenterOptions {
         SegmenterOptions {
             threshold: 0.5,
             batch: 1,
-            window: None,
-            input_size: None,
-            channels: None,
-            normalize: None,
-            bleed_index: None,
+            model: ModelOverrides::default(),
             min_lesion_ml: 0.0,
             intracranial_margin_mm: None,
         }
@@ -195,24 +182,22 @@ impl Segmenter {
         };
         check_threshold(options.threshold)?;
         check_batch(options.batch)?;
-        check_channels(options.channels)?;
-        check_input_size(options.input_size)?;
-        check_normalize(options.normalize)?;
+        options.model.check()?;
         check_min_lesion_ml(options.min_lesion_ml)?;
         if let Some(m) = options.intracranial_margin_mm {
             check_margin_mm(m)?;
         }
         let meta = &model.metadata;
-        let channels = pick("channels", input.fixed_dim(1), options.channels, meta.channels, 1)?;
+        let channels = pick("channels", input.fixed_dim(1), options.model.channels, meta.channels, 1)?;
         if channels != 1 && channels != 3 {
             return Err(Error::InvalidModel(format!("{}: {channels} input channels; expected 1 or 3", model.name)));
         }
-        let size = options.input_size.or(meta.input_size);
+        let size = options.model.input_size.or(meta.input_size);
         let rows = pick("input rows", input.fixed_dim(2), size.map(|s| s.0), None, DEFAULT_INPUT_SIZE.0)?;
         let cols = pick("input columns", input.fixed_dim(3), size.map(|s| s.1), None, DEFAULT_INPUT_SIZE.1)?;
-        let window = options.window.or(meta.window).unwrap_or_default();
+        let window = options.model.window.or(meta.window).unwrap_or_default();
         check_window(window)?;
-        let normalize = options.normalize.or(meta.normalize);
+        let normalize = options.model.normalize.or(meta.normalize);
         check_normalize(normalize)?;
         let fixed_batch = input.fixed_dim(0);
         let mut seg = Segmenter {
@@ -235,7 +220,7 @@ impl Segmenter {
             model,
         };
         let plan = plan_shrinking(seg.config.batch, seg.fixed_batch.is_none(), |b| seg.plan(b))?;
-        seg.config.activation = seg.activation_of(&plan, options.bleed_index)?;
+        seg.config.activation = seg.activation_of(&plan, options.model.bleed_index)?;
         Ok(seg)
     }
 

@@ -16,8 +16,8 @@ use ichseg::io::slice_labels::SliceLabelTable;
 use ichseg::pipeline::report;
 use ichseg::sca::{Aggregate, ScfParams};
 use ichseg::{
-    CamMethod, Device, Engine, EngineOptions, Error, OnnxModel, Preset, Progress, PseudoLabeler, PseudoOptions, Segmenter,
-    SegmenterOptions, Tuned, Volume, Window,
+    CamMethod, Device, Engine, EngineOptions, Error, ModelOverrides, OnnxModel, Preset, Progress, PseudoLabeler,
+    PseudoOptions, Segmenter, SegmenterOptions, Tuned, Volume, Window,
 };
 use ndarray::{Array3, ArrayViewD};
 use numpy::{IntoPyArray, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
@@ -207,6 +207,23 @@ fn volume_from(
 }
 
 /// A volume read from a file or a DICOM series, with what writing results on its grid needs.
+/// The settings a Python caller gives in place of the model's metadata.
+fn overrides(
+    window: Option<(f32, f32)>,
+    input_size: Option<(usize, usize)>,
+    channels: Option<usize>,
+    normalize: Option<(f32, f32)>,
+    bleed_index: Option<usize>,
+) -> ModelOverrides {
+    ModelOverrides {
+        window: window.map(|(level, width)| Window { level, width }),
+        input_size,
+        channels,
+        normalize,
+        bleed_index,
+    }
+}
+
 #[pyclass(module = "ichseg._native", frozen)]
 struct Image {
     volume: Arc<Volume>,
@@ -498,11 +515,7 @@ impl NativeSegmenter {
         let options = SegmenterOptions {
             threshold,
             batch,
-            window: window.map(|(level, width)| Window { level, width }),
-            input_size,
-            channels,
-            normalize,
-            bleed_index,
+            model: overrides(window, input_size, channels, normalize, bleed_index),
             min_lesion_ml,
             intracranial_margin_mm,
         };
@@ -596,11 +609,7 @@ impl NativePseudoLabeler {
         let options = PseudoOptions {
             cam,
             taps,
-            bleed_index,
-            window: window.map(|(level, width)| Window { level, width }),
-            input_size,
-            channels,
-            normalize,
+            model: overrides(window, input_size, channels, normalize, bleed_index),
             scf: scf.map(|(c, w)| ScfParams { c, w }),
             threshold: threshold.map_or(Tuned::Auto, Tuned::Set),
             aggregate,

@@ -195,11 +195,7 @@ impl AblateArgs {
         PseudoOptions {
             cam,
             taps,
-            bleed_index: i.bleed_index,
-            window: i.window,
-            input_size: i.input_size,
-            channels: i.channels,
-            normalize: i.normalize,
+            model: i.overrides(),
             scf: None,
             crf: None,
             batch: i.batch,

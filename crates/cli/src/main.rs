@@ -16,7 +16,9 @@ use ichseg::model::onnx_grad::{self, GradientGraph, GradientOptions};
 use ichseg::model::OnnxModel;
 use ichseg::pipeline::report;
 use ichseg::pipeline::segment::SegmenterConfig;
-use ichseg::{Device, Engine, EngineOptions, Error, Progress, Result, Segmenter, SegmenterOptions, Window};
+use ichseg::{
+    Device, Engine, EngineOptions, Error, ModelOverrides, Progress, Result, Segmenter, SegmenterOptions, Window,
+};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -121,17 +123,25 @@ struct ModelArgs {
     input: InputArgs,
 }
 
+impl InputArgs {
+    /// The settings given in place of the model's metadata.
+    fn overrides(&self) -> ModelOverrides {
+        ModelOverrides {
+            window: self.window,
+            input_size: self.input_size,
+            channels: self.channels,
+            normalize: self.normalize,
+            bleed_index: self.bleed_index,
+        }
+    }
+}
+
 impl ModelArgs {
     fn options(&self) -> SegmenterOptions {
-        let i = &self.input;
         SegmenterOptions {
             threshold: self.threshold,
-            batch: i.batch,
-            window: i.window,
-            input_size: i.input_size,
-            channels: i.channels,
-            normalize: i.normalize,
-            bleed_index: i.bleed_index,
+            batch: self.input.batch,
+            model: self.input.overrides(),
             min_lesion_ml: self.min_lesion_ml,
             intracranial_margin_mm: self.intracranial_mask.then_some(self.intracranial_margin_mm),
         }

@@ -170,11 +170,7 @@ impl PseudoLabelArgs {
         Ok(PseudoOptions {
             cam: self.cam,
             taps,
-            bleed_index: self.model_input.bleed_index,
-            window: self.model_input.window,
-            input_size: self.model_input.input_size,
-            channels: self.model_input.channels,
-            normalize: self.model_input.normalize,
+            model: self.model_input.overrides(),
             scf: (!self.no_scf).then_some(ScfParams { c: self.scf_c, w: self.scf_w }),
             threshold: self.threshold.map_or(Tuned::Auto, Tuned::Set),
             aggregate: self.aggregate,
