@@ -44,15 +44,9 @@
 //! the logits get a VJP, so the stem before the earliest tap may hold any op; an op without a
 //! VJP on such a path is an [`Error::InvalidModel`] naming the op and the node.
 //!
-//! Accuracy: on the test fixtures (small ResNet, DenseNet, VGG variants, `tests/onnx_grad.rs`)
-//! tract and onnxruntime match PyTorch autograd to 4e-7 relative L2. The gradient of a ReLU
-//! network jumps where a ReLU input crosses 0 (and where a max-pool window changes its maximum),
-//! so an input within float32 rounding of such a kink can take different branches on different
-//! engines: on a seeded, untrained torchvision ResNet34 at 384x384, two of the 147,456 ReLU
-//! inputs of layer3 (about 1e-5, 3e-7 of their tensor's maximum) have opposite signs in tract
-//! and in onnxruntime, which moves tract's layer1 and layer2 gradients by 3e-3 relative L2 from
-//! autograd (layer3 matches to 2e-6); given tract's two ReLU masks, onnxruntime reproduces
-//! tract's gradients to 3e-6. Both are exact gradients of their engine's forward pass.
+//! Accuracy: the gradients are checked against PyTorch autograd, on tract and onnxruntime, by
+//! `tests/onnx_grad.rs`; the measured agreement, and why a ReLU network's gradients can differ
+//! between engines near a kink, are in docs/RESULTS.md (Gradient graphs).
 //!
 //! The crate knows ONNX protobufs and tract's shape analysis, nothing of the library: the library
 //! (`ichseg::model::onnx_grad`) reads the model, its metadata and the caller's options, and calls
