@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prints the size of the shared library as a vendor ships it: the release libichseg.so, stripped,
-# CPU-only (--no-default-features) and with CUDA support (default features), so that a size
-# regression shows. Builds what is missing (a release build takes several minutes on 2 cores).
+# CPU-only with DICOM (--no-default-features --features dicom: what an embedded build ships) and
+# with CUDA support (default features), so that a size regression shows (docs/BENCHMARKS.md). Builds what is missing (a release build takes several minutes on 2 cores).
 #
 #   scripts/lib_size.sh [cpu|cuda|both]   (default both)
 set -euo pipefail
@@ -20,6 +20,6 @@ measure() { # label, cargo feature flags...
     'BEGIN { printf "%-5s libichseg.so %6.1f MB stripped (%6.1f MB as built), SONAME %s\n", l, s / 1e6, b / 1e6, n }'
   rm -f "$stripped"
 }
-[[ $which == cpu || $which == both ]] && measure cpu --no-default-features
+[[ $which == cpu || $which == both ]] && measure cpu --no-default-features --features dicom
 [[ $which == cuda || $which == both ]] && measure cuda
 exit 0
