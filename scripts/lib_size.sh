@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prints the size of the shared library as a vendor ships it: the release libichseg.so, stripped,
 # CPU-only with DICOM (--no-default-features --features dicom: what an embedded build ships) and
-# with CUDA support (default features), so that a size regression shows (docs/BENCHMARKS.md). Builds what is missing (a release build takes several minutes on 2 cores).
+# with CUDA support (default features), so that a size regression shows (docs/BENCHMARKS.md).
+# Builds what is missing (a release build takes several minutes on 2 cores).
 #
 #   scripts/lib_size.sh [cpu|cuda|both]   (default both)
 set -euo pipefail
