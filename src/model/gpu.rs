@@ -149,10 +149,11 @@ fn devices() -> std::result::Result<Vec<GpuDevice>, String> {
 /// stream with its cuBLAS and cuDNN handles. `Ok` carries the device's name.
 pub fn usable() -> std::result::Result<&'static str, &'static str> {
     static VERDICT: OnceLock<std::result::Result<String, String>> = OnceLock::new();
-    VERDICT.get_or_init(|| on_cuda_thread(verdict)).as_ref().map(|s| s.as_str()).map_err(|s| s.as_str())
+    VERDICT.get_or_init(verdict).as_ref().map(|s| s.as_str()).map_err(|s| s.as_str())
 }
 
-/// The verdict of [`usable`], worked out on the CUDA thread (tract-cuda's first stream lives there).
+/// The verdict of [`usable`]. Only its last step touches tract-cuda, on the CUDA thread (where
+/// the first stream then lives): a machine without the libraries or a GPU never starts it.
 fn verdict() -> std::result::Result<String, String> {
     let missing: Vec<&str> =
         LIBRARIES.iter().filter(|(l, s, sym)| find_library(l, s, sym).path.is_none()).map(|(l, _, _)| *l).collect();
@@ -163,7 +164,7 @@ fn verdict() -> std::result::Result<String, String> {
     tract_cuda::utils::ensure_cuda_runtime_dependencies("CUDA is not usable").map_err(|e| format!("{e:#}"))?;
     let name = devices()?.into_iter().next().map(|d| d.name).ok_or("no CUDA device is visible")?;
     // tract-cuda's context and streams `expect` success: contain a failure here.
-    match std::panic::catch_unwind(|| tract_cuda::with_cuda_stream(|_| Ok(()))) {
+    match on_cuda_thread(|| std::panic::catch_unwind(|| tract_cuda::with_cuda_stream(|_| Ok(())))) {
         Ok(Ok(())) => Ok(name),
         Ok(Err(e)) => Err(format!("cannot start CUDA: {e:#}")),
         Err(_) => Err("cannot start CUDA: tract-cuda failed while creating its context".to_string()),
