@@ -46,12 +46,7 @@ pub(crate) fn guarded<T>(what: &str, run: impl FnOnce() -> Res<T>, after_failure
         .unwrap_or_else(|_| Err("the CUDA driver panicked".into()))
         .map_err(|e| {
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(after_failure));
-            let message = format!("{what}: {e}");
-            if crate::model::runtime::is_out_of_memory(&message) {
-                crate::Error::DeviceMemory(message)
-            } else {
-                crate::Error::Inference(message)
-            }
+            crate::model::runtime::device_failure(format!("{what}: {e}"))
         })
 }
 

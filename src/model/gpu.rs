@@ -206,14 +206,7 @@ pub(crate) fn to_host(values: &[&Tensor]) -> Result<()> {
     }
     // Each storage reads its device buffer back once and keeps the host copy.
     let read = on_cuda_thread(|| lazy.iter().try_for_each(|l| l.materialize_plain_ram().map(|_| ())));
-    read.map_err(|e| {
-        let message = format!("cannot read a network output back from the GPU: {e:#}");
-        if super::runtime::is_out_of_memory(&message) {
-            Error::DeviceMemory(message)
-        } else {
-            Error::Inference(message)
-        }
-    })
+    read.map_err(|e| super::runtime::device_failure(format!("cannot read a network output back from the GPU: {e:#}")))
 }
 
 fn decluttered(model: &super::OnnxModel, shape: [usize; 4]) -> Result<TypedModel> {

@@ -218,7 +218,7 @@ impl Engine {
                 format!("the network run panicked: {text}")
             }
         };
-        Err(if is_out_of_memory(&message) { Error::DeviceMemory(message) } else { Error::Inference(message) })
+        Err(device_failure(message))
     }
 }
 
@@ -258,10 +258,15 @@ fn run_profiled(plan: &Arc<TypedRunnableModel>, inputs: TVec<TValue>) -> TractRe
     Ok(outputs)
 }
 
-/// Whether a failure message is CUDA's (or an allocator's) "out of memory".
-pub(crate) fn is_out_of_memory(message: &str) -> bool {
+/// A failed device operation's error: [`Error::DeviceMemory`] when `message` is CUDA's (or an
+/// allocator's) "out of memory", so that the callers halve the batch, else [`Error::Inference`].
+pub(crate) fn device_failure(message: String) -> Error {
     let m = message.to_ascii_lowercase();
-    m.contains("out_of_memory") || m.contains("out of memory") || m.contains("outofmemory")
+    if m.contains("out_of_memory") || m.contains("out of memory") || m.contains("outofmemory") {
+        Error::DeviceMemory(message)
+    } else {
+        Error::Inference(message)
+    }
 }
 
 /// Whether CUDA can run networks here; `Ok` names the device, `Err` says why not.
@@ -396,6 +401,15 @@ impl PlanCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_failures_out_of_memory_are_memory_errors() {
+        for m in ["DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")", "cudaErrorMemoryAllocation: OutOfMemory"]
+        {
+            assert!(matches!(device_failure(m.to_string()), Error::DeviceMemory(t) if t == m), "{m}");
+        }
+        assert!(matches!(device_failure("CUDNN_STATUS_BAD_PARAM".into()), Error::Inference(_)));
+    }
 
     #[test]
     fn plan_knobs_are_known_to_tract() {
