@@ -46,9 +46,10 @@ pub struct EngineOptions {
     /// (outputs, maps, per-slice buffers; not the model's own weights and activations): work
     /// over it is refused before anything is allocated. Default: none.
     pub memory_limit: MemoryLimit,
-    /// Smaller footprint, slower: on the CPU, 3x3 convolutions keep their weights as they are
-    /// (im2col matrix products) instead of Winograd's transformed copies, 4x their size
-    /// (docs/BENCHMARKS.md). No effect on the GPU. Default off.
+    /// Smaller footprint, somewhat slower: on the CPU, 3x3 convolutions keep their weights as
+    /// they are and make Winograd's transformed copies, 4x their size, during each convolution,
+    /// a few output channels at a time (docs/BENCHMARKS.md, Memory). No effect on the GPU.
+    /// Default off.
     pub low_memory: bool,
 }
 
@@ -150,7 +151,7 @@ impl Engine {
         if self.cuda {
             return super::gpu::plan(model, shape, self.executor.clone());
         }
-        model.plan_with(shape, &ichseg_cpu_kernels::RewriteOptions { winograd: !self.low_memory })
+        model.plan_with(shape, &ichseg_cpu_kernels::RewriteOptions { low_memory: self.low_memory })
     }
 
     /// `f` over `items` on this engine's thread pool (in order; sequential with one thread), for

@@ -152,17 +152,36 @@ impl OutPtr {
     }
 }
 
+thread_local! {
+    static WORK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static KERNEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// `f` on a zeroed buffer of `len` floats, reused by the thread across calls (a network's
 /// convolutions need the same few megabytes again and again; fresh allocations cost page
-/// faults). Each thread keeps its largest buffer: one block for a pool thread, up to a whole
-/// image's Winograd V and M for the calling thread.
+/// faults). Each thread keeps its largest buffer: one block of a convolution's work, bounded
+/// by the ops' block sizes.
 pub fn with_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    thread_local! {
-        static BUFFER: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    BUFFER.with(|cell| match cell.try_borrow_mut() {
+    reuse(&WORK, len, f)
+}
+
+/// [`with_buffer`] for a block of transformed kernel weights: a second buffer per thread, so that
+/// a task inside a convolution's work block (on the same thread when there is no pool) has its own.
+pub fn with_kernel_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    reuse(&KERNEL, len, f)
+}
+
+fn reuse<R>(
+    key: &'static std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buffer) => {
             if buffer.len() < len {
+                // exactly: the buffer is kept, and doubling the largest would be waste
+                let more = len - buffer.len();
+                buffer.reserve_exact(more);
                 buffer.resize(len, 0.);
             }
             f(&mut buffer[..len])

@@ -4,7 +4,7 @@ use crate::conv::ConvParts;
 use crate::gemm_conv::{ConvGeometry, GemmConv};
 use crate::pointwise::PointwiseConv;
 use crate::relu_grad;
-use crate::winograd::WinogradConv;
+use crate::winograd::{KernelForm, WinogradConv};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::array::TypedConcat;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
@@ -18,18 +18,12 @@ pub fn enabled() -> bool {
 }
 
 /// Choices of [`rewrite_with`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RewriteOptions {
-    /// 3x3 stride-1 convolutions by Winograd F(4x4, 3x3) (the default); `false` takes them by
-    /// im2col matrix products, which keep the weights as they are instead of transformed to 4x
-    /// their size: slower, for a smaller memory footprint.
-    pub winograd: bool,
-}
-
-impl Default for RewriteOptions {
-    fn default() -> Self {
-        RewriteOptions { winograd: true }
-    }
+    /// 3x3 stride-1 convolutions (Winograd F(4x4, 3x3)) keep their kernels as given and
+    /// transform them during each convolution, instead of keeping the transformed kernels, 4x
+    /// their size: a smaller plan, somewhat slower (docs/BENCHMARKS.md, Memory).
+    pub low_memory: bool,
 }
 
 /// Replaces every eligible `Conv` of `model` and the Relu gradients (see the module comment);
@@ -192,8 +186,9 @@ impl ConvSpec {
         }
         let unit = w.strides == [1, 1] && w.dilations == [1, 1];
         Some(match w.kernel {
-            [3, 3] if unit && options.winograd && WinogradConv::takes(self.cin, self.cout) => {
-                Box::new(WinogradConv::new(&self.kernel, &self.bias, self.cout, rows, cols, w.pads, parts))
+            [3, 3] if unit && WinogradConv::takes(self.cin, self.cout) => {
+                let form = if options.low_memory { KernelForm::PerConvolution } else { KernelForm::Transformed };
+                Box::new(WinogradConv::new(&self.kernel, &self.bias, self.cout, rows, cols, w.pads, parts, form))
             }
             [1, 1] if unit && w.pads == [0; 4] => {
                 Box::new(PointwiseConv::new(&self.kernel, &self.bias, self.cout, rows * cols, parts))
@@ -317,11 +312,15 @@ mod tests {
 
     /// The model decluttered for `input`, and the same rewritten; checks both compute the same.
     fn rewritten(onnx: &[u8], input: [usize; 4]) -> (TypedModel, TypedModel) {
+        rewritten_with(onnx, input, &RewriteOptions::default())
+    }
+
+    fn rewritten_with(onnx: &[u8], input: [usize; 4], options: &RewriteOptions) -> (TypedModel, TypedModel) {
         let model = tract_onnx::onnx().model_for_read(&mut &onnx[..]).unwrap();
         let typed = model.with_input_fact(0, f32::fact(input).into()).unwrap().into_typed().unwrap();
         let typed = typed.into_decluttered().unwrap();
         let mut ours = typed.clone();
-        rewrite(&mut ours).unwrap();
+        rewrite_with(&mut ours, options).unwrap();
         let x: Tensor = tract_ndarray::Array4::from_shape_fn(input, |(n, c, y, x)| {
             ((n * 7 + c * 5 + y * 3 + x) % 11) as f32 / 11.0
         })
@@ -344,7 +343,16 @@ mod tests {
         let parts = ConvParts { sizes: vec![4, 2], relu: false };
         let window = ConvGeometry { kernel: [3, 3], strides: [2, 2], dilations: [1, 1], pads: [1; 4], input: [8, 8] };
         let ops: Vec<Box<dyn TypedOp>> = vec![
-            Box::new(WinogradConv::new(&[0.; 5 * 6 * 9], &[0.; 5], 5, 8, 8, [1; 4], parts.clone())),
+            Box::new(WinogradConv::new(
+                &[0.; 5 * 6 * 9],
+                &[0.; 5],
+                5,
+                8,
+                8,
+                [1; 4],
+                parts.clone(),
+                KernelForm::Transformed,
+            )),
             Box::new(PointwiseConv::new(&[0.; 5 * 6], &[0.; 5], 5, 64, parts.clone())),
             Box::new(GemmConv::new(&[0.; 5 * 6 * 9], &[0.; 5], 5, window, parts)),
         ];
@@ -378,6 +386,22 @@ mod tests {
         assert_eq!(count_ops(&tract, "Concat"), 2);
         assert_eq!(count_ops(&ours, "Concat"), 0, "both decoder Concats feed a 3x3 convolution only");
         assert!(count_ops(&ours, "Max") < count_ops(&tract, "Max"));
+    }
+
+    #[test]
+    fn low_memory_plans_transform_the_kernels_per_convolution() {
+        let options = RewriteOptions { low_memory: true };
+        let (_, ours) = rewritten_with(&fixture("unet/unet_transpose.onnx"), [2, 1, 64, 64], &options);
+        let (_, fast) = rewritten(&fixture("unet/unet_transpose.onnx"), [2, 1, 64, 64]);
+        assert_eq!(count_ops(&ours, "WinogradConv"), count_ops(&fast, "WinogradConv"));
+        let per_convolution = |m: &TypedModel| {
+            m.nodes()
+                .iter()
+                .filter(|n| n.op().info().unwrap().iter().any(|i| i.contains("kernel transformed per convolution")))
+                .count()
+        };
+        assert_eq!(per_convolution(&ours), count_ops(&ours, "WinogradConv"));
+        assert_eq!(per_convolution(&fast), 0);
     }
 
     /// Unfused BatchNormalization after 1x1 convolutions (left as Mul + Add by tract) is

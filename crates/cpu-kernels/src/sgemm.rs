@@ -99,6 +99,20 @@ pub fn cpu_level() -> CpuLevel {
     })
 }
 
+/// Columns of the panels in which [`sgemm`] at `level` reads `rhs` in place, unpacked: an `rhs`
+/// of at most this many columns whose rows are exactly this long (`ldb`) is used as it is, so
+/// that a caller multiplying the same `rhs` by many `lhs` can lay it out once.
+pub fn panel_width(level: CpuLevel) -> usize {
+    let level = if level.is_available() { level } else { CpuLevel::detected() };
+    match level {
+        CpuLevel::Portable => PORTABLE_NR,
+        #[cfg(target_arch = "x86_64")]
+        CpuLevel::Avx512 => avx512::NR,
+        // the `gemm` crate packs as it sees fit: any width serves
+        _ => 48,
+    }
+}
+
 /// `dst[m][n] = (accumulate ? dst : 0) + lhs[m][k] rhs[k][n]`, row-major with row strides `ldd`,
 /// `lda` and `ldb`, on this thread, at `level` (or the detected level if the CPU lacks it).
 ///
@@ -220,9 +234,17 @@ unsafe fn blocked<K: Kernel>(p: &Product) {
         let (b_packed, edge) = packed.split_at_mut(b_len);
         for jc in (0..p.n).step_by(K::NC) {
             let nc = K::NC.min(p.n - jc);
+            // rows exactly one panel wide are already packed: read in place (the columns past n
+            // are read but their results are not stored)
+            let in_place = p.ldb == K::NR && p.n <= K::NR;
             for pc in (0..p.k).step_by(K::KC) {
                 let kc = K::KC.min(p.k - pc);
-                pack_rhs::<K>(p.rhs.add(pc * p.ldb + jc), p.ldb, kc, nc, b_packed);
+                let b = if in_place {
+                    p.rhs.add(pc * K::NR)
+                } else {
+                    pack_rhs::<K>(p.rhs.add(pc * p.ldb + jc), p.ldb, kc, nc, b_packed);
+                    b_packed.as_ptr()
+                };
                 let overwrite = pc == 0 && !p.accumulate;
                 for i0 in (0..p.m).step_by(K::MR) {
                     let rows = K::MR.min(p.m - i0);
@@ -239,7 +261,7 @@ unsafe fn blocked<K: Kernel>(p: &Product) {
                     for jr in (0..nc).step_by(K::NR) {
                         let dst = p.dst.add(i0 * p.ldd + jc + jr);
                         let cols = K::NR.min(nc - jr);
-                        K::tile(kc, a, lda, b_packed.as_ptr().add(jr * kc), dst, p.ldd, rows, cols, overwrite);
+                        K::tile(kc, a, lda, b.add(jr * kc), dst, p.ldd, rows, cols, overwrite);
                     }
                 }
             }
@@ -262,8 +284,11 @@ unsafe fn pack_rhs<K: Kernel>(rhs: *const f32, ld: usize, kc: usize, nc: usize, 
             if cols == K::NR {
                 std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), K::NR);
             } else {
-                std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), cols);
-                dst[cols..].fill(0.);
+                // element by element: a short row copied and cleared with calls to memcpy and
+                // memset costs more than the products when few rows of lhs share the panel
+                for (j, d) in dst.iter_mut().enumerate() {
+                    *d = if j < cols { *src.add(j) } else { 0. };
+                }
             }
         }
     }
@@ -353,7 +378,7 @@ mod avx512 {
 
     const MR: usize = 8;
     const VECTORS: usize = 3;
-    const NR: usize = 16 * VECTORS;
+    pub const NR: usize = 16 * VECTORS;
 
     /// # Safety
     /// The CPU has AVX-512 F; as [`super::sgemm`] for `p`.
@@ -468,6 +493,19 @@ mod tests {
             // several blocks of each dimension, and the Winograd shape
             check(level, 300, 1000, 600, 3, true);
             check(level, 64, 192, 64, 8, false);
+        }
+    }
+
+    #[test]
+    fn rows_one_panel_wide_are_read_in_place() {
+        for level in levels() {
+            let width = panel_width(level);
+            // deeper than one block of KC, and columns short of the panel
+            for (m, n, k) in [(9, width, 300), (33, width - 5, 257), (8, 1, 3)] {
+                for accumulate in [false, true] {
+                    check(level, m, n, k, width - n, accumulate);
+                }
+            }
         }
     }
 

@@ -4,7 +4,9 @@
 //! tract lowers these convolutions to im2col + matrix product at about half the speed
 //! onnxruntime reaches on the same cores (docs/BENCHMARKS.md); cpu_rewrite.rs puts
 //! [`WinogradConv`] in their place:
-//! - the kernel is transformed once, U = G g Gᵀ (in f64), into 36 matrices `[cout][cin]`;
+//! - the kernel is transformed, U = G g Gᵀ, into 36 matrices `[cout][cin]`: once, when the
+//!   plan is made, or, in low-memory plans, during each convolution, a few output channels at a
+//!   time, so that the plan keeps the kernel and not U, 4x its size (docs/BENCHMARKS.md, Memory);
 //! - the input is cut into overlapping 6x6 tiles, transformed V = Bᵀ d B, a block of tile rows at
 //!   a time so that V stays in cache;
 //! - 36 matrix products M = U V ([`sgemm`], at the op's instruction-set level);
@@ -15,8 +17,8 @@
 //! `tx + j / 4`. Results agree with direct convolution to about 1e-6 of the output's scale
 //! (tests below).
 
-use crate::conv::{executor_threads, run_tasks, with_buffer, ConvParts, ConvWeights, OutPtr};
-use crate::sgemm::sgemm;
+use crate::conv::{executor_threads, run_tasks, with_buffer, with_kernel_buffer, ConvParts, ConvWeights, OutPtr};
+use crate::sgemm::{panel_width, sgemm};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -27,18 +29,27 @@ const ALPHA: usize = 6;
 /// Points of the transformed tile: one matrix product each.
 const POINTS: usize = ALPHA * ALPHA;
 
-/// G g for one kernel column (or row) of three values, in f64 (U = G g Gᵀ is computed once).
-#[inline]
-fn kernel_transform([a, b, c]: [f64; 3]) -> [f64; ALPHA] {
-    const SIXTH: f64 = 1. / 6.;
-    let (even, odd) = (a + c, b);
-    let (outer, inner) = (a * (SIXTH / 4.) + c * SIXTH, b * (SIXTH / 2.));
-    [a * 0.25, -(even + odd) * SIXTH, -(even - odd) * SIXTH, outer + inner, outer - inner, c]
-}
-
 /// Tiles transformed together (one vector register of f32 per value with AVX2).
 const LANES: usize = 8;
 type Lane = [f32; LANES];
+
+/// G g for one kernel column (or row) of three values per lane.
+#[inline(always)]
+fn kernel_transform(g: [Lane; 3]) -> [Lane; ALPHA] {
+    const SIXTH: f32 = 1. / 6.;
+    let mut r = [[0f32; LANES]; ALPHA];
+    for x in 0..LANES {
+        let [a, b, c] = [g[0][x], g[1][x], g[2][x]];
+        let (even, outer, inner) = (a + c, a * (SIXTH / 4.) + c * SIXTH, b * (SIXTH / 2.));
+        r[0][x] = a * 0.25;
+        r[1][x] = -(even + b) * SIXTH;
+        r[2][x] = -(even - b) * SIXTH;
+        r[3][x] = outer + inner;
+        r[4][x] = outer - inner;
+        r[5][x] = c;
+    }
+    r
+}
 
 /// Bᵀ d for one column (or row) of six values per lane, with shared terms.
 #[inline(always)]
@@ -77,6 +88,21 @@ const MIN_CHANNELS: usize = 4;
 const TARGET_TILES: usize = 192;
 /// Bytes of V and M per block at most, so that a block stays in a core's cache.
 const BLOCK_BYTES: usize = 4 << 20;
+/// Bytes of V and M at most when the stages are shared out between threads (a stage block: the
+/// whole image when it fits).
+const STAGE_BYTES: usize = 32 << 20;
+/// Output channels whose kernels are transformed together (rows of the products).
+const KERNEL_CHUNK: usize = 32;
+
+/// When a layer's kernel is transformed into U.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelForm {
+    /// Once, when the plan is made; the op keeps U, `[POINTS][cout][cin]`.
+    Transformed,
+    /// During each convolution, [`KERNEL_CHUNK`] output channels at a time; the op keeps the
+    /// kernel as `[cout][9][cin]`.
+    PerConvolution,
+}
 
 /// A 3x3, stride-1, ungrouped f32 convolution in NCHW with constant weights, by F(4x4, 3x3).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,7 +113,10 @@ pub struct WinogradConv {
     cols: usize,
     /// Zero padding: top, left, bottom, right.
     pads: [usize; 4],
-    /// The transformed kernel U, `[POINTS][cout][cin]`.
+    form: KernelForm,
+    /// Bytes of V and M per stage block ([`STAGE_BYTES`]; smaller in tests).
+    stage_bytes: usize,
+    /// U or the kernel, as [`KernelForm`] says.
     conv: ConvWeights,
 }
 
@@ -98,7 +127,9 @@ impl WinogradConv {
         cin >= MIN_CHANNELS && cout >= MIN_CHANNELS
     }
 
-    /// `kernel` is `[cout][cin][3][3]`, `bias` has cout values; the input channels come as `parts`.
+    /// `kernel` is `[cout][cin][3][3]`, `bias` has cout values; the input channels come as
+    /// `parts`; `form` says when the kernel is transformed.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         kernel: &[f32],
         bias: &[f32],
@@ -107,35 +138,32 @@ impl WinogradConv {
         cols: usize,
         pads: [usize; 4],
         parts: ConvParts,
+        form: KernelForm,
     ) -> Self {
         let cin = parts.channels();
         assert_eq!(kernel.len(), cout * cin * 9);
         assert_eq!(bias.len(), cout);
-        // U[point][o][c], filled a run of input channels at a time so that each point's values
-        // are written contiguously
-        const RUN: usize = 64;
-        let mut u = vec![0f32; POINTS * cout * cin];
-        let mut values = [[0f32; RUN]; POINTS];
-        for o in 0..cout {
-            for c0 in (0..cin).step_by(RUN) {
-                let run = RUN.min(cin - c0);
-                for (k, g) in kernel[(o * cin + c0) * 9..][..run * 9].chunks_exact(9).enumerate() {
-                    // G g: each kernel column; then (G g) Gᵀ: each row of that
-                    let columns: [[f64; ALPHA]; 3] =
-                        std::array::from_fn(|j| kernel_transform([g[j] as f64, g[3 + j] as f64, g[6 + j] as f64]));
-                    for i in 0..ALPHA {
-                        let row = kernel_transform([columns[0][i], columns[1][i], columns[2][i]]);
-                        for (j, value) in row.iter().enumerate() {
-                            values[i * ALPHA + j][k] = *value as f32;
-                        }
-                    }
-                }
-                for (point, values) in values.iter().enumerate() {
-                    u[(point * cout + o) * cin + c0..][..run].copy_from_slice(&values[..run]);
+        // [cout][9][cin]: each tap's weights contiguous over the input channels, which the
+        // transform runs across
+        let mut taps = vec![0f32; cout * 9 * cin];
+        for (o, kernels) in kernel.chunks_exact(cin * 9).enumerate() {
+            for (c, g) in kernels.chunks_exact(9).enumerate() {
+                for (t, &value) in g.iter().enumerate() {
+                    taps[(o * 9 + t) * cin + c] = value;
                 }
             }
         }
-        WinogradConv { cin, rows, cols, pads, conv: ConvWeights::new(u, bias, parts) }
+        let weights = match form {
+            KernelForm::PerConvolution => taps,
+            KernelForm::Transformed => {
+                let mut u = vec![0f32; POINTS * cout * cin];
+                // SAFETY: u holds POINTS matrices of cout rows of cin values.
+                unsafe { simd(|| transform_kernel(&taps, cin, 0..cout, u.as_mut_ptr())) };
+                u
+            }
+        };
+        let conv = ConvWeights::new(weights, bias, parts);
+        WinogradConv { cin, rows, cols, pads, form, stage_bytes: STAGE_BYTES, conv }
     }
 
     fn cout(&self) -> usize {
@@ -174,7 +202,7 @@ impl WinogradConv {
         };
         let out = OutPtr(y.as_mut_ptr());
         let rows_per_block = geo.rows_per_block(self);
-        if geo.by_blocks(self, rows_per_block, threads) {
+        if self.form == KernelForm::Transformed && geo.by_blocks(self, rows_per_block, threads) {
             let tasks: Vec<(usize, usize)> =
                 (0..images).flat_map(|n| (0..geo.tile_rows).step_by(rows_per_block).map(move |ty| (n, ty))).collect();
             let image_planes: Vec<Vec<Planes>> = (0..images).map(planes).collect();
@@ -201,17 +229,31 @@ impl WinogradConv {
             let ranges: Vec<_> = (0..stages).step_by(chunk).map(|i| i..(i + chunk).min(stages)).collect();
             run_tasks(&ranges, |range| stage(range.clone()))
         };
+        let rows_per_stage = geo.rows_per_stage(self);
         for n in 0..images {
             let image_planes = planes(n);
-            let work = Work::new(self, &geo, geo.tile_rows);
-            // SAFETY: the stages write disjoint channels, points and output channels of the
-            // buffer and of image n in `y`; everything outlives the loops.
-            with_buffer(work.len(), |buffer| unsafe {
-                let work = work.at(buffer);
-                shared(self.cin, &|c| simd(|| self.transform_input(&geo, &image_planes, 0, c, &work)));
-                shared(POINTS, &|p| simd(|| self.multiply(p, &work)));
-                shared(self.conv.cout, &|o| simd(|| self.transform_output(&geo, 0, o, &work, &out, n)));
-            })
+            for ty0 in (0..geo.tile_rows).step_by(rows_per_stage) {
+                let work = Work::new(self, &geo, rows_per_stage.min(geo.tile_rows - ty0));
+                // SAFETY: the stages write disjoint channels, points and output channels of the
+                // buffer and of image n in `y`; everything outlives the loops.
+                with_buffer(work.len(), |buffer| unsafe {
+                    let work = work.at(buffer);
+                    shared(self.cin, &|c| simd(|| self.transform_input(&geo, &image_planes, ty0, c, &work)));
+                    match self.form {
+                        KernelForm::Transformed => shared(POINTS, &|p| simd(|| self.multiply(p, &work))),
+                        KernelForm::PerConvolution => {
+                            let chunks = self.conv.cout.div_ceil(KERNEL_CHUNK);
+                            shared(chunks, &|k| {
+                                // the buffer first, so that the work inside is compiled for the CPU's level
+                                with_kernel_buffer(POINTS * KERNEL_CHUNK * self.cin, |u| {
+                                    simd(|| self.transform_and_multiply(k, u, &work))
+                                })
+                            })
+                        }
+                    }
+                    shared(self.conv.cout, &|o| simd(|| self.transform_output(&geo, ty0, o, &work, &out, n)));
+                })
+            }
         }
     }
 
@@ -260,6 +302,14 @@ impl WinogradConv {
                     }
                 }
             }
+            // V's rows for this channel again in panels, while they are in cache
+            for point in 0..POINTS {
+                let from = work.v.add((point * cin + c) * stride);
+                for q in 0..work.panels {
+                    let (first, to) = (q * work.panel, work.vp.add(((point * work.panels + q) * cin + c) * work.panel));
+                    std::ptr::copy_nonoverlapping(from.add(first), to, work.panel.min(work.tiles - first));
+                }
+            }
         }
     }
 
@@ -285,6 +335,41 @@ impl WinogradConv {
                 work.v.add(point * cin * work.stride),
                 stride,
             );
+        }
+    }
+
+    /// M = U V for all points and the output channels of these `chunks` of [`KERNEL_CHUNK`],
+    /// each chunk's U transformed from the kernel first ([`KernelForm::PerConvolution`]).
+    ///
+    /// # Safety
+    /// `work` holds V for all channels; no one else writes these output channels of M; `u`
+    /// holds POINTS x KERNEL_CHUNK x cin values.
+    #[inline(always)]
+    unsafe fn transform_and_multiply(&self, chunks: std::ops::Range<usize>, u: &mut [f32], work: &Work) {
+        let (cin, cout, stride) = (self.cin, self.conv.cout, work.stride);
+        for chunk in chunks {
+            let outs = chunk * KERNEL_CHUNK..((chunk + 1) * KERNEL_CHUNK).min(cout);
+            let rows = outs.len();
+            assert!(u.len() >= POINTS * rows * cin);
+            transform_kernel(&self.conv.weights, cin, outs.clone(), u.as_mut_ptr());
+            for point in 0..POINTS {
+                for q in 0..work.panels {
+                    let first = q * work.panel;
+                    sgemm(
+                        self.conv.level,
+                        rows,
+                        work.panel.min(work.tiles - first),
+                        cin,
+                        work.m.add((point * cout + outs.start) * stride + first),
+                        stride,
+                        false,
+                        u.as_ptr().add(point * rows * cin),
+                        cin,
+                        work.vp.add((point * work.panels + q) * cin * work.panel),
+                        work.panel,
+                    );
+                }
+            }
         }
     }
 
@@ -369,6 +454,51 @@ impl WinogradConv {
     }
 }
 
+/// U = G g Gᵀ for output channels `outs` of `taps` (`[cout][9][cin]`) into `dst`,
+/// `[POINTS][outs.len()][cin]`, computed in f32 across the input channels.
+///
+/// # Safety
+/// `dst` must be valid for writes of `POINTS * outs.len() * cin` values.
+#[inline(always)]
+unsafe fn transform_kernel(taps: &[f32], cin: usize, outs: std::ops::Range<usize>, dst: *mut f32) {
+    let rows = outs.len();
+    for (r, o) in outs.enumerate() {
+        let g = &taps[o * 9 * cin..][..9 * cin];
+        for c0 in (0..cin).step_by(LANES) {
+            let lanes = LANES.min(cin - c0);
+            // t[i][j]: tap (i, j) of LANES consecutive input channels (zeros past the last);
+            // copies of a constant length where the lanes are full, so that they stay vector moves
+            let mut t = [[[0f32; LANES]; 3]; 3];
+            for (k, lane) in t.iter_mut().flatten().enumerate() {
+                let from = g.as_ptr().add(k * cin + c0);
+                if lanes == LANES {
+                    std::ptr::copy_nonoverlapping(from, lane.as_mut_ptr(), LANES);
+                } else {
+                    std::ptr::copy_nonoverlapping(from, lane.as_mut_ptr(), lanes);
+                }
+            }
+            // U = G g Gᵀ: columns first, then rows
+            let mut columns = [[[0f32; LANES]; 3]; ALPHA];
+            for j in 0..3 {
+                let column = kernel_transform([t[0][j], t[1][j], t[2][j]]);
+                for k in 0..ALPHA {
+                    columns[k][j] = column[k];
+                }
+            }
+            for (k, row) in columns.iter().enumerate() {
+                for (l, lane) in kernel_transform(*row).iter().enumerate() {
+                    let to = dst.add(((k * ALPHA + l) * rows + r) * cin + c0);
+                    if lanes == LANES {
+                        std::ptr::copy_nonoverlapping(lane.as_ptr(), to, LANES);
+                    } else {
+                        std::ptr::copy_nonoverlapping(lane.as_ptr(), to, lanes);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Tile grid of one image.
 struct Geometry {
     out_rows: usize,
@@ -393,6 +523,13 @@ impl Geometry {
         TARGET_TILES.div_ceil(self.tile_cols).min(BLOCK_BYTES / bytes_per_row.max(1)).clamp(1, self.tile_rows)
     }
 
+    /// Tile rows per stage block: V, M (and V in panels) within the op's stage bytes.
+    fn rows_per_stage(&self, conv: &WinogradConv) -> usize {
+        let panels = if conv.form == KernelForm::PerConvolution { conv.cin } else { 0 };
+        let bytes_per_row = POINTS * (conv.cin + conv.cout() + panels) * self.tile_cols * 4;
+        (conv.stage_bytes / bytes_per_row.max(1)).clamp(1, self.tile_rows)
+    }
+
     /// Whether to work by blocks: each block reads all the transformed weights again, so blocks
     /// pay while those re-reads cost less than moving a whole image's V and M through memory,
     /// and while there are blocks enough for the threads.
@@ -413,8 +550,14 @@ struct Work {
     /// Floats of V, after which M starts.
     v_len: usize,
     m_len: usize,
+    /// With the kernel transformed per convolution, V again in panels of `panel` tiles,
+    /// `[POINTS][panels][cin][panel]`, which the products read in place (after M); else 0.
+    panel: usize,
+    panels: usize,
+    vp_len: usize,
     v: *mut f32,
     m: *mut f32,
+    vp: *mut f32,
 }
 
 impl Work {
@@ -423,16 +566,24 @@ impl Work {
         let tiles = rows * geo.tile_cols;
         let stride = tiles + LANES;
         let (v_len, m_len) = (POINTS * conv.cin * stride, POINTS * conv.cout() * stride);
-        Work { rows, tiles, stride, v_len, m_len, v: std::ptr::null_mut(), m: std::ptr::null_mut() }
+        let panel = match conv.form {
+            KernelForm::Transformed => 0,
+            KernelForm::PerConvolution => panel_width(conv.conv.level),
+        };
+        let panels = if panel > 0 { tiles.div_ceil(panel) } else { 0 };
+        let vp_len = POINTS * panels * conv.cin * panel;
+        let null = std::ptr::null_mut();
+        Work { rows, tiles, stride, v_len, m_len, panel, panels, vp_len, v: null, m: null, vp: null }
     }
     fn len(&self) -> usize {
-        self.v_len + self.m_len
+        self.v_len + self.m_len + self.vp_len
     }
     /// Placed in `buffer`, which must be at least `len` long.
     fn at(self, buffer: &mut [f32]) -> Self {
         assert!(buffer.len() >= self.len());
         let v = buffer.as_mut_ptr();
-        Work { v, m: v.wrapping_add(self.v_len), ..self }
+        let m = v.wrapping_add(self.v_len);
+        Work { v, m, vp: m.wrapping_add(self.m_len), ..self }
     }
 }
 
@@ -468,7 +619,11 @@ impl Op for WinogradConv {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("F(4x4,3x3) {}, pads {:?}", self.conv.describe(), self.pads)])
+        let kernel = match self.form {
+            KernelForm::Transformed => "",
+            KernelForm::PerConvolution => ", kernel transformed per convolution",
+        };
+        Ok(vec![format!("F(4x4,3x3) {}, pads {:?}{kernel}", self.conv.describe(), self.pads)])
     }
 
     op_as_typed_op!();
@@ -532,16 +687,15 @@ mod tests {
 
     #[test]
     fn factored_transforms_are_the_matrices() {
-        let g = [0.3, -1.2, 0.7];
-        let u = kernel_transform(g);
-        for k in 0..ALPHA {
-            let want: f64 = (0..3).map(|i| G[k][i] * g[i]).sum();
-            assert!((u[k] - want).abs() < 1e-12, "G row {k}");
-        }
         let values = random(ALPHA * LANES, 7);
         let lanes: [Lane; ALPHA] = std::array::from_fn(|i| std::array::from_fn(|x| values[i * LANES + x]));
+        let u = kernel_transform([lanes[0], lanes[1], lanes[2]]);
         let (v, y) = (input_transform(lanes), output_transform(lanes));
         for x in 0..LANES {
+            for k in 0..ALPHA {
+                let want: f64 = (0..3).map(|i| G[k][i] * lanes[i][x] as f64).sum();
+                assert!((u[k][x] as f64 - want).abs() < 1e-6, "G row {k}");
+            }
             for k in 0..ALPHA {
                 let want: f32 = (0..ALPHA).map(|i| BT[k][i] * lanes[i][x]).sum();
                 assert!((v[k][x] - want).abs() < 1e-5, "B row {k}");
@@ -573,9 +727,14 @@ mod tests {
             sizes.iter().enumerate().map(|(k, &c)| random(n * c * h * w, 3 + k as u64)).collect();
         let reference = reference(&weights, &bias, &inputs, &parts, n, cout, &unit_window(3, pads, [h, w]));
         let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
-        for level in levels() {
-            let mut conv = WinogradConv::new(&weights, &bias, cout, h, w, pads, parts.clone());
+        let forms = [KernelForm::Transformed, KernelForm::PerConvolution];
+        // the whole image in one stage block, and one tile row per stage block
+        for (level, form, stage_bytes) in
+            levels().into_iter().flat_map(|l| forms.map(|f| (l, f))).flat_map(|(l, f)| [(l, f, STAGE_BYTES), (l, f, 1)])
+        {
+            let mut conv = WinogradConv::new(&weights, &bias, cout, h, w, pads, parts.clone(), form);
             conv.conv.level = level;
+            conv.stage_bytes = stage_bytes;
             let (oh, ow) = conv.output_hw();
             let mut y = vec![f32::NAN; n * cout * oh * ow];
             let slices: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
@@ -583,7 +742,7 @@ mod tests {
             let err = y.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(
                 err <= 1e-5 * scale.max(1.0),
-                "{level} {n}x{sizes:?}->{cout} {h}x{w} pads {pads:?}: error {err} (scale {scale})"
+                "{level} {form:?} stage {stage_bytes} B {n}x{sizes:?}->{cout} {h}x{w} pads {pads:?}: error {err} (scale {scale})"
             );
         }
     }
@@ -596,10 +755,21 @@ mod tests {
         check(1, &[6], 5, 11, 9, [0, 0, 0, 0], 1, false);
         check(1, &[4], 6, 10, 7, [0, 1, 2, 1], 2, false);
         check(3, &[4], 4, 3, 2, [1, 1, 1, 1], 2, false);
-        // wide channels on a small image: the stages shared out over the whole image
+        // wide channels on a small image: the stages shared out over the whole image; more
+        // output channels than one kernel chunk, and a last chunk cut short
         check(1, &[64], 32, 40, 36, [1, 1, 1, 1], 2, false);
+        check(2, &[13], 70, 10, 12, [1, 1, 1, 1], 2, true);
         // a large image with few channels: by blocks of tile rows
-        let conv = WinogradConv::new(&[0.; 4 * 4 * 9], &[0.; 4], 4, 101, 98, [1, 1, 1, 1], ConvParts::single(4));
+        let conv = WinogradConv::new(
+            &[0.; 4 * 4 * 9],
+            &[0.; 4],
+            4,
+            101,
+            98,
+            [1, 1, 1, 1],
+            ConvParts::single(4),
+            KernelForm::Transformed,
+        );
         let geo = Geometry::new(101, 98);
         assert!(geo.by_blocks(&conv, geo.rows_per_block(&conv), 2));
         check(2, &[4], 4, 101, 98, [1, 1, 1, 1], 2, true);
