@@ -78,7 +78,9 @@ pub struct OnnxModel {
     /// `(op_type, first output tensor)` of every graph node, in file order.
     nodes: Vec<(String, String)>,
     /// The encoded ONNX file, for building derived graphs (gradient graphs).
-    bytes: std::sync::Arc<[u8]>,
+    bytes: std::sync::Arc<Vec<u8>>,
+    /// Whether `graph` was freed ([`OnnxModel::release_graph`]).
+    graph_released: bool,
 }
 
 /// An intermediate feature map a CAM could tap: an activation-like tensor of rank 4.
@@ -102,14 +104,25 @@ impl OnnxModel {
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        Self::from_bytes(&bytes, &name).map_err(|e| match e {
+        let mut model = Self::parse(&bytes, &name).map_err(|e| match e {
             Error::InvalidModel(m) => Error::InvalidModel(format!("{}: {m}", path.display())),
             other => other,
-        })
+        })?;
+        model.bytes = std::sync::Arc::new(bytes);
+        Ok(model)
     }
 
     /// Parses a model held in memory; `name` only labels it in messages and reports.
     pub fn from_bytes(bytes: &[u8], name: &str) -> Result<Self> {
+        let mut model = Self::parse(bytes, name)?;
+        model.bytes = std::sync::Arc::new(bytes.to_vec());
+        Ok(model)
+    }
+
+    /// The model without its encoded file, which the callers attach once the decoded protobuf
+    /// is gone: at most the file, the protobuf and the graph are held at once, each about the
+    /// size of the weights.
+    fn parse(bytes: &[u8], name: &str) -> Result<Self> {
         let onnx = tract_onnx::onnx();
         let proto = onnx
             .proto_model_for_read(&mut &*bytes)
@@ -151,7 +164,8 @@ impl OnnxModel {
             opset,
             producer: format!("{} {}", proto.producer_name, proto.producer_version).trim().to_string(),
             nodes: g.node.iter().filter_map(|n| Some((n.op_type.clone(), n.output.first()?.clone()))).collect(),
-            bytes: bytes.into(),
+            bytes: Default::default(),
+            graph_released: false,
         })
     }
 
@@ -163,7 +177,25 @@ impl OnnxModel {
     /// Frees the encoded file kept for building derived graphs (gradient graphs for CAMs), as
     /// large as the weights: a model that only runs forward does not need it.
     pub fn release_source(&mut self) {
-        self.bytes = std::sync::Arc::from([]);
+        self.bytes = Default::default();
+    }
+
+    /// Frees the parsed graph, as large as the weights, once a caller holds every plan it will
+    /// run (a low-memory segmenter on the CPU); later plans and tap lists are errors.
+    pub(crate) fn release_graph(&mut self) {
+        self.graph = InferenceModel::default();
+        self.graph_released = true;
+    }
+
+    /// The parsed graph, unless [`OnnxModel::release_graph`] freed it.
+    fn graph(&self) -> Result<&InferenceModel> {
+        if self.graph_released {
+            return Err(Error::InvalidModel(format!(
+                "{}: its graph was released once its plan was built (low-memory engine): load the model again",
+                self.name
+            )));
+        }
+        Ok(&self.graph)
     }
 
     /// The optimised tract plan libichseg runs for one f32 input of `shape`: tract's optimiser
@@ -178,9 +210,10 @@ impl OnnxModel {
         shape: [usize; 4],
         kernels: &ichseg_cpu_kernels::RewriteOptions,
     ) -> Result<std::sync::Arc<TypedRunnableModel>> {
+        let graph = self.graph()?;
         runtime::plan_knobs()
             .enter(|| {
-                let mut typed = self.decluttered(shape)?;
+                let mut typed = Self::declutter(graph, shape)?;
                 if ichseg_cpu_kernels::enabled() {
                     ichseg_cpu_kernels::rewrite_with(&mut typed, kernels)?;
                 }
@@ -192,14 +225,18 @@ impl OnnxModel {
     /// The graph typed for one f32 input of `shape` and decluttered: where the CPU and the GPU
     /// plans start from (call inside [`runtime::plan_knobs`]).
     pub(crate) fn decluttered(&self, shape: [usize; 4]) -> TractResult<TypedModel> {
-        self.graph.clone().with_input_fact(0, f32::fact(shape).into())?.into_typed()?.into_decluttered()
+        Self::declutter(self.graph().map_err(|e| tract_onnx::tract_core::internal::format_err!("{e}"))?, shape)
+    }
+
+    fn declutter(graph: &InferenceModel, shape: [usize; 4]) -> TractResult<TypedModel> {
+        graph.clone().with_input_fact(0, f32::fact(shape).into())?.into_typed()?.into_decluttered()
     }
 
     /// Rank-4 outputs of activation, residual, concatenation and pooling nodes, with their
     /// shapes for one `[1, channels, rows, cols]` input: the tensors a user can choose as taps.
     pub fn tap_candidates(&self, channels: usize, rows: usize, cols: usize) -> Result<Vec<TapCandidate>> {
         let typed = self
-            .graph
+            .graph()?
             .clone()
             .with_input_fact(0, f32::fact([1, channels, rows, cols]).into())
             .and_then(|m| m.into_typed())

@@ -129,7 +129,8 @@ pub struct Segmenter {
     engine: Engine,
     model: OnnxModel,
     config: SegmenterConfig,
-    /// The model's batch size when the file fixes it (short batches are then zero-padded).
+    /// The batch size every run uses, short batches zero-padded: the model file's when it fixes
+    /// one, or the planned one once the graph is released (on the CPU).
     fixed_batch: Option<usize>,
     plans: PlanCache,
 }
@@ -221,6 +222,13 @@ impl Segmenter {
         };
         let plan = plan_shrinking(seg.config.batch, seg.fixed_batch.is_none(), |b| seg.plan(b))?;
         seg.config.activation = seg.activation_of(&plan, options.model.bleed_index)?;
+        // On the CPU this plan is the only one: the parsed graph, as large as the weights, is
+        // freed, and short batches are zero-padded as for a model whose file fixes its batch
+        // size (the GPU keeps the graph, to plan smaller batches when memory runs out).
+        if !engine.is_cuda() {
+            seg.fixed_batch = Some(seg.config.batch);
+            seg.model.release_graph();
+        }
         Ok(seg)
     }
 
