@@ -379,12 +379,14 @@ def markdown(args, ort_res: dict, ichs: list, command: str, n_params: int) -> st
     return "\n".join(lines) + "\n"
 
 
-def update_markdown(path: pathlib.Path, section: str) -> None:
+def update_markdown(path: pathlib.Path, section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replaces the part of `path` between the markers `begin` and `end` by `section` (which
+    holds them), or appends it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    b, e = text.find(BEGIN), text.find(END)
+    b, e = text.find(begin), text.find(end)
     if b >= 0 and e > b:
-        tail = text[e + len(END):]
+        tail = text[e + len(end):]
         text = text[:b] + section.rstrip("\n") + ("\n\n" + tail.lstrip("\n") if tail.strip() else "\n")
     else:
         text = text.rstrip("\n") + "\n\n" + section

@@ -323,8 +323,9 @@ impl Segmenter {
     }
 
     /// Runs the network alone on a preprocessed `[B, C, H, W]` batch and returns its first
-    /// output (the logits, `[B, K, H', W']`). `B` must equal the model's batch size when the
-    /// file fixes one; C, H and W must match [`Segmenter::config`].
+    /// output (the logits, `[B, K, H', W']`). `B` must equal the configured batch size when
+    /// the model file fixes one or the engine is the CPU (the segmenter keeps that one plan);
+    /// C, H and W must match [`Segmenter::config`].
     pub fn run_network(&self, input: ndarray::Array4<f32>) -> Result<ndarray::ArrayD<f32>> {
         let c = &self.config;
         let (b, ch, h, w) = input.dim();
