@@ -6,6 +6,8 @@
 //! - `GemmConv` (any other: strides, dilations, larger kernels, few channels; im2col + matrix
 //!   product by blocks in cache, gemm_conv.rs),
 //!
+//! and each 2x2, stride-2 `Deconv` (an ONNX ConvTranspose: a U-Net's upsampling) for
+//! `UpConv2x2` (four matrix products by blocks of rows, interleaved in place, upconv.rs),
 //! folding in a channel `Concat` that feeds only the convolution (its inputs are read in place),
 //! the per-channel `Mul`/`Add` by constants after it (a BatchNormalization tract did not fold
 //! into the weights, a bias) and a `Relu` that only the convolution feeds. tract declutters a
@@ -15,7 +17,7 @@
 //! onnxruntime, per CPU: docs/BENCHMARKS.md.
 //! `ICHSEG_TRACT_CONV=1` in the environment keeps tract's convolutions, for comparisons.
 //!
-//! All three convolutions do their matrix products with [`sgemm::sgemm`] (sgemm.rs), at the
+//! All four do their matrix products with [`sgemm::sgemm`] (sgemm.rs), at the
 //! instruction-set level ([`CpuLevel`]) the op was built with: our AVX-512 kernel, the `gemm`
 //! crate's AVX2 kernels, or our portable kernel. The level is detected once at run time
 //! ([`cpu_level`], which the library can report); `ICHSEG_CPU_LEVEL=avx2` or `=portable` in the
@@ -32,6 +34,7 @@ mod pass;
 mod pointwise;
 pub mod relu_grad;
 pub mod sgemm;
+mod upconv;
 mod winograd;
 
 pub use pass::{enabled, rewrite, rewrite_with, RewriteOptions};

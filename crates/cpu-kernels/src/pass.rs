@@ -4,11 +4,12 @@ use crate::conv::ConvParts;
 use crate::gemm_conv::{ConvGeometry, GemmConv};
 use crate::pointwise::PointwiseConv;
 use crate::relu_grad;
+use crate::upconv::UpConv2x2;
 use crate::winograd::{KernelForm, WinogradConv};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::array::TypedConcat;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
-use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_onnx::tract_core::ops::cnn::{Conv, Deconv, KernelFormat};
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
@@ -41,6 +42,8 @@ pub fn rewrite_with(model: &mut TypedModel, options: &RewriteOptions) -> TractRe
             ConvSpec::of_conv(model, node, conv)?
         } else if let Some(einsum) = node.op_as::<EinSum>() {
             ConvSpec::of_einsum(model, node, einsum)?
+        } else if let Some(deconv) = node.op_as::<Deconv>() {
+            ConvSpec::of_deconv(model, node, deconv)?
         } else {
             None
         };
@@ -82,6 +85,8 @@ struct ConvSpec {
     window: ConvGeometry,
     kernel: Vec<f32>,
     bias: Vec<f32>,
+    /// A transposed convolution (ConvTranspose; `kernel` still `[cout][cin][kh][kw]`).
+    transposed: bool,
     /// The node computing it.
     node: usize,
 }
@@ -138,6 +143,63 @@ impl ConvSpec {
             window,
             kernel: kernel.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(),
             bias: if bias.len() == cout { bias.to_vec() } else { vec![bias[0]; cout] },
+            transposed: false,
+            node: node.id,
+        }))
+    }
+
+    /// A 2x2, stride-2 transposed convolution without padding (a U-Net's upsampling), as tract
+    /// declutters an ONNX ConvTranspose: `Deconv` with constant OIHW weights.
+    fn of_deconv(model: &TypedModel, node: &TypedNode, deconv: &Deconv) -> TractResult<Option<ConvSpec>> {
+        let spec = &deconv.pool_spec;
+        if deconv.group != 1
+            || deconv.kernel_format != KernelFormat::OIHW
+            || deconv.adjustments.iter().any(|&a| a != 0)
+            || spec.data_format != DataFormat::NCHW
+            || spec.kernel_shape.as_slice() != [2, 2]
+            || spec.strides().as_ref() != [2, 2]
+            || spec.dilations().as_ref() != [1, 1]
+            || node.inputs.len() != 3
+        {
+            return Ok(None);
+        }
+        let fact = model.outlet_fact(node.inputs[0])?;
+        let (Some(&[n, cin, rows, cols]), true) = (fact.shape.as_concrete(), fact.datum_type == f32::datum_type())
+        else {
+            return Ok(None);
+        };
+        let cout = spec.output_channels;
+        let (Some(kernel), Some(bias)) =
+            (&model.outlet_fact(node.inputs[1])?.konst, &model.outlet_fact(node.inputs[2])?.konst)
+        else {
+            return Ok(None);
+        };
+        let Some(output) = node.outputs[0].fact.shape.as_concrete() else { return Ok(None) };
+        if cin != spec.input_channels
+            || output != [n, cout, 2 * rows, 2 * cols]
+            || kernel.datum_type() != f32::datum_type()
+            || kernel.shape() != [cout, cin, 2, 2]
+            || bias.datum_type() != f32::datum_type()
+            || !(bias.len() == cout || bias.len() == 1)
+        {
+            return Ok(None);
+        }
+        let bias = bias.try_as_plain_ram()?.as_slice::<f32>()?;
+        Ok(Some(ConvSpec {
+            cin,
+            cout,
+            input: [n, cin, rows, cols],
+            output: output.to_vec(),
+            window: ConvGeometry {
+                kernel: [2, 2],
+                strides: [2, 2],
+                dilations: [1, 1],
+                pads: [0; 4],
+                input: [rows, cols],
+            },
+            kernel: kernel.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(),
+            bias: if bias.len() == cout { bias.to_vec() } else { vec![bias[0]; cout] },
+            transposed: true,
             node: node.id,
         }))
     }
@@ -171,6 +233,7 @@ impl ConvSpec {
             },
             kernel: kernel.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(),
             bias: vec![0.; cout],
+            transposed: false,
             node: node.id,
         }))
     }
@@ -180,6 +243,9 @@ impl ConvSpec {
     fn op(&self, parts: ConvParts, options: &RewriteOptions) -> Option<Box<dyn TypedOp>> {
         let w = &self.window;
         let [n, _, rows, cols] = self.input;
+        if self.transposed {
+            return Some(Box::new(UpConv2x2::new(&self.kernel, &self.bias, self.cout, rows, cols, parts)));
+        }
         let [oh, ow] = w.output();
         if self.output != [n, self.cout, oh, ow] {
             return None;
@@ -386,6 +452,10 @@ mod tests {
         assert_eq!(count_ops(&tract, "Concat"), 2);
         assert_eq!(count_ops(&ours, "Concat"), 0, "both decoder Concats feed a 3x3 convolution only");
         assert!(count_ops(&ours, "Max") < count_ops(&tract, "Max"));
+        // and its 2x2 stride-2 ConvTransposes (the outputs agree: `rewritten` checks them)
+        assert!(count_ops(&tract, "Deconv") > 0);
+        assert_eq!(count_ops(&ours, "UpConv2x2"), count_ops(&tract, "Deconv"));
+        assert_eq!(count_ops(&ours, "Deconv"), 0);
     }
 
     #[test]
