@@ -91,6 +91,52 @@ struct ConvSpec {
     node: usize,
 }
 
+/// What a convolution node with constant weights reads and makes: its f32 NCHW input shape,
+/// its output shape, its kernel, and its bias with one value per output channel.
+struct ConstantConv {
+    input: [usize; 4],
+    output: Vec<usize>,
+    kernel: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl ConstantConv {
+    /// `node`'s, if its inputs are the data (f32, known shape), a constant f32 kernel of shape
+    /// `kernel_shape(input channels)` and a constant f32 bias of `cout` values or one (broadcast).
+    fn of(
+        model: &TypedModel,
+        node: &TypedNode,
+        cout: usize,
+        kernel_shape: impl FnOnce(usize) -> [usize; 4],
+    ) -> TractResult<Option<ConstantConv>> {
+        let fact = model.outlet_fact(node.inputs[0])?;
+        let (Some(&[n, cin, rows, cols]), true) = (fact.shape.as_concrete(), fact.datum_type == f32::datum_type())
+        else {
+            return Ok(None);
+        };
+        let (Some(kernel), Some(bias)) =
+            (&model.outlet_fact(node.inputs[1])?.konst, &model.outlet_fact(node.inputs[2])?.konst)
+        else {
+            return Ok(None);
+        };
+        let Some(output) = node.outputs[0].fact.shape.as_concrete() else { return Ok(None) };
+        if kernel.datum_type() != f32::datum_type()
+            || kernel.shape() != kernel_shape(cin)
+            || bias.datum_type() != f32::datum_type()
+            || !(bias.len() == cout || bias.len() == 1)
+        {
+            return Ok(None);
+        }
+        let bias = bias.try_as_plain_ram()?.as_slice::<f32>()?;
+        Ok(Some(ConstantConv {
+            input: [n, cin, rows, cols],
+            output: output.to_vec(),
+            kernel: kernel.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(),
+            bias: if bias.len() == cout { bias.to_vec() } else { vec![bias[0]; cout] },
+        }))
+    }
+}
+
 impl ConvSpec {
     fn of_conv(model: &TypedModel, node: &TypedNode, conv: &Conv) -> TractResult<Option<ConvSpec>> {
         let spec = &conv.pool_spec;
@@ -105,25 +151,12 @@ impl ConvSpec {
         {
             return Ok(None);
         }
-        let fact = model.outlet_fact(node.inputs[0])?;
-        let (Some(&[n, cin, rows, cols]), true) = (fact.shape.as_concrete(), fact.datum_type == f32::datum_type())
-        else {
+        let (cout, kernel_hw) = (conv.output_channels(), [spec.kernel_shape[0], spec.kernel_shape[1]]);
+        let Some(c) = ConstantConv::of(model, node, cout, |cin| [cout, cin, kernel_hw[0], kernel_hw[1]])? else {
             return Ok(None);
         };
-        let cout = conv.output_channels();
-        let kernel_hw = [spec.kernel_shape[0], spec.kernel_shape[1]];
-        let (Some(kernel), Some(bias)) =
-            (&model.outlet_fact(node.inputs[1])?.konst, &model.outlet_fact(node.inputs[2])?.konst)
-        else {
-            return Ok(None);
-        };
-        let Some(output) = node.outputs[0].fact.shape.as_concrete() else { return Ok(None) };
-        if cin != conv.input_channels()
-            || kernel.datum_type() != f32::datum_type()
-            || kernel.shape() != [cout, cin, kernel_hw[0], kernel_hw[1]]
-            || bias.datum_type() != f32::datum_type()
-            || !(bias.len() == cout || bias.len() == 1)
-        {
+        let [n, cin, rows, cols] = c.input;
+        if cin != conv.input_channels() {
             return Ok(None);
         }
         let padding = spec.computed_padding(&[rows, cols]);
@@ -134,15 +167,14 @@ impl ConvSpec {
             pads: [padding[0].pad_before, padding[1].pad_before, padding[0].pad_after, padding[1].pad_after],
             input: [rows, cols],
         };
-        let bias = bias.try_as_plain_ram()?.as_slice::<f32>()?;
         Ok(Some(ConvSpec {
             cin,
             cout,
             input: [n, cin, rows, cols],
-            output: output.to_vec(),
+            output: c.output,
             window,
-            kernel: kernel.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(),
-            bias: if bias.len() == cout { bias.to_vec() } else { vec![bias[0]; cout] },
+            kernel: c.kernel,
+            bias: c.bias,
             transposed: false,
             node: node.id,
         }))
@@ -163,33 +195,17 @@ impl ConvSpec {
         {
             return Ok(None);
         }
-        let fact = model.outlet_fact(node.inputs[0])?;
-        let (Some(&[n, cin, rows, cols]), true) = (fact.shape.as_concrete(), fact.datum_type == f32::datum_type())
-        else {
-            return Ok(None);
-        };
         let cout = spec.output_channels;
-        let (Some(kernel), Some(bias)) =
-            (&model.outlet_fact(node.inputs[1])?.konst, &model.outlet_fact(node.inputs[2])?.konst)
-        else {
-            return Ok(None);
-        };
-        let Some(output) = node.outputs[0].fact.shape.as_concrete() else { return Ok(None) };
-        if cin != spec.input_channels
-            || output != [n, cout, 2 * rows, 2 * cols]
-            || kernel.datum_type() != f32::datum_type()
-            || kernel.shape() != [cout, cin, 2, 2]
-            || bias.datum_type() != f32::datum_type()
-            || !(bias.len() == cout || bias.len() == 1)
-        {
+        let Some(c) = ConstantConv::of(model, node, cout, |cin| [cout, cin, 2, 2])? else { return Ok(None) };
+        let [n, cin, rows, cols] = c.input;
+        if cin != spec.input_channels || c.output != [n, cout, 2 * rows, 2 * cols] {
             return Ok(None);
         }
-        let bias = bias.try_as_plain_ram()?.as_slice::<f32>()?;
         Ok(Some(ConvSpec {
             cin,
             cout,
-            input: [n, cin, rows, cols],
-            output: output.to_vec(),
+            input: c.input,
+            output: c.output,
             window: ConvGeometry {
                 kernel: [2, 2],
                 strides: [2, 2],
@@ -197,8 +213,8 @@ impl ConvSpec {
                 pads: [0; 4],
                 input: [rows, cols],
             },
-            kernel: kernel.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(),
-            bias: if bias.len() == cout { bias.to_vec() } else { vec![bias[0]; cout] },
+            kernel: c.kernel,
+            bias: c.bias,
             transposed: true,
             node: node.id,
         }))
