@@ -4,7 +4,7 @@
 # runs the parts below and prints a summary: each part, its time, passed, failed or skipped and
 # why.
 #
-#   scripts/test.sh           everything (about 47 minutes on 2 cores from a fresh clone)
+#   scripts/test.sh           everything (about 42 minutes on 2 cores from a fresh clone)
 #   scripts/test.sh --quick   the Rust unit, integration and doc tests only (`cargo test`)
 #
 # Parts of the full run: every Rust test (the C and C++ programs also under ASan/UBSan, and a
