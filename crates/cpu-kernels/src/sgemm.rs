@@ -99,9 +99,7 @@ pub fn cpu_level() -> CpuLevel {
     })
 }
 
-/// Columns of the panels in which [`sgemm`] at `level` reads `rhs` in place, unpacked: an `rhs`
-/// of at most this many columns whose rows are exactly this long (`ldb`) is used as it is, so
-/// that a caller multiplying the same `rhs` by many `lhs` can lay it out once.
+/// Columns of the panels [`sgemm_panel`] at `level` reads in place, unpacked.
 pub fn panel_width(level: CpuLevel) -> usize {
     let level = if level.is_available() { level } else { CpuLevel::detected() };
     match level {
@@ -137,8 +135,43 @@ pub unsafe fn sgemm(
     if m == 0 || n == 0 {
         return;
     }
+    multiply(level, Product { m, n, k, dst, ldd, accumulate, lhs, lda, rhs, ldb, rhs_panel: false });
+}
+
+/// [`sgemm`] with `rhs` laid out as one panel: `k` rows of [`panel_width`]`(level)` values,
+/// of which the first `n` (at most that many) are the matrix. The panel is read in place, not
+/// packed, so that a caller multiplying the same `rhs` by many `lhs` lays it out once.
+///
+/// # Safety
+/// As [`sgemm`]'s, with `rhs` valid for reads of `k` whole rows of the panel width.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm_panel(
+    level: CpuLevel,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    ldd: usize,
+    accumulate: bool,
+    lhs: *const f32,
+    lda: usize,
+    rhs: *const f32,
+) {
+    let ldb = panel_width(level);
+    assert!(n <= ldb, "{n} columns in a panel of {ldb}");
+    if m == 0 || n == 0 {
+        return;
+    }
+    multiply(level, Product { m, n, k, dst, ldd, accumulate, lhs, lda, rhs, ldb, rhs_panel: true });
+}
+
+/// Runs `product` at `level` (or the detected level if the CPU lacks it).
+///
+/// # Safety
+/// As [`sgemm`]'s, for `product`.
+unsafe fn multiply(level: CpuLevel, product: Product) {
     let level = if level.is_available() { level } else { CpuLevel::detected() };
-    let product = Product { m, n, k, dst, ldd, accumulate, lhs, lda, rhs, ldb };
+    let Product { m, n, k, dst, ldd, accumulate, lhs, lda, rhs, ldb, .. } = product;
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX-512 F (`is_available`); the caller vouches for the pointers.
@@ -181,6 +214,8 @@ struct Product {
     lda: usize,
     rhs: *const f32,
     ldb: usize,
+    /// `rhs` is one panel of the kernel's width ([`sgemm_panel`]): read in place.
+    rhs_panel: bool,
 }
 
 /// A microkernel and the block sizes that suit it.
@@ -234,9 +269,9 @@ unsafe fn blocked<K: Kernel>(p: &Product) {
         let (b_packed, edge) = packed.split_at_mut(b_len);
         for jc in (0..p.n).step_by(K::NC) {
             let nc = K::NC.min(p.n - jc);
-            // rows exactly one panel wide are already packed: read in place (the columns past n
-            // are read but their results are not stored)
-            let in_place = p.ldb == K::NR && p.n <= K::NR;
+            // a panel is read in place (its columns past n are read but their results are not
+            // stored)
+            let in_place = p.rhs_panel && p.ldb == K::NR;
             for pc in (0..p.k).step_by(K::KC) {
                 let kc = K::KC.min(p.k - pc);
                 let b = if in_place {
@@ -460,13 +495,26 @@ mod tests {
 
     /// sgemm against an f64 product, with row strides `pad` longer than the widths.
     fn check(level: CpuLevel, m: usize, n: usize, k: usize, pad: usize, accumulate: bool) {
+        check_with(level, m, n, k, pad, accumulate, false)
+    }
+
+    /// `panel`: `rhs` as one panel ([`sgemm_panel`]; `n + pad` must be the panel width).
+    fn check_with(level: CpuLevel, m: usize, n: usize, k: usize, pad: usize, accumulate: bool, panel: bool) {
         let (lda, ldb, ldd) = (k + pad, n + pad, n + 2 * pad);
         let lhs = random(m * lda, 1);
         let rhs = random(k * ldb, 2);
         let before = random(m * ldd, 3);
         let mut dst = before.clone();
+        let (d, l, r) = (dst.as_mut_ptr(), lhs.as_ptr(), rhs.as_ptr());
         // SAFETY: the buffers hold the rows and strides given.
-        unsafe { sgemm(level, m, n, k, dst.as_mut_ptr(), ldd, accumulate, lhs.as_ptr(), lda, rhs.as_ptr(), ldb) };
+        unsafe {
+            if panel {
+                assert_eq!(ldb, panel_width(level));
+                sgemm_panel(level, m, n, k, d, ldd, accumulate, l, lda, r)
+            } else {
+                sgemm(level, m, n, k, d, ldd, accumulate, l, lda, r, ldb)
+            }
+        };
         let mut want = before.clone();
         let mut scale = 1f64;
         for i in 0..m {
@@ -503,7 +551,7 @@ mod tests {
             // deeper than one block of KC, and columns short of the panel
             for (m, n, k) in [(9, width, 300), (33, width - 5, 257), (8, 1, 3)] {
                 for accumulate in [false, true] {
-                    check(level, m, n, k, width - n, accumulate);
+                    check_with(level, m, n, k, width - n, accumulate, true);
                 }
             }
         }

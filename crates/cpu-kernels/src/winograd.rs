@@ -18,7 +18,7 @@
 //! (tests below).
 
 use crate::conv::{executor_threads, run_tasks, with_buffer, with_kernel_buffer, ConvParts, ConvWeights, OutPtr};
-use crate::sgemm::{panel_width, sgemm};
+use crate::sgemm::{panel_width, sgemm, sgemm_panel};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -355,7 +355,7 @@ impl WinogradConv {
             for point in 0..POINTS {
                 for q in 0..work.panels {
                     let first = q * work.panel;
-                    sgemm(
+                    sgemm_panel(
                         self.conv.level,
                         rows,
                         work.panel.min(work.tiles - first),
@@ -366,7 +366,6 @@ impl WinogradConv {
                         u.as_ptr().add(point * rows * cin),
                         cin,
                         work.vp.add((point * work.panels + q) * cin * work.panel),
-                        work.panel,
                     );
                 }
             }
