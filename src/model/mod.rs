@@ -181,7 +181,7 @@ impl OnnxModel {
     }
 
     /// Frees the parsed graph, as large as the weights, once a caller holds every plan it will
-    /// run (a low-memory segmenter on the CPU); later plans and tap lists are errors.
+    /// run (a segmenter on the CPU); later plans and tap lists are errors.
     pub(crate) fn release_graph(&mut self) {
         self.graph = InferenceModel::default();
         self.graph_released = true;
@@ -191,7 +191,7 @@ impl OnnxModel {
     fn graph(&self) -> Result<&InferenceModel> {
         if self.graph_released {
             return Err(Error::InvalidModel(format!(
-                "{}: its graph was released once its plan was built (low-memory engine): load the model again",
+                "{}: its graph was released once its plan was built (a segmenter on the CPU keeps only its plan): load the model again",
                 self.name
             )));
         }
