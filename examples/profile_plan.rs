@@ -2,7 +2,7 @@
 //! (`OnnxModel::plan`, as `Segmenter` builds it), and prints the totals per op kind and the
 //! slowest nodes.
 //!
-//! cargo run --release --example profile_plan -- MODEL.onnx [ROWS COLS CHANNELS BATCH THREADS RUNS]
+//! cargo run --release --example profile_plan -- MODEL.onnx [ROWS COLS CHANNELS BATCH THREADS RUNS [low-memory]]
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -19,7 +19,15 @@ fn main() -> TractResult<()> {
     let (rows, cols, channels, batch, threads, runs) =
         (num(1, 384), num(2, 384), num(3, 1), num(4, 1), num(5, 2), num(6, 3));
     let model = ichseg::OnnxModel::load(path.as_ref()).map_err(|e| format_err!("{e}"))?;
-    let plan = model.plan([batch, channels, rows, cols]).map_err(|e| format_err!("{e}"))?;
+    let low_memory = args.get(7).is_some_and(|a| a == "low-memory");
+    let engine = ichseg::Engine::new(&ichseg::EngineOptions {
+        threads,
+        device: ichseg::Device::Cpu,
+        low_memory,
+        ..Default::default()
+    })
+    .map_err(|e| format_err!("{e}"))?;
+    let plan = engine.plan(&model, [batch, channels, rows, cols]).map_err(|e| format_err!("{e}"))?;
     let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
     let input: Tensor = tract_ndarray::Array4::<f32>::from_elem((batch, channels, rows, cols), 0.5).into();
     let mut per_op: HashMap<String, f64> = HashMap::new();
@@ -53,7 +61,7 @@ fn main() -> TractResult<()> {
     let mut nodes: Vec<_> = per_node.into_iter().collect();
     nodes.sort_by(|a, b| b.1.total_cmp(&a.1));
     println!("\nslowest nodes:");
-    for (n, t) in nodes.iter().take(12) {
+    for (n, t) in nodes.iter().take(40) {
         println!("  {:>8.3} s  {n}", t / runs);
     }
     Ok(())

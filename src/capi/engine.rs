@@ -53,9 +53,9 @@ pub struct IchsegEngineOptions {
     /// allocated. 0 (the default) = no cap beyond what the system grants; allocations the
     /// system refuses are ICHSEG_STATUS_OUT_OF_MEMORY either way.
     pub memory_limit_mb: u64,
-    /// (v4) 1: trade speed for memory: on the CPU, 3x3 convolutions keep their weights as they
-    /// are instead of Winograd's transformed copies, 4x their size (peak memory and speed:
-    /// docs/BENCHMARKS.md, Memory). No effect on a GPU. 0 (the default): off. Other values:
+    /// (v4) 1: trade speed for memory: on the CPU, every 3x3 convolution keeps its weights as
+    /// they are instead of Winograd's transformed copies, 4x their size, as by default only the
+    /// widest layers do (peak memory and speed: docs/BENCHMARKS.md, Memory). No effect on a GPU. 0 (the default): off. Other values:
     /// ICHSEG_STATUS_INVALID_ARGUMENT.
     pub low_memory: u32,
 }

@@ -46,10 +46,10 @@ pub struct EngineOptions {
     /// (outputs, maps, per-slice buffers; not the model's own weights and activations): work
     /// over it is refused before anything is allocated. Default: none.
     pub memory_limit: MemoryLimit,
-    /// Smaller footprint, somewhat slower: on the CPU, 3x3 convolutions keep their weights as
-    /// they are and make Winograd's transformed copies, 4x their size, during each convolution,
-    /// a few output channels at a time (docs/BENCHMARKS.md, Memory). No effect on the GPU.
-    /// Default off.
+    /// Smaller footprint, somewhat slower: on the CPU, every 3x3 convolution keeps its weights
+    /// as they are and makes Winograd's transformed copies, 4x their size, during each
+    /// convolution, a few output channels at a time; by default only the widest layers do
+    /// (docs/BENCHMARKS.md, Memory). No effect on the GPU. Default off.
     pub low_memory: bool,
 }
 
@@ -145,8 +145,9 @@ impl Engine {
         self.memory_limit
     }
 
-    /// The plan this engine runs `model` with, for one f32 input of `shape`.
-    pub(crate) fn plan(&self, model: &super::OnnxModel, shape: [usize; 4]) -> Result<Arc<TypedRunnableModel>> {
+    /// The plan this engine runs `model` with, for one f32 input of `shape` (what a
+    /// [`crate::Segmenter`] runs; public for profiling, `examples/profile_plan.rs`).
+    pub fn plan(&self, model: &super::OnnxModel, shape: [usize; 4]) -> Result<Arc<TypedRunnableModel>> {
         #[cfg(feature = "gpu")]
         if self.cuda {
             return super::gpu::plan(model, shape, self.executor.clone());

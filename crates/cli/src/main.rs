@@ -68,8 +68,9 @@ struct RunArgs {
     /// outputs, maps) exceed this many MiB; 0 = no limit.
     #[arg(long, default_value_t = 0)]
     memory_limit_mb: u64,
-    /// Trade speed for memory: on the CPU, 3x3 convolutions keep their weights as they are
-    /// instead of Winograd's copies, 4x their size (slower; docs/BENCHMARKS.md).
+    /// Trade speed for memory: on the CPU, every 3x3 convolution keeps its weights as they are
+    /// instead of Winograd's copies, 4x their size, as by default only the widest layers do
+    /// (slower; docs/BENCHMARKS.md).
     #[arg(long)]
     low_memory: bool,
     /// Hide the progress bar and the summary.

@@ -21,9 +21,10 @@ pub fn enabled() -> bool {
 /// Choices of [`rewrite_with`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RewriteOptions {
-    /// 3x3 stride-1 convolutions (Winograd F(4x4, 3x3)) keep their kernels as given and
-    /// transform them during each convolution, instead of keeping the transformed kernels, 4x
-    /// their size: a smaller plan, somewhat slower (docs/BENCHMARKS.md, Memory).
+    /// Every 3x3 stride-1 convolution (Winograd F(4x4, 3x3)) keeps its kernel as given and
+    /// transforms it during each convolution, instead of keeping the transformed kernel, 4x its
+    /// size, as by default only the widest layers do (`KernelForm::for_layer`): a smaller
+    /// plan, somewhat slower (docs/BENCHMARKS.md, Memory).
     pub low_memory: bool,
 }
 
@@ -269,7 +270,7 @@ impl ConvSpec {
         let unit = w.strides == [1, 1] && w.dilations == [1, 1];
         Some(match w.kernel {
             [3, 3] if unit && WinogradConv::takes(self.cin, self.cout) => {
-                let form = if options.low_memory { KernelForm::PerConvolution } else { KernelForm::Transformed };
+                let form = KernelForm::for_layer(self.cin, self.cout, options.low_memory);
                 Box::new(WinogradConv::new(&self.kernel, &self.bias, self.cout, rows, cols, w.pads, parts, form))
             }
             [1, 1] if unit && w.pads == [0; 4] => {

@@ -5,8 +5,9 @@
 //! onnxruntime reaches on the same cores (docs/BENCHMARKS.md); cpu_rewrite.rs puts
 //! [`WinogradConv`] in their place:
 //! - the kernel is transformed, U = G g Gᵀ, into 36 matrices `[cout][cin]`: once, when the
-//!   plan is made, or, in low-memory plans, during each convolution, a few output channels at a
-//!   time, so that the plan keeps the kernel and not U, 4x its size (docs/BENCHMARKS.md, Memory);
+//!   plan is made, or during each convolution, a few output channels at a time, so that the
+//!   plan keeps the kernel and not U, 4x its size: the widest layers do so by default, every
+//!   layer in low-memory plans ([`KernelForm::for_layer`]; docs/BENCHMARKS.md, Memory);
 //! - the input is cut into overlapping 6x6 tiles, transformed V = Bᵀ d B, a block of tile rows at
 //!   a time so that V stays in cache;
 //! - 36 matrix products M = U V ([`sgemm`], at the op's instruction-set level);
@@ -102,6 +103,23 @@ pub enum KernelForm {
     /// During each convolution, [`KERNEL_CHUNK`] output channels at a time; the op keeps the
     /// kernel as `[cout][9][cin]`.
     PerConvolution,
+}
+
+/// Bytes of U above which even a default plan transforms the kernel per convolution.
+const MAX_STORED_U: usize = 32 << 20;
+
+impl KernelForm {
+    /// The form for a layer of `cin` and `cout` channels: per convolution in low-memory plans,
+    /// and in default plans for layers whose U would be over [`MAX_STORED_U`]: the widest layers,
+    /// which hold most of a U-Net's weights, run on the smallest images, where the plan's copy
+    /// of U saves little time (docs/BENCHMARKS.md, Memory).
+    pub fn for_layer(cin: usize, cout: usize, low_memory: bool) -> Self {
+        if low_memory || POINTS * cin * cout * 4 > MAX_STORED_U {
+            KernelForm::PerConvolution
+        } else {
+            KernelForm::Transformed
+        }
+    }
 }
 
 /// A 3x3, stride-1, ungrouped f32 convolution in NCHW with constant weights, by F(4x4, 3x3).
@@ -273,7 +291,11 @@ impl WinogradConv {
     ) {
         let (cin, tw, stride) = (self.cin, geo.tile_cols, work.stride);
         let mut phases = vec![0f32; ALPHA * TILE * geo.phase_len];
+        // with V kept only in panels, each channel's rows are made in a scratch first
+        let in_panels = work.panels > 0;
+        let mut scratch = if in_panels { vec![0f32; POINTS * stride] } else { Vec::new() };
         for c in channels {
+            let (v, v_channels, v_channel) = if in_panels { (scratch.as_mut_ptr(), 1, 0) } else { (work.v, cin, c) };
             let plane = std::slice::from_raw_parts(planes[c].0, self.rows * self.cols);
             for r in 0..work.rows {
                 self.split_phases(geo, plane, ty0 + r, &mut phases);
@@ -296,18 +318,21 @@ impl WinogradConv {
                     }
                     for (k, row) in t.iter().enumerate() {
                         for (l, lane) in input_transform(*row).iter().enumerate() {
-                            let at = ((k * ALPHA + l) * cin + c) * stride + r * tw + t0;
-                            std::ptr::copy_nonoverlapping(lane.as_ptr(), work.v.add(at), LANES);
+                            let at = ((k * ALPHA + l) * v_channels + v_channel) * stride + r * tw + t0;
+                            std::ptr::copy_nonoverlapping(lane.as_ptr(), v.add(at), LANES);
                         }
                     }
                 }
             }
-            // V's rows for this channel again in panels, while they are in cache
-            for point in 0..POINTS {
-                let from = work.v.add((point * cin + c) * stride);
-                for q in 0..work.panels {
-                    let (first, to) = (q * work.panel, work.vp.add(((point * work.panels + q) * cin + c) * work.panel));
-                    std::ptr::copy_nonoverlapping(from.add(first), to, work.panel.min(work.tiles - first));
+            // this channel's rows into the panels, while they are in cache
+            if in_panels {
+                for point in 0..POINTS {
+                    let from = v.add(point * stride);
+                    for q in 0..work.panels {
+                        let to = work.vp.add(((point * work.panels + q) * cin + c) * work.panel);
+                        let first = q * work.panel;
+                        std::ptr::copy_nonoverlapping(from.add(first), to, work.panel.min(work.tiles - first));
+                    }
                 }
             }
         }
@@ -522,11 +547,10 @@ impl Geometry {
         TARGET_TILES.div_ceil(self.tile_cols).min(BLOCK_BYTES / bytes_per_row.max(1)).clamp(1, self.tile_rows)
     }
 
-    /// Tile rows per stage block: V, M (and V in panels) within the op's stage bytes.
+    /// Tile rows per stage block: its work buffer within the op's stage bytes (or one row).
     fn rows_per_stage(&self, conv: &WinogradConv) -> usize {
-        let panels = if conv.form == KernelForm::PerConvolution { conv.cin } else { 0 };
-        let bytes_per_row = POINTS * (conv.cin + conv.cout() + panels) * self.tile_cols * 4;
-        (conv.stage_bytes / bytes_per_row.max(1)).clamp(1, self.tile_rows)
+        let fits = |rows: &usize| Work::new(conv, self, *rows).len() * 4 <= conv.stage_bytes;
+        (1..=self.tile_rows).rev().find(fits).unwrap_or(1)
     }
 
     /// Whether to work by blocks: each block reads all the transformed weights again, so blocks
@@ -546,10 +570,11 @@ struct Work {
     rows: usize,
     tiles: usize,
     stride: usize,
-    /// Floats of V, after which M starts.
+    /// Floats of V, after which M starts (none with the kernel transformed per convolution: V
+    /// is then only in panels).
     v_len: usize,
     m_len: usize,
-    /// With the kernel transformed per convolution, V again in panels of `panel` tiles,
+    /// With the kernel transformed per convolution, V in panels of `panel` tiles,
     /// `[POINTS][panels][cin][panel]`, which the products read in place (after M); else 0.
     panel: usize,
     panels: usize,
@@ -564,11 +589,12 @@ impl Work {
     fn new(conv: &WinogradConv, geo: &Geometry, rows: usize) -> Self {
         let tiles = rows * geo.tile_cols;
         let stride = tiles + LANES;
-        let (v_len, m_len) = (POINTS * conv.cin * stride, POINTS * conv.cout() * stride);
         let panel = match conv.form {
             KernelForm::Transformed => 0,
             KernelForm::PerConvolution => panel_width(conv.conv.level),
         };
+        let v_len = if panel > 0 { 0 } else { POINTS * conv.cin * stride };
+        let m_len = POINTS * conv.cout() * stride;
         let panels = if panel > 0 { tiles.div_ceil(panel) } else { 0 };
         let vp_len = POINTS * panels * conv.cin * panel;
         let null = std::ptr::null_mut();
@@ -727,9 +753,11 @@ mod tests {
         let reference = reference(&weights, &bias, &inputs, &parts, n, cout, &unit_window(3, pads, [h, w]));
         let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
         let forms = [KernelForm::Transformed, KernelForm::PerConvolution];
-        // the whole image in one stage block, and one tile row per stage block
-        for (level, form, stage_bytes) in
-            levels().into_iter().flat_map(|l| forms.map(|f| (l, f))).flat_map(|(l, f)| [(l, f, STAGE_BYTES), (l, f, 1)])
+        // the whole image in one stage block, one tile row per stage block, and a few
+        for (level, form, stage_bytes) in levels()
+            .into_iter()
+            .flat_map(|l| forms.map(|f| (l, f)))
+            .flat_map(|(l, f)| [(l, f, STAGE_BYTES), (l, f, 1), (l, f, 200 << 10)])
         {
             let mut conv = WinogradConv::new(&weights, &bias, cout, h, w, pads, parts.clone(), form);
             conv.conv.level = level;
@@ -773,6 +801,33 @@ mod tests {
         assert!(geo.by_blocks(&conv, geo.rows_per_block(&conv), 2));
         check(2, &[4], 4, 101, 98, [1, 1, 1, 1], 2, true);
         check(1, &[4], 5, 101, 98, [1, 0, 1, 2], 1, false);
+    }
+
+    /// A stage block is the most tile rows whose work buffer fits the stage bytes (V only in
+    /// panels, each padded to a whole panel, with the kernel transformed per convolution).
+    #[test]
+    fn stage_blocks_are_the_most_rows_that_fit() {
+        for form in [KernelForm::Transformed, KernelForm::PerConvolution] {
+            let mut conv =
+                WinogradConv::new(&[0.; 32 * 64 * 9], &[0.; 32], 32, 40, 36, [1; 4], ConvParts::single(64), form);
+            let geo = Geometry::new(40, 36);
+            let bytes = |rows: usize| Work::new(&conv, &geo, rows).len() * 4;
+            assert_eq!(Work::new(&conv, &geo, 3).v_len == 0, form == KernelForm::PerConvolution);
+            for (stage_bytes, rows) in [(bytes(3), 3), (bytes(4) - 1, 3), (1, 1), (STAGE_BYTES, geo.tile_rows)] {
+                conv.stage_bytes = stage_bytes;
+                assert_eq!(geo.rows_per_stage(&conv), rows, "{form:?}, {stage_bytes} B");
+            }
+        }
+    }
+
+    /// Default plans keep U unless it is over MAX_STORED_U; low-memory plans never keep it.
+    #[test]
+    fn kernels_are_transformed_per_convolution_in_low_memory_plans_and_for_the_widest_layers() {
+        assert_eq!(KernelForm::for_layer(256, 512, false), KernelForm::Transformed);
+        assert_eq!(KernelForm::for_layer(512, 512, false), KernelForm::PerConvolution);
+        assert_eq!(KernelForm::for_layer(1024, 512, false), KernelForm::PerConvolution);
+        assert_eq!(KernelForm::for_layer(16, 16, true), KernelForm::PerConvolution);
+        assert!(POINTS * 256 * 512 * 4 <= MAX_STORED_U && POINTS * 512 * 512 * 4 > MAX_STORED_U);
     }
 
     #[test]
