@@ -18,11 +18,16 @@ Pseudo-labelling (no onnxruntime peer: it has no gradients): `ichseg pseudo-labe
 shipped classifiers on the shipped sample and its slice labels (models/), default and
 --low-memory, network time from the report's `timings.inference_s`.
 
+With --baseline OLD (another build of the CLI, e.g. from an earlier commit) its default setting
+runs in the same alternation, labelled --baseline-label, so that a change's cost in speed and
+memory is measured in one run.
+
 Runs alternate, --repeat of each; the table gives the median. With --out (default
 docs/BENCHMARKS.md, none with --dry-run) the part between `<!-- bench_memory:begin -->` and
 `<!-- bench_memory:end -->` is replaced.
 
     python scripts/bench_memory.py --dir DIR [--threads 2] [--repeat 2] [--ichseg target/release/ichseg]
+        [--baseline OLD/ichseg --baseline-label COMMIT]
 """
 from __future__ import annotations
 
@@ -65,6 +70,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=2, help="runs of each, alternating (median reported)")
     p.add_argument("--ichseg", type=pathlib.Path, default=ROOT / "target" / "release" / "ichseg")
+    p.add_argument("--baseline", type=pathlib.Path, default=None, help="another ichseg build, run with its defaults")
+    p.add_argument("--baseline-label", default="baseline", help="what --baseline is (a commit)")
     p.add_argument("--out", type=pathlib.Path, default=None, help="markdown to update (default docs/BENCHMARKS.md)")
     p.add_argument("--dry-run", action="store_true", help="print the table only")
     args = p.parse_args()
@@ -73,6 +80,8 @@ def parse_args() -> argparse.Namespace:
     for name in ("unet.onnx", "ct.nii.gz"):
         if not (args.dir / name).is_file():
             p.error(f"{args.dir / name} is missing: run python scripts/bench_segment.py --keep {args.dir} first")
+    if args.baseline and not args.baseline.is_file():
+        p.error(f"--baseline {args.baseline} is not a file")
     if min(args.threads, args.repeat) < 1:
         p.error("--threads and --repeat must be >= 1")
     return args
@@ -101,9 +110,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = pathlib.Path(tmp)
 
-        def ichseg(extra: list[str]) -> tuple[float, float]:
+        def ichseg(extra: list[str], binary: pathlib.Path = args.ichseg) -> tuple[float, float]:
             report = work / "report.json"
-            cmd = [str(args.ichseg), "segment", "--model", str(model), str(volume), "-o", str(work / "mask.nii.gz"),
+            cmd = [str(binary), "segment", "--model", str(model), str(volume), "-o", str(work / "mask.nii.gz"),
                    "--threads", str(args.threads), "--quiet", "--report", str(report), *extra]
             kib, _ = peak_kib(cmd, work)
             return kib, json.loads(report.read_text())["timings"]["inference_s"]
@@ -127,6 +136,7 @@ def main() -> int:
         settings = {
             "ichseg (default)": lambda: ichseg([]),
             "ichseg --low-memory": lambda: ichseg(["--low-memory"]),
+            **({f"ichseg (default), build {args.baseline_label}": lambda: ichseg([], args.baseline)} if args.baseline else {}),
             "onnxruntime (network only)": ort,
             "the same Python process, imports only": imports,
             "ichseg pseudo-label, shipped classifiers and sample (default)": lambda: pseudo([]),
@@ -157,6 +167,8 @@ def markdown(args, runs: dict, slices: int) -> str:
         each = ", ".join(f"{v[0] / 1024 ** 2:.2f}" for v in values)
         rows.append(f"| {name} | {kib / 1024 ** 2:.2f} GiB ({each}) | {network} |")
     command = f"python scripts/bench_memory.py --dir DIR --threads {args.threads} --repeat {args.repeat}"
+    if args.baseline:
+        command += f" --baseline OLD/ichseg --baseline-label {args.baseline_label}"
     return "\n".join([
         BEGIN,
         f"Peak resident memory, the benchmark U-Net on the 512x512x{slices} benchmark volume, {args.threads} threads, "

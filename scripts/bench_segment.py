@@ -332,7 +332,7 @@ def markdown(args, ort_res: dict, ichs: list, command: str, n_params: int) -> st
     nz = args.slices
     lines = [
         BEGIN,
-        "## U-Net segmentation: ichseg vs onnxruntime (CPU)",
+        f"## U-Net segmentation: ichseg vs onnxruntime (CPU; current: {machine().rsplit(', ', 2)[0]})",
         "",
         f"Volume {args.size}x{args.size}x{nz} HU (synthetic head CT); U-Net base width {args.base}, "
         f"depth {args.depth}, ConvTranspose, 1 channel, 2 logits, {args.input}x{args.input} input "
