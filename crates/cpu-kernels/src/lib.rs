@@ -12,7 +12,8 @@
 //! the per-channel `Mul`/`Add` by constants after it (a BatchNormalization tract did not fold
 //! into the weights, a bias) and a `Relu` that only the convolution feeds. tract declutters a
 //! 1x1 convolution into an `EinSum` "NIHW,OI->NOHW" (+ bias): those are taken too. The Relu
-//! gradients of gradient graphs become one-pass [`ReluGrad`](relu_grad::ReluGrad)s (relu_grad.rs).
+//! gradients of gradient graphs become one-pass [`ReluGrad`](relu_grad::ReluGrad)s (relu_grad.rs),
+//! and 2x2, stride-2 max pools `MaxPool2x2`s (maxpool.rs).
 //! Everything else stays tract's. How they compare with tract's im2col + matrix product and with
 //! onnxruntime, per CPU: docs/BENCHMARKS.md.
 //! `ICHSEG_TRACT_CONV=1` in the environment keeps tract's convolutions, for comparisons.
@@ -30,6 +31,7 @@
 
 mod conv;
 mod gemm_conv;
+mod maxpool;
 mod pass;
 mod pointwise;
 pub mod relu_grad;

@@ -2,6 +2,7 @@
 
 use crate::conv::ConvParts;
 use crate::gemm_conv::{ConvGeometry, GemmConv};
+use crate::maxpool;
 use crate::pointwise::PointwiseConv;
 use crate::relu_grad;
 use crate::upconv::UpConv2x2;
@@ -36,7 +37,7 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
 
 /// [`rewrite`] with these choices.
 pub fn rewrite_with(model: &mut TypedModel, options: &RewriteOptions) -> TractResult<usize> {
-    let mut count = relu_grad::rewrite(model)?;
+    let mut count = relu_grad::rewrite(model)? + maxpool::rewrite(model)?;
     for id in model.eval_order()? {
         let node = model.node(id);
         let spec = if let Some(conv) = node.op_as::<Conv>() {
@@ -473,6 +474,10 @@ mod tests {
         assert!(count_ops(&tract, "Deconv") > 0);
         assert_eq!(count_ops(&ours, "UpConv2x2"), count_ops(&tract, "Deconv"));
         assert_eq!(count_ops(&ours, "Deconv"), 0);
+        // and its 2x2 max pools
+        assert!(count_ops(&tract, "MaxPool") > 0);
+        assert_eq!(count_ops(&ours, "MaxPool2x2"), count_ops(&tract, "MaxPool"));
+        assert_eq!(count_ops(&ours, "MaxPool"), 0);
     }
 
     #[test]
