@@ -8,6 +8,9 @@ use ichseg_cpu_kernels::sgemm::{sgemm, CpuLevel};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+#[path = "shared/fma_peak.rs"]
+mod fma_peak;
+
 /// One product's shape: m x k times k x n, row strides `ld` for rhs and dst.
 struct Shape {
     name: String,
@@ -82,73 +85,9 @@ fn gflops(levels: &[CpuLevel], s: &Shape) -> Vec<f64> {
     seconds(&mut fs).iter().map(|t| 2. * (s.m * s.n * s.k) as f64 / t / 1e9).collect()
 }
 
-/// Independent multiply-add chains, enough to cover the latency on any current core.
-const CHAINS: usize = 12;
-const ITERATIONS: u64 = 1 << 22;
-
-#[cfg(target_arch = "x86_64")]
-mod peak {
-    use super::{CHAINS, ITERATIONS};
-    use std::arch::x86_64::*;
-    use std::hint::black_box;
-
-    #[target_feature(enable = "avx512f")]
-    pub fn avx512() -> f32 {
-        let (x, y) = (_mm512_set1_ps(black_box(0.999)), _mm512_set1_ps(black_box(0.001)));
-        let mut acc = [_mm512_set1_ps(1.); CHAINS];
-        for _ in 0..black_box(ITERATIONS) {
-            for a in acc.iter_mut() {
-                *a = _mm512_fmadd_ps(*a, x, y);
-            }
-        }
-        acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum()
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub fn avx2() -> f32 {
-        let (x, y) = (_mm256_set1_ps(black_box(0.999)), _mm256_set1_ps(black_box(0.001)));
-        let mut acc = [_mm256_set1_ps(1.); CHAINS];
-        for _ in 0..black_box(ITERATIONS) {
-            for a in acc.iter_mut() {
-                *a = _mm256_fmadd_ps(*a, x, y);
-            }
-        }
-        let mut sum = [0f32; 8];
-        for a in acc {
-            let mut lanes = [0f32; 8];
-            // SAFETY: `lanes` holds 8 floats.
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), a) };
-            sum.iter_mut().zip(lanes).for_each(|(s, l)| *s += l);
-        }
-        sum.iter().sum()
-    }
-}
-
-/// The measured f32 multiply-add peak in GFLOP/s with `level`'s vectors, if the CPU has them.
-#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-fn peak(level: CpuLevel) -> Option<f64> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::is_x86_feature_detected as has;
-        let (lanes, run): (usize, fn() -> f32) = match level {
-            // SAFETY: the CPU has the features.
-            CpuLevel::Avx512 if has!("avx512f") => (16, || unsafe { peak::avx512() }),
-            // SAFETY: as above.
-            CpuLevel::Avx2 if has!("avx2") && has!("fma") => (8, || unsafe { peak::avx2() }),
-            _ => return None,
-        };
-        let time = seconds(&mut [&mut || {
-            black_box(run());
-        }])[0];
-        Some((2 * lanes * CHAINS) as f64 * ITERATIONS as f64 / time / 1e9)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    None
-}
-
 fn main() {
     let levels: Vec<CpuLevel> = CpuLevel::ALL.into_iter().filter(|l| l.is_available()).collect();
-    let (peak512, peak2) = (peak(CpuLevel::Avx512), peak(CpuLevel::Avx2));
+    let (peak512, peak2) = (fma_peak::gflops(CpuLevel::Avx512, 1), fma_peak::gflops(CpuLevel::Avx2, 1));
     let show = |p: Option<f64>| p.map_or("n/a".to_string(), |p| format!("{p:.1} GFLOP/s"));
     println!("Single-core f32 FMA peak: AVX-512 {}, AVX2 {}", show(peak512), show(peak2));
     println!("Default level: {} (detected {})\n", ichseg_cpu_kernels::cpu_level(), CpuLevel::detected());
