@@ -62,6 +62,22 @@ pub fn executor_threads() -> usize {
     }
 }
 
+/// `f` compiled for AVX2 + FMA where the CPU has them, for the loops the compiler vectorises
+/// (Winograd's transforms, pooling; the matrix products have their own kernels per level).
+#[inline(always)]
+pub fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        // SAFETY: the CPU has the features.
+        return unsafe { avx2(f) };
+    }
+    f()
+}
+
 /// `run` on each of `tasks`, spread over the current tract executor's threads (in order on one).
 pub fn run_tasks<T: Sync>(tasks: &[T], run: impl Fn(&T) + Sync + Send) {
     match current_tract_executor() {

@@ -6,7 +6,7 @@
 //! with that window and no padding before (the output shape the graph expects is checked, so a
 //! ceil-mode pool over an odd side stays tract's).
 
-use crate::conv::run_tasks;
+use crate::conv::{run_tasks, simd};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{MaxPool, PaddingSpec};
@@ -68,21 +68,6 @@ fn pool_planes(x: &[f32], rows: usize, cols: usize, y: &mut [f32], oh: usize, ow
             }
         }
     }
-}
-
-/// `f` compiled for AVX2 where the CPU has it.
-#[inline(always)]
-fn simd<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        // SAFETY: the CPU has the feature.
-        return unsafe { avx2(f) };
-    }
-    f()
 }
 
 impl Op for MaxPool2x2 {

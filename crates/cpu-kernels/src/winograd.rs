@@ -18,7 +18,7 @@
 //! `tx + j / 4`. Results agree with direct convolution to about 1e-6 of the output's scale
 //! (tests below).
 
-use crate::conv::{executor_threads, run_tasks, with_buffer, with_kernel_buffer, ConvParts, ConvWeights, OutPtr};
+use crate::conv::{executor_threads, run_tasks, simd, with_buffer, with_kernel_buffer, ConvParts, ConvWeights, OutPtr};
 use crate::sgemm::{panel_width, sgemm, sgemm_panel};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -610,22 +610,6 @@ impl Work {
         let m = v.wrapping_add(self.v_len);
         Work { v, m, vp: m.wrapping_add(self.m_len), ..self }
     }
-}
-
-/// `f` compiled for AVX2 + FMA where the CPU has them (the transforms are vectorised by the
-/// compiler; the matrix products have their own kernels per level).
-#[inline(always)]
-fn simd<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        // SAFETY: the CPU has the features.
-        return unsafe { avx2(f) };
-    }
-    f()
 }
 
 /// An input plane, shared read-only between threads.
