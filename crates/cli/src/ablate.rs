@@ -15,7 +15,11 @@
 //! 7. + dCRF;
 //! 8. with `--max-hu`: + the bone cut of `ichseg pseudo-label --max-hu` (not in the paper);
 //! 9. with `--min-lesion-ml`: + the small-lesion filter of `ichseg pseudo-label --min-lesion-ml`
-//!    (not in the paper).
+//!    (not in the paper);
+//! 10. with `--intracranial-margin-mm`: rows 6-7 again with the intracranial mask of
+//!    `ichseg pseudo-label --intracranial-mask` applied before BLA and the CRF (not in the
+//!    paper; the candidate replacement for the bone cut), then its small-lesion filter when
+//!    `--min-lesion-ml` is given.
 //!
 //! "Before BLA" (rows 3-5) is a single tap layer; which one is our choice (the paper does not
 //! say): `--single-tap`, default the deepest of the taps (layer2), the less noisy one.
@@ -110,6 +114,12 @@ pub struct AblateArgs {
     /// --min-lesion-ml`, not in the paper).
     #[arg(long, value_name = "ML")]
     min_lesion_ml: Option<f64>,
+    /// Add rows: BLA and the dCRF with the fused maps zeroed outside the intracranial mask of
+    /// this margin (mm) and the CRF's output cut to it, as `ichseg pseudo-label
+    /// --intracranial-mask --intracranial-margin-mm MM` makes them (no bone cut), then the
+    /// small-lesion filter when --min-lesion-ml is given (not in the paper).
+    #[arg(long, value_name = "MM")]
+    intracranial_margin_mm: Option<f64>,
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
@@ -154,6 +164,9 @@ impl AblateArgs {
         }
         if let Some(ml) = self.min_lesion_ml.filter(|ml| !(ml.is_finite() && *ml >= 0.0)) {
             return Err(Error::arg(format!("--min-lesion-ml must be finite and >= 0, got {ml}")));
+        }
+        if let Some(mm) = self.intracranial_margin_mm {
+            ichseg::skull::intracranial::check_margin_mm(mm)?;
         }
         let mut out = Vec::new();
         for &threshold in &self.threshold {
@@ -261,13 +274,8 @@ fn cases(a: &AblateArgs) -> Result<Vec<Case>> {
 }
 
 /// The row names, in table order.
-fn row_names(
-    models: &[String],
-    tap: &str,
-    aggregate: Aggregate,
-    max_hu: Option<f32>,
-    min_lesion_ml: Option<f64>,
-) -> Vec<String> {
+fn row_names(models: &[String], tap: &str, a: &AblateArgs) -> Vec<String> {
+    let (aggregate, max_hu, min_lesion_ml) = (a.aggregate, a.max_hu, a.min_lesion_ml);
     let mut rows = vec!["Grad-CAM deep tap, ensemble".to_string(), "  + SCF".to_string()];
     rows.extend(models.iter().map(|m| format!("SF-CAM {tap}, {m} alone")));
     rows.push(format!("SF-CAM {tap}, ensemble (BME)"));
@@ -279,6 +287,13 @@ fn row_names(
     }
     if let Some(ml) = min_lesion_ml {
         rows.push(format!("  + small-lesion filter (< {ml} mL)"));
+    }
+    if let Some(mm) = a.intracranial_margin_mm {
+        rows.push(format!("  + BLA inside the intracranial mask ({mm} mm), no bone cut"));
+        rows.push("  + dCRF inside the intracranial mask".to_string());
+        if let Some(ml) = min_lesion_ml {
+            rows.push(format!("  + small-lesion filter (< {ml} mL), intracranial mask"));
+        }
     }
     rows
 }
@@ -330,6 +345,10 @@ fn masks(
     let before = out.len();
     let finished = crf.0.finish(crf.1, maps.ensemble.clone(), pos, &tail, &mut |_, mask| out.push(mask.clone()))?;
     out.insert(before, cut(&finished.fused[tap], s.threshold)?);
+    if let Some(mm) = a.intracranial_margin_mm {
+        let inside = TailOptions { intracranial_margin_mm: Some(mm), max_hu: None, ..tail };
+        crf.0.finish(crf.1, maps.ensemble.clone(), pos, &inside, &mut |_, mask| out.push(mask.clone()))?;
+    }
     Ok(out)
 }
 
@@ -368,7 +387,7 @@ pub fn run(a: &AblateArgs) -> Result<()> {
     }
     let configs = sf.configs();
     let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
-    let rows = row_names(&names, &configs[0].layers[tap], a.aggregate, a.max_hu, a.min_lesion_ml);
+    let rows = row_names(&names, &configs[0].layers[tap], a);
     let mut pools = vec![vec![Pool::default(); rows.len()]; settings.len()];
     let (mut slices, mut positives) = (0, 0);
     for (k, case) in cases.iter().enumerate() {

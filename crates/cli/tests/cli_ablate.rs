@@ -222,3 +222,32 @@ fn min_lesion_ml_adds_the_small_lesion_row_of_pseudo_label() {
         );
     }
 }
+
+#[test]
+fn intracranial_margin_adds_the_rows_of_pseudo_label_with_the_intracranial_mask() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ds, split) = dataset(dir.path());
+    let both = [(TINY, TINY_TAPS), (RESNET, RESNET_TAPS)];
+    let report = json(&ablate(&ds, &split, &["--intracranial-margin-mm", "3", "--min-lesion-ml", "0.05"]));
+    let rows = report["runs"][0]["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["row"].as_str().unwrap()).collect();
+    assert_eq!(
+        names[8..],
+        [
+            "+ small-lesion filter (< 0.05 mL)",
+            "+ BLA inside the intracranial mask (3 mm), no bone cut",
+            "+ dCRF inside the intracranial mask",
+            "+ small-lesion filter (< 0.05 mL), intracranial mask",
+        ]
+    );
+    let d = dir.path();
+    let mask = ["--intracranial-mask", "--intracranial-margin-mm", "3"];
+    let bla = pseudo_scores(d, &ds, &both, &[&mask[..], &["--no-crf"]].concat());
+    assert_eq!(rows[9]["scores"], bla);
+    let crf = pseudo_scores(d, &ds, &both, &mask);
+    assert_eq!(rows[10]["scores"], crf);
+    assert_eq!(rows[11]["scores"], pseudo_scores(d, &ds, &both, &[&mask[..], &["--min-lesion-ml", "0.05"]].concat()));
+    assert_ne!(rows[10]["scores"], rows[7]["scores"], "the mask must change the fixture's dCRF row");
+    let o = ablate(&ds, &split, &["--intracranial-margin-mm=-1"]);
+    assert!(!o.status.success() && stderr(&o).contains("intracranial margin must be"), "{}", stderr(&o));
+}
