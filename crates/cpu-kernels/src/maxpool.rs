@@ -6,7 +6,7 @@
 //! with that window and no padding before (the output shape the graph expects is checked, so a
 //! ceil-mode pool over an odd side stays tract's).
 
-use crate::conv::{run_tasks, simd};
+use crate::conv::{run_tasks, simd, OutPtr};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{MaxPool, PaddingSpec};
@@ -45,7 +45,7 @@ impl MaxPool2x2 {
         }
         let per_task = TASK_VALUES.div_ceil(oh * ow).max(1);
         let tasks: Vec<usize> = (0..planes).step_by(per_task).collect();
-        let out = crate::conv::OutPtr(y.as_mut_ptr());
+        let out = OutPtr(y.as_mut_ptr());
         run_tasks(&tasks, |&first| {
             let count = per_task.min(planes - first);
             // SAFETY: each task writes its own planes of `y`.
@@ -92,7 +92,8 @@ impl EvalOp for MaxPool2x2 {
             self.cols
         );
         let (oh, ow) = self.output_hw();
-        let mut y = Tensor::zero::<f32>(&[shape[0], shape[1], oh, ow])?;
+        // SAFETY: `pool` writes every output value (its test starts from NaNs).
+        let mut y = unsafe { Tensor::uninitialized::<f32>(&[shape[0], shape[1], oh, ow])? };
         let x = x.try_as_plain_ram()?.as_slice::<f32>()?;
         self.pool(x, shape[0] * shape[1], y.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?);
         Ok(tvec!(y.into_tvalue()))
