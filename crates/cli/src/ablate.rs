@@ -275,23 +275,22 @@ fn cases(a: &AblateArgs) -> Result<Vec<Case>> {
 
 /// The row names, in table order.
 fn row_names(models: &[String], tap: &str, a: &AblateArgs) -> Vec<String> {
-    let (aggregate, max_hu, min_lesion_ml) = (a.aggregate, a.max_hu, a.min_lesion_ml);
     let mut rows = vec!["Grad-CAM deep tap, ensemble".to_string(), "  + SCF".to_string()];
     rows.extend(models.iter().map(|m| format!("SF-CAM {tap}, {m} alone")));
     rows.push(format!("SF-CAM {tap}, ensemble (BME)"));
     rows.push("  + SCF".to_string());
-    rows.push(format!("  + BLA (all taps, {})", format!("{aggregate:?}").to_uppercase()));
+    rows.push(format!("  + BLA (all taps, {})", format!("{:?}", a.aggregate).to_uppercase()));
     rows.push("  + dCRF".to_string());
-    if let Some(h) = max_hu {
+    if let Some(h) = a.max_hu {
         rows.push(format!("  + bone cut (> {h} HU)"));
     }
-    if let Some(ml) = min_lesion_ml {
+    if let Some(ml) = a.min_lesion_ml {
         rows.push(format!("  + small-lesion filter (< {ml} mL)"));
     }
     if let Some(mm) = a.intracranial_margin_mm {
         rows.push(format!("  + BLA inside the intracranial mask ({mm} mm), no bone cut"));
         rows.push("  + dCRF inside the intracranial mask".to_string());
-        if let Some(ml) = min_lesion_ml {
+        if let Some(ml) = a.min_lesion_ml {
             rows.push(format!("  + small-lesion filter (< {ml} mL), intracranial mask"));
         }
     }
