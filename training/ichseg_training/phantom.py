@@ -28,6 +28,11 @@ import pathlib
 import numpy as np
 from scipy import ndimage
 
+try:
+    from . import variation
+except ImportError:  # run as a file (python phantom.py): its folder is on the path
+    import variation
+
 SUBTYPES = ("Intraventricular", "Intraparenchymal", "Subarachnoid", "Epidural", "Subdural")
 IVH, IPH, SAH, EDH, SDH = 1, 2, 3, 4, 5  # codes in the subtype map (index into SUBTYPES + 1)
 CSV_COLUMNS = ("PatientNumber", "SliceNumber", *SUBTYPES, "No_Hemorrhage", "Fracture_Yes_No")
@@ -52,7 +57,7 @@ class Phantom:
     tissue: np.ndarray  # uint8 tissue code of the central sub-level (before blood overwrite: BLOOD)
     labels: np.ndarray  # int [nz, 5] per-slice subtype presence, SUBTYPES order
     fracture: np.ndarray  # int [nz] per-slice fracture flag
-    spacing: tuple  # (px, px, 5.0) mm
+    spacing: tuple  # (px, px, slice thickness) mm: 5 mm except in the variation profiles
     affine: np.ndarray  # 4x4
     params: dict  # the drawn parameters (for documentation/debugging)
 
@@ -137,10 +142,13 @@ def _edt(mask, px, f):
 # parameters
 
 
-def _draw_params(rng, size, nz):
+def _draw_params(rng, size, nz, var=None):
+    """The volume's parameters from the standard stream ``rng``; a variation profile's draws
+    ``var`` (``variation.draw``) override some after they are drawn, before the bleed sites."""
     p = {}
     p["size"] = size
     p["nz"] = nz
+    p["slice_mm"] = var["slice_mm"] if var else SLICE_MM
     p["px"] = float(rng.uniform(0.40, 0.50) * 512.0 / size)
     s = rng.uniform(0.92, 1.06)
     p["Au"] = 66.0 * s * rng.uniform(0.95, 1.05)  # intracranial semi-axes at the widest level
@@ -161,14 +169,20 @@ def _draw_params(rng, size, nz):
     p["pitch"] = math.radians(rng.uniform(-4.0, 14.0))
     p["roll"] = math.radians(rng.uniform(-4.0, 4.0))
     p["shift"] = (float(rng.uniform(-10, 10)), float(rng.uniform(-12, 8)))
-    top = p["vertex"] + p["skull_t"] + rng.uniform(-2.0, 6.0)
-    p["z0"] = float(max(top - SLICE_MM * nz, -92.0))  # lower edge of the first slice (w, mm)
+    above_vertex = rng.uniform(-2.0, 6.0)
     p["choroid_calc"] = [bool(rng.random() < 0.75), bool(rng.random() < 0.7)]
     p["pineal_calc"] = bool(rng.random() < 0.6)
     p["falx_calc"] = bool(rng.random() < 0.2)
     p["calc_hu"] = rng.uniform(250.0, 700.0)  # before partial volume / blur: 100-400 HU after
     p["streak"] = rng.uniform(15.0, 35.0)
+    if var:
+        variation.apply_head(p, var)
+    top = p["vertex"] + p["skull_t"] + above_vertex
+    p["z0"] = float(max(top - p["slice_mm"] * nz, -92.0))  # lower edge of the first slice (w, mm)
     p["sites"] = _draw_sites(rng, p)
+    if var:
+        variation.apply_sites(p["sites"], var)
+        p["variation"] = var
     return p
 
 
@@ -178,7 +192,7 @@ def _draw_sites(rng, p):
     n = int(rng.choice([1, 2, 3], p=[0.5, 0.3, 0.2]))
     kinds = rng.choice([IPH, SDH, SAH, IVH, EDH], size=n, p=[0.33, 0.25, 0.2, 0.12, 0.1])
     w_lo = max(p["z0"] + 8.0, -35.0)
-    w_hi = min(p["z0"] + SLICE_MM * p["nz"] - 8.0, p["vertex"] - 12.0)
+    w_hi = min(p["z0"] + p["slice_mm"] * p["nz"] - 8.0, p["vertex"] - 12.0)
     sites = []
     for kind in kinds:
         kind = int(kind)
@@ -615,11 +629,18 @@ def _render_level(p, F, u, v, w, y_scan, px, coarse):
 
 
 def generate(index: int, seed: int, size: int = 512, slices_min: int = 24, slices_max: int = 36,
-             n_sub: int = 2) -> Phantom:
-    """Generates volume ``index`` of the series ``seed``; deterministic in (index, seed, size)."""
+             n_sub: int = 2, profile: str = "standard") -> Phantom:
+    """Generates volume ``index`` of the series ``seed``; deterministic in (index, seed, size,
+    profile).  ``slices_min``/``slices_max`` count 5 mm slices; ``n_sub`` sub-levels average a
+    5 mm slice (thinner slices of a variation profile get proportionally fewer, at least 1)."""
     rng = np.random.default_rng([int(seed), int(index), 0x1C45E6])
     nz = int(rng.integers(slices_min, slices_max + 1))
-    p = _draw_params(rng, size, nz)
+    var = variation.draw(profile, seed, index, nz)
+    if var:
+        nz = var["nz"]
+        n_sub = max(1, int(round(n_sub * var["slice_mm"] / SLICE_MM)))
+    p = _draw_params(rng, size, nz, var)
+    sl = p["slice_mm"]
     F = _fields(rng)
     noise_rng = np.random.default_rng([int(seed), int(index), 0xBEEF])
     px = p["px"]
@@ -655,15 +676,15 @@ def generate(index: int, seed: int, size: int = 512, slices_min: int = 24, slice
     tis_vol = np.zeros((n, n, nz), np.uint8)
     frac = np.zeros(nz, np.int64)
     for k in range(nz):
-        top_k = p["z0"] + (k + 1) * SLICE_MM
+        top_k = p["z0"] + (k + 1) * sl
         ns = n_sub if top_k < p["vertex"] - 6.0 else 2 * n_sub  # finer partial volume at the vertex
-        offs = (np.arange(ns) + 0.5) / ns * SLICE_MM
+        offs = (np.arange(ns) + 0.5) / ns * sl
         acc = np.zeros((n, n), np.float32)
         blood = np.zeros((n, n), np.float32)
         votes = np.zeros((n, n, 6), np.uint8)
         fr_any = False
         for j, off in enumerate(offs):
-            zs = p["z0"] + k * SLICE_MM + off
+            zs = p["z0"] + k * sl + off
             u, v, w = head_frame(u0, v0, zs)
             coarse = (cf, *head_frame(u0c, v0c, zs))
             hu, tis, sub, fr = _render_level(p, F, u, v, w, ys, px, coarse)
@@ -679,7 +700,7 @@ def generate(index: int, seed: int, size: int = 512, slices_min: int = 24, slice
         subk = np.where(m, np.argmax(votes, axis=-1), 0).astype(np.uint8)
         # in-plane blur, skull-base streaks, correlated noise
         img = ndimage.gaussian_filter(img, p["blur_mm"] / px)
-        zc = p["z0"] + (k + 0.5) * SLICE_MM
+        zc = p["z0"] + (k + 0.5) * sl
         if -62.0 < zc < -18.0:
             a = 0.18 * p["Av"]
             dl = np.abs(v0 + a)  # line between the petrous ridges (Hounsfield bar)
@@ -689,8 +710,10 @@ def generate(index: int, seed: int, size: int = 512, slices_min: int = 24, slice
             ang = np.arctan2(v0 + a, u0)
             streaks = np.cos(ang * 14.0 + 1.3 * k) * np.exp(-np.abs(np.sin(ang * 7.0)) * 8)
             img += (0.4 * amp * streaks * head_soft).astype(np.float32)
+        if var:
+            img = variation.scan(img, var, k, px, (u0 / p["Au"], v0 / p["Av"]))
         nz_ = noise_rng.standard_normal((n, n)).astype(np.float32)
-        nz_ = ndimage.gaussian_filter(nz_, 0.7 * 0.45 / px * 1.5)
+        nz_ = ndimage.gaussian_filter(nz_, var["noise_corr_mm"] / px if var else 0.7 * 0.45 / px * 1.5)
         nz_ *= p["noise"] / (nz_.std() + 1e-6)
         img += nz_
         img = np.clip(np.rint(img), -1024, 3071)
@@ -702,10 +725,10 @@ def generate(index: int, seed: int, size: int = 512, slices_min: int = 24, slice
     for code in range(1, 6):
         labels[:, code - 1] = (sub_vol == code).any(axis=(0, 1))
     mask = (sub_vol > 0).astype(np.uint8)
-    affine = np.diag([-px, -px, SLICE_MM, 1.0])
-    affine[:3, 3] = [(n - 1) / 2.0 * px, (n - 1) / 2.0 * px, p["z0"] + 0.5 * SLICE_MM]
+    affine = np.diag([-px, -px, sl, 1.0])
+    affine[:3, 3] = [(n - 1) / 2.0 * px, (n - 1) / 2.0 * px, p["z0"] + 0.5 * sl]
     return Phantom(hu=hu_vol, mask=mask, subtype_map=sub_vol, tissue=tis_vol, labels=labels,
-                   fracture=frac, spacing=(px, px, SLICE_MM), affine=affine, params=p)
+                   fracture=frac, spacing=(px, px, sl), affine=affine, params=p)
 
 
 def _write_nifti(path, data, affine, slope, inter):
@@ -736,44 +759,69 @@ def save_nifti(ph: Phantom, ct_path, mask_path):
     _write_nifti(mask_path, ph.mask.astype(np.uint8), ph.affine, 1.0, 0.0)
 
 
+ACQUISITION_COLUMNS = ("PatientNumber", "profile", "slice_mm", "slices", "pixel_mm", "kernel",
+                       "noise_hu", "hu_offset", "hu_slope", "cupping_hu", "motion_slices", "head_scale")
+
+
+def _acquisition_row(pid, ph):
+    v = ph.params["variation"]
+    m = v["motion"]
+    return [pid, v["profile"], v["slice_mm"], ph.hu.shape[2], f"{ph.spacing[0]:.4f}", v["kernel"],
+            f"{v['noise']:.2f}", f"{v['hu_offset']:.2f}", f"{v['hu_slope']:.4f}", f"{v['cupping']:.2f}",
+            f"{m['start'] + 1}-{m['stop']}" if m else "", f"{v['head_scale']:.3f}"]
+
+
 def _write_one(args):
-    i, out, seed, size, slices_min, slices_max = args
-    ph = generate(i, seed, size=size, slices_min=slices_min, slices_max=slices_max)
+    i, out, seed, size, slices_min, slices_max, profile = args
+    ph = generate(i, seed, size=size, slices_min=slices_min, slices_max=slices_max, profile=profile)
     pid = i + 1
     save_nifti(ph, out / "ct_scans" / f"{pid:03d}.nii.gz", out / "masks" / f"{pid:03d}.nii.gz")
     kinds = [SUBTYPES[d["kind"] - 1] for d in ph.params["sites"]]
     info = (f"{pid:03d}: {ph.hu.shape} px={ph.spacing[0]:.3f} sites={kinds} "
             f"bleeding slices={int(ph.labels.any(axis=1).sum())}")
-    return ph.csv_rows(pid), info
+    acquisition = _acquisition_row(pid, ph) if profile != "standard" else None
+    return ph.csv_rows(pid), info, acquisition
 
 
-def write_dataset(out, count, seed, size=512, slices_min=24, slices_max=36, first=0, verbose=False, jobs=1):
+def write_dataset(out, count, seed, size=512, slices_min=24, slices_max=36, first=0, verbose=False, jobs=1,
+                  profile="standard"):
     """Writes ``count`` volumes (patients first+1 .. first+count, files NNN = patient number).
-    ``jobs`` > 1 generates volumes in that many processes (same files, same order)."""
+    ``jobs`` > 1 generates volumes in that many processes (same files, same order).  A
+    variation ``profile`` other than ``standard`` also writes ``acquisition.csv``: each
+    volume's slice thickness, kernel, noise, calibration, cupping and motion."""
+    variation.draw(profile, seed, first, slices_min)  # refuses an unknown profile before any file
     out = pathlib.Path(out)
     (out / "ct_scans").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    rows = []
-    tasks = [(i, out, seed, size, slices_min, slices_max) for i in range(first, first + count)]
+    rows, acquisition = [], []
+    tasks = [(i, out, seed, size, slices_min, slices_max, profile) for i in range(first, first + count)]
     if jobs > 1 and count > 1:
         import multiprocessing
 
-        with multiprocessing.get_context("spawn").Pool(min(jobs, count)) as pool:
-            results = pool.imap(_write_one, tasks)
-            for vol_rows, info in results:
-                rows.extend(vol_rows)
-                if verbose:
-                    print(info, flush=True)
+        pool = multiprocessing.get_context("spawn").Pool(min(jobs, count))
+        results = pool.imap(_write_one, tasks)
     else:
-        for t in tasks:
-            vol_rows, info = _write_one(t)
+        pool, results = None, map(_write_one, tasks)
+    try:
+        for vol_rows, info, acq in results:
             rows.extend(vol_rows)
+            if acq:
+                acquisition.append(acq)
             if verbose:
                 print(info, flush=True)
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
     with open(out / "hemorrhage_diagnosis_raw_ct.csv", "w", newline="") as fh:
         wr = csv.writer(fh)
         wr.writerow(CSV_COLUMNS)
         wr.writerows(rows)
+    if acquisition:
+        with open(out / "acquisition.csv", "w", newline="") as fh:
+            wr = csv.writer(fh)
+            wr.writerow(ACQUISITION_COLUMNS)
+            wr.writerows(acquisition)
     return rows
 
 
@@ -861,9 +909,13 @@ def main(argv=None):
     ap.add_argument("--slices-max", type=int, default=36)
     ap.add_argument("--montage", metavar="PNG", help="also save a montage PNG (needs matplotlib)")
     ap.add_argument("--jobs", type=int, default=1, help="generate volumes in this many processes")
+    ap.add_argument("--profile", choices=variation.PROFILES, default="standard",
+                    help="variation profile: standard (default), wide (training for a change of "
+                         "data) or shifted (a held-out family); docs/PHANTOMS.md")
     a = ap.parse_args(argv)
     if a.count > 0:
-        write_dataset(a.out, a.count, a.seed, a.size, a.slices_min, a.slices_max, verbose=True, jobs=a.jobs)
+        write_dataset(a.out, a.count, a.seed, a.size, a.slices_min, a.slices_max, verbose=True, jobs=a.jobs,
+                      profile=a.profile)
     if a.montage:
         montage(a.montage, seed=a.seed, size=a.size)
 

@@ -12,6 +12,7 @@ import pytest
 from scipy import ndimage
 
 from ichseg_training import phantom as P
+from ichseg_training import variation as V
 
 BCIHM_COLUMNS = ["PatientNumber", "SliceNumber", "Intraventricular", "Intraparenchymal",
                  "Subarachnoid", "Epidural", "Subdural", "No_Hemorrhage", "Fracture_Yes_No"]
@@ -199,3 +200,91 @@ def test_parallel_generation_writes_the_same_files(tmp_path):
         digests.append([(f.relative_to(out).as_posix(), hashlib.sha256(f.read_bytes()).hexdigest())
                         for f in sorted(out.rglob("*")) if f.is_file()])
     assert digests[0] == digests[1] and len(digests[0]) == 7
+
+
+def _tree_digest(out):
+    h = hashlib.sha256()
+    for f in sorted(out.rglob("*")):
+        if f.is_file():
+            h.update(f.relative_to(out).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def test_standard_profile_files_are_unchanged(tmp_path):
+    # The shipped models were trained on the standard phantoms: the variation profiles must not
+    # change a byte of them (digest of the files before the profiles existed; a bleeding SDH
+    # and IVH volume and two without bleeding).
+    P.write_dataset(tmp_path, count=2, seed=7, size=64)
+    assert _tree_digest(tmp_path) == "58a553e46ac1d058212d4fc4f0edafdba50776af7ef6410c6c46c9c681b840da"
+    assert not (tmp_path / "acquisition.csv").exists()
+
+
+def test_profile_draws_stay_in_their_ranges():
+    std_lo, std_hi = 0.92 * 0.95, 1.06 * 1.05  # the standard head scale's extremes
+    for i in range(40):
+        w = V.draw("wide", 3, i, 30)
+        assert w["slice_mm"] in (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
+        assert w["nz"] == round(30 * 5.0 / w["slice_mm"])
+        assert 0.82 <= w["head_scale"] <= 1.16 and 2.0 <= w["noise"] <= 14.0
+        assert abs(w["hu_offset"]) <= 12.0 and w["kernel"] in V.KERNELS
+        s = V.draw("shifted", 3, i, 30)
+        assert s["slice_mm"] < 5.0 and s["kernel"] == "sharp" and s["noise"] >= 8.0
+        assert not 0.92 <= s["head_scale"] <= 1.06 and 4.0 <= abs(s["hu_offset"]) <= 10.0
+        assert 31.0 <= s["gm"] <= 37.0 and 21.0 <= s["wm"] <= 26.0 and s["bleed_hu_shift"] < 0
+        if s["motion"]:
+            assert 0 <= s["motion"]["start"] < s["motion"]["stop"] <= s["nz"]
+    assert V.draw("standard", 3, 0, 30) is None
+    with pytest.raises(ValueError, match="unknown phantom profile"):
+        V.draw("noisy", 3, 0, 30)
+
+
+def test_scan_effects():
+    v = {"motion": None, "sharpen": 0.0, "cupping": 0.0, "hu_slope": 1.0, "hu_offset": 7.0}
+    img = np.full((32, 32), 30.0, np.float32)
+    uv = np.meshgrid(np.linspace(-1.5, 1.5, 32), np.linspace(-1.5, 1.5, 32), indexing="ij")
+    assert np.allclose(V.scan(img, v, 0, 1.0, uv), 37.0)  # calibration offset
+    v.update(sharpen=1.0)
+    assert np.allclose(V.scan(img, v, 0, 1.0, uv), 37.0, atol=1e-4)  # a flat image stays flat
+    v.update(sharpen=0.0, cupping=8.0, hu_offset=0.0)
+    cupped = V.scan(img, v, 0, 1.0, uv)
+    assert cupped[16, 16] < 30.0 - 7.0 and cupped[0, 0] == 30.0  # darker centre, edge untouched
+    v.update(cupping=0.0, motion={"start": 2, "stop": 3, "angle": 3.0, "shift_mm": 3.0, "alpha": 0.5})
+    edge = np.zeros((32, 32), np.float32)
+    edge[:, 16:] = 100.0
+    assert np.array_equal(V.scan(edge, v, 1, 1.0, uv), edge)  # slice outside the motion run
+    assert not np.array_equal(V.scan(edge, v, 2, 1.0, uv), edge)  # ghosted inside it
+
+
+@pytest.mark.parametrize("profile", ["wide", "shifted"])
+def test_profile_volumes(tmp_path, profile):
+    # the anatomy and bleeds come from the standard stream: same sites as the standard volume
+    ref = P.generate(0, 7, size=64)
+    ph = P.generate(0, 7, size=64, profile=profile)
+    var = ph.params["variation"]
+    assert [d["kind"] for d in ph.params["sites"]] == [d["kind"] for d in ref.params["sites"]]
+    assert ph.spacing[2] == var["slice_mm"] == ph.affine[2, 2] and ph.hu.shape[2] == var["nz"]
+    assert np.array_equal(ph.mask, (ph.subtype_map > 0).astype(np.uint8))
+    assert ph.mask.any() and [bool(x) for x in ph.labels.any(axis=1)] == \
+        [bool(ph.mask[:, :, k].any()) for k in range(ph.hu.shape[2])]
+    # the written files: the NIfTI's slice thickness and the acquisition table agree
+    P.write_dataset(tmp_path, count=2, seed=7, size=48, profile=profile)
+    with open(tmp_path / "acquisition.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["PatientNumber"] for r in rows] == ["1", "2"] and {r["profile"] for r in rows} == {profile}
+    for r in rows:
+        img = nib.load(tmp_path / "ct_scans" / f"{int(r['PatientNumber']):03d}.nii.gz")
+        assert img.header.get_zooms()[2] == pytest.approx(float(r["slice_mm"]))
+        assert img.shape[2] == int(r["slices"])
+
+
+def test_unknown_profile_writes_nothing(tmp_path):
+    with pytest.raises(ValueError, match="unknown phantom profile"):
+        P.write_dataset(tmp_path / "out", count=1, seed=1, size=32, profile="noisy")
+    assert not (tmp_path / "out").exists()
+    script = pathlib.Path(P.__file__)
+    done = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "cli"), "--count", "1",
+                           "--size", "32", "--profile", "wide", "--slices-min", "8", "--slices-max", "8"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "cli" / "acquisition.csv").read_text().count("\n") == 2
