@@ -70,6 +70,11 @@ MIN_LESION_ML = 0.1
 # two classifiers (METHOD.md section 7).
 PAPER_TABLE4 = ((52.5, 50.1), (53.1, 50.3), (59.1, 58.3), (60.7, 60.3), (61.8, 61.9), (62.6, 63.7),
                 (63.1, 63.9), (65.1, 64.4))
+# A held-out phantom family (issue 20 item 4): the `shifted` variation profile (docs/PHANTOMS.md),
+# mostly outside the ranges of the training data, with a seed no training set uses; every volume
+# is a test volume. The classifiers, the tuned pseudo-labelling and both U-Nets are scored on it.
+SHIFTED_SEED = 4242
+SHIFTED_COUNT = 80
 UNET_ARGS = ["--base-width", 8, "--depth", 4, "--epochs", 15, "--batch", 8, "--crop", 96,
              "--neg-fraction", 0.15, "--val-every", 2, "--patience", 12, "--max-minutes", 45, "--threads", 1]
 
@@ -233,6 +238,10 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=2025)
     ap.add_argument("--count", type=int, default=None, help=f"phantom volumes (default {COUNT})")
     ap.add_argument("--jobs", type=int, default=2, help="processes for the phantom generation")
+    ap.add_argument("--profile", choices=("standard", "wide"), default="standard",
+                    help="variation profile of the training phantoms (docs/PHANTOMS.md)")
+    ap.add_argument("--shifted-count", type=int, default=None,
+                    help=f"volumes of the held-out shifted family (default {SHIFTED_COUNT}; 0: none)")
     ap.add_argument("--skip-existing", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="tiny data, one epoch each: a pipeline check")
     ap.add_argument("--report-only", action="store_true",
@@ -254,6 +263,8 @@ def main(argv=None):
         return 0
     if a.count is None:
         a.count = 6 if a.smoke else COUNT
+    if a.shifted_count is None:
+        a.shifted_count = 3 if a.smoke else SHIFTED_COUNT
     if a.smoke:
         PHANTOM_SIZE, INPUT_SIZE = 64, 64
         CLASSIFIERS = tuple((f, arch, 4, 1) for f, arch, _, _ in CLASSIFIERS)
@@ -277,11 +288,13 @@ def main(argv=None):
     if not (a.skip_existing and (data / "hemorrhage_diagnosis_raw_ct.csv").exists()):
         extra = ["--slices-min", 8, "--slices-max", 10] if a.smoke else []
         run_step(steps, "phantoms", py("ichseg_training.phantom", "--out", data, "--count", a.count,
-                                       "--seed", a.seed, "--size", PHANTOM_SIZE, "--jobs", a.jobs, *extra), logs)
+                                       "--seed", a.seed, "--size", PHANTOM_SIZE, "--jobs", a.jobs,
+                                       "--profile", a.profile, *extra), logs)
     run_step(steps, "split", py("ichseg_training.datasets", "split", "--layout", "bcihm", "--root", data,
                                 "--seed", a.seed, "--out", split), logs)
 
-    trained_on = f"ichseg phantoms (seed {a.seed}, {PHANTOM_SIZE}x{PHANTOM_SIZE}), training split"
+    trained_on = (f"ichseg phantoms (seed {a.seed}, {PHANTOM_SIZE}x{PHANTOM_SIZE}"
+                  + (f", profile {a.profile}" if a.profile != "standard" else "") + "), training split")
     lanes = []
     for fname, arch, width, epochs in CLASSIFIERS:
         out = models / fname
@@ -308,14 +321,16 @@ def main(argv=None):
         run_step(steps, f"eval {arch}", py("ichseg_training.evaluate", "classifier", "--model", models / fname,
                                            "--data", data, "--split", split, "--subset", "test", "--json", js), logs)
         scores[arch] = json.loads(js.read_text())
-    def eval_unet(key, model, pred):
-        """Scores ``model`` on test and val with ``ichseg segment`` + ``ichseg eval`` into scores[KEY_SUBSET]."""
-        for subset in ("test", "val"):
-            js = work / "eval" / f"{key}_{subset}.json"
-            run_step(steps, f"eval {key} {subset}", py(
-                "ichseg_training.evaluate", "unet", "--model", model, "--data", data, "--split", split,
-                "--subset", subset, "--ichseg", exe, "--pred-dir", work / pred / subset, "--json", js), logs)
-            scores[f"{key}_{subset}"] = json.loads(js.read_text())
+    def eval_unet(key, model, pred, subsets=("test", "val"), on=(data, split), tag=""):
+        """Scores ``model`` on the ``subsets`` of dataset and split ``on`` with ``ichseg segment`` +
+        ``ichseg eval`` into scores[KEY_SUBSET] (scores[KEY_TAG] with a ``tag``)."""
+        for subset in subsets:
+            name = tag or subset
+            js = work / "eval" / f"{key}_{name}.json"
+            run_step(steps, f"eval {key} {name}", py(
+                "ichseg_training.evaluate", "unet", "--model", model, "--data", on[0], "--split", on[1],
+                "--subset", subset, "--ichseg", exe, "--pred-dir", work / pred / name, "--json", js), logs)
+            scores[f"{key}_{name}"] = json.loads(js.read_text())
 
     eval_unet("unet", unet_out, "pred")
 
@@ -358,6 +373,29 @@ def main(argv=None):
             "slice labels)"), logs)
     eval_unet("unet_weak", weak_out, "pred_weak")
 
+    if a.shifted_count > 0:
+        shifted, shifted_split = work / "shifted", work / "shifted_split.json"
+        if not (a.skip_existing and (shifted / "hemorrhage_diagnosis_raw_ct.csv").exists()):
+            extra = ["--slices-min", 8, "--slices-max", 10] if a.smoke else []
+            run_step(steps, "shifted phantoms", py(
+                "ichseg_training.phantom", "--out", shifted, "--count", a.shifted_count, "--seed", SHIFTED_SEED,
+                "--size", PHANTOM_SIZE, "--jobs", a.jobs, "--profile", "shifted", *extra), logs)
+        run_step(steps, "shifted split", py("ichseg_training.datasets", "split", "--layout", "bcihm", "--root",
+                                            shifted, "--seed", SHIFTED_SEED, "--fractions", 0, 0, 1,
+                                            "--out", shifted_split), logs)
+        for fname, arch, *_ in CLASSIFIERS:
+            js = work / "eval" / f"{arch}_shifted.json"
+            run_step(steps, f"eval {arch} shifted", py(
+                "ichseg_training.evaluate", "classifier", "--model", models / fname, "--data", shifted,
+                "--split", shifted_split, "--subset", "test", "--json", js), logs)
+            scores[f"{arch}_shifted"] = json.loads(js.read_text())
+        scores["ablation_shifted"] = json.loads(run_step(
+            steps, "ablate shifted", [exe, "ablate", "--dataset", shifted, "--split", shifted_split, *classifiers,
+                                      *post, "--json", "--quiet", "--subset", "test", "--threshold", f"{threshold:g}"],
+            logs, stdout=work / "eval" / "ablation_shifted.json"))
+        for key, model in (("unet", unet_out), ("unet_weak", weak_out)):
+            eval_unet(key, model, f"pred_{key}_shifted", ("test",), (shifted, shifted_split), "shifted")
+
     sample = pick_sample(data, scores["unet_test"])
     (models / "samples").mkdir(exist_ok=True)
     shutil.copyfile(data / "ct_scans" / f"{sample}.nii.gz", models / "samples" / "sample.nii.gz")
@@ -367,7 +405,8 @@ def main(argv=None):
 
     portable_records(models, str(work), exe)
     records = read_records(models)
-    doc = {"seed": a.seed, "count": a.count, "jobs": a.jobs, "phantom_size": PHANTOM_SIZE,
+    doc = {"seed": a.seed, "count": a.count, "jobs": a.jobs, "phantom_size": PHANTOM_SIZE, "profile": a.profile,
+           "shifted": {"seed": SHIFTED_SEED, "count": a.shifted_count} if a.shifted_count > 0 else None,
            "input_size": INPUT_SIZE, "work": str(work), "ichseg": exe, "machine": C.machine_description(),
            "nice": os.nice(0),
            "git_commit": C.git_commit(), "started": started, "finished": C.now_iso(),
@@ -600,6 +639,49 @@ def write_ablation(w, doc):
     w("")
 
 
+def write_shifted_section(w, doc):
+    """The held-out shifted family's scores, when the run made it."""
+    sh, sc = doc.get("shifted"), doc["scores"]
+    if not sh or "ablation_shifted" not in sc:
+        return
+    ab = sc["ablation_shifted"]
+    w("## A shifted phantom family")
+    w("")
+    w(f"{sh['count']} volumes of the `shifted` variation profile (docs/PHANTOMS.md: thinner slices, smaller and "
+      "larger heads, a sharp kernel, more noise, an HU offset, cupping, motion, lower grey/white contrast, "
+      f"older blood), seed {sh['seed']}, all held out: a change of data none of the models trained on "
+      f"({ab['volumes']} volumes, {ab['slices']} slices, {ab['positive_slices']} bleeding).")
+    w("")
+    w("| model | AUC | sensitivity / specificity |")
+    w("|---|---|---|")
+    for f, arch, *_ in CLASSIFIERS:
+        s = sc[f"{arch}_shifted"]
+        w(f"| `{f}` | {s['auc']:.3f} | {_pct(s['sensitivity'])} / {_pct(s['specificity'])} |")
+    w("")
+    w(f"Pseudo masks at TH = {sc['pseudo_threshold']:g} (the `ichseg ablate` rows; the last is what "
+      "`pseudo-label` makes with the shipped settings):")
+    w("")
+    w("| configuration | **mIoU** | IoU hemorrhage | Dice | CL | FPL |")
+    w("|---|---|---|---|---|---|")
+    for r in ab["runs"][0]["rows"]:
+        o = r["scores"]
+        w(f"| {r['row']} | {_pct(o['miou'])} | {_pct(o['iou_hemorrhage'])} | {_pct(o['dice'])} | {_pct(o['cl'])} "
+          f"| {_pct(o['fpl'])} |")
+    w("")
+    w("The U-Nets on it, against the ground truth:")
+    w("")
+    w("| model | IoU hemorrhage | **mIoU** | **Dice** | **CL** | **ML** | **FPL** |")
+    w("|---|---|---|---|---|---|---|")
+    for name, key in ((f"`{UNET_FILE}` (fully supervised)", "unet_shifted"), (f"`{WEAK_FILE}`", "unet_weak_shifted")):
+        o = sc[key]["overall"]
+        w(f"| {name} | {_pct(o['iou_hemorrhage'])} | {_pct(o['miou'])} | {_pct(o['dice'])} | {_pct(o['cl'])} "
+          f"| {_pct(o['ml'])} | {_pct(o['fpl'])} |")
+    w("")
+    ratio = sc["unet_weak_shifted"]["overall"]["miou"] / sc["unet_shifted"]["overall"]["miou"]
+    w(f"The weak U-Net reaches {100 * ratio:.0f} % of the fully supervised one's mIoU here.")
+    w("")
+
+
 TUNED_NOTE = ("Tuned pseudo-labelling settings, written by `ship` after it picks TH on the validation split "
               "(`common.write_tuned`); `ichseg pseudo-label`, the C ABI, the C++ wrapper and the Python package "
               "apply them unless the caller sets them (`--preset paper`: METHOD.md's defaults), and the report "
@@ -682,8 +764,10 @@ def write_models_md(models, doc, records, split, works=()):
     w("## Data")
     w("")
     ps = doc["phantom_size"]
+    profile = doc.get("profile", "standard")  # runs recorded before the field: standard
+    slices = "5 mm slices" if profile == "standard" else f"variation profile `{profile}`: slices 1-5 mm, docs/PHANTOMS.md"
     w(f"{doc['count']} phantom volumes, seed {doc['seed']}, generated at {ps}x{ps} (the field of view of "
-      f"the 512 grid, pixels {0.4 * 512 / ps:.2f}-{0.5 * 512 / ps:.2f} mm, 5 mm slices) "
+      f"the 512 grid, pixels {0.4 * 512 / ps:.2f}-{0.5 * 512 / ps:.2f} mm, {slices}) "
       f"{_generated(doc)}; the smaller grid keeps "
       "generation and the sample small, and the library resizes any grid to the model input. "
       f"Patient split 60/20/20, class-balanced (`datasets split --seed {doc['seed']}`):")
@@ -819,6 +903,7 @@ def write_models_md(models, doc, records, split, works=()):
     w("```")
     w("")
     write_weak_section(w, doc, records)
+    write_shifted_section(w, doc)
     w("## The sample and the demo")
     w("")
     w(f"`samples/sample.nii.gz` is test volume `{doc['sample']}` (of the bleeding test volumes whose mask's "
