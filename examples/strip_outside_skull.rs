@@ -26,9 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::os::unix::fs::symlink(from, to)?;
         }
     }
-    let mut names: Vec<_> = std::fs::read_dir(input.join("ct_scans"))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()?;
+    let mut names: Vec<_> =
+        std::fs::read_dir(input.join("ct_scans"))?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
     names.sort();
     for name in names {
         let target = output.join("ct_scans").join(&name);
