@@ -1,7 +1,7 @@
 //! Writes a copy of a BCIHM-layout data set whose CTs hold air outside the intracranial mask
-//! (docs/INTRACRANIAL.md): the experiment of classifiers that never see the skull
-//! (docs/RESULTS.md, "Classifiers on skull-stripped slices"). Masks and the slice-label CSV are
-//! linked, not copied.
+//! (docs/INTRACRANIAL.md), for the experiment of classifiers that never see the skull (issue 20;
+//! not yet scored, so not in docs/RESULTS.md). Masks and the slice-label CSV are linked, not
+//! copied.
 //!
 //! cargo run --release --example strip_outside_skull -- IN_DIR OUT_DIR [MARGIN_MM]
 
@@ -20,8 +20,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let margin_mm: f64 = args.get(2).map_or(Ok(0.0), |m| m.parse())?;
     std::fs::create_dir_all(output.join("ct_scans"))?;
+    let source = std::fs::canonicalize(input)?;
     for name in ["masks", "hemorrhage_diagnosis_raw_ct.csv", "acquisition.csv"] {
-        let (from, to) = (std::fs::canonicalize(input)?.join(name), output.join(name));
+        let (from, to) = (source.join(name), output.join(name));
         if from.exists() && !to.exists() {
             std::os::unix::fs::symlink(from, to)?;
         }
