@@ -1,12 +1,15 @@
 //! The intracranial mask (`ichseg::skull::intracranial`) on head phantoms built here: an
 //! elliptic bone ring around brain, scalp and air, with a craniotomy, a scalp hematoma, slices
 //! above the head and anisotropic pixels; then pseudo-labelling and segmentation with the mask
-//! on, which must never mark a voxel outside it.
+//! on, which must never mark a voxel outside it; and classifiers trained on skull-stripped CTs
+//! (`ichseg.skull_strip_mm`), which must see their inputs stripped.
 
 mod common;
 use common::{engine, fixture, tiny};
 
-use ichseg::skull::intracranial::{intracranial_mask, slice_mask, SliceRegion, DEFAULT_MARGIN_MM};
+use ichseg::skull::intracranial::{
+    intracranial_mask, slice_mask, strip_outside, SliceRegion, AIR_HU, DEFAULT_MARGIN_MM,
+};
 use ichseg::{OnnxModel, PseudoLabeler, PseudoOptions, Segmenter, SegmenterOptions, Tuned, Volume};
 use ndarray::{Array2, Array3, Axis};
 
@@ -314,4 +317,48 @@ fn segmentation_with_the_mask_never_leaves_it() {
     assert_eq!(seg.config().intracranial_margin_mm, Some(3.0));
     let summary = masked.intracranial.as_ref().unwrap().summary(volume.voxel_volume_ml());
     assert_eq!((summary.slices_enclosed, summary.slices_hull, summary.slices_empty), (2, 1, 1));
+}
+
+#[test]
+fn a_classifier_trained_on_stripped_cts_sees_its_inputs_stripped() {
+    let volume = phantom_volume();
+    let labels = [true; 4];
+    let ic = intracranial_mask(&volume, DEFAULT_MARGIN_MM).unwrap();
+    let by_hand = strip_outside(&volume, &ic.mask).unwrap();
+    assert!(by_hand.data().iter().any(|&v| v == AIR_HU) && by_hand.data().iter().all(|&v| v < BONE));
+    let stripping = || {
+        let mut model = tiny();
+        model.metadata.skull_strip_mm = Some(DEFAULT_MARGIN_MM);
+        model
+    };
+    let labeler = |model: OnnxModel, margin: Option<f64>| {
+        let o = PseudoOptions {
+            taps: vec![tiny_taps()],
+            intracranial_margin_mm: Tuned::from_option(margin),
+            ..Default::default()
+        };
+        PseudoLabeler::new(&engine(), vec![model], &o).unwrap()
+    };
+    let contract = labeler(stripping(), None);
+    assert_eq!(contract.configs()[0].skull_strip_mm, Some(DEFAULT_MARGIN_MM));
+    let got = contract.label(&volume, Some(&labels)).unwrap();
+    // the same as the plain classifier on a CT stripped beforehand: CAMs, probabilities and the
+    // CRF's mask (the CRF sees the stripped grey image too)
+    let want = labeler(tiny(), None).label(&by_hand, Some(&labels)).unwrap();
+    assert_eq!(got.cams, want.cams);
+    assert_eq!(got.slice_probabilities, want.slice_probabilities);
+    assert_eq!(got.mask, want.mask);
+    // and not what the plain classifier makes of the CT with its skull
+    let unstripped = labeler(tiny(), None).label(&volume, Some(&labels)).unwrap();
+    assert_ne!(got.cams, unstripped.cams);
+    // the stripped copy and its mask are in the memory estimate: 4 + 1 bytes a voxel
+    let voxels = volume.data().len();
+    let plain_bytes = labeler(tiny(), None).buffer_bytes(volume.dims()).unwrap();
+    assert_eq!(contract.buffer_bytes(volume.dims()).unwrap(), plain_bytes + 5 * voxels);
+    // with the intracranial option at the same margin, the mask is the original CT's
+    let both = labeler(stripping(), Some(DEFAULT_MARGIN_MM)).label(&volume, Some(&labels)).unwrap();
+    assert_eq!(both.intracranial.unwrap().mask, ic.mask);
+    // a margin out of range in the metadata is refused when the model is read
+    let e = ichseg::model::ModelMetadata::parse([("ichseg.skull_strip_mm", "60")]).unwrap_err();
+    assert!(e.to_string().contains("ichseg.skull_strip_mm"), "{e}");
 }

@@ -2,6 +2,7 @@
 //! Every key is optional; API and CLI options override what the model says.
 
 use crate::error::{Error, Result};
+use crate::skull::intracranial::{check_margin_mm, MAX_MARGIN_MM};
 use crate::volume::Window;
 use std::collections::BTreeMap;
 
@@ -39,6 +40,11 @@ pub struct ModelMetadata {
     pub window: Option<Window>,
     /// `(mean, std)` applied after windowing.
     pub normalize: Option<(f32, f32)>,
+    /// `ichseg.skull_strip_mm`: the model was trained on CTs with air (-1000 HU) outside the
+    /// intracranial mask eroded by this margin (mm), so its inputs get the same
+    /// ([`crate::skull::intracranial::strip_outside`]). Part of the input contract like the
+    /// window: applied under every preset.
+    pub skull_strip_mm: Option<f64>,
     /// Logit index of the bleed class.
     pub bleed_index: Option<usize>,
     /// `(layer name, tensor name)` pairs, in the order given.
@@ -95,6 +101,11 @@ impl ModelMetadata {
                         return Err(bad("a positive standard deviation"));
                     }
                     m.normalize = Some((mean, std));
+                }
+                "skull_strip_mm" => {
+                    let margin = parse_finite(value).filter(|&mm| check_margin_mm(mm).is_ok());
+                    m.skull_strip_mm =
+                        Some(margin.ok_or_else(|| bad(&format!("a margin in mm, 0 to {MAX_MARGIN_MM}")))?)
                 }
                 "bleed_index" => m.bleed_index = Some(value.parse().map_err(|_| bad("a logit index such as 1"))?),
                 "taps" => {
@@ -168,6 +179,7 @@ mod tests {
             ("ichseg.bleed_index", "1"),
             ("ichseg.taps", "layer1=/l1/Relu_output_0,layer2=/l2/Relu_output_0"),
             ("ichseg.deep_tap", "/l4/Relu_output_0"),
+            ("ichseg.skull_strip_mm", "0"),
             ("producer", "ignored"),
         ])
         .unwrap();
@@ -177,7 +189,8 @@ mod tests {
         assert_eq!(m.window, Some(Window { level: 40.0, width: 80.0 }));
         assert_eq!(m.normalize, Some((0.5, 0.25)));
         assert_eq!(m.taps[1], ("layer2".to_string(), "/l2/Relu_output_0".to_string()));
-        assert_eq!(m.raw.len(), 8);
+        assert_eq!(m.skull_strip_mm, Some(0.0));
+        assert_eq!(m.raw.len(), 9);
         assert_eq!(m.pseudo, PseudoDefaults::default(), "no ichseg.pseudo.* keys: nothing tuned");
     }
 
@@ -212,6 +225,9 @@ mod tests {
             ("ichseg.pseudo.max_hu", "NaN"),
             ("ichseg.pseudo.min_lesion_ml", "-1"),
             ("ichseg.pseudo.intracranial_margin_mm", "wide"),
+            ("ichseg.skull_strip_mm", "-1"),
+            ("ichseg.skull_strip_mm", "off"),
+            ("ichseg.skull_strip_mm", "51"),
         ] {
             let err = ModelMetadata::parse([(k, v)]).unwrap_err().to_string();
             assert!(err.contains(k), "{err}");

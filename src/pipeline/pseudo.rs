@@ -5,6 +5,9 @@
 //! ([`crate::model::onnx_grad`]: logits, tap activations `A_i` and `G_i = d y_bleed / d A_i` in
 //! one pass) and plans it on the engine. [`PseudoLabeler::label`] then, per volume:
 //!
+//! 0. for a classifier whose metadata says it was trained on skull-stripped CTs
+//!    (`ichseg.skull_strip_mm`), puts air outside the intracranial mask, computed once per
+//!    margin on the original CT;
 //! 1. windows and resizes every axial slice to the classifier's input (METHOD.md section 2, the
 //!    same [`crate::preprocess::model_input`] the segmenter uses) and runs the graph in batches;
 //! 2. turns each tap's `(A_i, G_i)` into a CAM at the input size ([`tap_cam`]: SF-CAM by
@@ -15,7 +18,8 @@
 //!    (supplied slice labels replace the prediction), [`sca::scf`] per tap (with SCF off, negative
 //!    slices are still emptied), [`sca::bla`] across taps;
 //! 5. refines every slice that has foreground with the dense CRF ([`crf::refine`]) over the
-//!    slice windowed to grey levels ([`crate::preprocess::window_u8`], first classifier's window).
+//!    slice windowed to grey levels ([`crate::preprocess::window_u8`], first classifier's window
+//!    and, when it has one, its skull-stripped view).
 //!
 //! Taps are listed shallow first: tap 0 is "layer 1" (the one SF-CAM amplifies). Every
 //! classifier must have the same number of taps (BME averages tap `i` across models).
@@ -39,6 +43,7 @@
 //! ```
 
 use super::batching::{for_each_batch, plan_shrinking};
+use super::stripped::ClassifierInputs;
 use super::tail::{TailOptions, TailOutput, TailStep};
 use crate::alloc::try_array3;
 use crate::cam::batch::{batch_maps, f32_view, CamPlace, TapOutputs};
@@ -146,6 +151,9 @@ pub struct ClassifierConfig {
     pub input_cols: usize,
     pub channels: usize,
     pub normalize: Option<(f32, f32)>,
+    /// Air outside the intracranial mask eroded by this margin (mm) before windowing, from
+    /// `ichseg.skull_strip_mm`: how the model was trained ([`crate::skull::intracranial::strip_outside`]).
+    pub skull_strip_mm: Option<f64>,
     pub batch: usize,
 }
 
@@ -263,17 +271,36 @@ impl PseudoLabeler {
         self.classifiers[0].config.taps.len()
     }
 
+    /// The distinct `ichseg.skull_strip_mm` margins of the classifiers.
+    fn strip_margins(&self) -> Vec<f64> {
+        let mut margins: Vec<f64> = Vec::new();
+        for m in self.classifiers.iter().filter_map(|c| c.config.skull_strip_mm) {
+            if !margins.contains(&m) {
+                margins.push(m);
+            }
+        }
+        margins
+    }
+
+    /// The `ichseg.skull_strip_mm` of the first classifier, whose window (and so whose view of
+    /// the CT) the CRF's grey image uses.
+    pub(super) fn crf_strip_mm(&self) -> Option<f64> {
+        self.classifiers[0].config.skull_strip_mm
+    }
+
     /// Bytes of the buffers [`PseudoLabeler::label`] allocates for a volume of `dims` (None: more
     /// than a usize holds): every classifier's map per tap, the fused maps (4 bytes a voxel
-    /// each), the mask and its lesion labelling (1 + 4 bytes a voxel), and the intracranial mask
-    /// when it is on (1 byte a voxel). The networks' weights and
+    /// each), the mask and its lesion labelling (1 + 4 bytes a voxel), the intracranial mask
+    /// when it is on (1 byte a voxel), and a skull-stripped copy and its mask per margin of
+    /// `ichseg.skull_strip_mm` in use (4 + 1 bytes a voxel). The networks' weights and
     /// activations and the CRF's per-slice work are not included: they do not grow with the
     /// number of slices.
     pub fn buffer_bytes(&self, dims: [usize; 3]) -> Option<usize> {
         let voxels = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))?;
         let maps = self.classifiers.iter().map(|c| c.config.taps.len()).sum::<usize>() + self.layer_count();
         let masks = if self.settings.intracranial_margin_mm.value.is_some() { 6 } else { 5 };
-        voxels.checked_mul(maps.checked_mul(4)?.checked_add(masks)?)
+        let stripped = 5 * self.strip_margins().len();
+        voxels.checked_mul(maps.checked_mul(4)?.checked_add(masks + stripped)?)
     }
 
     /// [`PseudoLabeler::new`] with the classifiers loaded from `.onnx` files.
@@ -339,8 +366,12 @@ impl PseudoLabeler {
         let mut slice_probabilities = Vec::with_capacity(self.classifiers.len());
         let mut cam_place = CamPlace::new();
         let mut batch = usize::MAX;
+        let t = Instant::now();
+        let mut inputs = ClassifierInputs::new(volume, self.classifiers.iter().map(|c| c.config.skull_strip_mm))?;
+        timings.preprocess_s += t.elapsed().as_secs_f64();
         for c in &self.classifiers {
-            let (probs, maps, used) = self.run_classifier(c, volume, &mut timings, &mut ticker, &mut cam_place)?;
+            let input = inputs.for_margin(c.config.skull_strip_mm);
+            let (probs, maps, used) = self.run_classifier(c, input, &mut timings, &mut ticker, &mut cam_place)?;
             batch = batch.min(used);
             slice_probabilities.push(probs);
             cams.push(maps);
@@ -353,12 +384,18 @@ impl PseudoLabeler {
             .collect::<Result<Vec<_>>>()?;
         // Fusion is SCF + BLA; the CRF's time runs from there to its own end.
         let (mut fused_at, mut crf_at) = (None, None);
-        let TailOutput { fused, mask, crf_device, intracranial } =
-            self.tail(volume, ensemble, &positive, &self.tail_options(), &mut ticker, &mut |step, _| match step {
+        let TailOutput { fused, mask, crf_device, intracranial } = self.tail(
+            &mut inputs,
+            ensemble,
+            &positive,
+            &self.tail_options(),
+            &mut ticker,
+            &mut |step, _| match step {
                 TailStep::Bla => fused_at = Some(Instant::now()),
                 TailStep::Crf => crf_at = Some(Instant::now()),
                 _ => {}
-            })?;
+            },
+        )?;
         if let Some(f) = fused_at {
             timings.fusion_s = (f - t).as_secs_f64();
             timings.crf_s = crf_at.map_or(0.0, |c| (c - f).as_secs_f64());
@@ -709,6 +746,7 @@ impl Classifier {
                 input_cols: cols,
                 channels,
                 normalize: spec.normalize,
+                skull_strip_mm: meta.skull_strip_mm,
                 batch: fixed_batch.unwrap_or(options.batch),
             },
             graph: graph_model,

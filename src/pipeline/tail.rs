@@ -7,12 +7,13 @@
 //! here only.
 
 use super::pseudo::{bone_cut, PseudoLabeler, Ticker};
+use super::stripped::ClassifierInputs;
 use crate::crf::CrfParams;
 use crate::error::{Error, Result};
 use crate::lesions::{check_min_lesion_ml, remove_small_lesions};
 use crate::pipeline::options::check_threshold;
 use crate::sca::{self, Aggregate, ScfParams};
-use crate::skull::intracranial::{check_margin_mm, intracranial_mask, zero_outside, IntracranialMask};
+use crate::skull::intracranial::{check_margin_mm, zero_outside, IntracranialMask};
 use crate::volume::Volume;
 use ndarray::{Array3, ArrayView3};
 
@@ -94,18 +95,21 @@ impl PseudoLabeler {
     ) -> Result<TailOutput> {
         options.check()?;
         let mut ticker = Ticker { done: 0, total: volume.num_slices(), progress: &mut |_| true };
-        self.tail(volume, ensemble, positive, options, &mut ticker, observe)
+        let mut inputs = ClassifierInputs::new(volume, [self.crf_strip_mm()])?;
+        self.tail(&mut inputs, ensemble, positive, options, &mut ticker, observe)
     }
 
+    /// The tail on the original CT of `inputs`; the CRF sees the first classifier's view of it.
     pub(super) fn tail(
         &self,
-        volume: &Volume,
+        inputs: &mut ClassifierInputs,
         ensemble: Vec<Array3<f32>>,
         positive: &[bool],
         options: &TailOptions,
         ticker: &mut Ticker,
         observe: &mut dyn FnMut(TailStep, &Array3<u8>),
     ) -> Result<TailOutput> {
+        let volume = inputs.original();
         if let Some(e) = ensemble.iter().find(|e| e.dim() != volume.data().dim()) {
             return Err(Error::arg(format!(
                 "the maps are {:?} but the volume is {:?} ([nz, ny, nx])",
@@ -114,7 +118,7 @@ impl PseudoLabeler {
             )));
         }
         let scf = options.scf.unwrap_or(ScfParams { c: 0, w: 0.0 });
-        let intracranial = options.intracranial_margin_mm.map(|m| intracranial_mask(volume, m)).transpose()?;
+        let intracranial = options.intracranial_margin_mm.map(|m| inputs.take_mask(m)).transpose()?;
         // Each ensemble map is freed as soon as it is fused: one set of maps alive, not two.
         let mut fused = ensemble.into_iter().map(|e| sca::scf(e.view(), positive, &scf)).collect::<Result<Vec<_>>>()?;
         if let Some(ic) = &intracranial {
@@ -127,7 +131,7 @@ impl PseudoLabeler {
         observe(TailStep::Bla, &mask);
         let mut crf_device = "cpu";
         if let Some(params) = &options.crf {
-            crf_device = self.refine(volume, &mut mask, params, ticker)?;
+            crf_device = self.refine(inputs.for_margin(self.crf_strip_mm()), &mut mask, params, ticker)?;
             if let Some(ic) = &intracranial {
                 zero_outside(&mut mask, &ic.mask)?;
             }

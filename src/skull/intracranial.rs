@@ -24,7 +24,7 @@
 //! mask: slices above the head or below the skull are not invented into brain.
 
 use super::is_bone;
-use crate::alloc::try_array3;
+use crate::alloc::{try_array3, try_map3};
 use crate::error::{Error, Result};
 use crate::volume::Volume;
 use ndarray::{Array2, Array3, ArrayView2, Axis};
@@ -121,6 +121,11 @@ pub fn intracranial_mask(volume: &Volume, margin_mm: f64) -> Result<Intracranial
 
 /// Zeroes every element of `values` outside `mask` (same shape; checked).
 pub fn zero_outside<T: Copy + Default>(values: &mut Array3<T>, mask: &Array3<u8>) -> Result<()> {
+    fill_outside(values, mask, T::default())
+}
+
+/// Sets every element of `values` outside `mask` to `fill` (same shape; checked).
+pub fn fill_outside<T: Copy>(values: &mut Array3<T>, mask: &Array3<u8>, fill: T) -> Result<()> {
     if values.dim() != mask.dim() {
         return Err(Error::arg(format!(
             "intracranial mask is {:?} but the array is {:?} ([nz, ny, nx])",
@@ -130,10 +135,21 @@ pub fn zero_outside<T: Copy + Default>(values: &mut Array3<T>, mask: &Array3<u8>
     }
     ndarray::Zip::from(values).and(mask).for_each(|v, &m| {
         if m == 0 {
-            *v = T::default();
+            *v = fill;
         }
     });
     Ok(())
+}
+
+/// What a skull-stripped CT holds outside the intracranial mask: air, as around the head.
+pub const AIR_HU: f32 = -1000.0;
+
+/// A copy of `volume` with air ([`AIR_HU`]) outside `mask`: what a classifier trained on
+/// skull-stripped CTs (`ichseg.skull_strip_mm`) sees, and what `ichseg skull-strip` writes.
+pub fn strip_outside(volume: &Volume, mask: &Array3<u8>) -> Result<Volume> {
+    let mut hu = try_map3(volume.data(), "the skull-stripped volume", |&v| v)?;
+    fill_outside(&mut hu, mask, AIR_HU)?;
+    Ok(Volume::from_array(hu, volume.spacing(), Some(volume.affine()))?.with_oriented(volume.oriented()))
 }
 
 /// One slice's mask (`[ny, nx]`, HU) and how it was found; `spacing` is `[sx, sy]` in mm.
@@ -393,5 +409,21 @@ mod tests {
             let e = check_margin_mm(bad).unwrap_err();
             assert!(e.to_string().contains("intracranial margin"), "{e}");
         }
+    }
+
+    #[test]
+    fn strip_puts_air_outside_the_mask_and_keeps_the_geometry() {
+        let hu = Array3::from_shape_fn((2, 3, 4), |(z, y, x)| (z * 100 + y * 10 + x) as f32);
+        let affine = [[-0.5, 0.0, 0.0, 10.0], [0.0, 0.5, 0.0, -3.0], [0.0, 0.0, 2.0, 1.0], [0.0, 0.0, 0.0, 1.0]];
+        let volume = Volume::from_array(hu, [0.5, 0.5, 2.0], Some(affine)).unwrap();
+        let mask = Array3::from_shape_fn((2, 3, 4), |(_, y, x)| u8::from(y == 1 && x > 0));
+        let stripped = strip_outside(&volume, &mask).unwrap();
+        assert_eq!((stripped.spacing(), stripped.affine(), stripped.oriented()), ([0.5, 0.5, 2.0], affine, true));
+        for ((z, y, x), &v) in stripped.data().indexed_iter() {
+            let want = if mask[[z, y, x]] == 1 { volume.data()[[z, y, x]] } else { AIR_HU };
+            assert_eq!(v, want, "({z}, {y}, {x})");
+        }
+        let e = strip_outside(&volume, &Array3::zeros((2, 3, 3))).unwrap_err();
+        assert!(e.to_string().contains("intracranial mask is [2, 3, 3]"), "{e}");
     }
 }
