@@ -1,4 +1,4 @@
-//! `ichseg`: the command-line face of libichseg (segment, pseudo-label, ablate, eval, inspect, cam-graph, demo).
+//! `ichseg`: the command-line face of libichseg (segment, pseudo-label, ablate, eval, inspect, cam-graph, demo, doctor, skull-strip).
 
 mod ablate;
 mod demo;
@@ -8,6 +8,7 @@ mod input;
 mod overlay;
 mod pseudo;
 mod shard;
+mod strip;
 
 use clap::{Args, Parser, Subcommand};
 use ichseg::alloc::MemoryLimit;
@@ -53,6 +54,9 @@ enum Command {
     /// Report the CUDA stack (driver, runtime, cuDNN, NVRTC, cuBLAS, devices) and the device
     /// `--device auto` would choose.
     Doctor(doctor::DoctorArgs),
+    /// Write CTs with air outside the intracranial mask: the inputs of classifiers trained on
+    /// skull-stripped CTs (ichseg.skull_strip_mm), one volume or a BCIHM-layout dataset.
+    SkullStrip(strip::SkullStripArgs),
 }
 
 /// Settings shared by every command that runs a network.
@@ -259,6 +263,7 @@ fn main() -> ExitCode {
         Command::CamGraph(a) => cam_graph(&a),
         Command::Demo(a) => demo::run(&a.out, &a.run),
         Command::Doctor(a) => doctor::run(&a),
+        Command::SkullStrip(a) => strip::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

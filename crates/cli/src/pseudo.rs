@@ -283,13 +283,14 @@ fn print_summary(input: &Path, labeler: &PseudoLabeler, r: &PseudoLabel, labelle
     println!("input     {} ({nx}x{ny}x{nz} voxels)", input.display());
     for c in labeler.configs() {
         println!(
-            "model     {} (input {}x{}x{}, window {}/{}, taps {})",
+            "model     {} (input {}x{}x{}, window {}/{}{}, taps {})",
             c.name,
             c.channels,
             c.input_rows,
             c.input_cols,
             c.window_level,
             c.window_width,
+            c.skull_strip_mm.map_or(String::new(), |m| format!(", air outside the skull (margin {m} mm)")),
             c.layers.join(", ")
         );
     }
