@@ -157,8 +157,11 @@ def find_taps(arch: str, model: nn.Module, proto) -> Tuple[Dict[str, str], str]:
 
 
 def classifier_metadata(input_size, taps: Dict[str, str], deep_tap: str, window=(50, 130),
-                        bleed_index: int = 1, trained_on: Optional[str] = None, arch: Optional[str] = None) -> dict:
-    """The METHOD.md section 8 ``ichseg.*`` keys for a classifier (3 channels)."""
+                        bleed_index: int = 1, trained_on: Optional[str] = None, arch: Optional[str] = None,
+                        skull_strip_mm: Optional[float] = None) -> dict:
+    """The METHOD.md section 8 ``ichseg.*`` keys for a classifier (3 channels). ``skull_strip_mm``:
+    the model was trained on CTs with air outside the intracranial mask at this margin
+    (``ichseg skull-strip --margin-mm``), which the library then applies to its inputs."""
     from .unet import _num
 
     meta = {
@@ -174,10 +177,14 @@ def classifier_metadata(input_size, taps: Dict[str, str], deep_tap: str, window=
         meta["ichseg.trained_on"] = trained_on
     if arch:
         meta["ichseg.arch"] = arch
+    if skull_strip_mm is not None:
+        if not 0 <= skull_strip_mm <= 50:
+            raise ValueError(f"skull_strip_mm must be a margin in mm, 0 to 50, got {skull_strip_mm}")
+        meta["ichseg.skull_strip_mm"] = _num(skull_strip_mm)
     return meta
 
 
-def export(model: nn.Module, arch: str, path, input_size, window=(50, 130), trained_on=None):
+def export(model: nn.Module, arch: str, path, input_size, window=(50, 130), trained_on=None, skull_strip_mm=None):
     """Exports to ONNX with the classifier metadata and taps; returns (proto, metadata)."""
     import onnx
 
@@ -185,7 +192,7 @@ def export(model: nn.Module, arch: str, path, input_size, window=(50, 130), trai
 
     tmp = export_onnx(model, path, input_size, 3, {})  # first pass: find the tap tensor names
     taps, deep = find_taps(arch, model, tmp)
-    meta = classifier_metadata(input_size, taps, deep, window, 1, trained_on, arch)
+    meta = classifier_metadata(input_size, taps, deep, window, 1, trained_on, arch, skull_strip_mm)
     del tmp.metadata_props[:]
     for key in sorted(meta):
         e = tmp.metadata_props.add()

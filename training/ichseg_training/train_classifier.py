@@ -64,7 +64,13 @@ def parse_args(argv=None):
     ap.add_argument("--ckpt-dir", default=None)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--trained-on", default=None, help="free text for ichseg.trained_on")
-    return ap.parse_args(argv)
+    ap.add_argument("--skull-strip-mm", type=float, default=None, metavar="MM",
+                    help="the data were made by `ichseg skull-strip --margin-mm MM`: write ichseg.skull_strip_mm, "
+                         "so that the library strips the model's inputs the same way")
+    args = ap.parse_args(argv)
+    if args.skull_strip_mm is not None and not 0 <= args.skull_strip_mm <= 50:
+        ap.error(f"--skull-strip-mm must be a margin in mm, 0 to 50, got {args.skull_strip_mm}")
+    return args
 
 
 def final_linear(model):
@@ -221,7 +227,8 @@ def main(argv=None):
             final_linear(model).bias[1] += shift
     trained_on = args.trained_on or (f"{args.layout} {pathlib.Path(args.data).name}, "
                                      f"{len(train_p)} training volumes (seed {args.seed})")
-    _, meta = classifiers.export(model, args.arch, out, size, trained_on=trained_on)
+    _, meta = classifiers.export(model, args.arch, out, size, trained_on=trained_on,
+                                 skull_strip_mm=args.skull_strip_mm)
     val_scores = None
     if val is not None:
         prob, _ = predict(model, val.images, torch.device("cpu"))

@@ -56,7 +56,8 @@ def test_train_classifier_one_epoch(tiny, arch):
     ckpt = tiny / f"{arch}.ckpt"
     train_classifier.main(["--data", str(tiny / "data"), "--split", str(tiny / "split.json"), "--arch", arch,
                            "--width", "4", "--size", str(SIZE), "--epochs", "1", "--batch", "16",
-                           "--seed", "3", "--threads", "1", "--out", str(out), "--ckpt-dir", str(ckpt)])
+                           "--seed", "3", "--threads", "1", "--out", str(out), "--ckpt-dir", str(ckpt)]
+                          + (["--skull-strip-mm", "1.5"] if arch == "slim50" else []))
     model = onnx.load(str(out))
     onnx.checker.check_model(model)
     meta = _meta(model)
@@ -64,6 +65,8 @@ def test_train_classifier_one_epoch(tiny, arch):
     assert meta["ichseg.input_size"] == f"{SIZE}x{SIZE}"
     assert meta["ichseg.channels"] == "3" and meta["ichseg.window"] == "50,130"
     assert meta["ichseg.bleed_index"] == "1" and meta["ichseg.arch"] == arch
+    # the input contract of classifiers trained on `ichseg skull-strip` data
+    assert meta.get("ichseg.skull_strip_mm") == ("1.5" if arch == "slim50" else None)
     taps = dict(kv.split("=", 1) for kv in meta["ichseg.taps"].split(","))
     assert sorted(taps) == ["layer1", "layer2"]
     relu = "relu_1" if arch == "slim34" else "relu_2"  # last Relu of a BasicBlock / Bottleneck
@@ -94,6 +97,15 @@ def test_train_classifier_one_epoch(tiny, arch):
     assert ev["accuracy"] == pytest.approx(rec["val_scores"]["accuracy"])
     if not np.isnan(ev["auc"]):
         assert ev["auc"] == pytest.approx(rec["val_scores"]["auc"], abs=1e-6)
+
+
+def test_a_skull_strip_margin_out_of_range_stops_before_training(tiny):
+    with pytest.raises(SystemExit):
+        train_classifier.main(["--data", str(tiny / "data"), "--arch", "slim34", "--skull-strip-mm", "-2",
+                               "--out", str(tiny / "never.onnx")])
+    assert not (tiny / "never.onnx").exists()
+    with pytest.raises(ValueError, match="skull_strip_mm"):
+        CL.classifier_metadata((64, 64), {"layer1": "a"}, "d", skull_strip_mm=51)
 
 
 @pytest.mark.parametrize("arch", ["resnet34", "densenet121", "vgg16"])
