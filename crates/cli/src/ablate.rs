@@ -17,9 +17,9 @@
 //! 9. with `--min-lesion-ml`: + the small-lesion filter of `ichseg pseudo-label --min-lesion-ml`
 //!    (not in the paper);
 //! 10. with `--intracranial-margin-mm`: rows 6-7 again with the intracranial mask of
-//!    `ichseg pseudo-label --intracranial-mask` applied before BLA and the CRF (not in the
-//!    paper; the candidate replacement for the bone cut), then its small-lesion filter when
-//!    `--min-lesion-ml` is given.
+//!     `ichseg pseudo-label --intracranial-mask` applied before BLA and the CRF (not in the
+//!     paper; the candidate replacement for the bone cut), then its small-lesion filter when
+//!     `--min-lesion-ml` is given.
 //!
 //! "Before BLA" (rows 3-5) is a single tap layer; which one is our choice (the paper does not
 //! say): `--single-tap`, default the deepest of the taps (layer2), the less noisy one.
