@@ -274,6 +274,8 @@ typedef struct IchsegModel IchsegModel;
 /**
  * Classifiers prepared for pseudo-labelling (their gradient graphs planned on an engine).
  * Create with ichseg_pseudo_labeler_create(), free with ichseg_pseudo_labeler_free().
+ * A classifier whose ichseg.skull_strip_mm metadata says it was trained on skull-stripped CTs
+ * gets its inputs stripped the same way (docs/INTRACRANIAL.md).
  */
 typedef struct IchsegPseudoLabeler IchsegPseudoLabeler;
 

@@ -225,6 +225,17 @@ def run_lanes(lanes):
         raise SystemExit(f"failed: {errors[0]}")
 
 
+def strip_dataset(steps, exe, data, out, margin_mm, logs, resume, name="skull-strip"):
+    """``ichseg skull-strip --dataset``: ``data`` with air outside the intracranial mask, into
+    ``out``; returns ``out``. With ``resume`` the scans already there are kept, else ``out`` is
+    made afresh (scans of earlier phantoms must not be reused)."""
+    if not resume:
+        shutil.rmtree(out, ignore_errors=True)
+    run_step(steps, name, [exe, "skull-strip", "--dataset", data, "-o", out, "--margin-mm", margin_mm, "--quiet"],
+             logs)
+    return out
+
+
 def py(module, *args):
     return [sys.executable, "-m", module, *args]
 
@@ -242,11 +253,16 @@ def main(argv=None):
                     help="variation profile of the training phantoms (docs/PHANTOMS.md)")
     ap.add_argument("--shifted-count", type=int, default=None,
                     help=f"volumes of the held-out shifted family (default {SHIFTED_COUNT}; 0: none)")
+    ap.add_argument("--skull-strip-mm", type=float, default=None, metavar="MM",
+                    help="train the classifiers on skull-stripped phantoms (`ichseg skull-strip --margin-mm MM`); "
+                         "they carry ichseg.skull_strip_mm, so the library strips their inputs itself")
     ap.add_argument("--skip-existing", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="tiny data, one epoch each: a pipeline check")
     ap.add_argument("--report-only", action="store_true",
                     help="only rewrite MODELS.md from --work/ship.json and the run records")
     a = ap.parse_args(argv)
+    if a.skull_strip_mm is not None and not 0 <= a.skull_strip_mm <= 50:
+        ap.error(f"--skull-strip-mm must be a margin in mm, 0 to 50, got {a.skull_strip_mm}")
     # the command as recorded, with the work folder absolute (MODELS.md shows it as $DATA)
     argv_shown = work_argv(sys.argv[1:] if argv is None else list(argv), a.work)
     if a.report_only:
@@ -295,14 +311,22 @@ def main(argv=None):
 
     trained_on = (f"ichseg phantoms (seed {a.seed}, {PHANTOM_SIZE}x{PHANTOM_SIZE}"
                   + (f", profile {a.profile}" if a.profile != "standard" else "") + "), training split")
+    # What the classifiers train and are scored on: the phantoms, or their skull-stripped copy
+    # (ablate and pseudo-label read the phantoms: the library strips for such classifiers).
+    classifier_data, strip_args, classifier_trained_on = data, [], trained_on
+    if a.skull_strip_mm is not None:
+        classifier_data = strip_dataset(steps, exe, data, work / "stripped", a.skull_strip_mm, logs,
+                                        a.skip_existing)
+        strip_args = ["--skull-strip-mm", a.skull_strip_mm]
+        classifier_trained_on = trained_on + f", air outside the intracranial mask (margin {a.skull_strip_mm:g} mm)"
     lanes = []
     for fname, arch, width, epochs in CLASSIFIERS:
         out = models / fname
         if a.skip_existing and C.record_path(out).exists():
             continue
-        cmd = py("ichseg_training.train_classifier", "--data", data, "--split", split, "--arch", arch,
+        cmd = py("ichseg_training.train_classifier", "--data", classifier_data, "--split", split, "--arch", arch,
                  "--width", width, "--size", INPUT_SIZE, "--epochs", epochs, *CLASSIFIER_ARGS, "--seed", a.seed,
-                 "--out", out, "--ckpt-dir", work / "ckpt" / arch, "--trained-on", trained_on)
+                 *strip_args, "--out", out, "--ckpt-dir", work / "ckpt" / arch, "--trained-on", classifier_trained_on)
         lanes.append([lambda n=f"train {arch}", c=cmd: run_step(steps, n, c, logs)])
     unet_out = models / UNET_FILE
     if not (a.skip_existing and C.record_path(unet_out).exists()):
@@ -319,7 +343,7 @@ def main(argv=None):
     for fname, arch, *_ in CLASSIFIERS:
         js = work / "eval" / f"{arch}_test.json"
         run_step(steps, f"eval {arch}", py("ichseg_training.evaluate", "classifier", "--model", models / fname,
-                                           "--data", data, "--split", split, "--subset", "test", "--json", js), logs)
+                                           "--data", classifier_data, "--split", split, "--subset", "test", "--json", js), logs)
         scores[arch] = json.loads(js.read_text())
     def eval_unet(key, model, pred, subsets=("test", "val"), on=(data, split), tag=""):
         """Scores ``model`` on the ``subsets`` of dataset and split ``on`` with ``ichseg segment`` +
@@ -383,10 +407,13 @@ def main(argv=None):
         run_step(steps, "shifted split", py("ichseg_training.datasets", "split", "--layout", "bcihm", "--root",
                                             shifted, "--seed", SHIFTED_SEED, "--fractions", 0, 0, 1,
                                             "--out", shifted_split), logs)
+        shifted_for_classifiers = shifted if a.skull_strip_mm is None else strip_dataset(
+            steps, exe, shifted, work / "shifted_stripped", a.skull_strip_mm, logs, a.skip_existing,
+            "skull-strip shifted")
         for fname, arch, *_ in CLASSIFIERS:
             js = work / "eval" / f"{arch}_shifted.json"
             run_step(steps, f"eval {arch} shifted", py(
-                "ichseg_training.evaluate", "classifier", "--model", models / fname, "--data", shifted,
+                "ichseg_training.evaluate", "classifier", "--model", models / fname, "--data", shifted_for_classifiers,
                 "--split", shifted_split, "--subset", "test", "--json", js), logs)
             scores[f"{arch}_shifted"] = json.loads(js.read_text())
         scores["ablation_shifted"] = json.loads(run_step(
@@ -406,6 +433,7 @@ def main(argv=None):
     portable_records(models, str(work), exe)
     records = read_records(models)
     doc = {"seed": a.seed, "count": a.count, "jobs": a.jobs, "phantom_size": PHANTOM_SIZE, "profile": a.profile,
+           "skull_strip_mm": a.skull_strip_mm,
            "shifted": {"seed": SHIFTED_SEED, "count": a.shifted_count} if a.shifted_count > 0 else None,
            "input_size": INPUT_SIZE, "work": str(work), "ichseg": exe, "machine": C.machine_description(),
            "nice": os.nice(0),

@@ -231,6 +231,32 @@ def test_ship_smoke_makes_both_unets(tmp_path):
     assert "This run reused (`--skip-existing`)" in (models / "MODELS.md").read_text()
 
 
+def test_ship_smoke_with_skull_stripped_classifiers(tmp_path):
+    """`ship --smoke --skull-strip-mm 0`: the classifiers train and are scored on a stripped copy
+    and carry the contract; pseudo-labelling and the ablation read the phantoms themselves."""
+    exe = pathlib.Path(__file__).resolve().parents[2] / "target" / "release" / "ichseg"
+    if not exe.is_file():
+        pytest.skip("no ichseg binary in target/release (cargo build --release)")
+    from ichseg_training import ship
+    work, models = tmp_path / "work", tmp_path / "models"
+    args = ["--work", str(work), "--models", str(models), "--smoke", "--ichseg", str(exe), "--skull-strip-mm", "0"]
+    assert ship.main(args) == 0
+    doc = json.loads((work / "ship.json").read_text())
+    assert doc["skull_strip_mm"] == 0
+    steps = {s["step"]: s["command"] for s in doc["steps"]}
+    assert "skull-strip --dataset $DATA/phantoms -o $DATA/stripped" in steps["skull-strip"].replace(str(work), "$DATA")
+    assert "skull-strip shifted" in steps
+    train = steps["train slim34"].replace(str(work), "$DATA")
+    assert "--data $DATA/stripped" in train and "--skull-strip-mm 0" in train
+    assert "--dataset " + str(work / "phantoms") in steps["pseudo-label"]
+    assert str(work / "shifted_stripped") in steps["eval slim50 shifted"]
+    for f, *_ in ship.CLASSIFIERS:
+        meta = _meta(onnx.load(str(models / f)))
+        assert meta["ichseg.skull_strip_mm"] == "0" and "intracranial mask" in meta["ichseg.trained_on"]
+    with pytest.raises(SystemExit):
+        ship.main(["--work", str(work), "--models", str(models), "--smoke", "--skull-strip-mm", "-1"])
+
+
 def test_memory_format_avoids_the_channels_last_crash():
     """slim34 width 8 has a stride-2 1x1 convolution on 8 channels (layer2's downsample): its
     channels-last CPU backward crashes PyTorch from 46x46 maps, so input 192 (48x48) trains in
