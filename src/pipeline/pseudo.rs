@@ -272,7 +272,7 @@ impl PseudoLabeler {
     }
 
     /// The distinct `ichseg.skull_strip_mm` margins of the classifiers.
-    fn strip_margins(&self) -> Vec<f64> {
+    pub(super) fn strip_margins(&self) -> Vec<f64> {
         let mut margins: Vec<f64> = Vec::new();
         for m in self.classifiers.iter().filter_map(|c| c.config.skull_strip_mm) {
             if !margins.contains(&m) {
@@ -367,7 +367,7 @@ impl PseudoLabeler {
         let mut cam_place = CamPlace::new();
         let mut batch = usize::MAX;
         let t = Instant::now();
-        let mut inputs = ClassifierInputs::new(volume, self.classifiers.iter().map(|c| c.config.skull_strip_mm))?;
+        let mut inputs = ClassifierInputs::new(volume, &self.strip_margins())?;
         timings.preprocess_s += t.elapsed().as_secs_f64();
         for c in &self.classifiers {
             let input = inputs.for_margin(c.config.skull_strip_mm);

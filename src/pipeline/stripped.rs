@@ -15,16 +15,16 @@ pub(super) struct ClassifierInputs<'a> {
 }
 
 impl<'a> ClassifierInputs<'a> {
-    /// Strips `original` once per distinct margin of `margins` (`None`: the CT as it is).
-    pub(super) fn new(original: &'a Volume, margins: impl IntoIterator<Item = Option<f64>>) -> Result<Self> {
-        let mut stripped: Vec<(f64, Option<IntracranialMask>, Volume)> = Vec::new();
-        for margin in margins.into_iter().flatten() {
-            if stripped.iter().all(|(m, _, _)| *m != margin) {
+    /// Strips `original` once per margin of `margins` (given distinct).
+    pub(super) fn new(original: &'a Volume, margins: &[f64]) -> Result<Self> {
+        let stripped = margins
+            .iter()
+            .map(|&margin| {
                 let mask = intracranial_mask(original, margin)?;
                 let volume = strip_outside(original, &mask.mask)?;
-                stripped.push((margin, Some(mask), volume));
-            }
-        }
+                Ok((margin, Some(mask), volume))
+            })
+            .collect::<Result<_>>()?;
         Ok(ClassifierInputs { original, stripped })
     }
 

@@ -95,7 +95,7 @@ impl PseudoLabeler {
     ) -> Result<TailOutput> {
         options.check()?;
         let mut ticker = Ticker { done: 0, total: volume.num_slices(), progress: &mut |_| true };
-        let mut inputs = ClassifierInputs::new(volume, [self.crf_strip_mm()])?;
+        let mut inputs = ClassifierInputs::new(volume, self.crf_strip_mm().as_slice())?;
         self.tail(&mut inputs, ensemble, positive, options, &mut ticker, observe)
     }
 
