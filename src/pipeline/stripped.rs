@@ -4,7 +4,7 @@
 //! the tail when its intracranial option uses the same margin.
 
 use crate::error::Result;
-use crate::skull::intracranial::{intracranial_mask, strip_outside, IntracranialMask};
+use crate::skull::intracranial::{intracranial_mask, skull_strip, IntracranialMask};
 use crate::volume::Volume;
 
 /// The original volume and one stripped copy per margin in use.
@@ -19,11 +19,7 @@ impl<'a> ClassifierInputs<'a> {
     pub(super) fn new(original: &'a Volume, margins: &[f64]) -> Result<Self> {
         let stripped = margins
             .iter()
-            .map(|&margin| {
-                let mask = intracranial_mask(original, margin)?;
-                let volume = strip_outside(original, &mask.mask)?;
-                Ok((margin, Some(mask), volume))
-            })
+            .map(|&margin| skull_strip(original, margin).map(|(mask, volume)| (margin, Some(mask), volume)))
             .collect::<Result<_>>()?;
         Ok(ClassifierInputs { original, stripped })
     }

@@ -144,6 +144,14 @@ pub fn fill_outside<T: Copy>(values: &mut Array3<T>, mask: &Array3<u8>, fill: T)
 /// What a skull-stripped CT holds outside the intracranial mask: air, as around the head.
 pub const AIR_HU: f32 = -1000.0;
 
+/// `volume`'s intracranial mask at `margin_mm` and the copy of `volume` stripped to it
+/// ([`strip_outside`]).
+pub fn skull_strip(volume: &Volume, margin_mm: f64) -> Result<(IntracranialMask, Volume)> {
+    let mask = intracranial_mask(volume, margin_mm)?;
+    let stripped = strip_outside(volume, &mask.mask)?;
+    Ok((mask, stripped))
+}
+
 /// A copy of `volume` with air ([`AIR_HU`]) outside `mask`: what a classifier trained on
 /// skull-stripped CTs (`ichseg.skull_strip_mm`) sees, and what `ichseg skull-strip` writes.
 pub fn strip_outside(volume: &Volume, mask: &Array3<u8>) -> Result<Volume> {

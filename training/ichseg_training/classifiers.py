@@ -178,8 +178,9 @@ def classifier_metadata(input_size, taps: Dict[str, str], deep_tap: str, window=
     if arch:
         meta["ichseg.arch"] = arch
     if skull_strip_mm is not None:
-        if not 0 <= skull_strip_mm <= 50:
-            raise ValueError(f"skull_strip_mm must be a margin in mm, 0 to 50, got {skull_strip_mm}")
+        from .common import check_skull_strip_mm
+
+        check_skull_strip_mm(skull_strip_mm)
         meta["ichseg.skull_strip_mm"] = _num(skull_strip_mm)
     return meta
 

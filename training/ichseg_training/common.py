@@ -46,6 +46,16 @@ class SliceSet:
         return len(self.labels)
 
 
+#: The largest intracranial-mask margin the library accepts (skull::intracranial::MAX_MARGIN_MM).
+MAX_MARGIN_MM = 50.0
+
+
+def check_skull_strip_mm(mm) -> None:
+    """Raises ValueError unless ``mm`` is a margin ``ichseg skull-strip`` and the library accept."""
+    if not 0 <= mm <= MAX_MARGIN_MM:
+        raise ValueError(f"skull_strip_mm must be a margin in mm, 0 to {MAX_MARGIN_MM:g}, got {mm}")
+
+
 def parse_size(text) -> tuple:
     """"160" or "160x160" (rows x cols) -> (rows, cols)."""
     if isinstance(text, (tuple, list)):

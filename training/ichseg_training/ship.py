@@ -261,8 +261,11 @@ def main(argv=None):
     ap.add_argument("--report-only", action="store_true",
                     help="only rewrite MODELS.md from --work/ship.json and the run records")
     a = ap.parse_args(argv)
-    if a.skull_strip_mm is not None and not 0 <= a.skull_strip_mm <= 50:
-        ap.error(f"--skull-strip-mm must be a margin in mm, 0 to 50, got {a.skull_strip_mm}")
+    if a.skull_strip_mm is not None:
+        try:
+            C.check_skull_strip_mm(a.skull_strip_mm)
+        except ValueError as e:
+            ap.error(f"--skull-strip-mm: {e}")
     # the command as recorded, with the work folder absolute (MODELS.md shows it as $DATA)
     argv_shown = work_argv(sys.argv[1:] if argv is None else list(argv), a.work)
     if a.report_only:

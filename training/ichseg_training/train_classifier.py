@@ -68,8 +68,11 @@ def parse_args(argv=None):
                     help="the data were made by `ichseg skull-strip --margin-mm MM`: write ichseg.skull_strip_mm, "
                          "so that the library strips the model's inputs the same way")
     args = ap.parse_args(argv)
-    if args.skull_strip_mm is not None and not 0 <= args.skull_strip_mm <= 50:
-        ap.error(f"--skull-strip-mm must be a margin in mm, 0 to 50, got {args.skull_strip_mm}")
+    if args.skull_strip_mm is not None:
+        try:
+            C.check_skull_strip_mm(args.skull_strip_mm)
+        except ValueError as e:
+            ap.error(f"--skull-strip-mm: {e}")
     return args
 
 

@@ -9,7 +9,7 @@ use super::pseudo::{dataset_scans, volume_stem};
 use clap::Args;
 use ichseg::alloc::MemoryLimit;
 use ichseg::io::nifti;
-use ichseg::skull::intracranial::{check_margin_mm, intracranial_mask, strip_outside};
+use ichseg::skull::intracranial::{check_margin_mm, skull_strip};
 use ichseg::{Error, Result, Volume};
 use std::path::{Path, PathBuf};
 
@@ -60,8 +60,7 @@ pub fn run(a: &SkullStripArgs) -> Result<()> {
 
 /// Writes `volume` stripped to `out`; returns the percentage of voxels inside the mask.
 fn strip_one(volume: &Volume, margin_mm: f64, out: &Path, header: &nifti::NiftiHeader) -> Result<f64> {
-    let mask = intracranial_mask(volume, margin_mm)?;
-    let stripped = strip_outside(volume, &mask.mask)?;
+    let (mask, stripped) = skull_strip(volume, margin_mm)?;
     nifti::write_volume(out, header, &stripped)?;
     let inside = mask.mask.iter().filter(|&&m| m != 0).count();
     Ok(100.0 * inside as f64 / mask.mask.len().max(1) as f64)
