@@ -1,5 +1,5 @@
 /*
- * libichseg C ABI, version 4 (ICHSEG_ABI_VERSION).
+ * libichseg C ABI (its version: ICHSEG_ABI_VERSION).
  *
  * Intracerebral-hemorrhage segmentation of CT volumes with ONNX U-Nets.
  *
@@ -59,9 +59,11 @@
  * filter to the classifiers' tuned ichseg.pseudo.* metadata by default (threshold and
  * min_lesion_ml NaN, use_max_hu -1) and adds use_intracranial_mask, intracranial_margin_mm and
  * preset (IchsegPreset); IchsegSegmentOptions v3 adds use_intracranial_mask and
- * intracranial_margin_mm. Version 6: IchsegEngineOptions v4 adds low_memory.
+ * intracranial_margin_mm. Version 6: IchsegEngineOptions v4 adds low_memory. Version 7:
+ * IchsegPseudoOptions v5 adds crf_confidence and crf_bilateral_compat, left to the
+ * classifiers' ichseg.pseudo.* metadata by default (NaN).
  */
-#define ICHSEG_ABI_VERSION 6
+#define ICHSEG_ABI_VERSION 7
 
 /**
  * IchsegLesionFindings.flags bit: the voxel-counted volume is >= 30 mL.
@@ -583,11 +585,23 @@ typedef struct IchsegPseudoOptions {
     double intracranial_margin_mm;
     /**
      * (v4) What the settings left to the classifiers (threshold NaN, use_max_hu -1,
-     * min_lesion_ml NaN, use_intracranial_mask -1) follow: ICHSEG_PRESET_MODEL (the default:
+     * min_lesion_ml NaN, use_intracranial_mask -1, crf_confidence and crf_bilateral_compat NaN)
+     * follow: ICHSEG_PRESET_MODEL (the default:
      * the classifiers' tuned ichseg.pseudo.* metadata where they have it, else METHOD.md's
      * defaults) or ICHSEG_PRESET_PAPER (METHOD.md exactly).
      */
     enum IchsegPreset preset;
+    /**
+     * (v5) The dense CRF unary's label confidence, in (0, 1). NaN (the default; also for older
+     * structs): the classifiers' tuned ichseg.pseudo.crf_confidence (see `preset`), else 0.7.
+     */
+    float crf_confidence;
+    /**
+     * (v5) The dense CRF's bilateral (appearance) Potts weight, finite and > 0. NaN (the
+     * default; also for older structs): the classifiers' ichseg.pseudo.crf_bilateral_compat
+     * (see `preset`), else 10.
+     */
+    float crf_bilateral_compat;
 } IchsegPseudoOptions;
 
 /**
@@ -726,7 +740,7 @@ extern "C" {
 #endif // __cplusplus
 
 /**
- * The C ABI version of the loaded library (6 for this header; see ICHSEG_ABI_VERSION).
+ * The C ABI version of the loaded library (7 for this header; see ICHSEG_ABI_VERSION).
  *
  * Thread-safe; never fails.
  */
@@ -985,8 +999,8 @@ void ichseg_model_free(struct IchsegModel *model);
 
 /**
  * Fills `opts` with the defaults (SF-CAM, SCF on with c 2 and w 0.5, OR aggregation, CRF on,
- * batch 1; threshold, bone cut, small-lesion filter and intracranial mask left to the
- * classifiers' tuned metadata, preset ICHSEG_PRESET_MODEL). Call it through the
+ * batch 1; threshold, bone cut, small-lesion filter, intracranial mask and the CRF's label
+ * confidence and bilateral weight left to the classifiers' tuned metadata, preset ICHSEG_PRESET_MODEL). Call it through the
  * macro ichseg_pseudo_options_init(opts), which passes `size` = sizeof(IchsegPseudoOptions) of
  * the caller's header; see ichseg_engine_options_init_sized(). Does nothing when `opts` is
  * NULL.

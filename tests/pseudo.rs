@@ -346,6 +346,51 @@ fn tuned_settings_come_from_the_classifiers_unless_set_or_the_paper_preset() {
 }
 
 #[test]
+fn the_crf_settings_come_from_the_classifiers_unless_the_caller_sets_them() {
+    let volume = ct();
+    let labels = [true; 4];
+    let label = |models: Vec<OnnxModel>, o: PseudoOptions| {
+        let l = PseudoLabeler::new(&engine(), models, &o).unwrap();
+        let settings = l.settings().clone();
+        (l.label(&volume, Some(&labels)).unwrap().mask, settings)
+    };
+    let (c, w) = (0.55_f32, 40.0_f32);
+    let crf = || {
+        let (c, w) = (c.to_string(), w.to_string());
+        tiny_with(&[("ichseg.pseudo.crf_confidence", &c), ("ichseg.pseudo.crf_bilateral_compat", &w)], "crf.onnx")
+    };
+    let plain = || tiny_with(&[], "plain.onnx");
+    let (default, _) = label(vec![plain()], PseudoOptions::default());
+    let tuned = PseudoOptions {
+        crf: Some(CrfParams { label_confidence: c, bilateral_compat: w, ..Default::default() }),
+        ..Default::default()
+    };
+    // a value changed in `crf` is the caller's
+    let (changed, s) = label(vec![plain()], tuned.clone());
+    assert_ne!(changed, default, "the fixture needs a CRF setting that changes the mask");
+    assert_eq!((s.crf_confidence.value, s.crf_confidence.source.as_str()), (Some(c), "option"));
+
+    // the metadata's settings apply: the same mask, the model named as their source
+    let (from_model, s) = label(vec![crf()], PseudoOptions::default());
+    assert_eq!(from_model, changed);
+    assert_eq!((s.crf_confidence.value, s.crf_confidence.source.as_str()), (Some(c), "model: crf.onnx"));
+    assert_eq!((s.crf_bilateral_compat.value, s.crf_bilateral_compat.source.as_str()), (Some(w), "model: crf.onnx"));
+
+    // METHOD.md's values set explicitly, or the paper preset, win over the metadata
+    let explicit =
+        PseudoOptions { crf_confidence: Tuned::Set(0.7), crf_bilateral_compat: Tuned::Set(10.0), ..Default::default() };
+    let (set, s) = label(vec![crf()], explicit);
+    assert_eq!((set, s.crf_confidence.source.as_str()), (default.clone(), "option"));
+    let (paper, s) = label(vec![crf()], PseudoOptions { preset: Preset::Paper, ..Default::default() });
+    assert_eq!((paper, s.crf_bilateral_compat.source.as_str()), (default, "default"));
+
+    // an explicit value out of range is refused when the labeller is made
+    let bad = PseudoOptions { crf_confidence: Tuned::Set(1.0), ..Default::default() };
+    let err = PseudoLabeler::new(&engine(), vec![plain()], &bad).unwrap_err().to_string();
+    assert!(err.contains("label_confidence must be in (0, 1)"), "{err}");
+}
+
+#[test]
 fn taps_come_from_metadata_and_grad_cam_uses_the_deep_tap() {
     let volume = ct();
     let labels = [true; 4];

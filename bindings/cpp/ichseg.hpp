@@ -223,6 +223,8 @@ struct SegmentOptions {
         o.min_lesion_ml = min_lesion_ml;
         o.use_intracranial_mask = intracranial_mask ? 1 : 0;
         o.intracranial_margin_mm = intracranial_margin_mm;
+        if (crf_confidence) o.crf_confidence = *crf_confidence;
+        if (crf_bilateral_compat) o.crf_bilateral_compat = *crf_bilateral_compat;
         return o;
     }
 };
@@ -517,7 +519,8 @@ struct PseudoLabelerFree {
 /// Options of PseudoLabeler; defaults read from ichseg_pseudo_options_init (SF-CAM, SCF c 2
 /// w 0.5, OR, CRF on, batch 1).
 ///
-/// The tuned settings (threshold, bone cut, small-lesion filter, intracranial mask) left unset
+/// The tuned settings (threshold, bone cut, small-lesion filter, intracranial mask, the CRF's
+/// label confidence and bilateral weight) left unset
 /// follow `preset`: ICHSEG_PRESET_MODEL (the classifiers' tuned ichseg.pseudo.* metadata, else
 /// METHOD.md's defaults) or ICHSEG_PRESET_PAPER (METHOD.md exactly). Set one to override it;
 /// `bone_cut = false` or `intracranial_mask = false` turns a step off whatever the metadata says.
@@ -541,6 +544,10 @@ struct PseudoOptions {
     /// The intracranial mask (not in the paper, docs/INTRACRANIAL.md), eroded by the margin.
     std::optional<bool> intracranial_mask;
     double intracranial_margin_mm = detail::pseudo_defaults().intracranial_margin_mm;
+    /// The dense CRF unary's label confidence, in (0, 1).
+    std::optional<float> crf_confidence;
+    /// The dense CRF's bilateral (appearance) Potts weight, > 0.
+    std::optional<float> crf_bilateral_compat;
 
     IchsegPseudoOptions to_c() const noexcept {
         IchsegPseudoOptions o;
@@ -559,6 +566,8 @@ struct PseudoOptions {
         if (min_lesion_ml) o.min_lesion_ml = *min_lesion_ml;
         if (intracranial_mask) o.use_intracranial_mask = *intracranial_mask ? 1 : 0;
         o.intracranial_margin_mm = intracranial_margin_mm;
+        if (crf_confidence) o.crf_confidence = *crf_confidence;
+        if (crf_bilateral_compat) o.crf_bilateral_compat = *crf_bilateral_compat;
         return o;
     }
 };

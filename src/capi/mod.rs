@@ -59,10 +59,12 @@ use std::ffi::c_char;
 /// filter to the classifiers' tuned ichseg.pseudo.* metadata by default (threshold and
 /// min_lesion_ml NaN, use_max_hu -1) and adds use_intracranial_mask, intracranial_margin_mm and
 /// preset (IchsegPreset); IchsegSegmentOptions v3 adds use_intracranial_mask and
-/// intracranial_margin_mm. Version 6: IchsegEngineOptions v4 adds low_memory.
-pub const ICHSEG_ABI_VERSION: u32 = 6;
+/// intracranial_margin_mm. Version 6: IchsegEngineOptions v4 adds low_memory. Version 7:
+/// IchsegPseudoOptions v5 adds crf_confidence and crf_bilateral_compat, left to the
+/// classifiers' ichseg.pseudo.* metadata by default (NaN).
+pub const ICHSEG_ABI_VERSION: u32 = 7;
 
-/// The C ABI version of the loaded library (6 for this header; see ICHSEG_ABI_VERSION).
+/// The C ABI version of the loaded library (7 for this header; see ICHSEG_ABI_VERSION).
 ///
 /// Thread-safe; never fails.
 #[no_mangle]

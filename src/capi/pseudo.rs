@@ -91,10 +91,18 @@ pub struct IchsegPseudoOptions {
     /// >= 0; default 2.
     pub intracranial_margin_mm: f64,
     /// (v4) What the settings left to the classifiers (threshold NaN, use_max_hu -1,
-    /// min_lesion_ml NaN, use_intracranial_mask -1) follow: ICHSEG_PRESET_MODEL (the default:
+    /// min_lesion_ml NaN, use_intracranial_mask -1, crf_confidence and crf_bilateral_compat NaN)
+    /// follow: ICHSEG_PRESET_MODEL (the default:
     /// the classifiers' tuned ichseg.pseudo.* metadata where they have it, else METHOD.md's
     /// defaults) or ICHSEG_PRESET_PAPER (METHOD.md exactly).
     pub preset: IchsegPreset,
+    /// (v5) The dense CRF unary's label confidence, in (0, 1). NaN (the default; also for older
+    /// structs): the classifiers' tuned ichseg.pseudo.crf_confidence (see `preset`), else 0.7.
+    pub crf_confidence: f32,
+    /// (v5) The dense CRF's bilateral (appearance) Potts weight, finite and > 0. NaN (the
+    /// default; also for older structs): the classifiers' ichseg.pseudo.crf_bilateral_compat
+    /// (see `preset`), else 10.
+    pub crf_bilateral_compat: f32,
 }
 
 /// What pseudo-labelling settings left to the classifiers follow.
@@ -111,14 +119,14 @@ const _: () = assert!(std::mem::size_of::<IchsegPreset>() == std::mem::size_of::
 
 /// The struct before `use_max_hu` and `max_hu`: callers compiled against it still work.
 const PSEUDO_OPTIONS_V1: usize = std::mem::offset_of!(IchsegPseudoOptions, use_max_hu);
-const PSEUDO_OPTIONS_V4: usize = std::mem::size_of::<IchsegPseudoOptions>();
+const PSEUDO_OPTIONS_V5: usize = std::mem::size_of::<IchsegPseudoOptions>();
 
 impl Default for IchsegPseudoOptions {
     fn default() -> Self {
         let d = PseudoOptions::default();
         let scf = ScfParams::default();
         IchsegPseudoOptions {
-            struct_size: PSEUDO_OPTIONS_V4,
+            struct_size: PSEUDO_OPTIONS_V5,
             cam: IchsegCamMethod::Sf,
             threshold: f32::NAN,
             use_scf: 1,
@@ -136,13 +144,15 @@ impl Default for IchsegPseudoOptions {
                 Preset::Model => IchsegPreset::Model,
                 Preset::Paper => IchsegPreset::Paper,
             },
+            crf_confidence: f32::NAN,
+            crf_bilateral_compat: f32::NAN,
         }
     }
 }
 
 /// Fills `opts` with the defaults (SF-CAM, SCF on with c 2 and w 0.5, OR aggregation, CRF on,
-/// batch 1; threshold, bone cut, small-lesion filter and intracranial mask left to the
-/// classifiers' tuned metadata, preset ICHSEG_PRESET_MODEL). Call it through the
+/// batch 1; threshold, bone cut, small-lesion filter, intracranial mask and the CRF's label
+/// confidence and bilateral weight left to the classifiers' tuned metadata, preset ICHSEG_PRESET_MODEL). Call it through the
 /// macro ichseg_pseudo_options_init(opts), which passes `size` = sizeof(IchsegPseudoOptions) of
 /// the caller's header; see ichseg_engine_options_init_sized(). Does nothing when `opts` is
 /// NULL.
@@ -164,6 +174,16 @@ fn tristate<T>(switch: i32, value: T, name: &str) -> FfiResult<Tuned<T>> {
         0 => Ok(Tuned::Off),
         1 => Ok(Tuned::Set(value)),
         other => Err(FfiError::invalid(format!("IchsegPseudoOptions.{name} is {other}, not -1, 0 or 1"))),
+    }
+}
+
+/// A tuned value whose NaN leaves it to the classifiers.
+#[allow(clippy::eq_op)] // only NaN differs from itself
+fn nan_auto<T: PartialEq>(v: T) -> Tuned<T> {
+    if v != v {
+        Tuned::Auto
+    } else {
+        Tuned::Set(v)
     }
 }
 
@@ -218,6 +238,9 @@ unsafe fn read_options(p: *const IchsegPseudoOptions) -> FfiResult<PseudoOptions
                         return Err(FfiError::invalid(format!("IchsegPseudoOptions.preset is {other}, not 0 or 1")))
                     }
                 },
+                crf_confidence: field(p, size, addr_of!((*p).crf_confidence)).unwrap_or(d.crf_confidence),
+                crf_bilateral_compat: field(p, size, addr_of!((*p).crf_bilateral_compat))
+                    .unwrap_or(d.crf_bilateral_compat),
             }
         }
     };
@@ -228,15 +251,17 @@ unsafe fn read_options(p: *const IchsegPseudoOptions) -> FfiResult<PseudoOptions
             IchsegCamMethod::Layer => CamMethod::Layer,
             IchsegCamMethod::Grad => CamMethod::Grad,
         },
-        threshold: if o.threshold.is_nan() { Tuned::Auto } else { Tuned::Set(o.threshold) },
+        threshold: nan_auto(o.threshold),
         scf: (o.use_scf != 0).then_some(ScfParams { c: o.scf_c as usize, w: o.scf_w }),
         aggregate: match o.aggregate {
             IchsegAggregate::Or => Aggregate::Or,
             IchsegAggregate::And => Aggregate::And,
         },
         crf: (o.use_crf != 0).then(CrfParams::default),
+        crf_confidence: nan_auto(o.crf_confidence),
+        crf_bilateral_compat: nan_auto(o.crf_bilateral_compat),
         max_hu: tristate(o.use_max_hu, o.max_hu, "use_max_hu")?,
-        min_lesion_ml: if o.min_lesion_ml.is_nan() { Tuned::Auto } else { Tuned::Set(o.min_lesion_ml) },
+        min_lesion_ml: nan_auto(o.min_lesion_ml),
         intracranial_margin_mm: tristate(o.use_intracranial_mask, o.intracranial_margin_mm, "use_intracranial_mask")?,
         preset: match o.preset {
             IchsegPreset::Model => Preset::Model,

@@ -17,8 +17,10 @@ pub enum ModelKind {
 }
 
 /// The pseudo-labelling settings a classifier was tuned with: `ichseg.pseudo.threshold`,
-/// `ichseg.pseudo.intracranial_margin_mm`, `ichseg.pseudo.max_hu` (a number, or `off`) and
-/// `ichseg.pseudo.min_lesion_ml`. `None`: the model does not say.
+/// `ichseg.pseudo.intracranial_margin_mm`, `ichseg.pseudo.max_hu` (a number, or `off`),
+/// `ichseg.pseudo.min_lesion_ml`, and the dense CRF's `ichseg.pseudo.crf_confidence` (the
+/// unary's label confidence) and `ichseg.pseudo.crf_bilateral_compat` (the appearance kernel's
+/// Potts weight). `None`: the model does not say.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct PseudoDefaults {
     pub threshold: Option<f32>,
@@ -27,6 +29,10 @@ pub struct PseudoDefaults {
     /// `Some(None)`: the model says off.
     pub max_hu: Option<Option<f32>>,
     pub min_lesion_ml: Option<f64>,
+    /// In (0, 1) exclusive.
+    pub crf_confidence: Option<f32>,
+    /// Finite and > 0.
+    pub crf_bilateral_compat: Option<f32>,
 }
 
 /// The parsed `ichseg.*` metadata of a model.
@@ -133,6 +139,14 @@ impl ModelMetadata {
                     let ml = parse_finite(value).filter(|v| *v >= 0.0);
                     m.pseudo.min_lesion_ml = Some(ml.ok_or_else(|| bad("a volume in mL, >= 0"))?)
                 }
+                "pseudo.crf_confidence" => {
+                    let c = parse_finite(value).map(|c| c as f32).filter(|c| *c > 0.0 && *c < 1.0);
+                    m.pseudo.crf_confidence = Some(c.ok_or_else(|| bad("a label confidence in (0, 1)"))?)
+                }
+                "pseudo.crf_bilateral_compat" => {
+                    let w = parse_finite(value).map(|w| w as f32).filter(|w| w.is_finite() && *w > 0.0);
+                    m.pseudo.crf_bilateral_compat = Some(w.ok_or_else(|| bad("a finite Potts weight > 0"))?)
+                }
                 _ => {} // unknown keys are kept in `raw` for display, not an error: newer models may add keys
             }
         }
@@ -201,12 +215,15 @@ mod tests {
             ("ichseg.pseudo.intracranial_margin_mm", "off"),
             ("ichseg.pseudo.max_hu", " 100 "),
             ("ichseg.pseudo.min_lesion_ml", "0.1"),
+            ("ichseg.pseudo.crf_confidence", "0.9"),
+            ("ichseg.pseudo.crf_bilateral_compat", "3"),
         ])
         .unwrap();
         assert_eq!(m.pseudo.threshold, Some(0.25));
         assert_eq!(m.pseudo.intracranial_margin_mm, Some(None));
         assert_eq!(m.pseudo.max_hu, Some(Some(100.0)));
         assert_eq!(m.pseudo.min_lesion_ml, Some(0.1));
+        assert_eq!((m.pseudo.crf_confidence, m.pseudo.crf_bilateral_compat), (Some(0.9), Some(3.0)));
     }
 
     #[test]
@@ -225,6 +242,10 @@ mod tests {
             ("ichseg.pseudo.max_hu", "NaN"),
             ("ichseg.pseudo.min_lesion_ml", "-1"),
             ("ichseg.pseudo.intracranial_margin_mm", "wide"),
+            ("ichseg.pseudo.crf_confidence", "1"),
+            ("ichseg.pseudo.crf_confidence", "0"),
+            ("ichseg.pseudo.crf_bilateral_compat", "0"),
+            ("ichseg.pseudo.crf_bilateral_compat", "1e300"),
             ("ichseg.skull_strip_mm", "-1"),
             ("ichseg.skull_strip_mm", "off"),
             ("ichseg.skull_strip_mm", "51"),

@@ -93,7 +93,17 @@ pub struct PseudoOptions {
     /// BLA aggregation across taps (default OR, METHOD.md 4.4).
     pub aggregate: Aggregate,
     /// Dense CRF refinement; default `Some(CrfParams::default())` (METHOD.md 4.5). `None` skips it.
+    /// Its label confidence and bilateral weight are tuned settings: a value changed from
+    /// METHOD.md's counts as the caller's choice, one left at it gives way to the classifiers'
+    /// metadata (see `crf_confidence`, `crf_bilateral_compat`).
     pub crf: Option<CrfParams>,
+    /// The CRF unary's label confidence in (0, 1). [`Tuned::Auto`] (the default): `crf`'s when it
+    /// differs from METHOD.md's 0.7, else the classifiers' `ichseg.pseudo.crf_confidence`, else
+    /// 0.7. [`Tuned::Set`] wins over both (to keep 0.7 against the metadata).
+    pub crf_confidence: Tuned<f32>,
+    /// The CRF's bilateral (appearance) Potts weight, > 0; as `crf_confidence`, with the
+    /// classifiers' `ichseg.pseudo.crf_bilateral_compat` and METHOD.md's 10.
+    pub crf_bilateral_compat: Tuned<f32>,
     /// Intracranial mask, not in METHOD.md: a margin (mm) zeroes the fused maps outside the
     /// skull's inside eroded by it ([`crate::skull::intracranial`]) before BLA and the CRF,
     /// and cuts the CRF's output to it. [`Tuned::Auto`] (the default): the classifiers'
@@ -108,7 +118,7 @@ pub struct PseudoOptions {
     /// ([`crate::lesions::remove_small_lesions`]); 0 keeps every lesion. [`Tuned::Auto`]: the
     /// classifiers' `ichseg.pseudo.min_lesion_ml`, else 0.
     pub min_lesion_ml: Tuned<f64>,
-    /// What the four settings above follow when left [`Tuned::Auto`]: the classifiers'
+    /// What the tuned settings above follow when left [`Tuned::Auto`]: the classifiers'
     /// metadata ([`Preset::Model`], the default) or METHOD.md exactly ([`Preset::Paper`]).
     pub preset: Preset,
     /// Slices per network run (default 1), and per round of the dense CRF on the GPU (at most 16).
@@ -126,6 +136,8 @@ impl Default for PseudoOptions {
             threshold: Tuned::Auto,
             aggregate: Aggregate::Or,
             crf: Some(CrfParams::default()),
+            crf_confidence: Tuned::Auto,
+            crf_bilateral_compat: Tuned::Auto,
             intracranial_margin_mm: Tuned::Auto,
             max_hu: Tuned::Auto,
             min_lesion_ml: Tuned::Auto,
@@ -630,12 +642,21 @@ impl Ticker<'_> {
 
 impl PseudoOptions {
     fn tuned_choices(&self) -> TunedChoices {
+        let paper = CrfParams::default();
+        let crf = self.crf.as_ref().unwrap_or(&paper);
+        // A CRF value the caller changed is their choice; one left at METHOD.md's is not.
+        let changed = |choice: Tuned<f32>, value: f32, default: f32| match choice {
+            Tuned::Auto if value != default => Tuned::Set(value),
+            c => c,
+        };
         TunedChoices {
             preset: self.preset,
             threshold: self.threshold,
             intracranial_margin_mm: self.intracranial_margin_mm,
             max_hu: self.max_hu,
             min_lesion_ml: self.min_lesion_ml,
+            crf_confidence: changed(self.crf_confidence, crf.label_confidence, paper.label_confidence),
+            crf_bilateral_compat: changed(self.crf_bilateral_compat, crf.bilateral_compat, paper.bilateral_compat),
         }
     }
 }
@@ -646,7 +667,7 @@ fn tail_options(o: &PseudoOptions, s: &TunedSettings) -> TailOptions {
         scf: o.scf,
         threshold: s.threshold(),
         aggregate: o.aggregate,
-        crf: o.crf.clone(),
+        crf: o.crf.as_ref().map(|c| s.crf(c)),
         intracranial_margin_mm: s.intracranial_margin_mm.value,
         max_hu: s.max_hu.value,
         min_lesion_ml: s.min_lesion_ml.value.filter(|&ml| ml != 0.0),

@@ -350,7 +350,7 @@ static void test_versions(void)
     const char *v = ichseg_version_string();
     printf("versions\n");
     CHECK(ichseg_abi_version() == ICHSEG_ABI_VERSION, "abi %u", (unsigned)ichseg_abi_version());
-    CHECK(ICHSEG_ABI_VERSION == 6, "header ABI %d", ICHSEG_ABI_VERSION);
+    CHECK(ICHSEG_ABI_VERSION == 7, "header ABI %d", ICHSEG_ABI_VERSION);
     CHECK(ICHSEG_STATUS_OUT_OF_MEMORY == 12 &&
               strcmp(ichseg_status_name(ICHSEG_STATUS_OUT_OF_MEMORY), "ICHSEG_STATUS_OUT_OF_MEMORY") == 0,
           "out-of-memory status");
@@ -1244,7 +1244,8 @@ static void test_pseudo(const char *dir, const Reference *r)
               po.use_scf == 1 && po.scf_c == 2 && po.scf_w == 0.5f &&
               po.aggregate == ICHSEG_AGGREGATE_OR && po.use_crf == 1 && po.batch == 1 && po.use_max_hu == -1 &&
               po.max_hu == 100.0f && isnan(po.min_lesion_ml) && po.use_intracranial_mask == -1 &&
-              po.intracranial_margin_mm == 2.0 && po.preset == ICHSEG_PRESET_MODEL,
+              po.intracranial_margin_mm == 2.0 && po.preset == ICHSEG_PRESET_MODEL && isnan(po.crf_confidence) &&
+              isnan(po.crf_bilateral_compat),
           "pseudo option defaults");
     {
         /* the struct of a caller built before the bone cut: init writes no byte past it */
@@ -1334,9 +1335,24 @@ static void test_pseudo(const char *dir, const Reference *r)
     EXPECT(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl), ICHSEG_STATUS_INVALID_ARGUMENT,
            "margin");
     bad = po;
+    bad.crf_confidence = 1.0f;
+    EXPECT(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl), ICHSEG_STATUS_INVALID_ARGUMENT,
+           "label_confidence must be in (0, 1), got 1");
+    bad = po;
+    bad.crf_bilateral_compat = INFINITY;
+    EXPECT(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl), ICHSEG_STATUS_INVALID_ARGUMENT,
+           "bilateral_compat must be finite");
+    bad = po;
     bad.preset = (IchsegPreset)7;
     EXPECT(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl), ICHSEG_STATUS_INVALID_ARGUMENT,
            "preset is 7");
+    /* a caller compiled before the CRF's settings (v4): the garbage past its struct is not read */
+    bad = po;
+    bad.crf_confidence = 5.0f;
+    bad.struct_size = offsetof(IchsegPseudoOptions, crf_confidence);
+    OK(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl));
+    ichseg_pseudo_labeler_free(pl);
+    pl = NULL;
     /* a caller compiled before the intracranial mask and the preset (v3): accepted */
     bad = po;
     bad.struct_size = offsetof(IchsegPseudoOptions, use_intracranial_mask);
@@ -1394,21 +1410,24 @@ static void test_pseudo(const char *dir, const Reference *r)
         OK(ichseg_pseudo_label(cutter, &v, pos, 3, mask2, r->n, NULL, 0, NULL, NULL));
         CHECK(count_nonzero(mask2, r->n) == 0, "min_lesion_ml 1e9 leaves no voxel");
         ichseg_pseudo_labeler_free(cutter);
-        /* these classifiers carry no tuned settings: threshold 0.2 given, or the paper preset,
-           labels as the defaults do */
-        for (i = 0; i < 2; i++) {
+        /* these classifiers carry no tuned settings: threshold 0.2 or the CRF's 0.7 / 10 given,
+           or the paper preset, labels as the defaults do */
+        for (i = 0; i < 3; i++) {
             cut = po;
             if (i == 0) {
                 cut.threshold = 0.2f;
-            } else {
+            } else if (i == 1) {
                 cut.preset = ICHSEG_PRESET_PAPER;
+            } else {
+                cut.crf_confidence = 0.7f;
+                cut.crf_bilateral_compat = 10.0f;
             }
             OK(ichseg_engine_create(&eo, &engine));
             OK(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &cut, &cutter));
             ichseg_engine_free(engine);
             memset(mask2, 0xAB, r->n);
             OK(ichseg_pseudo_label(cutter, &v, pos, 3, mask2, r->n, NULL, 0, NULL, NULL));
-            CHECK(memcmp(mask, mask2, r->n) == 0, "explicit TH 0.2 / paper preset = the defaults (%zu)", i);
+            CHECK(memcmp(mask, mask2, r->n) == 0, "explicit TH 0.2 / paper preset / CRF 0.7, 10 = the defaults (%zu)", i);
             ichseg_pseudo_labeler_free(cutter);
         }
     }

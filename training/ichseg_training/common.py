@@ -356,7 +356,7 @@ def start_run(args, argv):
 
 # The pseudo-labelling settings a classifier carries tuned (METHOD.md section 8, docs/MODELS.md):
 # libichseg applies them unless the caller sets them (`--preset paper`: METHOD.md's).
-TUNED_KEYS = ("threshold", "intracranial_margin_mm", "max_hu", "min_lesion_ml")
+TUNED_KEYS = ("threshold", "intracranial_margin_mm", "max_hu", "min_lesion_ml", "crf_confidence", "crf_bilateral_compat")
 
 
 def write_tuned(path, **settings) -> dict:

@@ -57,6 +57,11 @@ WEAK_FILE = "unet_weak.onnx"
 # one whose final masks (after dCRF and the bone cut) score the best validation mIoU (METHOD.md
 # section 4: defaults picked by validation mIoU). The other settings are the library's defaults.
 THRESHOLDS = "0.15,0.2,0.25,0.3,0.35,0.4"  # as `ichseg ablate --threshold` takes them
+# Then, at that TH, the dense CRF's label confidence and bilateral Potts weight are chosen the same
+# way from this grid (METHOD.md's 0.7 / 10 first, so a tie keeps it); docs/RESULTS.md, "The dCRF's
+# settings for these classifiers", found 0.9 / 3 best on val for the skull-stripped pair.
+CRF_CONFIDENCES = "0.7,0.9"  # as `ichseg ablate --crf-confidence` takes them
+CRF_BILATERAL = "10,5,3"  # as `ichseg ablate --crf-bilateral-compat` takes them
 # The bone cut (`--max-hu`, not in the paper): voxels above this CT value leave the final pseudo
 # masks. Without it 88 % of the 800-phantom set's final pseudo-mask voxels were skull, and the weak
 # U-Net learned to mark bone; 100 HU was the best of 100 / 115 / 150 HU on val (docs/RESULTS.md).
@@ -193,14 +198,29 @@ def carry_earlier_run(doc, earlier) -> None:
         k: earlier.get(k) for k in ("started", "finished", "wall_seconds", "training_wall_seconds", "git_commit")}
 
 
+def _final_miou(run) -> float:
+    """The mIoU of an ``ichseg ablate --json`` run's final row (after the dCRF); -1 if undefined."""
+    miou = run["rows"][-1]["scores"]["miou"]
+    return miou if isinstance(miou, float) and miou == miou else -1.0
+
+
 def best_threshold(ablation) -> float:
     """The TH of the ``ichseg ablate --json`` runs whose final row (after dCRF) scores the best
     mIoU; ties and undefined scores go to the lowest TH."""
-    def key(run):
-        miou = run["rows"][-1]["scores"]["miou"]
-        return (miou if isinstance(miou, float) and miou == miou else -1.0, -run["setting"]["threshold"])
+    best = max(ablation["runs"], key=lambda run: (_final_miou(run), -run["setting"]["threshold"]))
+    return round(best["setting"]["threshold"], 4)
 
-    return round(max(ablation["runs"], key=key)["setting"]["threshold"], 4)
+
+def best_crf(ablation) -> dict:
+    """The dCRF's ``label_confidence`` and ``bilateral_compat`` of the ``ichseg ablate --json``
+    runs whose final row scores the best mIoU; a tie goes to the run listed first."""
+    best = max(ablation["runs"], key=_final_miou)  # max keeps the first of equals
+    return {k: round(best["setting"]["crf"][k], 4) for k in ("label_confidence", "bilateral_compat")}
+
+
+def crf_flags(crf) -> list:
+    """`ichseg pseudo-label` / `ablate` flags for the dCRF settings of :func:`best_crf`."""
+    return ["--crf-confidence", f"{crf['label_confidence']:g}", "--crf-bilateral-compat", f"{crf['bilateral_compat']:g}"]
 
 
 def run_lanes(lanes):
@@ -364,8 +384,8 @@ def main(argv=None):
     # Weak supervision, the paper's job 1 -> job 2: pseudo masks of every volume from the
     # classifiers (slice decision from the ground-truth slice labels), their quality on the
     # training split, and the same U-Net trained on them (it never sees a ground-truth mask).
-    # TH is tuned on val first (the other settings are the library's defaults); the paper's Table 4
-    # ablation at that TH is then scored on test.
+    # TH is tuned on val first (the dCRF at METHOD.md's settings), then the dCRF's label confidence and
+    # bilateral weight at that TH; the paper's Table 4 ablation with both is then scored on test.
     classifiers = [a for f, *_ in CLASSIFIERS for a in ("--classifier", models / f)]
     (work / "eval").mkdir(exist_ok=True)
     post = ["--max-hu", MAX_HU, "--min-lesion-ml", MIN_LESION_ML]  # after dCRF: the bone cut, then the filter
@@ -374,18 +394,25 @@ def main(argv=None):
         steps, "ablate val", [*ablate, "--subset", "val", "--threshold", THRESHOLDS],
         logs, stdout=work / "eval" / "ablation_val.json"))
     threshold = scores["pseudo_threshold"] = best_threshold(scores["ablation_val"])
+    scores["ablation_val_crf"] = json.loads(run_step(
+        steps, "ablate val crf", [*ablate, "--subset", "val", "--threshold", f"{threshold:g}",
+                                  "--crf-confidence", CRF_CONFIDENCES, "--crf-bilateral-compat", CRF_BILATERAL],
+        logs, stdout=work / "eval" / "ablation_val_crf.json"))
+    crf = scores["pseudo_crf"] = best_crf(scores["ablation_val_crf"])
     # The shipped classifiers carry these settings, so `pseudo-label` with no flags runs them.
     for f, *_ in CLASSIFIERS:
-        C.write_tuned(models / f, threshold=threshold, max_hu=MAX_HU, min_lesion_ml=MIN_LESION_ML)
+        C.write_tuned(models / f, threshold=threshold, max_hu=MAX_HU, min_lesion_ml=MIN_LESION_ML,
+                      crf_confidence=crf["label_confidence"], crf_bilateral_compat=crf["bilateral_compat"])
+    tuned = ["--threshold", f"{threshold:g}", *crf_flags(crf)]
     scores["ablation_test"] = json.loads(run_step(
-        steps, "ablate test", [*ablate, "--subset", "test", "--threshold", f"{threshold:g}"], logs,
+        steps, "ablate test", [*ablate, "--subset", "test", *tuned], logs,
         stdout=work / "eval" / "ablation_test.json"))
     pseudo = work / "pseudo"
     # `pseudo-label --dataset` resumes by skipping the masks that exist: masks of an earlier run,
     # made with other settings, must not be reused.
     shutil.rmtree(pseudo, ignore_errors=True)
     run_step(steps, "pseudo-label", [exe, "pseudo-label", "--dataset", data, "-o", pseudo, *classifiers,
-                                     "--threshold", threshold, *post, "--quiet"], logs)
+                                     *tuned, *post, "--quiet"], logs)
     scores["pseudo_train"] = EV.eval_masks(pseudo, data, split, "train", ichseg=exe)
     weak_out = models / WEAK_FILE
     if not (a.skip_existing and C.record_path(weak_out).exists()):
@@ -395,7 +422,8 @@ def main(argv=None):
             "--size", INPUT_SIZE, *UNET_ARGS, "--seed", a.seed, "--out", weak_out,
             "--ckpt-dir", work / "ckpt" / "unet_weak",
             "--trained-on", trained_on + f", pseudo masks of ichseg pseudo-label (SF-CAM {names}, "
-            f"BLA OR TH {threshold:g}, bone cut above {MAX_HU} HU, lesions under {MIN_LESION_ML:g} mL dropped, "
+            f"BLA OR TH {threshold:g}, dCRF label confidence {crf['label_confidence']:g} and bilateral weight "
+            f"{crf['bilateral_compat']:g}, bone cut above {MAX_HU} HU, lesions under {MIN_LESION_ML:g} mL dropped, "
             "library defaults otherwise; ground-truth "
             "slice labels)"), logs)
     eval_unet("unet_weak", weak_out, "pred_weak")
@@ -421,7 +449,7 @@ def main(argv=None):
             scores[f"{arch}_shifted"] = json.loads(js.read_text())
         scores["ablation_shifted"] = json.loads(run_step(
             steps, "ablate shifted", [exe, "ablate", "--dataset", shifted, "--split", shifted_split, *classifiers,
-                                      *post, "--json", "--quiet", "--subset", "test", "--threshold", f"{threshold:g}"],
+                                      *post, "--json", "--quiet", "--subset", "test", *tuned],
             logs, stdout=work / "eval" / "ablation_shifted.json"))
         for key, model in (("unet", unet_out), ("unet_weak", weak_out)):
             eval_unet(key, model, f"pred_{key}_shifted", ("test",), (shifted, shifted_split), "shifted")
@@ -593,7 +621,7 @@ def write_weak_section(w, doc, records):
     step = _step(doc, "pseudo-label")
     w(f"Pseudo masks, for all {doc['count']} phantoms ({step['wall_seconds']:.0f} s): SF-CAM of both classifiers on "
       "`layer1` + `layer2`, BME, slice decision from the ground-truth slice labels of "
-      f"`hemorrhage_diagnosis_raw_ct.csv`, SCF c = 2, w = 0.5, BLA OR with **TH = {th:g}**, dCRF defaults, then "
+      f"`hemorrhage_diagnosis_raw_ct.csv`, SCF c = 2, w = 0.5, BLA OR with **TH = {th:g}**, {_crf_text(sc)}, then "
       f"the bone cut (`--max-hu {MAX_HU}`: voxels above {MAX_HU} HU dropped) and the small-lesion filter "
       f"(`--min-lesion-ml {MIN_LESION_ML:g}`: 3D components under {MIN_LESION_ML:g} mL dropped); both are not in the "
       "paper (docs/RESULTS.md). "
@@ -637,8 +665,35 @@ def paper_columns(row_names):
     return tuple(paper) + ((None, None),) * extra
 
 
+def _crf_text(sc) -> str:
+    """The dCRF settings the run chose on val (runs before that choice used METHOD.md's)."""
+    crf = sc.get("pseudo_crf")
+    if not crf:
+        return "dCRF defaults"
+    return f"dCRF label confidence {crf['label_confidence']:g} and bilateral weight {crf['bilateral_compat']:g}"
+
+
+def write_crf_choice(w, doc):
+    """The dCRF settings tried on val at the chosen TH, when the run chose them."""
+    grid = doc["scores"].get("ablation_val_crf")
+    if not grid:
+        return
+    w(f"Then, at that TH, the dCRF's label confidence and bilateral Potts weight "
+      f"({_step(doc, 'ablate val crf')['wall_seconds']:.0f} s; METHOD.md's are 0.7 / 10):")
+    w("")
+    w("| label confidence / bilateral weight | val mIoU | val IoU hemorrhage |")
+    w("|---|---|---|")
+    for r in grid["runs"]:
+        c, o = r["setting"]["crf"], r["rows"][-1]["scores"]
+        w(f"| {c['label_confidence']:g} / {c['bilateral_compat']:g} | {_pct(o['miou'])} | {_pct(o['iou_hemorrhage'])} |")
+    w("")
+    w(f"Chosen: {_crf_text(doc['scores'])}; the classifiers carry it as `ichseg.pseudo.crf_confidence` and "
+      "`ichseg.pseudo.crf_bilateral_compat`.")
+    w("")
+
+
 def write_ablation(w, doc):
-    """The TH chosen on val, and the paper's Table 4 on test at that TH (`ichseg ablate`)."""
+    """The TH (and dCRF settings) chosen on val, and the paper's Table 4 on test with them (`ichseg ablate`)."""
     sc = doc["scores"]
     val, test = sc["ablation_val"], sc["ablation_test"]
     final = val["runs"][0]["rows"][-1]["row"]
@@ -651,9 +706,11 @@ def write_ablation(w, doc):
     w("| val IoU hemorrhage | " + " | ".join(_pct(r["rows"][-1]["scores"]["iou_hemorrhage"]) for r in val["runs"])
       + " |")
     w("")
+    write_crf_choice(w, doc)
     rows = test["runs"][0]["rows"]
     paper = paper_columns([r["row"] for r in rows])
-    w(f"The paper's Table 4 ablation on the **test split** at TH = {sc['pseudo_threshold']:g} (pseudo-mask scores "
+    w(f"The paper's Table 4 ablation on the **test split** at TH = {sc['pseudo_threshold']:g}, {_crf_text(sc)} "
+      "(pseudo-mask scores "
       f"against the ground truth, percent; rows before BLA use the `{test['single_tap']}` tap; "
       f"{_step(doc, 'ablate test')['wall_seconds']:.0f} s). An empty mask scores mIoU about 50 here. The paper's "
       "columns are on real CT with full-size ResNets: not the same experiment (docs/RESULTS.md).")
@@ -666,7 +723,9 @@ def write_ablation(w, doc):
           f"| {_pct(o['dice'])} | {_pct(o['cl'])} | {_pct(o['fpl'])} |")
     w("")
     w("Commands: `ichseg ablate --dataset PHANTOMS --split SPLIT --classifier ... --subset val --threshold "
-      f"{THRESHOLDS}`, then `--subset test --threshold TH` (table above).")
+      f"{THRESHOLDS}`, then `--subset val --threshold TH --crf-confidence {CRF_CONFIDENCES} --crf-bilateral-compat "
+      f"{CRF_BILATERAL}`, then `--subset test --threshold TH --crf-confidence C --crf-bilateral-compat W` "
+      "(table above).")
     w("")
 
 
@@ -689,7 +748,7 @@ def write_shifted_section(w, doc):
         s = sc[f"{arch}_shifted"]
         w(f"| `{f}` | {s['auc']:.3f} | {_pct(s['sensitivity'])} / {_pct(s['specificity'])} |")
     w("")
-    w(f"Pseudo masks at TH = {sc['pseudo_threshold']:g} (the `ichseg ablate` rows; the last is what "
+    w(f"Pseudo masks at TH = {sc['pseudo_threshold']:g}, {_crf_text(sc)} (the `ichseg ablate` rows; the last is what "
       "`pseudo-label` makes with the shipped settings):")
     w("")
     w("| configuration | **mIoU** | IoU hemorrhage | Dice | CL | FPL |")

@@ -30,6 +30,23 @@ def test_best_threshold_needs_runs():
         ship.best_threshold({"runs": []})
 
 
+def _crf_grid(final_mious):
+    """An ``ichseg ablate --json`` document over the dCRF grid: one run per ((c, w), final mIoU)."""
+    rows = lambda m: [{"row": "+ dCRF", "scores": {"miou": m}}]  # noqa: E731
+    return {"runs": [{"setting": {"threshold": 0.2, "crf": {"label_confidence": c, "bilateral_compat": w}},
+                      "rows": rows(m)} for (c, w), m in final_mious]}
+
+
+def test_best_crf_reads_the_final_row_and_keeps_the_first_of_a_tie():
+    doc = _crf_grid([((0.699999988079071, 10.0), 0.62), ((0.8999999761581421, 3.0), 0.69), ((0.9, 5.0), 0.68)])
+    assert ship.best_crf(doc) == {"label_confidence": 0.9, "bilateral_compat": 3.0}
+    tie = _crf_grid([((0.7, 10.0), 0.6), ((0.9, 3.0), 0.6), ((0.9, 5.0), math.nan)])
+    assert ship.best_crf(tie) == {"label_confidence": 0.7, "bilateral_compat": 10.0}, "METHOD.md's, listed first"
+    assert ship.crf_flags(ship.best_crf(doc)) == ["--crf-confidence", "0.9", "--crf-bilateral-compat", "3"]
+    with pytest.raises(ValueError):
+        ship.best_crf({"runs": []})
+
+
 def _volume(root, stem, mask_voxels, hu_in_mask):
     """A 16x16x4 CT of 30 HU with ``mask_voxels`` voxels of ``hu_in_mask`` HU, and its mask."""
     import nibabel as nib

@@ -205,7 +205,16 @@ def test_ship_smoke_makes_both_unets(tmp_path):
     assert rows[-2:] == [f"+ bone cut (> {ship.MAX_HU} HU)", f"+ small-lesion filter (< {ship.MIN_LESION_ML} mL)"]
     pseudo_cmd = next(s["command"] for s in doc["steps"] if s["step"] == "pseudo-label")
     assert f"--min-lesion-ml {ship.MIN_LESION_ML}" in pseudo_cmd
+    # the dCRF's settings are chosen on val at the chosen TH, used everywhere after and shipped
+    crf = doc["scores"]["pseudo_crf"]
+    assert len(doc["scores"]["ablation_val_crf"]["runs"]) == 6
+    assert " ".join(ship.crf_flags(crf)) in pseudo_cmd
+    for f, *_ in ship.CLASSIFIERS:
+        meta = _meta(onnx.load(str(models / f)))
+        assert float(meta["ichseg.pseudo.crf_confidence"]) == crf["label_confidence"]
+        assert float(meta["ichseg.pseudo.crf_bilateral_compat"]) == crf["bilateral_compat"]
     text = (models / "MODELS.md").read_text()
+    assert "`ichseg.pseudo.crf_confidence`" in text
     assert "## Weakly supervised U-Net" in text and "`unet_weak.onnx`" in text
     # MODELS.md and the run records name the work folder $DATA, the binary relative to the repository
     def machine_free(text):

@@ -39,3 +39,5 @@ def test_write_tuned_sets_replaces_and_removes_keys(tmp_path):
     assert "ichseg.pseudo.max_hu" not in {p.key for p in onnx.load(str(path)).metadata_props}
     with pytest.raises(ValueError, match="unknown"):
         C.write_tuned(path, thresh=0.2)
+    meta = C.write_tuned(path, crf_confidence=0.9, crf_bilateral_compat=3.0)
+    assert (meta["ichseg.pseudo.crf_confidence"], meta["ichseg.pseudo.crf_bilateral_compat"]) == ("0.9", "3")

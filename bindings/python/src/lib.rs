@@ -569,7 +569,8 @@ impl NativePseudoLabeler {
     #[pyo3(signature = (engine, classifiers, taps=Vec::new(), cam="sf", threshold=None,
                         scf=Some((2, 0.5)), crf=true, aggregate="or", max_hu=None, min_lesion_ml=None,
                         batch=1, window=None, input_size=None, channels=None, normalize=None, bleed_index=None,
-                        intracranial_margin_mm=None, off=Vec::new(), preset="model"))]
+                        intracranial_margin_mm=None, off=Vec::new(), preset="model", crf_confidence=None,
+                        crf_bilateral_compat=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -592,6 +593,8 @@ impl NativePseudoLabeler {
         intracranial_margin_mm: Option<f64>,
         off: Vec<String>,
         preset: &str,
+        crf_confidence: Option<f32>,
+        crf_bilateral_compat: Option<f32>,
     ) -> PyResult<Self> {
         let preset: Preset = preset.parse().map_err(|e: Error| Failure::Lib(e).into_py(py))?;
         // A tuned setting: a value, "off" (named in `off`), or None: the classifiers' metadata.
@@ -614,6 +617,8 @@ impl NativePseudoLabeler {
             threshold: threshold.map_or(Tuned::Auto, Tuned::Set),
             aggregate,
             crf: crf.then(CrfParams::default),
+            crf_confidence: crf_confidence.map_or(Tuned::Auto, Tuned::Set),
+            crf_bilateral_compat: crf_bilateral_compat.map_or(Tuned::Auto, Tuned::Set),
             max_hu: if tuned_off("max_hu") { Tuned::Off } else { max_hu.map_or(Tuned::Auto, Tuned::Set) },
             min_lesion_ml: min_lesion_ml.map_or(Tuned::Auto, Tuned::Set),
             intracranial_margin_mm: if tuned_off("intracranial_margin_mm") {

@@ -111,6 +111,12 @@ def test_tuned_settings_follow_the_classifiers_or_the_paper_preset(cli, engine, 
         else:
             assert s["max_hu"] == {"value": None, "source": "default"} and s["preset"] == "paper"
             assert (r.mask != 0).sum() > (tuned != 0).sum(), "the paper's pipeline keeps the bone"
+            assert s["crf_confidence"] == {"value": 0.7, "source": "default"}
+    crf = ichseg.PseudoLabeler(engine, paths, crf_confidence=0.9, crf_bilateral_compat=3)
+    assert crf.settings["crf_confidence"] == {"value": 0.9, "source": "option"}
+    assert crf.settings["crf_bilateral_compat"] == {"value": 3.0, "source": "option"}
+    with pytest.raises(ichseg.InvalidArgumentError, match="label_confidence"):
+        ichseg.PseudoLabeler(engine, paths, crf_confidence=1.5)
     off = ichseg.PseudoLabeler(engine, paths, max_hu="off", min_lesion_ml=0)
     assert off.settings["max_hu"] == {"value": None, "source": "option"}
     np.testing.assert_array_equal(off.label(image, slice_labels=labels).mask, r.mask)  # = paper's

@@ -74,8 +74,8 @@ pub struct PseudoLabelArgs {
     /// sf (SF-CAM), layer (LayerCAM) or grad (Grad-CAM baseline).
     #[arg(long, default_value = "sf")]
     cam: CamMethod,
-    /// What the threshold, the intracranial mask, the bone cut and the small-lesion filter
-    /// follow unless given here: model (the classifiers' tuned ichseg.pseudo.* metadata, else
+    /// What the threshold, the intracranial mask, the bone cut, the small-lesion filter and the
+    /// CRF's label confidence and bilateral weight follow unless given here: model (the classifiers' tuned ichseg.pseudo.* metadata, else
     /// METHOD.md's defaults) or paper (METHOD.md exactly). The report says where each came from.
     #[arg(long, default_value = "model", value_parser = parse_preset)]
     preset: Preset,
@@ -95,6 +95,14 @@ pub struct PseudoLabelArgs {
     /// Skip the dense CRF.
     #[arg(long)]
     no_crf: bool,
+    /// The dense CRF unary's label confidence, in (0, 1) [default: the classifiers'
+    /// ichseg.pseudo.crf_confidence, else 0.7].
+    #[arg(long, value_name = "P", conflicts_with = "no_crf")]
+    crf_confidence: Option<f32>,
+    /// The dense CRF's bilateral (appearance) Potts weight, > 0 [default: the classifiers'
+    /// ichseg.pseudo.crf_bilateral_compat, else 10].
+    #[arg(long, value_name = "W", conflicts_with = "no_crf")]
+    crf_bilateral_compat: Option<f32>,
     /// BLA across tap layers: or, and.
     #[arg(long, default_value = "or", value_parser = parse_aggregate)]
     aggregate: Aggregate,
@@ -175,6 +183,8 @@ impl PseudoLabelArgs {
             threshold: self.threshold.map_or(Tuned::Auto, Tuned::Set),
             aggregate: self.aggregate,
             crf: (!self.no_crf).then(CrfParams::default),
+            crf_confidence: self.crf_confidence.map_or(Tuned::Auto, Tuned::Set),
+            crf_bilateral_compat: self.crf_bilateral_compat.map_or(Tuned::Auto, Tuned::Set),
             intracranial_margin_mm: flag(
                 self.intracranial_mask.then_some(self.intracranial_margin_mm),
                 self.no_intracranial_mask,
@@ -307,7 +317,15 @@ fn print_summary(input: &Path, labeler: &PseudoLabeler, r: &PseudoLabel, labelle
         o.scf.map_or("off".to_string(), |s| format!("c={} w={}", s.c, s.w)),
         o.aggregate,
         t.threshold(),
-        if o.crf.is_some() { "on" } else { "off" },
+        if o.crf.is_some() {
+            format!(
+                "on (label confidence {}, bilateral weight {})",
+                t.crf_confidence.value.unwrap_or_default(),
+                t.crf_bilateral_compat.value.unwrap_or_default()
+            )
+        } else {
+            "off".to_string()
+        },
         t.max_hu.value.map_or(String::new(), |h| format!(", bone cut > {h} HU")),
         t.min_lesion_ml.value.filter(|&ml| ml > 0.0).map_or(String::new(), |ml| format!(", lesions < {ml} mL dropped"))
     );
@@ -316,6 +334,8 @@ fn print_summary(input: &Path, labeler: &PseudoLabeler, r: &PseudoLabel, labelle
         ("intracranial mask", &t.intracranial_margin_mm.source),
         ("bone cut", &t.max_hu.source),
         ("small-lesion filter", &t.min_lesion_ml.source),
+        ("CRF label confidence", &t.crf_confidence.source),
+        ("CRF bilateral weight", &t.crf_bilateral_compat.source),
     ]
     .into_iter()
     .filter(|(_, source)| source.starts_with("model"))

@@ -264,6 +264,15 @@ fn shipped_classifiers_bring_their_tuned_settings() {
     let (flags, r, _) = run("flags", &["--max-hu", "100", "--min-lesion-ml", "0.1"]);
     assert_eq!(r["settings"]["max_hu"]["source"], "option");
     let (off, _, _) = run("off", &["--no-bone-cut", "--min-lesion-ml", "0"]);
+    let (crf, r, text) = run("crf", &["--crf-confidence", "0.9", "--crf-bilateral-compat", "3"]);
+    let s = &r["settings"];
+    assert_eq!(
+        (s["crf_confidence"]["value"].as_f64(), s["crf_confidence"]["source"].as_str()),
+        (Some(0.9f32 as f64), Some("option"))
+    );
+    assert_eq!(s["crf_bilateral_compat"]["value"].as_f64(), Some(3.0));
+    assert!(text.contains("CRF on (label confidence 0.9, bilateral weight 3)"), "{text}");
+    assert_ne!(crf, tuned, "the CRF's settings reach the CRF");
     let count = |m: &ndarray::Array3<u8>| m.iter().filter(|&&v| v != 0).count();
     assert_eq!(flags, tuned, "the metadata gives what the flags give");
     assert_eq!(off, paper, "with the cut and the filter off, the metadata's threshold is the paper's");
@@ -285,4 +294,19 @@ fn shipped_classifiers_bring_their_tuned_settings() {
         "best",
     ]);
     assert!(!bad.status.success() && stderr(&bad).contains("expected model or paper"), "{}", stderr(&bad));
+    let y = dir.path().join("y.nii.gz");
+    let out = p(&y);
+    let bad = ichseg(&[
+        "pseudo-label",
+        p(&sample),
+        "--classifier",
+        p(&slim34),
+        "-o",
+        out,
+        "--no-crf",
+        "--crf-confidence",
+        "0.9",
+    ]);
+    assert!(!bad.status.success() && stderr(&bad).contains("--crf-confidence"), "{}", stderr(&bad));
+    assert!(!y.exists(), "nothing written");
 }

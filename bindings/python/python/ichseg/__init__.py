@@ -370,11 +370,13 @@ class PseudoLabeler:
     ``normalize``, ``bleed_index``.
 
     Tuned settings: ``threshold``, ``max_hu`` (the bone cut), ``min_lesion_ml`` (the
-    small-lesion filter; 0 keeps every lesion) and ``intracranial_margin_mm`` (the intracranial
-    mask: the fused maps are zeroed outside it before the threshold and the CRF). ``None`` (the
-    default) leaves each to ``preset``: ``"model"`` takes the classifiers' tuned
-    ``ichseg.pseudo.*`` metadata where they have it, else METHOD.md's defaults (0.2, off, 0,
-    off); ``"paper"`` is METHOD.md exactly. ``max_hu="off"`` and
+    small-lesion filter; 0 keeps every lesion), ``intracranial_margin_mm`` (the intracranial
+    mask: the fused maps are zeroed outside it before the threshold and the CRF), and the dense
+    CRF's ``crf_confidence`` (the unary's label confidence, in (0, 1)) and
+    ``crf_bilateral_compat`` (the appearance kernel's Potts weight, > 0). ``None`` (the default)
+    leaves each to ``preset``: ``"model"`` takes the classifiers' tuned ``ichseg.pseudo.*``
+    metadata where they have it, else METHOD.md's defaults (0.2, off, 0, off, 0.7, 10);
+    ``"paper"`` is METHOD.md exactly. ``max_hu="off"`` and
     ``intracranial_margin_mm="off"`` turn a step off whatever the metadata says.
     :attr:`settings` says what is in use and where each came from.
     """
@@ -387,7 +389,8 @@ class PseudoLabeler:
                  window: Optional[Sequence[float]] = None, input_size: Optional[Sequence[int]] = None,
                  channels: Optional[int] = None, normalize: Optional[Sequence[float]] = None,
                  bleed_index: Optional[int] = None, intracranial_margin_mm: Union[None, float, str] = None,
-                 preset: str = "model") -> None:
+                 preset: str = "model", crf_confidence: Optional[float] = None,
+                 crf_bilateral_compat: Optional[float] = None) -> None:
         if isinstance(classifiers, (str, bytes, PathLike)):
             raise InvalidArgumentError("classifiers must be a list of model paths")
         scf_pair = _pair(scf, "scf")
@@ -406,12 +409,13 @@ class PseudoLabeler:
             engine._native, [str(c) for c in classifiers], [list(t) for t in (taps or [])], cam,
             threshold, scf_pair, crf, aggregate, None if "max_hu" in off else max_hu, min_lesion_ml, batch,
             _pair(window, "window"), _pair(input_size, "input_size"), channels, _pair(normalize, "normalize"),
-            bleed_index, None if "intracranial_margin_mm" in off else intracranial_margin_mm, off, preset)
+            bleed_index, None if "intracranial_margin_mm" in off else intracranial_margin_mm, off, preset,
+            crf_confidence, crf_bilateral_compat)
 
     @property
     def settings(self) -> dict:
         """The tuned settings in use: ``preset``, and for ``threshold``, ``intracranial_margin_mm``,
-        ``max_hu`` and ``min_lesion_ml`` a dict of ``value`` (``None``: off) and ``source``
+        ``max_hu``, ``min_lesion_ml``, ``crf_confidence`` and ``crf_bilateral_compat`` a dict of ``value`` (``None``: off) and ``source``
         (``"option"``, ``"model: NAME, ..."`` or ``"default"``)."""
         return json.loads(self._native.settings_json)
 

@@ -59,7 +59,8 @@ class NativePseudoLabeler:
                  input_size: Optional[tuple[int, int]] = None, channels: Optional[int] = None,
                  normalize: Optional[tuple[float, float]] = None, bleed_index: Optional[int] = None,
                  intracranial_margin_mm: Optional[float] = None, off: list[str] = ...,
-                 preset: str = "model") -> None: ...
+                 preset: str = "model", crf_confidence: Optional[float] = None,
+                 crf_bilateral_compat: Optional[float] = None) -> None: ...
     @property
     def settings_json(self) -> str: ...
     @property
