@@ -223,8 +223,6 @@ struct SegmentOptions {
         o.min_lesion_ml = min_lesion_ml;
         o.use_intracranial_mask = intracranial_mask ? 1 : 0;
         o.intracranial_margin_mm = intracranial_margin_mm;
-        if (crf_confidence) o.crf_confidence = *crf_confidence;
-        if (crf_bilateral_compat) o.crf_bilateral_compat = *crf_bilateral_compat;
         return o;
     }
 };

@@ -558,7 +558,8 @@ static void test_pseudo(const ichseg::Engine& engine, const std::string& dir, co
     // unset tuned settings stay the C sentinels (left to the classifiers); set ones are passed on
     const IchsegPseudoOptions unset = o.to_c();
     CHECK(std::isnan(unset.threshold) && unset.use_max_hu == -1 && std::isnan(unset.min_lesion_ml) &&
-              unset.use_intracranial_mask == -1 && unset.preset == ICHSEG_PRESET_MODEL,
+              unset.use_intracranial_mask == -1 && unset.preset == ICHSEG_PRESET_MODEL &&
+              std::isnan(unset.crf_confidence) && std::isnan(unset.crf_bilateral_compat),
           "tuned settings left to the classifiers");
     ichseg::PseudoOptions set;
     set.threshold = 0.3f;
@@ -566,9 +567,12 @@ static void test_pseudo(const ichseg::Engine& engine, const std::string& dir, co
     set.min_lesion_ml = 0.1;
     set.intracranial_mask = true;
     set.preset = ICHSEG_PRESET_PAPER;
+    set.crf_confidence = 0.9f;
+    set.crf_bilateral_compat = 3.0f;
     const IchsegPseudoOptions given = set.to_c();
     CHECK(given.threshold == 0.3f && given.use_max_hu == 0 && given.min_lesion_ml == 0.1 &&
-              given.use_intracranial_mask == 1 && given.preset == ICHSEG_PRESET_PAPER,
+              given.use_intracranial_mask == 1 && given.preset == ICHSEG_PRESET_PAPER &&
+              given.crf_confidence == 0.9f && given.crf_bilateral_compat == 3.0f,
           "tuned settings given");
     o.batch = 2;
     const ichseg::PseudoLabeler pl = ichseg::PseudoLabeler::create(engine, {cls, cls}, {taps, taps}, o);

@@ -59,7 +59,8 @@ pub struct AblateArgs {
     /// Classifier ONNX model; repeat for the ensemble (METHOD.md: two).
     #[arg(long = "classifier", required = true, value_name = "ONNX")]
     classifiers: Vec<PathBuf>,
-    /// Comma-separated SF-CAM tap tensors, shallow first; repeat, paired with --classifier
+    /// Comma-separated SF-CAM tap tensors, shallow first; repeat, paired with --classifier.
+    /// The first tap is amplified as METHOD.md's layer 1, so a lone tap is amplified too
     /// [default: each model's ichseg.taps].
     #[arg(long = "taps", value_name = "T1,T2")]
     taps: Vec<String>,

@@ -30,7 +30,8 @@ pub struct PseudoLabelArgs {
     /// Classifier ONNX model; repeat for an ensemble (METHOD.md: two).
     #[arg(long = "classifier", required = true, value_name = "ONNX")]
     classifiers: Vec<PathBuf>,
-    /// Comma-separated tap tensors, shallow first; repeat, paired in order with --classifier
+    /// Comma-separated tap tensors, shallow first; repeat, paired in order with --classifier.
+    /// SF-CAM amplifies the first tap as METHOD.md's layer 1, so a lone tap is amplified too
     /// [default: each model's ichseg.taps; Grad-CAM: ichseg.deep_tap].
     #[arg(long = "taps", value_name = "T1,T2")]
     taps: Vec<String>,
