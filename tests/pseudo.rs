@@ -310,15 +310,18 @@ fn tiny_with(extra: &[(&str, &str)], name: &str) -> OnnxModel {
     OnnxModel::from_bytes(&proto.encode_to_vec(), name).unwrap()
 }
 
+/// The labeller's result on the test CT, every slice labelled bleeding, and its tuned settings.
+fn label_every_slice(
+    models: Vec<OnnxModel>,
+    o: PseudoOptions,
+) -> (ichseg::PseudoLabel, ichseg::pipeline::tuned::TunedSettings) {
+    let l = PseudoLabeler::new(&engine(), models, &o).unwrap();
+    (l.label(&ct(), Some(&[true; 4])).unwrap(), l.settings().clone())
+}
+
 #[test]
 fn tuned_settings_come_from_the_classifiers_unless_set_or_the_paper_preset() {
-    let volume = ct();
-    let labels = [true; 4];
-    let label = |models: Vec<OnnxModel>, o: PseudoOptions| {
-        let l = PseudoLabeler::new(&engine(), models, &o).unwrap();
-        let settings = l.settings().clone();
-        (l.label(&volume, Some(&labels)).unwrap(), settings)
-    };
+    let label = label_every_slice;
     let plain = || tiny_with(&[], "plain.onnx");
     let tuned = || tiny_with(&[("ichseg.pseudo.threshold", "1"), ("ichseg.pseudo.max_hu", "off")], "tuned.onnx");
     let (paper, s) = label(vec![plain()], PseudoOptions::default());
@@ -347,12 +350,9 @@ fn tuned_settings_come_from_the_classifiers_unless_set_or_the_paper_preset() {
 
 #[test]
 fn the_crf_settings_come_from_the_classifiers_unless_the_caller_sets_them() {
-    let volume = ct();
-    let labels = [true; 4];
-    let label = |models: Vec<OnnxModel>, o: PseudoOptions| {
-        let l = PseudoLabeler::new(&engine(), models, &o).unwrap();
-        let settings = l.settings().clone();
-        (l.label(&volume, Some(&labels)).unwrap().mask, settings)
+    let label = |models, o| {
+        let (r, settings) = label_every_slice(models, o);
+        (r.mask, settings)
     };
     let (c, w) = (0.55_f32, 40.0_f32);
     let crf = || {

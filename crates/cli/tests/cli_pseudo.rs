@@ -283,30 +283,15 @@ fn shipped_classifiers_bring_their_tuned_settings() {
         count(&paper)
     );
 
-    let bad = ichseg(&[
-        "pseudo-label",
-        p(&sample),
-        "--classifier",
-        p(&slim34),
-        "-o",
-        p(&dir.path().join("x.nii.gz")),
-        "--preset",
-        "best",
-    ]);
-    assert!(!bad.status.success() && stderr(&bad).contains("expected model or paper"), "{}", stderr(&bad));
-    let y = dir.path().join("y.nii.gz");
-    let out = p(&y);
-    let bad = ichseg(&[
-        "pseudo-label",
-        p(&sample),
-        "--classifier",
-        p(&slim34),
-        "-o",
-        out,
-        "--no-crf",
-        "--crf-confidence",
-        "0.9",
-    ]);
-    assert!(!bad.status.success() && stderr(&bad).contains("--crf-confidence"), "{}", stderr(&bad));
-    assert!(!y.exists(), "nothing written");
+    let out = dir.path().join("refused.nii.gz");
+    for (extra, expected) in [
+        (&["--preset", "best"][..], "expected model or paper"),
+        (&["--no-crf", "--crf-confidence", "0.9"], "--crf-confidence"),
+    ] {
+        let mut args = vec!["pseudo-label", p(&sample), "--classifier", p(&slim34), "-o", p(&out)];
+        args.extend(extra);
+        let bad = ichseg(&args);
+        assert!(!bad.status.success() && stderr(&bad).contains(expected), "{}", stderr(&bad));
+        assert!(!out.exists(), "nothing written");
+    }
 }
