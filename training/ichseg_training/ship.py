@@ -422,10 +422,8 @@ def main(argv=None):
             "--size", INPUT_SIZE, *UNET_ARGS, "--seed", a.seed, "--out", weak_out,
             "--ckpt-dir", work / "ckpt" / "unet_weak",
             "--trained-on", trained_on + f", pseudo masks of ichseg pseudo-label (SF-CAM {names}, "
-            f"BLA OR TH {threshold:g}, dCRF label confidence {crf['label_confidence']:g} and bilateral weight "
-            f"{crf['bilateral_compat']:g}, bone cut above {MAX_HU} HU, lesions under {MIN_LESION_ML:g} mL dropped, "
-            "library defaults otherwise; ground-truth "
-            "slice labels)"), logs)
+            f"BLA OR TH {threshold:g}, {_crf_text(scores)}, bone cut above {MAX_HU} HU, lesions under "
+            f"{MIN_LESION_ML:g} mL dropped, library defaults otherwise; ground-truth slice labels)"), logs)
     eval_unet("unet_weak", weak_out, "pred_weak")
 
     if a.shifted_count > 0:
@@ -778,6 +776,32 @@ TUNED_NOTE = ("Tuned pseudo-labelling settings, written by `ship` after it picks
               "names their source:")
 
 
+def _models_arg(command) -> str:
+    """The ``--models`` folder of a recorded ``ship`` command line."""
+    args = shlex.split(command)
+    return next((b for a, b in zip(args, args[1:]) if a == "--models"), "models")
+
+
+def write_outside_training(w, doc, records):
+    """The models this run and the earlier run it carries did not train (``--skip-existing`` kept
+    them): the commands from their run records, and a skull-stripping key added afterwards."""
+    trained = {s["step"][len("train "):] for s in doc["steps"] if s["step"].startswith("train ")}
+    step_of = {f: arch for f, arch, *_ in CLASSIFIERS} | {UNET_FILE: "unet", WEAK_FILE: "unet_weak"}
+    outside = [f for f, rec in records.items() if step_of[f] not in trained]
+    if not outside:
+        return
+    w("Trained before this run and kept (`--skip-existing`), by the commands in their run records:")
+    w("")
+    for f in outside:
+        rec = records[f]
+        w(f"- `{f}`: `{rec['command']}`")
+        strip = rec.get("metadata", {}).get("ichseg.skull_strip_mm")
+        if strip is not None and "--skull-strip-mm" not in rec["command"]:
+            w(f"  (its inputs were skull-stripped copies; `ichseg.skull_strip_mm = {strip}` was added to its "
+              f"metadata afterwards, as `--skull-strip-mm {strip}` would have written it)")
+    w("")
+
+
 def write_models_md(models, doc, records, split, works=()):
     """Writes ``models/MODELS.md`` from the ship record ``doc`` and the run records; the work
     folder (``doc["work"]`` and any other spelling in ``works``) is shown as ``$DATA`` and the
@@ -827,10 +851,14 @@ def write_models_md(models, doc, records, split, works=()):
           f"{er['wall_seconds'] / 60:.1f} min in all, of which {er['training_wall_seconds'] / 60:.1f} min training). "
           "Their steps below carry that run's times; everything else was redone here.")
         w("")
+    write_outside_training(w, doc, records)
     if doc.get("report_rewritten"):
         rr = doc["report_rewritten"]
+        moved = _models_arg(doc["command"]) != _models_arg(rr["command"])
         w(f"This file was last rewritten at {rr['at']} from the recorded results (run records, evaluation "
-          f"JSON and predictions of that run; nothing retrained) by `PYTHONPATH=training {rr['command']}`.")
+          f"JSON and predictions of that run; nothing retrained) by `PYTHONPATH=training {rr['command']}`"
+          + (f", after the run's models were copied from `{_models_arg(doc['command'])}` into "
+             f"`{_models_arg(rr['command'])}`." if moved else "."))
         w("")
     w("| file | what | size |")
     w("|---|---|---|")

@@ -122,3 +122,28 @@ def test_the_shipped_sample_carries_its_mask_slice_labels(tmp_path):
     models = pathlib.Path(__file__).resolve().parents[2] / "models" / "samples"
     ship.write_slice_labels(models / "sample_mask.nii.gz", tmp_path / "s.csv")
     assert (models / "sample_slices.csv").read_text() == (tmp_path / "s.csv").read_text()
+
+
+def test_models_trained_outside_the_run_are_listed_with_their_commands():
+    rec = lambda cmd, **meta: {"command": cmd, "metadata": meta}  # noqa: E731
+    records = {"classifier_slim34.onnx": rec("train_classifier --data $DATA/stripped", **{"ichseg.skull_strip_mm": "0"}),
+               "classifier_slim50.onnx": rec("train_classifier --skull-strip-mm 0", **{"ichseg.skull_strip_mm": "0"}),
+               "unet.onnx": rec("train_unet --out u"), "unet_weak.onnx": rec("train_unet --out w")}
+    doc = {"steps": [{"step": "train slim50"}, {"step": "train unet_weak"}, {"step": "ablate val"}]}
+    lines = []
+    ship.write_outside_training(lines.append, doc, records)
+    text = "\n".join(lines)
+    assert "`classifier_slim34.onnx`: `train_classifier --data $DATA/stripped`" in text
+    assert "`unet.onnx`: `train_unet --out u`" in text
+    assert "slim50" not in text and "unet_weak" not in text, "trained by the run: its steps say how"
+    assert text.count("added to its metadata afterwards") == 1, "only where the command did not write it"
+    lines.clear()
+    doc["steps"] += [{"step": "train slim34"}, {"step": "train unet"}]
+    ship.write_outside_training(lines.append, doc, records)
+    assert lines == []
+
+
+def test_models_arg_reads_the_recorded_command():
+    assert ship._models_arg("python -m ichseg_training.ship --work $DATA --models '$DATA/shipS' --skip-existing") \
+        == "$DATA/shipS"
+    assert ship._models_arg("python -m ichseg_training.ship --work $DATA") == "models"

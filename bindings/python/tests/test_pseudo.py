@@ -107,10 +107,12 @@ def test_tuned_settings_follow_the_classifiers_or_the_paper_preset(cli, engine, 
         s = labeler.settings
         if preset == "model":
             assert s["max_hu"] == {"value": 100.0, "source": both} and s["min_lesion_ml"]["value"] == 0.1
+            assert s["crf_bilateral_compat"] == {"value": 3.0, "source": both}
             tuned = r.mask
         else:
             assert s["max_hu"] == {"value": None, "source": "default"} and s["preset"] == "paper"
-            assert (r.mask != 0).sum() > (tuned != 0).sum(), "the paper's pipeline keeps the bone"
+            # on the sample METHOD.md's CRF (0.7 / 10) votes the bleed away; the tuned one keeps it
+            assert (tuned != 0).any() and (r.mask != tuned).any()
             # f32 values, widened: 0.7 reads 0.699999988
             assert s["crf_confidence"] == {"value": pytest.approx(0.7), "source": "default"}
     crf = ichseg.PseudoLabeler(engine, paths, crf_confidence=0.9, crf_bilateral_compat=3)
@@ -118,7 +120,7 @@ def test_tuned_settings_follow_the_classifiers_or_the_paper_preset(cli, engine, 
     assert crf.settings["crf_bilateral_compat"] == {"value": 3.0, "source": "option"}
     with pytest.raises(ichseg.InvalidArgumentError, match="label_confidence"):
         ichseg.PseudoLabeler(engine, paths, crf_confidence=1.5)
-    off = ichseg.PseudoLabeler(engine, paths, max_hu="off", min_lesion_ml=0)
+    off = ichseg.PseudoLabeler(engine, paths, max_hu="off", min_lesion_ml=0, crf_confidence=0.7, crf_bilateral_compat=10)
     assert off.settings["max_hu"] == {"value": None, "source": "option"}
     np.testing.assert_array_equal(off.label(image, slice_labels=labels).mask, r.mask)  # = paper's
     with pytest.raises(ichseg.InvalidArgumentError, match="max_hu"):

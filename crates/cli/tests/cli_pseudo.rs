@@ -254,7 +254,10 @@ fn shipped_classifiers_bring_their_tuned_settings() {
     assert_eq!(s["intracranial_margin_mm"]["source"], "default");
     assert_eq!(r["method"]["max_hu"].as_f64(), Some(100.0));
     assert!(
-        text.contains("settings  threshold, bone cut, small-lesion filter from the classifiers' metadata"),
+        text.contains(
+            "settings  threshold, bone cut, small-lesion filter, CRF label confidence, CRF bilateral weight from the \
+             classifiers' metadata"
+        ),
         "{text}"
     );
 
@@ -263,25 +266,24 @@ fn shipped_classifiers_bring_their_tuned_settings() {
     assert!(r["settings"]["max_hu"]["value"].is_null() && !text.contains("settings  "), "{text}");
     let (flags, r, _) = run("flags", &["--max-hu", "100", "--min-lesion-ml", "0.1"]);
     assert_eq!(r["settings"]["max_hu"]["source"], "option");
-    let (off, _, _) = run("off", &["--no-bone-cut", "--min-lesion-ml", "0"]);
-    let (crf, r, text) = run("crf", &["--crf-confidence", "0.9", "--crf-bilateral-compat", "3"]);
+    let methods = ["--crf-confidence", "0.7", "--crf-bilateral-compat", "10"];
+    let (off, _, _) = run("off", &[&["--no-bone-cut", "--min-lesion-ml", "0"][..], &methods].concat());
+    let (crf, r, text) = run("crf", &methods);
     let s = &r["settings"];
     assert_eq!(
         (s["crf_confidence"]["value"].as_f64(), s["crf_confidence"]["source"].as_str()),
-        (Some(0.9f32 as f64), Some("option"))
+        (Some(0.7f32 as f64), Some("option"))
     );
-    assert_eq!(s["crf_bilateral_compat"]["value"].as_f64(), Some(3.0));
-    assert!(text.contains("CRF on (label confidence 0.9, bilateral weight 3)"), "{text}");
+    assert_eq!(s["crf_bilateral_compat"]["value"].as_f64(), Some(10.0));
+    assert!(text.contains("CRF on (label confidence 0.7, bilateral weight 10)"), "{text}");
     assert_ne!(crf, tuned, "the CRF's settings reach the CRF");
+    let (crf_tuned, _, _) = run("crf_tuned", &["--crf-confidence", "0.9", "--crf-bilateral-compat", "3"]);
     let count = |m: &ndarray::Array3<u8>| m.iter().filter(|&&v| v != 0).count();
     assert_eq!(flags, tuned, "the metadata gives what the flags give");
-    assert_eq!(off, paper, "with the cut and the filter off, the metadata's threshold is the paper's");
-    assert!(
-        count(&tuned) < count(&paper),
-        "the cut and the filter remove voxels: {} vs {}",
-        count(&tuned),
-        count(&paper)
-    );
+    assert_eq!(crf_tuned, tuned, "the metadata's CRF settings are the flags' 0.9 / 3");
+    assert_eq!(off, paper, "with the cut, the filter and the tuned CRF off, the metadata's threshold is the paper's");
+    // On the sample METHOD.md's CRF (0.7 / 10) votes the bleed away; the tuned one keeps it.
+    assert!(count(&tuned) > 0 && tuned != paper, "{} voxels vs {}", count(&tuned), count(&paper));
 
     let out = dir.path().join("refused.nii.gz");
     for (extra, expected) in [
