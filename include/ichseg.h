@@ -61,9 +61,10 @@
  * preset (IchsegPreset); IchsegSegmentOptions v3 adds use_intracranial_mask and
  * intracranial_margin_mm. Version 6: IchsegEngineOptions v4 adds low_memory. Version 7:
  * IchsegPseudoOptions v5 adds crf_confidence and crf_bilateral_compat, left to the
- * classifiers' ichseg.pseudo.* metadata by default (NaN).
+ * classifiers' ichseg.pseudo.* metadata by default (NaN). Version 8: IchsegSegmentOptions'
+ * min_lesion_ml defaults to NaN, the model's tuned ichseg.segment.min_lesion_ml (else 0).
  */
-#define ICHSEG_ABI_VERSION 7
+#define ICHSEG_ABI_VERSION 8
 
 /**
  * IchsegLesionFindings.flags bit: the voxel-counted volume is >= 30 mL.
@@ -498,7 +499,9 @@ typedef struct IchsegSegmentOptions {
     uint32_t channels;
     /**
      * (v2) Lesions (3D components) smaller than this many millilitres leave the mask before
-     * the lesion list; finite and >= 0, default 0 (every lesion kept). Not in the paper.
+     * the lesion list; finite and >= 0 (0 keeps every lesion). Not in the paper. Default NaN
+     * (since ABI 8; a v1 struct reads as NaN): the model's tuned ichseg.segment.min_lesion_ml,
+     * else 0.
      */
     double min_lesion_ml;
     /**
@@ -740,7 +743,7 @@ extern "C" {
 #endif // __cplusplus
 
 /**
- * The C ABI version of the loaded library (7 for this header; see ICHSEG_ABI_VERSION).
+ * The C ABI version of the loaded library (8 for this header; see ICHSEG_ABI_VERSION).
  *
  * Thread-safe; never fails.
  */
@@ -947,7 +950,7 @@ enum IchsegStatus ichseg_engine_threads(const struct IchsegEngine *engine, uint3
 
 /**
  * Fills `opts` with the defaults (threshold 0.5, batch 1, window NaN/NaN, input 0x0 and
- * channels 0, i.e. from the model; min_lesion_ml 0; intracranial mask off, margin 2 mm). Call it through the macro
+ * channels 0, i.e. from the model; min_lesion_ml NaN, i.e. the model's, else 0; intracranial mask off, margin 2 mm). Call it through the macro
  * ichseg_segment_options_init(opts), which passes `size` = sizeof(IchsegSegmentOptions) of the
  * caller's header; see ichseg_engine_options_init_sized(). Does nothing when `opts` is NULL.
  *

@@ -144,7 +144,7 @@ fn threshold_option_changes_the_mask() {
 fn min_lesion_ml_drops_the_small_lesions_before_the_lesion_list() {
     let ct = nifti::read(&fixture("ct_small.nii.gz")).unwrap();
     let run = |min_lesion_ml| {
-        let options = SegmenterOptions { threshold: 0.3, min_lesion_ml, ..Default::default() };
+        let options = SegmenterOptions { threshold: 0.3, min_lesion_ml: Some(min_lesion_ml), ..Default::default() };
         segmenter("unet_transpose.onnx", &options).unwrap().segment(&ct.volume).unwrap()
     };
     let all = run(0.0);
@@ -160,9 +160,47 @@ fn min_lesion_ml_drops_the_small_lesions_before_the_lesion_list() {
     assert_eq!(kept.mask, mask);
     assert_eq!(kept.probability, all.probability, "the probabilities stay as the network made them");
     for bad in [f64::NAN, -1.0] {
-        let e = load_error("unet_transpose.onnx", &SegmenterOptions { min_lesion_ml: bad, ..Default::default() });
+        let e = load_error("unet_transpose.onnx", &SegmenterOptions { min_lesion_ml: Some(bad), ..Default::default() });
         assert!(e.contains("min_lesion_ml must be finite and >= 0"), "{e}");
     }
+}
+
+/// `fixture(name)` with `ichseg.segment.min_lesion_ml = ml` in its metadata, as `tuned.onnx`.
+fn with_min_lesion_ml(name: &str, ml: &str) -> ichseg::Result<OnnxModel> {
+    use prost::Message;
+    let mut proto = tract_onnx::pb::ModelProto::decode(&*std::fs::read(fixture(name)).unwrap()).unwrap();
+    proto
+        .metadata_props
+        .push(tract_onnx::pb::StringStringEntryProto { key: "ichseg.segment.min_lesion_ml".into(), value: ml.into() });
+    OnnxModel::from_bytes(&proto.encode_to_vec(), "tuned.onnx")
+}
+
+#[test]
+fn a_models_tuned_min_lesion_ml_applies_unless_the_caller_sets_one() {
+    let ct = nifti::read(&fixture("ct_small.nii.gz")).unwrap();
+    let run = |model: OnnxModel, min_lesion_ml| {
+        let options = SegmenterOptions { threshold: 0.3, min_lesion_ml, ..Default::default() };
+        let s = Segmenter::new(&engine(), model, &options).unwrap();
+        let c = s.config().clone();
+        (s.segment(&ct.volume).unwrap().lesions.len(), c.min_lesion_ml, c.min_lesion_ml_source)
+    };
+    let plain = || OnnxModel::load(&fixture("unet_transpose.onnx")).unwrap();
+    let (all, ml, source) = run(plain(), None);
+    assert_eq!((ml, source.as_str()), (0.0, "default"));
+    let cut = run(plain(), Some(0.0));
+    assert_eq!(cut.0, all);
+    // a cut between the two largest lesions' volumes, so the model's filter keeps one lesion
+    let lesions = segmenter("unet_transpose.onnx", &SegmenterOptions { threshold: 0.3, ..Default::default() })
+        .unwrap()
+        .segment(&ct.volume)
+        .unwrap()
+        .lesions;
+    let between = (lesions[0].volume_ml + lesions[1].volume_ml) / 2.0;
+    let tuned = || with_min_lesion_ml("unet_transpose.onnx", &between.to_string()).unwrap();
+    assert_eq!(run(tuned(), None), (1, between, "model: tuned.onnx".to_string()));
+    assert_eq!(run(tuned(), Some(0.0)), (all, 0.0, "option".to_string()), "the caller's 0 keeps every lesion");
+    let e = with_min_lesion_ml("unet_transpose.onnx", "-1").unwrap_err().to_string();
+    assert!(e.contains("ichseg.segment.min_lesion_ml"), "{e}");
 }
 
 fn load_error(name: &str, options: &SegmenterOptions) -> String {

@@ -203,8 +203,8 @@ struct SegmentOptions {
     uint32_t input_cols = detail::segment_defaults().input_cols;
     uint32_t channels = detail::segment_defaults().channels;
     /// Lesions smaller than this (mL) leave the mask before the lesion list; 0 keeps all (not
-    /// in the paper).
-    double min_lesion_ml = detail::segment_defaults().min_lesion_ml;
+    /// in the paper). Unset: the model's tuned ichseg.segment.min_lesion_ml, else 0.
+    std::optional<double> min_lesion_ml;
     /// The intracranial mask (not in the paper, docs/INTRACRANIAL.md): probability and mask
     /// zeroed outside the skull's inside, eroded by the margin.
     bool intracranial_mask = detail::segment_defaults().use_intracranial_mask != 0;
@@ -220,7 +220,7 @@ struct SegmentOptions {
         o.input_rows = input_rows;
         o.input_cols = input_cols;
         o.channels = channels;
-        o.min_lesion_ml = min_lesion_ml;
+        if (min_lesion_ml) o.min_lesion_ml = *min_lesion_ml;
         o.use_intracranial_mask = intracranial_mask ? 1 : 0;
         o.intracranial_margin_mm = intracranial_margin_mm;
         return o;

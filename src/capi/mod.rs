@@ -61,10 +61,11 @@ use std::ffi::c_char;
 /// preset (IchsegPreset); IchsegSegmentOptions v3 adds use_intracranial_mask and
 /// intracranial_margin_mm. Version 6: IchsegEngineOptions v4 adds low_memory. Version 7:
 /// IchsegPseudoOptions v5 adds crf_confidence and crf_bilateral_compat, left to the
-/// classifiers' ichseg.pseudo.* metadata by default (NaN).
-pub const ICHSEG_ABI_VERSION: u32 = 7;
+/// classifiers' ichseg.pseudo.* metadata by default (NaN). Version 8: IchsegSegmentOptions'
+/// min_lesion_ml defaults to NaN, the model's tuned ichseg.segment.min_lesion_ml (else 0).
+pub const ICHSEG_ABI_VERSION: u32 = 8;
 
-/// The C ABI version of the loaded library (7 for this header; see ICHSEG_ABI_VERSION).
+/// The C ABI version of the loaded library (8 for this header; see ICHSEG_ABI_VERSION).
 ///
 /// Thread-safe; never fails.
 #[no_mangle]

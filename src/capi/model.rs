@@ -47,7 +47,9 @@ pub struct IchsegSegmentOptions {
     /// Input channels, 1 or 3 (the slice repeated); 0 (the default) = from the model.
     pub channels: u32,
     /// (v2) Lesions (3D components) smaller than this many millilitres leave the mask before
-    /// the lesion list; finite and >= 0, default 0 (every lesion kept). Not in the paper.
+    /// the lesion list; finite and >= 0 (0 keeps every lesion). Not in the paper. Default NaN
+    /// (since ABI 8; a v1 struct reads as NaN): the model's tuned ichseg.segment.min_lesion_ml,
+    /// else 0.
     pub min_lesion_ml: f64,
     /// (v3) Nonzero: the intracranial mask, not in the paper (docs/INTRACRANIAL.md): the
     /// probability and the mask are zeroed outside the skull's inside found in the CT, eroded
@@ -73,7 +75,7 @@ impl Default for IchsegSegmentOptions {
             input_rows: 0,
             input_cols: 0,
             channels: 0,
-            min_lesion_ml: d.min_lesion_ml,
+            min_lesion_ml: f64::NAN,
             use_intracranial_mask: i32::from(d.intracranial_margin_mm.is_some()),
             intracranial_margin_mm: crate::skull::intracranial::DEFAULT_MARGIN_MM,
         }
@@ -147,14 +149,14 @@ impl CallerOptions {
                 // not in the C options: from the model's metadata
                 ..ModelOverrides::default()
             },
-            min_lesion_ml: o.min_lesion_ml,
+            min_lesion_ml: (!o.min_lesion_ml.is_nan()).then_some(o.min_lesion_ml),
             intracranial_margin_mm: (o.use_intracranial_mask != 0).then_some(o.intracranial_margin_mm),
         })
     }
 }
 
 /// Fills `opts` with the defaults (threshold 0.5, batch 1, window NaN/NaN, input 0x0 and
-/// channels 0, i.e. from the model; min_lesion_ml 0; intracranial mask off, margin 2 mm). Call it through the macro
+/// channels 0, i.e. from the model; min_lesion_ml NaN, i.e. the model's, else 0; intracranial mask off, margin 2 mm). Call it through the macro
 /// ichseg_segment_options_init(opts), which passes `size` = sizeof(IchsegSegmentOptions) of the
 /// caller's header; see ichseg_engine_options_init_sized(). Does nothing when `opts` is NULL.
 ///

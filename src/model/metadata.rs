@@ -60,6 +60,9 @@ pub struct ModelMetadata {
     /// A classifier's tuned pseudo-labelling settings (`ichseg.pseudo.*`), which
     /// [`crate::PseudoLabeler`] applies unless the caller sets them.
     pub pseudo: PseudoDefaults,
+    /// `ichseg.segment.min_lesion_ml`: a segmenter's tuned small-lesion filter (mL, >= 0), which
+    /// [`crate::Segmenter`] applies unless the caller sets one.
+    pub segment_min_lesion_ml: Option<f64>,
     /// Every `ichseg.*` key as written in the file, for display.
     pub raw: BTreeMap<String, String>,
 }
@@ -135,10 +138,8 @@ impl ModelMetadata {
                     let hu = parse_or_off(value).ok_or_else(|| bad("a CT value in HU, or off"))?;
                     m.pseudo.max_hu = Some(hu.map(|h| h as f32))
                 }
-                "pseudo.min_lesion_ml" => {
-                    let ml = parse_finite(value).filter(|v| *v >= 0.0);
-                    m.pseudo.min_lesion_ml = Some(ml.ok_or_else(|| bad("a volume in mL, >= 0"))?)
-                }
+                "pseudo.min_lesion_ml" => m.pseudo.min_lesion_ml = Some(parse_ml(value).ok_or_else(|| bad(ML))?),
+                "segment.min_lesion_ml" => m.segment_min_lesion_ml = Some(parse_ml(value).ok_or_else(|| bad(ML))?),
                 "pseudo.crf_confidence" => {
                     let c = parse_finite(value).map(|c| c as f32).filter(|c| *c > 0.0 && *c < 1.0);
                     m.pseudo.crf_confidence = Some(c.ok_or_else(|| bad("a label confidence in (0, 1)"))?)
@@ -152,6 +153,12 @@ impl ModelMetadata {
         }
         Ok(m)
     }
+}
+
+const ML: &str = "a volume in mL, >= 0";
+
+fn parse_ml(s: &str) -> Option<f64> {
+    parse_finite(s).filter(|v| *v >= 0.0)
 }
 
 fn parse_positive(s: &str) -> Option<usize> {
@@ -217,6 +224,7 @@ mod tests {
             ("ichseg.pseudo.min_lesion_ml", "0.1"),
             ("ichseg.pseudo.crf_confidence", "0.9"),
             ("ichseg.pseudo.crf_bilateral_compat", "3"),
+            ("ichseg.segment.min_lesion_ml", "1"),
         ])
         .unwrap();
         assert_eq!(m.pseudo.threshold, Some(0.25));
@@ -224,6 +232,7 @@ mod tests {
         assert_eq!(m.pseudo.max_hu, Some(Some(100.0)));
         assert_eq!(m.pseudo.min_lesion_ml, Some(0.1));
         assert_eq!((m.pseudo.crf_confidence, m.pseudo.crf_bilateral_compat), (Some(0.9), Some(3.0)));
+        assert_eq!(m.segment_min_lesion_ml, Some(1.0));
     }
 
     #[test]
@@ -241,6 +250,8 @@ mod tests {
             ("ichseg.pseudo.threshold", "off"),
             ("ichseg.pseudo.max_hu", "NaN"),
             ("ichseg.pseudo.min_lesion_ml", "-1"),
+            ("ichseg.segment.min_lesion_ml", "-0.5"),
+            ("ichseg.segment.min_lesion_ml", "inf"),
             ("ichseg.pseudo.intracranial_margin_mm", "wide"),
             ("ichseg.pseudo.crf_confidence", "1"),
             ("ichseg.pseudo.crf_confidence", "0"),

@@ -29,9 +29,10 @@ pub struct SegmenterOptions {
     /// Window, input size, channels, normalisation and bleed logit in place of the model's.
     pub model: ModelOverrides,
     /// Lesions (3D components) smaller than this many millilitres leave the mask before the
-    /// lesion list is made ([`crate::lesions::remove_small_lesions`]; not in METHOD.md). Default
-    /// 0: every lesion is kept.
-    pub min_lesion_ml: f64,
+    /// lesion list is made ([`crate::lesions::remove_small_lesions`]; not in METHOD.md). `None`
+    /// (the default): the model's tuned `ichseg.segment.min_lesion_ml`, else 0 (every lesion
+    /// kept); `Some(0.0)` keeps every lesion whatever the model says.
+    pub min_lesion_ml: Option<f64>,
     /// Intracranial mask, not in METHOD.md: `Some(margin_mm)` zeroes the probability and the
     /// mask outside the skull's inside eroded by that margin ([`crate::skull::intracranial`]),
     /// before the small-lesion filter and the lesion list. Default `None`.
@@ -44,7 +45,7 @@ impl Default for SegmenterOptions {
             threshold: 0.5,
             batch: 1,
             model: ModelOverrides::default(),
-            min_lesion_ml: 0.0,
+            min_lesion_ml: None,
             intracranial_margin_mm: None,
         }
     }
@@ -73,6 +74,9 @@ pub struct SegmenterConfig {
     pub normalize: Option<(f32, f32)>,
     pub activation: OutputActivation,
     pub min_lesion_ml: f64,
+    /// Where `min_lesion_ml` came from: `"option"`, `"model: NAME"` (its
+    /// `ichseg.segment.min_lesion_ml`) or `"default"`.
+    pub min_lesion_ml_source: String,
     /// The intracranial mask's margin in mm; `None`: no mask.
     pub intracranial_margin_mm: Option<f64>,
 }
@@ -184,7 +188,13 @@ impl Segmenter {
         check_threshold(options.threshold)?;
         check_batch(options.batch)?;
         options.model.check()?;
-        check_min_lesion_ml(options.min_lesion_ml)?;
+        let (min_lesion_ml, min_lesion_ml_source) = match (options.min_lesion_ml, model.metadata.segment_min_lesion_ml)
+        {
+            (Some(ml), _) => (ml, "option".to_string()),
+            (None, Some(ml)) => (ml, format!("model: {}", model.name)),
+            (None, None) => (0.0, "default".to_string()),
+        };
+        check_min_lesion_ml(min_lesion_ml)?;
         if let Some(m) = options.intracranial_margin_mm {
             check_margin_mm(m)?;
         }
@@ -213,7 +223,8 @@ impl Segmenter {
                 channels,
                 normalize,
                 activation: OutputActivation::Sigmoid, // settled below from the plan's output shape
-                min_lesion_ml: options.min_lesion_ml,
+                min_lesion_ml,
+                min_lesion_ml_source,
                 intracranial_margin_mm: options.intracranial_margin_mm,
             },
             fixed_batch,

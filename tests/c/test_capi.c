@@ -350,7 +350,7 @@ static void test_versions(void)
     const char *v = ichseg_version_string();
     printf("versions\n");
     CHECK(ichseg_abi_version() == ICHSEG_ABI_VERSION, "abi %u", (unsigned)ichseg_abi_version());
-    CHECK(ICHSEG_ABI_VERSION == 7, "header ABI %d", ICHSEG_ABI_VERSION);
+    CHECK(ICHSEG_ABI_VERSION == 8, "header ABI %d", ICHSEG_ABI_VERSION);
     CHECK(ICHSEG_STATUS_OUT_OF_MEMORY == 12 &&
               strcmp(ichseg_status_name(ICHSEG_STATUS_OUT_OF_MEMORY), "ICHSEG_STATUS_OUT_OF_MEMORY") == 0,
           "out-of-memory status");
@@ -476,7 +476,7 @@ static void test_model_errors(IchsegEngine *engine, const char *dir)
     ichseg_segment_options_init(NULL); /* a no-op */
     CHECK(so.struct_size == sizeof so && so.threshold == 0.5f && so.batch == 1 &&
               isnan(so.window_level) && isnan(so.window_width) && so.input_rows == 0 &&
-              so.input_cols == 0 && so.channels == 0 && so.min_lesion_ml == 0.0,
+              so.input_cols == 0 && so.channels == 0 && isnan(so.min_lesion_ml),
           "segment option defaults");
     /* A caller built against the first header (no min_lesion_ml) passes its smaller size: the
        library writes exactly that many bytes, never past them, and reads no more. */
@@ -497,7 +497,7 @@ static void test_model_errors(IchsegEngine *engine, const char *dir)
         m = NULL;
     }
     ichseg_segment_options_init(&so);
-    so.min_lesion_ml = NAN;
+    so.min_lesion_ml = INFINITY; /* NaN is "the model's" */
     EXPECT(ichseg_model_load(engine, path, &so, &m), ICHSEG_STATUS_INVALID_ARGUMENT, "min_lesion_ml");
     so.min_lesion_ml = -1.0;
     EXPECT(ichseg_model_load(engine, path, &so, &m), ICHSEG_STATUS_INVALID_ARGUMENT, "min_lesion_ml");

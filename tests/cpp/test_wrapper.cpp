@@ -245,7 +245,9 @@ static void test_model_errors(const ichseg::Engine& engine, const std::string& d
     EXPECT_ERROR(ichseg::Model::load(engine, dir + "/unet_transpose.onnx", so), ICHSEG_STATUS_INVALID_MODEL,
                  "channels 3 was requested");
     so = {};
-    CHECK(so.min_lesion_ml == 0.0, "no small-lesion filter by default");
+    CHECK(!so.min_lesion_ml && std::isnan(so.to_c().min_lesion_ml), "the model's small-lesion filter by default");
+    so.min_lesion_ml = 0.0;
+    CHECK(so.to_c().min_lesion_ml == 0.0, "a caller's 0 reaches the C struct");
     so.min_lesion_ml = -1.0;
     EXPECT_ERROR(ichseg::Model::load(engine, dir + "/unet_transpose.onnx", so), ICHSEG_STATUS_INVALID_ARGUMENT,
                  "min_lesion_ml must be finite and >= 0");

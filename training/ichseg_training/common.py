@@ -362,20 +362,38 @@ TUNED_KEYS = ("threshold", "intracranial_margin_mm", "max_hu", "min_lesion_ml", 
 def write_tuned(path, **settings) -> dict:
     """Sets ``ichseg.pseudo.KEY`` in the ONNX file ``path`` for each setting given (a number, or
     ``"off"``; ``None`` removes the key), keeping every other key; returns the new metadata."""
+    unknown = set(settings) - set(TUNED_KEYS)
+    if unknown:
+        raise ValueError(f"unknown tuned settings {sorted(unknown)}; expected {TUNED_KEYS}")
+    return write_metadata(path, {f"ichseg.pseudo.{k}": v if v in (None, "off") else f"{float(v):g}"
+                                 for k, v in settings.items()})
+
+
+def write_segment_filter(path, min_lesion_ml, choice) -> dict:
+    """Sets a U-Net's tuned small-lesion filter, ``ichseg.segment.min_lesion_ml`` (what
+    ``ichseg segment`` applies when the caller gives none), and keeps how it was chosen
+    (``choice``) in its run record as ``segment_filter``; returns the new metadata."""
+    if not (min_lesion_ml >= 0 and min_lesion_ml != float("inf")):
+        raise ValueError(f"min_lesion_ml must be finite and >= 0, got {min_lesion_ml}")
+    return write_metadata(path, {"ichseg.segment.min_lesion_ml": f"{float(min_lesion_ml):g}"},
+                          record_fields={"segment_filter": choice})
+
+
+def write_metadata(path, entries, record_fields=None) -> dict:
+    """Sets the metadata ``entries`` (key: value; ``None`` removes the key) in the ONNX file
+    ``path``, keeping every other key, and brings its run record up to date (plus
+    ``record_fields``); returns the new metadata."""
     import pathlib
 
     import onnx
 
-    unknown = set(settings) - set(TUNED_KEYS)
-    if unknown:
-        raise ValueError(f"unknown tuned settings {sorted(unknown)}; expected {TUNED_KEYS}")
     proto = onnx.load(str(path))
     meta = {p.key: p.value for p in proto.metadata_props}
-    for key, value in settings.items():
+    for key, value in entries.items():
         if value is None:
-            meta.pop(f"ichseg.pseudo.{key}", None)
+            meta.pop(key, None)
         else:
-            meta[f"ichseg.pseudo.{key}"] = value if value == "off" else f"{float(value):g}"
+            meta[key] = value
     del proto.metadata_props[:]
     for key in sorted(meta):
         e = proto.metadata_props.add()
@@ -387,6 +405,7 @@ def write_tuned(path, **settings) -> dict:
     if record.is_file():
         rec = json.loads(record.read_text())
         rec["metadata"] = meta
+        rec.update(record_fields or {})
         rec.setdefault("onnx", {}).update(bytes=pathlib.Path(path).stat().st_size, sha256=sha256(path))
         record.write_text(json.dumps(rec, indent=1) + "\n")
     return meta

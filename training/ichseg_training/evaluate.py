@@ -12,6 +12,16 @@ its ``ichseg.*`` metadata says (window, input size, 3 channels), and reports sli
 ``unet`` runs ``ichseg segment --model MODEL CT -o PRED`` (the Rust library, native grid) on
 each volume of the subset, then ``ichseg eval --json`` against the ground-truth masks: IoU,
 mIoU, Dice, CL/ML/FPL as METHOD.md section 6 defines them (dataset-level sums).
+``--min-lesion-ml ML`` passes that filter to ``ichseg segment``; without it the model's tuned
+``ichseg.segment.min_lesion_ml`` applies, if it has one.
+
+    python -m ichseg_training.evaluate filter --model unet.onnx --data DIR --split split.json \
+        --pred-dir DIR [--filters 0,0.05,0.1,0.2,0.5,1] [--write] [--json out.json]
+
+``filter`` chooses a U-Net's small-lesion filter: it segments the val and test subsets once,
+unfiltered, scores each filter on both (``ichseg eval --min-lesion-ml``), keeps the one with the
+best **val** mIoU (a tie keeps the smaller) and, with ``--write``, writes it into the model as
+``ichseg.segment.min_lesion_ml`` (its run record keeps the table as ``segment_filter``).
 """
 from __future__ import annotations
 
@@ -77,9 +87,10 @@ def find_ichseg(explicit=None) -> str:
 
 
 def eval_unet(model, data, split, pred_dir, subset="test", layout="bcihm", ichseg=None, threads=0,
-              min_lesion_ml=0.0) -> dict:
+              min_lesion_ml=None) -> dict:
     """Segments each volume of ``subset`` with the Rust CLI and scores it with ``ichseg eval``;
-    ``min_lesion_ml`` > 0 drops smaller lesions first (``ichseg segment --min-lesion-ml``)."""
+    ``min_lesion_ml`` drops smaller lesions first (``ichseg segment --min-lesion-ml``; ``None``:
+    the model's tuned filter, if any)."""
     exe = find_ichseg(ichseg)
     ds = D.open_dataset(layout, data)
     patients = C.read_patients(split, ds, subset)
@@ -95,15 +106,37 @@ def eval_unet(model, data, split, pred_dir, subset="test", layout="bcihm", ichse
             gt = D._find(ds.root / "masks", p)
         pred = pred_dir / f"{stem}.nii.gz"
         t0 = time.time()
-        extra = ["--min-lesion-ml", str(min_lesion_ml)] if min_lesion_ml > 0 else []
+        extra = ["--min-lesion-ml", str(min_lesion_ml)] if min_lesion_ml is not None else []
         subprocess.run([exe, "segment", "--model", str(model), str(ct), "-o", str(pred), "--quiet",
                         "--threads", str(threads), *extra], check=True)
         seg_seconds[stem] = time.time() - t0
         pairs.append((pred, gt))
     scores = score_pairs(exe, pairs)
     scores.update(subset=subset, patients=patients, model=str(model), segment_seconds=seg_seconds,
-                  min_lesion_ml=min_lesion_ml)
+                  min_lesion_ml=min_lesion_ml, pairs=[[str(p), str(g)] for p, g in pairs])
     return scores
+
+
+FILTERS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)  # mL; 0 first, so a tie keeps every lesion
+
+
+def choose_filter(model, data, split, pred_dir, filters=FILTERS, layout="bcihm", ichseg=None, threads=0) -> dict:
+    """The U-Net's small-lesion filter, chosen on val: segments val and test once, unfiltered,
+    into ``pred_dir/SUBSET``, scores every filter on both, and keeps the best val mIoU."""
+    exe = find_ichseg(ichseg)
+    pairs = {s: eval_unet(model, data, split, pathlib.Path(pred_dir) / s, s, layout, exe, threads, 0.0)["pairs"]
+             for s in ("val", "test")}
+    rows = [{"min_lesion_ml": ml, **{s: score_pairs(exe, pairs[s], ml)["overall"] for s in pairs}} for ml in filters]
+    return {"model": str(model), "rows": rows, "chosen": best_filter(rows)}
+
+
+def best_filter(rows) -> float:
+    """The ``min_lesion_ml`` of the row with the best val mIoU; ties and undefined scores go to the
+    smaller filter."""
+    def key(r):
+        m = r["val"]["miou"]
+        return (m if isinstance(m, float) and m == m else -1.0, -r["min_lesion_ml"])
+    return max(rows, key=key)["min_lesion_ml"]
 
 
 def eval_masks(mask_dir, data, split, subset="train", layout="bcihm", ichseg=None) -> dict:
@@ -120,9 +153,10 @@ def eval_masks(mask_dir, data, split, subset="train", layout="bcihm", ichseg=Non
     return scores
 
 
-def score_pairs(exe, pairs) -> dict:
-    """``ichseg eval`` over (prediction, ground truth) pairs: dataset-level scores, per volume, table."""
-    cmd = [exe, "eval"]
+def score_pairs(exe, pairs, min_lesion_ml=None) -> dict:
+    """``ichseg eval`` over (prediction, ground truth) pairs: dataset-level scores, per volume,
+    table; with ``min_lesion_ml``, of the predictions without their smaller lesions."""
+    cmd = [exe, "eval", *(["--min-lesion-ml", str(min_lesion_ml)] if min_lesion_ml is not None else [])]
     for pred, gt in pairs:
         cmd += ["--pred", str(pred), "--gt", str(gt)]
     res = subprocess.run(cmd + ["--json"], check=True, capture_output=True, text=True)
@@ -134,31 +168,49 @@ def score_pairs(exe, pairs) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("classifier", "unet"):
+    for name in ("classifier", "unet", "filter"):
         sp = sub.add_parser(name)
         sp.add_argument("--model", required=True)
         sp.add_argument("--data", required=True)
         sp.add_argument("--layout", choices=("bcihm", "bhsd"), default="bcihm")
         sp.add_argument("--split", required=True)
-        sp.add_argument("--subset", default="test")
+        if name != "filter":  # filter scores val and test
+            sp.add_argument("--subset", default="test")
         sp.add_argument("--json", default=None, help="also write the scores here")
-        if name == "unet":
+        if name != "classifier":
             sp.add_argument("--pred-dir", required=True, help="where the predicted masks go")
             sp.add_argument("--ichseg", default=None,
                             help="the ichseg binary (default: PATH, then target/release/ichseg)")
             sp.add_argument("--threads", type=int, default=0)
-            sp.add_argument("--min-lesion-ml", type=float, default=0.0,
-                            help="drop lesions smaller than this (mL) before scoring (ichseg segment --min-lesion-ml)")
+        if name == "unet":
+            sp.add_argument("--min-lesion-ml", type=float, default=None,
+                            help="drop lesions smaller than this (mL) before scoring (ichseg segment --min-lesion-ml; "
+                                 "default: the model's ichseg.segment.min_lesion_ml, if any)")
+        if name == "filter":
+            sp.add_argument("--filters", default=",".join(f"{f:g}" for f in FILTERS),
+                            help="the small-lesion filters to try, in mL (comma-separated)")
+            sp.add_argument("--write", action="store_true",
+                            help="write the chosen filter into the model (ichseg.segment.min_lesion_ml)")
     a = ap.parse_args(argv)
     if a.cmd == "classifier":
         sc = eval_classifier(a.model, a.data, a.split, a.subset, a.layout)
         print(f"{a.model} on {a.subset} ({sc['n']} slices, {sc['positives']} bleeding): "
               f"accuracy {sc['accuracy']:.4f}  AUC {sc['auc']:.4f}  sensitivity {sc['sensitivity']:.4f}  "
               f"specificity {sc['specificity']:.4f}")
-    else:
+    elif a.cmd == "unet":
         sc = eval_unet(a.model, a.data, a.split, a.pred_dir, a.subset, a.layout, a.ichseg, a.threads,
                        a.min_lesion_ml)
         print(sc["table"], end="")
+    else:
+        filters = [float(f) for f in a.filters.split(",")]
+        sc = choose_filter(a.model, a.data, a.split, a.pred_dir, filters, a.layout, a.ichseg, a.threads)
+        for r in sc["rows"]:
+            print(f"< {r['min_lesion_ml']:g} mL: val mIoU {100 * r['val']['miou']:.2f}, "
+                  f"test mIoU {100 * r['test']['miou']:.2f}")
+        print(f"chosen on val: {sc['chosen']:g} mL")
+        if a.write:
+            sc["command"] = C.command_line("ichseg_training.evaluate", argv)
+            C.write_segment_filter(a.model, sc["chosen"], sc)
     if a.json:
         C.write_json(a.json, sc)
     return 0

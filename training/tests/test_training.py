@@ -215,6 +215,13 @@ def test_ship_smoke_makes_both_unets(tmp_path):
         assert float(meta["ichseg.pseudo.crf_bilateral_compat"]) == crf["bilateral_compat"]
     text = (models / "MODELS.md").read_text()
     assert "`ichseg.pseudo.crf_confidence`" in text
+    # each U-Net carries the small-lesion filter chosen on val, and MODELS.md shows the choice
+    for f in ("unet.onnx", "unet_weak.onnx"):
+        rec = json.loads((models / f.replace(".onnx", ".train.json")).read_text())
+        chosen = rec["segment_filter"]["chosen"]
+        assert float(rec["metadata"]["ichseg.segment.min_lesion_ml"]) == chosen
+        assert f"`{f}`, chosen **{chosen:g} mL**" in text
+    assert "## Small-lesion filter of the U-Nets" in text
     assert "## Weakly supervised U-Net" in text and "`unet_weak.onnx`" in text
     # MODELS.md and the run records name the work folder $DATA, the binary relative to the repository
     def machine_free(text):

@@ -41,3 +41,26 @@ def test_write_tuned_sets_replaces_and_removes_keys(tmp_path):
         C.write_tuned(path, thresh=0.2)
     meta = C.write_tuned(path, crf_confidence=0.9, crf_bilateral_compat=3.0)
     assert (meta["ichseg.pseudo.crf_confidence"], meta["ichseg.pseudo.crf_bilateral_compat"]) == ("0.9", "3")
+
+
+def test_write_segment_filter_sets_the_key_and_keeps_the_choice(tmp_path):
+    path = tmp_path / "u.onnx"
+    _model(path)
+    (tmp_path / "u.train.json").write_text('{"metadata": {}}')
+    choice = {"rows": [], "chosen": 0.5}
+    meta = C.write_segment_filter(path, 0.5, choice)
+    assert meta["ichseg.segment.min_lesion_ml"] == "0.5" and meta["ichseg.pseudo.max_hu"] == "120"
+    rec = json.loads((tmp_path / "u.train.json").read_text())
+    assert rec["segment_filter"] == choice and rec["metadata"] == meta
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="min_lesion_ml"):
+            C.write_segment_filter(path, bad, choice)
+
+
+def test_best_filter_takes_the_best_val_miou_and_the_smaller_of_a_tie():
+    from ichseg_training import evaluate as EV
+
+    row = lambda ml, val, test: {"min_lesion_ml": ml, "val": {"miou": val}, "test": {"miou": test}}  # noqa: E731
+    assert EV.best_filter([row(0.0, 0.70, 0.9), row(0.5, 0.72, 0.1), row(1.0, 0.71, 0.99)]) == 0.5, "val decides"
+    assert EV.best_filter([row(0.0, 0.7, 0), row(0.1, 0.72, 0), row(1.0, 0.72, 0)]) == 0.1
+    assert EV.best_filter([row(0.0, float("nan"), 0), row(0.2, 0.5, 0)]) == 0.2

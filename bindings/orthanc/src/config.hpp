@@ -4,6 +4,7 @@
 #include <json/json.h>
 
 #include <cstdint>
+#include <optional>
 #include <regex>
 #include <string>
 
@@ -31,7 +32,7 @@ struct Config {
     std::string model;          // U-Net ONNX path (required)
     bool auto_segment = true;   // segment every stable series that passes the filter
     float threshold = 0.5f;     // bleed probability threshold, [0, 1]
-    double min_lesion_ml = 0.0; // small-lesion filter, >= 0
+    std::optional<double> min_lesion_ml; // small-lesion filter, >= 0; unset: the model's
     std::string device = "auto";  // auto | cpu | cuda
     uint32_t threads = 0;       // 0 = one per core
     uint32_t queue_size = 16;   // series waiting for the worker, 1..10000

@@ -160,7 +160,7 @@ Segmentation Segmenter::run(const std::string& folder, const std::string& series
     model["name"] = model_name_;
     model["path"] = model_path_;
     model["threshold"] = config_.threshold;
-    model["min_lesion_ml"] = config_.min_lesion_ml;
+    model["min_lesion_ml"] = config_.min_lesion_ml ? Json::Value(*config_.min_lesion_ml) : Json::Value();
     r["model"] = model;
     r["device"] = device_;
     r["device_note"] = device_note_;

@@ -277,7 +277,7 @@ public:
         m["name"] = segmenter_->model_name();
         m["path"] = segmenter_->model_path();
         m["threshold"] = config_.threshold;
-        m["min_lesion_ml"] = config_.min_lesion_ml;
+        m["min_lesion_ml"] = config_.min_lesion_ml ? Json::Value(*config_.min_lesion_ml) : Json::Value();
         s["model"] = m;
         s["ichseg_version"] = ichseg::version();
         return s;

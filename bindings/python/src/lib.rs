@@ -496,7 +496,7 @@ struct NativeSegmenter {
 impl NativeSegmenter {
     #[new]
     #[pyo3(signature = (engine, model, threshold=0.5, batch=1, window=None, input_size=None, channels=None,
-                        normalize=None, bleed_index=None, min_lesion_ml=0.0, intracranial_margin_mm=None))]
+                        normalize=None, bleed_index=None, min_lesion_ml=None, intracranial_margin_mm=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -509,7 +509,7 @@ impl NativeSegmenter {
         channels: Option<usize>,
         normalize: Option<(f32, f32)>,
         bleed_index: Option<usize>,
-        min_lesion_ml: f64,
+        min_lesion_ml: Option<f64>,
         intracranial_margin_mm: Option<f64>,
     ) -> PyResult<Self> {
         let options = SegmenterOptions {

@@ -80,8 +80,24 @@ def test_options_match_cli_flags(cli, engine, tmp_path):
     result = seg.segment(ichseg.read_volume(SAMPLE))
     np.testing.assert_array_equal(result.mask, np.asarray(nib.load(mask_path).dataobj).T)
     assert strip_volatile(result.report) == strip_volatile(json.loads(out.stdout))
-    default = ichseg.Segmenter(engine, model).segment(ichseg.read_volume(SAMPLE))
-    assert result.mask.sum() < default.mask.sum()
+    unfiltered = ichseg.Segmenter(engine, model, min_lesion_ml=0).segment(ichseg.read_volume(SAMPLE))
+    assert result.mask.sum() < unfiltered.mask.sum()
+
+
+def test_the_models_tuned_filter_applies_unless_given(engine):
+    """The shipped weak U-Net carries the small-lesion filter chosen on val
+    (ichseg.segment.min_lesion_ml): it applies by default, a given value wins, 0 keeps all."""
+    image = ichseg.read_volume(SAMPLE)
+    tuned = ichseg.Segmenter(engine, MODELS / "unet_weak.onnx")
+    ml = tuned.config["min_lesion_ml"]
+    assert tuned.config["min_lesion_ml_source"] == "model: unet_weak.onnx" and ml > 0
+    given = ichseg.Segmenter(engine, MODELS / "unet_weak.onnx", min_lesion_ml=ml)
+    assert given.config["min_lesion_ml_source"] == "option"
+    kept = tuned.segment(image)
+    np.testing.assert_array_equal(kept.mask, given.segment(image).mask)
+    everything = ichseg.Segmenter(engine, MODELS / "unet_weak.onnx", min_lesion_ml=0).segment(image)
+    assert everything.mask.sum() > kept.mask.sum(), "the sample has lesions under the filter"
+    assert all(lesion.volume_ml >= ml for lesion in kept.lesions)
 
 
 def test_engine_reports_device():

@@ -113,9 +113,10 @@ struct ModelArgs {
     #[arg(long, default_value_t = 0.5)]
     threshold: f32,
     /// Drop lesions (3D connected components) smaller than ML millilitres from the mask before
-    /// the lesion list; not in the paper. 0 keeps every lesion.
-    #[arg(long, value_name = "ML", default_value_t = 0.0)]
-    min_lesion_ml: f64,
+    /// the lesion list; not in the paper. 0 keeps every lesion [default: the model's tuned
+    /// ichseg.segment.min_lesion_ml, else 0].
+    #[arg(long, value_name = "ML")]
+    min_lesion_ml: Option<f64>,
     /// Zero the probability and the mask outside the skull's inside, found in the CT (bone
     /// ring filled, an open ring bridged by its convex hull, eroded by
     /// --intracranial-margin-mm; docs/INTRACRANIAL.md); not in the paper [default: off].
@@ -200,6 +201,11 @@ struct EvalArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Drop the predictions' lesions (3D connected components) smaller than ML millilitres
+    /// before scoring: what `segment --min-lesion-ml ML` would have dropped, so a filter can be
+    /// chosen on unfiltered predictions without segmenting again [default: none dropped].
+    #[arg(long, value_name = "ML")]
+    min_lesion_ml: Option<f64>,
 }
 
 #[derive(Args)]
@@ -381,6 +387,14 @@ fn print_summary(r: &report::SegmentationReport) {
         "model     {} (input {}x{}x{}, window {}/{}, threshold {})",
         r.model.name, c.channels, c.input_rows, c.input_cols, c.window_level, c.window_width, c.threshold
     );
+    if c.min_lesion_ml > 0.0 {
+        let from = if c.min_lesion_ml_source.starts_with("model") {
+            " (the model's ichseg.segment.min_lesion_ml)"
+        } else {
+            ""
+        };
+        println!("filter    lesions < {} mL dropped{from}", c.min_lesion_ml);
+    }
     println!("device    {} x{} threads ({})", r.device, r.threads, r.device_note);
     println!("lesions   {}  total {:.2} mL (ABC/2 {:.2} mL)", r.lesion_count, r.total_volume_ml, r.total_abc2_ml);
     if r.lesion_count > 0 && !r.midline.found {
@@ -428,7 +442,10 @@ fn eval(a: &EvalArgs) -> Result<()> {
     let mut voxel_ml = Vec::new();
     for (p, g) in a.pred.iter().zip(&a.gt) {
         let (gh, gm) = nifti::read_mask(g)?;
-        let pm = input::read_mask_like(p, &gh, g)?;
+        let mut pm = input::read_mask_like(p, &gh, g)?;
+        if let Some(ml) = a.min_lesion_ml {
+            ichseg::lesions::remove_small_lesions(&mut pm, gh.spacing(), ml)?;
+        }
         masks.push((pm, gm));
         voxel_ml.push(gh.spacing().iter().product::<f64>() / 1000.0);
     }

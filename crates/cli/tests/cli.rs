@@ -215,6 +215,20 @@ fn min_lesion_ml_keeps_only_the_large_lesions() {
     assert_eq!((r["lesion_count"].as_u64(), r["lesions"][0]["voxels"].as_u64()), (Some(1), Some(408)));
     let (_, m) = ichseg::io::nifti::read_mask(&mask).unwrap();
     assert_eq!(m.iter().filter(|&&v| v == 1).count(), 408, "the small lesions left the mask too");
+
+    // `eval --min-lesion-ml` on the unfiltered mask scores what the filtered segmentation scores
+    let all = dir.path().join("all.nii.gz");
+    assert!(ichseg(&[&args[..3], &[p(&ct), "-o", p(&all), "-q"]].concat()).status.success());
+    let score = |pred: &Path, extra: &[&str]| {
+        let out = ichseg(&[&["eval", "--pred", p(pred), "--gt", p(&all), "--json"][..], extra].concat());
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["overall"].clone()
+    };
+    let filtered = score(&mask, &[]);
+    assert_ne!(filtered, score(&all, &[]));
+    assert_eq!(score(&all, &["--min-lesion-ml", &largest_ml]), filtered);
+    let bad = ichseg(&["eval", "--pred", p(&all), "--gt", p(&all), "--min-lesion-ml", "nan"]);
+    assert!(stderr(&bad).contains("min_lesion_ml must be finite"), "{}", stderr(&bad));
 }
 
 #[test]
@@ -435,4 +449,30 @@ fn the_report_names_the_cpu_kernels_and_the_switches_lower_them() {
     assert!(out.status.success(), "{}", stderr(&out));
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(r["cpu_kernels"], format!("{detected}, low-memory"));
+}
+
+/// The shipped weak U-Net carries the small-lesion filter chosen on val
+/// (`ichseg.segment.min_lesion_ml`): `segment` applies it without the flag and says so; the flag wins.
+#[test]
+fn a_models_tuned_small_lesion_filter_applies_unless_the_flag_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = root().join("models");
+    let (model, sample) = (models.join("unet_weak.onnx"), models.join("samples/sample.nii.gz"));
+    let run = |name: &str, extra: &[&str]| {
+        let (mask, report) = (dir.path().join(format!("{name}.nii.gz")), dir.path().join(format!("{name}.json")));
+        let args = ["segment", "--model", p(&model), p(&sample), "-o", p(&mask), "--report", p(&report)];
+        let out = ichseg(&[&args[..], &["--threads", "2"], extra].concat());
+        assert!(out.status.success(), "{}", stderr(&out));
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        (r["model"]["config"].clone(), r["lesion_count"].as_u64().unwrap(), stdout(&out))
+    };
+    let (tuned, kept, text) = run("tuned", &[]);
+    let ml = tuned["min_lesion_ml"].as_f64().unwrap();
+    assert!(ml > 0.0 && tuned["min_lesion_ml_source"] == "model: unet_weak.onnx", "{tuned}");
+    assert!(text.contains("the model's ichseg.segment.min_lesion_ml"), "{text}");
+    let (given, same, _) = run("given", &["--min-lesion-ml", &ml.to_string()]);
+    assert_eq!((given["min_lesion_ml_source"].as_str(), same), (Some("option"), kept));
+    let (all, every, text) = run("all", &["--min-lesion-ml", "0"]);
+    assert_eq!(all["min_lesion_ml"].as_f64(), Some(0.0));
+    assert!(every > kept && !text.contains("filter "), "{every} lesions vs {kept}; {text}");
 }

@@ -325,7 +325,8 @@ class Segmenter:
 
     Options (each overrides the model's ``ichseg.*`` metadata, as the CLI's flags do):
     ``threshold`` (0.5), ``batch`` (1), ``window=(level, width)`` HU, ``input_size=(rows, cols)``,
-    ``channels`` (1 or 3), ``normalize=(mean, std)``, ``bleed_index``, ``min_lesion_ml`` (0),
+    ``channels`` (1 or 3), ``normalize=(mean, std)``, ``bleed_index``, ``min_lesion_ml`` (``None``:
+    the model's tuned ``ichseg.segment.min_lesion_ml``, else 0; ``.config`` says which),
     ``intracranial_margin_mm`` (``None``: off; a margin in mm zeroes everything outside the
     intracranial mask, docs/INTRACRANIAL.md).
     """
@@ -333,7 +334,7 @@ class Segmenter:
     def __init__(self, engine: Engine, model: PathArg, *, threshold: float = 0.5, batch: int = 1,
                  window: Optional[Sequence[float]] = None, input_size: Optional[Sequence[int]] = None,
                  channels: Optional[int] = None, normalize: Optional[Sequence[float]] = None,
-                 bleed_index: Optional[int] = None, min_lesion_ml: float = 0.0,
+                 bleed_index: Optional[int] = None, min_lesion_ml: Optional[float] = None,
                  intracranial_margin_mm: Optional[float] = None) -> None:
         self._native = _native.NativeSegmenter(
             engine._native, str(model), threshold, batch, _pair(window, "window"),

@@ -44,7 +44,7 @@ class NativeSegmenter:
     def __init__(self, engine: NativeEngine, model: str, threshold: float = 0.5, batch: int = 1,
                  window: Optional[tuple[float, float]] = None, input_size: Optional[tuple[int, int]] = None,
                  channels: Optional[int] = None, normalize: Optional[tuple[float, float]] = None,
-                 bleed_index: Optional[int] = None, min_lesion_ml: float = 0.0,
+                 bleed_index: Optional[int] = None, min_lesion_ml: Optional[float] = None,
                  intracranial_margin_mm: Optional[float] = None) -> None: ...
     @property
     def config_json(self) -> str: ...
