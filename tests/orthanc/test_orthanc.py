@@ -288,6 +288,8 @@ def test_stable_ct_series_gets_one_seg_and_a_report_also_after_a_restart(servers
     orthanc = servers(OverwriteInstances=True)
     status = orthanc.json("GET", "/ichseg/status")
     assert status["device"] == "cpu" and status["model"]["name"] == "unet", status
+    # no MinLesionMl configured: the model's own filter, reported as null
+    assert status["model"]["threshold"] == 0.5 and status["model"]["min_lesion_ml"] is None, status
     assert status["queue_length"] == 0 and status["auto_segment"] is True, status
 
     uids = orthanc.upload(series_dir)
@@ -305,7 +307,7 @@ def test_stable_ct_series_gets_one_seg_and_a_report_also_after_a_restart(servers
         assert report["timings"][k] >= 0, report["timings"]
     assert orthanc.request("GET", f"/series/{series}/metadata/IchsegState")[1] == b"done"
     assert list((tmp_path / "scratch").iterdir()) == [], "the series' temporary folder is removed"
-    assert report["model"]["path"] == str(MODEL)
+    assert report["model"]["path"] == str(MODEL) and report["model"]["min_lesion_ml"] is None, report
     # The SR beside the CT series is not a CT: the filter skips it, nothing recorded.
     sr = [s for u, s in uids.items() if u != ct_uid]
     for s in sr:
@@ -420,7 +422,8 @@ def test_series_filter(servers, tmp_path):
         assert orthanc.request("GET", f"/ichseg/series/{s}")[0] == 404
     orthanc.stop()
 
-    orthanc = servers(default_ichseg(tmp_path, SeriesFilter={"Modality": "", "DescriptionPattern": "."}),
+    orthanc = servers(default_ichseg(tmp_path, SeriesFilter={"Modality": "", "DescriptionPattern": "."},
+                                     MinLesionMl=0.25),
                       workdir=tmp_path / "second")
     (mr_series,) = orthanc.upload(FIXTURES / "bad" / "mr").values()
     report = orthanc.wait_report(mr_series)
@@ -432,12 +435,13 @@ def test_series_filter(servers, tmp_path):
     ct_uid = str(pydicom.dcmread(next(ct_dir.glob("*.dcm")), stop_before_pixels=True).SeriesInstanceUID)
     report = orthanc.wait_report(uids[ct_uid])
     assert report["status"] == "done" and report["series_description"] == description, report
+    assert report["model"]["min_lesion_ml"] == 0.25, report  # the configured filter
     assert orthanc.seg_instances() == [report["seg_instance"]]
     for uid, s in uids.items():
         if uid != ct_uid:
             orthanc.wait_log(rf"series {s} not segmented: SeriesDescription \"\" does not match DescriptionPattern")
     status = orthanc.json("GET", "/ichseg/status")
-    assert status["failed"] == 1 and status["done"] == 1, status
+    assert status["failed"] == 1 and status["done"] == 1 and status["model"]["min_lesion_ml"] == 0.25, status
 
 
 @pytest.mark.parametrize("case", ["missing model", "not a model", "no Model", "no UserMetadata", "bad Device"])

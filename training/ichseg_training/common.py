@@ -197,6 +197,11 @@ def segmentation_scores(pred, truth) -> dict:
             "dice": 2.0 * inter_f / denom if denom else 1.0}
 
 
+def miou_or_worst(miou) -> float:
+    """An mIoU as a ranking key: undefined scores (None, NaN) rank below every defined one."""
+    return miou if isinstance(miou, float) and miou == miou else -1.0
+
+
 # ------------------------------------------------------------------------- seeds and devices
 
 def seed_everything(seed: int) -> None:

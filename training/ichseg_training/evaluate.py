@@ -16,12 +16,15 @@ mIoU, Dice, CL/ML/FPL as METHOD.md section 6 defines them (dataset-level sums).
 ``ichseg.segment.min_lesion_ml`` applies, if it has one.
 
     python -m ichseg_training.evaluate filter --model unet.onnx --data DIR --split split.json \
-        --pred-dir DIR [--filters 0,0.05,0.1,0.2,0.5,1] [--write] [--json out.json]
+        (--pred-dir DIR | --val-scores V.json --test-scores T.json) [--filters 0,0.05,0.1,0.2,0.5,1] \
+        [--write] [--json out.json]
 
 ``filter`` chooses a U-Net's small-lesion filter: it segments the val and test subsets once,
-unfiltered, scores each filter on both (``ichseg eval --min-lesion-ml``), keeps the one with the
-best **val** mIoU (a tie keeps the smaller) and, with ``--write``, writes it into the model as
-``ichseg.segment.min_lesion_ml`` (its run record keeps the table as ``segment_filter``).
+unfiltered (or reuses the predictions of ``unet --min-lesion-ml 0 --json`` runs given as
+``--val-scores`` / ``--test-scores``), scores each filter on both (``ichseg eval
+--min-lesion-ml``), keeps the one with the best **val** mIoU (a tie keeps the smaller) and, with
+``--write``, writes it into the model as ``ichseg.segment.min_lesion_ml`` (its run record keeps
+the table as ``segment_filter``).
 """
 from __future__ import annotations
 
@@ -120,23 +123,41 @@ def eval_unet(model, data, split, pred_dir, subset="test", layout="bcihm", ichse
 FILTERS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)  # mL; 0 first, so a tie keeps every lesion
 
 
-def choose_filter(model, data, split, pred_dir, filters=FILTERS, layout="bcihm", ichseg=None, threads=0) -> dict:
+def choose_filter(model, data, split, pred_dir=None, filters=FILTERS, layout="bcihm", ichseg=None, threads=0,
+                  unfiltered=None) -> dict:
     """The U-Net's small-lesion filter, chosen on val: segments val and test once, unfiltered,
-    into ``pred_dir/SUBSET``, scores every filter on both, and keeps the best val mIoU."""
+    into ``pred_dir/SUBSET`` (or reuses ``unfiltered``, the :func:`eval_unet` scores of such runs
+    by subset), scores every filter on both, and keeps the best val mIoU."""
     exe = find_ichseg(ichseg)
-    pairs = {s: eval_unet(model, data, split, pathlib.Path(pred_dir) / s, s, layout, exe, threads, 0.0)["pairs"]
-             for s in ("val", "test")}
-    rows = [{"min_lesion_ml": ml, **{s: score_pairs(exe, pairs[s], ml)["overall"] for s in pairs}} for ml in filters]
+    if unfiltered is None:
+        if pred_dir is None:
+            raise SystemExit("choose_filter: a --pred-dir for the unfiltered predictions, or their scores")
+        unfiltered = {s: eval_unet(model, data, split, pathlib.Path(pred_dir) / s, s, layout, exe, threads, 0.0)
+                      for s in ("val", "test")}
+    for s, doc in unfiltered.items():
+        check_unfiltered(doc, model, s)
+    rows = [{"min_lesion_ml": ml, **{s: score_pairs(exe, doc["pairs"], ml)["overall"] if ml else doc["overall"]
+                                     for s, doc in unfiltered.items()}} for ml in filters]
     return {"model": str(model), "rows": rows, "chosen": best_filter(rows)}
+
+
+def check_unfiltered(doc, model, subset) -> None:
+    """Refuses scores that are not ``model``'s unfiltered predictions of ``subset``."""
+    if doc.get("subset") != subset:
+        raise SystemExit(f"the {subset} scores given are of the {doc.get('subset')!r} subset")
+    if doc.get("min_lesion_ml") != 0:
+        raise SystemExit(f"the {subset} scores given were made with --min-lesion-ml {doc.get('min_lesion_ml')}, not 0")
+    if pathlib.Path(doc.get("model", "")).resolve() != pathlib.Path(model).resolve():
+        raise SystemExit(f"the {subset} scores given are of {doc.get('model')}, not {model}")
+    missing = [p for p, _ in doc["pairs"] if not pathlib.Path(p).is_file()]
+    if missing:
+        raise SystemExit(f"the {subset} scores' prediction {missing[0]} is gone")
 
 
 def best_filter(rows) -> float:
     """The ``min_lesion_ml`` of the row with the best val mIoU; ties and undefined scores go to the
     smaller filter."""
-    def key(r):
-        m = r["val"]["miou"]
-        return (m if isinstance(m, float) and m == m else -1.0, -r["min_lesion_ml"])
-    return max(rows, key=key)["min_lesion_ml"]
+    return max(rows, key=lambda r: (C.miou_or_worst(r["val"]["miou"]), -r["min_lesion_ml"]))["min_lesion_ml"]
 
 
 def eval_masks(mask_dir, data, split, subset="train", layout="bcihm", ichseg=None) -> dict:
@@ -178,7 +199,7 @@ def main(argv=None):
             sp.add_argument("--subset", default="test")
         sp.add_argument("--json", default=None, help="also write the scores here")
         if name != "classifier":
-            sp.add_argument("--pred-dir", required=True, help="where the predicted masks go")
+            sp.add_argument("--pred-dir", required=name == "unet", help="where the predicted masks go")
             sp.add_argument("--ichseg", default=None,
                             help="the ichseg binary (default: PATH, then target/release/ichseg)")
             sp.add_argument("--threads", type=int, default=0)
@@ -191,6 +212,10 @@ def main(argv=None):
                             help="the small-lesion filters to try, in mL (comma-separated)")
             sp.add_argument("--write", action="store_true",
                             help="write the chosen filter into the model (ichseg.segment.min_lesion_ml)")
+            for subset in ("val", "test"):
+                sp.add_argument(f"--{subset}-scores", metavar="JSON",
+                                help=f"reuse the predictions of `evaluate unet --subset {subset} --min-lesion-ml 0 "
+                                     "--json JSON` instead of segmenting again (with the other subset's)")
     a = ap.parse_args(argv)
     if a.cmd == "classifier":
         sc = eval_classifier(a.model, a.data, a.split, a.subset, a.layout)
@@ -203,7 +228,13 @@ def main(argv=None):
         print(sc["table"], end="")
     else:
         filters = [float(f) for f in a.filters.split(",")]
-        sc = choose_filter(a.model, a.data, a.split, a.pred_dir, filters, a.layout, a.ichseg, a.threads)
+        if (a.val_scores is None) != (a.test_scores is None):
+            ap.error("--val-scores and --test-scores go together")
+        if a.val_scores is None and a.pred_dir is None:
+            ap.error("filter needs --pred-dir, or --val-scores and --test-scores")
+        unfiltered = None if a.val_scores is None else {
+            s: json.loads(pathlib.Path(f).read_text()) for s, f in (("val", a.val_scores), ("test", a.test_scores))}
+        sc = choose_filter(a.model, a.data, a.split, a.pred_dir, filters, a.layout, a.ichseg, a.threads, unfiltered)
         for r in sc["rows"]:
             print(f"< {r['min_lesion_ml']:g} mL: val mIoU {100 * r['val']['miou']:.2f}, "
                   f"test mIoU {100 * r['test']['miou']:.2f}")

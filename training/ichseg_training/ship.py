@@ -80,8 +80,11 @@ PAPER_TABLE4 = ((52.5, 50.1), (53.1, 50.3), (59.1, 58.3), (60.7, 60.3), (61.8, 6
 # is a test volume. The classifiers, the tuned pseudo-labelling and both U-Nets are scored on it.
 SHIFTED_SEED = 4242
 SHIFTED_COUNT = 80
-UNET_ARGS = ["--base-width", 8, "--depth", 4, "--epochs", 15, "--batch", 8, "--crop", 96,
-             "--neg-fraction", 0.15, "--val-every", 2, "--patience", 12, "--max-minutes", 45, "--threads", 1]
+UNET_ARGS = ["--base-width", 8, "--depth", 4, "--epochs", 15, "--batch", 8,
+             "--neg-fraction", 0.15, "--val-every", 2, "--patience", 12, "--threads", 1]
+# The U-Nets' input (`--unet-size`): the classifiers' 160, or the phantoms' native 256 (docs/RESULTS.md,
+# "The fully supervised U-Net at the native 256x256 input"), with its training patch and time cap.
+UNET_INPUTS = {160: ["--crop", 96, "--max-minutes", 45], 256: ["--crop", 128, "--max-minutes", 100]}
 
 
 def shown(cmd) -> str:
@@ -199,9 +202,8 @@ def carry_earlier_run(doc, earlier) -> None:
 
 
 def _final_miou(run) -> float:
-    """The mIoU of an ``ichseg ablate --json`` run's final row (after the dCRF); -1 if undefined."""
-    miou = run["rows"][-1]["scores"]["miou"]
-    return miou if isinstance(miou, float) and miou == miou else -1.0
+    """The mIoU of an ``ichseg ablate --json`` run's final row (after the dCRF), as a ranking key."""
+    return C.miou_or_worst(run["rows"][-1]["scores"]["miou"])
 
 
 def best_threshold(ablation) -> float:
@@ -276,6 +278,8 @@ def main(argv=None):
     ap.add_argument("--skull-strip-mm", type=float, default=None, metavar="MM",
                     help="train the classifiers on skull-stripped phantoms (`ichseg skull-strip --margin-mm MM`); "
                          "they carry ichseg.skull_strip_mm, so the library strips their inputs itself")
+    ap.add_argument("--unet-size", type=int, choices=sorted(UNET_INPUTS), default=INPUT_SIZE,
+                    help=f"the U-Nets' input size (default {INPUT_SIZE}, the classifiers')")
     ap.add_argument("--skip-existing", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="tiny data, one epoch each: a pipeline check")
     ap.add_argument("--report-only", action="store_true",
@@ -308,7 +312,12 @@ def main(argv=None):
         PHANTOM_SIZE, INPUT_SIZE = 64, 64
         CLASSIFIERS = tuple((f, arch, 4, 1) for f, arch, _, _ in CLASSIFIERS)
         CLASSIFIER_ARGS = ["--batch", 8, "--threads", 1]
-        UNET_ARGS = ["--base-width", 4, "--depth", 3, "--epochs", 1, "--batch", 4, "--crop", 32, "--threads", 1]
+        UNET_ARGS = ["--base-width", 4, "--depth", 3, "--epochs", 1, "--batch", 4, "--threads", 1]
+        a.unet_size, unet_input = 64, ["--crop", 32]
+    else:
+        unet_input = UNET_INPUTS[a.unet_size]
+    unet_args = ["--size", a.unet_size, *UNET_ARGS, *unet_input]
+    input_text = f", {a.unet_size}x{a.unet_size} input" if a.unet_size != INPUT_SIZE else ""
 
     from . import evaluate as EV
 
@@ -354,9 +363,8 @@ def main(argv=None):
     unet_out = models / UNET_FILE
     if not (a.skip_existing and C.record_path(unet_out).exists()):
         cmd = py("ichseg_training.train_unet", "--data", data, "--masks", data / "masks", "--split", split,
-                 "--size", INPUT_SIZE, *UNET_ARGS, "--seed", a.seed, "--out", unet_out,
-                 "--ckpt-dir", work / "ckpt" / "unet",
-                 "--trained-on", trained_on + ", ground-truth masks (fully supervised)")
+                 *unet_args, "--seed", a.seed, "--out", unet_out, "--ckpt-dir", work / "ckpt" / "unet",
+                 "--trained-on", trained_on + ", ground-truth masks (fully supervised)" + input_text)
         lanes.append([lambda c=cmd: run_step(steps, "train unet", c, logs)])
     t_train = time.time()
     run_lanes(lanes)
@@ -382,11 +390,13 @@ def main(argv=None):
             scores[f"{key}_{name}"] = json.loads(js.read_text())
 
     def choose_filter(key, model):
-        """The U-Net's small-lesion filter, chosen on val and written into it (``evaluate filter``)."""
+        """The U-Net's small-lesion filter, chosen on val and written into it (``evaluate filter``
+        on the unfiltered predictions ``eval_unet`` made)."""
         js = work / "eval" / f"{key}_filter.json"
         run_step(steps, f"filter {key}", py(
             "ichseg_training.evaluate", "filter", "--model", model, "--data", data, "--split", split,
-            "--ichseg", exe, "--pred-dir", work / "pred_filter" / key, "--json", js, "--write"), logs)
+            "--ichseg", exe, "--val-scores", work / "eval" / f"{key}_val.json",
+            "--test-scores", work / "eval" / f"{key}_test.json", "--json", js, "--write"), logs)
         scores[f"{key}_filter"] = json.loads(js.read_text())
 
     eval_unet("unet", unet_out, "pred")
@@ -430,11 +440,11 @@ def main(argv=None):
         names = "+".join(arch for _, arch, *_ in CLASSIFIERS)
         run_step(steps, "train unet_weak", py(
             "ichseg_training.train_unet", "--data", data, "--masks", pseudo, "--split", split,
-            "--size", INPUT_SIZE, *UNET_ARGS, "--seed", a.seed, "--out", weak_out,
+            *unet_args, "--seed", a.seed, "--out", weak_out,
             "--ckpt-dir", work / "ckpt" / "unet_weak",
             "--trained-on", trained_on + f", pseudo masks of ichseg pseudo-label (SF-CAM {names}, "
             f"BLA OR TH {threshold:g}, {_crf_text(scores)}, bone cut above {MAX_HU} HU, lesions under "
-            f"{MIN_LESION_ML:g} mL dropped, library defaults otherwise; ground-truth slice labels)"), logs)
+            f"{MIN_LESION_ML:g} mL dropped, library defaults otherwise; ground-truth slice labels)" + input_text), logs)
     eval_unet("unet_weak", weak_out, "pred_weak")
     choose_filter("unet_weak", weak_out)
 
@@ -476,7 +486,8 @@ def main(argv=None):
     doc = {"seed": a.seed, "count": a.count, "jobs": a.jobs, "phantom_size": PHANTOM_SIZE, "profile": a.profile,
            "skull_strip_mm": a.skull_strip_mm,
            "shifted": {"seed": SHIFTED_SEED, "count": a.shifted_count} if a.shifted_count > 0 else None,
-           "input_size": INPUT_SIZE, "work": str(work), "ichseg": exe, "machine": C.machine_description(),
+           "input_size": INPUT_SIZE, "unet_input_size": a.unet_size, "work": str(work), "ichseg": exe,
+           "machine": C.machine_description(),
            "nice": os.nice(0),
            "git_commit": C.git_commit(), "started": started, "finished": C.now_iso(),
            "wall_seconds": time.time() - t_all, "training_wall_seconds": train_wall, "steps": steps,
@@ -701,6 +712,11 @@ def paper_columns(row_names):
     core = len(row_names) - extra
     paper = PAPER_TABLE4 if core == len(PAPER_TABLE4) else ((None, None),) * core
     return tuple(paper) + ((None, None),) * extra
+
+
+def unet_input_size(doc) -> int:
+    """The U-Nets' input size of a run (runs before ``--unet-size`` used the classifiers')."""
+    return doc.get("unet_input_size", doc["input_size"])
 
 
 def _crf_text(sc) -> str:
@@ -938,8 +954,10 @@ def write_models_md(models, doc, records, split, works=()):
     for k in ("train", "val", "test"):
         w(f"| {k} | {len(sp[k])} | {sum(p in pos for p in sp[k])} | {counts[k][0]} | {counts[k][1]} |")
     w("")
-    w(f"All three models take {doc['input_size']}x{doc['input_size']} inputs (`ichseg.input_size`; the paper "
-      "uses 384x384) of the slice windowed at 50/130 HU.")
+    cs, us = doc["input_size"], unet_input_size(doc)
+    w((f"All three models take {cs}x{cs} inputs" if cs == us else
+       f"The classifiers take {cs}x{cs} inputs, the U-Nets {us}x{us}")
+      + " (`ichseg.input_size`; the paper uses 384x384) of the slice windowed at 50/130 HU.")
     w("")
     w("## Classifiers")
     w("")
@@ -1019,7 +1037,7 @@ def write_models_md(models, doc, records, split, works=()):
     a = ur["args"]
     w(f"SGD 0.01, momentum 0.9, weight decay 1e-4, cosine decay, batch {a['batch']}, loss CE + soft Dice, "
       f"horizontal and vertical flips. Choice for the CPU: {a['crop']}x{a['crop']} patches of the "
-      f"{doc['input_size']}x{doc['input_size']} slices, centred on a mask pixel half of the time; each epoch "
+      f"{unet_input_size(doc)}x{unet_input_size(doc)} slices, centred on a mask pixel half of the time; each epoch "
       f"uses every slice with mask pixels and a fresh {round(100 * a['neg_fraction'])} % of the empty ones. "
       f"Validated (Dice at the model resolution) every {a['val_every']} epochs, best weights kept. "
       f"{ur['epochs_run']} epochs run (best {ur['best_epoch'] + 1}), stopped by {_stop(ur['stop'])}; "

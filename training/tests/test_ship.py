@@ -147,3 +147,9 @@ def test_models_arg_reads_the_recorded_command():
     assert ship._models_arg("python -m ichseg_training.ship --work $DATA --models '$DATA/shipS' --skip-existing") \
         == "$DATA/shipS"
     assert ship._models_arg("python -m ichseg_training.ship --work $DATA") == "models"
+
+
+def test_the_unets_input_size_of_a_run():
+    assert ship.unet_input_size({"input_size": 160}) == 160, "runs before --unet-size: the classifiers'"
+    assert ship.unet_input_size({"input_size": 160, "unet_input_size": 256}) == 256
+    assert set(ship.UNET_INPUTS) == {160, 256} and ship.UNET_INPUTS[256][:2] == ["--crop", 128]

@@ -64,3 +64,33 @@ def test_best_filter_takes_the_best_val_miou_and_the_smaller_of_a_tie():
     assert EV.best_filter([row(0.0, 0.70, 0.9), row(0.5, 0.72, 0.1), row(1.0, 0.71, 0.99)]) == 0.5, "val decides"
     assert EV.best_filter([row(0.0, 0.7, 0), row(0.1, 0.72, 0), row(1.0, 0.72, 0)]) == 0.1
     assert EV.best_filter([row(0.0, float("nan"), 0), row(0.2, 0.5, 0)]) == 0.2
+
+
+def test_choose_filter_reuses_unfiltered_predictions_and_refuses_others(tmp_path):
+    """`evaluate filter --val-scores --test-scores`: the 0 mL row is the unfiltered runs' own
+    score (nothing segmented again), and scores of another model, subset or filter, or whose
+    predictions are gone, are refused."""
+    from ichseg_training import evaluate as EV
+
+    model, exe = tmp_path / "u.onnx", tmp_path / "ichseg"
+    model.write_bytes(b"model")
+    exe.write_text("never run: the 0 mL row needs no ichseg eval")
+
+    def scored(name, miou, **kw):
+        pred = tmp_path / f"{name}.nii.gz"
+        pred.write_bytes(b"mask")
+        return {"subset": name, "model": str(model), "min_lesion_ml": 0.0, "pairs": [[str(pred), "gt"]],
+                "overall": {"miou": miou}, **kw}
+
+    unfiltered = {"val": scored("val", 0.8), "test": scored("test", 0.9)}
+    sc = EV.choose_filter(model, "data", "split.json", None, (0.0,), ichseg=str(exe), unfiltered=unfiltered)
+    assert sc["rows"] == [{"min_lesion_ml": 0.0, "val": {"miou": 0.8}, "test": {"miou": 0.9}}] and sc["chosen"] == 0.0
+    for bad, why in ((scored("val", 0.8, subset="test"), "subset"), (scored("val", 0.8, min_lesion_ml=0.5), "0.5"),
+                     (scored("val", 0.8, model=str(tmp_path / "other.onnx")), "other.onnx")):
+        with pytest.raises(SystemExit, match=why):
+            EV.choose_filter(model, "data", "split.json", None, (0.0,), ichseg=str(exe), unfiltered={"val": bad})
+    (tmp_path / "test.nii.gz").unlink()
+    with pytest.raises(SystemExit, match="is gone"):
+        EV.choose_filter(model, "data", "split.json", None, (0.0,), ichseg=str(exe), unfiltered=unfiltered)
+    with pytest.raises(SystemExit, match="pred-dir"):
+        EV.choose_filter(model, "data", "split.json", None, (0.0,), ichseg=str(exe))

@@ -158,4 +158,13 @@ Config parse_config(const Json::Value& root) {
     return c;
 }
 
+Json::Value Config::model_report(const std::string& name, const std::string& path) const {
+    Json::Value m;
+    m["name"] = name;
+    m["path"] = path;
+    m["threshold"] = threshold;
+    m["min_lesion_ml"] = min_lesion_ml ? Json::Value(*min_lesion_ml) : Json::Value();
+    return m;
+}
+
 }  // namespace ichseg_orthanc

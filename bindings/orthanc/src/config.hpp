@@ -39,6 +39,10 @@ struct Config {
     uint64_t memory_limit_mb = 0;  // per series (decoded voxels and the segmentation's buffers)
     std::string temporary_directory;  // "" = $TMPDIR or /tmp
     SeriesFilter filter;
+
+    // The "model" object of the status and of each series' report: the model's name and path
+    // with the settings segmentation runs it at (min_lesion_ml null: the model's own).
+    Json::Value model_report(const std::string& name, const std::string& path) const;
 };
 
 // Reads the "Ichseg" section of Orthanc's whole configuration and checks that "UserMetadata"

@@ -156,12 +156,7 @@ Segmentation Segmenter::run(const std::string& folder, const std::string& series
     } catch (const std::bad_alloc&) {
         throw Failure("out-of-memory", std::string(stage) + ": out of memory");
     }
-    Json::Value model;
-    model["name"] = model_name_;
-    model["path"] = model_path_;
-    model["threshold"] = config_.threshold;
-    model["min_lesion_ml"] = config_.min_lesion_ml ? Json::Value(*config_.min_lesion_ml) : Json::Value();
-    r["model"] = model;
+    r["model"] = config_.model_report(model_name_, model_path_);
     r["device"] = device_;
     r["device_note"] = device_note_;
     r["threads"] = threads_;

@@ -273,12 +273,7 @@ public:
         s["device"] = segmenter_->device();
         s["device_note"] = segmenter_->device_note();
         s["threads"] = segmenter_->threads();
-        Json::Value m;
-        m["name"] = segmenter_->model_name();
-        m["path"] = segmenter_->model_path();
-        m["threshold"] = config_.threshold;
-        m["min_lesion_ml"] = config_.min_lesion_ml ? Json::Value(*config_.min_lesion_ml) : Json::Value();
-        s["model"] = m;
+        s["model"] = config_.model_report(segmenter_->model_name(), segmenter_->model_path());
         s["ichseg_version"] = ichseg::version();
         return s;
     }
