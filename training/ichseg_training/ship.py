@@ -188,12 +188,35 @@ def run_step(steps, name, cmd, logs, cwd=None, stdout=None):
     return pathlib.Path(stdout or log).read_text()
 
 
-def carry_earlier_run(doc, earlier) -> None:
+def step_files() -> dict:
+    """The model file each training step makes, by the step's name ("train NAME")."""
+    return {f"train {arch}": f for f, arch, *_ in CLASSIFIERS} | {"train unet": UNET_FILE, "train unet_weak": WEAK_FILE}
+
+
+def _trained_in(record, run) -> bool:
+    """Whether the run record's training started while ``run`` (a ship.json's times) ran."""
+    from datetime import datetime
+
+    when = [datetime.fromisoformat(x) for x in (record.get("started"), run.get("started"), run.get("finished"))
+            if x] if record else []
+    return len(when) == 3 and when[1] <= when[0] <= when[2]
+
+
+def carry_earlier_run(doc, earlier, records) -> None:
     """With ``--skip-existing``, the models kept from an earlier run in the same ``--work`` keep
     their provenance: that run's training steps which this run skipped go first in
-    ``doc["steps"]``, and ``doc["earlier_run"]`` says when it ran and how long it trained."""
+    ``doc["steps"]``, and ``doc["earlier_run"]`` says when it ran and how long it trained. A step
+    is carried only when the model's run record (``records``, by file) says it was trained
+    during that run: a model trained outside it and copied in is listed as such instead."""
     have = {s["step"] for s in doc["steps"]}
-    carried = [s for s in earlier.get("steps", []) if s["step"].startswith("train ") and s["step"] not in have]
+    files = step_files()
+
+    def made_by_it(s):
+        run = earlier.get("earlier_run", earlier) if s.get("carried") else earlier
+        return _trained_in(records.get(files.get(s["step"])), run)
+
+    carried = [s for s in earlier.get("steps", [])
+               if s["step"].startswith("train ") and s["step"] not in have and made_by_it(s)]
     if not carried:
         return
     doc["steps"] = [{**s, "carried": True} for s in carried] + doc["steps"]
@@ -494,7 +517,7 @@ def main(argv=None):
            "sample": sample, "scores": scores, "demo_output": demo,
            "command": C.command_line("ichseg_training.ship", argv_shown)}
     if a.skip_existing and (work / "ship.json").exists():
-        carry_earlier_run(doc, json.loads((work / "ship.json").read_text()))
+        carry_earlier_run(doc, json.loads((work / "ship.json").read_text()), records)
     doc["error_analysis"] = error_analysis(work, models, json.loads(split.read_text())["splits"]["test"])
     C.write_json(work / "ship.json", doc)
     write_models_md(models, doc, records, split)
@@ -841,9 +864,9 @@ def _models_arg(command) -> str:
 def write_outside_training(w, doc, records):
     """The models this run and the earlier run it carries did not train (``--skip-existing`` kept
     them): the commands from their run records, and a skull-stripping key added afterwards."""
-    trained = {s["step"][len("train "):] for s in doc["steps"] if s["step"].startswith("train ")}
-    step_of = {f: arch for f, arch, *_ in CLASSIFIERS} | {UNET_FILE: "unet", WEAK_FILE: "unet_weak"}
-    outside = [f for f, rec in records.items() if step_of[f] not in trained]
+    files = step_files()
+    trained = {files[s["step"]] for s in doc["steps"] if s["step"] in files}
+    outside = [f for f in records if f not in trained]
     if not outside:
         return
     w("Trained before this run and kept (`--skip-existing`), by the commands in their run records:")

@@ -91,19 +91,27 @@ def test_paper_columns_leave_the_bone_cut_row_blank():
 
 
 def test_an_earlier_runs_training_steps_are_carried():
-    earlier = {"started": "t0", "finished": "t1", "wall_seconds": 600.0, "training_wall_seconds": 300.0,
+    earlier = {"started": "2026-12-05T10:00:00+00:00", "finished": "2026-12-05T11:00:00+00:00",
+               "wall_seconds": 600.0, "training_wall_seconds": 300.0,
                "git_commit": "abc", "steps": [{"step": "phantoms"}, {"step": "train slim34"},
                                               {"step": "train unet"}, {"step": "train unet_weak"}]}
+    during = {"started": "2026-12-05T10:30:00+00:00"}
+    records = {"classifier_slim34.onnx": during, "unet.onnx": during, "unet_weak.onnx": during}
     doc = {"steps": [{"step": "ablate val"}, {"step": "train unet_weak"}]}
-    ship.carry_earlier_run(doc, earlier)
+    ship.carry_earlier_run(doc, earlier, records)
     assert [s["step"] for s in doc["steps"]] == ["train slim34", "train unet", "ablate val", "train unet_weak"]
     assert doc["steps"][0]["carried"] and "carried" not in doc["steps"][3]
-    assert doc["earlier_run"] == {"started": "t0", "finished": "t1", "wall_seconds": 600.0,
-                                  "training_wall_seconds": 300.0, "git_commit": "abc"}
+    assert doc["earlier_run"] == {"started": earlier["started"], "finished": earlier["finished"],
+                                  "wall_seconds": 600.0, "training_wall_seconds": 300.0, "git_commit": "abc"}
     # a run of its own (nothing skipped) carries nothing
     fresh = {"steps": [{"step": "train slim34"}, {"step": "train unet"}, {"step": "train unet_weak"}]}
-    ship.carry_earlier_run(fresh, earlier)
+    ship.carry_earlier_run(fresh, earlier, records)
     assert "earlier_run" not in fresh and len(fresh["steps"]) == 3
+    # a model trained outside the earlier run and copied in is not that run's: not carried
+    outside = {**records, "unet_weak.onnx": {"started": "2026-12-06T00:00:00+00:00"}}
+    kept = {"steps": [{"step": "ablate val"}]}
+    ship.carry_earlier_run(kept, earlier, outside)
+    assert [s["step"] for s in kept["steps"]] == ["train slim34", "train unet", "ablate val"]
 
 
 def test_slice_labels_of_a_mask(tmp_path):
