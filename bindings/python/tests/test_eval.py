@@ -58,5 +58,5 @@ def test_equals_cli_on_the_sample(cli, engine, tmp_path):
         ichseg.eval(preds, [gt, gt], spacing=[(1, 1, 1)])
     with pytest.raises(ichseg.InvalidArgumentError, match="finite and positive"):
         ichseg.eval(preds, [gt, gt], spacing=(0, 1, 1))
-    # README: the shipped U-Net, with its tuned small-lesion filter, scores mIoU 64.9 % on the sample.
-    assert ours.per_volume[0].miou == pytest.approx(0.649, abs=0.0005)
+    # README: the shipped U-Net, with its tuned small-lesion filter, scores mIoU 66.8 % on the sample.
+    assert ours.per_volume[0].miou == pytest.approx(0.668, abs=0.0005)
