@@ -154,8 +154,9 @@ def test_pseudo_label_survives_a_killed_worker_and_equals_the_cli(cluster, phant
     assert names == sorted(set(names)) and len(names) == PHANTOMS + 1, "each volume recorded once"
     bad = [r for r in summary["results"] if r["status"] == "failed"]
     assert bad[0]["volume"] == CORRUPT and bad[0]["error"].startswith(("InvalidImageError", "IoError")), bad
-    assert all(r["pid"] != killed for r in summary["results"] if r["status"] == "written"), \
-        "the killed worker's volume was redone by another worker"
+    # No check on the killed pid: a worker may finish volumes before the kill lands (tasks take
+    # tens of milliseconds), and those are rightly its; that the task it died in was redone shows
+    # in every volume being written once, below and in the comparison with the CLI.
     assert sorted(f.name for f in out.iterdir()) == sorted(expected + ["run-summary.json"]), \
         "no partial file, no temporary, nothing for the corrupt volume"
     for name in expected:
