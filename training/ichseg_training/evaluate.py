@@ -136,8 +136,9 @@ def choose_filter(model, data, split, pred_dir=None, filters=FILTERS, layout="bc
                       for s in ("val", "test")}
     for s, doc in unfiltered.items():
         check_unfiltered(doc, model, s)
-    rows = [{"min_lesion_ml": ml, **{s: score_pairs(exe, doc["pairs"], ml)["overall"] if ml else doc["overall"]
-                                     for s, doc in unfiltered.items()}} for ml in filters]
+    def overall(doc, ml):
+        return score_pairs(exe, doc["pairs"], ml, table=False)["overall"] if ml else doc["overall"]
+    rows = [{"min_lesion_ml": ml, **{s: overall(doc, ml) for s, doc in unfiltered.items()}} for ml in filters]
     return {"model": str(model), "rows": rows, "chosen": best_filter(rows)}
 
 
@@ -174,14 +175,15 @@ def eval_masks(mask_dir, data, split, subset="train", layout="bcihm", ichseg=Non
     return scores
 
 
-def score_pairs(exe, pairs, min_lesion_ml=None) -> dict:
+def score_pairs(exe, pairs, min_lesion_ml=None, table=True) -> dict:
     """``ichseg eval`` over (prediction, ground truth) pairs: dataset-level scores, per volume,
-    table; with ``min_lesion_ml``, of the predictions without their smaller lesions."""
+    and (with ``table``, a second run) the text table; with ``min_lesion_ml``, of the predictions
+    without their smaller lesions."""
     cmd = [exe, "eval", *(["--min-lesion-ml", str(min_lesion_ml)] if min_lesion_ml is not None else [])]
     for pred, gt in pairs:
         cmd += ["--pred", str(pred), "--gt", str(gt)]
     res = subprocess.run(cmd + ["--json"], check=True, capture_output=True, text=True)
-    table = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    table = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout if table else None
     doc = json.loads(res.stdout)
     return {"ichseg": exe, "overall": doc["overall"], "per_volume": doc["per_volume"], "table": table}
 

@@ -197,9 +197,11 @@ def _trained_in(record, run) -> bool:
     """Whether the run record's training started while ``run`` (a ship.json's times) ran."""
     from datetime import datetime
 
-    when = [datetime.fromisoformat(x) for x in (record.get("started"), run.get("started"), run.get("finished"))
-            if x] if record else []
-    return len(when) == 3 and when[1] <= when[0] <= when[2]
+    times = ((record or {}).get("started"), run.get("started"), run.get("finished"))
+    if not all(times):
+        return False
+    trained, start, end = map(datetime.fromisoformat, times)
+    return start <= trained <= end
 
 
 def carry_earlier_run(doc, earlier, records) -> None:
