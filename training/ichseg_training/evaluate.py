@@ -25,6 +25,14 @@ unfiltered (or reuses the predictions of ``unet --min-lesion-ml 0 --json`` runs 
 --min-lesion-ml``), keeps the one with the best **val** mIoU (a tie keeps the smaller) and, with
 ``--write``, writes it into the model as ``ichseg.segment.min_lesion_ml`` (its run record keeps
 the table as ``segment_filter``).
+
+    python -m ichseg_training.evaluate misses --scores S.json [--near-px 3] [--json out.json]
+
+``misses`` reads the (prediction, ground truth) pairs of an ``unet --json`` run and says which
+ground-truth sites (per-slice components, 8-connectivity, as CL counts them) the predictions
+missed: CL by the site's area in pixels and (ground truth in a BCIHM layout) by the subtypes its
+slice is labelled with, and how many missed sites lie within ``--near-px``
+pixels of another site of the same slice that was found (a fragment of a found bleed).
 """
 from __future__ import annotations
 
@@ -90,10 +98,11 @@ def find_ichseg(explicit=None) -> str:
 
 
 def eval_unet(model, data, split, pred_dir, subset="test", layout="bcihm", ichseg=None, threads=0,
-              min_lesion_ml=None) -> dict:
+              min_lesion_ml=None, threshold=None) -> dict:
     """Segments each volume of ``subset`` with the Rust CLI and scores it with ``ichseg eval``;
     ``min_lesion_ml`` drops smaller lesions first (``ichseg segment --min-lesion-ml``; ``None``:
-    the model's tuned filter, if any)."""
+    the model's tuned filter, if any); ``threshold`` is the bleed probability that marks a voxel
+    (``ichseg segment --threshold``; ``None``: its default)."""
     exe = find_ichseg(ichseg)
     ds = D.open_dataset(layout, data)
     patients = C.read_patients(split, ds, subset)
@@ -110,13 +119,14 @@ def eval_unet(model, data, split, pred_dir, subset="test", layout="bcihm", ichse
         pred = pred_dir / f"{stem}.nii.gz"
         t0 = time.time()
         extra = ["--min-lesion-ml", str(min_lesion_ml)] if min_lesion_ml is not None else []
+        extra += ["--threshold", str(threshold)] if threshold is not None else []
         subprocess.run([exe, "segment", "--model", str(model), str(ct), "-o", str(pred), "--quiet",
                         "--threads", str(threads), *extra], check=True)
         seg_seconds[stem] = time.time() - t0
         pairs.append((pred, gt))
     scores = score_pairs(exe, pairs)
     scores.update(subset=subset, patients=patients, model=str(model), segment_seconds=seg_seconds,
-                  min_lesion_ml=min_lesion_ml, pairs=[[str(p), str(g)] for p, g in pairs])
+                  min_lesion_ml=min_lesion_ml, threshold=threshold, pairs=[[str(p), str(g)] for p, g in pairs])
     return scores
 
 
@@ -161,6 +171,68 @@ def best_filter(rows) -> float:
     return max(rows, key=lambda r: (C.miou_or_worst(r["val"]["miou"]), -r["min_lesion_ml"]))["min_lesion_ml"]
 
 
+MISS_AREAS = (0, 5, 20, 50, 100, 300)  # px; the lower edges of the area bins
+
+
+def slice_subtypes(gt_path):
+    """{slice index: "Subtype+Subtype"} of a ground truth that sits in a BCIHM layout
+    (``ROOT/masks/NNN.nii[.gz]`` beside ``ROOT/hemorrhage_diagnosis_raw_ct.csv``), else None."""
+    gt = pathlib.Path(gt_path)
+    root = gt.parent.parent
+    if gt.parent.name != "masks" or not (root / "hemorrhage_diagnosis_raw_ct.csv").is_file():
+        return None
+    labels = D.read_labels(root).get(int(gt.name.split(".")[0]), [])
+    return {lab.slice_number - 1: "+".join(n for n, on in zip(D.SUBTYPES, lab.subtypes) if on) or "none"
+            for lab in labels}
+
+
+def miss_analysis(pairs, near_px=3, areas=MISS_AREAS) -> dict:
+    """The ground-truth sites of (prediction, ground truth) NIfTI pairs as CL counts them (per
+    slice, 8-connected; found if a predicted pixel overlaps), binned by area in pixels and (for
+    ground truths in a BCIHM layout) by their slice's labelled subtypes, and the missed sites
+    within ``near_px`` pixels of a found site of the same slice."""
+    import nibabel as nib
+    from scipy import ndimage
+
+    eight = np.ones((3, 3), bool)
+    found_area, missed_area, missed_near, by_subtypes = [], [], 0, {}
+    for pred, gt in pairs:
+        p = np.asarray(nib.load(str(pred)).dataobj) > 0
+        g = np.asarray(nib.load(str(gt)).dataobj) > 0
+        if p.shape != g.shape:
+            raise SystemExit(f"{pred} and {gt} differ in shape: {p.shape} and {g.shape}")
+        kinds = slice_subtypes(gt)
+        for z in np.flatnonzero(g.any(axis=(0, 1))):
+            sites, n = ndimage.label(g[:, :, z], eight)
+            area = np.bincount(sites.ravel(), minlength=n + 1)
+            found = np.zeros(n + 1, bool)
+            found[np.unique(sites[p[:, :, z]])] = True
+            found[0] = False
+            near_found = ndimage.binary_dilation(np.isin(sites, np.flatnonzero(found)), eight, iterations=near_px)
+            if kinds is not None:
+                row = by_subtypes.setdefault(kinds.get(int(z), "unlabelled"), {"n_gt_sites": 0, "n_found": 0})
+                row["n_gt_sites"] += n
+                row["n_found"] += int(found.sum())
+            for i in range(1, n + 1):
+                if found[i]:
+                    found_area.append(area[i])
+                else:
+                    missed_area.append(area[i])
+                    missed_near += bool((near_found & (sites == i)).any())
+    found_area, missed_area = np.array(found_area, int), np.array(missed_area, int)
+    edges = (*areas, np.inf)
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        nf = int(((found_area >= lo) & (found_area < hi)).sum())
+        nm = int(((missed_area >= lo) & (missed_area < hi)).sum())
+        rows.append({"min_px": lo, "max_px": None if hi == np.inf else hi, "n_gt_sites": nf + nm,
+                     "n_found": nf, "cl": nf / (nf + nm) if nf + nm else None})
+    n_gt = len(found_area) + len(missed_area)
+    return {"by_area": rows, "by_slice_subtypes": dict(sorted(by_subtypes.items(), key=lambda kv: -kv[1]["n_gt_sites"])),
+            "n_gt_sites": n_gt, "n_found": len(found_area), "cl": len(found_area) / n_gt if n_gt else None,
+            "near_px": near_px, "n_missed_near_found": missed_near}
+
+
 def eval_masks(mask_dir, data, split, subset="train", layout="bcihm", ichseg=None) -> dict:
     """Scores masks already made (e.g. ``ichseg pseudo-label --dataset`` output, named like the
     CT files) of ``subset`` against the ground truth with ``ichseg eval``."""
@@ -191,6 +263,11 @@ def score_pairs(exe, pairs, min_lesion_ml=None, table=True) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
+    sp = sub.add_parser("misses")
+    sp.add_argument("--scores", required=True, help="the JSON of an `evaluate unet --json` run (its pairs)")
+    sp.add_argument("--near-px", type=int, default=3,
+                    help="a missed site this close (pixels) to a found one of its slice counts as its fragment")
+    sp.add_argument("--json", default=None, help="also write the analysis here")
     for name in ("classifier", "unet", "filter"):
         sp = sub.add_parser(name)
         sp.add_argument("--model", required=True)
@@ -209,6 +286,8 @@ def main(argv=None):
             sp.add_argument("--min-lesion-ml", type=float, default=None,
                             help="drop lesions smaller than this (mL) before scoring (ichseg segment --min-lesion-ml; "
                                  "default: the model's ichseg.segment.min_lesion_ml, if any)")
+            sp.add_argument("--threshold", type=float, default=None,
+                            help="bleed probability that marks a voxel (ichseg segment --threshold; default its own)")
         if name == "filter":
             sp.add_argument("--filters", default=",".join(f"{f:g}" for f in FILTERS),
                             help="the small-lesion filters to try, in mL (comma-separated)")
@@ -219,14 +298,28 @@ def main(argv=None):
                                 help=f"reuse the predictions of `evaluate unet --subset {subset} --min-lesion-ml 0 "
                                      "--json JSON` instead of segmenting again (with the other subset's)")
     a = ap.parse_args(argv)
-    if a.cmd == "classifier":
+    if a.cmd == "misses":
+        if a.near_px < 0:
+            ap.error("--near-px must be >= 0")
+        sc = miss_analysis(json.loads(pathlib.Path(a.scores).read_text())["pairs"], a.near_px)
+        for r in sc["by_area"]:
+            top = "+" if r["max_px"] is None else f"-{r['max_px']:g}"
+            cl = "n/a" if r["cl"] is None else f"{100 * r['cl']:.1f} %"
+            print(f"sites of {r['min_px']:g}{top} px: {r['n_found']} of {r['n_gt_sites']} found, CL {cl}")
+        for kind, r in sc["by_slice_subtypes"].items():
+            print(f"sites on slices labelled {kind}: {r['n_found']} of {r['n_gt_sites']} found, "
+                  f"CL {100 * r['n_found'] / r['n_gt_sites']:.1f} %")
+        missed = sc["n_gt_sites"] - sc["n_found"]
+        print(f"all: {sc['n_found']} of {sc['n_gt_sites']} found; {sc['n_missed_near_found']} of the {missed} "
+              f"missed lie within {a.near_px} px of a found site of their slice")
+    elif a.cmd == "classifier":
         sc = eval_classifier(a.model, a.data, a.split, a.subset, a.layout)
         print(f"{a.model} on {a.subset} ({sc['n']} slices, {sc['positives']} bleeding): "
               f"accuracy {sc['accuracy']:.4f}  AUC {sc['auc']:.4f}  sensitivity {sc['sensitivity']:.4f}  "
               f"specificity {sc['specificity']:.4f}")
     elif a.cmd == "unet":
         sc = eval_unet(a.model, a.data, a.split, a.pred_dir, a.subset, a.layout, a.ichseg, a.threads,
-                       a.min_lesion_ml)
+                       a.min_lesion_ml, a.threshold)
         print(sc["table"], end="")
     else:
         filters = [float(f) for f in a.filters.split(",")]
