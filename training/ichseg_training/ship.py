@@ -283,6 +283,18 @@ def strip_dataset(steps, exe, data, out, margin_mm, logs, resume, name="skull-st
     return out
 
 
+def keep_pseudo_masks(pseudo, settings_file, settings, resume) -> bool:
+    """Whether the masks in ``pseudo`` stay: only with ``resume`` and the same ``settings`` (the
+    pseudo-labelling command and the classifiers' hashes) as the run that made them, since
+    `pseudo-label --dataset` skips the masks that exist. Otherwise they go; ``settings_file``
+    then says what the masks about to be made are."""
+    same = resume and settings_file.is_file() and json.loads(settings_file.read_text()) == settings
+    if not same:
+        shutil.rmtree(pseudo, ignore_errors=True)
+    C.write_json(settings_file, settings)
+    return same
+
+
 def py(module, *args):
     return [sys.executable, "-m", module, *args]
 
@@ -305,11 +317,17 @@ def main(argv=None):
                          "they carry ichseg.skull_strip_mm, so the library strips their inputs itself")
     ap.add_argument("--unet-size", type=int, choices=sorted(UNET_INPUTS), default=INPUT_SIZE,
                     help=f"the U-Nets' input size (default {INPUT_SIZE}, the classifiers')")
-    ap.add_argument("--skip-existing", action="store_true")
+    ap.add_argument("--skip-existing", action="store_true",
+                    help="keep the phantoms, stripped copies and finished models (those with a run record) there are")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue an interrupted run: --skip-existing, the trainings go on from their checkpoints "
+                         "(their time caps count the epochs before), and pseudo masks of the same settings are kept")
     ap.add_argument("--smoke", action="store_true", help="tiny data, one epoch each: a pipeline check")
     ap.add_argument("--report-only", action="store_true",
                     help="only rewrite MODELS.md from --work/ship.json and the run records")
     a = ap.parse_args(argv)
+    a.skip_existing = a.skip_existing or a.resume
+    resume = ["--resume"] if a.resume else []
     if a.skull_strip_mm is not None:
         try:
             C.check_skull_strip_mm(a.skull_strip_mm)
@@ -383,13 +401,14 @@ def main(argv=None):
             continue
         cmd = py("ichseg_training.train_classifier", "--data", classifier_data, "--split", split, "--arch", arch,
                  "--width", width, "--size", INPUT_SIZE, "--epochs", epochs, *CLASSIFIER_ARGS, "--seed", a.seed,
-                 *strip_args, "--out", out, "--ckpt-dir", work / "ckpt" / arch, "--trained-on", classifier_trained_on)
+                 *strip_args, "--out", out, "--ckpt-dir", work / "ckpt" / arch, "--trained-on", classifier_trained_on,
+                 *resume)
         lanes.append([lambda n=f"train {arch}", c=cmd: run_step(steps, n, c, logs)])
     unet_out = models / UNET_FILE
     if not (a.skip_existing and C.record_path(unet_out).exists()):
         cmd = py("ichseg_training.train_unet", "--data", data, "--masks", data / "masks", "--split", split,
                  *unet_args, "--seed", a.seed, "--out", unet_out, "--ckpt-dir", work / "ckpt" / "unet",
-                 "--trained-on", trained_on + ", ground-truth masks (fully supervised)" + input_text)
+                 "--trained-on", trained_on + ", ground-truth masks (fully supervised)" + input_text, *resume)
         lanes.append([lambda c=cmd: run_step(steps, "train unet", c, logs)])
     t_train = time.time()
     run_lanes(lanes)
@@ -454,11 +473,10 @@ def main(argv=None):
         steps, "ablate test", [*ablate, "--subset", "test", *tuned], logs,
         stdout=work / "eval" / "ablation_test.json"))
     pseudo = work / "pseudo"
-    # `pseudo-label --dataset` resumes by skipping the masks that exist: masks of an earlier run,
-    # made with other settings, must not be reused.
-    shutil.rmtree(pseudo, ignore_errors=True)
-    run_step(steps, "pseudo-label", [exe, "pseudo-label", "--dataset", data, "-o", pseudo, *classifiers,
-                                     *tuned, *post, "--quiet"], logs)
+    pseudo_cmd = [exe, "pseudo-label", "--dataset", data, "-o", pseudo, *classifiers, *tuned, *post, "--quiet"]
+    settings = {"command": [str(c) for c in pseudo_cmd], "classifiers": {f: C.sha256(models / f) for f, *_ in CLASSIFIERS}}
+    same_masks = keep_pseudo_masks(pseudo, work / "pseudo_settings.json", settings, a.resume)
+    run_step(steps, "pseudo-label", pseudo_cmd, logs)
     scores["pseudo_train"] = EV.eval_masks(pseudo, data, split, "train", ichseg=exe)
     weak_out = models / WEAK_FILE
     if not (a.skip_existing and C.record_path(weak_out).exists()):
@@ -466,6 +484,7 @@ def main(argv=None):
         run_step(steps, "train unet_weak", py(
             "ichseg_training.train_unet", "--data", data, "--masks", pseudo, "--split", split,
             *unet_args, "--seed", a.seed, "--out", weak_out,
+            *(resume if same_masks else []),  # a checkpoint of other masks' training must not go on
             "--ckpt-dir", work / "ckpt" / "unet_weak",
             "--trained-on", trained_on + f", pseudo masks of ichseg pseudo-label (SF-CAM {names}, "
             f"BLA OR TH {threshold:g}, {_crf_text(scores)}, bone cut above {MAX_HU} HU, lesions under "

@@ -55,7 +55,8 @@ def parse_args(argv=None):
     ap.add_argument("--no-prior-correction", action="store_true",
                     help="with --neg-fraction < 1, do not fold log(neg-fraction) into the bleed logit's bias")
     ap.add_argument("--no-augment", action="store_true")
-    ap.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
+    ap.add_argument("--max-minutes", type=float, default=None,
+                    help="stop after this much training time (with --resume, the epochs before count)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--no-channels-last", action="store_true",
                     help="keep NCHW tensors (channels-last is faster on the CPU and the default there)")
@@ -159,7 +160,7 @@ def main(argv=None):
     labels_t = torch.from_numpy(train.labels)
     budget_s = None if args.max_minutes is None else args.max_minutes * 60.0
     stop_reason = "epochs"
-    t_train = time.time()
+    t_train = time.time() - sum(r["seconds"] for r in history)  # a resumed run's budget counts the epochs before
     for epoch in range(start_epoch, args.epochs):
         t0 = time.time()
         model.train()

@@ -65,7 +65,8 @@ def parse_args(argv=None):
     ap.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and at the last)")
     ap.add_argument("--patience", type=int, default=20)
     ap.add_argument("--no-augment", action="store_true")
-    ap.add_argument("--max-minutes", type=float, default=None)
+    ap.add_argument("--max-minutes", type=float, default=None,
+                    help="stop after this much training time (with --resume, the epochs before count)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--no-channels-last", action="store_true",
                     help="keep NCHW tensors (channels-last is faster on the CPU and the default there)")
@@ -174,7 +175,7 @@ def main(argv=None):
     masks_t = torch.from_numpy(train.masks.astype(np.int64))
     budget_s = None if args.max_minutes is None else args.max_minutes * 60.0
     stop_reason = "epochs"
-    t_train = time.time()
+    t_train = time.time() - sum(r["seconds"] for r in history)  # a resumed run's budget counts the epochs before
     for epoch in range(start_epoch, args.epochs):
         t0 = time.time()
         model.train()

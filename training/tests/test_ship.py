@@ -1,4 +1,5 @@
 """``ship``'s choice of the pseudo-labelling threshold from ``ichseg ablate --json`` (no torch)."""
+import json
 import math
 import pathlib
 
@@ -161,3 +162,25 @@ def test_the_unets_input_size_of_a_run():
     assert ship.unet_input_size({"input_size": 160}) == 160, "runs before --unet-size: the classifiers'"
     assert ship.unet_input_size({"input_size": 160, "unet_input_size": 256}) == 256
     assert set(ship.UNET_INPUTS) == {160, 256} and ship.UNET_INPUTS[256][:2] == ["--crop", 128]
+
+
+def test_pseudo_masks_stay_only_when_resuming_with_the_same_settings(tmp_path):
+    pseudo, settings_file = tmp_path / "pseudo", tmp_path / "pseudo_settings.json"
+    settings = {"command": ["ichseg", "pseudo-label", "--threshold", "0.2"], "classifiers": {"a.onnx": "00"}}
+
+    def made():
+        pseudo.mkdir(exist_ok=True)
+        (pseudo / "001.nii.gz").write_bytes(b"mask")
+
+    made()
+    assert not ship.keep_pseudo_masks(pseudo, settings_file, settings, resume=True)  # no settings recorded
+    assert not pseudo.exists() and json.loads(settings_file.read_text()) == settings
+    made()
+    assert ship.keep_pseudo_masks(pseudo, settings_file, settings, resume=True)
+    assert (pseudo / "001.nii.gz").exists()
+    assert not ship.keep_pseudo_masks(pseudo, settings_file, settings, resume=False)  # not resuming
+    assert not pseudo.exists()
+    made()
+    other = {**settings, "classifiers": {"a.onnx": "01"}}  # a classifier changed
+    assert not ship.keep_pseudo_masks(pseudo, settings_file, other, resume=True)
+    assert not pseudo.exists() and json.loads(settings_file.read_text()) == other

@@ -150,6 +150,15 @@ def test_train_unet_one_epoch_and_resume(tiny):
     train_unet.main(common + ["--epochs", "2", "--resume"])
     rec = json.loads(C.record_path(out).read_text())
     assert [h["epoch"] for h in rec["history"]] == [0, 1]
+    # the time budget of a resumed run counts the epochs before it: with the first two recorded
+    # as an hour each, a 90-minute budget ends the run after the next epoch, not at 4
+    last = torch.load(ckpt / "last.pt", weights_only=False)
+    for h in last["history"]:
+        h["seconds"] = 3600.0
+    torch.save(last, ckpt / "last.pt")
+    train_unet.main(common + ["--epochs", "4", "--resume", "--max-minutes", "90"])
+    rec = json.loads(C.record_path(out).read_text())
+    assert [h["epoch"] for h in rec["history"]] == [0, 1, 2]
 
 
 def test_masks_must_match_the_ct(tiny, tmp_path):
@@ -245,6 +254,14 @@ def test_ship_smoke_makes_both_unets(tmp_path):
     steps = [s["step"] for s in doc["steps"]]
     assert steps.count("train slim34") == 1 and steps.count("train unet_weak") == 1 and doc["earlier_run"]
     assert "This run reused (`--skip-existing`)" in (models / "MODELS.md").read_text()
+    # `--resume` (an interrupted run) keeps the pseudo masks of the same settings, since
+    # pseudo-label skips the masks there are, and lets the trainings go on from their checkpoints
+    (models / "unet_weak.train.json").unlink()
+    kept = work / "pseudo" / "kept.nii.gz"
+    kept.write_bytes(b"")
+    assert ship.main(args[:-1] + ["--resume"]) == 0
+    doc = json.loads((work / "ship.json").read_text())
+    assert kept.exists() and "--resume" in next(s["command"] for s in doc["steps"] if s["step"] == "train unet_weak")
 
 
 def test_ship_smoke_with_skull_stripped_classifiers(tmp_path):
