@@ -19,6 +19,10 @@ momentum 0.9, weight decay 1e-4, cosine decay over ``--epochs``, Dice weight 1
 (``--dice-weight``), early stopping on the validation Dice (pixel sums over all validation
 slices at the model resolution), ``--neg-fraction`` (default 1: every negative slice each epoch).
 Input: 1 channel, the windowed slice; output 2 logits (softmax, bleed index 1).
+``--site-weight W`` (not in the paper; default 0, off) weighs the CE of each mask pixel by
+1 + W / sqrt(area of its per-slice component), so a few-pixel site, which counts in CL as much
+as a large one, is not lost in the loss (docs/RESULTS.md, "Where the fully supervised U-Net's
+CL stops").
 
 Writes ``OUT``, ``OUT`` stem + ``.train.json`` and checkpoints like train_classifier.
 """
@@ -62,6 +66,8 @@ def parse_args(argv=None):
                     help="train on CROPxCROP patches (a multiple of 2**depth) instead of whole slices")
     ap.add_argument("--crop-fg", type=float, default=0.5,
                     help="with --crop: probability that a patch is centred on a random mask pixel")
+    ap.add_argument("--site-weight", type=float, default=0.0,
+                    help="CE weight 1 + W / sqrt(area) for the pixels of each per-slice mask component (0: off)")
     ap.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and at the last)")
     ap.add_argument("--patience", type=int, default=20)
     ap.add_argument("--no-augment", action="store_true")
@@ -75,7 +81,10 @@ def parse_args(argv=None):
     ap.add_argument("--ckpt-dir", default=None)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--trained-on", default=None)
-    return ap.parse_args(argv)
+    a = ap.parse_args(argv)
+    if not 0 <= a.site_weight < float("inf"):
+        ap.error(f"--site-weight {a.site_weight}: must be finite and >= 0")
+    return a
 
 
 def predict_masks(model, images, device, batch=64, memory_format=None):
@@ -110,6 +119,22 @@ def crop_batch(images, masks, idx, crop, p_fg, rng):
         xs[j] = images[i, r0:r0 + crop, c0:c0 + crop]
         ys[j] = masks[i, r0:r0 + crop, c0:c0 + crop]
     return xs, ys
+
+
+def site_weights(masks, weight):
+    """CE weights [B, rows, cols] of masks [B, rows, cols]: 1 for background, 1 + ``weight`` /
+    sqrt(area) for the pixels of a component of ``area`` pixels (8-connected per slice, the
+    sites CL counts)."""
+    from scipy import ndimage
+
+    out = np.ones(masks.shape, np.float32)
+    for j, m in enumerate(masks):
+        sites, n = ndimage.label(m, np.ones((3, 3), bool))
+        if n:
+            per_site = 1.0 + weight / np.sqrt(np.maximum(np.bincount(sites.ravel()), 1)).astype(np.float32)
+            per_site[0] = 1.0
+            out[j] = per_site[sites]
+    return out
 
 
 def soft_dice_loss(logits, target, eps=1.0):
@@ -201,7 +226,11 @@ def main(argv=None):
             if not args.no_augment:
                 x, y = augment.flips(x, y, gen)
             logits = model(x.contiguous(memory_format=fmt))
-            ce = F.cross_entropy(logits, y)
+            if args.site_weight > 0:
+                w = torch.from_numpy(site_weights(y.cpu().numpy(), args.site_weight)).to(device)
+                ce = (F.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum()
+            else:
+                ce = F.cross_entropy(logits, y)
             dl = soft_dice_loss(logits, y)
             loss = ce + args.dice_weight * dl
             opt.zero_grad(set_to_none=True)

@@ -161,6 +161,16 @@ def test_train_unet_one_epoch_and_resume(tiny):
     assert [h["epoch"] for h in rec["history"]] == [0, 1, 2]
 
 
+def test_train_unet_with_site_weights(tiny, tmp_path):
+    """`--site-weight`: the weighted CE trains (finite loss) and the run record keeps the flag."""
+    out = tmp_path / "unet.onnx"
+    train_unet.main(["--data", str(tiny / "data"), "--split", str(tiny / "split.json"), "--size", str(SIZE),
+                     "--base-width", "4", "--depth", "3", "--batch", "8", "--crop", "32", "--seed", "2",
+                     "--threads", "1", "--epochs", "1", "--site-weight", "4", "--out", str(out)])
+    rec = json.loads(C.record_path(out).read_text())
+    assert np.isfinite(rec["history"][0]["train_ce"]) and "--site-weight 4" in rec["command"]
+
+
 def test_masks_must_match_the_ct(tiny, tmp_path):
     import nibabel as nib
 
