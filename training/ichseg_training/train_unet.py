@@ -197,7 +197,7 @@ def main(argv=None):
         f"{0 if val is None else len(val)} validation")
 
     images_t = torch.from_numpy(train.images)
-    masks_t = torch.from_numpy(train.masks.astype(np.int64))
+    masks_t = torch.from_numpy(train.masks)  # uint8: int64 would be 8 times the masks' memory
     budget_s = None if args.max_minutes is None else args.max_minutes * 60.0
     stop_reason = "epochs"
     t_train = time.time() - sum(r["seconds"] for r in history)  # a resumed run's budget counts the epochs before
@@ -218,7 +218,7 @@ def main(argv=None):
                 continue
             if args.crop is None:
                 x = images_t[idx][:, None].to(device)
-                y = masks_t[idx].to(device)
+                y = masks_t[idx].long().to(device)
             else:
                 xs, ys = crop_batch(train.images, train.masks, idx, args.crop, args.crop_fg, rng)
                 x = torch.from_numpy(xs)[:, None].to(device)
