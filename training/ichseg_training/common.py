@@ -98,20 +98,6 @@ def _resize_stack(stack: np.ndarray, size) -> np.ndarray:
         return np.stack([D.resize_bilinear(s, (rows, cols)) for s in stack])
 
 
-def _concat_freeing(pieces: list, size, dtype) -> np.ndarray:
-    """``np.concatenate(pieces)`` [N, rows, cols] that empties ``pieces`` on the way, each piece
-    freed once copied, so the slices are held once, not twice (a training set of thin-slice
-    volumes at 256x256 did not fit twice in memory)."""
-    out = np.empty((sum(len(p) for p in pieces), *size), dtype)
-    at = 0
-    pieces.reverse()
-    while pieces:
-        piece = pieces.pop()
-        out[at:at + len(piece)] = piece
-        at += len(piece)
-    return out
-
-
 def load_slices(ds, patients: Sequence[int], size, masks_dir=None, with_masks=True,
                 window=(50.0, 130.0), log=None) -> SliceSet:
     """Loads, windows and resizes every slice of ``patients`` (see the module docstring).
@@ -119,9 +105,15 @@ def load_slices(ds, patients: Sequence[int], size, masks_dir=None, with_masks=Tr
     Masks come from ``masks_dir`` (files named like the CT, e.g. pseudo masks) when given,
     else from the dataset's own ground truth."""
     size = parse_size(size)
-    imgs, masks, labels, index = [], [], [], []
-    t0 = time.time()
-    for p in patients:
+    # Each volume goes straight into arrays sized from the headers: the slices are held once
+    # (a list of per-volume arrays, then their concatenation, held them twice, and glibc kept
+    # the freed pieces; thin-slice training sets at 256x256 did not fit in memory).
+    counts = [ds.n_slices(p) for p in patients]
+    images = np.empty((sum(counts), *size), np.float32)
+    masks = np.empty((sum(counts), *size), np.uint8) if with_masks else None
+    labels, index = [], []
+    t0, at = time.time(), 0
+    for p, n in zip(patients, counts):
         hu, gt, labs = ds[p]
         if masks_dir is not None and with_masks:
             import nibabel as nib
@@ -130,18 +122,18 @@ def load_slices(ds, patients: Sequence[int], size, masks_dir=None, with_masks=Tr
             gt = (np.asarray(nib.load(str(mpath)).dataobj) > 0).astype(np.uint8)
             if gt.shape != hu.shape:
                 raise ValueError(f"{mpath}: shape {gt.shape} differs from the CT's {hu.shape}")
+        if len(labs) != hu.shape[2] or hu.shape[2] != n:
+            raise ValueError(f"patient {p}: {len(labs)} slice labels for {hu.shape[2]} slices")
         sl = np.transpose(hu, (2, 1, 0))  # [z, y, x]
-        imgs.append(_resize_stack(D.window(sl, *window), size))
+        images[at:at + n] = _resize_stack(D.window(sl, *window), size)
         if with_masks:
             m = np.transpose(gt, (2, 1, 0)).astype(np.float32)
-            masks.append((_resize_stack(m, size) >= 0.5).astype(np.uint8))
+            masks[at:at + n] = _resize_stack(m, size) >= 0.5
         for lab in labs:
             labels.append(int(lab.bleeding))
             index.append((p, lab.slice_number))
-        if len(labs) != hu.shape[2]:
-            raise ValueError(f"patient {p}: {len(labs)} slice labels for {hu.shape[2]} slices")
-    out = SliceSet(_concat_freeing(imgs, size, np.float32), _concat_freeing(masks, size, np.uint8) if with_masks else None,
-                   np.asarray(labels, np.int64), np.asarray(index, np.int64).reshape(-1, 2))
+        at += n
+    out = SliceSet(images, masks, np.asarray(labels, np.int64), np.asarray(index, np.int64).reshape(-1, 2))
     if log:
         log(f"loaded {len(patients)} volumes, {len(out)} slices ({int(out.labels.sum())} bleeding) "
             f"at {size[0]}x{size[1]} in {time.time() - t0:.1f} s")

@@ -92,6 +92,12 @@ class BCIHM:
 
         return tuple(float(z) for z in nib.load(str(_find(self.root / "ct_scans", patient))).header.get_zooms()[:3])
 
+    def n_slices(self, patient) -> int:
+        """The CT's number of slices, from its header."""
+        import nibabel as nib
+
+        return int(nib.load(str(_find(self.root / "ct_scans", patient))).shape[2])
+
     def positive(self) -> dict:
         """{patient: True iff any slice is labelled bleeding} (from the CSV, no volumes read)."""
         return {p: any(lab.bleeding for lab in self.labels[p]) for p in self.patients}
@@ -188,6 +194,12 @@ class BHSD:
         import nibabel as nib
 
         return tuple(float(z) for z in nib.load(str(self._files[patient][0])).header.get_zooms()[:3])
+
+    def n_slices(self, patient) -> int:
+        """As ``BCIHM.n_slices``."""
+        import nibabel as nib
+
+        return int(nib.load(str(self._files[patient][0])).shape[2])
 
     def positive(self) -> dict:
         """{patient: True iff any voxel label > 0} (reads the label volumes only)."""
