@@ -37,6 +37,7 @@ pixels of another site of the same slice that was found (a fragment of a found b
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import pathlib
 import shutil
@@ -174,6 +175,11 @@ def best_filter(rows) -> float:
 MISS_AREAS = (0, 5, 20, 50, 100, 300)  # px; the lower edges of the area bins
 
 
+@functools.lru_cache(maxsize=None)
+def _read_labels(root):
+    return D.read_labels(root)
+
+
 def slice_subtypes(gt_path):
     """{slice index: "Subtype+Subtype"} of a ground truth that sits in a BCIHM layout
     (``ROOT/masks/NNN.nii[.gz]`` beside ``ROOT/hemorrhage_diagnosis_raw_ct.csv``), else None."""
@@ -181,7 +187,7 @@ def slice_subtypes(gt_path):
     root = gt.parent.parent
     if gt.parent.name != "masks" or not (root / "hemorrhage_diagnosis_raw_ct.csv").is_file():
         return None
-    labels = D.read_labels(root).get(int(gt.name.split(".")[0]), [])
+    labels = _read_labels(root).get(int(gt.name.split(".")[0]), [])  # one CSV read per dataset
     return {lab.slice_number - 1: "+".join(n for n, on in zip(D.SUBTYPES, lab.subtypes) if on) or "none"
             for lab in labels}
 
