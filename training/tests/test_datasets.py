@@ -74,7 +74,7 @@ def test_bhsd_loader_both_folder_names(tmp_path):
             if p != 2:
                 assert [lab.subtypes for lab in labs[:5]] == [
                     tuple(int(c == k) for c in range(1, 6)) for k in range(1, 6)]
-            assert ds.spacing(p) == (0.5, 0.5, 5.0)
+            assert ds.spacing(p) == (0.5, 0.5, 5.0) and ds.n_slices(p) == 6
         items = list(ds.slices())
         assert [(p, sn) for p, sn, *_ in items] == [(p, k) for p in (1, 2, 3) for k in range(1, 7)]
         for _p, _sn, img, m, lab in items:
