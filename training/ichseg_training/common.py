@@ -365,6 +365,36 @@ def start_run(args, argv):
     return argv_used, out, ckpt_dir, log, pick_device(args.device), parse_size(args.size)
 
 
+
+def resume_state(resume: bool, ckpt_dir, model, opt, sched, gen, rng, device, log=print):
+    """With ``resume`` and a ``ckpt_dir/last.pt`` (``save_state``'s), loads the model, optimiser,
+    scheduler and both random generators from it so the run goes on as if never stopped.
+    Returns ``(history, best, best_epoch, start_epoch)``; a fresh run's without a checkpoint."""
+    import torch
+
+    last = pathlib.Path(ckpt_dir) / "last.pt"
+    if not (resume and last.exists()):
+        return [], None, -1, 0
+    st = torch.load(last, map_location=device, weights_only=False)
+    model.load_state_dict(st["model"])
+    opt.load_state_dict(st["optimizer"])
+    if sched and st.get("scheduler"):
+        sched.load_state_dict(st["scheduler"])
+    gen.set_state(st["generator"])
+    rng.bit_generator.state = st["rng"]
+    log(f"resumed from {last} at epoch {st['epoch'] + 1}")
+    return st["history"], st["best"], st["best_epoch"], st["epoch"] + 1
+
+
+def save_state(ckpt_dir, model, opt, sched, gen, rng, history, best, best_epoch, epoch) -> None:
+    """Writes ``ckpt_dir/last.pt``: everything ``resume_state`` needs after ``epoch``."""
+    import torch
+
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict() if sched else None, "generator": gen.get_state(),
+                "rng": rng.bit_generator.state, "history": history, "best": best,
+                "best_epoch": best_epoch, "epoch": epoch}, pathlib.Path(ckpt_dir) / "last.pt")
+
 # The pseudo-labelling settings a classifier carries tuned (METHOD.md section 8, docs/MODELS.md):
 # libichseg applies them unless the caller sets them (`--preset paper`: METHOD.md's).
 TUNED_KEYS = ("threshold", "intracranial_margin_mm", "max_hu", "min_lesion_ml", "crf_confidence", "crf_bilateral_compat")

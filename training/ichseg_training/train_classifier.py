@@ -140,17 +140,8 @@ def main(argv=None):
     aug = None if args.no_augment else augment.ClassifierAugment()
     gen = torch.Generator(device=device).manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    history, best, best_epoch, start_epoch = [], None, -1, 0
-    if args.resume and (ckpt_dir / "last.pt").exists():
-        st = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=False)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        if sched and st.get("scheduler"):
-            sched.load_state_dict(st["scheduler"])
-        gen.set_state(st["generator"])
-        rng.bit_generator.state = st["rng"]
-        history, best, best_epoch, start_epoch = st["history"], st["best"], st["best_epoch"], st["epoch"] + 1
-        log(f"resumed from {ckpt_dir / 'last.pt'} at epoch {start_epoch}")
+    history, best, best_epoch, start_epoch = C.resume_state(args.resume, ckpt_dir, model, opt, sched, gen, rng,
+                                                            device, log)
     log(f"{n_params} parameters; {len(train)} training slices, {0 if val is None else len(val)} validation")
 
     pos_slices = np.flatnonzero(train.labels == 1)
@@ -206,10 +197,7 @@ def main(argv=None):
             best, best_epoch = key, epoch
             torch.save({"model": model.state_dict(), "epoch": epoch, "arch": args.arch, "width": args.width},
                        ckpt_dir / "best.pt")
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict() if sched else None, "generator": gen.get_state(),
-                    "rng": rng.bit_generator.state, "history": history, "best": best,
-                    "best_epoch": best_epoch, "epoch": epoch}, ckpt_dir / "last.pt")
+        C.save_state(ckpt_dir, model, opt, sched, gen, rng, history, best, best_epoch, epoch)
         msg = f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  lr {lr:.2e}"
         if val is not None:
             msg += f"  val loss {row['val_loss']:.4f}  acc {row['val_accuracy']:.4f}  auc {row['val_auc']:.4f}"

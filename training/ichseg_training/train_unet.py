@@ -180,17 +180,8 @@ def main(argv=None):
              if args.schedule == "cosine" else None)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    history, best, best_epoch, start_epoch = [], None, -1, 0
-    if args.resume and (ckpt_dir / "last.pt").exists():
-        st = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=False)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        if sched and st.get("scheduler"):
-            sched.load_state_dict(st["scheduler"])
-        gen.set_state(st["generator"])
-        rng.bit_generator.state = st["rng"]
-        history, best, best_epoch, start_epoch = st["history"], st["best"], st["best_epoch"], st["epoch"] + 1
-        log(f"resumed from {ckpt_dir / 'last.pt'} at epoch {start_epoch}")
+    history, best, best_epoch, start_epoch = C.resume_state(args.resume, ckpt_dir, model, opt, sched, gen, rng,
+                                                            device, log)
     pos_slices = np.flatnonzero(train.masks.reshape(len(train), -1).any(1))
     neg_slices = np.setdiff1d(np.arange(len(train)), pos_slices)
     log(f"{n_params} parameters; {len(train)} training slices ({len(pos_slices)} with mask pixels), "
@@ -259,10 +250,7 @@ def main(argv=None):
         if improved:
             best, best_epoch = key, epoch
             torch.save({"model": model.state_dict(), "epoch": epoch}, ckpt_dir / "best.pt")
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict() if sched else None, "generator": gen.get_state(),
-                    "rng": rng.bit_generator.state, "history": history, "best": best,
-                    "best_epoch": best_epoch, "epoch": epoch}, ckpt_dir / "last.pt")
+        C.save_state(ckpt_dir, model, opt, sched, gen, rng, history, best, best_epoch, epoch)
         msg = f"epoch {epoch:3d}  ce {row['train_ce']:.4f}  dice loss {row['train_dice_loss']:.4f}  lr {lr:.2e}"
         if validate:
             msg += f"  val dice {row['val_dice']:.4f}  mIoU {row['val_miou']:.4f}"

@@ -207,6 +207,29 @@ def test_same_seed_same_model(tiny, tmp_path):
     assert digests["u"][0] == digests["u"][1]
 
 
+
+def test_a_resumed_run_is_the_run_that_never_stopped(tiny, tmp_path):
+    """Both trainers, stopped after one epoch (by the time budget) and continued with --resume,
+    end with the weights
+    of a run that never stopped: ``last.pt`` holds the model, optimiser, scheduler and both
+    random generators (common.save_state / resume_state)."""
+    for name, module, extra in (
+        ("c", train_classifier, ["--arch", "slim34", "--width", "4", "--batch", "16", "--neg-fraction", "0.5"]),
+        ("u", train_unet, ["--base-width", "4", "--depth", "3", "--batch", "4", "--crop", "32"]),
+    ):
+        def run(tag, epochs, *more):
+            out = tmp_path / f"{name}{tag}.onnx"
+            module.main(["--data", str(tiny / "data"), "--split", str(tiny / "split.json"), "--size", str(SIZE),
+                         "--epochs", str(epochs), "--seed", "7", "--threads", "1", "--out", str(out),
+                         "--ckpt-dir", str(tmp_path / f"{name}{tag}.ckpt"), *extra, *more])
+            return out
+
+        straight = run("straight", 3)
+        run("stopped", 3, "--max-minutes", "1e-9")  # stops after its first epoch, as if killed
+        resumed = run("stopped", 3, "--resume")
+        assert [h["epoch"] for h in json.loads(C.record_path(resumed).read_text())["history"]] == [0, 1, 2]
+        assert C.sha256(resumed) == C.sha256(straight), name
+
 def test_ship_smoke_makes_both_unets(tmp_path):
     """`ship --smoke`: every step, the weak one included, on six tiny phantoms (needs a built
     ichseg binary; about 20 s)."""
