@@ -224,6 +224,7 @@ impl OnnxModel {
 
     /// The graph typed for one f32 input of `shape` and decluttered: where the CPU and the GPU
     /// plans start from (call inside [`runtime::plan_knobs`]).
+    #[cfg(feature = "gpu")]
     pub(crate) fn decluttered(&self, shape: [usize; 4]) -> TractResult<TypedModel> {
         Self::declutter(self.graph().map_err(|e| tract_onnx::tract_core::internal::format_err!("{e}"))?, shape)
     }
