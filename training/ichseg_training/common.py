@@ -365,7 +365,6 @@ def start_run(args, argv):
     return argv_used, out, ckpt_dir, log, pick_device(args.device), parse_size(args.size)
 
 
-
 def resume_state(resume: bool, ckpt_dir, model, opt, sched, gen, rng, device, log=print):
     """With ``resume`` and a ``ckpt_dir/last.pt`` (``save_state``'s), loads the model, optimiser,
     scheduler and both random generators from it so the run goes on as if never stopped.
@@ -394,6 +393,7 @@ def save_state(ckpt_dir, model, opt, sched, gen, rng, history, best, best_epoch,
                 "scheduler": sched.state_dict() if sched else None, "generator": gen.get_state(),
                 "rng": rng.bit_generator.state, "history": history, "best": best,
                 "best_epoch": best_epoch, "epoch": epoch}, pathlib.Path(ckpt_dir) / "last.pt")
+
 
 # The pseudo-labelling settings a classifier carries tuned (METHOD.md section 8, docs/MODELS.md):
 # libichseg applies them unless the caller sets them (`--preset paper`: METHOD.md's).
