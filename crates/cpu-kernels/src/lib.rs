@@ -37,6 +37,7 @@ mod pointwise;
 pub mod relu_grad;
 pub mod sgemm;
 mod upconv;
+mod vector;
 mod winograd;
 
 pub use pass::{enabled, rewrite, rewrite_with, RewriteOptions};

@@ -7,6 +7,7 @@
 //! ceil-mode pool over an odd side stays tract's).
 
 use crate::conv::{run_tasks, simd, OutPtr};
+use crate::sgemm::cpu_level;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{MaxPool, PaddingSpec};
@@ -51,7 +52,7 @@ impl MaxPool2x2 {
             // SAFETY: each task writes its own planes of `y`.
             let y = unsafe { std::slice::from_raw_parts_mut(out.get().add(first * oh * ow), count * oh * ow) };
             let x = &x[first * plane..][..count * plane];
-            simd(|| pool_planes(x, self.rows, self.cols, y, oh, ow))
+            simd(cpu_level(), || pool_planes(x, self.rows, self.cols, y, oh, ow))
         });
     }
 }

@@ -64,6 +64,15 @@ impl CpuLevel {
         self.rank() <= CpuLevel::detected().rank()
     }
 
+    /// This level, or the detected one when the CPU lacks it.
+    pub fn usable(self) -> CpuLevel {
+        if self.is_available() {
+            self
+        } else {
+            CpuLevel::detected()
+        }
+    }
+
     /// The level named `name` ("avx512", "avx2", "portable", any case), if any.
     pub fn parse(name: &str) -> Option<CpuLevel> {
         CpuLevel::ALL.into_iter().find(|level| name.trim().eq_ignore_ascii_case(&level.to_string()))
@@ -101,7 +110,7 @@ pub fn cpu_level() -> CpuLevel {
 
 /// Columns of the panels [`sgemm_panel`] at `level` reads in place, unpacked.
 pub fn panel_width(level: CpuLevel) -> usize {
-    let level = if level.is_available() { level } else { CpuLevel::detected() };
+    let level = level.usable();
     match level {
         CpuLevel::Portable => PORTABLE_NR,
         #[cfg(target_arch = "x86_64")]
@@ -170,7 +179,7 @@ pub unsafe fn sgemm_panel(
 /// # Safety
 /// As [`sgemm`]'s, for `product`.
 unsafe fn multiply(level: CpuLevel, product: Product) {
-    let level = if level.is_available() { level } else { CpuLevel::detected() };
+    let level = level.usable();
     let Product { m, n, k, dst, ldd, accumulate, lhs, lda, rhs, ldb, .. } = product;
     match level {
         #[cfg(target_arch = "x86_64")]
@@ -317,7 +326,10 @@ unsafe fn pack_rhs<K: Kernel>(rhs: *const f32, ld: usize, kc: usize, nc: usize, 
         for (p, dst) in dst.chunks_exact_mut(K::NR).enumerate() {
             let src = rhs.add(p * ld + j0);
             if cols == K::NR {
-                std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), K::NR);
+                // in pieces of a cache line: a whole row in one copy is a call to memcpy
+                for j in (0..K::NR).step_by(16) {
+                    std::ptr::copy_nonoverlapping(src.add(j), dst.as_mut_ptr().add(j), 16.min(K::NR - j));
+                }
             } else {
                 // element by element: a short row copied and cleared with calls to memcpy and
                 // memset costs more than the products when few rows of lhs share the panel

@@ -13,13 +13,15 @@
 //! - 36 matrix products M = U V ([`sgemm`], at the op's instruction-set level);
 //! - each tile's output is Aᵀ M A plus the bias.
 //!
-//! The transforms run vectorised across the tiles of a row: input rows are first split into the
-//! four column phases of the tile grid, so that tile `tx`'s column `j` is phase `j % 4` at index
-//! `tx + j / 4`. Results agree with direct convolution to about 1e-6 of the output's scale
-//! (tests below).
+//! The transforms run vectorised across the tiles of a row, 16 or 8 at a time ([`Vector`] at
+//! the op's level): a tile's column `j` is read from the row's values split by position
+//! modulo 4 ([`Vector::load_quarters`]), and the output tiles' columns are interleaved back
+//! ([`Vector::store_interleaved`]). Results agree with direct convolution to about 1e-6 of the
+//! output's scale (tests below).
 
-use crate::conv::{executor_threads, run_tasks, simd, with_buffer, with_kernel_buffer, ConvParts, ConvWeights, OutPtr};
-use crate::sgemm::{panel_width, sgemm, sgemm_panel};
+use crate::conv::{executor_threads, run_tasks, with_buffer, with_kernel_buffer, ConvParts, ConvWeights, OutPtr};
+use crate::sgemm::{cpu_level, panel_width, sgemm, sgemm_panel};
+use crate::vector::{at_level, ForLevel, Vector, MAX_LANES};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -30,58 +32,51 @@ const ALPHA: usize = 6;
 /// Points of the transformed tile: one matrix product each.
 const POINTS: usize = ALPHA * ALPHA;
 
-/// Tiles transformed together (one vector register of f32 per value with AVX2).
-const LANES: usize = 8;
-type Lane = [f32; LANES];
-
-/// G g for one kernel column (or row) of three values per lane.
+/// G g for one kernel column (or row) of three vectors.
+///
+/// # Safety
+/// The CPU has `V`'s instruction set.
 #[inline(always)]
-fn kernel_transform(g: [Lane; 3]) -> [Lane; ALPHA] {
+unsafe fn kernel_transform<V: Vector>([a, b, c]: [V; 3]) -> [V; ALPHA] {
     const SIXTH: f32 = 1. / 6.;
-    let mut r = [[0f32; LANES]; ALPHA];
-    for x in 0..LANES {
-        let [a, b, c] = [g[0][x], g[1][x], g[2][x]];
-        let (even, outer, inner) = (a + c, a * (SIXTH / 4.) + c * SIXTH, b * (SIXTH / 2.));
-        r[0][x] = a * 0.25;
-        r[1][x] = -(even + b) * SIXTH;
-        r[2][x] = -(even - b) * SIXTH;
-        r[3][x] = outer + inner;
-        r[4][x] = outer - inner;
-        r[5][x] = c;
-    }
-    r
+    let (even, outer, inner) = (a.add(c), a.scale(SIXTH / 4.).add(c.scale(SIXTH)), b.scale(SIXTH / 2.));
+    [a.scale(0.25), even.add(b).scale(-SIXTH), even.sub(b).scale(-SIXTH), outer.add(inner), outer.sub(inner), c]
 }
 
-/// Bᵀ d for one column (or row) of six values per lane, with shared terms.
+/// Bᵀ d for one column (or row) of six vectors, with shared terms.
+///
+/// # Safety
+/// The CPU has `V`'s instruction set.
 #[inline(always)]
-fn input_transform(d: [Lane; ALPHA]) -> [Lane; ALPHA] {
-    let mut r = [[0f32; LANES]; ALPHA];
-    for x in 0..LANES {
-        let [d0, d1, d2, d3, d4, d5] = [d[0][x], d[1][x], d[2][x], d[3][x], d[4][x], d[5][x]];
-        r[0][x] = 4. * d0 - 5. * d2 + d4;
-        r[1][x] = (d3 + d4) - 4. * (d1 + d2);
-        r[2][x] = (d4 - d3) + 4. * (d1 - d2);
-        r[3][x] = (d4 - d2) - 2. * (d1 - d3);
-        r[4][x] = (d4 - d2) + 2. * (d1 - d3);
-        r[5][x] = 4. * d1 - 5. * d3 + d5;
-    }
-    r
+unsafe fn input_transform<V: Vector>([d0, d1, d2, d3, d4, d5]: [V; ALPHA]) -> [V; ALPHA] {
+    let (d42, d13) = (d4.sub(d2), d1.sub(d3).scale(2.));
+    [
+        d0.scale(4.).sub(d2.scale(5.)).add(d4),
+        d3.add(d4).sub(d1.add(d2).scale(4.)),
+        d4.sub(d3).add(d1.sub(d2).scale(4.)),
+        d42.sub(d13),
+        d42.add(d13),
+        d1.scale(4.).sub(d3.scale(5.)).add(d5),
+    ]
 }
 
-/// Aᵀ m for one column (or row) of six values per lane.
+/// Aᵀ m for one column (or row) of six vectors.
+///
+/// # Safety
+/// The CPU has `V`'s instruction set.
 #[inline(always)]
-fn output_transform(m: [Lane; ALPHA]) -> [Lane; TILE] {
-    let mut r = [[0f32; LANES]; TILE];
-    for x in 0..LANES {
-        let [m0, m1, m2, m3, m4, m5] = [m[0][x], m[1][x], m[2][x], m[3][x], m[4][x], m[5][x]];
-        let (sum12, diff12, sum34, diff34) = (m1 + m2, m1 - m2, m3 + m4, m3 - m4);
-        r[0][x] = m0 + sum12 + sum34;
-        r[1][x] = diff12 + 2. * diff34;
-        r[2][x] = sum12 + 4. * sum34;
-        r[3][x] = diff12 + 8. * diff34 + m5;
-    }
-    r
+unsafe fn output_transform<V: Vector>([m0, m1, m2, m3, m4, m5]: [V; ALPHA]) -> [V; TILE] {
+    let (sum12, diff12, sum34, diff34) = (m1.add(m2), m1.sub(m2), m3.add(m4), m3.sub(m4));
+    [
+        m0.add(sum12).add(sum34),
+        diff12.add(diff34.scale(2.)),
+        sum12.add(sum34.scale(4.)),
+        diff12.add(diff34.scale(8.)).add(m5),
+    ]
 }
+
+/// Input values a group of tiles reads from each row, at most.
+const GROUP_SPAN: usize = TILE * MAX_LANES + TILE;
 
 /// Channels below which the transforms outweigh the savings (a network's first layer).
 const MIN_CHANNELS: usize = 4;
@@ -176,7 +171,8 @@ impl WinogradConv {
             KernelForm::Transformed => {
                 let mut u = vec![0f32; POINTS * cout * cin];
                 // SAFETY: u holds POINTS matrices of cout rows of cin values.
-                unsafe { simd(|| transform_kernel(&taps, cin, 0..cout, u.as_mut_ptr())) };
+                let transform = KernelTransform { taps: &taps, cin, outs: 0..cout, dst: u.as_mut_ptr() };
+                unsafe { at_level(transform, cpu_level()) };
                 u
             }
         };
@@ -231,11 +227,8 @@ impl WinogradConv {
                 // buffers; the planes point into `inputs`, which outlive the loop.
                 with_buffer(work.len(), |buffer| unsafe {
                     let work = work.at(buffer);
-                    simd(|| {
-                        self.transform_input(&geo, &image_planes[n], ty0, 0..self.cin, &work);
-                        self.multiply(0..POINTS, &work);
-                        self.transform_output(&geo, ty0, 0..self.conv.cout, &work, &out, n);
-                    })
+                    let stage = Stage::Block(&image_planes[n], &out, n);
+                    at_level(Step { conv: self, geo: &geo, ty0, work: &work, stage }, self.conv.level)
                 })
             };
             run_tasks(&tasks, run);
@@ -256,23 +249,31 @@ impl WinogradConv {
                 // buffer and of image n in `y`; everything outlives the loops.
                 with_buffer(work.len(), |buffer| unsafe {
                     let work = work.at(buffer);
-                    shared(self.cin, &|c| simd(|| self.transform_input(&geo, &image_planes, ty0, c, &work)));
+                    shared(self.cin, &|c| self.at(&geo, ty0, &work, Stage::Input(&image_planes, c)));
                     match self.form {
-                        KernelForm::Transformed => shared(POINTS, &|p| simd(|| self.multiply(p, &work))),
+                        KernelForm::Transformed => shared(POINTS, &|p| self.multiply(p, &work)),
                         KernelForm::PerConvolution => {
                             let chunks = self.conv.cout.div_ceil(KERNEL_CHUNK);
                             shared(chunks, &|k| {
                                 // the buffer first, so that the work inside is compiled for the CPU's level
                                 with_kernel_buffer(POINTS * KERNEL_CHUNK * self.cin, |u| {
-                                    simd(|| self.transform_and_multiply(k, u, &work))
+                                    self.at(&geo, ty0, &work, Stage::KernelProducts(k, u))
                                 })
                             })
                         }
                     }
-                    shared(self.conv.cout, &|o| simd(|| self.transform_output(&geo, ty0, o, &work, &out, n)));
+                    shared(self.conv.cout, &|o| self.at(&geo, ty0, &work, Stage::Output(o, &out, n)));
                 })
             }
         }
+    }
+
+    /// Runs `stage` of the block of `work.rows` tile rows from `ty0` at the op's level.
+    ///
+    /// # Safety
+    /// As the stage's function says.
+    unsafe fn at(&self, geo: &Geometry, ty0: usize, work: &Work, stage: Stage) {
+        at_level(Step { conv: self, geo, ty0, work, stage }, self.conv.level)
     }
 
     /// V for input `channels` of the block of `work.rows` tile rows from `ty0`.
@@ -281,7 +282,7 @@ impl WinogradConv {
     /// `planes` point to the image's input planes; `work` to a buffer no one else writes
     /// these channels of.
     #[inline(always)]
-    unsafe fn transform_input(
+    unsafe fn transform_input<V: Vector>(
         &self,
         geo: &Geometry,
         planes: &[Planes],
@@ -290,7 +291,9 @@ impl WinogradConv {
         work: &Work,
     ) {
         let (cin, tw, stride) = (self.cin, geo.tile_cols, work.stride);
-        let mut phases = vec![0f32; ALPHA * TILE * geo.phase_len];
+        // a group's six input rows: in the plane, or zero-padded copies where the group
+        // reaches past the plane's edges
+        let mut edges = [[0f32; GROUP_SPAN]; ALPHA];
         // with V kept only in panels, each channel's rows are made in a scratch first
         let in_panels = work.panels > 0;
         let mut scratch = if in_panels { vec![0f32; POINTS * stride] } else { Vec::new() };
@@ -298,28 +301,29 @@ impl WinogradConv {
             let (v, v_channels, v_channel) = if in_panels { (scratch.as_mut_ptr(), 1, 0) } else { (work.v, cin, c) };
             let plane = std::slice::from_raw_parts(planes[c].0, self.rows * self.cols);
             for r in 0..work.rows {
-                self.split_phases(geo, plane, ty0 + r, &mut phases);
-                for t0 in (0..tw).step_by(LANES) {
-                    // d[i][j]: row i, column j of LANES consecutive tiles
-                    let mut d = [[[0f32; LANES]; ALPHA]; ALPHA];
-                    for (i, row) in d.iter_mut().enumerate() {
-                        for (j, lane) in row.iter_mut().enumerate() {
-                            let at = (i * TILE + j % TILE) * geo.phase_len + j / TILE + t0;
-                            lane.copy_from_slice(&phases[at..at + LANES]);
-                        }
+                for t0 in (0..tw).step_by(V::LANES) {
+                    let rows = self.group_rows(plane, ty0 + r, t0, V::LANES, &mut edges);
+                    // d[j][i]: column j, row i of LANES consecutive tiles (columns 4 and 5 are
+                    // the next tiles' 0 and 1)
+                    let mut d = [[V::splat(0.); ALPHA]; ALPHA];
+                    for i in 0..ALPHA {
+                        let at = rows[i];
+                        let [d0, d1, d2, d3] = V::load_quarters(at);
+                        let [d4, d5, _, _] = V::load_quarters(at.add(TILE));
+                        (d[0][i], d[1][i], d[2][i], d[3][i], d[4][i], d[5][i]) = (d0, d1, d2, d3, d4, d5);
                     }
                     // V = Bᵀ d B: columns first, then rows
-                    let mut t = [[[0f32; LANES]; ALPHA]; ALPHA];
+                    let mut rows_t = [[V::splat(0.); ALPHA]; ALPHA];
                     for j in 0..ALPHA {
-                        let column = input_transform(std::array::from_fn(|i| d[i][j]));
+                        let column = input_transform(d[j]);
                         for k in 0..ALPHA {
-                            t[k][j] = column[k];
+                            rows_t[k][j] = column[k];
                         }
                     }
-                    for (k, row) in t.iter().enumerate() {
-                        for (l, lane) in input_transform(*row).iter().enumerate() {
-                            let at = ((k * ALPHA + l) * v_channels + v_channel) * stride + r * tw + t0;
-                            std::ptr::copy_nonoverlapping(lane.as_ptr(), v.add(at), LANES);
+                    for (k, row) in rows_t.iter().enumerate() {
+                        let row = input_transform(*row);
+                        for (l, value) in row.iter().enumerate() {
+                            value.store(v.add(((k * ALPHA + l) * v_channels + v_channel) * stride + r * tw + t0));
                         }
                     }
                 }
@@ -370,13 +374,13 @@ impl WinogradConv {
     /// `work` holds V for all channels; no one else writes these output channels of M; `u`
     /// holds POINTS x KERNEL_CHUNK x cin values.
     #[inline(always)]
-    unsafe fn transform_and_multiply(&self, chunks: std::ops::Range<usize>, u: &mut [f32], work: &Work) {
+    unsafe fn transform_and_multiply<V: Vector>(&self, chunks: std::ops::Range<usize>, u: &mut [f32], work: &Work) {
         let (cin, cout, stride) = (self.cin, self.conv.cout, work.stride);
         for chunk in chunks {
             let outs = chunk * KERNEL_CHUNK..((chunk + 1) * KERNEL_CHUNK).min(cout);
             let rows = outs.len();
             assert!(u.len() >= POINTS * rows * cin);
-            transform_kernel(&self.conv.weights, cin, outs.clone(), u.as_mut_ptr());
+            transform_kernel::<V>(&self.conv.weights, cin, outs.clone(), u.as_mut_ptr());
             for point in 0..POINTS {
                 for q in 0..work.panels {
                     let first = q * work.panel;
@@ -403,7 +407,7 @@ impl WinogradConv {
     /// `work` holds M for all points; `out` points to the whole output batch, of which no one
     /// else writes these channels and rows.
     #[inline(always)]
-    unsafe fn transform_output(
+    unsafe fn transform_output<V: Vector>(
         &self,
         geo: &Geometry,
         ty0: usize,
@@ -414,40 +418,47 @@ impl WinogradConv {
     ) {
         let (cout, tw, stride) = (self.conv.cout, geo.tile_cols, work.stride);
         let (oh, ow) = (geo.out_rows, geo.out_cols);
+        let (relu, zero) = (self.conv.parts.relu, V::splat(0.));
         for o in outs {
-            let bias = self.conv.bias[o];
+            let bias = V::splat(self.conv.bias[o]);
             for r in 0..work.rows {
                 let ty = ty0 + r;
-                for t0 in (0..tw).step_by(LANES) {
-                    let mut m = [[[0f32; LANES]; ALPHA]; ALPHA];
-                    for (k, row) in m.iter_mut().enumerate() {
-                        for (l, lane) in row.iter_mut().enumerate() {
-                            let at = ((k * ALPHA + l) * cout + o) * stride + r * tw + t0;
-                            std::ptr::copy_nonoverlapping(work.m.add(at), lane.as_mut_ptr(), LANES);
+                for t0 in (0..tw).step_by(V::LANES) {
+                    // m[l][k]: column l, row k
+                    let mut m = [[V::splat(0.); ALPHA]; ALPHA];
+                    for (l, column) in m.iter_mut().enumerate() {
+                        for (k, value) in column.iter_mut().enumerate() {
+                            *value = V::load(work.m.add(((k * ALPHA + l) * cout + o) * stride + r * tw + t0));
                         }
                     }
                     // Y = Aᵀ M A: columns first, then rows
-                    let mut partial = [[[0f32; LANES]; ALPHA]; TILE];
+                    let mut rows_t = [[V::splat(0.); ALPHA]; TILE];
                     for l in 0..ALPHA {
-                        let column = output_transform(std::array::from_fn(|k| m[k][l]));
+                        let column = output_transform(m[l]);
                         for i in 0..TILE {
-                            partial[i][l] = column[i];
+                            rows_t[i][l] = column[i];
                         }
                     }
-                    for (i, row) in partial.iter().enumerate() {
+                    for (i, row) in rows_t.iter().enumerate() {
                         let oy = ty * TILE + i;
                         if oy >= oh {
                             break;
                         }
-                        let y = output_transform(*row);
-                        let dst = std::slice::from_raw_parts_mut(out.0.add(((n * cout + o) * oh + oy) * ow), ow);
-                        for lane in 0..LANES.min(tw - t0) {
-                            for (j, values) in y.iter().enumerate() {
-                                if let Some(d) = dst.get_mut((t0 + lane) * TILE + j) {
-                                    let value = values[lane] + bias;
-                                    *d = if self.conv.parts.relu { value.max(0.) } else { value };
-                                }
+                        let mut y = output_transform(*row);
+                        for value in y.iter_mut() {
+                            *value = value.add(bias);
+                            if relu {
+                                *value = value.max(zero);
                             }
+                        }
+                        // the tiles' columns side by side, as the output row has them
+                        let (x, row) = (t0 * TILE, out.0.add(((n * cout + o) * oh + oy) * ow));
+                        if x + TILE * V::LANES <= ow {
+                            V::store_interleaved(y, row.add(x));
+                        } else {
+                            let mut values = [0f32; TILE * MAX_LANES];
+                            V::store_interleaved(y, values.as_mut_ptr());
+                            std::ptr::copy_nonoverlapping(values.as_ptr(), row.add(x), ow - x);
                         }
                     }
                 }
@@ -455,26 +466,40 @@ impl WinogradConv {
         }
     }
 
-    /// The six input rows under tile row `ty`, zero-padded and split by column phase:
-    /// `phases[i][p][t] = input[ty*4 + i - top][t*4 + p - left]`.
-    fn split_phases(&self, geo: &Geometry, plane: &[f32], ty: usize, phases: &mut [f32]) {
+    /// Where the six input rows under tiles `t0..t0 + lanes` of tile row `ty` start: at the
+    /// value the first tile's column 0 reads, followed by the `4 * lanes + 4` values the
+    /// group reads. Those are in the plane unless the group reaches past its edges; then they
+    /// are copied into `edges`, zero-padded.
+    fn group_rows(
+        &self,
+        plane: &[f32],
+        ty: usize,
+        t0: usize,
+        lanes: usize,
+        edges: &mut [[f32; GROUP_SPAN]; ALPHA],
+    ) -> [*const f32; ALPHA] {
         let [top, left, _, _] = self.pads;
-        for i in 0..ALPHA {
-            let dst = &mut phases[i * TILE * geo.phase_len..][..TILE * geo.phase_len];
+        let span = TILE * lanes + TILE;
+        let x0 = (t0 * TILE) as isize - left as isize;
+        let inside = x0 >= 0 && x0 as usize + span <= self.cols;
+        let mut rows = [std::ptr::null(); ALPHA];
+        for (i, (row, edge)) in rows.iter_mut().zip(edges.iter_mut()).enumerate() {
             let y = (ty * TILE + i) as isize - top as isize;
-            if y < 0 || y >= self.rows as isize {
-                dst.fill(0.);
-                continue;
-            }
-            let row = &plane[y as usize * self.cols..][..self.cols];
-            for p in 0..TILE {
-                let dst = &mut dst[p * geo.phase_len..][..geo.phase_len];
-                for (t, d) in dst.iter_mut().enumerate() {
-                    let x = (t * TILE + p) as isize - left as isize;
-                    *d = if x >= 0 && (x as usize) < self.cols { row[x as usize] } else { 0. };
+            let input = (y >= 0 && y < self.rows as isize).then(|| &plane[y as usize * self.cols..][..self.cols]);
+            *row = match input {
+                Some(input) if inside => input[x0 as usize..].as_ptr(),
+                _ => {
+                    edge.fill(0.);
+                    let (from, to) = (x0.max(0) as usize, (x0 + span as isize).clamp(0, self.cols as isize) as usize);
+                    if let Some(input) = input.filter(|_| from < to) {
+                        let at = (from as isize - x0) as usize;
+                        edge[at..at + to - from].copy_from_slice(&input[from..to]);
+                    }
+                    edge.as_ptr()
                 }
-            }
+            };
         }
+        rows
     }
 }
 
@@ -482,44 +507,105 @@ impl WinogradConv {
 /// `[POINTS][outs.len()][cin]`, computed in f32 across the input channels.
 ///
 /// # Safety
-/// `dst` must be valid for writes of `POINTS * outs.len() * cin` values.
+/// `dst` must be valid for writes of `POINTS * outs.len() * cin` values; the CPU has `V`'s
+/// instruction set.
 #[inline(always)]
-unsafe fn transform_kernel(taps: &[f32], cin: usize, outs: std::ops::Range<usize>, dst: *mut f32) {
+unsafe fn transform_kernel<V: Vector>(taps: &[f32], cin: usize, outs: std::ops::Range<usize>, dst: *mut f32) {
     let rows = outs.len();
     for (r, o) in outs.enumerate() {
-        let g = &taps[o * 9 * cin..][..9 * cin];
-        for c0 in (0..cin).step_by(LANES) {
-            let lanes = LANES.min(cin - c0);
-            // t[i][j]: tap (i, j) of LANES consecutive input channels (zeros past the last);
-            // copies of a constant length where the lanes are full, so that they stay vector moves
-            let mut t = [[[0f32; LANES]; 3]; 3];
-            for (k, lane) in t.iter_mut().flatten().enumerate() {
-                let from = g.as_ptr().add(k * cin + c0);
-                if lanes == LANES {
-                    std::ptr::copy_nonoverlapping(from, lane.as_mut_ptr(), LANES);
+        let kernel = &taps[o * 9 * cin..][..9 * cin];
+        for c0 in (0..cin).step_by(V::LANES) {
+            let lanes = V::LANES.min(cin - c0);
+            // g[j][i]: tap (i, j) of LANES consecutive input channels (zeros past the last)
+            let mut g = [[V::splat(0.); 3]; 3];
+            for k in 0..9 {
+                let from = &kernel[k * cin + c0..][..lanes];
+                g[k % 3][k / 3] = if lanes == V::LANES {
+                    V::load(from.as_ptr())
                 } else {
-                    std::ptr::copy_nonoverlapping(from, lane.as_mut_ptr(), lanes);
-                }
+                    let mut part = [0f32; MAX_LANES];
+                    part[..lanes].copy_from_slice(from);
+                    V::load(part.as_ptr())
+                };
             }
             // U = G g Gᵀ: columns first, then rows
-            let mut columns = [[[0f32; LANES]; 3]; ALPHA];
+            let mut rows_t = [[V::splat(0.); 3]; ALPHA];
             for j in 0..3 {
-                let column = kernel_transform([t[0][j], t[1][j], t[2][j]]);
+                let column = kernel_transform(g[j]);
                 for k in 0..ALPHA {
-                    columns[k][j] = column[k];
+                    rows_t[k][j] = column[k];
                 }
             }
-            for (k, row) in columns.iter().enumerate() {
-                for (l, lane) in kernel_transform(*row).iter().enumerate() {
+            for (k, row) in rows_t.iter().enumerate() {
+                let row = kernel_transform(*row);
+                for (l, value) in row.iter().enumerate() {
                     let to = dst.add(((k * ALPHA + l) * rows + r) * cin + c0);
-                    if lanes == LANES {
-                        std::ptr::copy_nonoverlapping(lane.as_ptr(), to, LANES);
+                    if lanes == V::LANES {
+                        value.store(to);
                     } else {
-                        std::ptr::copy_nonoverlapping(lane.as_ptr(), to, lanes);
+                        let mut part = [0f32; MAX_LANES];
+                        value.store(part.as_mut_ptr());
+                        std::ptr::copy_nonoverlapping(part.as_ptr(), to, lanes);
                     }
                 }
             }
         }
+    }
+}
+
+/// A stage of a convolution on one block, run at the op's level ([`at_level`]).
+struct Step<'a> {
+    conv: &'a WinogradConv,
+    geo: &'a Geometry,
+    ty0: usize,
+    work: &'a Work,
+    stage: Stage<'a>,
+}
+
+enum Stage<'a> {
+    /// V for these input channels of an image's planes.
+    Input(&'a [Planes], std::ops::Range<usize>),
+    /// M for the output channels of these kernel chunks, U made in the buffer first.
+    KernelProducts(std::ops::Range<usize>, &'a mut [f32]),
+    /// These output channels of image `n` from M.
+    Output(std::ops::Range<usize>, &'a OutPtr, usize),
+    /// The whole block of image `n`: V, M and the output.
+    Block(&'a [Planes], &'a OutPtr, usize),
+}
+
+impl ForLevel for Step<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    unsafe fn run<V: Vector>(self) {
+        let Step { conv, geo, ty0, work, stage } = self;
+        match stage {
+            Stage::Input(planes, channels) => conv.transform_input::<V>(geo, planes, ty0, channels, work),
+            Stage::KernelProducts(chunks, u) => conv.transform_and_multiply::<V>(chunks, u, work),
+            Stage::Output(outs, out, n) => conv.transform_output::<V>(geo, ty0, outs, work, out, n),
+            Stage::Block(planes, out, n) => {
+                conv.transform_input::<V>(geo, planes, ty0, 0..conv.cin, work);
+                conv.multiply(0..POINTS, work);
+                conv.transform_output::<V>(geo, ty0, 0..conv.cout(), work, out, n);
+            }
+        }
+    }
+}
+
+/// U for output channels `outs` ([`transform_kernel`]) at a level.
+struct KernelTransform<'a> {
+    taps: &'a [f32],
+    cin: usize,
+    outs: std::ops::Range<usize>,
+    dst: *mut f32,
+}
+
+impl ForLevel for KernelTransform<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    unsafe fn run<V: Vector>(self) {
+        transform_kernel::<V>(self.taps, self.cin, self.outs, self.dst)
     }
 }
 
@@ -529,16 +615,12 @@ struct Geometry {
     out_cols: usize,
     tile_rows: usize,
     tile_cols: usize,
-    /// Length of one column phase: one tile more than the grid, for the tiles' last columns.
-    phase_len: usize,
 }
 
 impl Geometry {
     fn new(out_rows: usize, out_cols: usize) -> Self {
         let tile_cols = out_cols.div_ceil(TILE);
-        // lane groups read up to LANES - 1 tiles past the grid, and one more for the last columns
-        let phase_len = tile_cols.next_multiple_of(LANES) + 1;
-        Geometry { out_rows, out_cols, tile_rows: out_rows.div_ceil(TILE), tile_cols, phase_len }
+        Geometry { out_rows, out_cols, tile_rows: out_rows.div_ceil(TILE), tile_cols }
     }
 
     /// Tile rows per block: about TARGET_TILES tiles, V and M within BLOCK_BYTES.
@@ -565,7 +647,7 @@ impl Geometry {
 }
 
 /// Where one block's V ([POINTS][cin][stride]) and M ([POINTS][cout][stride]) live; rows are
-/// `stride` long because a lane group may run up to LANES tiles past the block's last.
+/// `stride` long because a lane group may run up to MAX_LANES tiles past the block's last.
 struct Work {
     rows: usize,
     tiles: usize,
@@ -588,7 +670,7 @@ impl Work {
     /// The layout for `rows` tile rows, not yet placed ([`Work::at`]).
     fn new(conv: &WinogradConv, geo: &Geometry, rows: usize) -> Self {
         let tiles = rows * geo.tile_cols;
-        let stride = tiles + LANES;
+        let stride = tiles + MAX_LANES;
         let panel = match conv.form {
             KernelForm::Transformed => 0,
             KernelForm::PerConvolution => panel_width(conv.conv.level),
@@ -696,22 +778,38 @@ mod tests {
 
     #[test]
     fn factored_transforms_are_the_matrices() {
-        let values = random(ALPHA * LANES, 7);
-        let lanes: [Lane; ALPHA] = std::array::from_fn(|i| std::array::from_fn(|x| values[i * LANES + x]));
-        let u = kernel_transform([lanes[0], lanes[1], lanes[2]]);
-        let (v, y) = (input_transform(lanes), output_transform(lanes));
-        for x in 0..LANES {
+        use crate::vector::Portable;
+        const N: usize = Portable::LANES;
+        let values = random(ALPHA * N, 7);
+        let vectors = |values: &[f32]| -> [Portable; ALPHA] {
+            // SAFETY: `values` holds ALPHA vectors.
+            std::array::from_fn(|i| unsafe { Portable::load(values[i * N..].as_ptr()) })
+        };
+        let lanes = |vectors: &[Portable]| -> Vec<f32> {
+            let mut out = vec![0f32; vectors.len() * N];
+            for (i, v) in vectors.iter().enumerate() {
+                // SAFETY: `out` holds a vector at each i.
+                unsafe { v.store(out[i * N..].as_mut_ptr()) };
+            }
+            out
+        };
+        let d = vectors(&values);
+        // SAFETY: plain Rust vectors run anywhere.
+        let (u, v, y) = unsafe { (kernel_transform([d[0], d[1], d[2]]), input_transform(d), output_transform(d)) };
+        let (u, v, y) = (lanes(&u), lanes(&v), lanes(&y));
+        let at = |i: usize, x: usize| values[i * N + x];
+        for x in 0..N {
             for k in 0..ALPHA {
-                let want: f64 = (0..3).map(|i| G[k][i] * lanes[i][x] as f64).sum();
-                assert!((u[k][x] as f64 - want).abs() < 1e-6, "G row {k}");
+                let want: f64 = (0..3).map(|i| G[k][i] * at(i, x) as f64).sum();
+                assert!((u[k * N + x] as f64 - want).abs() < 1e-6, "G row {k}");
             }
             for k in 0..ALPHA {
-                let want: f32 = (0..ALPHA).map(|i| BT[k][i] * lanes[i][x]).sum();
-                assert!((v[k][x] - want).abs() < 1e-5, "B row {k}");
+                let want: f32 = (0..ALPHA).map(|i| BT[k][i] * at(i, x)).sum();
+                assert!((v[k * N + x] - want).abs() < 1e-5, "B row {k}");
             }
             for k in 0..TILE {
-                let want: f32 = (0..ALPHA).map(|i| AT[k][i] * lanes[i][x]).sum();
-                assert!((y[k][x] - want).abs() < 1e-5, "A row {k}");
+                let want: f32 = (0..ALPHA).map(|i| AT[k][i] * at(i, x)).sum();
+                assert!((y[k * N + x] - want).abs() < 1e-5, "A row {k}");
             }
         }
     }
@@ -785,6 +883,9 @@ mod tests {
         assert!(geo.by_blocks(&conv, geo.rows_per_block(&conv), 2));
         check(2, &[4], 4, 101, 98, [1, 1, 1, 1], 2, true);
         check(1, &[4], 5, 101, 98, [1, 0, 1, 2], 1, false);
+        // rows wide enough that groups of 16 tiles lie inside the input (read in place)
+        check(1, &[4], 4, 9, 150, [1, 1, 1, 1], 1, false);
+        check(1, &[5], 3, 6, 200, [0, 2, 1, 0], 2, true);
     }
 
     /// A stage block is the most tile rows whose work buffer fits the stage bytes (V only in
