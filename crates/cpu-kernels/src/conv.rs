@@ -62,37 +62,6 @@ pub fn executor_threads() -> usize {
     }
 }
 
-/// `f` compiled for `level`'s instruction set (AVX-512, or AVX2 + FMA; plain at the portable
-/// level), for loops the compiler vectorises (pooling; the matrix products have their own
-/// kernels per level). A level the CPU lacks falls back to the next. The compiler may leave `f`
-/// a call of its own, compiled without the level: code with intrinsics goes through
-/// [`crate::vector::at_level`] instead.
-#[inline(always)]
-pub fn simd<R>(level: CpuLevel, f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if level == CpuLevel::Avx512 && std::is_x86_feature_detected!("avx512f") {
-            #[target_feature(enable = "avx512f,avx2,fma")]
-            unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
-                f()
-            }
-            // SAFETY: the CPU has the features.
-            return unsafe { avx512(f) };
-        }
-        if level != CpuLevel::Portable && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-        {
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
-                f()
-            }
-            // SAFETY: the CPU has the features.
-            return unsafe { avx2(f) };
-        }
-    }
-    let _ = level;
-    f()
-}
-
 /// `run` on each of `tasks`, spread over the current tract executor's threads (in order on one).
 pub fn run_tasks<T: Sync>(tasks: &[T], run: impl Fn(&T) + Sync + Send) {
     match current_tract_executor() {

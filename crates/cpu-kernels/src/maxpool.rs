@@ -6,8 +6,9 @@
 //! with that window and no padding before (the output shape the graph expects is checked, so a
 //! ceil-mode pool over an odd side stays tract's).
 
-use crate::conv::{run_tasks, simd, OutPtr};
+use crate::conv::{run_tasks, OutPtr};
 use crate::sgemm::cpu_level;
+use crate::vector::{at_level, ForLevel, Vector};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{MaxPool, PaddingSpec};
@@ -52,20 +53,37 @@ impl MaxPool2x2 {
             // SAFETY: each task writes its own planes of `y`.
             let y = unsafe { std::slice::from_raw_parts_mut(out.get().add(first * oh * ow), count * oh * ow) };
             let x = &x[first * plane..][..count * plane];
-            simd(cpu_level(), || pool_planes(x, self.rows, self.cols, y, oh, ow))
+            let planes = PoolPlanes { x, rows: self.rows, cols: self.cols, y, oh, ow };
+            // SAFETY: `at_level` picks a level the CPU has; the work asks nothing else.
+            unsafe { at_level(planes, cpu_level()) }
         });
     }
 }
 
-/// The pooling of whole planes, inlined into [`simd`]'s instruction set.
-#[inline(always)]
-fn pool_planes(x: &[f32], rows: usize, cols: usize, y: &mut [f32], oh: usize, ow: usize) {
-    for (x, y) in x.chunks_exact(rows * cols).zip(y.chunks_exact_mut(oh * ow)) {
-        for (r, out) in y.chunks_exact_mut(ow).enumerate() {
-            let top = &x[2 * r * cols..][..2 * ow];
-            let bottom = &x[(2 * r + 1) * cols..][..2 * ow];
-            for ((o, t), b) in out.iter_mut().zip(top.chunks_exact(2)).zip(bottom.chunks_exact(2)) {
-                *o = t[0].max(t[1]).max(b[0].max(b[1]));
+/// The pooling of whole planes, in plain loops the compiler vectorises for the level
+/// [`at_level`] compiles them for.
+struct PoolPlanes<'a> {
+    x: &'a [f32],
+    rows: usize,
+    cols: usize,
+    y: &'a mut [f32],
+    oh: usize,
+    ow: usize,
+}
+
+impl ForLevel for PoolPlanes<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    unsafe fn run<V: Vector>(self) {
+        let PoolPlanes { x, rows, cols, y, oh, ow } = self;
+        for (x, y) in x.chunks_exact(rows * cols).zip(y.chunks_exact_mut(oh * ow)) {
+            for (r, out) in y.chunks_exact_mut(ow).enumerate() {
+                let top = &x[2 * r * cols..][..2 * ow];
+                let bottom = &x[(2 * r + 1) * cols..][..2 * ow];
+                for ((o, t), b) in out.iter_mut().zip(top.chunks_exact(2)).zip(bottom.chunks_exact(2)) {
+                    *o = t[0].max(t[1]).max(b[0].max(b[1]));
+                }
             }
         }
     }

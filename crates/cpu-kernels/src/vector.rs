@@ -1,6 +1,7 @@
 //! f32 vectors for the loops that run across tiles or channels (Winograd's transforms): one
 //! register at each instruction-set level, so that a transform written once against
-//! [`Vector`] compiles to AVX-512 (16 lanes), AVX2 (8) or plain Rust (8).
+//! [`Vector`] compiles to AVX-512 (16 lanes), AVX2 (8) or plain Rust (8). Plain loops the
+//! compiler vectorises (max pooling) run through [`at_level`] too, to be compiled for the level.
 //!
 //! The methods are `#[inline(always)]`, to be inlined into a function compiled for their level:
 //! [`at_level`] runs a [`ForLevel`] there with the type that matches the level. (A closure
