@@ -194,10 +194,13 @@ impl WinogradConv {
     /// batch per part, together the `cin` channels.
     ///
     /// Work is split in blocks of tile rows, each transformed, multiplied and transformed back
-    /// by one thread while its data is in cache. When an image has too few blocks to keep the
-    /// threads busy (the deep, small layers, whose weights dominate), each stage is shared out
-    /// instead: input channels, then the 36 products (each weight matrix read once), then
-    /// output channels.
+    /// by one thread while its data is in cache. When the batch has too few blocks to keep the
+    /// threads busy, or blocks would read the weights more often than the images' V and M
+    /// (the deep, small layers, whose weights dominate), each stage is shared out instead:
+    /// input channels, then the 36 products (each weight matrix read once), then output
+    /// channels. Such a stage block takes the tile rows of as many images as fit its bytes, so
+    /// that the weights are read (and, per convolution, transformed) once for them all and the
+    /// products are wide even where an image has few tiles.
     pub fn convolve(&self, inputs: &[&[f32]], images: usize, y: &mut [f32]) {
         let (oh, ow) = self.output_hw();
         let plane = self.rows * self.cols;
@@ -211,24 +214,25 @@ impl WinogradConv {
         }
         let geo = Geometry::new(oh, ow);
         let threads = executor_threads();
-        let planes = |n: usize| -> Vec<Planes> {
-            self.conv.parts.image_planes(inputs, n, plane).iter().map(|p| Planes(p.as_ptr())).collect()
-        };
+        let image_planes: Vec<Vec<Planes>> = (0..images)
+            .map(|n| self.conv.parts.image_planes(inputs, n, plane).iter().map(|p| Planes(p.as_ptr())).collect())
+            .collect();
         let out = OutPtr(y.as_mut_ptr());
         let rows_per_block = geo.rows_per_block(self);
-        if self.form == KernelForm::Transformed && geo.by_blocks(self, rows_per_block, threads) {
-            let tasks: Vec<(usize, usize)> =
-                (0..images).flat_map(|n| (0..geo.tile_rows).step_by(rows_per_block).map(move |ty| (n, ty))).collect();
-            let image_planes: Vec<Vec<Planes>> = (0..images).map(planes).collect();
-            let run = |&(n, ty0): &(usize, usize)| {
-                let rows = rows_per_block.min(geo.tile_rows - ty0);
+        if self.form == KernelForm::Transformed && geo.by_blocks(self, rows_per_block, images, threads) {
+            // each block within one image
+            let tasks: Vec<usize> = (0..images)
+                .flat_map(|n| (0..geo.tile_rows).step_by(rows_per_block).map(move |ty| n * geo.tile_rows + ty))
+                .collect();
+            let run = |&row0: &usize| {
+                let rows = rows_per_block.min(geo.tile_rows - row0 % geo.tile_rows);
                 let work = Work::new(self, &geo, rows);
-                // SAFETY: each task writes its own image and tile rows of `y` and its own
-                // buffers; the planes point into `inputs`, which outlive the loop.
+                // SAFETY: each task writes its own tile rows of `y` and its own buffers; the
+                // planes point into `inputs`, which outlive the loop.
                 with_buffer(work.len(), |buffer| unsafe {
                     let work = work.at(buffer);
-                    let stage = Stage::Block(&image_planes[n], &out, n);
-                    at_level(Step { conv: self, geo: &geo, ty0, work: &work, stage }, self.conv.level)
+                    let stage = Stage::Block(&image_planes, &out);
+                    at_level(Step { conv: self, geo: &geo, row0, work: &work, stage }, self.conv.level)
                 })
             };
             run_tasks(&tasks, run);
@@ -240,53 +244,52 @@ impl WinogradConv {
             let ranges: Vec<_> = (0..stages).step_by(chunk).map(|i| i..(i + chunk).min(stages)).collect();
             run_tasks(&ranges, |range| stage(range.clone()))
         };
-        let rows_per_stage = geo.rows_per_stage(self);
-        for n in 0..images {
-            let image_planes = planes(n);
-            for ty0 in (0..geo.tile_rows).step_by(rows_per_stage) {
-                let work = Work::new(self, &geo, rows_per_stage.min(geo.tile_rows - ty0));
-                // SAFETY: the stages write disjoint channels, points and output channels of the
-                // buffer and of image n in `y`; everything outlives the loops.
-                with_buffer(work.len(), |buffer| unsafe {
-                    let work = work.at(buffer);
-                    shared(self.cin, &|c| self.at(&geo, ty0, &work, Stage::Input(&image_planes, c)));
-                    match self.form {
-                        KernelForm::Transformed => shared(POINTS, &|p| self.multiply(p, &work)),
-                        KernelForm::PerConvolution => {
-                            let chunks = self.conv.cout.div_ceil(KERNEL_CHUNK);
-                            shared(chunks, &|k| {
-                                // the buffer first, so that the work inside is compiled for the CPU's level
-                                with_kernel_buffer(POINTS * KERNEL_CHUNK * self.cin, |u| {
-                                    self.at(&geo, ty0, &work, Stage::KernelProducts(k, u))
-                                })
+        let rows = images * geo.tile_rows;
+        let rows_per_stage = geo.rows_per_stage(self, rows);
+        for row0 in (0..rows).step_by(rows_per_stage) {
+            let work = Work::new(self, &geo, rows_per_stage.min(rows - row0));
+            // SAFETY: the stages write disjoint channels, points and output channels of the
+            // buffer and of the block's tile rows in `y`; everything outlives the loops.
+            with_buffer(work.len(), |buffer| unsafe {
+                let work = work.at(buffer);
+                shared(self.cin, &|c| self.at(&geo, row0, &work, Stage::Input(&image_planes, c)));
+                match self.form {
+                    KernelForm::Transformed => shared(POINTS, &|p| self.multiply(p, &work)),
+                    KernelForm::PerConvolution => {
+                        let chunks = self.conv.cout.div_ceil(KERNEL_CHUNK);
+                        shared(chunks, &|k| {
+                            // the buffer first, so that the work inside is compiled for the CPU's level
+                            with_kernel_buffer(POINTS * KERNEL_CHUNK * self.cin, |u| {
+                                self.at(&geo, row0, &work, Stage::KernelProducts(k, u))
                             })
-                        }
+                        })
                     }
-                    shared(self.conv.cout, &|o| self.at(&geo, ty0, &work, Stage::Output(o, &out, n)));
-                })
-            }
+                }
+                shared(self.conv.cout, &|o| self.at(&geo, row0, &work, Stage::Output(o, &out)));
+            })
         }
     }
 
-    /// Runs `stage` of the block of `work.rows` tile rows from `ty0` at the op's level.
+    /// Runs `stage` of the block of `work.rows` tile rows from the batch's `row0` at the op's
+    /// level.
     ///
     /// # Safety
     /// As the stage's function says.
-    unsafe fn at(&self, geo: &Geometry, ty0: usize, work: &Work, stage: Stage) {
-        at_level(Step { conv: self, geo, ty0, work, stage }, self.conv.level)
+    unsafe fn at(&self, geo: &Geometry, row0: usize, work: &Work, stage: Stage) {
+        at_level(Step { conv: self, geo, row0, work, stage }, self.conv.level)
     }
 
-    /// V for input `channels` of the block of `work.rows` tile rows from `ty0`.
+    /// V for input `channels` of the block of `work.rows` tile rows from the batch's `row0`.
     ///
     /// # Safety
-    /// `planes` point to the image's input planes; `work` to a buffer no one else writes
+    /// `planes` point to each image's input planes; `work` to a buffer no one else writes
     /// these channels of.
     #[inline(always)]
     unsafe fn transform_input<V: Vector>(
         &self,
         geo: &Geometry,
-        planes: &[Planes],
-        ty0: usize,
+        planes: &[Vec<Planes>],
+        row0: usize,
         channels: std::ops::Range<usize>,
         work: &Work,
     ) {
@@ -299,10 +302,11 @@ impl WinogradConv {
         let mut scratch = if in_panels { vec![0f32; POINTS * stride] } else { Vec::new() };
         for c in channels {
             let (v, v_channels, v_channel) = if in_panels { (scratch.as_mut_ptr(), 1, 0) } else { (work.v, cin, c) };
-            let plane = std::slice::from_raw_parts(planes[c].0, self.rows * self.cols);
             for r in 0..work.rows {
+                let (n, ty) = geo.image_row(row0 + r);
+                let plane = std::slice::from_raw_parts(planes[n][c].0, self.rows * self.cols);
                 for t0 in (0..tw).step_by(V::LANES) {
-                    let rows = self.group_rows(plane, ty0 + r, t0, V::LANES, &mut edges);
+                    let rows = self.group_rows(plane, ty, t0, V::LANES, &mut edges);
                     // d[j][i]: column j, row i of LANES consecutive tiles (columns 4 and 5 are
                     // the next tiles' 0 and 1)
                     let mut d = [[V::splat(0.); ALPHA]; ALPHA];
@@ -401,7 +405,8 @@ impl WinogradConv {
         }
     }
 
-    /// Output channels `outs` of image `n` for the block's tile rows: Aᵀ M A + bias (and Relu).
+    /// Output channels `outs` of the block's tile rows (from the batch's `row0`): Aᵀ M A + bias
+    /// (and Relu).
     ///
     /// # Safety
     /// `work` holds M for all points; `out` points to the whole output batch, of which no one
@@ -410,11 +415,10 @@ impl WinogradConv {
     unsafe fn transform_output<V: Vector>(
         &self,
         geo: &Geometry,
-        ty0: usize,
+        row0: usize,
         outs: std::ops::Range<usize>,
         work: &Work,
         out: &OutPtr,
-        n: usize,
     ) {
         let (cout, tw, stride) = (self.conv.cout, geo.tile_cols, work.stride);
         let (oh, ow) = (geo.out_rows, geo.out_cols);
@@ -422,7 +426,7 @@ impl WinogradConv {
         for o in outs {
             let bias = V::splat(self.conv.bias[o]);
             for r in 0..work.rows {
-                let ty = ty0 + r;
+                let (n, ty) = geo.image_row(row0 + r);
                 for t0 in (0..tw).step_by(V::LANES) {
                     // m[l][k]: column l, row k
                     let mut m = [[V::splat(0.); ALPHA]; ALPHA];
@@ -557,20 +561,21 @@ unsafe fn transform_kernel<V: Vector>(taps: &[f32], cin: usize, outs: std::ops::
 struct Step<'a> {
     conv: &'a WinogradConv,
     geo: &'a Geometry,
-    ty0: usize,
+    /// The block's first tile row in the batch (image n's rows are n * tile_rows on).
+    row0: usize,
     work: &'a Work,
     stage: Stage<'a>,
 }
 
 enum Stage<'a> {
-    /// V for these input channels of an image's planes.
-    Input(&'a [Planes], std::ops::Range<usize>),
+    /// V for these input channels, from each image's planes.
+    Input(&'a [Vec<Planes>], std::ops::Range<usize>),
     /// M for the output channels of these kernel chunks, U made in the buffer first.
     KernelProducts(std::ops::Range<usize>, &'a mut [f32]),
-    /// These output channels of image `n` from M.
-    Output(std::ops::Range<usize>, &'a OutPtr, usize),
-    /// The whole block of image `n`: V, M and the output.
-    Block(&'a [Planes], &'a OutPtr, usize),
+    /// These output channels from M.
+    Output(std::ops::Range<usize>, &'a OutPtr),
+    /// The whole block: V, M and the output.
+    Block(&'a [Vec<Planes>], &'a OutPtr),
 }
 
 impl ForLevel for Step<'_> {
@@ -578,15 +583,15 @@ impl ForLevel for Step<'_> {
 
     #[inline(always)]
     unsafe fn run<V: Vector>(self) {
-        let Step { conv, geo, ty0, work, stage } = self;
+        let Step { conv, geo, row0, work, stage } = self;
         match stage {
-            Stage::Input(planes, channels) => conv.transform_input::<V>(geo, planes, ty0, channels, work),
+            Stage::Input(planes, channels) => conv.transform_input::<V>(geo, planes, row0, channels, work),
             Stage::KernelProducts(chunks, u) => conv.transform_and_multiply::<V>(chunks, u, work),
-            Stage::Output(outs, out, n) => conv.transform_output::<V>(geo, ty0, outs, work, out, n),
-            Stage::Block(planes, out, n) => {
-                conv.transform_input::<V>(geo, planes, ty0, 0..conv.cin, work);
+            Stage::Output(outs, out) => conv.transform_output::<V>(geo, row0, outs, work, out),
+            Stage::Block(planes, out) => {
+                conv.transform_input::<V>(geo, planes, row0, 0..conv.cin, work);
                 conv.multiply(0..POINTS, work);
-                conv.transform_output::<V>(geo, ty0, 0..conv.cout(), work, out, n);
+                conv.transform_output::<V>(geo, row0, 0..conv.cout(), work, out);
             }
         }
     }
@@ -609,7 +614,7 @@ impl ForLevel for KernelTransform<'_> {
     }
 }
 
-/// Tile grid of one image.
+/// Tile grid of one image; a batch's tile rows are its images' one after the other.
 struct Geometry {
     out_rows: usize,
     out_cols: usize,
@@ -629,20 +634,26 @@ impl Geometry {
         TARGET_TILES.div_ceil(self.tile_cols).min(BLOCK_BYTES / bytes_per_row.max(1)).clamp(1, self.tile_rows)
     }
 
-    /// Tile rows per stage block: its work buffer within the op's stage bytes (or one row).
-    fn rows_per_stage(&self, conv: &WinogradConv) -> usize {
+    /// Image and tile row of the batch's tile row `row`.
+    fn image_row(&self, row: usize) -> (usize, usize) {
+        (row / self.tile_rows, row % self.tile_rows)
+    }
+
+    /// Tile rows per stage block, of the batch's `rows`: its work buffer within the op's stage
+    /// bytes (or one row).
+    fn rows_per_stage(&self, conv: &WinogradConv, rows: usize) -> usize {
         let fits = |rows: &usize| Work::new(conv, self, *rows).len() * 4 <= conv.stage_bytes;
-        (1..=self.tile_rows).rev().find(fits).unwrap_or(1)
+        (1..=rows).rev().find(fits).unwrap_or(1)
     }
 
     /// Whether to work by blocks: each block reads all the transformed weights again, so blocks
-    /// pay while those re-reads cost less than moving a whole image's V and M through memory,
-    /// and while there are blocks enough for the threads.
-    fn by_blocks(&self, conv: &WinogradConv, rows_per_block: usize, threads: usize) -> bool {
+    /// pay while those re-reads cost less than moving an image's V and M through memory, and
+    /// while the batch of `images` has blocks enough for the threads.
+    fn by_blocks(&self, conv: &WinogradConv, rows_per_block: usize, images: usize, threads: usize) -> bool {
         let blocks = self.tile_rows.div_ceil(rows_per_block);
         let weights = POINTS * conv.cin * conv.cout();
         let image = POINTS * (conv.cin + conv.cout()) * self.tile_rows * self.tile_cols;
-        blocks >= 2 * threads && blocks * weights <= image
+        images * blocks >= 2 * threads && blocks * weights <= image
     }
 }
 
@@ -835,16 +846,23 @@ mod tests {
         let reference = reference(&weights, &bias, &inputs, &parts, n, cout, &unit_window(3, pads, [h, w]));
         let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
         let forms = [KernelForm::Transformed, KernelForm::PerConvolution];
-        // the whole image in one stage block, one tile row per stage block, and a few
-        for (level, form, stage_bytes) in levels()
+        // the whole batch in one stage block, one tile row per stage block, a few, and two (so
+        // that stage blocks start inside images and reach into the next)
+        for (level, form, stage_rows) in levels()
             .into_iter()
             .flat_map(|l| forms.map(|f| (l, f)))
-            .flat_map(|(l, f)| [(l, f, STAGE_BYTES), (l, f, 1), (l, f, 200 << 10)])
+            .flat_map(|(l, f)| [(l, f, None), (l, f, Some(1)), (l, f, Some(0)), (l, f, Some(2))])
         {
             let mut conv = WinogradConv::new(&weights, &bias, cout, h, w, pads, parts.clone(), form);
             conv.conv.level = level;
-            conv.stage_bytes = stage_bytes;
             let (oh, ow) = conv.output_hw();
+            let geo = Geometry::new(oh, ow);
+            conv.stage_bytes = match stage_rows {
+                None => STAGE_BYTES,
+                Some(0) => 200 << 10,
+                Some(rows) => Work::new(&conv, &geo, rows).len() * 4,
+            };
+            let stage_bytes = conv.stage_bytes;
             let mut y = vec![f32::NAN; n * cout * oh * ow];
             let slices: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
             threads(threads_, || conv.convolve(&slices, n, &mut y));
@@ -868,6 +886,10 @@ mod tests {
         // output channels than one kernel chunk, and a last chunk cut short
         check(1, &[64], 32, 40, 36, [1, 1, 1, 1], 2, false);
         check(2, &[13], 70, 10, 12, [1, 1, 1, 1], 2, true);
+        // a batch of images of a few tiles each (a classifier's last layers): stage blocks
+        // across images
+        check(5, &[48], 40, 12, 12, [1, 1, 1, 1], 2, true);
+        check(3, &[20], 36, 7, 5, [1, 1, 1, 1], 1, false);
         // a large image with few channels: by blocks of tile rows
         let conv = WinogradConv::new(
             &[0.; 4 * 4 * 9],
@@ -880,8 +902,24 @@ mod tests {
             KernelForm::Transformed,
         );
         let geo = Geometry::new(101, 98);
-        assert!(geo.by_blocks(&conv, geo.rows_per_block(&conv), 2));
+        assert!(geo.by_blocks(&conv, geo.rows_per_block(&conv), 1, 2));
         check(2, &[4], 4, 101, 98, [1, 1, 1, 1], 2, true);
+        // one block per image, but blocks enough in the batch
+        let conv = WinogradConv::new(
+            &[0.; 16 * 9],
+            &[0.; 4],
+            4,
+            24,
+            40,
+            [1; 4],
+            ConvParts::single(4),
+            KernelForm::Transformed,
+        );
+        let geo = Geometry::new(24, 40);
+        assert_eq!(geo.tile_rows.div_ceil(geo.rows_per_block(&conv)), 1);
+        assert!(!geo.by_blocks(&conv, geo.rows_per_block(&conv), 1, 2));
+        assert!(geo.by_blocks(&conv, geo.rows_per_block(&conv), 4, 2));
+        check(4, &[4], 4, 24, 40, [1, 1, 1, 1], 2, false);
         check(1, &[4], 5, 101, 98, [1, 0, 1, 2], 1, false);
         // rows wide enough that groups of 16 tiles lie inside the input (read in place)
         check(1, &[4], 4, 9, 150, [1, 1, 1, 1], 1, false);
@@ -900,7 +938,11 @@ mod tests {
             assert_eq!(Work::new(&conv, &geo, 3).v_len == 0, form == KernelForm::PerConvolution);
             for (stage_bytes, rows) in [(bytes(3), 3), (bytes(4) - 1, 3), (1, 1), (STAGE_BYTES, geo.tile_rows)] {
                 conv.stage_bytes = stage_bytes;
-                assert_eq!(geo.rows_per_stage(&conv), rows, "{form:?}, {stage_bytes} B");
+                assert_eq!(geo.rows_per_stage(&conv, geo.tile_rows), rows, "{form:?}, {stage_bytes} B");
+                // a batch's stage block reaches into the next images
+                if stage_bytes == STAGE_BYTES {
+                    assert_eq!(geo.rows_per_stage(&conv, 3 * geo.tile_rows), 3 * geo.tile_rows);
+                }
             }
         }
     }
@@ -912,7 +954,7 @@ mod tests {
         assert_eq!(KernelForm::for_layer(512, 512, false), KernelForm::PerConvolution);
         assert_eq!(KernelForm::for_layer(1024, 512, false), KernelForm::PerConvolution);
         assert_eq!(KernelForm::for_layer(16, 16, true), KernelForm::PerConvolution);
-        assert!(POINTS * 256 * 512 * 4 <= MAX_STORED_U && POINTS * 512 * 512 * 4 > MAX_STORED_U);
+        const { assert!(POINTS * 256 * 512 * 4 <= MAX_STORED_U && POINTS * 512 * 512 * 4 > MAX_STORED_U) };
     }
 
     #[test]
