@@ -4,8 +4,9 @@
 //! data movement is needed. tract's plan moves the channel axis of every input first (a
 //! `MoveAxis` copy that cost ResNet50's gradient graph more time than the products themselves:
 //! docs/BENCHMARKS.md). [`PointwiseConv`] multiplies in place ([`sgemm`]), per image
-//! and range of pixels, starting from the bias; a folded Relu is applied to each range while it is
-//! in cache, and a folded channel Concat becomes one product per input.
+//! and range of pixels, starting from the bias; each range goes in pieces whose outputs fit in
+//! a core's cache, so that the bias, the product and a folded Relu pass over them there and not
+//! in memory; a folded channel Concat becomes one product per input.
 
 use crate::conv::{executor_threads, run_tasks, ConvParts, ConvWeights, OutPtr};
 use crate::sgemm::sgemm;
@@ -14,6 +15,10 @@ use tract_onnx::tract_core::internal::*;
 
 /// Pixels per task at least: wide enough for efficient products.
 const MIN_PIXELS: usize = 512;
+/// Bytes of output a piece of a task's range aims at: within a core's L2 cache.
+const PIECE_BYTES: usize = 512 << 10;
+/// Pixels per piece at least, whatever the output channels: wide enough for efficient products.
+const MIN_PIECE: usize = 64;
 
 /// A 1x1, stride-1, unpadded, ungrouped f32 convolution in NCHW with constant weights.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,39 +54,43 @@ impl PointwiseConv {
         let width = pixels.div_ceil(ranges);
         let tasks: Vec<(usize, usize)> =
             (0..images).flat_map(|n| (0..pixels).step_by(width).map(move |p| (n, p))).collect();
+        let piece = (PIECE_BYTES / (4 * cout)).max(MIN_PIECE);
         let out = OutPtr(y.as_mut_ptr());
-        let run = |&(n, p0): &(usize, usize)| {
-            let width = width.min(pixels - p0);
-            let dst = |o: usize| ((n * cout + o) * pixels + p0) as isize;
-            // SAFETY: each task writes its own image and pixel range of `y`; the products read
-            // the weights, the bias and `inputs`, all in bounds (strides: a row of the weights
-            // is cin long, a channel of an image `pixels`).
-            unsafe {
-                for o in 0..cout {
-                    std::slice::from_raw_parts_mut(out.get().offset(dst(o)), width).fill(self.conv.bias[o]);
-                }
-                let mut channel = 0;
-                for (x, &channels) in inputs.iter().zip(&self.conv.parts.sizes) {
-                    sgemm(
-                        self.conv.level,
-                        cout,
-                        width,
-                        channels,
-                        out.get().offset(dst(0)),
-                        pixels,
-                        true,
-                        self.conv.weights.as_ptr().add(channel),
-                        cin,
-                        x.as_ptr().add(n * channels * pixels + p0),
-                        pixels,
-                    );
-                    channel += channels;
-                }
-                if self.conv.parts.relu {
+        let run = |&(n, first): &(usize, usize)| {
+            let end = pixels.min(first + width);
+            for p0 in (first..end).step_by(piece) {
+                let width = piece.min(end - p0);
+                let dst = |o: usize| ((n * cout + o) * pixels + p0) as isize;
+                // SAFETY: each task writes its own image and pixel range of `y`; the products
+                // read the weights, the bias and `inputs`, all in bounds (strides: a row of the
+                // weights is cin long, a channel of an image `pixels`).
+                unsafe {
                     for o in 0..cout {
-                        std::slice::from_raw_parts_mut(out.get().offset(dst(o)), width)
-                            .iter_mut()
-                            .for_each(|v| *v = v.max(0.));
+                        std::slice::from_raw_parts_mut(out.get().offset(dst(o)), width).fill(self.conv.bias[o]);
+                    }
+                    let mut channel = 0;
+                    for (x, &channels) in inputs.iter().zip(&self.conv.parts.sizes) {
+                        sgemm(
+                            self.conv.level,
+                            cout,
+                            width,
+                            channels,
+                            out.get().offset(dst(0)),
+                            pixels,
+                            true,
+                            self.conv.weights.as_ptr().add(channel),
+                            cin,
+                            x.as_ptr().add(n * channels * pixels + p0),
+                            pixels,
+                        );
+                        channel += channels;
+                    }
+                    if self.conv.parts.relu {
+                        for o in 0..cout {
+                            std::slice::from_raw_parts_mut(out.get().offset(dst(o)), width)
+                                .iter_mut()
+                                .for_each(|v| *v = v.max(0.));
+                        }
                     }
                 }
             }
@@ -161,5 +170,7 @@ mod tests {
         // several ranges per image, a folded Concat
         check(1, &[8, 5], 7, 50, 41, true, 2);
         check(2, &[4, 4, 3], 6, 33, 65, false, 1);
+        // ranges in several pieces (output channels enough that a piece is MIN_PIECE pixels)
+        check(2, &[5, 3], PIECE_BYTES / (4 * MIN_PIECE) + 3, 10, 23, true, 2);
     }
 }
