@@ -45,6 +45,17 @@ fn resnet_bottleneck_gradient_graph_uses_ours() {
     assert!(count_ops(&ours, "PointwiseConv") > 0 && count_ops(&ours, "WinogradConv") > 0);
     assert!(count_ops(&tract, "Conv") > 0 && count_ops(&ours, "Conv") == 0, "every convolution is ours");
     assert!(count_ops(&ours, "GemmConv") > 0, "the stem and the stride-2 convolutions");
+    // the gradients of the strided 1x1 (downsample) convolutions: an EinSum whose output has the
+    // unit axes of the zero insertion's Reshape (tract folds that in)
+    let einsums = |m: &TypedModel| {
+        m.nodes()
+            .iter()
+            .filter_map(|n| n.op_as::<tract_onnx::tract_core::ops::einsum::EinSum>())
+            .map(|e| e.axes.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(einsums(&tract).iter().any(|a| a.starts_with("NIHW,OI->") && a.len() > "NIHW,OI->NOHW".len()));
+    assert!(einsums(&ours).iter().all(|a| !a.starts_with("NIHW,OI->")), "{:?}", einsums(&ours));
 }
 
 /// The gradient builder writes each Relu gradient in the form the kernels recognise

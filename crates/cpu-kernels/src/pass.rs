@@ -10,6 +10,7 @@ use crate::winograd::{KernelForm, WinogradConv};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::array::TypedConcat;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::change_axes::AxisOp;
 use tract_onnx::tract_core::ops::cnn::{Conv, Deconv, KernelFormat};
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::nn::DataFormat;
@@ -64,7 +65,10 @@ pub fn rewrite_with(model: &mut TypedModel, options: &RewriteOptions) -> TractRe
         let Some(op) = spec.op(parts, options) else { continue };
         let mut patch = TypedModelPatch::default();
         let taps = patch.taps(model, &inputs)?;
-        let wire = patch.wire_node(&node.name, op, &taps)?[0];
+        let mut wire = patch.wire_node(&node.name, op, &taps)?[0];
+        for (k, &axis) in spec.unit_axes.iter().enumerate() {
+            wire = patch.wire_node(format!("{}.unit_axis{k}", node.name), AxisOp::Add(axis), &[wire])?[0];
+        }
         patch.shunt_outside(model, replaced, wire)?;
         patch.obliterate(node.id)?;
         patch.apply(model)?;
@@ -91,6 +95,9 @@ struct ConvSpec {
     transposed: bool,
     /// The node computing it.
     node: usize,
+    /// Axes of size 1 the node's output has besides NCHW, in increasing order of their place
+    /// there (a 1x1 convolution followed by a Reshape that tract folded into the EinSum).
+    unit_axes: Vec<usize>,
 }
 
 /// What a convolution node with constant weights reads and makes: its f32 NCHW input shape,
@@ -179,6 +186,7 @@ impl ConvSpec {
             bias: c.bias,
             transposed: false,
             node: node.id,
+            unit_axes: vec![],
         }))
     }
 
@@ -219,14 +227,22 @@ impl ConvSpec {
             bias: c.bias,
             transposed: true,
             node: node.id,
+            unit_axes: vec![],
         }))
     }
 
-    /// A 1x1 convolution as tract declutters it: `EinSum` "NIHW,OI->NOHW" with constant weights.
+    /// A 1x1 convolution as tract declutters it: `EinSum` "NIHW,OI->NOHW" with constant weights,
+    /// or with axes of size 1 added to the output ("NIHW,OI->NOHbWa": the gradient of a strided 1x1
+    /// convolution, whose zero insertion starts with such a Reshape).
     fn of_einsum(model: &TypedModel, node: &TypedNode, einsum: &EinSum) -> TractResult<Option<ConvSpec>> {
-        if einsum.q_params.is_some() || einsum.axes.to_string() != "NIHW,OI->NOHW" || node.inputs.len() != 2 {
+        let axes = einsum.axes.to_string();
+        let Some(output_axes) = axes.strip_prefix("NIHW,OI->") else { return Ok(None) };
+        let nchw: String = output_axes.chars().filter(|c| "NOHW".contains(*c)).collect();
+        if einsum.q_params.is_some() || nchw != "NOHW" || node.inputs.len() != 2 {
             return Ok(None);
         }
+        let unit_axes: Vec<usize> =
+            output_axes.chars().enumerate().filter(|(_, c)| !"NOHW".contains(*c)).map(|(i, _)| i).collect();
         let fact = model.outlet_fact(node.inputs[0])?;
         let (Some(&[n, cin, rows, cols]), true) = (fact.shape.as_concrete(), fact.datum_type == f32::datum_type())
         else {
@@ -234,7 +250,11 @@ impl ConvSpec {
         };
         let Some(kernel) = &model.outlet_fact(node.inputs[1])?.konst else { return Ok(None) };
         let (&[cout, k], true) = (kernel.shape(), kernel.datum_type() == f32::datum_type()) else { return Ok(None) };
-        if k != cin || fact.konst.is_some() {
+        let mut shape = vec![n, cout, rows, cols];
+        for &axis in &unit_axes {
+            shape.insert(axis, 1);
+        }
+        if k != cin || fact.konst.is_some() || node.outputs[0].fact.shape.as_concrete() != Some(&shape[..]) {
             return Ok(None);
         }
         Ok(Some(ConvSpec {
@@ -253,6 +273,7 @@ impl ConvSpec {
             bias: vec![0.; cout],
             transposed: false,
             node: node.id,
+            unit_axes,
         }))
     }
 
