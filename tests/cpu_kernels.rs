@@ -56,6 +56,9 @@ fn resnet_bottleneck_gradient_graph_uses_ours() {
     };
     assert!(einsums(&tract).iter().any(|a| a.starts_with("NIHW,OI->") && a.len() > "NIHW,OI->NOHW".len()));
     assert!(einsums(&ours).iter().all(|a| !a.starts_with("NIHW,OI->")), "{:?}", einsums(&ours));
+    // and their zero insertions
+    assert!(count_ops(&tract, "Pad") > 0 && count_ops(&ours, "Pad") == 0);
+    assert_eq!(count_ops(&ours, "ConstantPad"), count_ops(&tract, "Pad"));
 }
 
 /// The gradient builder writes each Relu gradient in the form the kernels recognise

@@ -13,7 +13,8 @@
 //! into the weights, a bias) and a `Relu` that only the convolution feeds. tract declutters a
 //! 1x1 convolution into an `EinSum` "NIHW,OI->NOHW" (+ bias): those are taken too. The Relu
 //! gradients of gradient graphs become one-pass [`ReluGrad`](relu_grad::ReluGrad)s (relu_grad.rs),
-//! and 2x2, stride-2 max pools `MaxPool2x2`s (maxpool.rs).
+//! 2x2, stride-2 max pools `MaxPool2x2`s (maxpool.rs), and constant f32 `Pad`s (the zero
+//! insertion of a strided convolution's gradient) one-pass `ConstantPad`s (pad.rs).
 //! Everything else stays tract's. How they compare with tract's im2col + matrix product and with
 //! onnxruntime, per CPU: docs/BENCHMARKS.md.
 //! `ICHSEG_TRACT_CONV=1` in the environment keeps tract's convolutions, for comparisons.
@@ -32,6 +33,7 @@
 mod conv;
 mod gemm_conv;
 mod maxpool;
+mod pad;
 mod pass;
 mod pointwise;
 pub mod relu_grad;

@@ -1,8 +1,9 @@
-//! The pass: finds the convolutions (and Relu gradients) our kernels take and swaps them in.
+//! The pass: finds the convolutions (and Relu gradients, pools and pads) our kernels take and swaps them in.
 
 use crate::conv::ConvParts;
 use crate::gemm_conv::{ConvGeometry, GemmConv};
 use crate::maxpool;
+use crate::pad;
 use crate::pointwise::PointwiseConv;
 use crate::relu_grad;
 use crate::upconv::UpConv2x2;
@@ -38,7 +39,7 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
 
 /// [`rewrite`] with these choices.
 pub fn rewrite_with(model: &mut TypedModel, options: &RewriteOptions) -> TractResult<usize> {
-    let mut count = relu_grad::rewrite(model)? + maxpool::rewrite(model)?;
+    let mut count = relu_grad::rewrite(model)? + maxpool::rewrite(model)? + pad::rewrite(model)?;
     for id in model.eval_order()? {
         let node = model.node(id);
         let spec = if let Some(conv) = node.op_as::<Conv>() {
