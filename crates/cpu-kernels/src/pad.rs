@@ -137,7 +137,8 @@ mod tests {
     /// Against tract's Pad, on the zero insertion's shapes and others.
     #[test]
     fn matches_tracts_pad() {
-        let cases: [(&[usize], &[(usize, usize)]); 5] = [
+        type Case<'a> = (&'a [usize], &'a [(usize, usize)]);
+        let cases: [Case; 5] = [
             (&[2, 3, 4, 1, 5, 1], &[(0, 0), (0, 0), (0, 0), (0, 1), (0, 0), (0, 1)]),
             (&[1, 2, 3, 4], &[(0, 0), (1, 0), (2, 1), (0, 3)]),
             (&[3, 1, 1], &[(1, 1), (2, 0), (0, 2)]),
