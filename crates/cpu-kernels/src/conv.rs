@@ -62,6 +62,24 @@ pub fn executor_threads() -> usize {
     }
 }
 
+/// The eval of an op `name` of one f32 input: the output shape `output_shape` gives for the
+/// input's (an error for one the op was not planned for), then `fill(x, y)`, which must write
+/// every value of the new output `y`.
+pub fn eval_one_input(
+    name: &str,
+    inputs: TVec<TValue>,
+    output_shape: impl FnOnce(&[usize]) -> TractResult<Vec<usize>>,
+    fill: impl FnOnce(&[f32], &[usize], &mut [f32]),
+) -> TractResult<TVec<TValue>> {
+    ensure!(inputs.len() == 1, "{name} takes one input, given {}", inputs.len());
+    let shape = inputs[0].shape();
+    // SAFETY: `fill` writes every output value.
+    let mut y = unsafe { Tensor::uninitialized::<f32>(&output_shape(shape)?)? };
+    let x = inputs[0].try_as_plain_ram()?.as_slice::<f32>()?;
+    fill(x, shape, y.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?);
+    Ok(tvec!(y.into_tvalue()))
+}
+
 /// `run` on each of `tasks`, spread over the current tract executor's threads (in order on one).
 pub fn run_tasks<T: Sync>(tasks: &[T], run: impl Fn(&T) + Sync + Send) {
     match current_tract_executor() {

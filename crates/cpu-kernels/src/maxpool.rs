@@ -6,7 +6,7 @@
 //! with that window and no padding before (the output shape the graph expects is checked, so a
 //! ceil-mode pool over an odd side stays tract's).
 
-use crate::conv::{run_tasks, OutPtr};
+use crate::conv::{eval_one_input, run_tasks, OutPtr};
 use crate::sgemm::cpu_level;
 use crate::vector::{at_level, ForLevel, Vector};
 use tract_onnx::prelude::*;
@@ -101,21 +101,18 @@ impl EvalOp for MaxPool2x2 {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        ensure!(inputs.len() == 1, "MaxPool2x2 takes one input, given {}", inputs.len());
-        let x = &inputs[0];
-        let shape = x.shape();
-        ensure!(
-            shape.len() == 4 && shape[2..] == [self.rows, self.cols],
-            "MaxPool2x2 planned for NCHW {}x{}, given {shape:?}",
-            self.rows,
-            self.cols
-        );
         let (oh, ow) = self.output_hw();
-        // SAFETY: `pool` writes every output value (its test starts from NaNs).
-        let mut y = unsafe { Tensor::uninitialized::<f32>(&[shape[0], shape[1], oh, ow])? };
-        let x = x.try_as_plain_ram()?.as_slice::<f32>()?;
-        self.pool(x, shape[0] * shape[1], y.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?);
-        Ok(tvec!(y.into_tvalue()))
+        let output_shape = |shape: &[usize]| {
+            ensure!(
+                shape.len() == 4 && shape[2..] == [self.rows, self.cols],
+                "MaxPool2x2 planned for NCHW {}x{}, given {shape:?}",
+                self.rows,
+                self.cols
+            );
+            Ok(vec![shape[0], shape[1], oh, ow])
+        };
+        // `pool` writes every output value (its test starts from NaNs)
+        eval_one_input("MaxPool2x2", inputs, output_shape, |x, shape, y| self.pool(x, shape[0] * shape[1], y))
     }
 }
 

@@ -7,6 +7,7 @@
 //! its innermost axis of more than one value. [`rewrite`] puts it in place of each f32 `Pad`
 //! with a constant value.
 
+use crate::conv::eval_one_input;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::array::{Pad, PadMode};
@@ -88,14 +89,11 @@ impl EvalOp for ConstantPad {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        ensure!(inputs.len() == 1, "ConstantPad takes one input, given {}", inputs.len());
-        let shape = inputs[0].shape().to_vec();
-        ensure!(shape.len() == self.pads.len(), "ConstantPad of rank {}, given {shape:?}", self.pads.len());
-        // SAFETY: `pad` writes every output value.
-        let mut y = unsafe { Tensor::uninitialized::<f32>(&self.padded(&shape))? };
-        let x = inputs[0].try_as_plain_ram()?.as_slice::<f32>()?;
-        self.pad(x, &shape, y.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?);
-        Ok(tvec!(y.into_tvalue()))
+        let output_shape = |shape: &[usize]| {
+            ensure!(shape.len() == self.pads.len(), "ConstantPad of rank {}, given {shape:?}", self.pads.len());
+            Ok(self.padded(shape))
+        };
+        eval_one_input("ConstantPad", inputs, output_shape, |x, shape, y| self.pad(x, shape, y))
     }
 }
 
@@ -162,10 +160,12 @@ mod tests {
     }
 
     #[test]
-    fn rejects_inputs_of_another_rank() {
+    fn rejects_inputs_of_another_rank_or_count() {
         let op = ConstantPad::new(vec![(1, 1); 3], 0.);
         let x = Tensor::zero::<f32>(&[2, 2]).unwrap().into_tvalue();
-        let err = op.eval_out_of_plan(tvec![x]).unwrap_err().to_string();
+        let err = op.eval_out_of_plan(tvec![x.clone()]).unwrap_err().to_string();
         assert!(err.contains("rank 3"), "{err}");
+        let err = op.eval_out_of_plan(tvec![x.clone(), x]).unwrap_err().to_string();
+        assert!(err.contains("takes one input"), "{err}");
     }
 }
