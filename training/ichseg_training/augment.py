@@ -3,7 +3,7 @@
 Classifier (the paper, "Implementation details": horizontal flipping, translation, scaling,
 rotation, colour transformations, blurring and distortion; the magnitudes are not given, these
 are our choices, see ``ClassifierAugment``) and segmentation (horizontal and vertical flips,
-applied to image and mask alike).  Randomness comes from an explicit ``torch.Generator`` so a
+applied to image and mask alike; optionally ``Appearance``, which varies the image only).  Randomness comes from an explicit ``torch.Generator`` so a
 seeded run is reproducible.
 """
 from __future__ import annotations
@@ -100,3 +100,42 @@ def flips(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, p_h=0.5, p_v=0.5
     x = torch.where(fv, x.flip(-2), x)
     y = torch.where(fv[:, 0], y.flip(-2), y)
     return x, y
+
+
+@dataclasses.dataclass
+class Appearance:
+    """What a change of scanner does to a slice, not to its anatomy: HU calibration (brightness
+    and contrast), noise and the reconstruction kernel (blur or sharpening).  The image only; the
+    mask stays.  The ranges, in HU of the usual 130 HU window, cover the ``wide`` phantom profile's
+    acquisition draws (docs/PHANTOMS.md); a U-Net trained with them meets the ``shifted`` family's
+    noisier, sharper, offset scans less surprised (docs/RESULTS.md)."""
+    p: float = 0.8                  # share of the slices changed at all
+    brightness: float = 12 / 130    # additive, +-: a calibration offset of up to 12 HU
+    contrast: tuple = (0.9, 1.1)    # multiplicative around the slice mean: slope and grey/white contrast
+    noise: tuple = (0.0, 12 / 130)  # Gaussian, sd uniform in this range: up to 12 HU
+    p_blur: float = 0.25            # a soft kernel
+    blur_sigma: tuple = (0.3, 1.0)
+    p_sharpen: float = 0.25         # a sharp kernel: unsharp masking (not with the blur)
+    sharpen: tuple = (0.3, 1.0)     # amount; the mask's Gaussian has sigma 1 pixel
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        b = x.shape[0]
+        dev = x.device
+        use = _bern(g, b, self.p, dev)
+        kernel = torch.rand(b, generator=g, device=dev)
+        blur = use & (kernel < self.p_blur)
+        sharp = use & (kernel >= self.p_blur) & (kernel < self.p_blur + self.p_sharpen)
+        y = x
+        if bool(blur.any()):
+            y = torch.where(blur[:, None, None, None], gaussian_blur(y, _u(g, b, *self.blur_sigma, dev)), y)
+        if bool(sharp.any()):
+            amount = _u(g, b, *self.sharpen, dev)[:, None, None, None]
+            crisp = y + amount * (y - gaussian_blur(y, torch.ones(b, device=dev)))
+            y = torch.where(sharp[:, None, None, None], crisp, y)
+        c = torch.where(use, _u(g, b, *self.contrast, dev), 1.0)[:, None, None, None]
+        br = torch.where(use, _u(g, b, -self.brightness, self.brightness, dev), 0.0)[:, None, None, None]
+        mean = y.mean(dim=(1, 2, 3), keepdim=True)
+        y = (y - mean) * c + mean + br
+        sd = torch.where(use, _u(g, b, *self.noise, dev), 0.0)[:, None, None, None]
+        y = y + sd * torch.randn(x.shape, generator=g, device=dev, dtype=x.dtype)
+        return y.clamp(0.0, 1.0)

@@ -22,7 +22,9 @@ Input: 1 channel, the windowed slice; output 2 logits (softmax, bleed index 1).
 ``--site-weight W`` (not in the paper; default 0, off) weighs the CE of each mask pixel by
 1 + W / sqrt(area of its per-slice component), so a few-pixel site, which counts in CL as much
 as a large one, is not lost in the loss (docs/RESULTS.md, "Where the fully supervised U-Net's
-CL stops").
+CL stops").  ``--appearance`` (not in the paper; off by default) also varies each training slice's
+brightness, contrast, noise and sharpness (``augment.Appearance``, the image only), for U-Nets that
+meet other scanners' data (docs/RESULTS.md, "Appearance augmentation").
 
 Writes ``OUT``, ``OUT`` stem + ``.train.json`` and checkpoints like train_classifier.
 """
@@ -71,6 +73,9 @@ def parse_args(argv=None):
     ap.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and at the last)")
     ap.add_argument("--patience", type=int, default=20)
     ap.add_argument("--no-augment", action="store_true")
+    ap.add_argument("--appearance", action="store_true",
+                    help="also vary brightness, contrast, noise and sharpness of the training slices "
+                         "(augment.Appearance; not in the paper)")
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="stop after this much training time (with --resume, the epochs before count)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -84,6 +89,8 @@ def parse_args(argv=None):
     a = ap.parse_args(argv)
     if not 0 <= a.site_weight < float("inf"):
         ap.error(f"--site-weight {a.site_weight}: must be finite and >= 0")
+    if a.appearance and a.no_augment:
+        ap.error("--appearance is an augmentation: not with --no-augment")
     return a
 
 
@@ -179,6 +186,7 @@ def main(argv=None):
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(args.epochs, 1))
              if args.schedule == "cosine" else None)
     gen = torch.Generator(device=device).manual_seed(args.seed)
+    appearance = augment.Appearance() if args.appearance else None
     rng = np.random.default_rng(args.seed)
     history, best, best_epoch, start_epoch = C.resume_state(args.resume, ckpt_dir, model, opt, sched, gen, rng,
                                                             device, log)
@@ -216,6 +224,8 @@ def main(argv=None):
                 y = torch.from_numpy(ys).to(device)
             if not args.no_augment:
                 x, y = augment.flips(x, y, gen)
+                if appearance is not None:
+                    x = appearance(x, gen)
             logits = model(x.contiguous(memory_format=fmt))
             if args.site_weight > 0:
                 w = torch.from_numpy(site_weights(y.cpu().numpy(), args.site_weight)).to(device)

@@ -171,6 +171,49 @@ def test_train_unet_with_site_weights(tiny, tmp_path):
     assert np.isfinite(rec["history"][0]["train_ce"]) and "--site-weight 4" in rec["command"]
 
 
+def test_train_unet_with_appearance_augmentation(tiny, tmp_path):
+    """`--appearance` trains (finite loss), is recorded, and refuses `--no-augment`."""
+    out = tmp_path / "unet.onnx"
+    common = ["--data", str(tiny / "data"), "--split", str(tiny / "split.json"), "--size", str(SIZE),
+              "--base-width", "4", "--depth", "3", "--batch", "8", "--crop", "32", "--seed", "2",
+              "--threads", "1", "--epochs", "1", "--out", str(out)]
+    train_unet.main(common + ["--appearance"])
+    rec = json.loads(C.record_path(out).read_text())
+    assert np.isfinite(rec["history"][0]["train_ce"]) and "--appearance" in rec["command"]
+    with pytest.raises(SystemExit):
+        train_unet.main(common + ["--appearance", "--no-augment"])
+
+
+def test_appearance_varies_the_image_only_within_its_ranges():
+    from ichseg_training import augment
+
+    x = torch.rand((8, 1, 32, 32), generator=torch.Generator().manual_seed(0))
+    a = augment.Appearance()
+    y1, y2 = a(x, torch.Generator().manual_seed(5)), a(x, torch.Generator().manual_seed(5))
+    assert torch.equal(y1, y2) and y1.shape == x.shape  # the seed decides everything
+    assert float(y1.min()) >= 0.0 and float(y1.max()) <= 1.0
+    changed = (y1 - x).abs().flatten(1).amax(1) > 0
+    assert 0 < int(changed.sum()) <= 8
+    assert torch.equal(augment.Appearance(p=0.0)(x, torch.Generator().manual_seed(5)), x)
+
+    flat = torch.full((64, 1, 32, 32), 0.5)
+    only = dict(p=1.0, contrast=(1.0, 1.0), p_blur=0.0, p_sharpen=0.0)
+    noisy = augment.Appearance(brightness=0.0, noise=(0.05, 0.05), **only)(flat, torch.Generator().manual_seed(1))
+    assert abs(float(noisy.std()) - 0.05) < 0.005 and abs(float(noisy.mean()) - 0.5) < 0.005
+    shifted = augment.Appearance(brightness=0.1, noise=(0.0, 0.0), **only)(flat, torch.Generator().manual_seed(1))
+    offsets = shifted.flatten(1).mean(1) - 0.5
+    assert float(offsets.abs().max()) <= 0.1 + 1e-6 and float(offsets.std()) > 0.02
+
+    # an edge: the soft kernel lowers its step, the sharp one overshoots it
+    edge = torch.zeros((4, 1, 16, 16))
+    edge[..., 8:] = 0.6
+    plain = dict(p=1.0, brightness=0.0, contrast=(1.0, 1.0), noise=(0.0, 0.0))
+    soft = augment.Appearance(p_blur=1.0, p_sharpen=0.0, **plain)(edge, torch.Generator().manual_seed(2))
+    sharp = augment.Appearance(p_blur=0.0, p_sharpen=1.0, **plain)(edge, torch.Generator().manual_seed(2))
+    step = lambda t: float((t[..., 8] - t[..., 7]).mean())  # noqa: E731
+    assert step(soft) < 0.6 - 0.05 and float(sharp[..., 8].mean()) > 0.6 + 0.05 and float(sharp[..., 7].mean()) < 0.0 + 1e-6
+
+
 def test_masks_must_match_the_ct(tiny, tmp_path):
     import nibabel as nib
 
