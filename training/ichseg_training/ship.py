@@ -87,6 +87,17 @@ UNET_ARGS = ["--base-width", 8, "--depth", 4, "--epochs", 15, "--batch", 8,
 UNET_INPUTS = {160: ["--crop", 96, "--max-minutes", 45], 256: ["--crop", 128, "--max-minutes", 100]}
 
 
+def time_scaled(args, scale):
+    """A trainer's flags with its time cap (``--max-minutes M``) multiplied by ``scale``: the caps
+    are sized for the 2-core AMD EPYC (Zen 4) of the shipped runs, and a slower machine would
+    stop the trainings before their planned epochs (``--time-scale``)."""
+    out = list(args)
+    for i, arg in enumerate(out[:-1]):
+        if arg == "--max-minutes":
+            out[i + 1] = round(float(out[i + 1]) * scale, 1)
+    return out
+
+
 def shown(cmd) -> str:
     """A command as text, with this interpreter shown as ``python``."""
     return " ".join(shlex.quote("python" if c == sys.executable else str(c)) for c in cmd)
@@ -322,10 +333,15 @@ def main(argv=None):
     ap.add_argument("--resume", action="store_true",
                     help="continue an interrupted run: --skip-existing, the trainings go on from their checkpoints "
                          "(their time caps count the epochs before), and pseudo masks of the same settings are kept")
+    ap.add_argument("--time-scale", type=float, default=1.0, metavar="F",
+                    help="multiply every training's time cap by F (default 1: caps sized for a 2-core AMD EPYC, "
+                         "Zen 4; a machine that trains slower needs more, or its trainings stop early)")
     ap.add_argument("--smoke", action="store_true", help="tiny data, one epoch each: a pipeline check")
     ap.add_argument("--report-only", action="store_true",
                     help="only rewrite MODELS.md from --work/ship.json and the run records")
     a = ap.parse_args(argv)
+    if not 0 < a.time_scale < float("inf"):
+        ap.error(f"--time-scale {a.time_scale}: must be a positive number")
     a.skip_existing = a.skip_existing or a.resume
     resume = ["--resume"] if a.resume else []
     if a.skull_strip_mm is not None:
@@ -358,7 +374,8 @@ def main(argv=None):
         UNET_ARGS = ["--base-width", 4, "--depth", 3, "--epochs", 1, "--batch", 4, "--threads", 1]
         a.unet_size, unet_input = 64, ["--crop", 32]
     else:
-        unet_input = UNET_INPUTS[a.unet_size]
+        unet_input = time_scaled(UNET_INPUTS[a.unet_size], a.time_scale)
+        CLASSIFIER_ARGS = time_scaled(CLASSIFIER_ARGS, a.time_scale)
     unet_args = ["--size", a.unet_size, *UNET_ARGS, *unet_input]
     input_text = f", {a.unet_size}x{a.unet_size} input" if a.unet_size != INPUT_SIZE else ""
 
@@ -528,7 +545,7 @@ def main(argv=None):
     portable_records(models, str(work), exe)
     records = read_records(models)
     doc = {"seed": a.seed, "count": a.count, "jobs": a.jobs, "phantom_size": PHANTOM_SIZE, "profile": a.profile,
-           "skull_strip_mm": a.skull_strip_mm,
+           "skull_strip_mm": a.skull_strip_mm, "time_scale": a.time_scale,
            "shifted": {"seed": SHIFTED_SEED, "count": a.shifted_count} if a.shifted_count > 0 else None,
            "input_size": INPUT_SIZE, "unet_input_size": a.unet_size, "work": str(work), "ichseg": exe,
            "machine": C.machine_description(),

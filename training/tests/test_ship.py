@@ -164,6 +164,16 @@ def test_the_unets_input_size_of_a_run():
     assert set(ship.UNET_INPUTS) == {160, 256} and ship.UNET_INPUTS[256][:2] == ["--crop", 128]
 
 
+def test_time_scale_multiplies_only_the_time_caps():
+    assert ship.time_scaled(["--batch", 32, "--max-minutes", 45, "--threads", 1], 2.5) == \
+        ["--batch", 32, "--max-minutes", 112.5, "--threads", 1]
+    assert ship.time_scaled(ship.UNET_INPUTS[256], 1.0) == ["--crop", 128, "--max-minutes", 100.0]
+    assert ship.time_scaled(["--epochs", 3], 4.0) == ["--epochs", 3], "no cap: nothing to scale"
+    for bad in ("0", "-1", "inf", "nan"):
+        with pytest.raises(SystemExit):
+            ship.main(["--work", "unused", "--time-scale", bad])
+
+
 def test_pseudo_masks_stay_only_when_resuming_with_the_same_settings(tmp_path):
     pseudo, settings_file = tmp_path / "pseudo", tmp_path / "pseudo_settings.json"
     settings = {"command": ["ichseg", "pseudo-label", "--threshold", "0.2"], "classifiers": {"a.onnx": "00"}}
