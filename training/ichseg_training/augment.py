@@ -3,8 +3,8 @@
 Classifier (the paper, "Implementation details": horizontal flipping, translation, scaling,
 rotation, colour transformations, blurring and distortion; the magnitudes are not given, these
 are our choices, see ``ClassifierAugment``) and segmentation (horizontal and vertical flips,
-applied to image and mask alike; optionally ``Appearance``, which varies the image only).  Randomness comes from an explicit ``torch.Generator`` so a
-seeded run is reproducible.
+applied to image and mask alike; optionally ``Appearance``, which varies the image only).
+Randomness comes from an explicit ``torch.Generator`` so a seeded run is reproducible.
 """
 from __future__ import annotations
 
@@ -63,17 +63,22 @@ class ClassifierAugment:
         if bool(moved.any()):
             warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
             x = torch.where(moved[:, None, None, None], warped, x)
-        # colour: contrast around the mean, then brightness
         col = _bern(g, b, self.p_colour, dev)
-        c = torch.where(col, _u(g, b, *self.contrast, dev), 1.0)[:, None, None, None]
-        br = torch.where(col, _u(g, b, -self.brightness, self.brightness, dev), 0.0)[:, None, None, None]
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = ((x - mean) * c + mean + br).clamp(0.0, 1.0)
+        x = _contrast_brightness(x, col, self.contrast, self.brightness, g).clamp(0.0, 1.0)
         blur = _bern(g, b, self.p_blur, dev)
         if bool(blur.any()):
             sig = _u(g, b, *self.blur_sigma, dev)
             x = torch.where(blur[:, None, None, None], gaussian_blur(x, sig), x)
         return x
+
+
+def _contrast_brightness(x, use, contrast, brightness, g):
+    """The samples ``use`` marks with a contrast factor around their mean, then a brightness offset."""
+    b, dev = x.shape[0], x.device
+    c = torch.where(use, _u(g, b, *contrast, dev), 1.0)[:, None, None, None]
+    br = torch.where(use, _u(g, b, -brightness, brightness, dev), 0.0)[:, None, None, None]
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (x - mean) * c + mean + br
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -107,8 +112,8 @@ class Appearance:
     """What a change of scanner does to a slice, not to its anatomy: HU calibration (brightness
     and contrast), noise and the reconstruction kernel (blur or sharpening).  The image only; the
     mask stays.  The ranges, in HU of the usual 130 HU window, cover the ``wide`` phantom profile's
-    acquisition draws (docs/PHANTOMS.md); a U-Net trained with them meets the ``shifted`` family's
-    noisier, sharper, offset scans less surprised (docs/RESULTS.md)."""
+    acquisition draws (docs/PHANTOMS.md).  Measured on the ``shifted`` family and not adopted
+    (docs/RESULTS.md, "Appearance augmentation")."""
     p: float = 0.8                  # share of the slices changed at all
     brightness: float = 12 / 130    # additive, +-: a calibration offset of up to 12 HU
     contrast: tuple = (0.9, 1.1)    # multiplicative around the slice mean: slope and grey/white contrast
@@ -132,10 +137,7 @@ class Appearance:
             amount = _u(g, b, *self.sharpen, dev)[:, None, None, None]
             crisp = y + amount * (y - gaussian_blur(y, torch.ones(b, device=dev)))
             y = torch.where(sharp[:, None, None, None], crisp, y)
-        c = torch.where(use, _u(g, b, *self.contrast, dev), 1.0)[:, None, None, None]
-        br = torch.where(use, _u(g, b, -self.brightness, self.brightness, dev), 0.0)[:, None, None, None]
-        mean = y.mean(dim=(1, 2, 3), keepdim=True)
-        y = (y - mean) * c + mean + br
+        y = _contrast_brightness(y, use, self.contrast, self.brightness, g)
         sd = torch.where(use, _u(g, b, *self.noise, dev), 0.0)[:, None, None, None]
         y = y + sd * torch.randn(x.shape, generator=g, device=dev, dtype=x.dtype)
         return y.clamp(0.0, 1.0)

@@ -23,8 +23,8 @@ Input: 1 channel, the windowed slice; output 2 logits (softmax, bleed index 1).
 1 + W / sqrt(area of its per-slice component), so a few-pixel site, which counts in CL as much
 as a large one, is not lost in the loss (docs/RESULTS.md, "Where the fully supervised U-Net's
 CL stops").  ``--appearance`` (not in the paper; off by default) also varies each training slice's
-brightness, contrast, noise and sharpness (``augment.Appearance``, the image only), for U-Nets that
-meet other scanners' data (docs/RESULTS.md, "Appearance augmentation").
+brightness, contrast, noise and sharpness (``augment.Appearance``, the image only), as other
+scanners would; measured, not adopted (docs/RESULTS.md, "Appearance augmentation").
 
 Writes ``OUT``, ``OUT`` stem + ``.train.json`` and checkpoints like train_classifier.
 """
