@@ -208,6 +208,17 @@ def miou_or_worst(miou) -> float:
     return miou if isinstance(miou, float) and miou == miou else -1.0
 
 
+def epoch_order(n: int, pos, neg, neg_fraction: float, rng) -> np.ndarray:
+    """One epoch's slice indices in random order: every positive slice and a random
+    ``neg_fraction`` of the negative ones (all ``n`` slices when it is 1 or more)."""
+    if neg_fraction >= 1.0:
+        chosen = np.arange(n)
+    else:
+        k = int(round(neg_fraction * len(neg)))
+        chosen = np.concatenate([pos, rng.choice(neg, k, replace=False)])
+    return chosen[rng.permutation(len(chosen))]
+
+
 # ------------------------------------------------------------------------- seeds and devices
 
 def seed_everything(seed: int) -> None:

@@ -155,12 +155,7 @@ def main(argv=None):
     for epoch in range(start_epoch, args.epochs):
         t0 = time.time()
         model.train()
-        if args.neg_fraction >= 1.0:
-            chosen = np.arange(len(train))
-        else:
-            k = int(round(args.neg_fraction * len(neg_slices)))
-            chosen = np.concatenate([pos_slices, rng.choice(neg_slices, k, replace=False)])
-        perm = chosen[rng.permutation(len(chosen))]
+        perm = C.epoch_order(len(train), pos_slices, neg_slices, args.neg_fraction, rng)
         tot, n = 0.0, 0
         for i in range(0, len(perm), args.batch):
             idx = torch.from_numpy(perm[i:i + args.batch])

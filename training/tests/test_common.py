@@ -1,4 +1,4 @@
-"""``common.load_slices`` (no torch: the numpy resize)."""
+"""``common.load_slices`` (no torch: the numpy resize) and ``common.epoch_order``."""
 import numpy as np
 
 from ichseg_training import common as C
@@ -23,3 +23,16 @@ def test_load_slices_fills_each_volume_in_patient_then_slice_order(tmp_path):
     assert np.array_equal(sl.masks, np.concatenate(masks).astype(np.uint8))
     assert sl.index.tolist() == [list(i) for i in index]
     assert C.load_slices(ds, [2], 48, with_masks=False).masks is None
+
+
+def test_epoch_order_keeps_every_positive_and_a_fraction_of_the_negatives():
+    pos, neg = np.array([1, 4, 7]), np.array([0, 2, 3, 5, 6, 8, 9, 10])
+    order = C.epoch_order(11, pos, neg, 0.5, np.random.default_rng(3))
+    assert len(order) == len(set(order.tolist())) == 3 + 4
+    assert set(pos.tolist()) <= set(order.tolist())
+    assert len(set(order.tolist()) & set(neg.tolist())) == 4
+    again = C.epoch_order(11, pos, neg, 0.5, np.random.default_rng(3))
+    assert np.array_equal(order, again)  # a seeded run repeats its epochs
+    every = C.epoch_order(11, pos, neg, 1.0, np.random.default_rng(3))
+    assert sorted(every.tolist()) == list(range(11))
+    assert not np.array_equal(every, np.arange(11))  # shuffled
