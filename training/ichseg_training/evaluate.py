@@ -26,6 +26,13 @@ unfiltered (or reuses the predictions of ``unet --min-lesion-ml 0 --json`` runs 
 ``--write``, writes it into the model as ``ichseg.segment.min_lesion_ml`` (its run record keeps
 the table as ``segment_filter``).
 
+    python -m ichseg_training.evaluate masks --masks DIR --data DIR --split split.json \\
+        [--subset train] [--json out.json]
+
+``masks`` scores masks made already, e.g. ``ichseg pseudo-label --dataset`` output named like the
+CT files, on one subset with ``ichseg eval`` (what ``ship`` records as ``pseudo_train``: the
+masks a weak U-Net learns from).
+
     python -m ichseg_training.evaluate misses --scores S.json [--near-px 3] [--json out.json]
 
 ``misses`` reads the (prediction, ground truth) pairs of an ``unet --json`` run and says which
@@ -274,6 +281,13 @@ def main(argv=None):
     sp.add_argument("--near-px", type=int, default=3,
                     help="a missed site this close (pixels) to a found one of its slice counts as its fragment")
     sp.add_argument("--json", default=None, help="also write the analysis here")
+    sp = sub.add_parser("masks", help="score masks already made (e.g. pseudo masks) on one subset")
+    sp.add_argument("--masks", required=True, help="folder of NNN.nii.gz masks named like the CT files")
+    sp.add_argument("--data", required=True)
+    sp.add_argument("--split", required=True)
+    sp.add_argument("--subset", default="train")
+    sp.add_argument("--ichseg", default=None, help="the ichseg binary (default: PATH, then target/release/ichseg)")
+    sp.add_argument("--json", default=None, help="also write the scores here")
     for name in ("classifier", "unet", "filter"):
         sp = sub.add_parser(name)
         sp.add_argument("--model", required=True)
@@ -318,6 +332,9 @@ def main(argv=None):
         missed = sc["n_gt_sites"] - sc["n_found"]
         print(f"all: {sc['n_found']} of {sc['n_gt_sites']} found; {sc['n_missed_near_found']} of the {missed} "
               f"missed lie within {a.near_px} px of a found site of their slice")
+    elif a.cmd == "masks":
+        sc = eval_masks(a.masks, a.data, a.split, a.subset, ichseg=a.ichseg)
+        print(sc["table"], end="")
     elif a.cmd == "classifier":
         sc = eval_classifier(a.model, a.data, a.split, a.subset, a.layout)
         print(f"{a.model} on {a.subset} ({sc['n']} slices, {sc['positives']} bleeding): "

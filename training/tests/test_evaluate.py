@@ -84,3 +84,39 @@ exit 0
     EV.eval_unet("u.onnx", data, split, tmp_path / "pred", ichseg=str(exe))
     segment = calls.read_text().splitlines()[0]
     assert segment.startswith("segment") and "--threshold" not in segment and "--min-lesion-ml" not in segment
+
+
+def test_evaluate_masks_scores_each_mask_against_its_ground_truth(tmp_path, capsys):
+    """`evaluate masks` pairs the subset's masks with the ground truth of the same volume and
+    prints ichseg eval's table (a stand-in ichseg records its arguments); a missing mask stops it."""
+    data = tmp_path / "data"
+    for sub in ("ct_scans", "masks"):
+        (data / sub).mkdir(parents=True)
+        for n in (1, 2):
+            (data / sub / f"00{n}.nii.gz").write_bytes(b"")
+    (data / "hemorrhage_diagnosis_raw_ct.csv").write_text(
+        "PatientNumber,SliceNumber,Intraventricular,Intraparenchymal,Subarachnoid,Epidural,Subdural,No_Hemorrhage\n"
+        "1,1,0,0,0,0,0,1\n2,1,0,0,0,0,0,1\n")
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"splits": {"train": [2], "val": [1], "test": []}}))
+    pseudo = tmp_path / "pseudo"
+    pseudo.mkdir()
+    (pseudo / "002.nii.gz").write_bytes(b"")
+    exe, calls = tmp_path / "ichseg", tmp_path / "calls.txt"
+    exe.write_text(f"""#!/bin/sh
+echo "$@" >> {calls}
+case "$*" in *--json*) echo '{{"overall": {{"miou": 0.75}}, "per_volume": []}}';; *) echo "TABLE";; esac
+exit 0
+""")
+    exe.chmod(0o755)
+    out = tmp_path / "s.json"
+    assert EV.main(["masks", "--masks", str(pseudo), "--data", str(data), "--split", str(split),
+                    "--ichseg", str(exe), "--json", str(out)]) == 0
+    assert "TABLE" in capsys.readouterr().out
+    first = calls.read_text().splitlines()[0]
+    assert first == f"eval --pred {pseudo / '002.nii.gz'} --gt {data / 'masks' / '002.nii.gz'} --json"
+    doc = json.loads(out.read_text())
+    assert doc["overall"]["miou"] == 0.75 and doc["subset"] == "train" and doc["patients"] == [2]
+    with pytest.raises(FileNotFoundError, match="no mask 001"):  # val's volume 1 has none in the folder
+        EV.main(["masks", "--masks", str(pseudo), "--data", str(data), "--split", str(split),
+                 "--subset", "val", "--ichseg", str(exe)])
