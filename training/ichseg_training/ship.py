@@ -261,6 +261,25 @@ def crf_flags(crf) -> list:
     return ["--crf-confidence", f"{crf['label_confidence']:g}", "--crf-bilateral-compat", f"{crf['bilateral_compat']:g}"]
 
 
+def parse_seeds(text, default) -> list:
+    """``--unet-seeds``: distinct integers in the order given; none given: ``[default]``."""
+    if text is None:
+        return [default]
+    try:
+        seeds = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{text!r}: comma-separated integers") from None
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{text!r}: a seed given twice")
+    return seeds
+
+
+def best_seed(val_miou: dict):
+    """The seed whose U-Net has the best ground-truth val mIoU; a tie, or undefined scores, keep
+    the seed given first."""
+    return max(val_miou, key=lambda seed: C.miou_or_worst(val_miou[seed]))
+
+
 def run_lanes(lanes):
     """Runs lists of (callable) steps: the lanes side by side, each lane's steps in order."""
     import threading
@@ -328,6 +347,10 @@ def main(argv=None):
                          "they carry ichseg.skull_strip_mm, so the library strips their inputs itself")
     ap.add_argument("--unet-size", type=int, choices=sorted(UNET_INPUTS), default=INPUT_SIZE,
                     help=f"the U-Nets' input size (default {INPUT_SIZE}, the classifiers')")
+    ap.add_argument("--unet-seeds", default=None, metavar="S,S,...",
+                    help="train each U-Net once per seed and ship the one with the best ground-truth val mIoU, "
+                         "as TH, the dCRF and the filters are chosen (default: --seed alone); both U-Nets get the "
+                         "same seeds, so the weak / fully supervised comparison stays fair")
     ap.add_argument("--skip-existing", action="store_true",
                     help="keep the phantoms, stripped copies and finished models (those with a run record) there are")
     ap.add_argument("--resume", action="store_true",
@@ -343,6 +366,10 @@ def main(argv=None):
     if not 0 < a.time_scale < float("inf"):
         ap.error(f"--time-scale {a.time_scale}: must be a positive number")
     a.skip_existing = a.skip_existing or a.resume
+    try:
+        seeds = parse_seeds(a.unet_seeds, a.seed)
+    except ValueError as e:
+        ap.error(f"--unet-seeds {e}")
     resume = ["--resume"] if a.resume else []
     if a.skull_strip_mm is not None:
         try:
@@ -421,12 +448,29 @@ def main(argv=None):
                  *strip_args, "--out", out, "--ckpt-dir", work / "ckpt" / arch, "--trained-on", classifier_trained_on,
                  *resume)
         lanes.append([lambda n=f"train {arch}", c=cmd: run_step(steps, n, c, logs)])
+    def seed_runs(fname):
+        """(seed, model file, checkpoint folder, step name) of each training of a U-Net: with one
+        seed the shipped file itself, with several one file per seed in the work folder."""
+        stem = fname.removesuffix(".onnx")
+        if len(seeds) == 1:
+            return [(seeds[0], models / fname, work / "ckpt" / stem, f"train {stem}")]
+        return [(seed, work / "seeds" / f"{stem}_s{seed}.onnx", work / "ckpt" / f"{stem}_s{seed}",
+                 f"train {stem} seed {seed}") for seed in seeds]
+
+    def train_unets(fname, train_args, extra=()):
+        """The steps that train a U-Net with each seed (one after another: two at once may not fit
+        in memory); none for a finished model or seed with ``--skip-existing``."""
+        if a.skip_existing and C.record_path(models / fname).exists():
+            return []
+        return [lambda c=py("ichseg_training.train_unet", *train_args, "--seed", seed, "--out", out,
+                            "--ckpt-dir", ckpt, *extra), n=name: run_step(steps, n, c, logs)
+                for seed, out, ckpt, name in seed_runs(fname)
+                if not (a.skip_existing and C.record_path(out).exists())]
+
     unet_out = models / UNET_FILE
-    if not (a.skip_existing and C.record_path(unet_out).exists()):
-        cmd = py("ichseg_training.train_unet", "--data", data, "--masks", data / "masks", "--split", split,
-                 *unet_args, "--seed", a.seed, "--out", unet_out, "--ckpt-dir", work / "ckpt" / "unet",
-                 "--trained-on", trained_on + ", ground-truth masks (fully supervised)" + input_text, *resume)
-        lanes.append([lambda c=cmd: run_step(steps, "train unet", c, logs)])
+    lanes.append(train_unets(UNET_FILE, ["--data", data, "--masks", data / "masks", "--split", split, *unet_args,
+                                         "--trained-on", trained_on + ", ground-truth masks (fully supervised)"
+                                         + input_text], resume))
     t_train = time.time()
     run_lanes(lanes)
     train_wall = time.time() - t_train
@@ -460,6 +504,22 @@ def main(argv=None):
             "--test-scores", work / "eval" / f"{key}_test.json", "--json", js, "--write"), logs)
         scores[f"{key}_filter"] = json.loads(js.read_text())
 
+    def keep_best_seed(key, fname):
+        """With several seeds: scores each seed's U-Net on val (ground truth, unfiltered) and
+        copies the best, with its run record, to the models folder."""
+        runs = seed_runs(fname)
+        if len(runs) == 1 or not all(C.record_path(out).exists() for _, out, *_ in runs):
+            return
+        for seed, out, *_ in runs:
+            eval_unet(f"{key}_s{seed}", out, f"pred_{key}_s{seed}", ("val",))
+        val_miou = {seed: scores[f"{key}_s{seed}_val"]["overall"]["miou"] for seed, *_ in runs}
+        chosen = best_seed(val_miou)
+        out = next(out for seed, out, *_ in runs if seed == chosen)
+        shutil.copyfile(out, models / fname)
+        shutil.copyfile(C.record_path(out), C.record_path(models / fname))
+        scores[f"{key}_seeds"] = {"val_miou": {str(seed): m for seed, m in val_miou.items()}, "chosen": chosen}
+
+    keep_best_seed("unet", UNET_FILE)
     eval_unet("unet", unet_out, "pred")
     choose_filter("unet", unet_out)
 
@@ -496,16 +556,14 @@ def main(argv=None):
     run_step(steps, "pseudo-label", pseudo_cmd, logs)
     scores["pseudo_train"] = EV.eval_masks(pseudo, data, split, "train", ichseg=exe)
     weak_out = models / WEAK_FILE
-    if not (a.skip_existing and C.record_path(weak_out).exists()):
-        names = "+".join(arch for _, arch, *_ in CLASSIFIERS)
-        run_step(steps, "train unet_weak", py(
-            "ichseg_training.train_unet", "--data", data, "--masks", pseudo, "--split", split,
-            *unet_args, "--seed", a.seed, "--out", weak_out,
-            *(resume if same_masks else []),  # a checkpoint of other masks' training must not go on
-            "--ckpt-dir", work / "ckpt" / "unet_weak",
-            "--trained-on", trained_on + f", pseudo masks of ichseg pseudo-label (SF-CAM {names}, "
-            f"BLA OR TH {threshold:g}, {_crf_text(scores)}, bone cut above {MAX_HU} HU, lesions under "
-            f"{MIN_LESION_ML:g} mL dropped, library defaults otherwise; ground-truth slice labels)" + input_text), logs)
+    names = "+".join(arch for _, arch, *_ in CLASSIFIERS)
+    run_lanes([train_unets(WEAK_FILE, [
+        "--data", data, "--masks", pseudo, "--split", split, *unet_args,
+        "--trained-on", trained_on + f", pseudo masks of ichseg pseudo-label (SF-CAM {names}, "
+        f"BLA OR TH {threshold:g}, {_crf_text(scores)}, bone cut above {MAX_HU} HU, lesions under "
+        f"{MIN_LESION_ML:g} mL dropped, library defaults otherwise; ground-truth slice labels)" + input_text],
+        resume if same_masks else [])])  # a checkpoint of other masks' training must not go on
+    keep_best_seed("unet_weak", WEAK_FILE)
     eval_unet("unet_weak", weak_out, "pred_weak")
     choose_filter("unet_weak", weak_out)
 

@@ -194,3 +194,17 @@ def test_pseudo_masks_stay_only_when_resuming_with_the_same_settings(tmp_path):
     other = {**settings, "classifiers": {"a.onnx": "01"}}  # a classifier changed
     assert not ship.keep_pseudo_masks(pseudo, settings_file, other, resume=True)
     assert not pseudo.exists() and json.loads(settings_file.read_text()) == other
+
+
+def test_unet_seeds_are_distinct_integers_and_default_to_the_seed():
+    assert ship.parse_seeds(None, 2025) == [2025]
+    assert ship.parse_seeds("7,3", 2025) == [7, 3]
+    for bad in ("", "1,x", "1,1"):
+        with pytest.raises(ValueError):
+            ship.parse_seeds(bad, 2025)
+
+
+def test_the_best_seed_is_the_best_val_miou_and_a_tie_keeps_the_first():
+    assert ship.best_seed({2025: 0.73, 2026: 0.77}) == 2026
+    assert ship.best_seed({2026: 0.77, 2025: 0.77}) == 2026
+    assert ship.best_seed({1: float("nan"), 2: 0.5, 3: None}) == 2

@@ -340,6 +340,29 @@ def test_ship_smoke_makes_both_unets(tmp_path):
     assert kept.exists() and "--resume" in next(s["command"] for s in doc["steps"] if s["step"] == "train unet_weak")
 
 
+def test_ship_smoke_with_two_unet_seeds_ships_the_better_on_val(tmp_path):
+    """`ship --smoke --unet-seeds 1,2`: each U-Net trains once per seed, each is scored on val,
+    and the better one (a tie: the first) is shipped with its own run record."""
+    exe = pathlib.Path(__file__).resolve().parents[2] / "target" / "release" / "ichseg"
+    if not exe.is_file():
+        pytest.skip("no ichseg binary in target/release (cargo build --release)")
+    from ichseg_training import ship
+    work, models = tmp_path / "work", tmp_path / "models"
+    assert ship.main(["--work", str(work), "--models", str(models), "--smoke", "--ichseg", str(exe),
+                      "--unet-seeds", "1,2", "--shifted-count", "0"]) == 0
+    doc = json.loads((work / "ship.json").read_text())
+    steps = [s["step"] for s in doc["steps"]]
+    for stem in ("unet", "unet_weak"):
+        assert {f"train {stem} seed 1", f"train {stem} seed 2", f"eval {stem}_s1 val", f"eval {stem}_s2 val"} <= set(steps)
+        chosen = doc["scores"][f"{stem}_seeds"]
+        val = {seed: doc["scores"][f"{stem}_s{seed}_val"]["overall"]["miou"] for seed in (1, 2)}
+        assert chosen["chosen"] == ship.best_seed(val)
+        record = json.loads(C.record_path(models / f"{stem}.onnx").read_text())
+        assert record["seed"] == chosen["chosen"]
+        trained = json.loads(C.record_path(work / "seeds" / f"{stem}_s{chosen['chosen']}.onnx").read_text())
+        assert record["started"] == trained["started"] and record["seed"] == trained["seed"]
+
+
 def test_ship_smoke_with_skull_stripped_classifiers(tmp_path):
     """`ship --smoke --skull-strip-mm 0`: the classifiers train and are scored on a stripped copy
     and carry the contract; pseudo-labelling and the ablation read the phantoms themselves."""
