@@ -448,6 +448,7 @@ def main(argv=None):
                  *strip_args, "--out", out, "--ckpt-dir", work / "ckpt" / arch, "--trained-on", classifier_trained_on,
                  *resume)
         lanes.append([lambda n=f"train {arch}", c=cmd: run_step(steps, n, c, logs)])
+
     def seed_runs(fname):
         """(seed, model file, checkpoint folder, step name) of each training of a U-Net: with one
         seed the shipped file itself, with several one file per seed in the work folder."""
