@@ -14,10 +14,14 @@ import argparse
 import json
 import pathlib
 import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "training"))
+from ichseg_training.evaluate import score_pairs  # noqa: E402
 
 # (HIGH, LOW): LOW None is a plain threshold at HIGH.
 VARIANTS = [(0.5, None), (0.3, None), (0.5, 0.3), (0.5, 0.2), (0.5, 0.1), (0.5, 0.05)]
@@ -62,11 +66,9 @@ def main() -> None:
             out.parent.mkdir(exist_ok=True)
             nib.save(nib.Nifti1Image(grown(prob, hi, lo).astype(np.uint8), img.affine, img.header), out)
     for name in names:
+        pairs = [(work / name / f"{stem}.nii.gz", data / "masks" / f"{stem}.nii.gz") for stem in stems]
         for ml in a.filters.split(","):
-            cmd = [a.ichseg, "eval", "--min-lesion-ml", ml, "--json"]
-            for stem in stems:
-                cmd += ["--pred", str(work / name / f"{stem}.nii.gz"), "--gt", str(data / "masks" / f"{stem}.nii.gz")]
-            o = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)["overall"]
+            o = score_pairs(a.ichseg, pairs, min_lesion_ml=ml, table=False)["overall"]
             print(f"{a.subset:5s} {name:9s} filter {ml:>4} mL: mIoU {100 * o['miou']:.2f}  CL {100 * o['cl']:.1f}  "
                   f"FPL {100 * o['fpl']:.1f}", flush=True)
 
