@@ -106,32 +106,36 @@ def main() -> int:
     args = parse_args()
     model, volume = args.dir / "unet.onnx", args.dir / "ct.nii.gz"
     slices = slices_of(volume)
-    runs: dict[str, list[tuple[float, float]]] = {}
+    runs: dict[str, list[tuple[float, float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = pathlib.Path(tmp)
 
-        def ichseg(extra: list[str], binary: pathlib.Path = args.ichseg) -> tuple[float, float]:
+        def timings(report: pathlib.Path) -> tuple[float, float]:
+            t = json.loads(report.read_text())["timings"]
+            return t["inference_s"], t["total_s"]
+
+        def ichseg(extra: list[str], binary: pathlib.Path = args.ichseg) -> tuple[float, float, float]:
             report = work / "report.json"
             cmd = [str(binary), "segment", "--model", str(model), str(volume), "-o", str(work / "mask.nii.gz"),
                    "--threads", str(args.threads), "--quiet", "--report", str(report), *extra]
             kib, _ = peak_kib(cmd, work)
-            return kib, json.loads(report.read_text())["timings"]["inference_s"]
+            return kib, *timings(report)
 
-        def pseudo(extra: list[str]) -> tuple[float, float]:
+        def pseudo(extra: list[str], binary: pathlib.Path = args.ichseg) -> tuple[float, float, float]:
             report = work / "report.json"
             classifiers = [a for m in ("classifier_slim34", "classifier_slim50") for a in ("--classifier", str(MODELS / f"{m}.onnx"))]
-            cmd = [str(args.ichseg), "pseudo-label", *classifiers, str(MODELS / "samples" / "sample.nii.gz"),
+            cmd = [str(binary), "pseudo-label", *classifiers, str(MODELS / "samples" / "sample.nii.gz"),
                    "-o", str(work / "pseudo.nii.gz"), "--labels", str(MODELS / "samples" / "sample_slices.csv"),
                    "--threads", str(args.threads), "--quiet", "--report", str(report), *extra]
             kib, _ = peak_kib(cmd, work)
-            return kib, json.loads(report.read_text())["timings"]["inference_s"]
+            return kib, *timings(report)
 
-        def ort() -> tuple[float, float]:
+        def ort() -> tuple[float, float, float]:
             kib, out = peak_kib([sys.executable, "-c", ORT_CHILD, str(model), str(args.threads), str(slices)], work)
-            return kib, float(out.split()[-1])
+            return kib, float(out.split()[-1]), float("nan")
 
-        def imports() -> tuple[float, float]:
-            return peak_kib([sys.executable, "-c", IMPORT_ONLY], work)[0], float("nan")
+        def imports() -> tuple[float, float, float]:
+            return peak_kib([sys.executable, "-c", IMPORT_ONLY], work)[0], float("nan"), float("nan")
 
         settings = {
             "ichseg (default)": lambda: ichseg([]),
@@ -141,12 +145,15 @@ def main() -> int:
             "the same Python process, imports only": imports,
             "ichseg pseudo-label, shipped classifiers and sample (default)": lambda: pseudo([]),
             "ichseg pseudo-label, the same, --low-memory": lambda: pseudo(["--low-memory"]),
+            **({f"ichseg pseudo-label (default), build {args.baseline_label}": lambda: pseudo([], args.baseline)}
+               if args.baseline else {}),
         }
         for r in range(args.repeat):
             for name, run in settings.items():
-                kib, seconds = run()
-                runs.setdefault(name, []).append((kib, seconds))
-                print(f"[memory] run {r + 1}: {name}: {kib / 1024:.0f} MiB, network {seconds:.2f} s", file=sys.stderr)
+                kib, seconds, total = run()
+                runs.setdefault(name, []).append((kib, seconds, total))
+                print(f"[memory] run {r + 1}: {name}: {kib / 1024:.0f} MiB, network {seconds:.2f} s, total {total:.2f} s",
+                      file=sys.stderr)
     section = markdown(args, runs, slices)
     print(section)
     if args.out:
@@ -162,22 +169,22 @@ def markdown(args, runs: dict, slices: int) -> str:
     rows = []
     for name, values in runs.items():
         kib = statistics.median(v[0] for v in values)
-        seconds = [v[1] for v in values if v[1] == v[1]]
-        network = f"{statistics.median(seconds):.1f}" if seconds else ""
+        network, total = (median_or_blank([v[i] for v in values]) for i in (1, 2))
         each = ", ".join(f"{v[0] / 1024 ** 2:.2f}" for v in values)
-        rows.append(f"| {name} | {kib / 1024 ** 2:.2f} GiB ({each}) | {network} |")
+        rows.append(f"| {name} | {kib / 1024 ** 2:.2f} GiB ({each}) | {network} | {total} |")
     command = f"python scripts/bench_memory.py --dir DIR --threads {args.threads} --repeat {args.repeat}"
     if args.baseline:
-        command += f" --baseline OLD/ichseg --baseline-label {args.baseline_label}"
+        command += f" --baseline OLD/ichseg --baseline-label {shlex.quote(args.baseline_label)}"
     return "\n".join([
         BEGIN,
         f"Peak resident memory, the benchmark U-Net on the 512x512x{slices} benchmark volume, {args.threads} threads, "
         f"runs alternating, median of {args.repeat} (each run in brackets); network time per volume "
-        f"(ichseg: the report's `inference_s`; onnxruntime: its {slices} batch-1 runs). Pseudo-labelling: "
+        f"(ichseg: the report's `inference_s`; onnxruntime: its {slices} batch-1 runs) and, for ichseg, the "
+        "whole call on the volume in memory (the report's `total_s`). Pseudo-labelling: "
         "the shipped classifiers on the shipped 256x256x33 sample.",
         "",
-        "| setting | peak RSS | network (s) |",
-        "|---|---:|---:|",
+        "| setting | peak RSS | network (s) | total (s) |",
+        "|---|---:|---:|---:|",
         *rows,
         "",
         f"- Machine: {machine()}",
@@ -187,6 +194,12 @@ def markdown(args, runs: dict, slices: int) -> str:
         END,
         "",
     ])
+
+
+def median_or_blank(seconds: list[float]) -> str:
+    """The median to 0.1 s of the figures that were measured (NaN: not measured), or blank."""
+    measured = [s for s in seconds if s == s]
+    return f"{statistics.median(measured):.1f}" if measured else ""
 
 
 if __name__ == "__main__":

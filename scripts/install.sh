@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds libichseg and installs it for C and C++ consumers:
 #
-#   scripts/install.sh [--prefix DIR] [--profile release|debug] [--no-build]
+#   scripts/install.sh [--prefix DIR] [--profile release|dist|debug] [--features LIST] [--no-build]
 #
 #   DIR/lib/libichseg.so.X.Y.Z, DIR/lib/libichseg.a     shared (SONAME libichseg.so.X, with the
 #                                                       links libichseg.so.X, libichseg.so) and static library
@@ -10,30 +10,36 @@
 #                                                       ichseg::ichseg (shared), ichseg::ichseg_static
 #   DIR/lib/pkgconfig/ichseg.pc, ichseg-static.pc       pkg-config --cflags --libs ichseg
 #
-# Default prefix /usr/local, default profile release. The static library needs the system
-# libraries listed in ICHSEG_STATIC_LIBS below (what rustc reports with --print
-# native-static-libs on Linux); the CMake target and ichseg-static.pc carry them.
+# Default prefix /usr/local, default profile release. `--profile dist` is what a vendor ships: the
+# release build linked as one unit, smaller and a little slower (Cargo.toml, docs/BENCHMARKS.md).
+# `--features LIST` builds with those features only (no defaults): `--features dicom` is the
+# CPU-only library with DICOM, `--features ""` the CPU-only library alone. Default: all features.
+# The static library needs the system libraries listed in ICHSEG_STATIC_LIBS below (what rustc
+# reports with --print native-static-libs on Linux); the CMake target and ichseg-static.pc carry
+# them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-prefix=/usr/local profile=release build=1
+prefix=/usr/local profile=release build=1 features=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --prefix) prefix=$2; shift 2 ;;
     --profile) profile=$2; shift 2 ;;
+    --features) features=(--no-default-features --features "$2"); shift 2 ;;
     --no-build) build=0; shift ;;
     *) echo "install.sh: unknown argument $1 (see the header of this script)" >&2; exit 2 ;;
   esac
 done
 case "$profile" in
   release) flags=(--release) ;;
+  dist) flags=(--profile dist) ;;
   debug) flags=() ;;
-  *) echo "install.sh: --profile must be release or debug" >&2; exit 2 ;;
+  *) echo "install.sh: --profile must be release, dist or debug" >&2; exit 2 ;;
 esac
 ICHSEG_STATIC_LIBS="-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc"
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 target=${CARGO_TARGET_DIR:-target}/$profile
 
-[[ $build == 1 ]] && cargo build --locked -p ichseg --lib "${flags[@]}"
+[[ $build == 1 ]] && cargo build --locked -p ichseg --lib "${flags[@]}" "${features[@]}"
 for f in "$target/libichseg.so" "$target/libichseg.a"; do
   [[ -f $f ]] || { echo "install.sh: $f missing: build first (cargo build -p ichseg --lib ${flags[*]})" >&2; exit 1; }
 done

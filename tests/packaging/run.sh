@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs libichseg into a temporary prefix (scripts/install.sh; debug profile, or
-# ICHSEG_PROFILE=release to reuse a release build) and builds the examples of docs/C-API.md
+# ICHSEG_PROFILE=release or dist to reuse such a build) and builds the examples of docs/C-API.md
 # against it: bindings/examples/minimal.cpp with CMake find_package (ichseg::ichseg shared and
 # ichseg::ichseg_static) and with pkg-config (ichseg.pc), and bindings/examples/minimal.c with
 # pkg-config (ichseg.pc, and ichseg-static.pc). Each program segments a small volume with the
@@ -17,6 +17,7 @@ trap 'rm -rf "$tmp"' EXIT
 profile=${ICHSEG_PROFILE:-debug}
 cargo_flags=()
 [[ $profile == release ]] && cargo_flags=(--release)
+[[ $profile == dist ]] && cargo_flags=(--profile dist)
 scripts/install.sh --prefix "$tmp/prefix" --profile "$profile" >/dev/null
 model=tests/fixtures/unet/unet_transpose.onnx
 
