@@ -10,6 +10,8 @@
 //!   (C++ viewers include it directly; skipped when `c++` is missing).
 //! - `only_ichseg_symbols_are_exported`: the shared library's dynamic symbol table defines
 //!   symbols named `ichseg_*` only (skipped when `nm` is missing).
+//! - `no_build_profile_aborts_on_panic`: no profile in Cargo.toml (the `dist` one for products
+//!   included) sets `panic = "abort"`, which would turn the C boundary's caught panics into aborts.
 //!
 //! Where the shared library comes from: `Cargo.toml` builds the library as
 //! `crate-type = ["rlib", "cdylib", "staticlib"]`, and cargo compiles all of a library's crate
@@ -174,4 +176,22 @@ fn the_shared_library_has_a_soname() {
     let dynamic = String::from_utf8_lossy(&output.stdout);
     let soname = dynamic.lines().find_map(|l| l.trim().strip_prefix("SONAME")).map(str::trim);
     assert_eq!(soname, Some(native::SONAME), "{}", lib.display());
+}
+
+/// Every build profile keeps panics unwinding: the C boundary turns a panic into
+/// `ICHSEG_STATUS_PANIC` by catching it, which `panic = "abort"` (a common size setting) would
+/// make impossible, killing the host instead.
+#[test]
+fn no_build_profile_aborts_on_panic() {
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).expect("Cargo.toml reads");
+    let aborting: Vec<&str> = manifest
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| l.replace(' ', "").starts_with("panic=") && l.contains("abort"))
+        .collect();
+    assert!(
+        manifest.contains("[profile.dist]"),
+        "Cargo.toml has no [profile.dist] (scripts/install.sh --profile dist)"
+    );
+    assert!(aborting.is_empty(), "Cargo.toml sets panics to abort: {aborting:?}");
 }
