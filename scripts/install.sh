@@ -11,7 +11,7 @@
 #   DIR/lib/pkgconfig/ichseg.pc, ichseg-static.pc       pkg-config --cflags --libs ichseg
 #
 # Default prefix /usr/local, default profile release. `--profile dist` is what a vendor ships: the
-# release build linked as one unit, smaller and a little slower (Cargo.toml, docs/BENCHMARKS.md).
+# release build linked as one unit, a quarter smaller at the same speed (Cargo.toml, docs/BENCHMARKS.md).
 # `--features LIST` builds with those features only (no defaults): `--features dicom` is the
 # CPU-only library with DICOM, `--features ""` the CPU-only library alone. Default: all features.
 # The static library needs the system libraries listed in ICHSEG_STATIC_LIBS below (what rustc
