@@ -41,7 +41,7 @@ target=${CARGO_TARGET_DIR:-target}/$profile
 
 [[ $build == 1 ]] && cargo build --locked -p ichseg --lib "${flags[@]}" "${features[@]}"
 for f in "$target/libichseg.so" "$target/libichseg.a"; do
-  [[ -f $f ]] || { echo "install.sh: $f missing: build first (cargo build -p ichseg --lib ${flags[*]})" >&2; exit 1; }
+  [[ -f $f ]] || { echo "install.sh: $f missing: build first (cargo build -p ichseg --lib ${flags[*]} ${features[*]})" >&2; exit 1; }
 done
 
 mkdir -p "$prefix/lib/cmake/ichseg" "$prefix/lib/pkgconfig" "$prefix/include"
