@@ -564,7 +564,8 @@ def markdown(args, r: dict) -> str:
     tag = f"bench_pseudo_{args.device}"
     v = r["versions"]
     peer = PEERS[r["peer"]].format(**v) + (f" + pydensecrf2 {v['pydensecrf']} (CRF, on the CPU)" if r["crf"] else "")
-    crf = "with the dense CRF" if r["crf"] else "without the dense CRF (pydensecrf missing)"
+    crf = "with the dense CRF" if r["crf"] else ("without the dense CRF (--no-crf)" if args.no_crf
+                                                  else "without the dense CRF (pydensecrf missing)")
     where = "CPU" if args.device == "cpu" else r["card"]
     t_peer = r["torch_s"]["total_s"]
     lines = [f"<!-- {tag}:begin -->", f"## Pseudo-labelling: ichseg vs a Python pipeline ({where})", "",
