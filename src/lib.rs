@@ -25,6 +25,7 @@
 
 mod affine;
 pub mod alloc;
+mod allocator;
 pub mod cam;
 pub mod capi;
 pub mod clinical;
@@ -42,6 +43,10 @@ pub mod preprocess;
 pub mod sca;
 pub mod skull;
 pub mod volume;
+
+/// Large blocks with transparent huge pages (src/allocator.rs): the library's Rust code only.
+#[global_allocator]
+static ALLOCATOR: allocator::Allocator = allocator::Allocator;
 
 pub use cam::CamMethod;
 pub use error::{Error, Result};
