@@ -14,20 +14,21 @@ use std::alloc::{GlobalAlloc, Layout, System};
 /// Blocks of at least this many bytes (one huge page) are mapped here; smaller ones go to the
 /// system allocator. Only 32 MiB and up was measured slower: glibc maps many blocks below that
 /// afresh too.
-pub const LARGE: usize = 2 << 20;
+pub const LARGE: usize = HUGE_PAGE;
 
 /// The huge-page size (x86-64, and aarch64 with 4 KiB pages) large blocks are aligned to.
 const HUGE_PAGE: usize = 2 << 20;
+
+/// The page size mappings come in: their length is a multiple of it, their start aligned to it.
+const PAGE: usize = 4096;
 
 /// [`System`], with blocks of [`LARGE`] bytes or more mapped for huge pages where there are.
 pub struct Allocator;
 
 #[cfg(target_os = "linux")]
 mod large {
-    use super::HUGE_PAGE;
+    use super::{HUGE_PAGE, PAGE};
     use std::sync::atomic::{AtomicU8, Ordering};
-
-    const PAGE: usize = 4096;
 
     /// Whether the kernel gives huge pages to a mapping advised for them: its setting is
     /// `always` or `madvise`, not `never` (read once; a missing file counts as `never`).
@@ -120,7 +121,7 @@ impl Allocator {
     /// alignment at most: mappings are page-aligned).
     fn is_large(layout: Layout) -> bool {
         #[cfg(target_os = "linux")]
-        return layout.size() >= LARGE && layout.align() <= 4096 && large::huge_pages_available();
+        return layout.size() >= LARGE && layout.align() <= PAGE && large::huge_pages_available();
         #[cfg(not(target_os = "linux"))]
         false
     }
