@@ -11,19 +11,22 @@ hemorrhage sites (intraparenchymal, subdural, epidural, intraventricular, subara
 Usage (from training/, or with PYTHONPATH=training)::
 
     python -m ichseg_training.phantom --out DIR --count N --seed S [--size 512]
-        [--slices-min 24 --slices-max 36]
+        [--slices-min 24 --slices-max 36] [--jobs N] [--profile standard|wide|shifted] [--resume]
 
 writes ``DIR/ct_scans/NNN.nii.gz``, ``DIR/masks/NNN.nii.gz`` and
 ``DIR/hemorrhage_diagnosis_raw_ct.csv`` (BCIHM columns, SliceNumber 1-based).
-Only numpy, scipy and nibabel are needed.  See docs/PHANTOMS.md.
+Only numpy, scipy and nibabel are needed.  See docs/PHANTOMS.md.  A run that is stopped
+goes on with ``--resume`` (same settings): the volumes it finished are kept.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import dataclasses
+import json
 import math
 import pathlib
+import shutil
 
 import numpy as np
 from scipy import ndimage
@@ -771,6 +774,19 @@ def _acquisition_row(pid, ph):
             f"{m['start'] + 1}-{m['stop']}" if m else "", f"{v['head_scale']:.3f}"]
 
 
+PARTS = ".parts"  # while a run is under way: its settings and one record per finished volume
+
+
+def _write_json(path, doc):
+    """Whole or not at all: a run killed while writing leaves no record, so the volume is redone.
+    Returns ``doc`` as read back, so that fresh and resumed volumes give the same CSV text."""
+    text = json.dumps(doc, default=lambda v: v.item())
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return json.loads(text)
+
+
 def _write_one(args):
     i, out, seed, size, slices_min, slices_max, profile = args
     ph = generate(i, seed, size=size, slices_min=slices_min, slices_max=slices_max, profile=profile)
@@ -780,39 +796,65 @@ def _write_one(args):
     info = (f"{pid:03d}: {ph.hu.shape} px={ph.spacing[0]:.3f} sites={kinds} "
             f"bleeding slices={int(ph.labels.any(axis=1).sum())}")
     acquisition = _acquisition_row(pid, ph) if profile != "standard" else None
-    return ph.csv_rows(pid), info, acquisition
+    part = {"rows": ph.csv_rows(pid), "info": info, "acquisition": acquisition}
+    return _write_json(out / PARTS / f"{pid:03d}.json", part)  # after both scans: the volume is whole
+
+
+def _start_parts(parts, settings, resume):
+    """The records of finished volumes a resumed run keeps, by patient number. Without
+    ``resume`` every earlier record goes; with it, records of other settings are refused, since
+    their volumes would not be the ones these settings draw."""
+    run = parts / "run.json"
+    if resume and run.is_file():
+        earlier = json.loads(run.read_text())
+        if earlier != settings:
+            raise ValueError(f"{parts.parent} holds an interrupted run with other settings ({earlier}, "
+                             f"now {settings}): remove it or run without resume")
+        return {int(f.stem): json.loads(f.read_text()) for f in parts.glob("[0-9]*.json")}
+    shutil.rmtree(parts, ignore_errors=True)
+    parts.mkdir(parents=True)
+    _write_json(run, settings)
+    return {}
 
 
 def write_dataset(out, count, seed, size=512, slices_min=24, slices_max=36, first=0, verbose=False, jobs=1,
-                  profile="standard"):
+                  profile="standard", resume=False):
     """Writes ``count`` volumes (patients first+1 .. first+count, files NNN = patient number).
     ``jobs`` > 1 generates volumes in that many processes (same files, same order).  A
     variation ``profile`` other than ``standard`` also writes ``acquisition.csv``: each
-    volume's slice thickness, kernel, noise, calibration, cupping and motion."""
+    volume's slice thickness, kernel, noise, calibration, cupping and motion.  Each finished
+    volume is recorded in ``out/.parts`` until the CSV files are written; with ``resume`` the
+    volumes an interrupted run of the same settings finished are kept, and the files are the
+    same as an uninterrupted run's."""
     variation.draw(profile, seed, first, slices_min)  # refuses an unknown profile before any file
     out = pathlib.Path(out)
     (out / "ct_scans").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    rows, acquisition = [], []
-    tasks = [(i, out, seed, size, slices_min, slices_max, profile) for i in range(first, first + count)]
-    if jobs > 1 and count > 1:
+    settings = {"seed": seed, "size": size, "slices_min": slices_min, "slices_max": slices_max, "profile": profile}
+    done = _start_parts(out / PARTS, settings, resume)
+    tasks = [(i, out, seed, size, slices_min, slices_max, profile) for i in range(first, first + count)
+             if i + 1 not in done]
+    if verbose and done:
+        print(f"resuming: {len(done)} volume(s) already made, {len(tasks)} to go", flush=True)
+    if jobs > 1 and len(tasks) > 1:
         import multiprocessing
 
-        pool = multiprocessing.get_context("spawn").Pool(min(jobs, count))
+        pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(tasks)))
         results = pool.imap(_write_one, tasks)
     else:
         pool, results = None, map(_write_one, tasks)
     try:
-        for vol_rows, info, acq in results:
-            rows.extend(vol_rows)
-            if acq:
-                acquisition.append(acq)
+        for part in results:
+            done[part["rows"][0][0]] = part
             if verbose:
-                print(info, flush=True)
+                print(part["info"], flush=True)
     finally:
         if pool:
             pool.close()
             pool.join()
+    parts = [done[i + 1] for i in range(first, first + count)]
+    rows = [r for part in parts for r in part["rows"]]
+    acquisition = [part["acquisition"] for part in parts if part["acquisition"]]
     with open(out / "hemorrhage_diagnosis_raw_ct.csv", "w", newline="") as fh:
         wr = csv.writer(fh)
         wr.writerow(CSV_COLUMNS)
@@ -822,6 +864,7 @@ def write_dataset(out, count, seed, size=512, slices_min=24, slices_max=36, firs
             wr = csv.writer(fh)
             wr.writerow(ACQUISITION_COLUMNS)
             wr.writerows(acquisition)
+    shutil.rmtree(out / PARTS)
     return rows
 
 
@@ -912,10 +955,15 @@ def main(argv=None):
     ap.add_argument("--profile", choices=variation.PROFILES, default="standard",
                     help="variation profile: standard (default), wide (training for a change of "
                          "data) or shifted (a held-out family); docs/PHANTOMS.md")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the volumes an interrupted run of the same settings finished")
     a = ap.parse_args(argv)
     if a.count > 0:
-        write_dataset(a.out, a.count, a.seed, a.size, a.slices_min, a.slices_max, verbose=True, jobs=a.jobs,
-                      profile=a.profile)
+        try:
+            write_dataset(a.out, a.count, a.seed, a.size, a.slices_min, a.slices_max, verbose=True, jobs=a.jobs,
+                          profile=a.profile, resume=a.resume)
+        except ValueError as e:
+            ap.error(str(e))
     if a.montage:
         montage(a.montage, seed=a.seed, size=a.size)
 

@@ -424,7 +424,7 @@ def main(argv=None):
         extra = ["--slices-min", 8, "--slices-max", 10] if a.smoke else []
         run_step(steps, "phantoms", py("ichseg_training.phantom", "--out", data, "--count", a.count,
                                        "--seed", a.seed, "--size", PHANTOM_SIZE, "--jobs", a.jobs,
-                                       "--profile", a.profile, *extra), logs)
+                                       "--profile", a.profile, *extra, *resume), logs)
     run_step(steps, "split", py("ichseg_training.datasets", "split", "--layout", "bcihm", "--root", data,
                                 "--seed", a.seed, "--out", split), logs)
 
@@ -574,7 +574,8 @@ def main(argv=None):
             extra = ["--slices-min", 8, "--slices-max", 10] if a.smoke else []
             run_step(steps, "shifted phantoms", py(
                 "ichseg_training.phantom", "--out", shifted, "--count", a.shifted_count, "--seed", SHIFTED_SEED,
-                "--size", PHANTOM_SIZE, "--jobs", a.jobs, "--profile", "shifted", *extra), logs)
+                "--size", PHANTOM_SIZE, "--jobs", a.jobs, "--profile", "shifted", *extra, *resume),
+                logs)
         run_step(steps, "shifted split", py("ichseg_training.datasets", "split", "--layout", "bcihm", "--root",
                                             shifted, "--seed", SHIFTED_SEED, "--fractions", 0, 0, 1,
                                             "--out", shifted_split), logs)

@@ -288,3 +288,61 @@ def test_unknown_profile_writes_nothing(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "cli" / "acquisition.csv").read_text().count("\n") == 2
+
+
+def test_resume_keeps_finished_volumes_and_writes_the_same_files(tmp_path, monkeypatch):
+    whole = tmp_path / "whole"
+    P.write_dataset(whole, count=3, seed=7, size=48, profile="wide")
+    assert not (whole / P.PARTS).exists()  # the records go once the CSV files are written
+
+    generate, made = P.generate, []
+
+    def stopped_at_third(i, *args, **kw):
+        if i == 2:
+            raise KeyboardInterrupt  # the run is stopped while making the third volume
+        made.append(i)
+        return generate(i, *args, **kw)
+
+    out = tmp_path / "resumed"
+    monkeypatch.setattr(P, "generate", stopped_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        P.write_dataset(out, count=3, seed=7, size=48, profile="wide")
+    assert made == [0, 1] and not (out / "hemorrhage_diagnosis_raw_ct.csv").exists()
+
+    made.clear()
+    monkeypatch.setattr(P, "generate", lambda i, *a, **kw: made.append(i) or generate(i, *a, **kw))
+    P.write_dataset(out, count=3, seed=7, size=48, profile="wide", resume=True)
+    assert made == [2]  # the two finished volumes were kept
+    assert _tree_digest(out) == _tree_digest(whole)
+
+
+def test_resume_refuses_other_settings_and_a_fresh_run_starts_over(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    generate = P.generate
+
+    def stopped_at_second(i, *args, **kw):
+        if i == 1:
+            raise KeyboardInterrupt
+        return generate(i, *args, **kw)
+
+    monkeypatch.setattr(P, "generate", stopped_at_second)
+    with pytest.raises(KeyboardInterrupt):
+        P.write_dataset(out, count=2, seed=3, size=32, slices_min=8, slices_max=9)
+    monkeypatch.setattr(P, "generate", generate)
+    with pytest.raises(ValueError, match="other settings"):
+        P.write_dataset(out, count=2, seed=4, size=32, slices_min=8, slices_max=9, resume=True)
+    # the refused run changed nothing: the record of volume 1 is still the first run's
+    assert sorted(f.name for f in (out / P.PARTS).iterdir()) == ["001.json", "run.json"]
+    P.write_dataset(out, count=2, seed=4, size=32, slices_min=8, slices_max=9)  # no resume: afresh
+    fresh = tmp_path / "fresh"
+    P.write_dataset(fresh, count=2, seed=4, size=32, slices_min=8, slices_max=9)
+    assert _tree_digest(out) == _tree_digest(fresh)
+
+
+def test_cli_resume_with_other_settings_is_a_usage_error(tmp_path):
+    out = tmp_path / "out"
+    (out / P.PARTS).mkdir(parents=True)
+    (out / P.PARTS / "run.json").write_text('{"seed": 1}')
+    res = subprocess.run([sys.executable, str(pathlib.Path(P.__file__)), "--out", str(out), "--count", "1",
+                          "--seed", "5", "--size", "32", "--resume"], capture_output=True, text=True)
+    assert res.returncode == 2 and "other settings" in res.stderr and "Traceback" not in res.stderr

@@ -335,9 +335,13 @@ def test_ship_smoke_makes_both_unets(tmp_path):
     (models / "unet_weak.train.json").unlink()
     kept = work / "pseudo" / "kept.nii.gz"
     kept.write_bytes(b"")
+    # ... and the phantom generator goes on too (its CSV is written last: as if it had been stopped)
+    (work / "phantoms" / "hemorrhage_diagnosis_raw_ct.csv").unlink()
     assert ship.main(args[:-1] + ["--resume"]) == 0
     doc = json.loads((work / "ship.json").read_text())
     assert kept.exists() and "--resume" in next(s["command"] for s in doc["steps"] if s["step"] == "train unet_weak")
+    assert "--resume" in next(s["command"] for s in doc["steps"] if s["step"] == "phantoms")
+    assert (work / "phantoms" / "hemorrhage_diagnosis_raw_ct.csv").exists()
 
 
 def test_ship_smoke_with_two_unet_seeds_ships_the_better_on_val(tmp_path):
