@@ -244,10 +244,11 @@ def pick_device(name: str):
 def memory_format(model, device, disabled: bool, input_size, log=print):
     """The tensor layout to train ``model`` in on [N, C, *input_size] batches: channels-last on the
     CPU (faster there) unless ``disabled`` or unsafe.  Unsafe: PyTorch 2.15's CPU backward of a
-    channels-last 1x1 convolution with stride 2 and at most 8 input channels segfaults once its
-    input map is 46x46 or larger (slim34 width 8 at input 184 and up; 45x45 and below are exact).
-    A dry forward pass finds such convolutions (with a margin: maps over 40x40); the model then
-    trains in NCHW, and the log says why."""
+    channels-last 1x1 convolution with stride 2 and few input channels corrupts the heap: with 8
+    channels from 46x46 maps on AVX-512 CPUs (slim34 width 8 at input 184 and up), with fewer than
+    8 from 8x8 maps on an AVX2-only one (Zen 3; slim34 width 4 at input 32).  A dry forward pass
+    finds such convolutions (fewer than 8 channels at any size; 8 with a margin, maps over
+    40x40); the model then trains in NCHW, and the log says why."""
     import torch
 
     if device.type != "cpu" or disabled:
@@ -257,7 +258,7 @@ def memory_format(model, device, disabled: bool, input_size, log=print):
         if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) \
                 and m.in_channels <= 8:
             hooks.append(m.register_forward_hook(
-                lambda mod, inp, out, name=name: found.append((name, tuple(inp[0].shape[-2:])))))
+                lambda mod, inp, out, name=name: found.append((name, tuple(inp[0].shape[-2:]), mod.in_channels))))
     if hooks:
         first = next(model.parameters())
         was_training = model.training
@@ -267,10 +268,10 @@ def memory_format(model, device, disabled: bool, input_size, log=print):
         model.train(was_training)
         for h in hooks:
             h.remove()
-    risky = [(name, hw) for name, hw in found if max(hw) > 40]
+    risky = [(name, hw, c) for name, hw, c in found if c < 8 or max(hw) > 40]
     if risky:
-        name, hw = risky[0]
-        log(f"NCHW instead of channels-last: {name} is a strided 1x1 convolution with at most 8 input "
+        name, hw, c = risky[0]
+        log(f"NCHW instead of channels-last: {name} is a strided 1x1 convolution with {c} input "
             f"channels on a {hw[0]}x{hw[1]} map, whose channels-last backward crashes PyTorch's CPU kernels")
         return torch.contiguous_format
     return torch.channels_last

@@ -32,6 +32,7 @@ import sys
 import time
 
 from . import common as C
+from . import datasets as D
 
 TRAINING = pathlib.Path(__file__).resolve().parent.parent
 REPO = TRAINING.parent
@@ -280,6 +281,33 @@ def best_seed(val_miou: dict):
     return max(val_miou, key=lambda seed: C.miou_or_worst(val_miou[seed]))
 
 
+def side_by_side(runs: int, slices: int, size: int, cores, available) -> int:
+    """How many of a U-Net's ``runs`` trainings (one per seed) run at once: one per core, since
+    each trains with one thread, and as many as ``available`` bytes of memory hold: each holds its
+    ``slices`` training and validation slices at ``size`` x ``size``, 5 bytes a pixel (docs/TRAINING.md,
+    "Memory"), plus a tenth and 1 GiB for PyTorch. Unknown cores or memory: one at a time."""
+    if not cores or not available:
+        return 1
+    each = slices * size * size * 5 * 1.1 + 2 ** 30
+    return max(1, min(runs, cores, int(available // each)))
+
+
+def available_memory():
+    """``MemAvailable`` of /proc/meminfo in bytes; None where there is none (not Linux)."""
+    try:
+        for line in pathlib.Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def deal(steps: list, lanes: int) -> list:
+    """``steps`` dealt round-robin into ``lanes`` lists, each run in order."""
+    return [steps[i::lanes] for i in range(lanes)]
+
+
 def run_lanes(lanes):
     """Runs lists of (callable) steps: the lanes side by side, each lane's steps in order."""
     import threading
@@ -458,20 +486,30 @@ def main(argv=None):
         return [(seed, work / "seeds" / f"{stem}_s{seed}.onnx", work / "ckpt" / f"{stem}_s{seed}",
                  f"train {stem} seed {seed}") for seed in seeds]
 
-    def train_unets(fname, train_args, extra=()):
-        """The steps that train a U-Net with each seed (one after another: two at once may not fit
-        in memory); none for a finished model or seed with ``--skip-existing``."""
+    def train_unets(fname, train_args, extra=(), busy=0):
+        """The lanes of steps that train a U-Net with each seed: side by side as far as the cores
+        (less ``busy``, the other trainings that run at the same time) and the memory allow
+        (``side_by_side``), else one after another; none for a finished model or seed with
+        ``--skip-existing``."""
         if a.skip_existing and C.record_path(models / fname).exists():
             return []
-        return [lambda c=py("ichseg_training.train_unet", *train_args, "--seed", seed, "--out", out,
+        todo = [lambda c=py("ichseg_training.train_unet", *train_args, "--seed", seed, "--out", out,
                             "--ckpt-dir", ckpt, *extra), n=name: run_step(steps, n, c, logs)
                 for seed, out, ckpt, name in seed_runs(fname)
                 if not (a.skip_existing and C.record_path(out).exists())]
+        if len(todo) < 2:
+            return [todo]
+        ds = D.BCIHM(data)
+        slices = sum(ds.n_slices(p) for subset in ("train", "val") for p in C.read_patients(split, ds, subset))
+        n = side_by_side(len(todo), slices, a.unet_size, max(1, (os.cpu_count() or 1) - busy), available_memory())
+        print(f"== {fname}: {len(todo)} trainings, {n} at a time ({slices} slices at {a.unet_size}x{a.unet_size} "
+              f"each)", flush=True)
+        return deal(todo, n)
 
     unet_out = models / UNET_FILE
-    lanes.append(train_unets(UNET_FILE, ["--data", data, "--masks", data / "masks", "--split", split, *unet_args,
+    lanes.extend(train_unets(UNET_FILE, ["--data", data, "--masks", data / "masks", "--split", split, *unet_args,
                                          "--trained-on", trained_on + ", ground-truth masks (fully supervised)"
-                                         + input_text], resume))
+                                         + input_text], resume, busy=len(lanes)))
     t_train = time.time()
     run_lanes(lanes)
     train_wall = time.time() - t_train
@@ -558,12 +596,12 @@ def main(argv=None):
     scores["pseudo_train"] = EV.eval_masks(pseudo, data, split, "train", ichseg=exe)
     weak_out = models / WEAK_FILE
     names = "+".join(arch for _, arch, *_ in CLASSIFIERS)
-    run_lanes([train_unets(WEAK_FILE, [
+    run_lanes(train_unets(WEAK_FILE, [
         "--data", data, "--masks", pseudo, "--split", split, *unet_args,
         "--trained-on", trained_on + f", pseudo masks of ichseg pseudo-label (SF-CAM {names}, "
         f"BLA OR TH {threshold:g}, {_crf_text(scores)}, bone cut above {MAX_HU} HU, lesions under "
         f"{MIN_LESION_ML:g} mL dropped, library defaults otherwise; ground-truth slice labels)" + input_text],
-        resume if same_masks else [])])  # a checkpoint of other masks' training must not go on
+        resume if same_masks else []))  # a checkpoint of other masks' training must not go on
     keep_best_seed("unet_weak", WEAK_FILE)
     eval_unet("unet_weak", weak_out, "pred_weak")
     choose_filter("unet_weak", weak_out)
@@ -696,7 +734,6 @@ def error_analysis(work, models, test_patients) -> dict:
     import numpy as np
     from scipy import ndimage
 
-    from . import datasets as D
     from . import evaluate as EV
 
     work = pathlib.Path(work)

@@ -208,3 +208,28 @@ def test_the_best_seed_is_the_best_val_miou_and_a_tie_keeps_the_first():
     assert ship.best_seed({2025: 0.73, 2026: 0.77}) == 2026
     assert ship.best_seed({2026: 0.77, 2025: 0.77}) == 2026
     assert ship.best_seed({1: float("nan"), 2: 0.5, 3: None}) == 2
+
+
+def test_seeds_train_side_by_side_as_far_as_cores_and_memory_allow():
+    gib = 2 ** 30
+    # the standard 800 phantoms' training + validation slices at 256: 6.3 GB each
+    slices, size = 19_200, 256
+    each = slices * size * size * 5 * 1.1 + gib
+    assert ship.side_by_side(2, slices, size, 2, 22 * gib) == 2
+    assert ship.side_by_side(2, slices, size, 2, each * 2 - 1) == 1  # two would not fit
+    assert ship.side_by_side(2, slices, size, 1, 64 * gib) == 1  # one core
+    assert ship.side_by_side(3, slices, size, 16, 64 * gib) == 3  # never more than there are runs
+    # thin-slice `wide` phantoms held 16.4 GB each: one at a time on 24 GB
+    assert ship.side_by_side(2, 49_121, size, 2, 22 * gib) == 1
+    assert ship.side_by_side(2, slices, size, None, 64 * gib) == 1  # unknown: as before
+    assert ship.side_by_side(2, slices, size, 2, None) == 1
+
+
+def test_deal_keeps_each_lanes_order_and_every_step():
+    assert ship.deal([1, 2, 3], 2) == [[1, 3], [2]]
+    assert ship.deal([1, 2], 1) == [[1, 2]]
+
+
+def test_available_memory_is_bytes_or_none():
+    mem = ship.available_memory()
+    assert mem is None or mem > 2 ** 20

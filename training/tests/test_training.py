@@ -396,15 +396,19 @@ def test_ship_smoke_with_skull_stripped_classifiers(tmp_path):
 def test_memory_format_avoids_the_channels_last_crash():
     """slim34 width 8 has a stride-2 1x1 convolution on 8 channels (layer2's downsample): its
     channels-last CPU backward crashes PyTorch from 46x46 maps, so input 192 (48x48) trains in
-    NCHW while the shipped 160 (40x40) and wider models keep channels-last."""
+    NCHW while the shipped 160 (40x40) and wider models keep channels-last. With fewer than 8
+    channels it crashes on an AVX2-only CPU from 8x8 maps (`ship --smoke`'s width 4 at 64), so
+    those train in NCHW at any size."""
     cpu, logs = torch.device("cpu"), []
     slim = CL.build("slim34", 8)
     assert C.memory_format(slim, cpu, False, (192, 192), logs.append) == torch.contiguous_format
-    assert "layer2.0.downsample.0" in logs[0] and "48x48" in logs[0]
+    assert "layer2.0.downsample.0" in logs[0] and "48x48" in logs[0] and "with 8 input" in logs[0]
     assert C.memory_format(slim, cpu, False, (160, 160), logs.append) == torch.channels_last
     assert C.memory_format(CL.build("slim34", 16), cpu, False, (384, 384), logs.append) == torch.channels_last
     assert C.memory_format(slim, cpu, True, (160, 160), logs.append) == torch.contiguous_format
     assert len(logs) == 1
+    assert C.memory_format(CL.build("slim34", 4), cpu, False, (64, 64), logs.append) == torch.contiguous_format
+    assert "with 4 input" in logs[1] and "16x16" in logs[1]
     assert slim.training  # the dry forward pass leaves the mode as it was
     # the model the check passed trains a step at 192 without crashing (NCHW)
     x = torch.rand(4, 3, 192, 192)
