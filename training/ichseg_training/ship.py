@@ -308,11 +308,13 @@ def deal(steps: list, lanes: int) -> list:
     return [steps[i::lanes] for i in range(lanes)]
 
 
-def run_lanes(lanes):
-    """Runs lists of (callable) steps: the lanes side by side, each lane's steps in order."""
+def start_lanes(lanes):
+    """Starts lists of (callable) steps: the lanes side by side, each lane's steps in order.
+    Returns the function that waits for them, raises the first error and returns when the
+    last lane ended (``time.time()``)."""
     import threading
 
-    errors = []
+    errors, ended = [], [time.time()]
 
     def go(lane):
         try:
@@ -320,14 +322,25 @@ def run_lanes(lanes):
                 step()
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
+        ended.append(time.time())
 
     threads = [threading.Thread(target=go, args=(lane,)) for lane in lanes if lane]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise SystemExit(f"failed: {errors[0]}")
+
+    def wait():
+        for t in threads:
+            t.join()
+        if errors:
+            raise SystemExit(f"failed: {errors[0]}")
+        return max(ended)
+
+    return wait
+
+
+def run_lanes(lanes):
+    """Runs lists of (callable) steps: the lanes side by side, each lane's steps in order."""
+    return start_lanes(lanes)()
 
 
 def strip_dataset(steps, exe, data, out, margin_mm, logs, resume, name="skull-strip"):
@@ -507,12 +520,18 @@ def main(argv=None):
         return deal(todo, n)
 
     unet_out = models / UNET_FILE
-    lanes.extend(train_unets(UNET_FILE, ["--data", data, "--masks", data / "masks", "--split", split, *unet_args,
+    unet_lanes = train_unets(UNET_FILE, ["--data", data, "--masks", data / "masks", "--split", split, *unet_args,
                                          "--trained-on", trained_on + ", ground-truth masks (fully supervised)"
-                                         + input_text], resume, busy=len(lanes)))
+                                         + input_text], resume, busy=len(lanes))
+    # With the classifiers trained before, the weak side's scoring and pseudo-labelling (they need
+    # only the classifiers) run on the cores the fully supervised U-Net's trainings leave idle,
+    # while those train; the trainings keep their cores, so their time caps mean what they did.
+    busy = sum(1 for lane in unet_lanes if lane)
+    spare = (os.cpu_count() or 1) - busy if busy and not lanes else 0
     t_train = time.time()
-    run_lanes(lanes)
-    train_wall = time.time() - t_train
+    unet_trained = start_lanes(unet_lanes) if spare > 0 else None
+    if unet_trained is None:
+        train_wall = run_lanes(lanes + unet_lanes) - t_train
 
     scores = {}
     for fname, arch, *_ in CLASSIFIERS:
@@ -558,10 +577,6 @@ def main(argv=None):
         shutil.copyfile(C.record_path(out), C.record_path(models / fname))
         scores[f"{key}_seeds"] = {"val_miou": {str(seed): m for seed, m in val_miou.items()}, "chosen": chosen}
 
-    keep_best_seed("unet", UNET_FILE)
-    eval_unet("unet", unet_out, "pred")
-    choose_filter("unet", unet_out)
-
     # Weak supervision, the paper's job 1 -> job 2: pseudo masks of every volume from the
     # classifiers (slice decision from the ground-truth slice labels), their quality on the
     # training split, and the same U-Net trained on them (it never sees a ground-truth mask).
@@ -570,7 +585,8 @@ def main(argv=None):
     classifiers = [a for f, *_ in CLASSIFIERS for a in ("--classifier", models / f)]
     (work / "eval").mkdir(exist_ok=True)
     post = ["--max-hu", MAX_HU, "--min-lesion-ml", MIN_LESION_ML]  # after dCRF: the bone cut, then the filter
-    ablate = [exe, "ablate", "--dataset", data, "--split", split, *classifiers, *post, "--json", "--quiet"]
+    threads = ["--threads", spare] if unet_trained else []  # the masks do not depend on it
+    ablate = [exe, "ablate", "--dataset", data, "--split", split, *classifiers, *post, "--json", "--quiet", *threads]
     scores["ablation_val"] = json.loads(run_step(
         steps, "ablate val", [*ablate, "--subset", "val", "--threshold", THRESHOLDS],
         logs, stdout=work / "eval" / "ablation_val.json"))
@@ -592,8 +608,13 @@ def main(argv=None):
     pseudo_cmd = [exe, "pseudo-label", "--dataset", data, "-o", pseudo, *classifiers, *tuned, *post, "--quiet"]
     settings = {"command": [str(c) for c in pseudo_cmd], "classifiers": {f: C.sha256(models / f) for f, *_ in CLASSIFIERS}}
     same_masks = keep_pseudo_masks(pseudo, work / "pseudo_settings.json", settings, a.resume)
-    run_step(steps, "pseudo-label", pseudo_cmd, logs)
+    run_step(steps, "pseudo-label", pseudo_cmd + threads, logs)
     scores["pseudo_train"] = EV.eval_masks(pseudo, data, split, "train", ichseg=exe)
+    if unet_trained:
+        train_wall = unet_trained() - t_train
+    keep_best_seed("unet", UNET_FILE)
+    eval_unet("unet", unet_out, "pred")
+    choose_filter("unet", unet_out)
     weak_out = models / WEAK_FILE
     names = "+".join(arch for _, arch, *_ in CLASSIFIERS)
     run_lanes(train_unets(WEAK_FILE, [

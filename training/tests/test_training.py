@@ -3,6 +3,7 @@
 at the right strides), with the run record next to it.  Skipped without torch / onnx /
 onnxruntime (CI installs only numpy, scipy, nibabel and pytest)."""
 import json
+import os
 import pathlib
 
 import numpy as np
@@ -342,6 +343,18 @@ def test_ship_smoke_makes_both_unets(tmp_path):
     assert kept.exists() and "--resume" in next(s["command"] for s in doc["steps"] if s["step"] == "train unet_weak")
     assert "--resume" in next(s["command"] for s in doc["steps"] if s["step"] == "phantoms")
     assert (work / "phantoms" / "hemorrhage_diagnosis_raw_ct.csv").exists()
+    # with the classifiers trained before, the weak side's scoring and pseudo-labelling run on the
+    # cores the fully supervised U-Net's training leaves idle, while it trains
+    (models / "unet.train.json").unlink()
+    (models / "unet_weak.train.json").unlink()
+    assert ship.main(args) == 0
+    doc = json.loads((work / "ship.json").read_text())
+    cmd = {s["step"]: s["command"] for s in doc["steps"] if not s.get("carried")}
+    assert "train unet" in cmd and "train slim34" not in cmd and (models / "unet.train.json").exists()
+    spare = os.cpu_count() - 1
+    if spare > 0:
+        assert f"--threads {spare}" in cmd["ablate val"] and f"--threads {spare}" in cmd["pseudo-label"]
+        assert "--threads" not in (work / "pseudo_settings.json").read_text()  # resuming ignores it
 
 
 def test_ship_smoke_with_two_unet_seeds_ships_the_better_on_val(tmp_path):
