@@ -309,6 +309,14 @@ def sha256(path) -> str:
     return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
 
 
+def graph_sha256(path) -> str:
+    """SHA-256 of an ONNX file's graph alone (its operators and weights): what ``write_tuned`` and
+    ``write_segment_filter`` leave as it was, since they change the metadata only."""
+    import onnx
+
+    return hashlib.sha256(onnx.load(str(path)).graph.SerializeToString(deterministic=True)).hexdigest()
+
+
 def record_path(out) -> pathlib.Path:
     """``model.onnx`` -> ``model.train.json`` (the run record sits next to the model)."""
     out = pathlib.Path(out)

@@ -586,24 +586,40 @@ def main(argv=None):
     (work / "eval").mkdir(exist_ok=True)
     post = ["--max-hu", MAX_HU, "--min-lesion-ml", MIN_LESION_ML]  # after dCRF: the bone cut, then the filter
     threads = ["--threads", spare] if unet_trained else []  # the masks do not depend on it
-    ablate = [exe, "ablate", "--dataset", data, "--split", split, *classifiers, *post, "--json", "--quiet", *threads]
-    scores["ablation_val"] = json.loads(run_step(
-        steps, "ablate val", [*ablate, "--subset", "val", "--threshold", THRESHOLDS],
-        logs, stdout=work / "eval" / "ablation_val.json"))
+
+    def ablation(name, on, args):
+        """``ichseg ablate --json`` on dataset and split ``on`` (the classifiers, the bone cut
+        and the filter, then ``args``) into eval/ablation_NAME.json; its scores. With
+        ``--resume``, a finished earlier run of the same command, classifier graphs, data and
+        split is kept (``ablation.key`` beside it says what it ran on): a stop between these
+        steps then costs nothing."""
+        out = work / "eval" / f"ablation_{name.replace(' ', '_')}.json"
+        key_file = out.with_suffix(".key")
+        cmd = [exe, "ablate", "--dataset", on[0], "--split", on[1], *classifiers, *post, "--json", "--quiet", *args]
+        key = {"command": [str(c) for c in cmd], "classifiers": {f: C.graph_sha256(models / f) for f, *_ in CLASSIFIERS},
+               "data": C.sha256(pathlib.Path(on[0]) / "hemorrhage_diagnosis_raw_ct.csv"), "split": C.sha256(on[1])}
+        earlier = json.loads(key_file.read_text()) if a.resume and key_file.is_file() and out.is_file() else {}
+        if earlier.get("key") == key:
+            steps.append({**earlier["step"], "reused": True})
+            print(f"== ablate {name}: kept from the stopped run ({out})", flush=True)
+            return json.loads(out.read_text())
+        key_file.unlink(missing_ok=True)
+        text = run_step(steps, f"ablate {name}", cmd + threads, logs, stdout=out)
+        C.write_json(key_file, {"key": key, "step": next(s for s in reversed(steps) if s["step"] == f"ablate {name}")})
+        return json.loads(text)
+
+    scores["ablation_val"] = ablation("val", (data, split), ["--subset", "val", "--threshold", THRESHOLDS])
     threshold = scores["pseudo_threshold"] = best_threshold(scores["ablation_val"])
-    scores["ablation_val_crf"] = json.loads(run_step(
-        steps, "ablate val crf", [*ablate, "--subset", "val", "--threshold", f"{threshold:g}",
-                                  "--crf-confidence", CRF_CONFIDENCES, "--crf-bilateral-compat", CRF_BILATERAL],
-        logs, stdout=work / "eval" / "ablation_val_crf.json"))
+    scores["ablation_val_crf"] = ablation("val crf", (data, split), [
+        "--subset", "val", "--threshold", f"{threshold:g}", "--crf-confidence", CRF_CONFIDENCES,
+        "--crf-bilateral-compat", CRF_BILATERAL])
     crf = scores["pseudo_crf"] = best_crf(scores["ablation_val_crf"])
     # The shipped classifiers carry these settings, so `pseudo-label` with no flags runs them.
     for f, *_ in CLASSIFIERS:
         C.write_tuned(models / f, threshold=threshold, max_hu=MAX_HU, min_lesion_ml=MIN_LESION_ML,
                       crf_confidence=crf["label_confidence"], crf_bilateral_compat=crf["bilateral_compat"])
     tuned = ["--threshold", f"{threshold:g}", *crf_flags(crf)]
-    scores["ablation_test"] = json.loads(run_step(
-        steps, "ablate test", [*ablate, "--subset", "test", *tuned], logs,
-        stdout=work / "eval" / "ablation_test.json"))
+    scores["ablation_test"] = ablation("test", (data, split), ["--subset", "test", *tuned])
     pseudo = work / "pseudo"
     pseudo_cmd = [exe, "pseudo-label", "--dataset", data, "-o", pseudo, *classifiers, *tuned, *post, "--quiet"]
     settings = {"command": [str(c) for c in pseudo_cmd], "classifiers": {f: C.sha256(models / f) for f, *_ in CLASSIFIERS}}
@@ -612,6 +628,7 @@ def main(argv=None):
     scores["pseudo_train"] = EV.eval_masks(pseudo, data, split, "train", ichseg=exe)
     if unet_trained:
         train_wall = unet_trained() - t_train
+        threads = []  # every core is free again
     keep_best_seed("unet", UNET_FILE)
     eval_unet("unet", unet_out, "pred")
     choose_filter("unet", unet_out)
@@ -647,10 +664,7 @@ def main(argv=None):
                 "ichseg_training.evaluate", "classifier", "--model", models / fname, "--data", shifted_for_classifiers,
                 "--split", shifted_split, "--subset", "test", "--json", js), logs)
             scores[f"{arch}_shifted"] = json.loads(js.read_text())
-        scores["ablation_shifted"] = json.loads(run_step(
-            steps, "ablate shifted", [exe, "ablate", "--dataset", shifted, "--split", shifted_split, *classifiers,
-                                      *post, "--json", "--quiet", "--subset", "test", *tuned],
-            logs, stdout=work / "eval" / "ablation_shifted.json"))
+        scores["ablation_shifted"] = ablation("shifted", (shifted, shifted_split), ["--subset", "test", *tuned])
         for key, model in (("unet", unet_out), ("unet_weak", weak_out)):
             eval_unet(key, model, f"pred_{key}_shifted", ("test",), (shifted, shifted_split), "shifted")
 

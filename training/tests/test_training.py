@@ -343,6 +343,10 @@ def test_ship_smoke_makes_both_unets(tmp_path):
     assert kept.exists() and "--resume" in next(s["command"] for s in doc["steps"] if s["step"] == "train unet_weak")
     assert "--resume" in next(s["command"] for s in doc["steps"] if s["step"] == "phantoms")
     assert (work / "phantoms" / "hemorrhage_diagnosis_raw_ct.csv").exists()
+    # ... and keeps the scoring runs of the same command, classifier graphs, data and split (the
+    # classifiers' tuned metadata was written since: only their graphs count)
+    reused = {s["step"] for s in doc["steps"] if s.get("reused")}
+    assert {"ablate val", "ablate val crf", "ablate test", "ablate shifted"} <= reused
     # with the classifiers trained before, the weak side's scoring and pseudo-labelling run on the
     # cores the fully supervised U-Net's training leaves idle, while it trains
     (models / "unet.train.json").unlink()
@@ -350,6 +354,7 @@ def test_ship_smoke_makes_both_unets(tmp_path):
     assert ship.main(args) == 0
     doc = json.loads((work / "ship.json").read_text())
     cmd = {s["step"]: s["command"] for s in doc["steps"] if not s.get("carried")}
+    assert not any(s.get("reused") for s in doc["steps"])  # without --resume every scoring runs
     assert "train unet" in cmd and "train slim34" not in cmd and (models / "unet.train.json").exists()
     spare = os.cpu_count() - 1
     if spare > 0:

@@ -94,3 +94,16 @@ def test_choose_filter_reuses_unfiltered_predictions_and_refuses_others(tmp_path
         EV.choose_filter(model, "data", "split.json", None, (0.0,), ichseg=str(exe), unfiltered=unfiltered)
     with pytest.raises(SystemExit, match="pred-dir"):
         EV.choose_filter(model, "data", "split.json", None, (0.0,), ichseg=str(exe))
+
+
+def test_graph_hash_sees_the_graph_and_not_the_metadata(tmp_path):
+    """What lets `ship --resume` keep a scoring run after the tuned settings were written."""
+    path = tmp_path / "m.onnx"
+    _model(path)
+    graph, file = C.graph_sha256(path), C.sha256(path)
+    C.write_tuned(path, threshold=0.25)
+    assert C.sha256(path) != file and C.graph_sha256(path) == graph
+    m = onnx.load(str(path))
+    m.graph.node[0].op_type = "Sigmoid"
+    onnx.save(m, str(path))
+    assert C.graph_sha256(path) != graph
