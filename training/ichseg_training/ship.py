@@ -591,7 +591,7 @@ def main(argv=None):
         """``ichseg ablate --json`` on dataset and split ``on`` (the classifiers, the bone cut
         and the filter, then ``args``) into eval/ablation_NAME.json; its scores. With
         ``--resume``, a finished earlier run of the same command, classifier graphs, data and
-        split is kept (``ablation.key`` beside it says what it ran on): a stop between these
+        split is kept (``ablation_NAME.key`` beside it says what it ran on): a stop between these
         steps then costs nothing."""
         out = work / "eval" / f"ablation_{name.replace(' ', '_')}.json"
         key_file = out.with_suffix(".key")
