@@ -12,6 +12,10 @@
 #
 # Default prefix /usr/local, default profile release. `--profile dist` is what a vendor ships: the
 # release build linked as one unit, a quarter smaller at the same speed (Cargo.toml, docs/BENCHMARKS.md).
+# `--profile debug` (what the project's tests install) takes the libraries of the test build
+# (`cargo test --no-run`, in target/debug/deps): the same code, with the dev-dependencies'
+# features unified in, so it reuses what `cargo test` compiled where `cargo build --lib` would
+# compile tract again; with `--features` it is `cargo build --lib` of the debug profile.
 # `--features LIST` builds with those features only (no defaults): `--features dicom` is the
 # CPU-only library with DICOM, `--features ""` the CPU-only library alone. Default: all features.
 # The static library needs the system libraries listed in ICHSEG_STATIC_LIBS below (what rustc
@@ -38,10 +42,15 @@ esac
 ICHSEG_STATIC_LIBS="-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc"
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 target=${CARGO_TARGET_DIR:-target}/$profile
+build_cmd=(cargo build --locked -p ichseg --lib "${flags[@]}" "${features[@]}")
+if [[ $profile == debug && ${#features[@]} == 0 ]]; then
+  build_cmd=(cargo test --locked --no-run -q)
+  target=$target/deps
+fi
 
-[[ $build == 1 ]] && cargo build --locked -p ichseg --lib "${flags[@]}" "${features[@]}"
+[[ $build == 1 ]] && "${build_cmd[@]}"
 for f in "$target/libichseg.so" "$target/libichseg.a"; do
-  [[ -f $f ]] || { echo "install.sh: $f missing: build first (cargo build -p ichseg --lib ${flags[*]} ${features[*]})" >&2; exit 1; }
+  [[ -f $f ]] || { echo "install.sh: $f missing: build first (${build_cmd[*]})" >&2; exit 1; }
 done
 
 mkdir -p "$prefix/lib/cmake/ichseg" "$prefix/lib/pkgconfig" "$prefix/include"

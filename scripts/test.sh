@@ -13,7 +13,8 @@
 # valgrind; install + CMake/pkg-config/ITK consumers; the dry run of scripts/gpu-check.sh's
 # PyTorch-free parts; the Python tests of training/; the Python package ichseg built and tested
 # against the CLI (bindings/python), with ichseg.distributed on a real two-node Ray cluster; its
-# release wheel built, installed in a fresh environment and checked; the DICOM-SEG validator's tests (tests/dicom); the Orthanc
+# wheel built (the dev profile: from the package's build, no second build of tract), installed in
+# a fresh environment and checked; the DICOM-SEG validator's tests (tests/dicom); the Orthanc
 # plugin in real Orthanc servers (tests/orthanc), when Orthanc is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -90,8 +91,10 @@ part "gpu-check dry run" gpu_check_dry
 part "python tests" python3 -m pytest training/tests -q
 # The Python package (bindings/python): a debug build into .venv-test, its results against the CLI's.
 part "python package" bindings/python/run_tests.sh
-# The release wheel CI builds (target/wheels/), installed into a fresh environment and checked.
-part "python wheel" bindings/python/build_wheel.sh
+# The wheel (target/wheels/), installed into a fresh environment and checked: built with the dev
+# profile from what the part above compiled (a release build is a second build of tract, about
+# ten minutes here; the packaging is the same).
+part "python wheel" env ICHSEG_WHEEL_PROFILE=dev bindings/python/build_wheel.sh
 # test-deps.sh installed dciodvfy and dcmqi: the validator's tests must run, not skip.
 part "dicom seg validator" env ICHSEG_REQUIRE_DICOM_TOOLS=1 python3 -m pytest tests/dicom -q
 # Skipped without Orthanc (test-deps.sh installs it only as root), unless ICHSEG_REQUIRE_ORTHANC=1.

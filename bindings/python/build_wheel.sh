@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Builds the release wheel of the Python package ichseg (abi3, CPython >= 3.10) into
-# target/wheels/ (or $1), installs it into a fresh virtual environment, and checks that the
-# installed package segments the shipped sample exactly as the `ichseg` CLI does.
+# Builds the release wheel of the Python package ichseg (abi3, CPython >= 3.10; or the dev
+# profile's, below) into target/wheels/ (or $1), installs it into a fresh virtual environment,
+# and checks that the installed package segments the shipped sample exactly as the `ichseg` CLI
+# does.
 #
 #   bindings/python/build_wheel.sh [OUT_DIR]
 #
 # Needs .venv-test (scripts/test-deps.sh: maturin) and the CLI to compare with ($ICHSEG_BIN,
 # default the debug build `cargo test` makes). CARGO_TARGET_DIR is honoured.
+# ICHSEG_WHEEL_PROFILE=dev builds the wheel with Cargo's dev profile instead of release: the same
+# package, made from what bindings/python/run_tests.sh compiled (scripts/test.sh does this, so
+# that the packaging and installing are checked without a second build of tract).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -17,9 +21,11 @@ cli=${ICHSEG_BIN:-$CARGO_TARGET_DIR/debug/ichseg}
 [[ -x $cli ]] || { echo "build_wheel.sh: $cli missing: cargo test --no-run, or set ICHSEG_BIN" >&2; exit 1; }
 mkdir -p "$out"
 rm -f "$out"/ichseg-*.whl
-"$venv/bin/maturin" build --release --locked -q -m bindings/python/Cargo.toml -o "$out"
+profile=${ICHSEG_WHEEL_PROFILE:-release}
+case $profile in release | dev) ;; *) echo "build_wheel.sh: ICHSEG_WHEEL_PROFILE must be release or dev" >&2; exit 2 ;; esac
+"$venv/bin/maturin" build --profile "$profile" --locked -q -m bindings/python/Cargo.toml -o "$out"
 wheel=$(ls "$out"/ichseg-*.whl)
-echo "build_wheel.sh: built $wheel ($(du -k "$wheel" | cut -f1) KiB)"
+echo "build_wheel.sh: built $wheel ($profile profile, $(du -k "$wheel" | cut -f1) KiB)"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

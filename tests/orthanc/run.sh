@@ -24,7 +24,8 @@ if [[ -z ${ICHSEG_PREFIX:-} ]]; then
   scripts/install.sh --prefix "$ICHSEG_PREFIX" --profile "$profile" >/dev/null
 fi
 if [[ -z ${ICHSEG_BIN:-} ]]; then
-  cargo build --locked --bin ichseg -q "${cargo_flags[@]}"
+  # debug: the test build's CLI, which install.sh built (`cargo build --bin` would compile tract again)
+  if [[ $profile == debug ]]; then cargo test --locked --no-run -q; else cargo build --locked --bin ichseg -q "${cargo_flags[@]}"; fi
   ICHSEG_BIN=$target/$profile/ichseg
 fi
 ICHSEG_PREFIX=$(cd "$ICHSEG_PREFIX" && pwd) ICHSEG_BIN=$ICHSEG_BIN ICHSEG_PROFILE=$profile ICHSEG_REQUIRE_ORTHANC=1 \

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs libichseg into a temporary prefix (scripts/install.sh; debug profile, or
-# ICHSEG_PROFILE=release or dist to reuse such a build) and builds the examples of docs/C-API.md
+# Installs libichseg into a temporary prefix (scripts/install.sh; debug profile, the test build's
+# libraries, or ICHSEG_PROFILE=release or dist to reuse such a build) and builds the examples of docs/C-API.md
 # against it: bindings/examples/minimal.cpp with CMake find_package (ichseg::ichseg shared and
 # ichseg::ichseg_static) and with pkg-config (ichseg.pc), and bindings/examples/minimal.c with
 # pkg-config (ichseg.pc, and ichseg-static.pc). Each program segments a small volume with the
@@ -72,7 +72,9 @@ cmake -S tests/packaging/make_dicom -B "$tmp/make_dicom" -DCMAKE_BUILD_TYPE=Rele
 cmake --build "$tmp/make_dicom" -j 2 >/dev/null
 itk=$tmp/itk/itk_segment
 bin=${CARGO_TARGET_DIR:-target}/$profile/ichseg
-cargo build --locked --bin ichseg -q "${cargo_flags[@]}"  # a no-op when fresh
+# The CLI of the same build; for debug the test build's (install.sh built it: `cargo build --bin`
+# would compile tract again, its features differ).
+if [[ $profile == debug ]]; then cargo test --locked --no-run -q; else cargo build --locked --bin ichseg -q "${cargo_flags[@]}"; fi  # a no-op when fresh
 same_mask() { # ITK_MASK CLI_MASK WHAT: equal voxels and geometry
   "$bin" eval --pred "$1" --gt "$2" --json >"$tmp/eval.json"
   python3 - "$tmp/eval.json" "$3" <<'PY'
