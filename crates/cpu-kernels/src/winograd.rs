@@ -89,6 +89,11 @@ const BLOCK_BYTES: usize = 4 << 20;
 const STAGE_BYTES: usize = 32 << 20;
 /// Output channels whose kernels are transformed together (rows of the products).
 const KERNEL_CHUNK: usize = 32;
+/// Values between the points of a chunk's U beyond its `KERNEL_CHUNK x cin`: one cache line, so
+/// that the 36 points a kernel's transform writes at once do not fall into the same cache sets
+/// (their distance is otherwise a multiple of 4 KiB; docs/BENCHMARKS.md, "Measurements the
+/// code's comments refer to").
+const CHUNK_POINT_PAD: usize = 16;
 
 /// When a layer's kernel is transformed into U.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,7 +176,8 @@ impl WinogradConv {
             KernelForm::Transformed => {
                 let mut u = vec![0f32; POINTS * cout * cin];
                 // SAFETY: u holds POINTS matrices of cout rows of cin values.
-                let transform = KernelTransform { taps: &taps, cin, outs: 0..cout, dst: u.as_mut_ptr() };
+                let transform =
+                    KernelTransform { taps: &taps, cin, outs: 0..cout, dst: u.as_mut_ptr(), point_stride: cout * cin };
                 unsafe { at_level(transform, cpu_level()) };
                 u
             }
@@ -259,7 +265,7 @@ impl WinogradConv {
                         let chunks = self.conv.cout.div_ceil(KERNEL_CHUNK);
                         shared(chunks, &|k| {
                             // the buffer first, so that the work inside is compiled for the CPU's level
-                            with_kernel_buffer(POINTS * KERNEL_CHUNK * self.cin, |u| {
+                            with_kernel_buffer(POINTS * chunk_point_stride(KERNEL_CHUNK, self.cin), |u| {
                                 self.at(&geo, row0, &work, Stage::KernelProducts(k, u))
                             })
                         })
@@ -383,8 +389,9 @@ impl WinogradConv {
         for chunk in chunks {
             let outs = chunk * KERNEL_CHUNK..((chunk + 1) * KERNEL_CHUNK).min(cout);
             let rows = outs.len();
-            assert!(u.len() >= POINTS * rows * cin);
-            transform_kernel::<V>(&self.conv.weights, cin, outs.clone(), u.as_mut_ptr());
+            let point_stride = chunk_point_stride(rows, cin);
+            assert!(u.len() >= POINTS * point_stride);
+            transform_kernel::<V>(&self.conv.weights, cin, outs.clone(), u.as_mut_ptr(), point_stride);
             for point in 0..POINTS {
                 for q in 0..work.panels {
                     let first = q * work.panel;
@@ -396,7 +403,7 @@ impl WinogradConv {
                         work.m.add((point * cout + outs.start) * stride + first),
                         stride,
                         false,
-                        u.as_ptr().add(point * rows * cin),
+                        u.as_ptr().add(point * point_stride),
                         cin,
                         work.vp.add((point * work.panels + q) * cin * work.panel),
                     );
@@ -507,15 +514,26 @@ impl WinogradConv {
     }
 }
 
+/// Values from one point of a per-convolution U chunk of `rows` output channels to the next.
+fn chunk_point_stride(rows: usize, cin: usize) -> usize {
+    rows * cin + CHUNK_POINT_PAD
+}
+
 /// U = G g Gᵀ for output channels `outs` of `taps` (`[cout][9][cin]`) into `dst`,
-/// `[POINTS][outs.len()][cin]`, computed in f32 across the input channels.
+/// `[POINTS][outs.len()][cin]` with the points `point_stride` values apart, computed in f32
+/// across the input channels.
 ///
 /// # Safety
-/// `dst` must be valid for writes of `POINTS * outs.len() * cin` values; the CPU has `V`'s
-/// instruction set.
+/// `dst` must be valid for writes of `POINTS` runs of `outs.len() * cin` values `point_stride`
+/// apart; the CPU has `V`'s instruction set.
 #[inline(always)]
-unsafe fn transform_kernel<V: Vector>(taps: &[f32], cin: usize, outs: std::ops::Range<usize>, dst: *mut f32) {
-    let rows = outs.len();
+unsafe fn transform_kernel<V: Vector>(
+    taps: &[f32],
+    cin: usize,
+    outs: std::ops::Range<usize>,
+    dst: *mut f32,
+    point_stride: usize,
+) {
     for (r, o) in outs.enumerate() {
         let kernel = &taps[o * 9 * cin..][..9 * cin];
         for c0 in (0..cin).step_by(V::LANES) {
@@ -543,7 +561,7 @@ unsafe fn transform_kernel<V: Vector>(taps: &[f32], cin: usize, outs: std::ops::
             for (k, row) in rows_t.iter().enumerate() {
                 let row = kernel_transform(*row);
                 for (l, value) in row.iter().enumerate() {
-                    let to = dst.add(((k * ALPHA + l) * rows + r) * cin + c0);
+                    let to = dst.add((k * ALPHA + l) * point_stride + r * cin + c0);
                     if lanes == V::LANES {
                         value.store(to);
                     } else {
@@ -603,6 +621,7 @@ struct KernelTransform<'a> {
     cin: usize,
     outs: std::ops::Range<usize>,
     dst: *mut f32,
+    point_stride: usize,
 }
 
 impl ForLevel for KernelTransform<'_> {
@@ -610,7 +629,7 @@ impl ForLevel for KernelTransform<'_> {
 
     #[inline(always)]
     unsafe fn run<V: Vector>(self) {
-        transform_kernel::<V>(self.taps, self.cin, self.outs, self.dst)
+        transform_kernel::<V>(self.taps, self.cin, self.outs, self.dst, self.point_stride)
     }
 }
 
