@@ -366,6 +366,15 @@ def keep_pseudo_masks(pseudo, settings_file, settings, resume) -> bool:
     return same
 
 
+def same_patients(split, other) -> None:
+    """Raises unless the split files ``split`` and ``other`` put every patient in the same subset:
+    a classifier trained on other phantoms of the test patients would have seen them."""
+    first, second = (json.loads(pathlib.Path(f).read_text())["splits"] for f in (split, other))
+    if {k: sorted(v) for k, v in first.items()} != {k: sorted(v) for k, v in second.items()}:
+        raise RuntimeError(f"{other} splits the patients otherwise than {split}: the classifiers' phantoms "
+                           "must keep the U-Nets' test patients out of training")
+
+
 def py(module, *args):
     return [sys.executable, "-m", module, *args]
 
@@ -381,6 +390,9 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=2, help="processes for the phantom generation")
     ap.add_argument("--profile", choices=("standard", "wide"), default="standard",
                     help="variation profile of the training phantoms (docs/PHANTOMS.md)")
+    ap.add_argument("--classifier-profile", choices=("standard", "wide"), default=None,
+                    help="variation profile of the classifiers' own training phantoms (default: --profile); another "
+                         "profile than the U-Nets' gets phantoms of its own (same seed, count and split) in --work/PROFILE")
     ap.add_argument("--shifted-count", type=int, default=None,
                     help=f"volumes of the held-out shifted family (default {SHIFTED_COUNT}; 0: none)")
     ap.add_argument("--skull-strip-mm", type=float, default=None, metavar="MM",
@@ -469,25 +481,50 @@ def main(argv=None):
     run_step(steps, "split", py("ichseg_training.datasets", "split", "--layout", "bcihm", "--root", data,
                                 "--seed", a.seed, "--out", split), logs)
 
-    trained_on = (f"ichseg phantoms (seed {a.seed}, {PHANTOM_SIZE}x{PHANTOM_SIZE}"
-                  + (f", profile {a.profile}" if a.profile != "standard" else "") + "), training split")
-    # What the classifiers train and are scored on: the phantoms, or their skull-stripped copy
+    def phantoms_of(profile):
+        return (f"ichseg phantoms (seed {a.seed}, {PHANTOM_SIZE}x{PHANTOM_SIZE}"
+                + (f", profile {profile}" if profile != "standard" else "") + "), training split")
+
+    trained_on = phantoms_of(a.profile)
+    # The classifiers' own phantoms, when their profile is not the U-Nets' (issue 20: classifiers
+    # trained on wider variation, U-Nets on the data they are scored on): the same seed, count
+    # and split, in a folder of their own; the classifiers are still scored on `data`.
+    classifier_profile = a.classifier_profile or a.profile
+    classifier_work = work if classifier_profile == a.profile else work / classifier_profile
+    train_data, train_split = data, split
+    if classifier_work != work:
+        train_data, train_split = classifier_work / "phantoms", classifier_work / "split.json"
+        if not (a.skip_existing and (train_data / "hemorrhage_diagnosis_raw_ct.csv").exists()):
+            extra = ["--slices-min", 8, "--slices-max", 10] if a.smoke else []
+            run_step(steps, f"phantoms {classifier_profile}", py(
+                "ichseg_training.phantom", "--out", train_data, "--count", a.count, "--seed", a.seed,
+                "--size", PHANTOM_SIZE, "--jobs", a.jobs, "--profile", classifier_profile, *extra, *resume), logs)
+        run_step(steps, f"split {classifier_profile}", py(
+            "ichseg_training.datasets", "split", "--layout", "bcihm", "--root", train_data, "--seed", a.seed,
+            "--out", train_split), logs)
+        same_patients(split, train_split)
+    # What the classifiers train and are scored on: the phantoms, or their skull-stripped copies
     # (ablate and pseudo-label read the phantoms: the library strips for such classifiers).
-    classifier_data, strip_args, classifier_trained_on = data, [], trained_on
+    classifier_data, strip_args, classifier_trained_on = data, [], phantoms_of(classifier_profile)
     if a.skull_strip_mm is not None:
         classifier_data = strip_dataset(steps, exe, data, work / "stripped", a.skull_strip_mm, logs,
                                         a.skip_existing)
+        if classifier_work != work:
+            train_data = strip_dataset(steps, exe, train_data, classifier_work / "stripped", a.skull_strip_mm, logs,
+                                       a.skip_existing, f"skull-strip {classifier_profile}")
+        else:
+            train_data = classifier_data
         strip_args = ["--skull-strip-mm", a.skull_strip_mm]
-        classifier_trained_on = trained_on + f", air outside the intracranial mask (margin {a.skull_strip_mm:g} mm)"
+        classifier_trained_on += f", air outside the intracranial mask (margin {a.skull_strip_mm:g} mm)"
     lanes = []
     for fname, arch, width, epochs in CLASSIFIERS:
         out = models / fname
         if a.skip_existing and C.record_path(out).exists():
             continue
-        cmd = py("ichseg_training.train_classifier", "--data", classifier_data, "--split", split, "--arch", arch,
+        cmd = py("ichseg_training.train_classifier", "--data", train_data, "--split", train_split, "--arch", arch,
                  "--width", width, "--size", INPUT_SIZE, "--epochs", epochs, *CLASSIFIER_ARGS, "--seed", a.seed,
-                 *strip_args, "--out", out, "--ckpt-dir", work / "ckpt" / arch, "--trained-on", classifier_trained_on,
-                 *resume)
+                 *strip_args, "--out", out, "--ckpt-dir", classifier_work / "ckpt" / arch,
+                 "--trained-on", classifier_trained_on, *resume)
         lanes.append([lambda n=f"train {arch}", c=cmd: run_step(steps, n, c, logs)])
 
     def seed_runs(fname):

@@ -233,3 +233,15 @@ def test_deal_keeps_each_lanes_order_and_every_step():
 def test_available_memory_is_bytes_or_none():
     mem = ship.available_memory()
     assert mem is None or mem > 2 ** 20
+
+
+def test_the_classifiers_own_phantoms_must_split_the_patients_alike(tmp_path):
+    def split_file(name, splits):
+        path = tmp_path / name
+        path.write_text(json.dumps({"seed": 1, "splits": splits}))
+        return path
+
+    standard = split_file("a.json", {"train": [1, 2], "val": [3], "test": [4]})
+    ship.same_patients(standard, split_file("b.json", {"train": [2, 1], "val": [3], "test": [4]}))
+    with pytest.raises(RuntimeError, match="test patients"):
+        ship.same_patients(standard, split_file("c.json", {"train": [1, 4], "val": [3], "test": [2]}))

@@ -362,6 +362,30 @@ def test_ship_smoke_makes_both_unets(tmp_path):
         assert "--threads" not in (work / "pseudo_settings.json").read_text()  # resuming ignores it
 
 
+def test_ship_smoke_trains_the_classifiers_on_phantoms_of_their_own_profile(tmp_path):
+    """`ship --smoke --classifier-profile wide --skull-strip-mm 0`: the classifiers train on
+    skull-stripped `wide` phantoms of their own (same seed, count and split) and are scored, like
+    the U-Nets, on the standard ones."""
+    exe = pathlib.Path(__file__).resolve().parents[2] / "target" / "release" / "ichseg"
+    if not exe.is_file():
+        pytest.skip("no ichseg binary in target/release (cargo build --release)")
+    from ichseg_training import ship
+    work, models = tmp_path / "work", tmp_path / "models"
+    assert ship.main(["--work", str(work), "--models", str(models), "--smoke", "--ichseg", str(exe),
+                      "--classifier-profile", "wide", "--skull-strip-mm", "0", "--shifted-count", "0"]) == 0
+    doc = json.loads((work / "ship.json").read_text())
+    cmd = {s["step"]: s["command"] for s in doc["steps"]}
+    assert {"phantoms wide", "split wide", "skull-strip wide", "skull-strip"} <= set(cmd)
+    assert "--profile wide" in cmd["phantoms wide"] and "--profile standard" in cmd["phantoms"]
+    wide = work.resolve() / "wide"
+    for arch in ("slim34", "slim50"):
+        assert f"--data {wide / 'stripped'} --split {wide / 'split.json'}" in cmd[f"train {arch}"]
+        assert f"--data {work.resolve() / 'stripped'} --split {work.resolve() / 'split.json'}" in cmd[f"eval {arch}"]
+    record = json.loads(C.record_path(models / "classifier_slim34.onnx").read_text())
+    assert "profile wide" in json.dumps(record) and "margin 0 mm" in json.dumps(record)
+    assert f"--data {work.resolve() / 'phantoms'} " in cmd["train unet"]
+
+
 def test_ship_smoke_with_two_unet_seeds_ships_the_better_on_val(tmp_path):
     """`ship --smoke --unet-seeds 1,2`: each U-Net trains once per seed, each is scored on val,
     and the better one (a tie: the first) is shipped with its own run record."""
