@@ -473,13 +473,18 @@ def main(argv=None):
     t_all = time.time()
     started = C.now_iso()
 
-    if not (a.skip_existing and (data / "hemorrhage_diagnosis_raw_ct.csv").exists()):
-        extra = ["--slices-min", 8, "--slices-max", 10] if a.smoke else []
-        run_step(steps, "phantoms", py("ichseg_training.phantom", "--out", data, "--count", a.count,
-                                       "--seed", a.seed, "--size", PHANTOM_SIZE, "--jobs", a.jobs,
-                                       "--profile", a.profile, *extra, *resume), logs)
-    run_step(steps, "split", py("ichseg_training.datasets", "split", "--layout", "bcihm", "--root", data,
-                                "--seed", a.seed, "--out", split), logs)
+    def phantoms_and_split(name, out, profile, split_out):
+        """``a.count`` phantoms of ``profile`` (seed ``a.seed``) into ``out``, unless they are
+        there with --skip-existing, and their split into ``split_out``."""
+        if not (a.skip_existing and (out / "hemorrhage_diagnosis_raw_ct.csv").exists()):
+            extra = ["--slices-min", 8, "--slices-max", 10] if a.smoke else []
+            run_step(steps, f"phantoms{name}", py("ichseg_training.phantom", "--out", out, "--count", a.count,
+                                                  "--seed", a.seed, "--size", PHANTOM_SIZE, "--jobs", a.jobs,
+                                                  "--profile", profile, *extra, *resume), logs)
+        run_step(steps, f"split{name}", py("ichseg_training.datasets", "split", "--layout", "bcihm", "--root", out,
+                                           "--seed", a.seed, "--out", split_out), logs)
+
+    phantoms_and_split("", data, a.profile, split)
 
     def phantoms_of(profile):
         return (f"ichseg phantoms (seed {a.seed}, {PHANTOM_SIZE}x{PHANTOM_SIZE}"
@@ -494,14 +499,7 @@ def main(argv=None):
     train_data, train_split = data, split
     if classifier_work != work:
         train_data, train_split = classifier_work / "phantoms", classifier_work / "split.json"
-        if not (a.skip_existing and (train_data / "hemorrhage_diagnosis_raw_ct.csv").exists()):
-            extra = ["--slices-min", 8, "--slices-max", 10] if a.smoke else []
-            run_step(steps, f"phantoms {classifier_profile}", py(
-                "ichseg_training.phantom", "--out", train_data, "--count", a.count, "--seed", a.seed,
-                "--size", PHANTOM_SIZE, "--jobs", a.jobs, "--profile", classifier_profile, *extra, *resume), logs)
-        run_step(steps, f"split {classifier_profile}", py(
-            "ichseg_training.datasets", "split", "--layout", "bcihm", "--root", train_data, "--seed", a.seed,
-            "--out", train_split), logs)
+        phantoms_and_split(f" {classifier_profile}", train_data, classifier_profile, train_split)
         same_patients(split, train_split)
     # What the classifiers train and are scored on: the phantoms, or their skull-stripped copies
     # (ablate and pseudo-label read the phantoms: the library strips for such classifiers).
