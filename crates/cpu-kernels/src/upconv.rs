@@ -76,30 +76,29 @@ impl UpConv2x2 {
             let block = step.min(rows - r0);
             let pixels = block * cols;
             with_buffer(TAPS * cout * pixels, |products| {
-                // W_t X for the block's pixels, input part by part
+                // W_t X for the block's pixels, input part by part: the four taps' matrices are
+                // one of TAPS x cout rows, so X is packed once for all four
                 let mut c0 = 0;
                 for (x, &channels) in inputs.iter().zip(&self.conv.parts.sizes) {
                     let x = &x[n * channels * plane..][..channels * plane];
-                    for t in 0..TAPS {
-                        // SAFETY: `products` holds TAPS x cout rows of `pixels`; the weights
-                        // cout rows of cin; x `channels` planes, of which the block's pixels
-                        // start at r0 * cols.
-                        unsafe {
-                            sgemm(
-                                self.conv.level,
-                                cout,
-                                pixels,
-                                channels,
-                                products.as_mut_ptr().add(t * cout * pixels),
-                                pixels,
-                                c0 > 0,
-                                self.conv.weights.as_ptr().add(t * cout * self.cin + c0),
-                                self.cin,
-                                x.as_ptr().add(r0 * cols),
-                                plane,
-                            )
-                        };
-                    }
+                    // SAFETY: `products` holds TAPS x cout rows of `pixels`; the weights TAPS x
+                    // cout rows of cin; x `channels` planes, of which the block's pixels start
+                    // at r0 * cols.
+                    unsafe {
+                        sgemm(
+                            self.conv.level,
+                            TAPS * cout,
+                            pixels,
+                            channels,
+                            products.as_mut_ptr(),
+                            pixels,
+                            c0 > 0,
+                            self.conv.weights.as_ptr().add(c0),
+                            self.cin,
+                            x.as_ptr().add(r0 * cols),
+                            plane,
+                        )
+                    };
                     c0 += channels;
                 }
                 // SAFETY: this task writes the output rows 2 r0 .. 2 (r0 + block) of image n,
