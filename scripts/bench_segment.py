@@ -17,7 +17,8 @@ segmented by
     preprocess + inference + postprocess, compared with (a)'s per-volume time) and
     ``timings.inference_s`` (network runs only, compared with (a)'s summed ``run`` calls).
 
-The two masks are compared voxel by voxel. With --out (default docs/BENCHMARKS.md) the section
+onnxruntime and each ichseg level take turns (--repeat rounds of one run each), so that a machine
+whose speed drifts slows them alike. The two masks are compared voxel by voxel. With --out (default docs/BENCHMARKS.md) the section
 between ``<!-- bench_segment:begin -->`` and ``<!-- bench_segment:end -->`` is replaced (the
 file and the section are created when missing). --dry-run uses a tiny U-Net and 2 slices of
 128x128 to test this script quickly; it writes markdown only when --out is given.
@@ -210,21 +211,28 @@ def ort_segment(sess, hu_zyx: np.ndarray, input_size: int) -> np.ndarray:
     return mask, run_s
 
 
-def bench_ort(args, model: pathlib.Path, hu: np.ndarray) -> dict:
-    import torch
+class OrtRuns:
+    """onnxruntime's session (created, and timed, once) and its per-volume runs."""
 
-    torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    sess = ort_session(model, args.threads)
-    load_s = time.perf_counter() - t0
-    times, runs, mask = [], [], None
-    for _ in range(args.repeat):
+    def __init__(self, args, model: pathlib.Path, hu: np.ndarray):
+        import torch
+
+        torch.set_num_threads(args.threads)
+        self.args, self.hu = args, hu
         t0 = time.perf_counter()
-        mask, run_s = ort_segment(sess, hu, args.input)
-        times.append(time.perf_counter() - t0)
-        runs.append(run_s)
-    return {"load_s": load_s, "volume_s": statistics.median(times), "inference_s": statistics.median(runs),
-            "runs_s": times, "mask": mask}
+        self.sess = ort_session(model, args.threads)
+        self.load_s = time.perf_counter() - t0
+        self.times, self.runs, self.mask = [], [], None
+
+    def run(self) -> None:
+        t0 = time.perf_counter()
+        self.mask, run_s = ort_segment(self.sess, self.hu, self.args.input)
+        self.times.append(time.perf_counter() - t0)
+        self.runs.append(run_s)
+
+    def result(self) -> dict:
+        return {"load_s": self.load_s, "volume_s": statistics.median(self.times),
+                "inference_s": statistics.median(self.runs), "runs_s": self.times, "mask": self.mask}
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,42 +252,49 @@ def ichseg_version(binary: pathlib.Path) -> str:
     return (m.group(1) if m else "?") + " (Cargo.toml)"
 
 
-def bench_ichseg(args, model: pathlib.Path, volume: pathlib.Path, work: pathlib.Path, level: str = "default"):
-    binary = args.ichseg
-    if not binary.is_file() or not os.access(binary, os.X_OK):
-        print(f"[bench] ichseg binary not found at {binary}: build it with `cargo build --release` "
-              "(from the repository root), then rerun; timing onnxruntime only.", file=sys.stderr)
+def ichseg_usable(binary: pathlib.Path) -> bool:
+    if binary.is_file() and os.access(binary, os.X_OK):
+        return True
+    print(f"[bench] ichseg binary not found at {binary}: build it with `cargo build --release` "
+          "(from the repository root), then rerun; timing onnxruntime only.", file=sys.stderr)
+    return False
+
+
+def ichseg_run(args, model: pathlib.Path, volume: pathlib.Path, work: pathlib.Path, level: str) -> dict | None:
+    """One `ichseg segment` of the volume at CPU `level`: its report's timings, the process's
+    wall clock and the kernels it used; None (said on stderr) when it failed."""
+    out, report = work / f"ichseg_mask_{level}.nii.gz", work / f"ichseg_report_{level}.json"
+    cmd = [str(args.ichseg), "segment", "--model", str(model), str(volume), "-o", str(out),
+           "--report", str(report), "--threads", str(args.threads), "--quiet"]
+    env = {k: v for k, v in os.environ.items() if k != "ICHSEG_CPU_LEVEL"}
+    if level != "default":
+        env["ICHSEG_CPU_LEVEL"] = level
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        print(f"[bench] ichseg failed (exit {proc.returncode}): {shlex.join(cmd)}\n"
+              f"{proc.stderr.strip()}", file=sys.stderr)
         return None
-    runs = []
-    out, report = work / "ichseg_mask.nii.gz", work / "ichseg_report.json"
-    for i in range(args.repeat):
-        cmd = [str(binary), "segment", "--model", str(model), str(volume), "-o", str(out),
-               "--report", str(report), "--threads", str(args.threads), "--quiet"]
-        env = {k: v for k, v in os.environ.items() if k != "ICHSEG_CPU_LEVEL"}
-        if level != "default":
-            env["ICHSEG_CPU_LEVEL"] = level
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-            print(f"[bench] ichseg failed (exit {proc.returncode}): {shlex.join(cmd)}\n"
-                  f"{proc.stderr.strip()}", file=sys.stderr)
-            return None
-        try:
-            rep = json.loads(report.read_text())
-            timings, kernels = rep["timings"], rep.get("cpu_kernels", "?")
-            runs.append({k: float(timings[k]) for k in ("load_s", "inference_s", "total_s")} | {"wall_s": wall})
-            if "preprocess_s" in timings and "postprocess_s" in timings:
-                runs[-1] |= {k: float(timings[k]) for k in ("preprocess_s", "postprocess_s")}
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            print(f"[bench] cannot read timings (load_s, inference_s, total_s) from {report}: {e!r}",
-                  file=sys.stderr)
-            return None
-    res = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    try:
+        rep = json.loads(report.read_text())
+        timings = rep["timings"]
+        run = {k: float(timings[k]) for k in ("load_s", "inference_s", "total_s")} | {"wall_s": wall}
+        if "preprocess_s" in timings and "postprocess_s" in timings:
+            run |= {k: float(timings[k]) for k in ("preprocess_s", "postprocess_s")}
+        return run | {"kernels": rep.get("cpu_kernels", "?"), "mask_file": out}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"[bench] cannot read timings (load_s, inference_s, total_s) from {report}: {e!r}", file=sys.stderr)
+        return None
+
+
+def ichseg_result(args, runs: list) -> dict:
+    """The medians of one level's runs, its kernels, the last run's mask and the version."""
+    res = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k not in ("kernels", "mask_file")}
     res["runs"] = runs
-    res["kernels"] = kernels
-    res["mask"] = read_mask(out)
-    res["version"] = ichseg_version(binary)
+    res["kernels"] = runs[-1]["kernels"]
+    res["mask"] = read_mask(runs[-1]["mask_file"])
+    res["version"] = ichseg_version(args.ichseg)
     return res
 
 
@@ -337,7 +352,7 @@ def markdown(args, ort_res: dict, ichs: list, command: str, n_params: int) -> st
         f"Volume {args.size}x{args.size}x{nz} HU (synthetic head CT); U-Net base width {args.base}, "
         f"depth {args.depth}, ConvTranspose, 1 channel, 2 logits, {args.input}x{args.input} input "
         f"({n_params:,} parameters, seeded random weights); {args.threads} thread(s); "
-        f"median of {args.repeat} run(s). Per volume = window, resize to the model input, "
+        f"median of {args.repeat} run(s), the engines taking turns run by run. Per volume = window, resize to the model input, "
         f"{nz} batch-1 runs, bleed probability, resize back, threshold, on the volume in memory "
         "(ichseg: report `timings.total_s`, which also labels 3D lesions); network only = "
         f"the {nz} runs (ichseg: `timings.inference_s`). Model load: session creation / "
@@ -406,17 +421,28 @@ def main() -> int:
         print(f"[bench] {n_params:,} parameters, {model.stat().st_size / 1e6:.1f} MB; "
               f"volume {args.size}x{args.size}x{args.slices} -> {volume}")
 
-        print(f"[bench] onnxruntime, {args.threads} thread(s), {args.repeat} run(s)")
-        ort_res = bench_ort(args, model, hu)
-        print(f"[bench]   load {ort_res['load_s']:.3f} s, per volume {ort_res['volume_s']:.3f} s "
+        # onnxruntime and each ichseg level take turns, run by run, so that a machine whose
+        # speed drifts slows them alike (only ratios within one round compare)
+        levels = args.cpu_levels.split(",")
+        usable = not args.skip_ichseg and ichseg_usable(args.ichseg)
+        ort = OrtRuns(args, model, hu)
+        ich_runs = {level: [] if usable else None for level in levels}
+        for r in range(args.repeat):
+            print(f"[bench] round {r + 1} of {args.repeat}: onnxruntime, then ichseg at "
+                  f"{', '.join(lv for lv in levels if ich_runs[lv] is not None) or 'no level'}; {args.threads} thread(s)")
+            ort.run()
+            for level in levels:
+                if ich_runs[level] is not None:
+                    run = ichseg_run(args, model, volume, work, level)
+                    ich_runs[level] = None if run is None else ich_runs[level] + [run]
+        ort_res = ort.result()
+        print(f"[bench] onnxruntime: load {ort_res['load_s']:.3f} s, per volume {ort_res['volume_s']:.3f} s "
               f"({ort_res['volume_s'] / args.slices:.4f} s/slice), network {ort_res['inference_s']:.3f} s, mask {int(ort_res['mask'].sum())} voxels")
-
         ichs = []
-        for level in args.cpu_levels.split(","):
-            ich, agreement = None, None
-            if not args.skip_ichseg:
-                print(f"[bench] ichseg {args.ichseg} (CPU level {level}), {args.threads} thread(s), {args.repeat} run(s)")
-                ich = bench_ichseg(args, model, volume, work, level)
+        for level in levels:
+            ich = ichseg_result(args, ich_runs[level]) if ich_runs[level] else None
+            if ich is not None:
+                print(f"[bench] ichseg {args.ichseg} (CPU level {level}):")
             ichs.append((level, ich, report_ichseg(args, ort_res, ich)))
 
         section = markdown(args, ort_res, ichs, command, n_params)
