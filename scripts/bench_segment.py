@@ -18,9 +18,9 @@ segmented by
     ``timings.inference_s`` (network runs only, compared with (a)'s summed ``run`` calls).
 
 onnxruntime and each ichseg level take turns (--repeat rounds of one run each), so that a machine
-whose speed drifts slows them alike. The two masks are compared voxel by voxel. With --out (default docs/BENCHMARKS.md) the section
-between ``<!-- bench_segment:begin -->`` and ``<!-- bench_segment:end -->`` is replaced (the
-file and the section are created when missing). --dry-run uses a tiny U-Net and 2 slices of
+whose speed drifts slows them alike. The two masks are compared voxel by voxel. With --out
+(default docs/BENCHMARKS.md) the section between ``<!-- bench_segment:begin -->`` and
+``<!-- bench_segment:end -->`` is replaced (the file and the section are created when missing). --dry-run uses a tiny U-Net and 2 slices of
 128x128 to test this script quickly; it writes markdown only when --out is given.
 """
 from __future__ import annotations
@@ -352,7 +352,8 @@ def markdown(args, ort_res: dict, ichs: list, command: str, n_params: int) -> st
         f"Volume {args.size}x{args.size}x{nz} HU (synthetic head CT); U-Net base width {args.base}, "
         f"depth {args.depth}, ConvTranspose, 1 channel, 2 logits, {args.input}x{args.input} input "
         f"({n_params:,} parameters, seeded random weights); {args.threads} thread(s); "
-        f"median of {args.repeat} run(s), the engines taking turns run by run. Per volume = window, resize to the model input, "
+        f"median of {args.repeat} run(s), the engines taking turns run by run. Per volume = window, "
+        "resize to the model input, "
         f"{nz} batch-1 runs, bleed probability, resize back, threshold, on the volume in memory "
         "(ichseg: report `timings.total_s`, which also labels 3D lesions); network only = "
         f"the {nz} runs (ichseg: `timings.inference_s`). Model load: session creation / "
@@ -428,8 +429,9 @@ def main() -> int:
         ort = OrtRuns(args, model, hu)
         ich_runs = {level: [] if usable else None for level in levels}
         for r in range(args.repeat):
-            print(f"[bench] round {r + 1} of {args.repeat}: onnxruntime, then ichseg at "
-                  f"{', '.join(lv for lv in levels if ich_runs[lv] is not None) or 'no level'}; {args.threads} thread(s)")
+            running = ", ".join(lv for lv in levels if ich_runs[lv] is not None) or "no level"
+            print(f"[bench] round {r + 1} of {args.repeat}: onnxruntime, then ichseg at {running}; "
+                  f"{args.threads} thread(s)")
             ort.run()
             for level in levels:
                 if ich_runs[level] is not None:

@@ -391,8 +391,9 @@ def main(argv=None):
     ap.add_argument("--profile", choices=("standard", "wide"), default="standard",
                     help="variation profile of the training phantoms (docs/PHANTOMS.md)")
     ap.add_argument("--classifier-profile", choices=("standard", "wide"), default=None,
-                    help="variation profile of the classifiers' own training phantoms (default: --profile); another "
-                         "profile than the U-Nets' gets phantoms of its own (same seed, count and split) in --work/PROFILE")
+                    help="variation profile of the classifiers' own training phantoms (default: --profile); "
+                         "another profile than the U-Nets' gets phantoms of its own (same seed, count and "
+                         "split) in --work/PROFILE")
     ap.add_argument("--shifted-count", type=int, default=None,
                     help=f"volumes of the held-out shifted family (default {SHIFTED_COUNT}; 0: none)")
     ap.add_argument("--skull-strip-mm", type=float, default=None, metavar="MM",
