@@ -63,8 +63,10 @@
  * IchsegPseudoOptions v5 adds crf_confidence and crf_bilateral_compat, left to the
  * classifiers' ichseg.pseudo.* metadata by default (NaN). Version 8: IchsegSegmentOptions'
  * min_lesion_ml defaults to NaN, the model's tuned ichseg.segment.min_lesion_ml (else 0).
+ * Version 9: IchsegPseudoOptions v6 adds use_min_hu and min_hu (the blood-density cut), left
+ * to the classifiers' ichseg.pseudo.min_hu by default (-1).
  */
-#define ICHSEG_ABI_VERSION 8
+#define ICHSEG_ABI_VERSION 9
 
 /**
  * IchsegLesionFindings.flags bit: the voxel-counted volume is >= 30 mL.
@@ -588,7 +590,7 @@ typedef struct IchsegPseudoOptions {
     double intracranial_margin_mm;
     /**
      * (v4) What the settings left to the classifiers (threshold NaN, use_max_hu -1,
-     * min_lesion_ml NaN, use_intracranial_mask -1, crf_confidence and crf_bilateral_compat NaN)
+     * use_min_hu -1, min_lesion_ml NaN, use_intracranial_mask -1, crf_confidence and crf_bilateral_compat NaN)
      * follow: ICHSEG_PRESET_MODEL (the default:
      * the classifiers' tuned ichseg.pseudo.* metadata where they have it, else METHOD.md's
      * defaults) or ICHSEG_PRESET_PAPER (METHOD.md exactly).
@@ -605,6 +607,17 @@ typedef struct IchsegPseudoOptions {
      * (see `preset`), else 10.
      */
     float crf_bilateral_compat;
+    /**
+     * (v6) The blood-density cut, not in the paper: voxels below min_hu HU are dropped from the
+     * final mask, after the bone cut (acute blood is denser than the brain the maps and the CRF
+     * spread over). 1: on, 0: off, -1 (the default; also for older structs): the classifiers'
+     * ichseg.pseudo.min_hu (see `preset`), else off.
+     */
+    int32_t use_min_hu;
+    /**
+     * (v6) The blood-density cut's CT value in HU when use_min_hu is 1, finite; default 42.
+     */
+    float min_hu;
 } IchsegPseudoOptions;
 
 /**
@@ -743,7 +756,7 @@ extern "C" {
 #endif // __cplusplus
 
 /**
- * The C ABI version of the loaded library (8 for this header; see ICHSEG_ABI_VERSION).
+ * The C ABI version of the loaded library (9 for this header; see ICHSEG_ABI_VERSION).
  *
  * Thread-safe; never fails.
  */
@@ -1002,7 +1015,7 @@ void ichseg_model_free(struct IchsegModel *model);
 
 /**
  * Fills `opts` with the defaults (SF-CAM, SCF on with c 2 and w 0.5, OR aggregation, CRF on,
- * batch 1; threshold, bone cut, small-lesion filter, intracranial mask and the CRF's label
+ * batch 1; threshold, bone cut, blood-density cut, small-lesion filter, intracranial mask and the CRF's label
  * confidence and bilateral weight left to the classifiers' tuned metadata, preset ICHSEG_PRESET_MODEL). Call it through the
  * macro ichseg_pseudo_options_init(opts), which passes `size` = sizeof(IchsegPseudoOptions) of
  * the caller's header; see ichseg_engine_options_init_sized(). Does nothing when `opts` is

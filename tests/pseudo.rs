@@ -203,6 +203,7 @@ fn the_tail_runs_its_steps_in_order_and_its_crf_is_the_per_slice_crf() {
         crf: Some(params),
         intracranial_margin_mm: None,
         max_hu: None,
+        min_hu: None,
         min_lesion_ml: None,
     };
     let mut steps = vec![];
@@ -213,18 +214,24 @@ fn the_tail_runs_its_steps_in_order_and_its_crf_is_the_per_slice_crf() {
     assert_eq!(out.mask, want);
     assert_eq!(out.fused, vec![map.clone()]);
 
-    // Our two steps come last, bone cut first; the filter drops every lesion at 1000 mL.
+    // Our three steps come last: bone cut, blood-density cut, filter; the filter drops every
+    // lesion at 1000 mL.
     tail.max_hu = Some(-5000.0);
+    tail.min_hu = Some(-6000.0);
     tail.min_lesion_ml = Some(1000.0);
     let mut order = vec![];
     let out = labeler.finish(&volume, vec![map.clone()], &positive, &tail, &mut |step, _| order.push(step)).unwrap();
-    assert_eq!(order, [TailStep::Bla, TailStep::Crf, TailStep::BoneCut, TailStep::SmallLesions]);
+    assert_eq!(order, [TailStep::Bla, TailStep::Crf, TailStep::BoneCut, TailStep::MinHuCut, TailStep::SmallLesions]);
     assert!(out.mask.iter().all(|&v| v == 0));
 
     // Bad settings and maps of another shape are errors before any work.
     tail.threshold = 1.5;
     assert!(labeler.finish(&volume, vec![map.clone()], &positive, &tail, &mut |_, _| {}).is_err());
     tail.threshold = 0.5;
+    tail.min_hu = Some(f32::NAN);
+    let err = labeler.finish(&volume, vec![map.clone()], &positive, &tail, &mut |_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("min_hu must be a finite HU value"), "{err}");
+    tail.min_hu = None;
     let small = Array3::<f32>::zeros((nz, ny, nx - 1));
     let err = labeler.finish(&volume, vec![small], &positive, &tail, &mut |_, _| {}).unwrap_err();
     assert!(err.to_string().contains("the maps are"), "{err}");
@@ -531,6 +538,39 @@ fn bone_cut_drops_the_voxels_above_max_hu_from_the_final_mask() {
     let mut wrong = Array3::<u8>::zeros((1, 2, 3));
     let err = ichseg::pipeline::pseudo::bone_cut(&volume, &mut wrong, 100.0).unwrap_err().to_string();
     assert!(err.contains("[1, 2, 3]"), "{err}");
+}
+
+#[test]
+fn min_hu_cut_drops_the_voxels_below_min_hu_after_the_bone_cut() {
+    let volume = ct();
+    let labels = [true; 4];
+    let full = two_models(PseudoOptions::default()).label(&volume, Some(&labels)).unwrap();
+    let mut under: Vec<f32> =
+        full.mask.iter().zip(volume.data().iter()).filter(|(&m, _)| m != 0).map(|(_, &hu)| hu).collect();
+    assert!(under.len() > 10, "the fixture's mask has too few voxels to test the cut");
+    under.sort_by(f32::total_cmp);
+    // cuts at the lower and upper quartile under the mask: with both, a window of HU
+    let (min_hu, max_hu) = (under[under.len() / 4], under[3 * under.len() / 4]);
+    let options = PseudoOptions { min_hu: Tuned::Set(min_hu), max_hu: Tuned::Set(max_hu), ..Default::default() };
+    let cut = two_models(options).label(&volume, Some(&labels)).unwrap();
+    let inside = |i: (usize, usize, usize)| (min_hu..=max_hu).contains(&volume.data()[i]);
+    let want = Array3::from_shape_fn(full.mask.dim(), |i| u8::from(full.mask[i] != 0 && inside(i)));
+    assert_eq!(cut.mask, want, "the two cuts keep the voxels with min_hu <= HU <= max_hu, after the CRF");
+    let kept = cut.mask.iter().filter(|&&v| v != 0).count();
+    let (below, above) =
+        (under.iter().filter(|&&hu| hu < min_hu).count(), under.iter().filter(|&&hu| hu > max_hu).count());
+    assert!(kept > 0 && below > 0 && above > 0, "kept {kept}, {below} below and {above} above the window");
+    assert_eq!(cut.fused, full.fused, "the cut only touches the mask");
+
+    let mut mask = full.mask.clone();
+    ichseg::pipeline::pseudo::min_hu_cut(&volume, &mut mask, min_hu).unwrap();
+    let want = Array3::from_shape_fn(full.mask.dim(), |i| u8::from(full.mask[i] != 0 && volume.data()[i] >= min_hu));
+    assert_eq!(mask, want);
+    let err = ichseg::pipeline::pseudo::min_hu_cut(&volume, &mut mask, f32::NEG_INFINITY).unwrap_err().to_string();
+    assert!(err.contains("min_hu must be a finite HU value"), "{err}");
+    let mut wrong = Array3::<u8>::zeros((1, 2, 3));
+    let err = ichseg::pipeline::pseudo::min_hu_cut(&volume, &mut wrong, 40.0).unwrap_err().to_string();
+    assert!(err.contains("blood-density cut") && err.contains("[1, 2, 3]"), "{err}");
 }
 
 #[test]

@@ -517,11 +517,12 @@ struct PseudoLabelerFree {
 /// Options of PseudoLabeler; defaults read from ichseg_pseudo_options_init (SF-CAM, SCF c 2
 /// w 0.5, OR, CRF on, batch 1).
 ///
-/// The tuned settings (threshold, bone cut, small-lesion filter, intracranial mask, the CRF's
+/// The tuned settings (threshold, bone cut, blood-density cut, small-lesion filter, intracranial mask, the CRF's
 /// label confidence and bilateral weight) left unset
 /// follow `preset`: ICHSEG_PRESET_MODEL (the classifiers' tuned ichseg.pseudo.* metadata, else
 /// METHOD.md's defaults) or ICHSEG_PRESET_PAPER (METHOD.md exactly). Set one to override it;
-/// `bone_cut = false` or `intracranial_mask = false` turns a step off whatever the metadata says.
+/// `bone_cut = false`, `min_hu_cut = false` or `intracranial_mask = false` turns a step off
+/// whatever the metadata says.
 struct PseudoOptions {
     IchsegCamMethod cam = detail::pseudo_defaults().cam;
     bool scf = detail::pseudo_defaults().use_scf != 0;
@@ -536,6 +537,10 @@ struct PseudoOptions {
     /// The bone cut (not in the paper): drop voxels above max_hu HU from the final mask.
     std::optional<bool> bone_cut;
     float max_hu = detail::pseudo_defaults().max_hu;
+    /// The blood-density cut (not in the paper): drop voxels below min_hu HU from the final
+    /// mask, after the bone cut.
+    std::optional<bool> min_hu_cut;
+    float min_hu = detail::pseudo_defaults().min_hu;
     /// The small-lesion filter (not in the paper): lesions smaller than this (mL) leave the
     /// final mask after the bone cut; 0 keeps all.
     std::optional<double> min_lesion_ml;
@@ -561,6 +566,8 @@ struct PseudoOptions {
         if (threshold) o.threshold = *threshold;
         if (bone_cut) o.use_max_hu = *bone_cut ? 1 : 0;
         o.max_hu = max_hu;
+        if (min_hu_cut) o.use_min_hu = *min_hu_cut ? 1 : 0;
+        o.min_hu = min_hu;
         if (min_lesion_ml) o.min_lesion_ml = *min_lesion_ml;
         if (intracranial_mask) o.use_intracranial_mask = *intracranial_mask ? 1 : 0;
         o.intracranial_margin_mm = intracranial_margin_mm;

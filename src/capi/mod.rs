@@ -63,9 +63,11 @@ use std::ffi::c_char;
 /// IchsegPseudoOptions v5 adds crf_confidence and crf_bilateral_compat, left to the
 /// classifiers' ichseg.pseudo.* metadata by default (NaN). Version 8: IchsegSegmentOptions'
 /// min_lesion_ml defaults to NaN, the model's tuned ichseg.segment.min_lesion_ml (else 0).
-pub const ICHSEG_ABI_VERSION: u32 = 8;
+/// Version 9: IchsegPseudoOptions v6 adds use_min_hu and min_hu (the blood-density cut), left
+/// to the classifiers' ichseg.pseudo.min_hu by default (-1).
+pub const ICHSEG_ABI_VERSION: u32 = 9;
 
-/// The C ABI version of the loaded library (8 for this header; see ICHSEG_ABI_VERSION).
+/// The C ABI version of the loaded library (9 for this header; see ICHSEG_ABI_VERSION).
 ///
 /// Thread-safe; never fails.
 #[no_mangle]

@@ -91,7 +91,7 @@ pub struct IchsegPseudoOptions {
     /// >= 0; default 2.
     pub intracranial_margin_mm: f64,
     /// (v4) What the settings left to the classifiers (threshold NaN, use_max_hu -1,
-    /// min_lesion_ml NaN, use_intracranial_mask -1, crf_confidence and crf_bilateral_compat NaN)
+    /// use_min_hu -1, min_lesion_ml NaN, use_intracranial_mask -1, crf_confidence and crf_bilateral_compat NaN)
     /// follow: ICHSEG_PRESET_MODEL (the default:
     /// the classifiers' tuned ichseg.pseudo.* metadata where they have it, else METHOD.md's
     /// defaults) or ICHSEG_PRESET_PAPER (METHOD.md exactly).
@@ -103,6 +103,13 @@ pub struct IchsegPseudoOptions {
     /// default; also for older structs): the classifiers' ichseg.pseudo.crf_bilateral_compat
     /// (see `preset`), else 10.
     pub crf_bilateral_compat: f32,
+    /// (v6) The blood-density cut, not in the paper: voxels below min_hu HU are dropped from the
+    /// final mask, after the bone cut (acute blood is denser than the brain the maps and the CRF
+    /// spread over). 1: on, 0: off, -1 (the default; also for older structs): the classifiers'
+    /// ichseg.pseudo.min_hu (see `preset`), else off.
+    pub use_min_hu: i32,
+    /// (v6) The blood-density cut's CT value in HU when use_min_hu is 1, finite; default 42.
+    pub min_hu: f32,
 }
 
 /// What pseudo-labelling settings left to the classifiers follow.
@@ -119,14 +126,14 @@ const _: () = assert!(std::mem::size_of::<IchsegPreset>() == std::mem::size_of::
 
 /// The struct before `use_max_hu` and `max_hu`: callers compiled against it still work.
 const PSEUDO_OPTIONS_V1: usize = std::mem::offset_of!(IchsegPseudoOptions, use_max_hu);
-const PSEUDO_OPTIONS_V5: usize = std::mem::size_of::<IchsegPseudoOptions>();
+const PSEUDO_OPTIONS_V6: usize = std::mem::size_of::<IchsegPseudoOptions>();
 
 impl Default for IchsegPseudoOptions {
     fn default() -> Self {
         let d = PseudoOptions::default();
         let scf = ScfParams::default();
         IchsegPseudoOptions {
-            struct_size: PSEUDO_OPTIONS_V5,
+            struct_size: PSEUDO_OPTIONS_V6,
             cam: IchsegCamMethod::Sf,
             threshold: f32::NAN,
             use_scf: 1,
@@ -146,12 +153,14 @@ impl Default for IchsegPseudoOptions {
             },
             crf_confidence: f32::NAN,
             crf_bilateral_compat: f32::NAN,
+            use_min_hu: -1,
+            min_hu: crate::pipeline::pseudo::SUGGESTED_MIN_HU,
         }
     }
 }
 
 /// Fills `opts` with the defaults (SF-CAM, SCF on with c 2 and w 0.5, OR aggregation, CRF on,
-/// batch 1; threshold, bone cut, small-lesion filter, intracranial mask and the CRF's label
+/// batch 1; threshold, bone cut, blood-density cut, small-lesion filter, intracranial mask and the CRF's label
 /// confidence and bilateral weight left to the classifiers' tuned metadata, preset ICHSEG_PRESET_MODEL). Call it through the
 /// macro ichseg_pseudo_options_init(opts), which passes `size` = sizeof(IchsegPseudoOptions) of
 /// the caller's header; see ichseg_engine_options_init_sized(). Does nothing when `opts` is
@@ -241,6 +250,8 @@ unsafe fn read_options(p: *const IchsegPseudoOptions) -> FfiResult<PseudoOptions
                 crf_confidence: field(p, size, addr_of!((*p).crf_confidence)).unwrap_or(d.crf_confidence),
                 crf_bilateral_compat: field(p, size, addr_of!((*p).crf_bilateral_compat))
                     .unwrap_or(d.crf_bilateral_compat),
+                use_min_hu: field(p, size, addr_of!((*p).use_min_hu)).unwrap_or(d.use_min_hu),
+                min_hu: field(p, size, addr_of!((*p).min_hu)).unwrap_or(d.min_hu),
             }
         }
     };
@@ -261,6 +272,7 @@ unsafe fn read_options(p: *const IchsegPseudoOptions) -> FfiResult<PseudoOptions
         crf_confidence: nan_auto(o.crf_confidence),
         crf_bilateral_compat: nan_auto(o.crf_bilateral_compat),
         max_hu: tristate(o.use_max_hu, o.max_hu, "use_max_hu")?,
+        min_hu: tristate(o.use_min_hu, o.min_hu, "use_min_hu")?,
         min_lesion_ml: nan_auto(o.min_lesion_ml),
         intracranial_margin_mm: tristate(o.use_intracranial_mask, o.intracranial_margin_mm, "use_intracranial_mask")?,
         preset: match o.preset {

@@ -17,8 +17,8 @@ pub enum ModelKind {
 }
 
 /// The pseudo-labelling settings a classifier was tuned with: `ichseg.pseudo.threshold`,
-/// `ichseg.pseudo.intracranial_margin_mm`, `ichseg.pseudo.max_hu` (a number, or `off`),
-/// `ichseg.pseudo.min_lesion_ml`, and the dense CRF's `ichseg.pseudo.crf_confidence` (the
+/// `ichseg.pseudo.intracranial_margin_mm`, `ichseg.pseudo.max_hu` and `ichseg.pseudo.min_hu`
+/// (a number, or `off`), `ichseg.pseudo.min_lesion_ml`, and the dense CRF's `ichseg.pseudo.crf_confidence` (the
 /// unary's label confidence) and `ichseg.pseudo.crf_bilateral_compat` (the appearance kernel's
 /// Potts weight). `None`: the model does not say.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
@@ -28,6 +28,8 @@ pub struct PseudoDefaults {
     pub intracranial_margin_mm: Option<Option<f64>>,
     /// `Some(None)`: the model says off.
     pub max_hu: Option<Option<f32>>,
+    /// `Some(None)`: the model says off.
+    pub min_hu: Option<Option<f32>>,
     pub min_lesion_ml: Option<f64>,
     /// In (0, 1) exclusive.
     pub crf_confidence: Option<f32>,
@@ -134,9 +136,9 @@ impl ModelMetadata {
                     let margin = parse_or_off(value).filter(|m| m.is_none_or(|m| m >= 0.0));
                     m.pseudo.intracranial_margin_mm = Some(margin.ok_or_else(|| bad("a margin in mm (>= 0), or off"))?)
                 }
-                "pseudo.max_hu" => {
-                    let hu = parse_or_off(value).ok_or_else(|| bad("a CT value in HU, or off"))?;
-                    m.pseudo.max_hu = Some(hu.map(|h| h as f32))
+                "pseudo.max_hu" | "pseudo.min_hu" => {
+                    let hu = parse_or_off(value).ok_or_else(|| bad("a CT value in HU, or off"))?.map(|h| h as f32);
+                    *(if name == "pseudo.max_hu" { &mut m.pseudo.max_hu } else { &mut m.pseudo.min_hu }) = Some(hu)
                 }
                 "pseudo.min_lesion_ml" => m.pseudo.min_lesion_ml = Some(parse_ml(value).ok_or_else(|| bad(ML))?),
                 "segment.min_lesion_ml" => m.segment_min_lesion_ml = Some(parse_ml(value).ok_or_else(|| bad(ML))?),
@@ -221,6 +223,7 @@ mod tests {
             ("ichseg.pseudo.threshold", "0.25"),
             ("ichseg.pseudo.intracranial_margin_mm", "off"),
             ("ichseg.pseudo.max_hu", " 100 "),
+            ("ichseg.pseudo.min_hu", "42"),
             ("ichseg.pseudo.min_lesion_ml", "0.1"),
             ("ichseg.pseudo.crf_confidence", "0.9"),
             ("ichseg.pseudo.crf_bilateral_compat", "3"),
@@ -230,6 +233,7 @@ mod tests {
         assert_eq!(m.pseudo.threshold, Some(0.25));
         assert_eq!(m.pseudo.intracranial_margin_mm, Some(None));
         assert_eq!(m.pseudo.max_hu, Some(Some(100.0)));
+        assert_eq!(m.pseudo.min_hu, Some(Some(42.0)));
         assert_eq!(m.pseudo.min_lesion_ml, Some(0.1));
         assert_eq!((m.pseudo.crf_confidence, m.pseudo.crf_bilateral_compat), (Some(0.9), Some(3.0)));
         assert_eq!(m.segment_min_lesion_ml, Some(1.0));
@@ -249,6 +253,7 @@ mod tests {
             ("ichseg.pseudo.threshold", "1.5"),
             ("ichseg.pseudo.threshold", "off"),
             ("ichseg.pseudo.max_hu", "NaN"),
+            ("ichseg.pseudo.min_hu", "inf"),
             ("ichseg.pseudo.min_lesion_ml", "-1"),
             ("ichseg.segment.min_lesion_ml", "-0.5"),
             ("ichseg.segment.min_lesion_ml", "inf"),

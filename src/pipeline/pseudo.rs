@@ -113,6 +113,10 @@ pub struct PseudoOptions {
     /// Bone cut, not in METHOD.md: drop from the final mask every voxel above this CT value
     /// (HU), see [`bone_cut`]. [`Tuned::Auto`]: the classifiers' `ichseg.pseudo.max_hu`, else off.
     pub max_hu: Tuned<f32>,
+    /// Blood-density cut, not in METHOD.md: drop from the final mask every voxel below this CT
+    /// value (HU), after the bone cut, see [`min_hu_cut`]. [`Tuned::Auto`]: the classifiers'
+    /// `ichseg.pseudo.min_hu`, else off.
+    pub min_hu: Tuned<f32>,
     /// Small-lesion filter, not in METHOD.md: lesions (3D components) smaller than this many
     /// millilitres leave the final mask, after the bone cut
     /// ([`crate::lesions::remove_small_lesions`]); 0 keeps every lesion. [`Tuned::Auto`]: the
@@ -140,6 +144,7 @@ impl Default for PseudoOptions {
             crf_bilateral_compat: Tuned::Auto,
             intracranial_margin_mm: Tuned::Auto,
             max_hu: Tuned::Auto,
+            min_hu: Tuned::Auto,
             min_lesion_ml: Tuned::Auto,
             preset: Preset::Model,
             batch: 1,
@@ -555,24 +560,41 @@ impl PseudoLabeler {
 /// is turned on): the best of the cuts tried on the phantoms' val split (docs/RESULTS.md).
 pub const DEFAULT_MAX_HU: f32 = 100.0;
 
+/// The blood-density cut's CT value where a caller turns it on without one (the C ABI's
+/// default `min_hu`): the best of the cuts tried on the phantoms' val split (docs/RESULTS.md).
+pub const SUGGESTED_MIN_HU: f32 = 42.0;
+
 /// The bone cut: clears every voxel of `mask` whose CT value in `volume` exceeds `max_hu`.
 /// Blood is 50-90 HU, bone far above the brain window's top (115 HU); without the cut the dense
 /// CRF grows the CAMs' ring along the skull's inner table into the whole bone ring, which is one
 /// saturated grey in the window (how much of the phantoms' pseudo masks that is, and what the
 /// cut is worth: docs/RESULTS.md).
 pub fn bone_cut(volume: &Volume, mask: &mut Array3<u8>, max_hu: f32) -> Result<()> {
-    if !max_hu.is_finite() {
-        return Err(Error::arg(format!("bone cut: max_hu must be a finite HU value, got {max_hu}")));
+    clear_where(volume, mask, "bone cut: max_hu", max_hu, |hu| hu > max_hu)
+}
+
+/// The blood-density cut: clears every voxel of `mask` whose CT value in `volume` is below
+/// `min_hu`. Acute blood is denser than the brain around it; the CAMs and the CRF spread over
+/// that brain, which this cut gives back (what it is worth: docs/RESULTS.md).
+pub fn min_hu_cut(volume: &Volume, mask: &mut Array3<u8>, min_hu: f32) -> Result<()> {
+    clear_where(volume, mask, "blood-density cut: min_hu", min_hu, |hu| hu < min_hu)
+}
+
+/// Clears the voxels of `mask` whose CT value `drop` says to; `what` and `hu` name the bound.
+fn clear_where(volume: &Volume, mask: &mut Array3<u8>, what: &str, hu: f32, drop: impl Fn(f32) -> bool) -> Result<()> {
+    if !hu.is_finite() {
+        return Err(Error::arg(format!("{what} must be a finite HU value, got {hu}")));
     }
     if mask.dim() != volume.data().dim() {
+        let step = what.split(':').next().unwrap_or(what);
         return Err(Error::arg(format!(
-            "bone cut: mask is {:?} but the volume is {:?} ([nz, ny, nx])",
+            "{step}: mask is {:?} but the volume is {:?} ([nz, ny, nx])",
             mask.shape(),
             volume.data().shape()
         )));
     }
-    ndarray::Zip::from(mask).and(volume.data()).for_each(|m, &hu| {
-        if hu > max_hu {
+    ndarray::Zip::from(mask).and(volume.data()).for_each(|m, &v| {
+        if drop(v) {
             *m = 0;
         }
     });
@@ -654,6 +676,7 @@ impl PseudoOptions {
             threshold: self.threshold,
             intracranial_margin_mm: self.intracranial_margin_mm,
             max_hu: self.max_hu,
+            min_hu: self.min_hu,
             min_lesion_ml: self.min_lesion_ml,
             crf_confidence: changed(self.crf_confidence, crf.label_confidence, paper.label_confidence),
             crf_bilateral_compat: changed(self.crf_bilateral_compat, crf.bilateral_compat, paper.bilateral_compat),
@@ -670,6 +693,7 @@ fn tail_options(o: &PseudoOptions, s: &TunedSettings) -> TailOptions {
         crf: o.crf.as_ref().map(|c| s.crf(c)),
         intracranial_margin_mm: s.intracranial_margin_mm.value,
         max_hu: s.max_hu.value,
+        min_hu: s.min_hu.value,
         min_lesion_ml: s.min_lesion_ml.value.filter(|&ml| ml != 0.0),
     }
 }

@@ -148,6 +148,7 @@ pub fn pseudo_label_report(
         "method": {"cam": format!("{:?}", o.cam), "lambda": o.lambda, "threshold": t.threshold(),
                    "aggregate": format!("{:?}", o.aggregate), "scf": o.scf.map(|s| [s.c as f64, s.w as f64]),
                    "crf": o.crf.is_some(), "max_hu": t.max_hu.value,
+                   "min_hu": t.min_hu.value,
                    "min_lesion_ml": t.min_lesion_ml.value.unwrap_or(0.0)},
         "settings": t,
         "intracranial_mask": IntracranialReport::new(r.intracranial.as_ref(), voxel_ml),

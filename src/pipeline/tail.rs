@@ -1,12 +1,12 @@
 //! The pseudo-labelling steps after the class activation maps, as one function: spatial context
 //! fusion (METHOD.md 4.3), bi-layer aggregation (4.4), the dense CRF (4.5), then our optional
 //! steps: the intracranial mask (fused maps zeroed outside it before BLA and the CRF, and the
-//! CRF's output cut to it), the bone cut and the small-lesion filter. [`PseudoLabeler::label`] runs it with the
+//! CRF's output cut to it), the bone cut, the blood-density cut and the small-lesion filter. [`PseudoLabeler::label`] runs it with the
 //! labeller's options; `ichseg ablate` runs it with each setting of its grid through
 //! [`PseudoLabeler::finish`] and records the mask after every step. The order of the steps lives
 //! here only.
 
-use super::pseudo::{bone_cut, PseudoLabeler, Ticker};
+use super::pseudo::{bone_cut, min_hu_cut, PseudoLabeler, Ticker};
 use super::stripped::ClassifierInputs;
 use crate::crf::CrfParams;
 use crate::error::{Error, Result};
@@ -33,6 +33,8 @@ pub struct TailOptions {
     pub intracranial_margin_mm: Option<f64>,
     /// The bone cut (HU), not in METHOD.md.
     pub max_hu: Option<f32>,
+    /// The blood-density cut (HU), not in METHOD.md.
+    pub min_hu: Option<f32>,
     /// The small-lesion filter (mL), not in METHOD.md.
     pub min_lesion_ml: Option<f64>,
 }
@@ -52,8 +54,10 @@ impl TailOptions {
         if let Some(m) = self.intracranial_margin_mm {
             check_margin_mm(m)?;
         }
-        if let Some(h) = self.max_hu.filter(|h| !h.is_finite()) {
-            return Err(Error::arg(format!("max_hu must be a finite HU value, got {h}")));
+        for (what, hu) in [("max_hu", self.max_hu), ("min_hu", self.min_hu)] {
+            if let Some(h) = hu.filter(|h| !h.is_finite()) {
+                return Err(Error::arg(format!("{what} must be a finite HU value, got {h}")));
+            }
         }
         self.min_lesion_ml.map_or(Ok(()), check_min_lesion_ml)
     }
@@ -65,6 +69,7 @@ pub enum TailStep {
     Bla,
     Crf,
     BoneCut,
+    MinHuCut,
     SmallLesions,
 }
 
@@ -140,6 +145,10 @@ impl PseudoLabeler {
         if let Some(max_hu) = options.max_hu {
             bone_cut(volume, &mut mask, max_hu)?;
             observe(TailStep::BoneCut, &mask);
+        }
+        if let Some(min_hu) = options.min_hu {
+            min_hu_cut(volume, &mut mask, min_hu)?;
+            observe(TailStep::MinHuCut, &mask);
         }
         if let Some(ml) = options.min_lesion_ml {
             remove_small_lesions(&mut mask, volume.spacing(), ml)?;

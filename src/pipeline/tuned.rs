@@ -1,6 +1,6 @@
 //! The pseudo-labelling settings a classifier can carry tuned in its metadata
 //! (`ichseg.pseudo.*`, [`PseudoDefaults`]): the BLA threshold, the intracranial mask's margin,
-//! the bone cut, the small-lesion filter and the dense CRF's label confidence and bilateral
+//! the bone cut, the blood-density cut, the small-lesion filter and the dense CRF's label confidence and bilateral
 //! weight. Each is resolved once, when a
 //! [`crate::PseudoLabeler`] is made: the caller's choice wins, then (with [`Preset::Model`]) the
 //! classifiers' metadata, then METHOD.md's default; the result remembers where it came from, for
@@ -70,6 +70,7 @@ pub struct TunedSettings {
     pub threshold: Setting<f32>,
     pub intracranial_margin_mm: Setting<f64>,
     pub max_hu: Setting<f32>,
+    pub min_hu: Setting<f32>,
     pub min_lesion_ml: Setting<f64>,
     pub crf_confidence: Setting<f32>,
     pub crf_bilateral_compat: Setting<f32>,
@@ -82,6 +83,7 @@ pub struct TunedChoices {
     pub threshold: Tuned<f32>,
     pub intracranial_margin_mm: Tuned<f64>,
     pub max_hu: Tuned<f32>,
+    pub min_hu: Tuned<f32>,
     pub min_lesion_ml: Tuned<f64>,
     pub crf_confidence: Tuned<f32>,
     pub crf_bilateral_compat: Tuned<f32>,
@@ -115,6 +117,7 @@ impl TunedSettings {
                 |d| d.intracranial_margin_mm,
             )?,
             max_hu: resolve("max_hu", choices.max_hu, preset, models, |d| d.max_hu)?,
+            min_hu: resolve("min_hu", choices.min_hu, preset, models, |d| d.min_hu)?,
             min_lesion_ml: resolve("min_lesion_ml", choices.min_lesion_ml, preset, models, |d| {
                 d.min_lesion_ml.map(|ml| (ml > 0.0).then_some(ml))
             })?,
@@ -187,7 +190,14 @@ mod tests {
     use super::*;
 
     fn tuned(threshold: Option<f32>, max_hu: Option<Option<f32>>) -> PseudoDefaults {
-        PseudoDefaults { threshold, max_hu, min_lesion_ml: Some(0.1), crf_confidence: Some(0.9), ..Default::default() }
+        PseudoDefaults {
+            threshold,
+            max_hu,
+            min_hu: Some(Some(42.0)),
+            min_lesion_ml: Some(0.1),
+            crf_confidence: Some(0.9),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -197,6 +207,7 @@ mod tests {
         let s = TunedSettings::resolve(&TunedChoices::default(), &models).unwrap();
         assert_eq!(s.threshold, Setting { value: Some(0.3), source: "model: a.onnx".into() });
         assert_eq!(s.max_hu.value, Some(100.0));
+        assert_eq!(s.min_hu, Setting { value: Some(42.0), source: "model: a.onnx, b.onnx".into() });
         assert_eq!(s.min_lesion_ml, Setting { value: Some(0.1), source: "model: a.onnx, b.onnx".into() });
         assert_eq!(s.intracranial_margin_mm, Setting { value: None, source: "default".into() });
         assert_eq!(s.crf_confidence, Setting { value: Some(0.9), source: "model: a.onnx, b.onnx".into() });
@@ -207,6 +218,7 @@ mod tests {
         let choices = TunedChoices {
             threshold: Tuned::Set(0.5),
             max_hu: Tuned::Off,
+            min_hu: Tuned::Set(40.0),
             crf_confidence: Tuned::Set(0.7),
             ..Default::default()
         };
@@ -214,11 +226,13 @@ mod tests {
         assert_eq!(s.crf_confidence, Setting { value: Some(0.7), source: "option".into() });
         assert_eq!(s.threshold, Setting { value: Some(0.5), source: "option".into() });
         assert_eq!(s.max_hu, Setting { value: None, source: "option".into() });
+        assert_eq!(s.min_hu, Setting { value: Some(40.0), source: "option".into() });
 
         let paper = TunedChoices { preset: Preset::Paper, ..Default::default() };
         let s = TunedSettings::resolve(&paper, &models).unwrap();
         assert_eq!((s.threshold(), s.max_hu.value, s.min_lesion_ml.value), (DEFAULT_THRESHOLD, None, None));
         assert!(s.threshold.source == "default" && s.max_hu.source == "default");
+        assert_eq!(s.min_hu, Setting { value: None, source: "default".into() });
         assert_eq!(s.crf_confidence, Setting { value: Some(0.7), source: "default".into() });
     }
 

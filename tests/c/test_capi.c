@@ -350,7 +350,7 @@ static void test_versions(void)
     const char *v = ichseg_version_string();
     printf("versions\n");
     CHECK(ichseg_abi_version() == ICHSEG_ABI_VERSION, "abi %u", (unsigned)ichseg_abi_version());
-    CHECK(ICHSEG_ABI_VERSION == 8, "header ABI %d", ICHSEG_ABI_VERSION);
+    CHECK(ICHSEG_ABI_VERSION == 9, "header ABI %d", ICHSEG_ABI_VERSION);
     CHECK(ICHSEG_STATUS_OUT_OF_MEMORY == 12 &&
               strcmp(ichseg_status_name(ICHSEG_STATUS_OUT_OF_MEMORY), "ICHSEG_STATUS_OUT_OF_MEMORY") == 0,
           "out-of-memory status");
@@ -1245,7 +1245,7 @@ static void test_pseudo(const char *dir, const Reference *r)
               po.aggregate == ICHSEG_AGGREGATE_OR && po.use_crf == 1 && po.batch == 1 && po.use_max_hu == -1 &&
               po.max_hu == 100.0f && isnan(po.min_lesion_ml) && po.use_intracranial_mask == -1 &&
               po.intracranial_margin_mm == 2.0 && po.preset == ICHSEG_PRESET_MODEL && isnan(po.crf_confidence) &&
-              isnan(po.crf_bilateral_compat),
+              isnan(po.crf_bilateral_compat) && po.use_min_hu == -1 && po.min_hu == 42.0f,
           "pseudo option defaults");
     {
         /* the struct of a caller built before the bone cut: init writes no byte past it */
@@ -1318,6 +1318,15 @@ static void test_pseudo(const char *dir, const Reference *r)
     EXPECT(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl), ICHSEG_STATUS_INVALID_ARGUMENT,
            "max_hu");
     bad = po;
+    bad.use_min_hu = 1;
+    bad.min_hu = -INFINITY;
+    EXPECT(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl), ICHSEG_STATUS_INVALID_ARGUMENT,
+           "min_hu");
+    bad = po;
+    bad.use_min_hu = -2;
+    EXPECT(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl), ICHSEG_STATUS_INVALID_ARGUMENT,
+           "use_min_hu is -2, not -1, 0 or 1");
+    bad = po;
     bad.min_lesion_ml = -0.5;
     EXPECT(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl), ICHSEG_STATUS_INVALID_ARGUMENT,
            "min_lesion_ml");
@@ -1346,6 +1355,13 @@ static void test_pseudo(const char *dir, const Reference *r)
     bad.preset = (IchsegPreset)7;
     EXPECT(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl), ICHSEG_STATUS_INVALID_ARGUMENT,
            "preset is 7");
+    /* a caller compiled before the blood-density cut (v5): the garbage past its struct is not read */
+    bad = po;
+    bad.use_min_hu = 7;
+    bad.struct_size = offsetof(IchsegPseudoOptions, use_min_hu);
+    OK(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &bad, &pl));
+    ichseg_pseudo_labeler_free(pl);
+    pl = NULL;
     /* a caller compiled before the CRF's settings (v4): the garbage past its struct is not read */
     bad = po;
     bad.crf_confidence = 5.0f;
@@ -1400,6 +1416,20 @@ static void test_pseudo(const char *dir, const Reference *r)
         OK(ichseg_pseudo_label(cutter, &v, pos, 3, mask2, r->n, NULL, 0, NULL, NULL));
         CHECK(fg > 0 && count_nonzero(mask2, r->n) == 0, "a cut at -5000 HU leaves no voxel (%zu without)", fg);
         ichseg_pseudo_labeler_free(cutter);
+        /* the blood-density cut above every voxel's value empties it as well, one below none keeps it */
+        for (i = 0; i < 2; i++) {
+            cut = po;
+            cut.use_min_hu = 1;
+            cut.min_hu = i == 0 ? 5000.0f : -5000.0f;
+            OK(ichseg_engine_create(&eo, &engine));
+            OK(ichseg_pseudo_labeler_create(engine, paths, 2, taps, &cut, &cutter));
+            ichseg_engine_free(engine);
+            memset(mask2, 0xAB, r->n);
+            OK(ichseg_pseudo_label(cutter, &v, pos, 3, mask2, r->n, NULL, 0, NULL, NULL));
+            CHECK(i == 0 ? count_nonzero(mask2, r->n) == 0 : memcmp(mask, mask2, r->n) == 0,
+                  "min_hu %g", (double)cut.min_hu);
+            ichseg_pseudo_labeler_free(cutter);
+        }
         /* a small-lesion filter larger than the whole volume empties the mask too */
         cut = po;
         cut.min_lesion_ml = 1e9;

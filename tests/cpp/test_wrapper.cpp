@@ -554,25 +554,29 @@ static void test_pseudo(const ichseg::Engine& engine, const std::string& dir, co
     ichseg_pseudo_options_init(&c);
     CHECK(o.scf_c == c.scf_c && o.scf_w == c.scf_w && o.batch == c.batch && o.scf == (c.use_scf != 0) &&
               o.crf == (c.use_crf != 0) && o.cam == c.cam && o.aggregate == c.aggregate && o.max_hu == c.max_hu &&
-              o.preset == c.preset && o.intracranial_margin_mm == c.intracranial_margin_mm,
+              o.min_hu == c.min_hu && c.min_hu == 42.0f && o.preset == c.preset && o.intracranial_margin_mm == c.intracranial_margin_mm,
           "C++ pseudo defaults equal the C ones");
     CHECK(c.scf_c == 2 && c.use_crf == 1, "C defaults as documented");
     // unset tuned settings stay the C sentinels (left to the classifiers); set ones are passed on
     const IchsegPseudoOptions unset = o.to_c();
-    CHECK(std::isnan(unset.threshold) && unset.use_max_hu == -1 && std::isnan(unset.min_lesion_ml) &&
+    CHECK(std::isnan(unset.threshold) && unset.use_max_hu == -1 && unset.use_min_hu == -1 &&
+              std::isnan(unset.min_lesion_ml) &&
               unset.use_intracranial_mask == -1 && unset.preset == ICHSEG_PRESET_MODEL &&
               std::isnan(unset.crf_confidence) && std::isnan(unset.crf_bilateral_compat),
           "tuned settings left to the classifiers");
     ichseg::PseudoOptions set;
     set.threshold = 0.3f;
     set.bone_cut = false;
+    set.min_hu_cut = true;
+    set.min_hu = 38.0f;
     set.min_lesion_ml = 0.1;
     set.intracranial_mask = true;
     set.preset = ICHSEG_PRESET_PAPER;
     set.crf_confidence = 0.9f;
     set.crf_bilateral_compat = 3.0f;
     const IchsegPseudoOptions given = set.to_c();
-    CHECK(given.threshold == 0.3f && given.use_max_hu == 0 && given.min_lesion_ml == 0.1 &&
+    CHECK(given.threshold == 0.3f && given.use_max_hu == 0 && given.use_min_hu == 1 && given.min_hu == 38.0f &&
+              given.min_lesion_ml == 0.1 &&
               given.use_intracranial_mask == 1 && given.preset == ICHSEG_PRESET_PAPER &&
               given.crf_confidence == 0.9f && given.crf_bilateral_compat == 3.0f,
           "tuned settings given");

@@ -417,7 +417,7 @@ def save_state(ckpt_dir, model, opt, sched, gen, rng, history, best, best_epoch,
 
 # The pseudo-labelling settings a classifier carries tuned (METHOD.md section 8, docs/MODELS.md):
 # libichseg applies them unless the caller sets them (`--preset paper`: METHOD.md's).
-TUNED_KEYS = ("threshold", "intracranial_margin_mm", "max_hu", "min_lesion_ml", "crf_confidence", "crf_bilateral_compat")
+TUNED_KEYS = ("threshold", "intracranial_margin_mm", "max_hu", "min_hu", "min_lesion_ml", "crf_confidence", "crf_bilateral_compat")
 
 
 def write_tuned(path, **settings) -> dict:

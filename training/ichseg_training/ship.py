@@ -72,6 +72,11 @@ MAX_HU = 100  # = ichseg::pipeline::pseudo::DEFAULT_MAX_HU, the C options' defau
 # few voxels; 0.1 mL was the best of 0.02 / 0.05 / 0.1 mL on val (TH 0.2), and a weak U-Net trained
 # on masks filtered so scored better on val (docs/RESULTS.md).
 MIN_LESION_ML = 0.1
+# The blood-density cut (`--min-hu`, not in the paper): voxels below this CT value leave the final
+# pseudo masks, after the bone cut; acute blood is denser than the brain the maps and the dCRF
+# spread over. 42 HU was the best of 25-50 HU on val for the shipped pair (docs/RESULTS.md, "The
+# blood-density cut").
+MIN_HU = 42  # = ichseg::pipeline::pseudo::SUGGESTED_MIN_HU, the C options' default
 # The paper's Table 4 (BHSD, BCIHM pseudo-mask mIoU), in the order of `ichseg ablate`'s rows for
 # two classifiers (METHOD.md section 7).
 PAPER_TABLE4 = ((52.5, 50.1), (53.1, 50.3), (59.1, 58.3), (60.7, 60.3), (61.8, 61.9), (62.6, 63.7),
@@ -620,7 +625,8 @@ def main(argv=None):
     # bilateral weight at that TH; the paper's Table 4 ablation with both is then scored on test.
     classifiers = [a for f, *_ in CLASSIFIERS for a in ("--classifier", models / f)]
     (work / "eval").mkdir(exist_ok=True)
-    post = ["--max-hu", MAX_HU, "--min-lesion-ml", MIN_LESION_ML]  # after dCRF: the bone cut, then the filter
+    # after dCRF: the bone cut, the blood-density cut, then the filter
+    post = ["--max-hu", MAX_HU, "--min-hu", MIN_HU, "--min-lesion-ml", MIN_LESION_ML]
     threads = ["--threads", spare] if unet_trained else []  # the masks do not depend on it
 
     def ablation(name, on, args):
@@ -652,7 +658,7 @@ def main(argv=None):
     crf = scores["pseudo_crf"] = best_crf(scores["ablation_val_crf"])
     # The shipped classifiers carry these settings, so `pseudo-label` with no flags runs them.
     for f, *_ in CLASSIFIERS:
-        C.write_tuned(models / f, threshold=threshold, max_hu=MAX_HU, min_lesion_ml=MIN_LESION_ML,
+        C.write_tuned(models / f, threshold=threshold, max_hu=MAX_HU, min_hu=MIN_HU, min_lesion_ml=MIN_LESION_ML,
                       crf_confidence=crf["label_confidence"], crf_bilateral_compat=crf["bilateral_compat"])
     tuned = ["--threshold", f"{threshold:g}", *crf_flags(crf)]
     scores["ablation_test"] = ablation("test", (data, split), ["--subset", "test", *tuned])
@@ -673,7 +679,8 @@ def main(argv=None):
     run_lanes(train_unets(WEAK_FILE, [
         "--data", data, "--masks", pseudo, "--split", split, *unet_args,
         "--trained-on", trained_on + f", pseudo masks of ichseg pseudo-label (SF-CAM {names}, "
-        f"BLA OR TH {threshold:g}, {_crf_text(scores)}, bone cut above {MAX_HU} HU, lesions under "
+        f"BLA OR TH {threshold:g}, {_crf_text(scores)}, bone cut above {MAX_HU} HU, voxels under {MIN_HU} HU "
+        f"dropped, lesions under "
         f"{MIN_LESION_ML:g} mL dropped, library defaults otherwise; ground-truth slice labels)" + input_text],
         resume if same_masks else []))  # a checkpoint of other masks' training must not go on
     keep_best_seed("unet_weak", WEAK_FILE)
@@ -872,9 +879,10 @@ def write_weak_section(w, doc, records):
     w(f"Pseudo masks, for all {doc['count']} phantoms ({step['wall_seconds']:.0f} s): SF-CAM of both classifiers on "
       "`layer1` + `layer2`, BME, slice decision from the ground-truth slice labels of "
       f"`hemorrhage_diagnosis_raw_ct.csv`, SCF c = 2, w = 0.5, BLA OR with **TH = {th:g}**, {_crf_text(sc)}, then "
-      f"the bone cut (`--max-hu {MAX_HU}`: voxels above {MAX_HU} HU dropped) and the small-lesion filter "
-      f"(`--min-lesion-ml {MIN_LESION_ML:g}`: 3D components under {MIN_LESION_ML:g} mL dropped); both are not in the "
-      "paper (docs/RESULTS.md). "
+      f"the bone cut (`--max-hu {MAX_HU}`: voxels above {MAX_HU} HU dropped), the blood-density cut (`--min-hu "
+      f"{MIN_HU}`: voxels below {MIN_HU} HU dropped) and the small-lesion filter (`--min-lesion-ml "
+      f"{MIN_LESION_ML:g}`: 3D components under {MIN_LESION_ML:g} mL dropped); none is in the paper "
+      "(docs/RESULTS.md). "
       "On the training split they score mIoU "
       f"{_pct(pt['miou'])}, IoU hemorrhage {_pct(pt['iou_hemorrhage'])}, Dice {_pct(pt['dice'])}, CL {_pct(pt['cl'])}, "
       f"FPL {_pct(pt['fpl'])} against the ground truth.")
@@ -934,9 +942,9 @@ def write_filter_section(w, records):
 
 def paper_columns(row_names):
     """The paper's (BHSD, BCIHM) Table 4 value beside each of `ichseg ablate`'s rows: the eight rows
-    of two classifiers get the paper's; the bone-cut and small-lesion rows (ours, not the
-    paper's) and any other layout get none."""
-    ours = ("+ bone cut", "+ small-lesion filter")
+    of two classifiers get the paper's; the bone-cut, blood-density and small-lesion rows (ours,
+    not the paper's) and any other layout get none."""
+    ours = ("+ bone cut", "+ blood-density cut", "+ small-lesion filter")
     extra = sum(1 for r in row_names if r.strip().startswith(ours))
     core = len(row_names) - extra
     paper = PAPER_TABLE4 if core == len(PAPER_TABLE4) else ((None, None),) * core

@@ -87,6 +87,9 @@ def test_paper_columns_leave_the_bone_cut_row_blank():
     assert with_cut[:8] == ship.PAPER_TABLE4 and with_cut[7] == (65.1, 64.4) and with_cut[8] == (None, None)
     with_both = ship.paper_columns(rows + ["  + bone cut (> 100 HU)", "  + small-lesion filter (< 0.1 mL)"])
     assert with_both[:8] == ship.PAPER_TABLE4 and with_both[8:] == ((None, None),) * 2
+    ours = ["  + bone cut (> 100 HU)", "  + blood-density cut (< 42 HU)", "  + small-lesion filter (< 0.1 mL)"]
+    with_all = ship.paper_columns(rows + ours)
+    assert with_all[:8] == ship.PAPER_TABLE4 and with_all[8:] == ((None, None),) * 3
     # three classifiers: one more row, not the paper's layout
     assert ship.paper_columns(rows[:3] + ["c alone"] + rows[3:]) == ((None, None),) * 9
 

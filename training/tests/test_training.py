@@ -286,11 +286,13 @@ def test_ship_smoke_makes_both_unets(tmp_path):
     doc = json.loads((work / "ship.json").read_text())
     assert {"pseudo-label", "train unet_weak", "eval unet_weak test"} <= {s["step"] for s in doc["steps"]}
     assert (models / "unet_weak.onnx").exists() and "pseudo_train" in doc["scores"]
-    # TH is chosen and Table 4 scored on the final masks, after the bone cut and the small-lesion filter
+    # TH is chosen and Table 4 scored on the final masks, after the bone cut, the blood-density
+    # cut and the small-lesion filter
     rows = [r["row"].strip() for r in doc["scores"]["ablation_test"]["runs"][0]["rows"]]
-    assert rows[-2:] == [f"+ bone cut (> {ship.MAX_HU} HU)", f"+ small-lesion filter (< {ship.MIN_LESION_ML} mL)"]
+    assert rows[-3:] == [f"+ bone cut (> {ship.MAX_HU} HU)", f"+ blood-density cut (< {ship.MIN_HU} HU)",
+                         f"+ small-lesion filter (< {ship.MIN_LESION_ML} mL)"]
     pseudo_cmd = next(s["command"] for s in doc["steps"] if s["step"] == "pseudo-label")
-    assert f"--min-lesion-ml {ship.MIN_LESION_ML}" in pseudo_cmd
+    assert f"--min-hu {ship.MIN_HU} --min-lesion-ml {ship.MIN_LESION_ML}" in pseudo_cmd
     # the dCRF's settings are chosen on val at the chosen TH, used everywhere after and shipped
     crf = doc["scores"]["pseudo_crf"]
     assert len(doc["scores"]["ablation_val_crf"]["runs"]) == 6
@@ -298,6 +300,7 @@ def test_ship_smoke_makes_both_unets(tmp_path):
     for f, *_ in ship.CLASSIFIERS:
         meta = _meta(onnx.load(str(models / f)))
         assert float(meta["ichseg.pseudo.crf_confidence"]) == crf["label_confidence"]
+        assert float(meta["ichseg.pseudo.min_hu"]) == ship.MIN_HU
         assert float(meta["ichseg.pseudo.crf_bilateral_compat"]) == crf["bilateral_compat"]
     text = (models / "MODELS.md").read_text()
     assert "`ichseg.pseudo.crf_confidence`" in text

@@ -24,11 +24,12 @@ def _model(path):
 def test_write_tuned_sets_replaces_and_removes_keys(tmp_path):
     path = tmp_path / "c.onnx"
     before = _model(path)
-    meta = C.write_tuned(path, threshold=0.25, max_hu="off", min_lesion_ml=0.1, intracranial_margin_mm=None)
+    meta = C.write_tuned(path, threshold=0.25, max_hu="off", min_hu=42, min_lesion_ml=0.1, intracranial_margin_mm=None)
     after = onnx.load(str(path))
     props = {p.key: p.value for p in after.metadata_props}
     assert props == meta == {"ichseg.kind": "classifier", "ichseg.pseudo.threshold": "0.25",
-                             "ichseg.pseudo.max_hu": "off", "ichseg.pseudo.min_lesion_ml": "0.1"}
+                             "ichseg.pseudo.max_hu": "off", "ichseg.pseudo.min_hu": "42",
+                             "ichseg.pseudo.min_lesion_ml": "0.1"}
     assert after.graph == before.graph, "only the metadata changes"
     record = tmp_path / "c.train.json"
     record.write_text('{"metadata": {}, "onnx": {"bytes": 1, "sha256": "x"}}')

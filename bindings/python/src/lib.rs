@@ -570,7 +570,7 @@ impl NativePseudoLabeler {
                         scf=Some((2, 0.5)), crf=true, aggregate="or", max_hu=None, min_lesion_ml=None,
                         batch=1, window=None, input_size=None, channels=None, normalize=None, bleed_index=None,
                         intracranial_margin_mm=None, off=Vec::new(), preset="model", crf_confidence=None,
-                        crf_bilateral_compat=None))]
+                        crf_bilateral_compat=None, min_hu=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -595,11 +595,12 @@ impl NativePseudoLabeler {
         preset: &str,
         crf_confidence: Option<f32>,
         crf_bilateral_compat: Option<f32>,
+        min_hu: Option<f32>,
     ) -> PyResult<Self> {
         let preset: Preset = preset.parse().map_err(|e: Error| Failure::Lib(e).into_py(py))?;
         // A tuned setting: a value, "off" (named in `off`), or None: the classifiers' metadata.
         let tuned_off = |name: &str| off.iter().any(|o| o == name);
-        if let Some(bad) = off.iter().find(|o| !matches!(o.as_str(), "max_hu" | "intracranial_margin_mm")) {
+        if let Some(bad) = off.iter().find(|o| !matches!(o.as_str(), "max_hu" | "min_hu" | "intracranial_margin_mm")) {
             return Err(arg_error(py, format!("{bad} cannot be \"off\"")));
         }
         let cam: CamMethod = cam.parse().map_err(|e: Error| Failure::Lib(e).into_py(py))?;
@@ -620,6 +621,7 @@ impl NativePseudoLabeler {
             crf_confidence: crf_confidence.map_or(Tuned::Auto, Tuned::Set),
             crf_bilateral_compat: crf_bilateral_compat.map_or(Tuned::Auto, Tuned::Set),
             max_hu: if tuned_off("max_hu") { Tuned::Off } else { max_hu.map_or(Tuned::Auto, Tuned::Set) },
+            min_hu: if tuned_off("min_hu") { Tuned::Off } else { min_hu.map_or(Tuned::Auto, Tuned::Set) },
             min_lesion_ml: min_lesion_ml.map_or(Tuned::Auto, Tuned::Set),
             intracranial_margin_mm: if tuned_off("intracranial_margin_mm") {
                 Tuned::Off

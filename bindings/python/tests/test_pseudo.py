@@ -108,6 +108,7 @@ def test_tuned_settings_follow_the_classifiers_or_the_paper_preset(cli, engine, 
         if preset == "model":
             assert s["max_hu"] == {"value": 100.0, "source": both} and s["min_lesion_ml"]["value"] == 0.1
             assert s["crf_bilateral_compat"] == {"value": 3.0, "source": both}
+            assert s["min_hu"] == {"value": 42.0, "source": both}
             tuned = r.mask
         else:
             assert s["max_hu"] == {"value": None, "source": "default"} and s["preset"] == "paper"
@@ -120,10 +121,13 @@ def test_tuned_settings_follow_the_classifiers_or_the_paper_preset(cli, engine, 
     assert crf.settings["crf_bilateral_compat"] == {"value": 3.0, "source": "option"}
     with pytest.raises(ichseg.InvalidArgumentError, match="label_confidence"):
         ichseg.PseudoLabeler(engine, paths, crf_confidence=1.5)
-    off = ichseg.PseudoLabeler(engine, paths, max_hu="off", min_lesion_ml=0, crf_confidence=0.7, crf_bilateral_compat=10)
-    assert off.settings["max_hu"] == {"value": None, "source": "option"}
+    off = ichseg.PseudoLabeler(engine, paths, max_hu="off", min_hu="off", min_lesion_ml=0, crf_confidence=0.7,
+                               crf_bilateral_compat=10)
+    assert off.settings["max_hu"] == off.settings["min_hu"] == {"value": None, "source": "option"}
     np.testing.assert_array_equal(off.label(image, slice_labels=labels).mask, r.mask)  # = paper's
     with pytest.raises(ichseg.InvalidArgumentError, match="max_hu"):
         ichseg.PseudoLabeler(engine, paths, max_hu="none")
+    with pytest.raises(ichseg.InvalidArgumentError, match="min_hu"):
+        ichseg.PseudoLabeler(engine, paths, min_hu=float("nan"))
     with pytest.raises(ichseg.InvalidArgumentError, match="preset"):
         ichseg.PseudoLabeler(engine, paths, preset="best")

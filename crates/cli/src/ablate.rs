@@ -110,7 +110,12 @@ pub struct AblateArgs {
     /// cut of `ichseg pseudo-label --max-hu`, not in the paper).
     #[arg(long, value_name = "HU")]
     max_hu: Option<f32>,
-    /// Add a last row: the final masks (after the bone cut, when given) without their lesions
+    /// Add a last row: the final masks (after the bone cut, when given) with every voxel below
+    /// this CT value dropped (the blood-density cut of `ichseg pseudo-label --min-hu`, not in the
+    /// paper).
+    #[arg(long, value_name = "HU")]
+    min_hu: Option<f32>,
+    /// Add a last row: the final masks (after the bone cut and the blood-density cut, when given) without their lesions
     /// smaller than ML millilitres (the small-lesion filter of `ichseg pseudo-label
     /// --min-lesion-ml`, not in the paper).
     #[arg(long, value_name = "ML")]
@@ -160,8 +165,10 @@ impl Setting {
 impl AblateArgs {
     /// The cartesian product of the listed values, checked.
     fn settings(&self) -> Result<Vec<Setting>> {
-        if let Some(h) = self.max_hu.filter(|h| !h.is_finite()) {
-            return Err(Error::arg(format!("--max-hu must be a finite HU value, got {h}")));
+        for (flag, hu) in [("--max-hu", self.max_hu), ("--min-hu", self.min_hu)] {
+            if let Some(h) = hu.filter(|h| !h.is_finite()) {
+                return Err(Error::arg(format!("{flag} must be a finite HU value, got {h}")));
+            }
         }
         if let Some(ml) = self.min_lesion_ml.filter(|ml| !(ml.is_finite() && *ml >= 0.0)) {
             return Err(Error::arg(format!("--min-lesion-ml must be finite and >= 0, got {ml}")));
@@ -285,6 +292,9 @@ fn row_names(models: &[String], tap: &str, a: &AblateArgs) -> Vec<String> {
     if let Some(h) = a.max_hu {
         rows.push(format!("  + bone cut (> {h} HU)"));
     }
+    if let Some(h) = a.min_hu {
+        rows.push(format!("  + blood-density cut (< {h} HU)"));
+    }
     if let Some(ml) = a.min_lesion_ml {
         rows.push(format!("  + small-lesion filter (< {ml} mL)"));
     }
@@ -331,7 +341,7 @@ fn masks(
         out.push(cut(m, s.threshold)?);
     }
     out.push(cut(&sca::scf(maps.ensemble[tap].view(), pos, &off)?, s.threshold)?);
-    // The pipeline's own tail (SCF, BLA, CRF, bone cut, filter), recording the mask after each
+    // The pipeline's own tail (SCF, BLA, CRF, bone cut, blood-density cut, filter), recording the mask after each
     // step; the single-tap SCF row goes before them.
     let tail = TailOptions {
         scf: Some(on),
@@ -340,13 +350,14 @@ fn masks(
         crf: Some(s.crf.clone()),
         intracranial_margin_mm: None,
         max_hu: a.max_hu,
+        min_hu: a.min_hu,
         min_lesion_ml: a.min_lesion_ml,
     };
     let before = out.len();
     let finished = crf.0.finish(crf.1, maps.ensemble.clone(), pos, &tail, &mut |_, mask| out.push(mask.clone()))?;
     out.insert(before, cut(&finished.fused[tap], s.threshold)?);
     if let Some(mm) = a.intracranial_margin_mm {
-        let inside = TailOptions { intracranial_margin_mm: Some(mm), max_hu: None, ..tail };
+        let inside = TailOptions { intracranial_margin_mm: Some(mm), max_hu: None, min_hu: None, ..tail };
         crf.0.finish(crf.1, maps.ensemble.clone(), pos, &inside, &mut |_, mask| out.push(mask.clone()))?;
     }
     Ok(out)

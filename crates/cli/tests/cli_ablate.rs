@@ -196,6 +196,24 @@ fn max_hu_adds_the_bone_cut_row_of_pseudo_label() {
 }
 
 #[test]
+fn min_hu_adds_the_blood_density_row_of_pseudo_label() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ds, split) = dataset(dir.path());
+    let both = [(TINY, TINY_TAPS), (RESNET, RESNET_TAPS)];
+    let flags = ["--max-hu", "100", "--min-hu", "40"];
+    let report = json(&ablate(&ds, &split, &flags));
+    let rows = report["runs"][0]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 10, "the blood-density cut comes after the bone cut row");
+    assert_eq!(rows[9]["row"], "+ blood-density cut (< 40 HU)");
+    assert_eq!(rows[9]["scores"], pseudo_scores(dir.path(), &ds, &both, &flags));
+    assert_ne!(rows[9]["scores"], rows[8]["scores"], "40 HU must cut some of the fixture's mask");
+    for bad in ["nan", "-inf"] {
+        let o = ablate(&ds, &split, &[&format!("--min-hu={bad}")]);
+        assert!(!o.status.success() && stderr(&o).contains("--min-hu must be a finite HU value"), "{}", stderr(&o));
+    }
+}
+
+#[test]
 fn min_lesion_ml_adds_the_small_lesion_row_of_pseudo_label() {
     let dir = tempfile::tempdir().unwrap();
     let (ds, split) = dataset(dir.path());

@@ -252,11 +252,13 @@ fn shipped_classifiers_bring_their_tuned_settings() {
     assert_eq!((s["max_hu"]["value"].as_f64(), s["max_hu"]["source"].as_str()), (Some(100.0), Some(from_both)));
     assert_eq!(s["min_lesion_ml"]["value"].as_f64(), Some(0.1));
     assert_eq!(s["intracranial_margin_mm"]["source"], "default");
+    assert_eq!((s["min_hu"]["value"].as_f64(), s["min_hu"]["source"].as_str()), (Some(42.0), Some(from_both)));
     assert_eq!(r["method"]["max_hu"].as_f64(), Some(100.0));
+    assert_eq!(r["method"]["min_hu"].as_f64(), Some(42.0));
     assert!(
         text.contains(
-            "settings  threshold, bone cut, small-lesion filter, CRF label confidence, CRF bilateral weight from the \
-             classifiers' metadata"
+            "settings  threshold, bone cut, blood-density cut, small-lesion filter, CRF label confidence, CRF \
+             bilateral weight from the classifiers' metadata"
         ),
         "{text}"
     );
@@ -264,10 +266,13 @@ fn shipped_classifiers_bring_their_tuned_settings() {
     let (paper, r, text) = run("paper", &["--preset", "paper"]);
     assert_eq!(r["settings"]["max_hu"]["source"], "default");
     assert!(r["settings"]["max_hu"]["value"].is_null() && !text.contains("settings  "), "{text}");
-    let (flags, r, _) = run("flags", &["--max-hu", "100", "--min-lesion-ml", "0.1"]);
+    let (flags, r, _) = run("flags", &["--max-hu", "100", "--min-hu", "42", "--min-lesion-ml", "0.1"]);
     assert_eq!(r["settings"]["max_hu"]["source"], "option");
+    assert_eq!(r["settings"]["min_hu"]["source"], "option");
+    let (no_density, r, _) = run("no_density", &["--no-min-hu"]);
+    assert!(r["settings"]["min_hu"]["value"].is_null() && r["settings"]["min_hu"]["source"] == "option");
     let methods = ["--crf-confidence", "0.7", "--crf-bilateral-compat", "10"];
-    let (off, _, _) = run("off", &[&["--no-bone-cut", "--min-lesion-ml", "0"][..], &methods].concat());
+    let (off, _, _) = run("off", &[&["--no-bone-cut", "--no-min-hu", "--min-lesion-ml", "0"][..], &methods].concat());
     let (crf, r, text) = run("crf", &methods);
     let s = &r["settings"];
     assert_eq!(
@@ -280,6 +285,7 @@ fn shipped_classifiers_bring_their_tuned_settings() {
     let (crf_tuned, _, _) = run("crf_tuned", &["--crf-confidence", "0.9", "--crf-bilateral-compat", "3"]);
     let count = |m: &ndarray::Array3<u8>| m.iter().filter(|&&v| v != 0).count();
     assert_eq!(flags, tuned, "the metadata gives what the flags give");
+    assert!(count(&no_density) > count(&tuned), "the blood-density cut removes voxels on the sample");
     assert_eq!(crf_tuned, tuned, "the metadata's CRF settings are the flags' 0.9 / 3");
     assert_eq!(off, paper, "with the cut, the filter and the tuned CRF off, the metadata's threshold is the paper's");
     // On the sample METHOD.md's CRF (0.7 / 10) votes the bleed away; the tuned one keeps it.
@@ -289,6 +295,8 @@ fn shipped_classifiers_bring_their_tuned_settings() {
     for (extra, expected) in [
         (&["--preset", "best"][..], "expected model or paper"),
         (&["--no-crf", "--crf-confidence", "0.9"], "--crf-confidence"),
+        (&["--min-hu", "nan"], "min_hu must be a finite HU value"),
+        (&["--min-hu", "40", "--no-min-hu"], "--no-min-hu"),
     ] {
         let mut args = vec!["pseudo-label", p(&sample), "--classifier", p(&slim34), "-o", p(&out)];
         args.extend(extra);

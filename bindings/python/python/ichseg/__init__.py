@@ -370,14 +370,15 @@ class PseudoLabeler:
     ``aggregate`` (``"or"``/``"and"``), ``batch``, ``window``, ``input_size``, ``channels``,
     ``normalize``, ``bleed_index``.
 
-    Tuned settings: ``threshold``, ``max_hu`` (the bone cut), ``min_lesion_ml`` (the
+    Tuned settings: ``threshold``, ``max_hu`` (the bone cut), ``min_hu`` (the blood-density
+    cut: voxels below it leave the mask after the bone cut), ``min_lesion_ml`` (the
     small-lesion filter; 0 keeps every lesion), ``intracranial_margin_mm`` (the intracranial
     mask: the fused maps are zeroed outside it before the threshold and the CRF), and the dense
     CRF's ``crf_confidence`` (the unary's label confidence, in (0, 1)) and
     ``crf_bilateral_compat`` (the appearance kernel's Potts weight, > 0). ``None`` (the default)
     leaves each to ``preset``: ``"model"`` takes the classifiers' tuned ``ichseg.pseudo.*``
-    metadata where they have it, else METHOD.md's defaults (0.2, off, 0, off, 0.7, 10);
-    ``"paper"`` is METHOD.md exactly. ``max_hu="off"`` and
+    metadata where they have it, else METHOD.md's defaults (0.2, off, off, 0, off, 0.7, 10);
+    ``"paper"`` is METHOD.md exactly. ``max_hu="off"``, ``min_hu="off"`` and
     ``intracranial_margin_mm="off"`` turn a step off whatever the metadata says.
     :attr:`settings` says what is in use and where each came from.
     """
@@ -391,7 +392,8 @@ class PseudoLabeler:
                  channels: Optional[int] = None, normalize: Optional[Sequence[float]] = None,
                  bleed_index: Optional[int] = None, intracranial_margin_mm: Union[None, float, str] = None,
                  preset: str = "model", crf_confidence: Optional[float] = None,
-                 crf_bilateral_compat: Optional[float] = None) -> None:
+                 crf_bilateral_compat: Optional[float] = None,
+                 min_hu: Union[None, float, str] = None) -> None:
         if isinstance(classifiers, (str, bytes, PathLike)):
             raise InvalidArgumentError("classifiers must be a list of model paths")
         scf_pair = _pair(scf, "scf")
@@ -401,7 +403,7 @@ class PseudoLabeler:
                 raise InvalidArgumentError(f"scf reach c must be a whole number, got {c!r}")
             scf_pair = (int(c), float(w))
         off = []
-        for name, v in (("max_hu", max_hu), ("intracranial_margin_mm", intracranial_margin_mm)):
+        for name, v in (("max_hu", max_hu), ("min_hu", min_hu), ("intracranial_margin_mm", intracranial_margin_mm)):
             if isinstance(v, str):
                 if v != "off":
                     raise InvalidArgumentError(f"{name} must be a number, None or \"off\", got {v!r}")
@@ -411,12 +413,12 @@ class PseudoLabeler:
             threshold, scf_pair, crf, aggregate, None if "max_hu" in off else max_hu, min_lesion_ml, batch,
             _pair(window, "window"), _pair(input_size, "input_size"), channels, _pair(normalize, "normalize"),
             bleed_index, None if "intracranial_margin_mm" in off else intracranial_margin_mm, off, preset,
-            crf_confidence, crf_bilateral_compat)
+            crf_confidence, crf_bilateral_compat, None if "min_hu" in off else min_hu)
 
     @property
     def settings(self) -> dict:
         """The tuned settings in use: ``preset``, and for ``threshold``, ``intracranial_margin_mm``,
-        ``max_hu``, ``min_lesion_ml``, ``crf_confidence`` and ``crf_bilateral_compat`` a dict of ``value`` (``None``: off) and ``source``
+        ``max_hu``, ``min_hu``, ``min_lesion_ml``, ``crf_confidence`` and ``crf_bilateral_compat`` a dict of ``value`` (``None``: off) and ``source``
         (``"option"``, ``"model: NAME, ..."`` or ``"default"``)."""
         return json.loads(self._native.settings_json)
 

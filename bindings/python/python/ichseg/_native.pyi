@@ -60,7 +60,8 @@ class NativePseudoLabeler:
                  normalize: Optional[tuple[float, float]] = None, bleed_index: Optional[int] = None,
                  intracranial_margin_mm: Optional[float] = None, off: list[str] = ...,
                  preset: str = "model", crf_confidence: Optional[float] = None,
-                 crf_bilateral_compat: Optional[float] = None) -> None: ...
+                 crf_bilateral_compat: Optional[float] = None,
+                 min_hu: Optional[float] = None) -> None: ...
     @property
     def settings_json(self) -> str: ...
     @property
