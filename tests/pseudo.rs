@@ -509,16 +509,23 @@ fn bad_inputs_are_clear_errors() {
     assert!(matches!(Volume::from_hu(hu, [8, 8, 2], [1.0; 3]), Err(Error::NonFiniteVoxels { .. })));
 }
 
-#[test]
-fn bone_cut_drops_the_voxels_above_max_hu_from_the_final_mask() {
+/// The fixture's volume, its default pseudo label with every slice positive, and the CT values
+/// under that mask, sorted: cuts taken from them are sure to remove some voxels and keep some.
+fn labelled_ct() -> (Volume, ichseg::PseudoLabel, Vec<f32>) {
     let volume = ct();
-    let labels = [true; 4];
-    let full = two_models(PseudoOptions::default()).label(&volume, Some(&labels)).unwrap();
-    // a cut at the median CT value under the mask is sure to remove some voxels and keep some
+    let full = two_models(PseudoOptions::default()).label(&volume, Some(&[true; 4])).unwrap();
     let mut under: Vec<f32> =
         full.mask.iter().zip(volume.data().iter()).filter(|(&m, _)| m != 0).map(|(_, &hu)| hu).collect();
     assert!(under.len() > 10, "the fixture's mask has too few voxels to test the cut");
     under.sort_by(f32::total_cmp);
+    (volume, full, under)
+}
+
+#[test]
+fn bone_cut_drops_the_voxels_above_max_hu_from_the_final_mask() {
+    let (volume, full, under) = labelled_ct();
+    let labels = [true; 4];
+    // a cut at the median CT value under the mask
     let max_hu = under[under.len() / 2];
     let cut = two_models(PseudoOptions { max_hu: Tuned::Set(max_hu), ..Default::default() })
         .label(&volume, Some(&labels))
@@ -542,13 +549,8 @@ fn bone_cut_drops_the_voxels_above_max_hu_from_the_final_mask() {
 
 #[test]
 fn min_hu_cut_drops_the_voxels_below_min_hu_after_the_bone_cut() {
-    let volume = ct();
+    let (volume, full, under) = labelled_ct();
     let labels = [true; 4];
-    let full = two_models(PseudoOptions::default()).label(&volume, Some(&labels)).unwrap();
-    let mut under: Vec<f32> =
-        full.mask.iter().zip(volume.data().iter()).filter(|(&m, _)| m != 0).map(|(_, &hu)| hu).collect();
-    assert!(under.len() > 10, "the fixture's mask has too few voxels to test the cut");
-    under.sort_by(f32::total_cmp);
     // cuts at the lower and upper quartile under the mask: with both, a window of HU
     let (min_hu, max_hu) = (under[under.len() / 4], under[3 * under.len() / 4]);
     let options = PseudoOptions { min_hu: Tuned::Set(min_hu), max_hu: Tuned::Set(max_hu), ..Default::default() };
