@@ -118,7 +118,7 @@ pub struct PseudoOptions {
     /// `ichseg.pseudo.min_hu`, else off.
     pub min_hu: Tuned<f32>,
     /// Small-lesion filter, not in METHOD.md: lesions (3D components) smaller than this many
-    /// millilitres leave the final mask, after the bone cut
+    /// millilitres leave the final mask, after the bone cut and the blood-density cut
     /// ([`crate::lesions::remove_small_lesions`]); 0 keeps every lesion. [`Tuned::Auto`]: the
     /// classifiers' `ichseg.pseudo.min_lesion_ml`, else 0.
     pub min_lesion_ml: Tuned<f64>,
@@ -570,23 +570,29 @@ pub const SUGGESTED_MIN_HU: f32 = 42.0;
 /// saturated grey in the window (how much of the phantoms' pseudo masks that is, and what the
 /// cut is worth: docs/RESULTS.md).
 pub fn bone_cut(volume: &Volume, mask: &mut Array3<u8>, max_hu: f32) -> Result<()> {
-    clear_where(volume, mask, "bone cut: max_hu", max_hu, |hu| hu > max_hu)
+    clear_where(volume, mask, ("bone cut", "max_hu"), max_hu, |hu| hu > max_hu)
 }
 
 /// The blood-density cut: clears every voxel of `mask` whose CT value in `volume` is below
 /// `min_hu`. Acute blood is denser than the brain around it; the CAMs and the CRF spread over
 /// that brain, which this cut gives back (what it is worth: docs/RESULTS.md).
 pub fn min_hu_cut(volume: &Volume, mask: &mut Array3<u8>, min_hu: f32) -> Result<()> {
-    clear_where(volume, mask, "blood-density cut: min_hu", min_hu, |hu| hu < min_hu)
+    clear_where(volume, mask, ("blood-density cut", "min_hu"), min_hu, |hu| hu < min_hu)
 }
 
-/// Clears the voxels of `mask` whose CT value `drop` says to; `what` and `hu` name the bound.
-fn clear_where(volume: &Volume, mask: &mut Array3<u8>, what: &str, hu: f32, drop: impl Fn(f32) -> bool) -> Result<()> {
+/// Clears the voxels of `mask` whose CT value `drop` says to; `(step, bound)` name the cut and
+/// its bound `hu` in errors.
+fn clear_where(
+    volume: &Volume,
+    mask: &mut Array3<u8>,
+    (step, bound): (&str, &str),
+    hu: f32,
+    drop: impl Fn(f32) -> bool,
+) -> Result<()> {
     if !hu.is_finite() {
-        return Err(Error::arg(format!("{what} must be a finite HU value, got {hu}")));
+        return Err(Error::arg(format!("{step}: {bound} must be a finite HU value, got {hu}")));
     }
     if mask.dim() != volume.data().dim() {
-        let step = what.split(':').next().unwrap_or(what);
         return Err(Error::arg(format!(
             "{step}: mask is {:?} but the volume is {:?} ([nz, ny, nx])",
             mask.shape(),
